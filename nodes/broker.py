@@ -1,0 +1,256 @@
+"""Broker node: the interface layer clients connect to.
+
+Holds client sessions (ROUTER identities), checks login tokens, applies
+the length limit, forwards sends and syncs to the logic node owning the
+channel and presence changes to the router owning the uin, and pushes the
+deliveries it receives on its SUB socket (topic = its own id) to the right
+sessions.  Stateless beyond its sessions: a client may reconnect to any
+broker.  Sessions that stay silent for ``session_timeout_factor``
+heartbeat intervals are dropped and reported offline.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+
+from . import auth
+from . import wire
+from .node import INTERNAL_MAX_FRAME, Node
+from .rpc import Requests
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 1.0
+
+
+class Session:
+    __slots__ = ("ident", "uin", "device", "net", "interval", "last_seen")
+
+    def __init__(self, ident, uin, device, net, interval):
+        self.ident, self.uin, self.device, self.net = ident, uin, device, net
+        self.interval = interval
+        self.last_seen = time.monotonic()
+
+
+class BrokerCore:
+    """Sessions and client request handling; ``out`` does the I/O.
+
+    ``out`` provides ``reply(ident, msg)``, ``push(ident, frame)``,
+    ``to_logic(channel, msg, callback)`` and ``to_router(uin, msg, callback)``.
+    """
+
+    def __init__(self, broker_id, topo, secret, out):
+        self.id = broker_id
+        self.topo = topo
+        self.secret = secret
+        self.out = out
+        self.max_text = int(topo.limits["max_text"])
+        self.max_pending = int(topo.limits["max_pending"])
+        self.pending = 0
+        self.sessions = {}                     # ident -> Session
+        self.by_key = {}                       # (uin, device) -> ident
+        self.by_uin = {}                       # uin -> {ident, ...}
+        self.handlers = {"login": self.login, "send": self.send, "sync": self.sync,
+                         "hb": self.heartbeat, "logout": self.logout}
+
+    # --- entry point ---------------------------------------------------------
+    def on_client(self, ident: bytes, frame: bytes) -> None:
+        rid = None
+        try:
+            msg = wire.unpack(frame, int(self.topo.limits["max_frame"]))
+            rid = wire.request_rid(msg)
+            t = wire.validate(msg, wire.CLIENT_REQUESTS)
+            session = self.sessions.get(ident)
+            if session is None and t != "login":
+                raise wire.ProtocolError(wire.Err.NOT_LOGGED_IN, "log in first")
+            if session is not None:
+                session.last_seen = time.monotonic()
+            result = self.handlers[t](ident, session, msg)
+        except wire.ProtocolError as exc:
+            result = wire.error_from(rid, exc)
+        if result is not None:
+            self.out.reply(ident, result)
+
+    # --- requests ------------------------------------------------------------
+    def login(self, ident, session, msg):
+        if msg["v"] != wire.PROTOCOL_VERSION:
+            raise wire.ProtocolError(wire.Err.BAD_VERSION, f"server speaks protocol version "
+                                     f"{wire.PROTOCOL_VERSION}", version=wire.PROTOCOL_VERSION)
+        uin = auth.verify(self.secret, msg["token"])
+        net = msg.get("net") if msg.get("net") in ("wired", "wifi", "4g", "3g", "2g") else "wired"
+        if session is not None:
+            self._drop(session, notify_router=(session.uin, session.device) != (uin, msg["device"]))
+        old = self.by_key.get((uin, msg["device"]))
+        if old is not None and old != ident:
+            self.out.reply(old, {"t": "kicked", "msg": "logged in again from another connection"})
+            self._drop(self.sessions[old], notify_router=False)
+        interval = self.topo.heartbeat[net]
+        new = Session(ident, uin, msg["device"], net, interval)
+        self.sessions[ident] = new
+        self.by_key[(uin, msg["device"])] = ident
+        self.by_uin.setdefault(uin, set()).add(ident)
+        rid = msg["rid"]
+
+        def done(reply):
+            if reply.get("t") == "ok":
+                self.out.reply(ident, wire.reply("login_ok", rid, uin=uin, device=new.device,
+                                                 broker=self.id, hb=interval))
+            else:
+                if self.sessions.get(ident) is new:
+                    self._drop(new, notify_router=False)
+                self.out.reply(ident, wire.error(rid, reply.get("code", wire.Err.UNAVAILABLE),
+                                                 reply.get("msg", "router unavailable")))
+        self.out.to_router(uin, {"t": "online", "uin": uin, "device": new.device,
+                                 "broker": self.id}, done)
+        return None
+
+    def send(self, ident, session, msg):
+        text = msg["text"]
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size == 0:
+            raise wire.ProtocolError(wire.Err.EMPTY_TEXT, "text is empty")
+        if size > self.max_text:
+            raise wire.ProtocolError(wire.Err.TOO_LONG, f"text of {size} bytes exceeds the limit "
+                                     f"of {self.max_text}", limit=self.max_text)
+        return self._forward(ident, msg, {"t": "send", "uin": session.uin, "device": session.device,
+                                          "channel": msg["channel"], "ctime": msg["ctime"],
+                                          "text": text})
+
+    def sync(self, ident, session, msg):
+        return self._forward(ident, msg, {"t": "sync", "uin": session.uin,
+                                          "channel": msg["channel"], "after": msg["after"]})
+
+    def _forward(self, ident, msg, request):
+        """Send to the owning logic node; the reply goes back with the client's rid."""
+        if self.pending >= self.max_pending:
+            raise wire.ProtocolError(wire.Err.BUSY, "system busy; retry later")
+        self.pending += 1
+        rid = msg["rid"]
+
+        def done(reply):
+            self.pending -= 1
+            reply["rid"] = rid
+            self.out.reply(ident, reply)
+        self.out.to_logic(msg["channel"], request, done)
+        return None
+
+    def heartbeat(self, ident, session, msg):
+        return wire.reply("hb_ack", msg["rid"], interval=session.interval)
+
+    def logout(self, ident, session, msg):
+        self._drop(session, notify_router=True)
+        return wire.reply("bye", msg["rid"])
+
+    # --- sessions ------------------------------------------------------------
+    def _drop(self, session, notify_router: bool) -> None:
+        self.sessions.pop(session.ident, None)
+        key = (session.uin, session.device)
+        if self.by_key.get(key) == session.ident:
+            del self.by_key[key]
+        idents = self.by_uin.get(session.uin)
+        if idents is not None:
+            idents.discard(session.ident)
+            if not idents:
+                del self.by_uin[session.uin]
+        if notify_router:
+            self.out.to_router(session.uin, {"t": "offline", "uin": session.uin,
+                                             "device": session.device, "broker": self.id},
+                               lambda _reply: None)
+
+    def sweep(self) -> int:
+        """Drop sessions silent for too long; return how many."""
+        now = time.monotonic()
+        factor = self.topo.heartbeat["session_timeout_factor"]
+        stale = [s for s in self.sessions.values() if now - s.last_seen > factor * s.interval]
+        for session in stale:
+            self._drop(session, notify_router=True)
+        return len(stale)
+
+    # --- deliveries ----------------------------------------------------------
+    def deliver(self, msg: dict) -> int:
+        """Push one published message to the sessions of its recipients; return pushes."""
+        to = msg.pop("to", ())
+        frame = wire.pack(msg)
+        sender = (msg.get("uin"), msg.get("device"))
+        pushed = 0
+        for uin in to:
+            for ident in self.by_uin.get(uin, ()):
+                session = self.sessions[ident]
+                if (uin, session.device) != sender:
+                    self.out.push(ident, frame)
+                    pushed += 1
+        return pushed
+
+
+class BrokerNode(Node):
+    type = "broker"
+    needs_store = False
+
+    def __init__(self, topo, node_id):
+        super().__init__(topo, node_id)
+        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME)
+        self.logics = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("logic")}
+        self.routers = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("router")}
+        for sock in list(self.logics.values()) + list(self.routers.values()):
+            self.loop.add(sock, self.requests.on_reply)
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 100000)
+        self.sub.setsockopt(zmq.SUBSCRIBE, node_id.encode())
+        for n in topo.of_type("logic"):
+            self.sub.connect(n.endpoint("pub"))
+        self.loop.add(self.sub, self.on_delivery)
+        self.heard = {}                         # logic id -> monotonic time of last frame
+        self.core = BrokerCore(node_id, topo, topo.read_secret(), self)
+        self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
+                                maxmsgsize=int(topo.limits["max_frame"]))
+        self.loop.add(self.client, self.on_client)
+        rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
+        self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
+        self.loop.every(SWEEP_INTERVAL, self.housekeeping)
+        for router_id, sock in self.routers.items():
+            # a restarted broker has no sessions: clear what routers remember of it
+            self.requests.send(sock, {"t": "broker_reset", "broker": node_id}, lambda _r: None)
+
+    # --- out -----------------------------------------------------------------
+    def reply(self, ident, msg):
+        self.queue_reply(self.client, ident, msg)
+
+    def push(self, ident, frame):
+        self.queue_frames(self.client, [ident, frame])
+
+    def to_logic(self, channel, msg, callback):
+        self.requests.send(self.logics[self.topo.logic_for(channel)], msg, callback)
+
+    def to_router(self, uin, msg, callback):
+        self.requests.send(self.routers[self.topo.router_for(uin)], msg, callback)
+
+    # --- sockets -------------------------------------------------------------
+    def on_client(self, frames):
+        if len(frames) != 2:
+            self.reply(frames[0], wire.error(None, wire.Err.BAD_FRAME, "send exactly one frame per message"))
+            return
+        self.core.on_client(frames[0], frames[1])
+
+    def on_delivery(self, frames):
+        try:
+            msg = wire.unpack(frames[-1], INTERNAL_MAX_FRAME)
+        except wire.ProtocolError as exc:
+            log.warning("bad delivery frame: %s", exc)
+            return
+        if msg.get("t") == "tick":
+            self.heard[msg.get("logic")] = time.monotonic()
+        elif msg.get("t") == "msg":
+            self.core.deliver(msg)
+
+    def housekeeping(self):
+        self.requests.expire()
+        self.core.sweep()
+
+    def status(self):
+        now = time.monotonic()
+        linked = sorted(k for k, t in self.heard.items() if now - t < 3.0)
+        return dict(super().status(), sessions=len(self.core.sessions), logic_links=linked,
+                    ready=len(linked) == len(self.logics))

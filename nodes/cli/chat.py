@@ -1,0 +1,191 @@
+"""bin/chat: the chat client on the command line.
+
+    bin/chat [-c CONFIG] --uin U [--device D]                        interactive (/join CHANNEL)
+    bin/chat send [-c CONFIG] --uin U [--device D] --channel C TEXT  prints the msg id
+    bin/chat tail [-c CONFIG] --uin U [--device D] --channel C --count N
+                  [--since ID] [--timeout S] [--json]                prints N messages, then exits
+
+Exit codes: 0 ok; 1 the server refused (code and message on stderr) or the
+timeout passed; 2 bad arguments or configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+
+import zmq
+
+from ..client import Client, ClientError
+from .common import add_config_arg, broker_endpoint, fail, load_topology, token_for, uin_arg
+
+
+def add_session_args(parser) -> None:
+    add_config_arg(parser)
+    parser.add_argument("--uin", type=uin_arg, required=True)
+    parser.add_argument("--device", type=uin_arg, default=0)
+    parser.add_argument("--token", help="login token (minted locally on a local topology)")
+    parser.add_argument("--broker", help="broker id to connect to (default: by uin)")
+
+
+def connect(args) -> Client:
+    topo = load_topology(args.config)
+    client = Client(broker_endpoint(topo, args.uin, args.broker))
+    try:
+        client.login(token_for(topo, args.uin, args.token), device=args.device)
+    except ClientError as exc:
+        client.close(logout=False)
+        print(f"error: {exc.code}: {exc.msg}", file=sys.stderr)
+        sys.exit(1)
+    return client
+
+
+def message_json(msg: dict) -> str:
+    return json.dumps({"channel": msg["channel"], "id": msg["id"], "uin": msg["uin"],
+                       "device": msg["device"], "client_time": msg["ctime"], "text": msg["text"]},
+                      ensure_ascii=False)
+
+
+def message_line(msg: dict) -> str:
+    when = datetime.datetime.fromtimestamp(msg.get("stime", 0) / 1000).strftime("%H:%M:%S")
+    return f"[{msg['channel']} #{msg['id']}] {msg['uin']}/{msg['device']} {when}: {msg['text']}"
+
+
+def cmd_send(args) -> int:
+    client = connect(args)
+    try:
+        print(client.send(args.channel, args.text))
+        return 0
+    except ClientError as exc:
+        print(f"error: {exc.code}: {exc.msg}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+def cmd_tail(args) -> int:
+    client = connect(args)
+    show = message_json if args.json else message_line
+    seen = set()
+    printed = 0
+    deadline = time.monotonic() + args.timeout
+    try:
+        if args.since is not None:
+            after = args.since
+            while printed < args.count:
+                page = client.sync(args.channel, after)
+                for msg in page["msgs"]:
+                    if printed < args.count and msg["id"] not in seen:
+                        seen.add(msg["id"])
+                        print(show(msg), flush=True)
+                        printed += 1
+                if not page["more"] or not page["msgs"]:
+                    break
+                after = page["msgs"][-1]["id"]
+        while printed < args.count:
+            left = deadline - time.monotonic()
+            msg = client.recv(timeout=max(0.0, min(left, client.interval or 10)))
+            if msg is None:
+                if time.monotonic() >= deadline:
+                    print(f"error: TIMEOUT: got {printed} of {args.count} messages "
+                          f"in {args.timeout}s", file=sys.stderr)
+                    return 1
+                client.heartbeat()
+                continue
+            if msg["channel"] == args.channel and msg["id"] not in seen:
+                seen.add(msg["id"])
+                print(show(msg), flush=True)
+                printed += 1
+        return 0
+    except ClientError as exc:
+        print(f"error: {exc.code}: {exc.msg}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+def cmd_interactive(args) -> int:
+    client = connect(args)
+    channel = args.channel
+    print(f"logged in as {args.uin}/{args.device} via {client.endpoint}. "
+          "Type /join CHANNEL, then lines to send; /quit to leave.", flush=True)
+    poller = zmq.Poller()
+    poller.register(client.sock, zmq.POLLIN)
+    poller.register(sys.stdin.fileno(), zmq.POLLIN)
+    next_hb = time.monotonic() + (client.interval or 10)
+    try:
+        while True:
+            while client.inbox:
+                print(message_line(client.inbox.popleft()), flush=True)
+            ready = dict(poller.poll(max(0, int((next_hb - time.monotonic()) * 1000))))
+            if time.monotonic() >= next_hb:
+                client.heartbeat()
+                next_hb = time.monotonic() + (client.interval or 10)
+            if client.sock in ready:
+                msg = client.recv(timeout=0)
+                if msg is not None:
+                    print(message_line(msg), flush=True)
+            if sys.stdin.fileno() in ready:
+                line = sys.stdin.readline()
+                if not line or line.strip() == "/quit":
+                    return 0
+                line = line.rstrip("\n")
+                if line.startswith("/join"):
+                    parts = line.split()
+                    if len(parts) != 2:
+                        print("usage: /join CHANNEL", flush=True)
+                    else:
+                        channel = parts[1]
+                        print(f"now in {channel}", flush=True)
+                elif line:
+                    if channel is None:
+                        print("pick a channel first: /join CHANNEL", flush=True)
+                        continue
+                    try:
+                        print(f"  sent #{client.send(channel, line)}", flush=True)
+                    except ClientError as exc:
+                        print(f"  error: {exc.code}: {exc.msg}", flush=True)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.close()
+
+
+def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
+    if sub_cmd == "send":
+        p = argparse.ArgumentParser(prog="bin/chat send", description="Send one message.")
+        add_session_args(p)
+        p.add_argument("--channel", required=True)
+        p.add_argument("text")
+        p.set_defaults(fn=cmd_send)
+    elif sub_cmd == "tail":
+        p = argparse.ArgumentParser(prog="bin/chat tail", description="Print N messages of a channel.")
+        add_session_args(p)
+        p.add_argument("--channel", required=True)
+        p.add_argument("--count", type=int, required=True)
+        p.add_argument("--since", type=int, help="first fetch stored messages with id > SINCE")
+        p.add_argument("--timeout", type=float, default=30.0)
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
+        p.set_defaults(fn=cmd_tail)
+    else:
+        p = argparse.ArgumentParser(prog="bin/chat", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_session_args(p)
+        p.add_argument("--channel", help="channel to start in (or /join later)")
+        p.set_defaults(fn=cmd_interactive)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sub_cmd = argv[0] if argv and argv[0] in ("send", "tail") else None
+    args = build_parser(sub_cmd).parse_args(argv[1:] if sub_cmd else argv)
+    if getattr(args, "count", 1) < 0:
+        fail("--count must be >= 0")
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

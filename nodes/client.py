@@ -1,0 +1,138 @@
+"""Client library: one DEALER session to a broker (blocking API).
+
+    c = Client("tcp://127.0.0.1:7101")
+    c.login(token, device=1)
+    msg_id = c.send("lobby", "hello")          # blocks until acked (retries on timeout)
+    msg = c.recv(timeout=5)                    # next pushed message, or None
+    c.close()
+
+Pushes that arrive while a request waits for its reply are kept in order
+and returned by ``recv``.  The client time of each send is microseconds
+since the epoch, made strictly increasing per client, and a retry reuses it,
+so the server acks a retry with the original id instead of storing twice.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+
+import zmq
+
+from . import wire
+
+
+RETRYABLE = ("TIMEOUT", wire.Err.UNAVAILABLE)
+
+
+class ClientError(Exception):
+    """The server answered with an error code (``code``), or did not answer at all."""
+
+    def __init__(self, code: str, msg: str, reply: dict | None = None):
+        super().__init__(f"{code}: {msg}")
+        self.code, self.msg, self.reply = code, msg, reply or {}
+
+
+class Client:
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None, timeout: float = 3.0,
+                 retries: int = 2):
+        self.endpoint = endpoint
+        self.ctx = ctx or zmq.Context.instance()
+        self.timeout = timeout
+        self.retries = retries
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.inbox = collections.deque()        # pushed messages not yet returned by recv
+        self.events = collections.deque()       # other unsolicited frames (kicked, ...)
+        self._rids = itertools.count(1)
+        self._last_ctime = 0
+        self.uin = self.device = None
+        self.interval = None
+
+    # --- plumbing ------------------------------------------------------------
+    def _next_ctime(self) -> int:
+        self._last_ctime = max(int(time.time() * 1_000_000), self._last_ctime + 1)
+        return self._last_ctime
+
+    def _file(self, msg: dict) -> None:
+        (self.inbox if msg.get("t") == "msg" else self.events).append(msg)
+
+    def _read(self, timeout: float) -> dict | None:
+        if not self.sock.poll(max(0, int(timeout * 1000))):
+            return None
+        return wire.unpack(self.sock.recv(), 2**31)
+
+    def request(self, msg: dict, timeout: float | None = None) -> dict:
+        """Send one request and wait for the reply with its rid; ClientError on err or timeout."""
+        msg = dict(msg, rid=next(self._rids))
+        self.sock.send(wire.pack(msg))
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            reply = self._read(deadline - time.monotonic())
+            if reply is None:
+                raise ClientError("TIMEOUT", f"no reply to '{msg['t']}' in time")
+            if reply.get("rid") == msg["rid"] and reply.get("t") != "msg":
+                if reply.get("t") == "err":
+                    raise ClientError(reply.get("code", "?"), reply.get("msg", ""), reply)
+                return reply
+            if reply.get("rid") is None or reply.get("t") == "msg":
+                self._file(reply)
+
+    # --- API -----------------------------------------------------------------
+    def login(self, token: str, device: int = 0, net: str = "wired") -> dict:
+        reply = self.request({"t": "login", "v": wire.PROTOCOL_VERSION, "token": token,
+                              "device": device, "net": net})
+        self.uin, self.device, self.interval = reply["uin"], reply["device"], reply["hb"]
+        return reply
+
+    def send(self, channel: str, text: str, timeout: float | None = None,
+             retries: int | None = None) -> int:
+        """Send and block until acked; return the msg id.  Retries keep the client time."""
+        req = {"t": "send", "channel": channel, "ctime": self._next_ctime(), "text": text}
+        attempts = 1 + (self.retries if retries is None else retries)
+        last = None
+        for _attempt in range(attempts):
+            try:
+                return self.request(req, timeout)["id"]
+            except ClientError as exc:
+                if exc.code not in RETRYABLE:
+                    raise
+                last = exc
+        raise ClientError(wire.Err.BUSY, f"system busy: no ack after {attempts} attempts") from last
+
+    def sync(self, channel: str, after: int) -> dict:
+        """One page of stored messages of ``channel`` with id > after."""
+        return self.request({"t": "sync", "channel": channel, "after": after})
+
+    def heartbeat(self) -> dict:
+        reply = self.request({"t": "hb"})
+        self.interval = reply.get("interval", self.interval)
+        return reply
+
+    def recv(self, timeout: float = 0.0) -> dict | None:
+        """The next pushed message, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.inbox:
+            msg = self._read(deadline - time.monotonic())
+            if msg is None:
+                return None
+            self._file(msg)
+        return self.inbox.popleft()
+
+    def logout(self) -> None:
+        try:
+            self.request({"t": "logout"}, timeout=1.0)
+        except ClientError:
+            pass
+
+    def close(self, logout: bool = True) -> None:
+        if logout and self.uin is not None:
+            self.logout()
+        self.sock.close(0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

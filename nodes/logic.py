@@ -1,0 +1,430 @@
+"""Logic node: the single writer of the channels it owns.
+
+Send path per request: membership check -> dedup by (uin, device, client
+time) -> queue on the channel.  At the end of each loop turn the queued
+sends of every channel take ids from the channel's leased block, go into
+one RocksDB batch, and only after that batch is written are they acked and
+fanned out (one PUB frame per broker, topic = broker id).  Id blocks come
+from the counter and are prefetched when half used, so sends do not wait on
+the counter in steady state.  Leases are stored too, so a restarted logic
+node continues the same block and ids stay contiguous.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+import zmq
+
+from . import auth
+from . import store as keys
+from . import wire
+from .node import INTERNAL_MAX_FRAME, Node
+from .presence import PresenceReplica
+from .router import PRESENCE_TOPIC
+from .rpc import Requests
+
+log = logging.getLogger(__name__)
+
+TICK_INTERVAL = 0.5
+
+
+class Pending:
+    """A new message waiting for its id; ``waiters`` are requests to ack."""
+
+    __slots__ = ("uin", "device", "ctime", "text", "channel", "waiters", "id", "stime")
+
+    def __init__(self, uin, device, ctime, text, channel, waiter):
+        self.uin, self.device, self.ctime, self.text = uin, device, ctime, text
+        self.channel = channel
+        self.waiters = [waiter]
+        self.id = None
+        self.stime = None
+
+
+class ChannelState:
+    __slots__ = ("name", "members", "leases", "next_id", "last_id", "waiting", "alloc_inflight")
+
+    def __init__(self, name: str, members):
+        self.name = name
+        self.members = set(members)
+        self.leases = collections.deque()     # [start, end) blocks not yet used up
+        self.next_id = 0                      # next id to assign (within leases[0])
+        self.last_id = 0                      # newest stored id
+        self.waiting = collections.deque()    # Pending, in arrival order
+        self.alloc_inflight = False
+
+    def available(self) -> int:
+        if not self.leases:
+            return 0
+        first = self.leases[0][1] - self.next_id
+        return first + sum(end - start for start, end in list(self.leases)[1:])
+
+    def take_id(self) -> int | None:
+        while self.leases and self.next_id >= self.leases[0][1]:
+            self.leases.popleft()
+            if self.leases:
+                self.next_id = self.leases[0][0]
+        if not self.leases:
+            return None
+        msg_id = self.next_id
+        self.next_id += 1
+        return msg_id
+
+    def add_lease(self, start: int, end: int) -> bool:
+        """Accept a block from the counter if it lies beyond every id we know."""
+        newest = max(self.next_id, self.last_id + 1, *(e for _s, e in self.leases))
+        if start < newest or end <= start:
+            return False
+        if not self.leases:
+            self.next_id = start
+        self.leases.append((start, end))
+        return True
+
+
+class LogicCore:
+    """Channels, dedup and the send pipeline; ``out`` does the I/O.
+
+    ``out`` provides ``reply(ident, msg)``, ``publish(broker_id, msg)`` and
+    ``request_ids(channel, n)``.
+    """
+
+    def __init__(self, node_id, topo, store, replica, out, secret: bytes):
+        self.id = node_id
+        self.topo = topo
+        self.store = store
+        self.replica = replica
+        self.out = out
+        self.secret = secret
+        self.block = int(topo.limits["id_block"])
+        self.lifetime = topo.limits["message_lifetime"]
+        self.max_waiting = int(topo.limits["max_pending"])
+        self.channels = {}                    # name -> ChannelState
+        self.dedup = {}                       # (uin, device) -> (ctime, channel, id)
+        self.inflight = {}                    # (uin, device) -> Pending
+        self.dirty = set()                    # channels with waiting sends
+        self.committed = []                   # Pending stored in this turn's batch
+        self.waiting_total = 0
+        self.stats = collections.Counter()
+
+    # --- start ---------------------------------------------------------------
+    def load(self) -> None:
+        for key, raw in self.store.scan(b"c"):
+            name = key[1:].decode()
+            self.channels[name] = ChannelState(name, keys.decode(raw)["members"])
+        for name, ch in self.channels.items():
+            last = self.store.last_with_prefix(keys.channel_prefix(name))
+            ch.last_id = keys.unpack_u64(last[0][-8:]) if last else 0
+            ch.next_id = ch.last_id + 1
+            raw = self.store.get(keys.lease_key(name))
+            for start, end in (keys.decode(raw) if raw else []):
+                if end > ch.next_id:
+                    ch.leases.append((start, end))
+            if ch.leases:
+                ch.next_id = max(ch.next_id, ch.leases[0][0])
+        for key, raw in self.store.scan(b"d"):
+            uin, device = int.from_bytes(key[1:5], "big"), int.from_bytes(key[5:9], "big")
+            ctime, channel, msg_id = keys.decode(raw)
+            self.dedup[(uin, device)] = (ctime, channel, msg_id)
+        for name, spec in self.topo.channels.items():
+            if name not in self.channels and self.topo.logic_for(name) == self.id:
+                self._create(name, spec["members"])
+        self.store.flush()
+
+    def _create(self, name, members):
+        ch = self.channels[name] = ChannelState(name, members)
+        ch.next_id = 1
+        self._save_members(ch)
+        return ch
+
+    def _save_members(self, ch):
+        self.store.put(keys.channel_key(ch.name), keys.encode({"members": sorted(ch.members)}))
+
+    def _save_leases(self, ch):
+        self.store.put(keys.lease_key(ch.name), keys.encode([list(x) for x in ch.leases]))
+
+    # --- requests ------------------------------------------------------------
+    def _owned(self, name: str) -> ChannelState:
+        if self.topo.logic_for(name) != self.id:
+            raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"logic {self.id} does not own channel {name!r}")
+        ch = self.channels.get(name)
+        if ch is None:
+            raise wire.ProtocolError(wire.Err.NO_CHANNEL, f"no channel {name!r}")
+        return ch
+
+    def _member_channel(self, name: str, uin: int) -> ChannelState:
+        ch = self._owned(name)
+        if uin not in ch.members:
+            raise wire.ProtocolError(wire.Err.NOT_MEMBER, f"uin {uin} is not a member of {name!r}")
+        return ch
+
+    def send(self, ident: bytes, msg: dict):
+        """Accept a send; return an immediate reply (retry, error) or None (acked later)."""
+        uin, device, ctime, rid = msg["uin"], msg["device"], msg["ctime"], msg["rid"]
+        ch = self._member_channel(msg["channel"], uin)
+        key = (uin, device)
+        waiter = (ident, rid)
+        pending = self.inflight.get(key)
+        if pending is not None and pending.ctime == ctime:
+            if pending.channel != ch.name:
+                raise wire.ProtocolError(wire.Err.STALE, "client time reused for another channel")
+            pending.waiters.append(waiter)           # retry of a send still being stored
+            self.stats["retries"] += 1
+            return None
+        done = self.dedup.get(key)
+        if done is not None and ctime <= done[0]:
+            if ctime == done[0] and done[1] == ch.name:
+                self.stats["retries"] += 1
+                return self._ack(rid, ch.name, device, ctime, done[2])
+            raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} is not after the last "
+                                     f"one seen from this device ({done[0]})", last=done[0])
+        if pending is not None and ctime < pending.ctime:
+            raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} is older than a send "
+                                     "in flight from this device")
+        if self.waiting_total >= self.max_waiting:
+            raise wire.ProtocolError(wire.Err.BUSY, "too many sends waiting for ids; retry later")
+        rec = Pending(uin, device, ctime, msg["text"], ch.name, waiter)
+        self.inflight[key] = rec
+        ch.waiting.append(rec)
+        self.waiting_total += 1
+        self.dirty.add(ch)
+        return None
+
+    @staticmethod
+    def _ack(rid, channel, device, ctime, msg_id):
+        return wire.reply("ack", rid, channel=channel, device=device, ctime=ctime, id=msg_id)
+
+    def sync(self, msg: dict) -> dict:
+        """Stored messages of a channel after ``after``, oldest first, one page."""
+        ch = self._member_channel(msg["channel"], msg["uin"])
+        prefix = keys.channel_prefix(ch.name)
+        now = time.time()
+        after = min(msg["after"], ch.last_id)
+        msgs, first = [], None
+        for key, raw in self.store.scan(prefix, keys.message_key(ch.name, after + 1)):
+            rec = keys.decode(raw)
+            if rec[4] < now:
+                continue
+            msg_id = keys.unpack_u64(key[-8:])
+            if len(msgs) >= wire.SYNC_PAGE:
+                break
+            msgs.append(self._push(ch.name, msg_id, rec))
+        head = next(self.store.scan(prefix), None)
+        first = keys.unpack_u64(head[0][-8:]) if head else ch.last_id + 1
+        more = bool(msgs) and msgs[-1]["id"] < ch.last_id
+        return wire.reply("sync", msg["rid"], channel=ch.name, msgs=msgs, first=first,
+                          last=ch.last_id, more=more)
+
+    @staticmethod
+    def _push(channel, msg_id, rec) -> dict:
+        uin, device, ctime, stime, _expiry, text = rec
+        return {"t": "msg", "channel": channel, "id": msg_id, "uin": uin, "device": device,
+                "ctime": ctime, "stime": stime, "text": text}
+
+    # --- membership ----------------------------------------------------------
+    def _admin(self, msg, must_exist=True):
+        auth.verify(self.secret, msg["auth"], scope="admin")
+        name = msg["channel"]
+        if must_exist:
+            return self._owned(name)
+        if self.topo.logic_for(name) != self.id:
+            raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"logic {self.id} does not own channel {name!r}")
+        return None
+
+    def _check_members(self, members):
+        if len(members) > self.topo.limits["max_members"]:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, "too many members")
+
+    def channel_create(self, msg):
+        self._admin(msg, must_exist=False)
+        self._check_members(msg["members"])
+        if msg["channel"] in self.channels:
+            raise wire.ProtocolError(wire.Err.CHANNEL_EXISTS, f"channel {msg['channel']!r} exists")
+        ch = self._create(msg["channel"], msg["members"])
+        return self._members_reply(msg, ch)
+
+    def channel_add(self, msg):
+        ch = self._admin(msg)
+        self._check_members(set(msg["members"]) | ch.members)
+        ch.members.update(msg["members"])
+        self._save_members(ch)
+        return self._members_reply(msg, ch)
+
+    def channel_remove(self, msg):
+        ch = self._admin(msg)
+        ch.members.difference_update(msg["members"])
+        self._save_members(ch)
+        return self._members_reply(msg, ch)
+
+    def channel_show(self, msg):
+        return self._members_reply(msg, self._admin(msg))
+
+    @staticmethod
+    def _members_reply(msg, ch):
+        return wire.reply("channel", msg["rid"], channel=ch.name, members=sorted(ch.members),
+                          last=ch.last_id)
+
+    # --- ids -----------------------------------------------------------------
+    def on_ids(self, channel: str, start: int, end: int) -> None:
+        ch = self.channels.get(channel)
+        if ch is None:
+            return
+        ch.alloc_inflight = False
+        if ch.add_lease(start, end):
+            self._save_leases(ch)
+            if ch.waiting:
+                self.dirty.add(ch)
+
+    def on_ids_failed(self, channel: str) -> None:
+        ch = self.channels.get(channel)
+        if ch is not None:
+            ch.alloc_inflight = False
+            self.stats["alloc_failures"] += 1
+            if ch.waiting:
+                self._prefetch(ch)
+
+    def _prefetch(self, ch: ChannelState) -> None:
+        if not ch.alloc_inflight and ch.available() - len(ch.waiting) < self.block // 2:
+            ch.alloc_inflight = True
+            self.out.request_ids(ch.name, self.block)
+
+    # --- turn end: assign ids and stage writes, then ack and fan out ---------
+    def assign(self) -> None:
+        """Give queued sends their ids and stage their writes (before the batch is written)."""
+        now = time.time()
+        for ch in self.dirty:
+            leases_before = list(ch.leases)
+            while ch.waiting:
+                msg_id = ch.take_id()
+                if msg_id is None:
+                    break
+                rec = ch.waiting.popleft()
+                self.waiting_total -= 1
+                rec.id, rec.stime = msg_id, int(now * 1000)
+                expiry = now + self.lifetime
+                self.store.put(keys.message_key(ch.name, msg_id), keys.encode(
+                    [rec.uin, rec.device, rec.ctime, rec.stime, expiry, rec.text]))
+                self.store.put(keys.dedup_key(rec.uin, rec.device),
+                               keys.encode([rec.ctime, ch.name, msg_id]))
+                ch.last_id = msg_id
+                self.committed.append(rec)
+            if list(ch.leases) != leases_before:
+                self._save_leases(ch)
+            self._prefetch(ch)
+        self.dirty = {ch for ch in self.dirty if ch.waiting and ch.available()}
+
+    def commit(self) -> None:
+        """The batch is on disk: record dedup, ack every waiter, fan out."""
+        committed, self.committed = self.committed, []
+        for rec in committed:
+            key = (rec.uin, rec.device)
+            self.dedup[key] = (rec.ctime, rec.channel, rec.id)
+            if self.inflight.get(key) is rec:
+                del self.inflight[key]
+            for ident, rid in rec.waiters:
+                self.out.reply(ident, self._ack(rid, rec.channel, rec.device, rec.ctime, rec.id))
+            self.fan_out(rec)
+        self.stats["stored"] += len(committed)
+
+    def fan_out(self, rec: Pending) -> None:
+        push = {"t": "msg", "channel": rec.channel, "id": rec.id, "uin": rec.uin,
+                "device": rec.device, "ctime": rec.ctime, "stime": rec.stime, "text": rec.text}
+        for broker, uins in self.replica.brokers_for(self.channels[rec.channel].members).items():
+            push["to"] = uins
+            self.out.publish(broker, push)
+
+
+class LogicNode(Node):
+    type = "logic"
+
+    def __init__(self, topo, node_id):
+        super().__init__(topo, node_id)
+        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME)
+        self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
+        self.counters = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("counter")}
+        self.routers = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("router")}
+        for sock in list(self.counters.values()) + list(self.routers.values()):
+            self.loop.add(sock, self.requests.on_reply)
+        self.presence_sub = self.ctx.socket(zmq.SUB)
+        self.presence_sub.setsockopt(zmq.LINGER, 0)
+        self.presence_sub.setsockopt(zmq.RCVHWM, 100000)
+        self.presence_sub.setsockopt(zmq.SUBSCRIBE, PRESENCE_TOPIC)
+        for n in topo.of_type("router"):
+            self.presence_sub.connect(n.endpoint("pub"))
+        self.loop.add(self.presence_sub, self.on_presence)
+        self.replica = PresenceReplica(self.routers, self.request_snapshot)
+        self.core = LogicCore(node_id, topo, self.store, self.replica, self, topo.read_secret())
+        self.core.load()
+        rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
+        self.rpc = rpc
+        c = self.core
+        self.serve(rpc, wire.LOGIC_REQUESTS, {
+            "send": lambda ident, msg: c.send(ident, msg),
+            "sync": lambda _i, msg: c.sync(msg),
+            "channel_create": lambda _i, msg: c.channel_create(msg),
+            "channel_add": lambda _i, msg: c.channel_add(msg),
+            "channel_remove": lambda _i, msg: c.channel_remove(msg),
+            "channel_show": lambda _i, msg: c.channel_show(msg),
+            "presence": self.handle_presence,
+            "status": self.handle_status})
+        self.broker_topics = [b.id.encode() for b in topo.of_type("broker")]
+        self.loop.every(TICK_INTERVAL, self.tick, first=0)
+        self.replica.start()
+
+    # --- out (what the core asks for) ----------------------------------------
+    def reply(self, ident, msg):
+        self.queue_reply(self.rpc, ident, msg)
+
+    def publish(self, broker, msg):
+        self.queue_frames(self.pub, [broker.encode(), wire.pack(msg)])
+
+    def request_ids(self, channel, n):
+        counter = self.topo.counter_for(channel)
+
+        def done(reply):
+            if reply.get("t") == "alloc":
+                self.core.on_ids(channel, reply["start"], reply["end"])
+            else:
+                log.warning("id alloc for %s failed: %s", channel, reply.get("msg"))
+                self.core.on_ids_failed(channel)
+        self.requests.send(self.counters[counter], {"t": "alloc", "channel": channel, "n": n}, done)
+
+    def request_snapshot(self, router_id):
+        def done(reply):
+            if reply.get("t") == "snapshot":
+                self.replica.on_snapshot(reply)
+            else:
+                self.replica.on_snapshot_failed(router_id)
+        self.requests.send(self.routers[router_id], {"t": "snapshot"}, done)
+
+    # --- sockets -------------------------------------------------------------
+    def on_presence(self, frames):
+        try:
+            self.replica.on_message(wire.unpack(frames[-1], INTERNAL_MAX_FRAME))
+        except wire.ProtocolError as exc:
+            log.warning("bad presence message: %s", exc)
+
+    def tick(self):
+        """Tell every broker this logic node is alive (and keep its SUB link proven)."""
+        self.requests.expire()
+        frame = wire.pack({"t": "tick", "logic": self.id})
+        for topic in self.broker_topics:
+            self.queue_frames(self.pub, [topic, frame])
+        self.replica.retry()
+
+    def before_flush(self):
+        self.core.assign()
+
+    def after_flush(self):
+        self.core.commit()
+
+    def handle_presence(self, _ident, msg):
+        return wire.reply("presence", msg["rid"], uin=msg["uin"],
+                          devices={str(d): b for d, b in self.replica.devices(msg["uin"]).items()})
+
+    def status(self):
+        c = self.core
+        return dict(super().status(), channels=len(c.channels), presence_synced=self.replica.synced(),
+                    online=len(self.replica.online), stored=c.stats["stored"],
+                    waiting=c.waiting_total)

@@ -1,0 +1,121 @@
+"""Start, watch and stop the node processes of a topology on this machine.
+
+One piece serves ``bin/mesh up`` and the tests: every node is a child
+process (``python -m nodes.launch``), its log goes to ``<data_dir>/<id>.log``,
+readiness is judged from the nodes' own status replies, and ``close()``
+stops every child it started (SIGTERM, then SIGKILL) even on failure.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from . import auth, topology
+from .admin import Admin
+
+
+class MeshError(RuntimeError):
+    pass
+
+
+class Mesh:
+    def __init__(self, config: str, python: str = sys.executable):
+        self.config = os.path.abspath(config)
+        self.topo = topology.load(self.config)
+        self.python = python
+        self.procs = {}                       # node id -> Popen
+        self.admin = Admin(self.topo, timeout=1.0)
+
+    # --- processes -----------------------------------------------------------
+    def log_path(self, node_id: str) -> str:
+        return os.path.join(self.topo.data_dir, f"{node_id}.log")
+
+    def start(self, node_ids=None) -> None:
+        if self.topo.local:
+            auth.ensure_secret(self.topo.secret_file)
+        os.makedirs(self.topo.data_dir, exist_ok=True)
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        for node_id in node_ids or list(self.topo.nodes):
+            if node_id in self.procs and self.procs[node_id].poll() is None:
+                raise MeshError(f"node {node_id} is already running")
+            log = open(self.log_path(node_id), "ab")
+            self.procs[node_id] = subprocess.Popen(
+                [self.python, "-m", "nodes.launch", "--config", self.config, "--id", node_id],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            log.close()
+
+    def signal(self, node_id: str, sig: int = signal.SIGTERM, wait: float = 10.0) -> int | None:
+        """Send ``sig`` to one node and wait for it to exit; its exit code."""
+        proc = self.procs.get(node_id)
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        proc.send_signal(sig)
+        try:
+            return proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def kill(self, node_id: str) -> int | None:
+        return self.signal(node_id, signal.SIGKILL)
+
+    def restart(self, node_id: str, timeout: float = 15.0) -> None:
+        self.signal(node_id)
+        self.start([node_id])
+        self.wait_ready(timeout, [node_id])
+
+    def exited(self) -> dict:
+        """Nodes that have exited: {id: exit code}."""
+        return {i: p.returncode for i, p in self.procs.items() if p.poll() is not None}
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- readiness -----------------------------------------------------------
+    def is_ready(self, node_id: str, status: dict | None) -> bool:
+        if status is None:
+            return False
+        if status["type"] == "broker":
+            return bool(status.get("ready"))
+        if status["type"] == "logic":
+            return bool(status.get("presence_synced"))
+        return True
+
+    def wait_ready(self, timeout: float = 20.0, node_ids=None) -> dict:
+        """Ask every node for its status until all are ready; raise MeshError with the laggards."""
+        waiting = set(node_ids or self.topo.nodes)
+        deadline = time.monotonic() + timeout
+        statuses = {}
+        while waiting:
+            for node_id in sorted(waiting):
+                proc = self.procs.get(node_id)
+                if proc is not None and proc.poll() is not None:
+                    raise MeshError(f"node {node_id} exited with code {proc.returncode}; "
+                                    f"see {self.log_path(node_id)}")
+                status = self.admin.status(node_id, timeout=0.3)
+                if self.is_ready(node_id, status):
+                    statuses[node_id] = status
+                    waiting.discard(node_id)
+            if waiting and time.monotonic() > deadline:
+                raise MeshError(f"not ready after {timeout}s: {', '.join(sorted(waiting))}")
+        return statuses

@@ -1,0 +1,150 @@
+"""What every node process shares: sockets, the loop, request serving, status.
+
+A node type subclasses ``Node``, declares its request schemas and handlers
+(a dispatch table, not an if/elif chain), and keeps its protocol logic in a
+core object that never touches a socket.  Replies are queued during a loop
+turn and sent in ``turn_end`` after the store's batch is written, so a reply
+never promises something that is not on disk yet.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import zmq
+
+from . import wire
+from .loop import Loop
+from .store import Store
+from .topology import Topology
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MAX_FRAME = 64 * 1024 * 1024
+
+
+class Node:
+    type = "node"
+    needs_store = True      # brokers and routers keep only in-memory state
+
+    def __init__(self, topo: Topology, node_id: str, store_sync: bool | None = None):
+        self.topo = topo
+        self.spec = topo.node(node_id)
+        if self.spec.type != self.type:
+            raise ValueError(f"node {node_id!r} is a {self.spec.type} in {topo.path}, not a {self.type}")
+        self.id = node_id
+        self.started = time.time()
+        self.ctx = zmq.Context()
+        self.ctx.setsockopt(zmq.LINGER, 0)
+        self.loop = Loop()
+        self.store = None
+        if self.needs_store:
+            self.store = Store(topo.node_dir(node_id),
+                               sync=topo.storage["sync"] if store_sync is None else store_sync)
+        self._replies = []                 # (sock, frames) to send after the batch is written
+        self.loop.on_turn_end(self._end_turn)
+
+    # --- sockets -------------------------------------------------------------
+    def bind(self, kind: int, endpoint: str, maxmsgsize: int | None = None) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100000)
+        sock.setsockopt(zmq.RCVHWM, 100000)
+        if kind == zmq.ROUTER:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if maxmsgsize:
+            sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
+        sock.bind(endpoint)
+        return sock
+
+    def connect(self, kind: int, endpoint: str, identity: bytes | None = None) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100000)
+        sock.setsockopt(zmq.RCVHWM, 100000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if identity:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        sock.connect(endpoint)
+        return sock
+
+    def serve(self, sock: zmq.Socket, schemas: dict, handlers: dict,
+              max_len: int = INTERNAL_MAX_FRAME) -> None:
+        """Serve requests on a ROUTER: decode, validate, dispatch through ``handlers``.
+
+        A handler gets (identity, message) and returns a reply map, or None
+        when the reply is sent later.  Every bad request gets an error reply.
+        """
+        def on_request(frames):
+            if len(frames) != 2:
+                self.queue_reply(sock, frames[0], wire.error(None, wire.Err.BAD_FRAME,
+                                                             "send exactly one frame per message"))
+                return
+            ident, frame = frames
+            rid = None
+            try:
+                msg = wire.unpack(frame, max_len)
+                rid = wire.request_rid(msg)
+                t = wire.validate(msg, schemas)
+                result = handlers[t](ident, msg)
+            except wire.ProtocolError as exc:
+                result = wire.error_from(rid, exc)
+            except Exception:
+                log.exception("request failed")
+                result = wire.error(rid, wire.Err.INTERNAL, "internal error; nothing was stored")
+            if result is not None:
+                self.queue_reply(sock, ident, result)
+        self.loop.add(sock, on_request)
+
+    def queue_reply(self, sock: zmq.Socket, ident: bytes, msg: dict) -> None:
+        self._replies.append((sock, [ident, wire.pack(msg)]))
+
+    def queue_frames(self, sock: zmq.Socket, frames: list) -> None:
+        self._replies.append((sock, frames))
+
+    def _end_turn(self) -> None:
+        self.before_flush()
+        if self.store is not None:
+            self.store.flush()
+        self.after_flush()
+        replies, self._replies = self._replies, []
+        for sock, frames in replies:
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                log.warning("peer queue full; message dropped")
+            except zmq.ZMQError as exc:
+                log.warning("send failed: %s", exc)
+
+    def before_flush(self) -> None:
+        """Hook: stage this turn's writes."""
+
+    def after_flush(self) -> None:
+        """Hook: queue what may only leave after the durable write (acks, fan-out)."""
+
+    # --- status --------------------------------------------------------------
+    def status(self) -> dict:
+        return {"id": self.id, "type": self.type, "pid": os.getpid(),
+                "uptime": round(time.time() - self.started, 3)}
+
+    def handle_status(self, _ident, msg) -> dict:
+        return wire.reply("status", msg["rid"], **self.status())
+
+    # --- lifetime ------------------------------------------------------------
+    def run(self) -> None:
+        self.loop.install_signal_handlers()
+        log.info("%s %s up (pid %d)", self.type, self.id, os.getpid())
+        try:
+            self.loop.run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            if self.store is not None:
+                self.store.close()
+        finally:
+            self.ctx.destroy(linger=0)
+        log.info("%s %s stopped", self.type, self.id)

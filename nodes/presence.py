@@ -1,0 +1,128 @@
+"""A logic node's replica of the routers' online state (zguide Clone pattern).
+
+Each router publishes deltas numbered 1, 2, 3 ... within an epoch (one
+router run).  The replica applies a delta only when it is the next number;
+on a gap, a new epoch or a tick that shows it is behind, it asks for a
+snapshot and buffers deltas until the snapshot arrives.  No sockets here:
+the caller passes decoded messages in and sends snapshot requests out.
+"""
+from __future__ import annotations
+
+
+class _RouterView:
+    __slots__ = ("epoch", "seq", "synced", "requested", "buffer", "uins")
+
+    def __init__(self):
+        self.epoch = None
+        self.seq = 0
+        self.synced = False
+        self.requested = False
+        self.buffer = []
+        self.uins = set()
+
+
+class PresenceReplica:
+    def __init__(self, router_ids, request_snapshot):
+        self.views = {r: _RouterView() for r in router_ids}
+        self.online = {}                        # uin -> {device: broker}
+        self.request_snapshot = request_snapshot
+        self.snapshots = 0
+
+    # --- incoming ------------------------------------------------------------
+    def start(self) -> None:
+        for router_id in self.views:
+            self._resync(router_id)
+
+    def on_message(self, msg: dict) -> None:
+        view = self.views.get(msg.get("router"))
+        if view is None:
+            return
+        if msg.get("t") == "delta":
+            if not view.synced:
+                view.buffer.append(msg)
+                self._resync(msg["router"])
+            elif msg["epoch"] != view.epoch or msg["seq"] != view.seq + 1:
+                if msg["epoch"] == view.epoch and msg["seq"] <= view.seq:
+                    return                      # already applied
+                view.buffer.append(msg)
+                self._resync(msg["router"])
+            else:
+                self._apply(view, msg)
+        elif msg.get("t") == "tick" and view.synced:
+            if msg["epoch"] != view.epoch or msg["seq"] > view.seq:
+                self._resync(msg["router"])
+
+    def on_snapshot(self, msg: dict) -> None:
+        view = self.views.get(msg.get("router"))
+        if view is None:
+            return
+        for uin in view.uins:
+            self.online.pop(uin, None)
+        view.uins = set()
+        for uin, device, broker in msg["entries"]:
+            self.online.setdefault(uin, {})[device] = broker
+            view.uins.add(uin)
+        view.epoch, view.seq = msg["epoch"], msg["seq"]
+        view.synced, view.requested = True, False
+        self.snapshots += 1
+        buffered, view.buffer = view.buffer, []
+        for delta in sorted((d for d in buffered if d["epoch"] == view.epoch and d["seq"] > view.seq),
+                            key=lambda d: d["seq"]):
+            if delta["seq"] != view.seq + 1:
+                self._resync(msg["router"])
+                view.buffer = [d for d in buffered if d["seq"] > view.seq]
+                return
+            self._apply(view, delta)
+
+    def on_snapshot_failed(self, router_id: str) -> None:
+        """The snapshot request timed out: ask again on the next tick or delta."""
+        view = self.views.get(router_id)
+        if view is not None:
+            view.requested = False
+            view.synced = False
+
+    def retry(self) -> None:
+        """Ask again for every snapshot that failed (called on a timer)."""
+        for router_id, view in self.views.items():
+            if not view.synced and not view.requested:
+                self._resync(router_id)
+
+    # --- internals -----------------------------------------------------------
+    def _resync(self, router_id: str) -> None:
+        view = self.views[router_id]
+        view.synced = False
+        if not view.requested:
+            view.requested = True
+            self.request_snapshot(router_id)
+
+    def _apply(self, view, delta) -> None:
+        uin, device, broker = delta["uin"], delta["device"], delta["broker"]
+        if broker is None:
+            devices = self.online.get(uin)
+            if devices is not None:
+                devices.pop(device, None)
+                if not devices:
+                    del self.online[uin]
+                    view.uins.discard(uin)
+        else:
+            self.online.setdefault(uin, {})[device] = broker
+            view.uins.add(uin)
+        view.seq = delta["seq"]
+
+    # --- queries -------------------------------------------------------------
+    def devices(self, uin: int) -> dict:
+        return self.online.get(uin, {})
+
+    def brokers_for(self, uins) -> dict:
+        """Group the online uins among ``uins`` by broker: {broker: [uin, ...]}."""
+        groups = {}
+        online = self.online
+        for uin in uins:
+            devices = online.get(uin)
+            if devices:
+                for broker in set(devices.values()):
+                    groups.setdefault(broker, []).append(uin)
+        return groups
+
+    def synced(self) -> bool:
+        return all(v.synced for v in self.views.values())

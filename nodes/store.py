@@ -1,0 +1,139 @@
+"""RocksDB storage of one node (rocksdict in raw mode) and its key layout.
+
+Keys are big-endian binary so that iteration order is id order:
+
+- ``m`` + len(channel):u8 + channel + msgid:u64  -> msgpack [uin, device, ctime, stime, expiry, text]
+- ``d`` + uin:u32 + device:u32                   -> msgpack [ctime, channel, msgid]   (dedup, logic)
+- ``c`` + channel                                -> msgpack {"members": [uin, ...]}    (logic)
+- ``l`` + channel                                -> start:u64 + end:u64 (id lease, logic)
+- ``h`` + channel                                -> end:u64 (counter high-water mark)
+
+The length prefix keeps a prefix scan of one channel from running into
+another whose name starts the same.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+import msgpack
+from rocksdict import (BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch,
+                       WriteOptions)
+
+_U64 = struct.Struct(">Q")
+_U32x2 = struct.Struct(">II")
+_LEASE = struct.Struct(">QQ")
+
+
+def channel_prefix(channel: str) -> bytes:
+    raw = channel.encode()
+    return b"m" + bytes((len(raw),)) + raw
+
+
+def message_key(channel: str, msg_id: int) -> bytes:
+    return channel_prefix(channel) + _U64.pack(msg_id)
+
+
+def dedup_key(uin: int, device: int) -> bytes:
+    return b"d" + _U32x2.pack(uin, device)
+
+
+def channel_key(channel: str) -> bytes:
+    return b"c" + channel.encode()
+
+
+def lease_key(channel: str) -> bytes:
+    return b"l" + channel.encode()
+
+
+def highwater_key(channel: str) -> bytes:
+    return b"h" + channel.encode()
+
+
+def pack_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def unpack_u64(raw: bytes) -> int:
+    return _U64.unpack(raw)[0]
+
+
+def pack_lease(start: int, end: int) -> bytes:
+    return _LEASE.pack(start, end)
+
+
+def unpack_lease(raw: bytes) -> tuple[int, int]:
+    return _LEASE.unpack(raw)
+
+
+def encode(value) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def decode(raw: bytes):
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+
+
+class Store:
+    """One RocksDB per node data directory; writes of a loop turn go in one batch."""
+
+    def __init__(self, path: str, sync: bool = False):
+        os.makedirs(path, exist_ok=True)
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.set_keep_log_file_num(3)
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)
+        opts.set_block_based_table_factory(table)
+        self.path = path
+        self.db = Rdict(path, opts)
+        self._wo = WriteOptions()
+        self._wo.sync = sync
+        self._batch = WriteBatch(raw_mode=True)
+        self._pending = 0
+
+    # --- reads ---------------------------------------------------------------
+    def get(self, key: bytes):
+        return self.db.get(key)
+
+    def scan(self, prefix: bytes, start: bytes | None = None):
+        """Yield (key, value) with ``key`` starting with prefix, from ``start`` on."""
+        it = self.db.iter(ReadOptions())
+        it.seek(start if start is not None else prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            yield key, it.value()
+            it.next()
+
+    def last_with_prefix(self, prefix: bytes):
+        """The greatest (key, value) starting with prefix, or None."""
+        it = self.db.iter(ReadOptions())
+        it.seek_for_prev(prefix + b"\xff" * 16)
+        if it.valid() and it.key().startswith(prefix):
+            return it.key(), it.value()
+        return None
+
+    # --- writes --------------------------------------------------------------
+    def put(self, key: bytes, value: bytes) -> None:
+        """Stage a write in the current batch (written by ``flush``)."""
+        self._batch.put(key, value)
+        self._pending += 1
+
+    def delete(self, key: bytes) -> None:
+        self._batch.delete(key)
+        self._pending += 1
+
+    def flush(self) -> int:
+        """Write the staged batch (one WAL append); return how many ops it held."""
+        n = self._pending
+        if n:
+            self.db.write(self._batch, self._wo)
+            self._batch = WriteBatch(raw_mode=True)
+            self._pending = 0
+        return n
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()

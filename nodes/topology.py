@@ -1,0 +1,258 @@
+"""The cluster topology: one YAML file describing every node, its endpoints and the limits.
+
+A node is started with the file and its own id; everything else (owners of
+channels and uins, where to connect) is derived from this file, so every node
+agrees without talking.  Loading validates everything and names the file and
+the key in every error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import yaml
+
+from . import rendezvous
+
+NODE_TYPES = ("broker", "logic", "router", "counter")
+
+# endpoints each node type binds (all tcp://host:port)
+ENDPOINTS = {
+    "broker": ("client", "rpc"),
+    "logic": ("rpc", "pub"),
+    "router": ("rpc", "pub"),
+    "counter": ("rpc",),
+}
+
+DEFAULT_LIMITS = {
+    "max_frame": 65536,          # bytes, ZMQ_MAXMSGSIZE on client-facing sockets
+    "max_text": 1440,            # bytes of UTF-8 per message
+    "max_pending": 10000,        # requests a broker keeps in flight before BUSY
+    "request_timeout": 5.0,      # seconds a broker waits for an owning node
+    "id_block": 1000,            # ids leased from the counter per alloc
+    "message_lifetime": 86400,   # seconds a message lives
+    "max_members": 100000,       # members of one channel
+    "token_lifetime": 86400,     # seconds a minted token is valid
+}
+
+DEFAULT_HEARTBEAT = {
+    "wired": 10, "wifi": 30, "4g": 90, "3g": 90, "2g": 240,
+    "min": 5, "max": 600, "session_timeout_factor": 3,
+}
+
+DEFAULT_STORAGE = {"sync": False}
+
+_TOP_KEYS = {"cluster", "secret_file", "data_dir", "local", "limits", "heartbeat",
+             "storage", "idcs", "channels"}
+
+
+class TopologyError(ValueError):
+    """The topology file is missing, unreadable or invalid (message names file and key)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSpec:
+    id: str
+    type: str
+    idc: str
+    endpoints: dict
+
+    def endpoint(self, name: str) -> str:
+        return self.endpoints[name]
+
+
+@dataclasses.dataclass
+class Topology:
+    path: str
+    cluster: str
+    secret_file: str
+    data_dir: str
+    local: bool
+    limits: dict
+    heartbeat: dict
+    storage: dict
+    nodes: dict            # id -> NodeSpec, in file order
+    channels: dict         # name -> {"members": [uin, ...]}, seeded by owning logic
+
+    # --- lookups ---------------------------------------------------------
+    def of_type(self, node_type: str) -> list[NodeSpec]:
+        return [n for n in self.nodes.values() if n.type == node_type]
+
+    def ids(self, node_type: str) -> list[str]:
+        return [n.id for n in self.of_type(node_type)]
+
+    def node(self, node_id: str) -> NodeSpec:
+        try:
+            return self.nodes[node_id]
+        except KeyError:
+            raise TopologyError(f"{self.path}: no node with id {node_id!r} "
+                                f"(known: {', '.join(self.nodes)})") from None
+
+    def logic_for(self, channel: str) -> str:
+        return rendezvous.owner(self.ids("logic"), channel)
+
+    def counter_for(self, channel: str) -> str:
+        return rendezvous.owner(self.ids("counter"), channel)
+
+    def router_for(self, uin: int) -> str:
+        return rendezvous.owner(self.ids("router"), rendezvous.uin_key(uin))
+
+    def node_dir(self, node_id: str) -> str:
+        return os.path.join(self.data_dir, node_id)
+
+    def read_secret(self) -> bytes:
+        try:
+            with open(self.secret_file, "rb") as f:
+                secret = f.read().strip()
+        except OSError as exc:
+            raise TopologyError(f"{self.path}: secret_file {self.secret_file}: {exc.strerror}") from None
+        if len(secret) < 16:
+            raise TopologyError(f"{self.path}: secret_file {self.secret_file} holds fewer than 16 bytes")
+        return secret
+
+
+def _fail(path, key, why):
+    raise TopologyError(f"{path}: {key}: {why}")
+
+
+def _merge_numbers(path, section, given, defaults, allow_zero=()):
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        _fail(path, section, "must be a mapping")
+    out = dict(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            _fail(path, f"{section}.{key}", f"unknown key (known: {', '.join(defaults)})")
+        default = defaults[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                _fail(path, f"{section}.{key}", "must be true or false")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(path, f"{section}.{key}", f"must be a number, got {value!r}")
+        elif value < 0 or (value == 0 and key not in allow_zero):
+            _fail(path, f"{section}.{key}", f"must be positive, got {value!r}")
+        elif isinstance(default, int) and not isinstance(default, bool) and value != int(value):
+            _fail(path, f"{section}.{key}", f"must be a whole number, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _parse_members(path, key, spec) -> list[int]:
+    """Members as a list of uins and/or "A-B" ranges, or one "A-B" string."""
+    items = spec if isinstance(spec, list) else [spec]
+    members = set()
+    for item in items:
+        if isinstance(item, str) and "-" in item:
+            lo, _, hi = item.partition("-")
+            try:
+                lo, hi = int(lo), int(hi)
+            except ValueError:
+                _fail(path, key, f"bad range {item!r}")
+            if not 0 <= lo <= hi < 2**32 or hi - lo > 1_000_000:
+                _fail(path, key, f"bad range {item!r}")
+            members.update(range(lo, hi + 1))
+        elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 2**32:
+            members.add(item)
+        else:
+            _fail(path, key, f"member {item!r} is not a uint32 or an 'A-B' range")
+    return sorted(members)
+
+
+def _parse_nodes(path, idcs):
+    if not isinstance(idcs, dict) or not idcs:
+        _fail(path, "idcs", "must be a non-empty mapping of idc name -> node lists")
+    nodes = {}
+    seen_endpoints = {}
+    for idc, groups in idcs.items():
+        if not isinstance(groups, dict):
+            _fail(path, f"idcs.{idc}", "must be a mapping of node type -> list of nodes")
+        for group, entries in groups.items():
+            node_type = group[:-1] if group.endswith("s") else group
+            if node_type not in NODE_TYPES:
+                _fail(path, f"idcs.{idc}.{group}", f"unknown node type (known: "
+                      f"{', '.join(t + 's' for t in NODE_TYPES)})")
+            if not isinstance(entries, list):
+                _fail(path, f"idcs.{idc}.{group}", "must be a list of nodes")
+            for i, entry in enumerate(entries):
+                key = f"idcs.{idc}.{group}[{i}]"
+                if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
+                    _fail(path, key, "each node needs a string 'id'")
+                node_id = entry["id"]
+                if node_id in nodes:
+                    _fail(path, key, f"duplicate node id {node_id!r}")
+                endpoints = {}
+                for name in ENDPOINTS[node_type]:
+                    ep = entry.get(name)
+                    if not isinstance(ep, str) or not ep.startswith("tcp://") or ":" not in ep[6:]:
+                        _fail(path, f"{key}.{name}", "needs an endpoint like tcp://127.0.0.1:7001")
+                    if ep in seen_endpoints:
+                        _fail(path, f"{key}.{name}", f"endpoint {ep} already used by {seen_endpoints[ep]}")
+                    seen_endpoints[ep] = node_id
+                    endpoints[name] = ep
+                extra = set(entry) - {"id"} - set(ENDPOINTS[node_type])
+                if extra:
+                    _fail(path, key, f"unknown keys {sorted(extra)}")
+                nodes[node_id] = NodeSpec(node_id, node_type, idc, endpoints)
+    for node_type in NODE_TYPES:
+        if not any(n.type == node_type for n in nodes.values()):
+            _fail(path, "idcs", f"needs at least one {node_type}")
+    return nodes
+
+
+def load(path: str) -> Topology:
+    """Read and validate a topology file; relative paths in it are relative to the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw: Any = yaml.safe_load(f)
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{path}: not valid YAML: {exc}") from None
+    return parse(raw, path)
+
+
+def parse(raw: Any, path: str) -> Topology:
+    if not isinstance(raw, dict):
+        _fail(path, "(top)", "must be a mapping")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        _fail(path, sorted(unknown)[0], f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+    base = os.path.dirname(os.path.abspath(path))
+
+    def rel(key, default):
+        value = raw.get(key, default)
+        if not isinstance(value, str) or not value:
+            _fail(path, key, "must be a path")
+        return os.path.normpath(os.path.join(base, value))
+
+    channels = {}
+    for name, spec in (raw.get("channels") or {}).items():
+        if not isinstance(spec, dict) or "members" not in spec:
+            _fail(path, f"channels.{name}", "needs 'members'")
+        from .wire import ProtocolError, check_channel_name
+        try:
+            check_channel_name(str(name))
+        except ProtocolError as exc:
+            _fail(path, f"channels.{name}", exc.msg)
+        channels[str(name)] = {"members": _parse_members(path, f"channels.{name}.members", spec["members"])}
+
+    local = raw.get("local", False)
+    if not isinstance(local, bool):
+        _fail(path, "local", "must be true or false")
+    cluster = raw.get("cluster", "imesh")
+    if not isinstance(cluster, str):
+        _fail(path, "cluster", "must be a string")
+    return Topology(
+        path=os.path.abspath(path),
+        cluster=cluster,
+        secret_file=rel("secret_file", "secret"),
+        data_dir=rel("data_dir", "var"),
+        local=local,
+        limits=_merge_numbers(path, "limits", raw.get("limits"), DEFAULT_LIMITS),
+        heartbeat=_merge_numbers(path, "heartbeat", raw.get("heartbeat"), DEFAULT_HEARTBEAT),
+        storage=_merge_numbers(path, "storage", raw.get("storage"), DEFAULT_STORAGE),
+        nodes=_parse_nodes(path, raw.get("idcs")),
+        channels=channels,
+    )

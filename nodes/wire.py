@@ -1,0 +1,224 @@
+"""The wire protocol: one msgpack map per ZeroMQ frame, shared by every node and client.
+
+Every message is a msgpack map with string keys.  Key ``t`` (str) names the
+message type; requests carry ``rid`` (uint, chosen by the sender and echoed in
+the reply) so replies can be matched on an asynchronous DEALER.  Deliveries on
+PUB sockets are two frames: ``[topic, map]``.  docs/protocol.md is the
+reference for client authors; this module is its executable form: the
+message schemas, the error codes, the decode limits.
+
+Nothing here touches a socket, so every rule can be tested on bytes alone.
+"""
+from __future__ import annotations
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+
+# Decode limits: enforced by msgpack before anything is allocated.
+MAX_FRAME = 64 * 1024          # client-facing ZMQ_MAXMSGSIZE default
+MAX_CHANNEL_BYTES = 64
+MAX_TEXT_BYTES = 1440          # default; the topology may lower or raise it
+
+
+class Err:
+    """Error codes carried in ``{"t": "err", "code": ..., "msg": ...}`` replies."""
+
+    BAD_FRAME = "BAD_FRAME"            # not msgpack, or not a map, or trailing bytes
+    BAD_TYPE = "BAD_TYPE"              # unknown or missing "t"
+    BAD_FIELD = "BAD_FIELD"            # missing field or wrong msgpack type / range
+    BAD_VERSION = "BAD_VERSION"        # login with a protocol version we do not speak
+    NOT_LOGGED_IN = "NOT_LOGGED_IN"    # anything but login before login
+    AUTH_FAILED = "AUTH_FAILED"        # forged or malformed token
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"    # token past its expiry
+    BAD_CHANNEL = "BAD_CHANNEL"        # channel name empty, too long or bad characters
+    NO_CHANNEL = "NO_CHANNEL"          # channel does not exist
+    CHANNEL_EXISTS = "CHANNEL_EXISTS"  # create of an existing channel
+    NOT_MEMBER = "NOT_MEMBER"          # sender is not a member of the channel
+    STALE = "STALE"                    # client time older than the last one seen
+    TOO_LONG = "TOO_LONG"              # text over the length limit ("limit" in reply)
+    EMPTY_TEXT = "EMPTY_TEXT"          # text of zero bytes
+    WRONG_OWNER = "WRONG_OWNER"        # request reached a node that does not own the key
+    UNAVAILABLE = "UNAVAILABLE"        # owning node did not answer in time
+    BUSY = "BUSY"                      # too many requests in flight: retry later
+    INTERNAL = "INTERNAL"              # bug or storage failure; nothing was stored
+
+    @classmethod
+    def all(cls) -> list[str]:
+        return [v for k, v in vars(cls).items() if k.isupper()]
+
+
+class ProtocolError(Exception):
+    """A request that gets an error reply instead of being served."""
+
+    def __init__(self, code: str, msg: str, **extra):
+        super().__init__(f"{code}: {msg}")
+        self.code = code
+        self.msg = msg
+        self.extra = extra
+
+
+# --- field kinds -----------------------------------------------------------
+
+def _check_uint(value, bits, name):
+    if type(value) is not int or isinstance(value, bool):
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be an unsigned integer")
+    if value < 0 or value >= 1 << bits:
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' out of range for uint{bits}")
+
+
+def _kind_u32(v, name):
+    _check_uint(v, 32, name)
+
+
+def _kind_u64(v, name):
+    _check_uint(v, 64, name)
+
+
+def _kind_str(v, name):
+    if type(v) is not str:
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be a string")
+
+
+def _kind_channel(v, name):
+    _kind_str(v, name)
+    check_channel_name(v)
+
+
+def _kind_u32_list(v, name):
+    if type(v) is not list:
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be an array of uint32")
+    for item in v:
+        _check_uint(item, 32, name + "[]")
+
+
+KINDS = {"u32": _kind_u32, "u64": _kind_u64, "str": _kind_str,
+         "channel": _kind_channel, "u32list": _kind_u32_list}
+
+_CHANNEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:@#")
+
+
+def check_channel_name(name: str) -> None:
+    """Channel names: 1..64 ASCII letters, digits and ``_-.:@#``."""
+    if not name or len(name) > MAX_CHANNEL_BYTES or not _CHANNEL_CHARS.issuperset(name):
+        raise ProtocolError(Err.BAD_CHANNEL,
+                            f"channel name must be 1..{MAX_CHANNEL_BYTES} characters of "
+                            "letters, digits and _-.:@#")
+
+
+# --- schemas: message type -> {field: kind}; every listed field is required ----
+
+CLIENT_REQUESTS = {
+    "login": {"rid": "u64", "v": "u32", "token": "str", "device": "u32"},
+    "send": {"rid": "u64", "channel": "channel", "ctime": "u64", "text": "str"},
+    "sync": {"rid": "u64", "channel": "channel", "after": "u64"},
+    "hb": {"rid": "u64"},
+    "logout": {"rid": "u64"},
+}
+
+SYNC_PAGE = 200                # messages per sync reply at most
+
+# broker -> logic, admin -> logic
+LOGIC_REQUESTS = {
+    "send": {"rid": "u64", "uin": "u32", "device": "u32", "channel": "channel",
+             "ctime": "u64", "text": "str"},
+    "sync": {"rid": "u64", "uin": "u32", "channel": "channel", "after": "u64"},
+    "status": {"rid": "u64"},
+    "channel_create": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
+    "channel_add": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
+    "channel_remove": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
+    "channel_show": {"rid": "u64", "auth": "str", "channel": "channel"},
+    "presence": {"rid": "u64", "uin": "u32"},
+}
+
+# broker -> router, logic -> router
+ROUTER_REQUESTS = {
+    "online": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
+    "offline": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
+    "broker_reset": {"rid": "u64", "broker": "str"},
+    "snapshot": {"rid": "u64"},
+    "status": {"rid": "u64"},
+}
+
+# logic -> counter
+COUNTER_REQUESTS = {
+    "alloc": {"rid": "u64", "channel": "channel", "n": "u32"},
+    "status": {"rid": "u64"},
+}
+
+# broker's internal endpoint
+BROKER_REQUESTS = {"status": {"rid": "u64"}}
+
+
+# --- encode / decode ---------------------------------------------------------
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(msg: dict) -> bytes:
+    """Encode one message (a dict) to a frame."""
+    return _packer.pack(msg)
+
+
+def unpack(frame: bytes, max_len: int = MAX_FRAME) -> dict:
+    """Decode one frame into a map; raise ProtocolError(BAD_FRAME) on anything else."""
+    if len(frame) > max_len:
+        raise ProtocolError(Err.BAD_FRAME, f"frame of {len(frame)} bytes exceeds {max_len}")
+    try:
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True,
+                              max_str_len=max_len, max_bin_len=max_len,
+                              max_array_len=max_len, max_map_len=1024, max_ext_len=0)
+    except (ValueError, TypeError, msgpack.UnpackException, UnicodeDecodeError) as exc:
+        raise ProtocolError(Err.BAD_FRAME, f"not a msgpack frame: {type(exc).__name__}") from None
+    if type(msg) is not dict:
+        raise ProtocolError(Err.BAD_FRAME, "frame must be a msgpack map")
+    return msg
+
+
+def request_rid(msg: dict):
+    """The request id to echo, if the message carries a usable one."""
+    rid = msg.get("rid")
+    return rid if type(rid) is int and 0 <= rid <= U64_MAX else None
+
+
+def validate(msg: dict, schemas: dict) -> str:
+    """Check a decoded request against a schema table; return its type.
+
+    Extra fields are ignored (forward compatibility); missing or mistyped
+    required fields raise ProtocolError(BAD_FIELD); an unknown type BAD_TYPE.
+    """
+    t = msg.get("t")
+    schema = schemas.get(t) if type(t) is str else None
+    if schema is None:
+        raise ProtocolError(Err.BAD_TYPE, f"unknown message type {t!r}")
+    for name, kind in schema.items():
+        if name not in msg:
+            raise ProtocolError(Err.BAD_FIELD, f"missing field '{name}' in '{t}'")
+        KINDS[kind](msg[name], name)
+    return t
+
+
+def decode_request(frame: bytes, schemas: dict, max_len: int = MAX_FRAME) -> tuple[str, dict]:
+    """unpack + validate: (type, message) or ProtocolError."""
+    msg = unpack(frame, max_len)
+    return validate(msg, schemas), msg
+
+
+def error(rid, code: str, text: str, **extra) -> dict:
+    """The one error reply envelope."""
+    reply = {"t": "err", "rid": rid, "code": code, "msg": text}
+    reply.update(extra)
+    return reply
+
+
+def error_from(rid, exc: ProtocolError) -> dict:
+    return error(rid, exc.code, exc.msg, **exc.extra)
+
+
+def reply(t: str, rid, **fields) -> dict:
+    msg = {"t": t, "rid": rid}
+    msg.update(fields)
+    return msg
