@@ -277,15 +277,19 @@ class LogicCore:
                 self.dirty.add(ch)
 
     def on_ids_failed(self, channel: str) -> None:
+        """The counter did not answer: ``retry_leases`` asks again on the next tick."""
         ch = self.channels.get(channel)
         if ch is not None:
             ch.alloc_inflight = False
             self.stats["alloc_failures"] += 1
+
+    def retry_leases(self) -> None:
+        for ch in self.channels.values():
             if ch.waiting:
                 self._prefetch(ch)
 
     def _prefetch(self, ch: ChannelState) -> None:
-        if not ch.alloc_inflight and ch.available() - len(ch.waiting) < self.block // 2:
+        if not ch.alloc_inflight and ch.available() - len(ch.waiting) <= self.block // 2:
             ch.alloc_inflight = True
             self.out.request_ids(ch.name, self.block)
 
@@ -340,7 +344,8 @@ class LogicNode(Node):
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
-        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME)
+        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME,
+                                 on_late=self.on_late_reply)
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
         self.counters = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("counter")}
         self.routers = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("router")}
@@ -384,11 +389,16 @@ class LogicNode(Node):
 
         def done(reply):
             if reply.get("t") == "alloc":
-                self.core.on_ids(channel, reply["start"], reply["end"])
+                self.on_late_reply(reply)
             else:
                 log.warning("id alloc for %s failed: %s", channel, reply.get("msg"))
                 self.core.on_ids_failed(channel)
         self.requests.send(self.counters[counter], {"t": "alloc", "channel": channel, "n": n}, done)
+
+    def on_late_reply(self, reply):
+        """Id blocks are persisted by the counter: use them even if they come late."""
+        if reply.get("t") == "alloc":
+            self.core.on_ids(reply["channel"], reply["start"], reply["end"])
 
     def request_snapshot(self, router_id):
         def done(reply):
@@ -408,6 +418,7 @@ class LogicNode(Node):
     def tick(self):
         """Tell every broker this logic node is alive (and keep its SUB link proven)."""
         self.requests.expire()
+        self.core.retry_leases()
         frame = wire.pack({"t": "tick", "logic": self.id})
         for topic in self.broker_topics:
             self.queue_frames(self.pub, [topic, frame])

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class Requests:
-    def __init__(self, timeout: float, max_len: int):
+    def __init__(self, timeout: float, max_len: int, on_late=None):
         self.timeout = timeout
+        self.on_late = on_late               # gets replies whose request already timed out
         self.max_len = max_len
         self.pending = {}                    # rid -> (deadline, callback)
         self._rids = itertools.count(1)
@@ -43,7 +44,9 @@ class Requests:
             return
         entry = self.pending.pop(wire.request_rid(msg), None)
         if entry is None:
-            return                              # late reply to a request already timed out
+            if self.on_late is not None:
+                self.on_late(msg)
+            return
         entry[1](msg)
 
     def expire(self) -> int:

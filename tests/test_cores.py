@@ -1,0 +1,268 @@
+"""Node cores without sockets: decoded requests in, replies and side effects out.
+
+The stores are real RocksDB in temp dirs; the "out" objects just record what
+the core asks to send.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from nodes import store as keys
+from nodes import topology, wire
+from nodes.counter import CounterCore
+from nodes.logic import LogicCore
+from nodes.presence import PresenceReplica
+from nodes.router import RouterCore
+from nodes.store import Store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- counter ------------------------------------------------------------------
+
+def test_counter_blocks_are_disjoint_and_survive_reopen(tmp_path):
+    s = Store(str(tmp_path), sync=True)
+    c = CounterCore(s)
+    assert c.alloc("a", 10) == (1, 11)
+    assert c.alloc("a", 5) == (11, 16)
+    assert c.alloc("b", 1) == (1, 2)
+    s.close()
+    c2 = CounterCore(Store(str(tmp_path), sync=True))
+    assert c2.alloc("a", 1) == (16, 17)
+    with pytest.raises(wire.ProtocolError):
+        c2.alloc("a", 0)
+
+
+# --- router and presence replica -------------------------------------------------
+
+def test_router_publishes_numbered_deltas_and_ignores_late_disconnects():
+    out = []
+    r = RouterCore("r1", out.append)
+    r.set_online(1, 0, "b1")
+    r.set_online(1, 0, "b1")                     # no change, no delta
+    r.set_online(1, 1, "b2")
+    assert [d["seq"] for d in out] == [1, 2]
+    assert r.set_offline(1, 0, "b2") is False    # device 0 is on b1, not b2
+    r.set_online(1, 0, "b2")                     # moved to b2
+    assert r.set_offline(1, 0, "b1") is False    # late disconnect from the old broker
+    assert r.reset_broker("b2") == 2
+    assert r.online == {} and out[-1]["broker"] is None
+    assert [d["seq"] for d in out] == list(range(1, 6))
+
+
+class Wiring:
+    """A router core feeding a replica, with the ability to lose deltas."""
+
+    def __init__(self):
+        self.deltas = []
+        self.router = RouterCore("r1", self.deltas.append)
+        self.asked = []
+        self.replica = PresenceReplica(["r1"], self.asked.append)
+
+    def deliver(self, skip=()):
+        for i, d in enumerate(self.deltas):
+            if i not in skip:
+                self.replica.on_message(d)
+        self.deltas.clear()
+
+    def answer_snapshot(self):
+        assert self.asked
+        self.asked.clear()
+        self.replica.on_snapshot(self.router.snapshot())
+
+
+def test_replica_follows_snapshot_then_deltas():
+    w = Wiring()
+    w.router.set_online(5, 0, "b1")
+    w.deltas.clear()
+    w.replica.start()
+    w.router.set_online(6, 0, "b2")              # arrives before the snapshot answer
+    w.deliver()
+    w.answer_snapshot()
+    assert w.replica.online == {5: {0: "b1"}, 6: {0: "b2"}}
+    w.router.set_offline(5, 0, "b1")
+    w.deliver()
+    assert w.replica.online == {6: {0: "b2"}} and not w.asked
+
+
+def test_replica_resnapshots_on_a_gap_and_on_a_tick_showing_it_is_behind():
+    w = Wiring()
+    w.replica.start()
+    w.answer_snapshot()
+    w.router.set_online(1, 0, "b1")
+    w.router.set_online(2, 0, "b1")
+    w.router.set_online(3, 0, "b1")
+    w.deliver(skip={1})                          # lose seq 2
+    assert w.asked == ["r1"]
+    w.answer_snapshot()
+    assert set(w.replica.online) == {1, 2, 3}
+    w.router.set_online(4, 0, "b1")
+    w.deliver(skip={0})                          # lost, and nothing follows ...
+    assert not w.asked
+    w.replica.on_message(w.router.tick())        # ... but the tick shows seq 4
+    assert w.asked == ["r1"]
+    w.answer_snapshot()
+    assert 4 in w.replica.online
+
+
+def test_replica_resnapshots_when_the_router_restarts():
+    w = Wiring()
+    w.replica.start()
+    w.router.set_online(1, 0, "b1")
+    w.answer_snapshot()
+    w.deltas.clear()
+    w.router = RouterCore("r1", w.deltas.append)  # new epoch, empty state
+    w.replica.on_message(w.router.tick())
+    assert w.asked == ["r1"]
+    w.answer_snapshot()
+    assert w.replica.online == {}
+
+
+def test_brokers_for_groups_online_members():
+    w = Wiring()
+    w.router.set_online(1, 0, "b1")
+    w.router.set_online(1, 1, "b2")
+    w.router.set_online(2, 0, "b2")
+    w.replica.start()
+    w.answer_snapshot()
+    groups = w.replica.brokers_for([1, 2, 3])
+    assert sorted(groups["b1"]) == [1] and sorted(groups["b2"]) == [1, 2]
+
+
+# --- logic ----------------------------------------------------------------------
+
+class Out:
+    def __init__(self):
+        self.replies, self.published, self.allocs = [], [], []
+
+    def reply(self, ident, msg):
+        self.replies.append((ident, msg))
+
+    def publish(self, broker, msg):
+        self.published.append((broker, dict(msg)))
+
+    def request_ids(self, channel, n):
+        self.allocs.append((channel, n))
+
+
+class OnlineAll:
+    def brokers_for(self, uins):
+        return {"b1": sorted(uins)}
+
+
+def one_logic_topology(tmp_path, **limits):
+    raw = {"local": True, "data_dir": str(tmp_path), "limits": limits,
+           "channels": {"room": {"members": [1, 2, 3]}},
+           "idcs": {"a": {"brokers": [{"id": "b1", "client": "tcp://127.0.0.1:1", "rpc": "tcp://127.0.0.1:2"}],
+                          "logics": [{"id": "l1", "rpc": "tcp://127.0.0.1:3", "pub": "tcp://127.0.0.1:4"}],
+                          "routers": [{"id": "r", "rpc": "tcp://127.0.0.1:5", "pub": "tcp://127.0.0.1:6"}],
+                          "counters": [{"id": "c", "rpc": "tcp://127.0.0.1:7"}]}}}
+    return topology.parse(raw, str(tmp_path / "t.yaml"))
+
+
+def make_logic(tmp_path, **limits):
+    topo = one_logic_topology(tmp_path, **limits)
+    out = Out()
+    store = Store(str(tmp_path / "l1"))
+    core = LogicCore("l1", topo, store, OnlineAll(), out, b"secret-secret-secret")
+    core.load()
+    return core, out, store
+
+
+def turn(core, store):
+    core.assign()
+    store.flush()
+    core.commit()
+
+
+def send(core, uin, ctime, text="x", channel="room", device=0, rid=1, ident=b"b"):
+    return core.send(ident, {"rid": rid, "uin": uin, "device": device, "channel": channel,
+                             "ctime": ctime, "text": text})
+
+
+def test_sends_wait_for_the_first_lease_then_ack_in_order(tmp_path):
+    core, out, store = make_logic(tmp_path, id_block=4)
+    assert send(core, 1, 10, "a", rid=1) is None
+    assert send(core, 2, 10, "b", rid=2) is None
+    turn(core, store)
+    assert out.allocs == [("room", 4)] and out.replies == []       # no ids yet: nothing acked
+    core.on_ids("room", 1, 5)
+    turn(core, store)
+    assert [(m["rid"], m["id"]) for _i, m in out.replies] == [(1, 1), (2, 2)]
+    assert [m["id"] for _b, m in out.published] == [1, 2]
+    assert out.published[0][1]["to"] == [1, 2, 3]
+    assert out.allocs == [("room", 4), ("room", 4)]                # prefetched at half
+
+
+def test_retry_stale_and_inflight_retry(tmp_path):
+    core, out, store = make_logic(tmp_path)
+    core.on_ids("room", 1, 1001)
+    send(core, 1, 100, rid=1)
+    assert send(core, 1, 100, rid=2) is None                       # retry while in flight
+    turn(core, store)
+    assert [(m["rid"], m["id"]) for _i, m in out.replies] == [(1, 1), (2, 1)]
+    assert len(out.published) == 1
+    ack = send(core, 1, 100, rid=3)                                 # retry after the ack
+    assert ack["t"] == "ack" and ack["id"] == 1
+    with pytest.raises(wire.ProtocolError) as exc:
+        send(core, 1, 99)
+    assert exc.value.code == wire.Err.STALE
+    with pytest.raises(wire.ProtocolError) as exc:
+        send(core, 9, 1)
+    assert exc.value.code == wire.Err.NOT_MEMBER
+    with pytest.raises(wire.ProtocolError) as exc:
+        send(core, 1, 1000, channel="nope")
+    assert exc.value.code == wire.Err.NO_CHANNEL
+
+
+def test_restart_continues_the_lease_and_keeps_dedup(tmp_path):
+    core, out, store = make_logic(tmp_path, id_block=10)
+    core.on_ids("room", 1, 11)
+    core.on_ids("room", 11, 21)                                    # a prefetched second block
+    for i in range(12):
+        send(core, 1, 100 + i)
+    turn(core, store)
+    store.close()
+    core2, out2, store2 = make_logic(tmp_path, id_block=10)
+    assert send(core2, 1, 111)["id"] == 12                          # dedup row survived
+    send(core2, 2, 1)
+    turn(core2, store2)
+    assert out2.replies[-1][1]["id"] == 13                          # same blocks, no gap
+    assert list(core2.channels["room"].leases) == [(11, 21)]
+
+
+def test_leases_older_than_what_was_used_are_refused(tmp_path):
+    core, out, store = make_logic(tmp_path)
+    core.on_ids("room", 1, 1001)
+    core.on_ids("room", 1001, 2001)
+    core.on_ids("room", 500, 600)                                  # overlaps: ignored
+    assert list(core.channels["room"].leases) == [(1, 1001), (1001, 2001)]
+
+
+def test_sync_pages_and_reports_first_and_last(tmp_path):
+    core, out, store = make_logic(tmp_path)
+    core.on_ids("room", 1, 1001)
+    for i in range(wire.SYNC_PAGE + 5):
+        send(core, 1, 100 + i, text=f"t{i}")
+    turn(core, store)
+    page = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0})
+    assert len(page["msgs"]) == wire.SYNC_PAGE and page["more"] is True
+    assert page["first"] == 1 and page["last"] == wire.SYNC_PAGE + 5
+    rest = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": page["msgs"][-1]["id"]})
+    assert [m["text"] for m in rest["msgs"]] == [f"t{i}" for i in range(wire.SYNC_PAGE, wire.SYNC_PAGE + 5)]
+    assert rest["more"] is False
+    beyond = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 10**9})
+    assert beyond["msgs"] == [] and beyond["last"] == wire.SYNC_PAGE + 5
+
+
+def test_message_rows_use_the_documented_key_layout(tmp_path):
+    core, out, store = make_logic(tmp_path)
+    core.on_ids("room", 1, 1001)
+    send(core, 3, 77, text="layout", device=4)
+    turn(core, store)
+    raw = store.get(b"m" + bytes([4]) + b"room" + (1).to_bytes(8, "big"))
+    uin, device, ctime, _stime, _expiry, text = keys.decode(raw)
+    assert (uin, device, ctime, text) == (3, 4, 77, "layout")
+    assert keys.decode(store.get(keys.dedup_key(3, 4))) == [77, "room", 1]
