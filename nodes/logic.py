@@ -14,8 +14,11 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from array import array
 
 import zmq
+
+from fastpath import STALE, DedupTable, IdRing
 
 from . import auth
 from . import store as keys
@@ -44,16 +47,22 @@ class Pending:
 
 
 class ChannelState:
-    __slots__ = ("name", "members", "leases", "next_id", "last_id", "waiting", "alloc_inflight")
+    __slots__ = ("name", "members", "member_array", "ring", "leases", "next_id", "last_id",
+                 "waiting", "alloc_inflight")
 
-    def __init__(self, name: str, members):
+    def __init__(self, name: str, members, queue: int):
         self.name = name
-        self.members = set(members)
+        self.set_members(members)
+        self.ring = IdRing(queue)             # newest ids of the channel (its queue)
         self.leases = collections.deque()     # [start, end) blocks not yet used up
         self.next_id = 0                      # next id to assign (within leases[0])
         self.last_id = 0                      # newest stored id
         self.waiting = collections.deque()    # Pending, in arrival order
         self.alloc_inflight = False
+
+    def set_members(self, members) -> None:
+        self.members = set(members)
+        self.member_array = array("I", sorted(self.members))   # for OnlineBitmap.filter_online
 
     def available(self) -> int:
         if not self.leases:
@@ -101,7 +110,8 @@ class LogicCore:
         self.lifetime = topo.limits["message_lifetime"]
         self.max_waiting = int(topo.limits["max_pending"])
         self.channels = {}                    # name -> ChannelState
-        self.dedup = {}                       # (uin, device) -> (ctime, channel, id)
+        self.queue = int(topo.limits["channel_queue"])
+        self.dedup = DedupTable()             # (uin, device) -> (ctime, msg id)
         self.inflight = {}                    # (uin, device) -> Pending
         self.dirty = set()                    # channels with waiting sends
         self.committed = []                   # Pending stored in this turn's batch
@@ -112,10 +122,11 @@ class LogicCore:
     def load(self) -> None:
         for key, raw in self.store.scan(b"c"):
             name = key[1:].decode()
-            self.channels[name] = ChannelState(name, keys.decode(raw)["members"])
+            self.channels[name] = ChannelState(name, keys.decode(raw)["members"], self.queue)
         for name, ch in self.channels.items():
-            last = self.store.last_with_prefix(keys.channel_prefix(name))
-            ch.last_id = keys.unpack_u64(last[0][-8:]) if last else 0
+            for key in self.store.last_keys(keys.channel_prefix(name), self.queue):
+                ch.ring.push(keys.unpack_u64(key[-8:]))
+            ch.last_id = ch.ring.last or 0
             ch.next_id = ch.last_id + 1
             raw = self.store.get(keys.lease_key(name))
             for start, end in (keys.decode(raw) if raw else []):
@@ -125,15 +136,15 @@ class LogicCore:
                 ch.next_id = max(ch.next_id, ch.leases[0][0])
         for key, raw in self.store.scan(b"d"):
             uin, device = int.from_bytes(key[1:5], "big"), int.from_bytes(key[5:9], "big")
-            ctime, channel, msg_id = keys.decode(raw)
-            self.dedup[(uin, device)] = (ctime, channel, msg_id)
+            ctime, _channel, msg_id = keys.decode(raw)
+            self.dedup.commit(uin, device, ctime, msg_id)
         for name, spec in self.topo.channels.items():
             if name not in self.channels and self.topo.logic_for(name) == self.id:
                 self._create(name, spec["members"])
         self.store.flush()
 
     def _create(self, name, members):
-        ch = self.channels[name] = ChannelState(name, members)
+        ch = self.channels[name] = ChannelState(name, members, self.queue)
         ch.next_id = 1
         self._save_members(ch)
         return ch
@@ -172,13 +183,16 @@ class LogicCore:
             pending.waiters.append(waiter)           # retry of a send still being stored
             self.stats["retries"] += 1
             return None
-        done = self.dedup.get(key)
-        if done is not None and ctime <= done[0]:
-            if ctime == done[0] and done[1] == ch.name:
-                self.stats["retries"] += 1
-                return self._ack(rid, ch.name, device, ctime, done[2])
+        done = self.dedup.check(uin, device, ctime)
+        if done >= 0:                                  # same client time as the last stored send
+            if not self._stored_as(ch.name, done, uin, device, ctime):
+                raise wire.ProtocolError(wire.Err.STALE, "client time reused for another message")
+            self.stats["retries"] += 1
+            return self._ack(rid, ch.name, device, ctime, done)
+        if done == STALE:
+            last = self.dedup.get(uin, device)[0]
             raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} is not after the last "
-                                     f"one seen from this device ({done[0]})", last=done[0])
+                                     f"one seen from this device ({last})", last=last)
         if pending is not None and ctime < pending.ctime:
             raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} is older than a send "
                                      "in flight from this device")
@@ -191,6 +205,11 @@ class LogicCore:
         self.dirty.add(ch)
         return None
 
+    def _stored_as(self, channel, msg_id, uin, device, ctime) -> bool:
+        """A retry must name the message it retries: same channel, sender and client time."""
+        raw = self.store.get(keys.message_key(channel, msg_id))
+        return raw is not None and keys.decode(raw)[:3] == [uin, device, ctime]
+
     @staticmethod
     def _ack(rid, channel, device, ctime, msg_id):
         return wire.reply("ack", rid, channel=channel, device=device, ctime=ctime, id=msg_id)
@@ -199,19 +218,16 @@ class LogicCore:
         """Stored messages of a channel after ``after``, oldest first, one page."""
         ch = self._member_channel(msg["channel"], msg["uin"])
         prefix = keys.channel_prefix(ch.name)
+        first = ch.ring.first if len(ch.ring) else ch.last_id + 1
+        after = max(min(msg["after"], ch.last_id), first - 1)      # nothing before the queue's head
         now = time.time()
-        after = min(msg["after"], ch.last_id)
-        msgs, first = [], None
+        msgs = []
         for key, raw in self.store.scan(prefix, keys.message_key(ch.name, after + 1)):
-            rec = keys.decode(raw)
-            if rec[4] < now:
-                continue
-            msg_id = keys.unpack_u64(key[-8:])
             if len(msgs) >= wire.SYNC_PAGE:
                 break
-            msgs.append(self._push(ch.name, msg_id, rec))
-        head = next(self.store.scan(prefix), None)
-        first = keys.unpack_u64(head[0][-8:]) if head else ch.last_id + 1
+            rec = keys.decode(raw)
+            if rec[4] >= now:
+                msgs.append(self._push(ch.name, keys.unpack_u64(key[-8:]), rec))
         more = bool(msgs) and msgs[-1]["id"] < ch.last_id
         return wire.reply("sync", msg["rid"], channel=ch.name, msgs=msgs, first=first,
                           last=ch.last_id, more=more)
@@ -246,14 +262,15 @@ class LogicCore:
 
     def channel_add(self, msg):
         ch = self._admin(msg)
-        self._check_members(set(msg["members"]) | ch.members)
-        ch.members.update(msg["members"])
+        members = set(msg["members"]) | ch.members
+        self._check_members(members)
+        ch.set_members(members)
         self._save_members(ch)
         return self._members_reply(msg, ch)
 
     def channel_remove(self, msg):
         ch = self._admin(msg)
-        ch.members.difference_update(msg["members"])
+        ch.set_members(ch.members - set(msg["members"]))
         self._save_members(ch)
         return self._members_reply(msg, ch)
 
@@ -297,6 +314,7 @@ class LogicCore:
     def assign(self) -> None:
         """Give queued sends their ids and stage their writes (before the batch is written)."""
         now = time.time()
+        staged = {}                                    # (uin, device) -> newest ctime this turn
         for ch in self.dirty:
             leases_before = list(ch.leases)
             while ch.waiting:
@@ -309,8 +327,9 @@ class LogicCore:
                 expiry = now + self.lifetime
                 self.store.put(keys.message_key(ch.name, msg_id), keys.encode(
                     [rec.uin, rec.device, rec.ctime, rec.stime, expiry, rec.text]))
-                self.store.put(keys.dedup_key(rec.uin, rec.device),
-                               keys.encode([rec.ctime, ch.name, msg_id]))
+                if self._newest_from_device(rec, staged):
+                    self.store.put(keys.dedup_key(rec.uin, rec.device),
+                                   keys.encode([rec.ctime, ch.name, msg_id]))
                 ch.last_id = msg_id
                 self.committed.append(rec)
             if list(ch.leases) != leases_before:
@@ -318,12 +337,26 @@ class LogicCore:
             self._prefetch(ch)
         self.dirty = {ch for ch in self.dirty if ch.waiting and ch.available()}
 
+    def _newest_from_device(self, rec, staged) -> bool:
+        """Pipelined sends of one device to two channels can be stored out of client-time
+        order; the dedup row must keep the newest."""
+        key = (rec.uin, rec.device)
+        recorded = self.dedup.get(*key)
+        newest = max(staged.get(key, -1), recorded[0] if recorded else -1)
+        if rec.ctime <= newest:
+            return False
+        staged[key] = rec.ctime
+        return True
+
     def commit(self) -> None:
         """The batch is on disk: record dedup, ack every waiter, fan out."""
         committed, self.committed = self.committed, []
         for rec in committed:
             key = (rec.uin, rec.device)
-            self.dedup[key] = (rec.ctime, rec.channel, rec.id)
+            recorded = self.dedup.get(rec.uin, rec.device)
+            if recorded is None or recorded[0] < rec.ctime:    # a newer send may have won the race
+                self.dedup.commit(rec.uin, rec.device, rec.ctime, rec.id)
+            self.channels[rec.channel].ring.push(rec.id)
             if self.inflight.get(key) is rec:
                 del self.inflight[key]
             for ident, rid in rec.waiters:
@@ -334,7 +367,7 @@ class LogicCore:
     def fan_out(self, rec: Pending) -> None:
         push = {"t": "msg", "channel": rec.channel, "id": rec.id, "uin": rec.uin,
                 "device": rec.device, "ctime": rec.ctime, "stime": rec.stime, "text": rec.text}
-        for broker, uins in self.replica.brokers_for(self.channels[rec.channel].members).items():
+        for broker, uins in self.replica.brokers_for(self.channels[rec.channel].member_array).items():
             push["to"] = uins
             self.out.publish(broker, push)
 

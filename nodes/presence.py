@@ -8,6 +8,8 @@ the caller passes decoded messages in and sends snapshot requests out.
 """
 from __future__ import annotations
 
+from fastpath import OnlineBitmap
+
 
 class _RouterView:
     __slots__ = ("epoch", "seq", "synced", "requested", "buffer", "uins")
@@ -25,6 +27,7 @@ class PresenceReplica:
     def __init__(self, router_ids, request_snapshot):
         self.views = {r: _RouterView() for r in router_ids}
         self.online = {}                        # uin -> {device: broker}
+        self.bitmap = OnlineBitmap()            # uins in self.online, for batch filtering
         self.request_snapshot = request_snapshot
         self.snapshots = 0
 
@@ -58,9 +61,11 @@ class PresenceReplica:
             return
         for uin in view.uins:
             self.online.pop(uin, None)
+            self.bitmap.clear(uin)
         view.uins = set()
         for uin, device, broker in msg["entries"]:
             self.online.setdefault(uin, {})[device] = broker
+            self.bitmap.set(uin)
             view.uins.add(uin)
         view.epoch, view.seq = msg["epoch"], msg["seq"]
         view.synced, view.requested = True, False
@@ -103,9 +108,11 @@ class PresenceReplica:
                 devices.pop(device, None)
                 if not devices:
                     del self.online[uin]
+                    self.bitmap.clear(uin)
                     view.uins.discard(uin)
         else:
             self.online.setdefault(uin, {})[device] = broker
+            self.bitmap.set(uin)
             view.uins.add(uin)
         view.seq = delta["seq"]
 
@@ -113,13 +120,16 @@ class PresenceReplica:
     def devices(self, uin: int) -> dict:
         return self.online.get(uin, {})
 
-    def brokers_for(self, uins) -> dict:
-        """Group the online uins among ``uins`` by broker: {broker: [uin, ...]}."""
+    def brokers_for(self, members) -> dict:
+        """Group the online uins among ``members`` (array('I')) by broker: {broker: [uin, ...]}."""
         groups = {}
         online = self.online
-        for uin in uins:
-            devices = online.get(uin)
-            if devices:
+        for uin in self.bitmap.filter_online(members):
+            devices = online[uin]
+            if len(devices) == 1:
+                for broker in devices.values():
+                    groups.setdefault(broker, []).append(uin)
+            else:
                 for broker in set(devices.values()):
                     groups.setdefault(broker, []).append(uin)
         return groups

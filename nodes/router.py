@@ -14,6 +14,8 @@ import secrets
 
 import zmq
 
+from fastpath import OnlineBitmap
+
 from . import wire
 from .node import Node
 
@@ -29,6 +31,7 @@ class RouterCore:
         self.epoch = secrets.randbits(63)
         self.seq = 0
         self.online = {}                      # uin -> {device: broker}
+        self.bitmap = OnlineBitmap()          # uins with at least one device online
         self.publish = publish
 
     def _emit(self, uin, device, broker):
@@ -38,6 +41,7 @@ class RouterCore:
 
     def set_online(self, uin: int, device: int, broker: str) -> None:
         devices = self.online.setdefault(uin, {})
+        self.bitmap.set(uin)
         if devices.get(device) != broker:
             devices[device] = broker
             self._emit(uin, device, broker)
@@ -51,6 +55,7 @@ class RouterCore:
         del devices[device]
         if not devices:
             del self.online[uin]
+            self.bitmap.clear(uin)
         self._emit(uin, device, None)
         return True
 
@@ -70,6 +75,9 @@ class RouterCore:
 
     def sessions(self) -> int:
         return sum(len(d) for d in self.online.values())
+
+    def users_online(self) -> int:
+        return self.bitmap.count()
 
 
 class RouterNode(Node):
@@ -112,4 +120,5 @@ class RouterNode(Node):
         return wire.reply("snapshot", msg["rid"], **self.core.snapshot())
 
     def status(self):
-        return dict(super().status(), sessions=self.core.sessions(), seq=self.core.seq)
+        return dict(super().status(), sessions=self.core.sessions(), users=self.core.users_online(),
+                    seq=self.core.seq)

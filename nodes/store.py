@@ -107,6 +107,17 @@ class Store:
             yield key, it.value()
             it.next()
 
+    def last_keys(self, prefix: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` greatest keys starting with prefix, in ascending order."""
+        it = self.db.iter(ReadOptions())
+        it.seek_for_prev(prefix + b"\xff" * 16)
+        out = []
+        while it.valid() and len(out) < limit and it.key().startswith(prefix):
+            out.append(it.key())
+            it.prev()
+        out.reverse()
+        return out
+
     def last_with_prefix(self, prefix: bytes):
         """The greatest (key, value) starting with prefix, or None."""
         it = self.db.iter(ReadOptions())

@@ -31,6 +31,7 @@ DEFAULT_LIMITS = {
     "max_pending": 10000,        # requests a broker keeps in flight before BUSY
     "request_timeout": 5.0,      # seconds a broker waits for an owning node
     "id_block": 1000,            # ids leased from the counter per alloc
+    "channel_queue": 1000,       # newest ids a channel keeps (older ones are trimmed)
     "message_lifetime": 86400,   # seconds a message lives
     "max_members": 100000,       # members of one channel
     "token_lifetime": 86400,     # seconds a minted token is valid

@@ -6,6 +6,7 @@ the core asks to send.
 from __future__ import annotations
 
 import os
+from array import array
 
 import pytest
 
@@ -47,8 +48,9 @@ def test_router_publishes_numbered_deltas_and_ignores_late_disconnects():
     assert r.set_offline(1, 0, "b2") is False    # device 0 is on b1, not b2
     r.set_online(1, 0, "b2")                     # moved to b2
     assert r.set_offline(1, 0, "b1") is False    # late disconnect from the old broker
+    assert r.users_online() == 1
     assert r.reset_broker("b2") == 2
-    assert r.online == {} and out[-1]["broker"] is None
+    assert r.online == {} and out[-1]["broker"] is None and r.users_online() == 0
     assert [d["seq"] for d in out] == list(range(1, 6))
 
 
@@ -127,7 +129,7 @@ def test_brokers_for_groups_online_members():
     w.router.set_online(2, 0, "b2")
     w.replica.start()
     w.answer_snapshot()
-    groups = w.replica.brokers_for([1, 2, 3])
+    groups = w.replica.brokers_for(array("I", [1, 2, 3]))
     assert sorted(groups["b1"]) == [1] and sorted(groups["b2"]) == [1, 2]
 
 
@@ -149,7 +151,7 @@ class Out:
 
 class OnlineAll:
     def brokers_for(self, uins):
-        return {"b1": sorted(uins)}
+        return {"b1": list(uins)}
 
 
 def one_logic_topology(tmp_path, **limits):
@@ -266,3 +268,48 @@ def test_message_rows_use_the_documented_key_layout(tmp_path):
     uin, device, ctime, _stime, _expiry, text = keys.decode(raw)
     assert (uin, device, ctime, text) == (3, 4, 77, "layout")
     assert keys.decode(store.get(keys.dedup_key(3, 4))) == [77, "room", 1]
+
+
+def two_channel_logic(tmp_path, **limits):
+    core, out, store = make_logic(tmp_path, **limits)
+    core._create("room2", [1, 2])
+    return core, out, store
+
+
+def test_a_client_time_reused_for_another_channel_is_stale_not_a_retry(tmp_path):
+    core, out, store = two_channel_logic(tmp_path)
+    core.on_ids("room", 1, 1001)
+    core.on_ids("room2", 1, 1001)
+    send(core, 1, 100, channel="room")
+    turn(core, store)
+    with pytest.raises(wire.ProtocolError) as exc:
+        send(core, 1, 100, channel="room2", text="different")
+    assert exc.value.code == wire.Err.STALE
+    assert core.sync({"rid": 1, "uin": 1, "channel": "room2", "after": 0})["msgs"] == []
+
+
+def test_dedup_keeps_the_newest_when_pipelined_sends_finish_out_of_order(tmp_path):
+    core, out, store = two_channel_logic(tmp_path)
+    core.on_ids("room", 1, 1001)                     # room2 has no ids yet
+    send(core, 1, 200, channel="room2", rid=1)
+    send(core, 1, 300, channel="room", rid=2)
+    turn(core, store)
+    core.on_ids("room2", 1, 1001)
+    turn(core, store)
+    assert sorted(m["rid"] for _i, m in out.replies) == [1, 2]
+    assert core.dedup.get(1, 0)[0] == 300
+    assert keys.decode(store.get(keys.dedup_key(1, 0)))[0] == 300
+    assert send(core, 1, 300, channel="room")["t"] == "ack"
+
+
+def test_the_channel_queue_bounds_what_sync_returns(tmp_path):
+    core, out, store = make_logic(tmp_path, channel_queue=5)
+    core.on_ids("room", 1, 1001)
+    for i in range(8):
+        send(core, 1, 100 + i)
+        turn(core, store)
+    page = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0})
+    assert [m["id"] for m in page["msgs"]] == [4, 5, 6, 7, 8] and page["first"] == 4
+    store.close()
+    core2, _out, _store = make_logic(tmp_path, channel_queue=5)
+    assert list(core2.channels["room"].ring) == [4, 5, 6, 7, 8]

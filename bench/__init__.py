@@ -1,0 +1,1 @@
+"""Benchmarks: ``bin/bench fastpath``, ... (each prints a table and can write JSON)."""

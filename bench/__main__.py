@@ -1,0 +1,21 @@
+"""bin/bench SUBCOMMAND [...]: run one benchmark.
+
+    bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
+"""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"fastpath": "bench.fastpath"}
+    if not argv or argv[0] not in commands:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    import importlib
+    return importlib.import_module(commands[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
