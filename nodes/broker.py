@@ -17,12 +17,13 @@ import zmq
 
 from . import auth
 from . import wire
+from .heartbeat import initial_interval
 from .node import INTERNAL_MAX_FRAME, Node
 from .rpc import Requests
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL = 1.0
+SWEEP_INTERVAL = 0.5
 
 
 class Session:
@@ -79,14 +80,16 @@ class BrokerCore:
             raise wire.ProtocolError(wire.Err.BAD_VERSION, f"server speaks protocol version "
                                      f"{wire.PROTOCOL_VERSION}", version=wire.PROTOCOL_VERSION)
         uin = auth.verify(self.secret, msg["token"])
-        net = msg.get("net") if msg.get("net") in ("wired", "wifi", "4g", "3g", "2g") else "wired"
+        net = msg.get("net", "wired")
+        if type(net) is not str:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'net' must be a string")
         if session is not None:
             self._drop(session, notify_router=(session.uin, session.device) != (uin, msg["device"]))
         old = self.by_key.get((uin, msg["device"]))
         if old is not None and old != ident:
             self.out.reply(old, {"t": "kicked", "msg": "logged in again from another connection"})
             self._drop(self.sessions[old], notify_router=False)
-        interval = self.topo.heartbeat[net]
+        interval = initial_interval(self.topo.heartbeat, net)
         new = Session(ident, uin, msg["device"], net, interval)
         self.sessions[ident] = new
         self.by_key[(uin, msg["device"])] = ident
@@ -103,7 +106,7 @@ class BrokerCore:
                 self.out.reply(ident, wire.error(rid, reply.get("code", wire.Err.UNAVAILABLE),
                                                  reply.get("msg", "router unavailable")))
         self.out.to_router(uin, {"t": "online", "uin": uin, "device": new.device,
-                                 "broker": self.id}, done)
+                                 "broker": self.id, "net": net}, done)
         return None
 
     def send(self, ident, session, msg):
@@ -137,7 +140,57 @@ class BrokerCore:
         return None
 
     def heartbeat(self, ident, session, msg):
-        return wire.reply("hb_ack", msg["rid"], interval=session.interval)
+        """Router: mark alive, get the next interval.  Owning logic nodes: newest id of
+        each listed channel plus what the client is missing, pushed before the ack."""
+        channels = msg.get("channels", {})
+        wire.KINDS["windows"](channels, "channels")
+        limit = int(self.topo.heartbeat["max_channels"])
+        if len(channels) > limit:
+            raise wire.ProtocolError(wire.Err.TOO_MANY, f"a heartbeat may list at most {limit} "
+                                     "channels", limit=limit)
+        net = msg.get("net", session.net)
+        if type(net) is not str:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'net' must be a string")
+        session.net = net
+        groups = {}
+        for name, have in channels.items():
+            groups.setdefault(self.topo.logic_for(name), {})[name] = have
+        ack = wire.reply("hb_ack", msg["rid"], interval=session.interval, heads={}, first={},
+                         more=[], not_member=[], unavailable=[])
+        msgs = []
+        waiting = [1 + len(groups)]
+
+        def part_done():
+            waiting[0] -= 1
+            if waiting[0] == 0 and self.sessions.get(ident) is session:
+                for m in msgs:
+                    self.out.push(ident, wire.pack(m))
+                self.out.reply(ident, ack)
+
+        def on_router(reply):
+            if reply.get("t") == "hb":
+                session.interval = ack["interval"] = reply["interval"]
+            part_done()
+
+        def on_logic(wanted):
+            def done(reply):
+                if reply.get("t") == "heads":
+                    for key in ("heads", "first"):
+                        ack[key].update(reply[key])
+                    ack["more"] += reply["more"]
+                    ack["not_member"] += reply["not_member"]
+                    msgs.extend(reply["msgs"])
+                else:
+                    ack["unavailable"] += list(wanted)
+                part_done()
+            return done
+
+        self.out.to_router(session.uin, {"t": "hb", "uin": session.uin, "device": session.device,
+                                         "broker": self.id, "net": net}, on_router)
+        for owner, wanted in groups.items():
+            self.out.to_logic(next(iter(wanted)), {"t": "heads", "uin": session.uin, "channels": wanted},
+                              on_logic(wanted))
+        return None
 
     def logout(self, ident, session, msg):
         self._drop(session, notify_router=True)
@@ -162,7 +215,9 @@ class BrokerCore:
     def sweep(self) -> int:
         """Drop sessions silent for too long; return how many."""
         now = time.monotonic()
-        factor = self.topo.heartbeat["session_timeout_factor"]
+        # one interval more than the router allows: the router (the authority on presence)
+        # declares the session offline first; this only frees the broker's own state
+        factor = self.topo.heartbeat["session_timeout_factor"] + 1
         stale = [s for s in self.sessions.values() if now - s.last_seen > factor * s.interval]
         for session in stale:
             self._drop(session, notify_router=True)

@@ -1,4 +1,8 @@
-"""Client library: one DEALER session to a broker (blocking API).
+"""Blocking client: one DEALER session to a broker, for scripts and protocol tests.
+
+Applications should use ``nodes.aclient.AsyncClient``, which adds
+heartbeats, gap sync and broker failover; this one does request/reply and
+buffers pushes, nothing more.
 
     c = Client("tcp://127.0.0.1:7101")
     c.login(token, device=1)
@@ -25,6 +29,17 @@ from . import wire
 RETRYABLE = ("TIMEOUT", wire.Err.UNAVAILABLE)
 
 
+class ClientClock:
+    """Client times for sends: microseconds since the epoch, strictly increasing."""
+
+    def __init__(self):
+        self.last = 0
+
+    def next(self) -> int:
+        self.last = max(int(time.time() * 1_000_000), self.last + 1)
+        return self.last
+
+
 class ClientError(Exception):
     """The server answered with an error code (``code``), or did not answer at all."""
 
@@ -46,15 +61,11 @@ class Client:
         self.inbox = collections.deque()        # pushed messages not yet returned by recv
         self.events = collections.deque()       # other unsolicited frames (kicked, ...)
         self._rids = itertools.count(1)
-        self._last_ctime = 0
+        self.clock = ClientClock()
         self.uin = self.device = None
         self.interval = None
 
     # --- plumbing ------------------------------------------------------------
-    def _next_ctime(self) -> int:
-        self._last_ctime = max(int(time.time() * 1_000_000), self._last_ctime + 1)
-        return self._last_ctime
-
     def _file(self, msg: dict) -> None:
         (self.inbox if msg.get("t") == "msg" else self.events).append(msg)
 
@@ -89,7 +100,7 @@ class Client:
     def send(self, channel: str, text: str, timeout: float | None = None,
              retries: int | None = None) -> int:
         """Send and block until acked; return the msg id.  Retries keep the client time."""
-        req = {"t": "send", "channel": channel, "ctime": self._next_ctime(), "text": text}
+        req = {"t": "send", "channel": channel, "ctime": self.clock.next(), "text": text}
         attempts = 1 + (self.retries if retries is None else retries)
         last = None
         for _attempt in range(attempts):

@@ -214,23 +214,55 @@ class LogicCore:
     def _ack(rid, channel, device, ctime, msg_id):
         return wire.reply("ack", rid, channel=channel, device=device, ctime=ctime, id=msg_id)
 
-    def sync(self, msg: dict) -> dict:
-        """Stored messages of a channel after ``after``, oldest first, one page."""
-        ch = self._member_channel(msg["channel"], msg["uin"])
-        prefix = keys.channel_prefix(ch.name)
+    def _page(self, ch: ChannelState, after: int, budget: int):
+        """Live stored messages of ``ch`` after ``after``, oldest first, at most ``budget``.
+
+        Returns (messages, first, more): ``first`` is the oldest id still in
+        the channel's queue (a client behind it moves its window there);
+        ``more`` says the page was cut short by the budget.
+        """
         first = ch.ring.first if len(ch.ring) else ch.last_id + 1
-        after = max(min(msg["after"], ch.last_id), first - 1)      # nothing before the queue's head
-        now = time.time()
+        after = max(min(after, ch.last_id), first - 1)      # nothing before the queue's head
         msgs = []
-        for key, raw in self.store.scan(prefix, keys.message_key(ch.name, after + 1)):
-            if len(msgs) >= wire.SYNC_PAGE:
-                break
+        if after >= ch.last_id:
+            return msgs, first, False
+        if budget <= 0:
+            return msgs, first, True
+        now = time.time()
+        for key, raw in self.store.scan(keys.channel_prefix(ch.name), keys.message_key(ch.name, after + 1)):
             rec = keys.decode(raw)
-            if rec[4] >= now:
-                msgs.append(self._push(ch.name, keys.unpack_u64(key[-8:]), rec))
-        more = bool(msgs) and msgs[-1]["id"] < ch.last_id
+            if rec[4] < now:                                  # expired, not yet swept
+                continue
+            if len(msgs) >= budget:
+                return msgs, first, True
+            msgs.append(self._push(ch.name, keys.unpack_u64(key[-8:]), rec))
+        return msgs, first, False
+
+    def sync(self, msg: dict) -> dict:
+        """One page of the stored messages of a channel after ``after``."""
+        ch = self._member_channel(msg["channel"], msg["uin"])
+        msgs, first, more = self._page(ch, msg["after"], wire.SYNC_PAGE)
         return wire.reply("sync", msg["rid"], channel=ch.name, msgs=msgs, first=first,
                           last=ch.last_id, more=more)
+
+    def heads(self, msg: dict) -> dict:
+        """For a heartbeat: the newest id of each listed channel, and one page of
+        what the client is missing across them (SYNC_PAGE messages in all)."""
+        uin, budget = msg["uin"], wire.SYNC_PAGE
+        heads, firsts, msgs, more, not_member = {}, {}, [], [], []
+        for name, have in msg["channels"].items():
+            ch = self.channels.get(name)
+            if ch is None or uin not in ch.members or self.topo.logic_for(name) != self.id:
+                not_member.append(name)
+                continue
+            page, firsts[name], cut = self._page(ch, have, budget)
+            heads[name] = ch.last_id
+            budget -= len(page)
+            msgs += page
+            if cut:
+                more.append(name)
+        return wire.reply("heads", msg["rid"], heads=heads, first=firsts, msgs=msgs, more=more,
+                          not_member=not_member)
 
     @staticmethod
     def _push(channel, msg_id, rec) -> dict:
@@ -400,6 +432,7 @@ class LogicNode(Node):
         self.serve(rpc, wire.LOGIC_REQUESTS, {
             "send": lambda ident, msg: c.send(ident, msg),
             "sync": lambda _i, msg: c.sync(msg),
+            "heads": lambda _i, msg: c.heads(msg),
             "channel_create": lambda _i, msg: c.channel_create(msg),
             "channel_add": lambda _i, msg: c.channel_add(msg),
             "channel_remove": lambda _i, msg: c.channel_remove(msg),

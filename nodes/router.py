@@ -10,41 +10,70 @@ restarts, so replicas know to re-snapshot.
 """
 from __future__ import annotations
 
+import heapq
 import secrets
+import time
 
 import zmq
 
 from fastpath import OnlineBitmap
 
 from . import wire
+from .heartbeat import Beat
 from .node import Node
+from .topology import DEFAULT_HEARTBEAT
 
 PRESENCE_TOPIC = b"presence"
 TICK_INTERVAL = 0.5
+SWEEP_INTERVAL = 0.2
 
 
 class RouterCore:
-    """Online state and its change log; ``publish(msg)`` emits a delta."""
+    """Online state, heartbeats and the change log; ``publish(msg)`` emits a delta.
 
-    def __init__(self, router_id: str, publish):
+    Times are passed in (monotonic seconds) so the interval logic and the
+    offline sweep can be tested without waiting.
+    """
+
+    def __init__(self, router_id: str, publish, hb_cfg: dict | None = None):
         self.router_id = router_id
         self.epoch = secrets.randbits(63)
         self.seq = 0
         self.online = {}                      # uin -> {device: broker}
         self.bitmap = OnlineBitmap()          # uins with at least one device online
+        self.beats = {}                       # (uin, device) -> Beat
+        self._deadlines = []                  # heap of (deadline, uin, device); stale entries skipped
+        self.hb_cfg = hb_cfg or DEFAULT_HEARTBEAT
         self.publish = publish
+        self.expired = 0
 
     def _emit(self, uin, device, broker):
         self.seq += 1
         self.publish({"t": "delta", "router": self.router_id, "epoch": self.epoch,
                       "seq": self.seq, "uin": uin, "device": device, "broker": broker})
 
-    def set_online(self, uin: int, device: int, broker: str) -> None:
+    def _track(self, uin, device, beat):
+        heapq.heappush(self._deadlines, (beat.deadline, uin, device))
+
+    def set_online(self, uin: int, device: int, broker: str, net="wired", now: float = 0.0) -> float:
+        """Login (or a heartbeat from an unknown session): online on ``broker``; the interval."""
         devices = self.online.setdefault(uin, {})
         self.bitmap.set(uin)
         if devices.get(device) != broker:
             devices[device] = broker
             self._emit(uin, device, broker)
+        beat = self.beats[(uin, device)] = Beat(broker, net, now, self.hb_cfg)
+        self._track(uin, device, beat)
+        return beat.interval
+
+    def heartbeat(self, uin: int, device: int, broker: str, net, now: float) -> float:
+        """Record a heartbeat; return the next interval to ask of the client."""
+        beat = self.beats.get((uin, device))
+        if beat is None or beat.broker != broker:
+            return self.set_online(uin, device, broker, net, now)
+        interval = beat.beat(now, net, self.hb_cfg)
+        self._track(uin, device, beat)
+        return interval
 
     def set_offline(self, uin: int, device: int, broker: str) -> bool:
         """Remove the session only if it is still on ``broker`` (a late
@@ -53,11 +82,26 @@ class RouterCore:
         if not devices or devices.get(device) != broker:
             return False
         del devices[device]
+        self.beats.pop((uin, device), None)
         if not devices:
             del self.online[uin]
             self.bitmap.clear(uin)
         self._emit(uin, device, None)
         return True
+
+    def sweep(self, now: float, budget: int = 2000) -> int:
+        """Take offline the sessions whose deadline passed; at most ``budget`` heap
+        entries per call, so one sweep never stalls the loop.  Returns how many went offline."""
+        gone = 0
+        heap = self._deadlines
+        while heap and heap[0][0] <= now and budget > 0:
+            deadline, uin, device = heapq.heappop(heap)
+            budget -= 1
+            beat = self.beats.get((uin, device))
+            if beat is not None and beat.deadline == deadline:
+                gone += self.set_offline(uin, device, beat.broker)
+        self.expired += gone
+        return gone
 
     def reset_broker(self, broker: str) -> int:
         gone = [(uin, dev) for uin, devices in self.online.items()
@@ -74,7 +118,7 @@ class RouterCore:
         return {"t": "tick", "router": self.router_id, "epoch": self.epoch, "seq": self.seq}
 
     def sessions(self) -> int:
-        return sum(len(d) for d in self.online.values())
+        return len(self.beats)
 
     def users_online(self) -> int:
         return self.bitmap.count()
@@ -87,13 +131,14 @@ class RouterNode(Node):
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
-        self.core = RouterCore(node_id, self.publish)
+        self.core = RouterCore(node_id, self.publish, topo.heartbeat)
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, wire.ROUTER_REQUESTS, {
-            "online": self.handle_online, "offline": self.handle_offline,
+            "online": self.handle_online, "offline": self.handle_offline, "hb": self.handle_hb,
             "broker_reset": self.handle_broker_reset, "snapshot": self.handle_snapshot,
             "status": self.handle_status})
         self.loop.every(TICK_INTERVAL, lambda: self.publish(self.core.tick()), first=0)
+        self.loop.every(SWEEP_INTERVAL, lambda: self.core.sweep(time.monotonic()))
 
     def publish(self, msg: dict) -> None:
         self.queue_frames(self.pub, [PRESENCE_TOPIC, wire.pack(msg)])
@@ -104,8 +149,15 @@ class RouterNode(Node):
 
     def handle_online(self, _ident, msg):
         self._check_owner(msg["uin"])
-        self.core.set_online(msg["uin"], msg["device"], msg["broker"])
-        return wire.reply("ok", msg["rid"], seq=self.core.seq)
+        interval = self.core.set_online(msg["uin"], msg["device"], msg["broker"], msg.get("net"),
+                                        time.monotonic())
+        return wire.reply("ok", msg["rid"], seq=self.core.seq, interval=interval)
+
+    def handle_hb(self, _ident, msg):
+        self._check_owner(msg["uin"])
+        interval = self.core.heartbeat(msg["uin"], msg["device"], msg["broker"], msg.get("net"),
+                                       time.monotonic())
+        return wire.reply("hb", msg["rid"], interval=interval)
 
     def handle_offline(self, _ident, msg):
         self._check_owner(msg["uin"])
@@ -121,4 +173,4 @@ class RouterNode(Node):
 
     def status(self):
         return dict(super().status(), sessions=self.core.sessions(), users=self.core.users_online(),
-                    seq=self.core.seq)
+                    seq=self.core.seq, expired=self.core.expired)

@@ -37,9 +37,11 @@ DEFAULT_LIMITS = {
     "token_lifetime": 86400,     # seconds a minted token is valid
 }
 
-DEFAULT_HEARTBEAT = {
-    "wired": 10, "wifi": 30, "4g": 90, "3g": 90, "2g": 240,
-    "min": 5, "max": 600, "session_timeout_factor": 3,
+DEFAULT_HEARTBEAT = {           # seconds (fractions allowed)
+    "wired": 10.0, "wifi": 30.0, "4g": 90.0, "3g": 90.0, "2g": 240.0,
+    "default": 30.0,             # unknown network type
+    "min": 5.0, "max": 600.0, "session_timeout_factor": 3.0,
+    "max_channels": 1000,        # channels one heartbeat may list
 }
 
 DEFAULT_STORAGE = {"sync": False}

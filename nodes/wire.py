@@ -40,6 +40,7 @@ class Err:
     NOT_MEMBER = "NOT_MEMBER"          # sender is not a member of the channel
     STALE = "STALE"                    # client time older than the last one seen
     TOO_LONG = "TOO_LONG"              # text over the length limit ("limit" in reply)
+    TOO_MANY = "TOO_MANY"              # a list over its limit (e.g. heartbeat channels; "limit")
     EMPTY_TEXT = "EMPTY_TEXT"          # text of zero bytes
     WRONG_OWNER = "WRONG_OWNER"        # request reached a node that does not own the key
     UNAVAILABLE = "UNAVAILABLE"        # owning node did not answer in time
@@ -95,7 +96,16 @@ def _kind_u32_list(v, name):
         _check_uint(item, 32, name + "[]")
 
 
-KINDS = {"u32": _kind_u32, "u64": _kind_u64, "str": _kind_str,
+def _kind_windows(v, name):
+    """{channel: uint64} -- the newest id a client holds per channel."""
+    if type(v) is not dict:
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be a map of channel -> uint64")
+    for channel, last in v.items():
+        _kind_channel(channel, name + " key")
+        _check_uint(last, 64, f"{name}[{channel}]")
+
+
+KINDS = {"windows": _kind_windows, "u32": _kind_u32, "u64": _kind_u64, "str": _kind_str,
          "channel": _kind_channel, "u32list": _kind_u32_list}
 
 _CHANNEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:@#")
@@ -126,6 +136,7 @@ LOGIC_REQUESTS = {
     "send": {"rid": "u64", "uin": "u32", "device": "u32", "channel": "channel",
              "ctime": "u64", "text": "str"},
     "sync": {"rid": "u64", "uin": "u32", "channel": "channel", "after": "u64"},
+    "heads": {"rid": "u64", "uin": "u32", "channels": "windows"},
     "status": {"rid": "u64"},
     "channel_create": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
     "channel_add": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
@@ -137,6 +148,7 @@ LOGIC_REQUESTS = {
 # broker -> router, logic -> router
 ROUTER_REQUESTS = {
     "online": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
+    "hb": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
     "offline": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
     "broker_reset": {"rid": "u64", "broker": "str"},
     "snapshot": {"rid": "u64"},

@@ -11,14 +11,14 @@ timeout passed; 2 bad arguments or configuration.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import sys
 import time
 
-import zmq
-
-from ..client import Client, ClientError
+from ..aclient import AsyncClient
+from ..client import ClientError
 from .common import add_config_arg, broker_endpoint, fail, load_topology, token_for, uin_arg
 
 
@@ -27,18 +27,22 @@ def add_session_args(parser) -> None:
     parser.add_argument("--uin", type=uin_arg, required=True)
     parser.add_argument("--device", type=uin_arg, default=0)
     parser.add_argument("--token", help="login token (minted locally on a local topology)")
-    parser.add_argument("--broker", help="broker id to connect to (default: by uin)")
+    parser.add_argument("--broker", help="broker id to connect to first (default: by uin)")
+    parser.add_argument("--net", default="wired", help="network type: wired, wifi, 4g, 3g, 2g")
 
 
-def connect(args) -> Client:
+def refused(exc: ClientError) -> int:
+    print(f"error: {exc.code}: {exc.msg}", file=sys.stderr)
+    return 1
+
+
+async def connect(args) -> AsyncClient:
     topo = load_topology(args.config)
-    client = Client(broker_endpoint(topo, args.uin, args.broker))
-    try:
-        client.login(token_for(topo, args.uin, args.token), device=args.device)
-    except ClientError as exc:
-        client.close(logout=False)
-        print(f"error: {exc.code}: {exc.msg}", file=sys.stderr)
-        sys.exit(1)
+    first = broker_endpoint(topo, args.uin, args.broker)
+    others = [b.endpoint("client") for b in topo.of_type("broker") if b.endpoint("client") != first]
+    client = AsyncClient([first] + others, token_for(topo, args.uin, args.token), device=args.device,
+                         net=args.net)
+    await client.connect()
     return client
 
 
@@ -53,104 +57,77 @@ def message_line(msg: dict) -> str:
     return f"[{msg['channel']} #{msg['id']}] {msg['uin']}/{msg['device']} {when}: {msg['text']}"
 
 
-def cmd_send(args) -> int:
-    client = connect(args)
+async def cmd_send(args) -> int:
+    client = await connect(args)
     try:
-        print(client.send(args.channel, args.text))
+        print(await client.send(args.channel, args.text))
         return 0
-    except ClientError as exc:
-        print(f"error: {exc.code}: {exc.msg}", file=sys.stderr)
-        return 1
     finally:
-        client.close()
+        await client.close()
 
 
-def cmd_tail(args) -> int:
-    client = connect(args)
+async def cmd_tail(args) -> int:
+    client = await connect(args)
     show = message_json if args.json else message_line
-    seen = set()
     printed = 0
     deadline = time.monotonic() + args.timeout
     try:
-        if args.since is not None:
-            after = args.since
-            while printed < args.count:
-                page = client.sync(args.channel, after)
-                for msg in page["msgs"]:
-                    if printed < args.count and msg["id"] not in seen:
-                        seen.add(msg["id"])
-                        print(show(msg), flush=True)
-                        printed += 1
-                if not page["more"] or not page["msgs"]:
-                    break
-                after = page["msgs"][-1]["id"]
+        client.watch(args.channel, since=args.since)
         while printed < args.count:
-            left = deadline - time.monotonic()
-            msg = client.recv(timeout=max(0.0, min(left, client.interval or 10)))
+            msg = await client.recv(timeout=max(0.0, deadline - time.monotonic()))
             if msg is None:
-                if time.monotonic() >= deadline:
-                    print(f"error: TIMEOUT: got {printed} of {args.count} messages "
-                          f"in {args.timeout}s", file=sys.stderr)
-                    return 1
-                client.heartbeat()
-                continue
-            if msg["channel"] == args.channel and msg["id"] not in seen:
-                seen.add(msg["id"])
+                print(f"error: TIMEOUT: got {printed} of {args.count} messages in {args.timeout}s",
+                      file=sys.stderr)
+                return 1
+            if msg["channel"] == args.channel:
                 print(show(msg), flush=True)
                 printed += 1
         return 0
-    except ClientError as exc:
-        print(f"error: {exc.code}: {exc.msg}", file=sys.stderr)
-        return 1
     finally:
-        client.close()
+        await client.close()
 
 
-def cmd_interactive(args) -> int:
-    client = connect(args)
+async def cmd_interactive(args) -> int:
+    client = await connect(args)
     channel = args.channel
+    if channel:
+        client.watch(channel)
     print(f"logged in as {args.uin}/{args.device} via {client.endpoint}. "
           "Type /join CHANNEL, then lines to send; /quit to leave.", flush=True)
-    poller = zmq.Poller()
-    poller.register(client.sock, zmq.POLLIN)
-    poller.register(sys.stdin.fileno(), zmq.POLLIN)
-    next_hb = time.monotonic() + (client.interval or 10)
+    loop = asyncio.get_running_loop()
+    lines = asyncio.Queue()
+    loop.add_reader(sys.stdin.fileno(), lambda: lines.put_nowait(sys.stdin.readline()))
+
+    async def show_incoming():
+        async for msg in client.messages():
+            print(message_line(msg), flush=True)
+    printer = asyncio.ensure_future(show_incoming())
     try:
         while True:
-            while client.inbox:
-                print(message_line(client.inbox.popleft()), flush=True)
-            ready = dict(poller.poll(max(0, int((next_hb - time.monotonic()) * 1000))))
-            if time.monotonic() >= next_hb:
-                client.heartbeat()
-                next_hb = time.monotonic() + (client.interval or 10)
-            if client.sock in ready:
-                msg = client.recv(timeout=0)
-                if msg is not None:
-                    print(message_line(msg), flush=True)
-            if sys.stdin.fileno() in ready:
-                line = sys.stdin.readline()
-                if not line or line.strip() == "/quit":
-                    return 0
-                line = line.rstrip("\n")
-                if line.startswith("/join"):
-                    parts = line.split()
-                    if len(parts) != 2:
-                        print("usage: /join CHANNEL", flush=True)
-                    else:
-                        channel = parts[1]
-                        print(f"now in {channel}", flush=True)
-                elif line:
-                    if channel is None:
-                        print("pick a channel first: /join CHANNEL", flush=True)
-                        continue
-                    try:
-                        print(f"  sent #{client.send(channel, line)}", flush=True)
-                    except ClientError as exc:
-                        print(f"  error: {exc.code}: {exc.msg}", flush=True)
-    except KeyboardInterrupt:
-        return 0
+            line = await lines.get()
+            if not line or line.strip() == "/quit":
+                return 0
+            line = line.rstrip("\n")
+            if line.startswith("/join"):
+                parts = line.split()
+                if len(parts) != 2:
+                    print("usage: /join CHANNEL", flush=True)
+                else:
+                    channel = parts[1]
+                    client.watch(channel)
+                    print(f"now in {channel}", flush=True)
+            elif line:
+                if channel is None:
+                    print("pick a channel first: /join CHANNEL", flush=True)
+                    continue
+                try:
+                    print(f"  sent #{await client.send(channel, line)}", flush=True)
+                except ClientError as exc:
+                    print(f"  error: {exc.code}: {exc.msg}", flush=True)
     finally:
-        client.close()
+        loop.remove_reader(sys.stdin.fileno())
+        printer.cancel()
+        await client.close()
 
 
 def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
@@ -184,7 +161,12 @@ def main(argv=None) -> int:
     args = build_parser(sub_cmd).parse_args(argv[1:] if sub_cmd else argv)
     if getattr(args, "count", 1) < 0:
         fail("--count must be >= 0")
-    return args.fn(args)
+    try:
+        return asyncio.run(args.fn(args))
+    except ClientError as exc:
+        return refused(exc)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":
