@@ -1,6 +1,7 @@
 """bin/bench SUBCOMMAND [...]: run one benchmark.
 
     bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
+    bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"fastpath": "bench.fastpath"}
+    commands = {"fastpath": "bench.fastpath", "heartbeat": "bench.heartbeat"}
     if not argv or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr)
         return 2

@@ -7,55 +7,16 @@ never on fixed sleeps.
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
-import yaml
 
 from nodes import auth
 from nodes.client import Client
+from nodes.localtopo import free_ports, write_topology  # noqa: F401  (tests import them from here)
 from nodes.mesh import Mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports the OS just handed out on 127.0.0.1 (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, limits=None,
-                   heartbeat=None, channels=None) -> str:
-    """A local topology in ``directory`` with every endpoint on a free port."""
-    ports = iter(free_ports(2 * (brokers + logics + routers) + counters))
-
-    def ep():
-        return f"tcp://127.0.0.1:{next(ports)}"
-    idc = {
-        "brokers": [{"id": f"b{i}", "client": ep(), "rpc": ep()} for i in range(1, brokers + 1)],
-        "logics": [{"id": f"l{i}", "rpc": ep(), "pub": ep()} for i in range(1, logics + 1)],
-        "routers": [{"id": f"r{i}", "rpc": ep(), "pub": ep()} for i in range(1, routers + 1)],
-        "counters": [{"id": f"c{i}", "rpc": ep()} for i in range(1, counters + 1)],
-    }
-    raw = {"cluster": "test", "local": True, "secret_file": "secret", "data_dir": "data",
-           "limits": limits or {}, "heartbeat": heartbeat or {},
-           "channels": channels if channels is not None else {"lobby": {"members": "1-100"}},
-           "idcs": {"test": idc}}
-    path = os.path.join(str(directory), "topology.yaml")
-    with open(path, "w") as f:
-        yaml.safe_dump(raw, f)
-    auth.ensure_secret(os.path.join(str(directory), "secret"))
-    return path
 
 
 class MeshHarness:
