@@ -28,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 
 import zmq
 import zmq.asyncio
 
 from . import wire
 from .client import RETRYABLE, ClientClock, ClientError
+from .fragments import Assembler, new_group_id, split_utf8
 from .windows import Windows
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class AsyncClient:
         self.timeout, self.retries = timeout, retries
         self.ctx = ctx or zmq.asyncio.Context.instance()
         self.windows = Windows()
+        self.assembler = Assembler()
+        self.limits = {"max_text": wire.MAX_TEXT_BYTES, "max_fragments": 100}
         self.clock = ClientClock()
         self.uin = None
         self.interval = None
@@ -87,6 +91,8 @@ class AsyncClient:
                 reply = await self._request({"t": "login", "v": wire.PROTOCOL_VERSION, "token": self.token,
                                              "device": self.device, "net": self.net})
                 self.uin, self.interval = reply["uin"], reply["hb"]
+                self.limits.update(reply.get("limits", {}))
+                self.assembler.lifetime = self.limits.get("message_lifetime", self.assembler.lifetime)
                 return reply
             except ClientError as exc:
                 if exc.code not in RETRYABLE:
@@ -171,8 +177,11 @@ class AsyncClient:
 
     # --- receiving -------------------------------------------------------------
     def _deliver(self, msgs) -> None:
+        now = time.monotonic()
         for m in msgs:
-            self._incoming.put_nowait(m)
+            whole = self.assembler.add(m, now)
+            if whole is not None:
+                self._incoming.put_nowait(whole)
 
     def _accept(self, msg: dict) -> None:
         ready, gap = self.windows.accept(msg)
@@ -235,6 +244,7 @@ class AsyncClient:
             return None
         self.interval = ack["interval"]
         self.not_member.update(ack["not_member"])
+        self.assembler.expire(time.monotonic())
         for channel, first in ack["first"].items():
             self._deliver(self.windows.jump(channel, first))
         for channel, head in ack["heads"].items():
@@ -253,8 +263,30 @@ class AsyncClient:
     # --- sending ---------------------------------------------------------------
     async def send(self, channel: str, text: str, timeout: float | None = None,
                    retries: int | None = None) -> int:
-        """Send and wait for the ack; retries keep the client time.  Returns the msg id."""
-        req = {"t": "send", "channel": channel, "ctime": self.clock.next(), "text": text}
+        """Send and wait for the ack; returns the msg id.  A text over the broker's limit
+        goes as fragments and the id is the last fragment's (the receivers' message id)."""
+        if len(text.encode("utf-8")) <= self.limits["max_text"]:
+            return await self._send_one({"t": "send", "channel": channel, "text": text}, timeout, retries)
+        pieces = split_utf8(text, self.limits["max_text"])
+        if len(pieces) > self.limits["max_fragments"]:
+            raise ClientError(wire.Err.TOO_LONG, f"text needs {len(pieces)} fragments; the limit is "
+                              f"{self.limits['max_fragments']}")
+        for _attempt in range(2):
+            group, reconnects = new_group_id(), self.reconnects
+            try:
+                for index, piece in enumerate(pieces):
+                    msg_id = await self._send_one({"t": "send", "channel": channel, "text": piece,
+                                                   "frag": [group, index, len(pieces)]}, timeout, retries)
+                return msg_id
+            except ClientError as exc:
+                # a failover mid-group: the new broker never saw its start; send the group again
+                if exc.code != wire.Err.BAD_FRAGMENT or self.reconnects == reconnects:
+                    raise
+        raise ClientError(wire.Err.BUSY, "could not send the fragments")
+
+    async def _send_one(self, req: dict, timeout, retries) -> int:
+        """One message, retried with the same client time until acked or out of attempts."""
+        req["ctime"] = self.clock.next()
         attempts = 1 + (self.retries if retries is None else retries)
         last = None
         for _ in range(attempts):

@@ -10,7 +10,9 @@ heartbeat intervals are dropped and reported offline.
 """
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import time
 
 import zmq
@@ -18,6 +20,7 @@ import zmq
 from . import auth
 from . import wire
 from .heartbeat import initial_interval
+from .limits import FragmentGroups, TokenBuckets
 from .node import INTERNAL_MAX_FRAME, Node
 from .rpc import Requests
 
@@ -27,12 +30,13 @@ SWEEP_INTERVAL = 0.5
 
 
 class Session:
-    __slots__ = ("ident", "uin", "device", "net", "interval", "last_seen")
+    __slots__ = ("ident", "uin", "device", "net", "interval", "last_seen", "groups")
 
     def __init__(self, ident, uin, device, net, interval):
         self.ident, self.uin, self.device, self.net = ident, uin, device, net
         self.interval = interval
         self.last_seen = time.monotonic()
+        self.groups = FragmentGroups()
 
 
 class BrokerCore:
@@ -48,6 +52,11 @@ class BrokerCore:
         self.secret = secret
         self.out = out
         self.max_text = int(topo.limits["max_text"])
+        self.max_fragments = int(topo.limits["max_fragments"])
+        self.buckets = TokenBuckets(topo.limits["rate"], topo.limits["burst"])
+        self.stats = collections.Counter()      # refused sends by code
+        self.client_limits = {k: topo.limits[k] for k in ("max_text", "max_fragments", "rate", "burst",
+                                                           "message_lifetime")}
         self.max_pending = int(topo.limits["max_pending"])
         self.pending = 0
         self.sessions = {}                     # ident -> Session
@@ -58,7 +67,7 @@ class BrokerCore:
 
     # --- entry point ---------------------------------------------------------
     def on_client(self, ident: bytes, frame: bytes) -> None:
-        rid = None
+        rid = msg = None
         try:
             msg = wire.unpack(frame, int(self.topo.limits["max_frame"]))
             rid = wire.request_rid(msg)
@@ -71,6 +80,9 @@ class BrokerCore:
             result = self.handlers[t](ident, session, msg)
         except wire.ProtocolError as exc:
             result = wire.error_from(rid, exc)
+            if isinstance(msg, dict) and msg.get("t") == "send":
+                self.stats["refused"] += 1
+                self.stats[exc.code] += 1
         if result is not None:
             self.out.reply(ident, result)
 
@@ -99,7 +111,8 @@ class BrokerCore:
         def done(reply):
             if reply.get("t") == "ok":
                 self.out.reply(ident, wire.reply("login_ok", rid, uin=uin, device=new.device,
-                                                 broker=self.id, hb=interval))
+                                                 broker=self.id, hb=reply.get("interval", interval),
+                                                 limits=self.client_limits))
             else:
                 if self.sessions.get(ident) is new:
                     self._drop(new, notify_router=False)
@@ -110,16 +123,29 @@ class BrokerCore:
         return None
 
     def send(self, ident, session, msg):
+        """Length, fragment and rate checks; then forward to the channel's logic node."""
         text = msg["text"]
-        size = len(text.encode("utf-8", "surrogatepass"))
+        size = len(text.encode("utf-8"))
         if size == 0:
             raise wire.ProtocolError(wire.Err.EMPTY_TEXT, "text is empty")
         if size > self.max_text:
             raise wire.ProtocolError(wire.Err.TOO_LONG, f"text of {size} bytes exceeds the limit "
-                                     f"of {self.max_text}", limit=self.max_text)
-        return self._forward(ident, msg, {"t": "send", "uin": session.uin, "device": session.device,
-                                          "channel": msg["channel"], "ctime": msg["ctime"],
-                                          "text": text})
+                                     f"of {self.max_text}; split it into fragments", limit=self.max_text)
+        request = {"t": "send", "uin": session.uin, "device": session.device, "channel": msg["channel"],
+                   "ctime": msg["ctime"], "text": text}
+        charge, frag = True, None
+        if "frag" in msg:
+            frag = FragmentGroups.parse(msg["frag"], self.max_fragments)
+            charge, _retry = session.groups.check(*frag, msg["ctime"])
+            request["frag"] = list(frag)
+        if charge:
+            wait = self.buckets.take(session.uin, time.monotonic())
+            if wait:
+                raise wire.ProtocolError(wire.Err.RATE_LIMITED, f"over {self.buckets.rate:g} messages/s; "
+                                         f"retry in {wait:.3f} s", retry_after=math.ceil(wait * 1000) / 1000)
+        if frag is not None:
+            session.groups.accept(*frag, msg["ctime"])
+        return self._forward(ident, msg, request)
 
     def sync(self, ident, session, msg):
         return self._forward(ident, msg, {"t": "sync", "uin": session.uin,
@@ -221,6 +247,7 @@ class BrokerCore:
         stale = [s for s in self.sessions.values() if now - s.last_seen > factor * s.interval]
         for session in stale:
             self._drop(session, notify_router=True)
+        self.buckets.prune(now)
         return len(stale)
 
     # --- deliveries ----------------------------------------------------------
@@ -308,4 +335,4 @@ class BrokerNode(Node):
         now = time.monotonic()
         linked = sorted(k for k, t in self.heard.items() if now - t < 3.0)
         return dict(super().status(), sessions=len(self.core.sessions), logic_links=linked,
-                    ready=len(linked) == len(self.logics))
+                    ready=len(linked) == len(self.logics), refused=dict(self.core.stats))

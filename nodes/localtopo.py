@@ -36,8 +36,9 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, limits
         "routers": [{"id": f"r{i}", "rpc": ep(), "pub": ep()} for i in range(1, routers + 1)],
         "counters": [{"id": f"c{i}", "rpc": ep()} for i in range(1, counters + 1)],
     }
+    # tests and benchmarks are not humans: a high send rate unless a test sets its own
     raw = {"cluster": "test", "local": True, "secret_file": "secret", "data_dir": "data",
-           "limits": limits or {}, "heartbeat": heartbeat or {},
+           "limits": {"rate": 10000.0, "burst": 10000, **(limits or {})}, "heartbeat": heartbeat or {},
            "channels": channels if channels is not None else {"lobby": {"members": "1-100"}},
            "idcs": {"test": idc}}
     path = os.path.join(str(directory), "topology.yaml")

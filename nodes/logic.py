@@ -12,6 +12,7 @@ node continues the same block and ids stay contiguous.
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import time
 from array import array
@@ -31,27 +32,42 @@ from .rpc import Requests
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL = 0.5
+SWEEP_INTERVAL = 0.05                 # expired messages are deleted in slices of at most 5 ms
 
 
 class Pending:
     """A new message waiting for its id; ``waiters`` are requests to ack."""
 
-    __slots__ = ("uin", "device", "ctime", "text", "channel", "waiters", "id", "stime")
+    __slots__ = ("uin", "device", "ctime", "text", "frag", "channel", "waiters", "id", "stime", "expiry")
 
-    def __init__(self, uin, device, ctime, text, channel, waiter):
-        self.uin, self.device, self.ctime, self.text = uin, device, ctime, text
+    def __init__(self, uin, device, ctime, text, frag, channel, waiter):
+        self.uin, self.device, self.ctime, self.text, self.frag = uin, device, ctime, text, frag
         self.channel = channel
         self.waiters = [waiter]
-        self.id = None
-        self.stime = None
+        self.id = self.stime = self.expiry = None
+
+    def record(self) -> list:
+        """The stored form: [uin, device, ctime, stime ms, expiry s, text, frag or nil]."""
+        return [self.uin, self.device, self.ctime, self.stime, self.expiry, self.text, self.frag]
+
+
+def push_of(channel: str, msg_id: int, record: list) -> dict:
+    """The pushed (and synced) form of a stored message."""
+    uin, device, ctime, stime, _expiry, text = record[:6]
+    push = {"t": "msg", "channel": channel, "id": msg_id, "uin": uin, "device": device,
+            "ctime": ctime, "stime": stime, "text": text}
+    if len(record) > 6 and record[6] is not None:
+        push["frag"] = record[6]
+    return push
 
 
 class ChannelState:
     __slots__ = ("name", "members", "member_array", "ring", "leases", "next_id", "last_id",
-                 "waiting", "alloc_inflight")
+                 "waiting", "alloc_inflight", "lifetime")
 
-    def __init__(self, name: str, members, queue: int):
+    def __init__(self, name: str, members, queue: int, lifetime=None):
         self.name = name
+        self.lifetime = lifetime              # seconds; None: the topology's default
         self.set_members(members)
         self.ring = IdRing(queue)             # newest ids of the channel (its queue)
         self.leases = collections.deque()     # [start, end) blocks not yet used up
@@ -116,13 +132,15 @@ class LogicCore:
         self.dirty = set()                    # channels with waiting sends
         self.committed = []                   # Pending stored in this turn's batch
         self.waiting_total = 0
+        self.expiries = []                    # heap of (expiry of the channel's oldest message, name)
+        self.sweep_seconds = self.sweep_max = 0.0
         self.stats = collections.Counter()
 
     # --- start ---------------------------------------------------------------
     def load(self) -> None:
         for key, raw in self.store.scan(b"c"):
-            name = key[1:].decode()
-            self.channels[name] = ChannelState(name, keys.decode(raw)["members"], self.queue)
+            name, row = key[1:].decode(), keys.decode(raw)
+            self.channels[name] = ChannelState(name, row["members"], self.queue, row.get("lifetime"))
         for name, ch in self.channels.items():
             for key in self.store.last_keys(keys.channel_prefix(name), self.queue):
                 ch.ring.push(keys.unpack_u64(key[-8:]))
@@ -134,23 +152,25 @@ class LogicCore:
                     ch.leases.append((start, end))
             if ch.leases:
                 ch.next_id = max(ch.next_id, ch.leases[0][0])
+            self._watch_expiry(ch)
         for key, raw in self.store.scan(b"d"):
             uin, device = int.from_bytes(key[1:5], "big"), int.from_bytes(key[5:9], "big")
             ctime, _channel, msg_id = keys.decode(raw)
             self.dedup.commit(uin, device, ctime, msg_id)
         for name, spec in self.topo.channels.items():
             if name not in self.channels and self.topo.logic_for(name) == self.id:
-                self._create(name, spec["members"])
+                self._create(name, spec["members"], spec.get("lifetime"))
         self.store.flush()
 
-    def _create(self, name, members):
-        ch = self.channels[name] = ChannelState(name, members, self.queue)
+    def _create(self, name, members, lifetime=None):
+        ch = self.channels[name] = ChannelState(name, members, self.queue, lifetime)
         ch.next_id = 1
         self._save_members(ch)
         return ch
 
     def _save_members(self, ch):
-        self.store.put(keys.channel_key(ch.name), keys.encode({"members": sorted(ch.members)}))
+        self.store.put(keys.channel_key(ch.name), keys.encode({"members": sorted(ch.members),
+                                                               "lifetime": ch.lifetime}))
 
     def _save_leases(self, ch):
         self.store.put(keys.lease_key(ch.name), keys.encode([list(x) for x in ch.leases]))
@@ -198,7 +218,7 @@ class LogicCore:
                                      "in flight from this device")
         if self.waiting_total >= self.max_waiting:
             raise wire.ProtocolError(wire.Err.BUSY, "too many sends waiting for ids; retry later")
-        rec = Pending(uin, device, ctime, msg["text"], ch.name, waiter)
+        rec = Pending(uin, device, ctime, msg["text"], msg.get("frag"), ch.name, waiter)
         self.inflight[key] = rec
         ch.waiting.append(rec)
         self.waiting_total += 1
@@ -235,7 +255,7 @@ class LogicCore:
                 continue
             if len(msgs) >= budget:
                 return msgs, first, True
-            msgs.append(self._push(ch.name, keys.unpack_u64(key[-8:]), rec))
+            msgs.append(push_of(ch.name, keys.unpack_u64(key[-8:]), rec))
         return msgs, first, False
 
     def sync(self, msg: dict) -> dict:
@@ -264,12 +284,6 @@ class LogicCore:
         return wire.reply("heads", msg["rid"], heads=heads, first=firsts, msgs=msgs, more=more,
                           not_member=not_member)
 
-    @staticmethod
-    def _push(channel, msg_id, rec) -> dict:
-        uin, device, ctime, stime, _expiry, text = rec
-        return {"t": "msg", "channel": channel, "id": msg_id, "uin": uin, "device": device,
-                "ctime": ctime, "stime": stime, "text": text}
-
     # --- membership ----------------------------------------------------------
     def _admin(self, msg, must_exist=True):
         auth.verify(self.secret, msg["auth"], scope="admin")
@@ -289,7 +303,10 @@ class LogicCore:
         self._check_members(msg["members"])
         if msg["channel"] in self.channels:
             raise wire.ProtocolError(wire.Err.CHANNEL_EXISTS, f"channel {msg['channel']!r} exists")
-        ch = self._create(msg["channel"], msg["members"])
+        lifetime = msg.get("lifetime")
+        if lifetime is not None and (type(lifetime) not in (int, float) or not 0 < lifetime < 10**9):
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, "lifetime must be a positive number of seconds")
+        ch = self._create(msg["channel"], msg["members"], lifetime)
         return self._members_reply(msg, ch)
 
     def channel_add(self, msg):
@@ -312,7 +329,7 @@ class LogicCore:
     @staticmethod
     def _members_reply(msg, ch):
         return wire.reply("channel", msg["rid"], channel=ch.name, members=sorted(ch.members),
-                          last=ch.last_id)
+                          last=ch.last_id, lifetime=ch.lifetime)
 
     # --- ids -----------------------------------------------------------------
     def on_ids(self, channel: str, start: int, end: int) -> None:
@@ -356,9 +373,9 @@ class LogicCore:
                 rec = ch.waiting.popleft()
                 self.waiting_total -= 1
                 rec.id, rec.stime = msg_id, int(now * 1000)
-                expiry = now + self.lifetime
-                self.store.put(keys.message_key(ch.name, msg_id), keys.encode(
-                    [rec.uin, rec.device, rec.ctime, rec.stime, expiry, rec.text]))
+                rec.expiry = now + (ch.lifetime or self.lifetime)
+                self.store.put(keys.message_key(ch.name, msg_id), keys.encode(rec.record()))
+                self._queue(ch, msg_id)
                 if self._newest_from_device(rec, staged):
                     self.store.put(keys.dedup_key(rec.uin, rec.device),
                                    keys.encode([rec.ctime, ch.name, msg_id]))
@@ -368,6 +385,66 @@ class LogicCore:
                 self._save_leases(ch)
             self._prefetch(ch)
         self.dirty = {ch for ch in self.dirty if ch.waiting and ch.available()}
+
+    def _queue(self, ch: ChannelState, msg_id: int) -> None:
+        """Append to the channel's bounded queue; the id that falls off is deleted with this batch."""
+        was_empty = not len(ch.ring)
+        fell = ch.ring.push(msg_id)
+        if fell is not None:
+            self.store.delete(keys.message_key(ch.name, fell))
+            self.stats["trimmed"] += 1
+        if was_empty:
+            self._watch_expiry(ch)
+
+    def _watch_expiry(self, ch: ChannelState) -> None:
+        """Schedule the sweeper for the channel's oldest message."""
+        if len(ch.ring):
+            raw = self.store.get(keys.message_key(ch.name, ch.ring.first))
+            expiry = keys.decode(raw)[4] if raw is not None else 0.0
+            heapq.heappush(self.expiries, (expiry, ch.name))
+
+    def sweep(self, now: float, max_seconds: float = 0.005) -> int:
+        """Delete expired messages, oldest first, for at most ``max_seconds`` of work.
+
+        Within a channel expiry follows id order, so expired messages are a
+        prefix of its queue: the sweeper deletes from the head until it meets
+        a live message, then schedules the channel for that message's expiry.
+        """
+        deadline = time.monotonic() + max_seconds
+        deleted = 0
+        while self.expiries and self.expiries[0][0] <= now:
+            _expiry, name = heapq.heappop(self.expiries)
+            ch = self.channels.get(name)
+            if ch is None or not len(ch.ring):
+                continue
+            last_gone, out_of_time = None, False
+            # start at the queue's head, not the prefix: deleted rows before it are tombstones
+            # that RocksDB would have to step over on every call
+            head = keys.message_key(name, ch.ring.first)
+            for n, (key, raw) in enumerate(self.store.scan(keys.channel_prefix(name), head)):
+                expiry = keys.decode(raw)[4]
+                if expiry > now:
+                    break
+                if n % 64 == 63 and time.monotonic() > deadline:
+                    out_of_time = True
+                    break
+                self.store.delete(key)
+                last_gone = keys.unpack_u64(key[-8:])
+                deleted += 1
+            if last_gone is not None:
+                ch.ring.drop_through(last_gone)
+            if out_of_time:
+                heapq.heappush(self.expiries, (now, name))      # continue on the next call
+                break
+            self._watch_expiry(ch)
+            if time.monotonic() > deadline:
+                break
+        self.stats["expired"] += deleted
+        if deleted:
+            spent = time.monotonic() - (deadline - max_seconds)
+            self.sweep_seconds += spent
+            self.sweep_max = max(self.sweep_max, spent)
+        return deleted
 
     def _newest_from_device(self, rec, staged) -> bool:
         """Pipelined sends of one device to two channels can be stored out of client-time
@@ -388,7 +465,6 @@ class LogicCore:
             recorded = self.dedup.get(rec.uin, rec.device)
             if recorded is None or recorded[0] < rec.ctime:    # a newer send may have won the race
                 self.dedup.commit(rec.uin, rec.device, rec.ctime, rec.id)
-            self.channels[rec.channel].ring.push(rec.id)
             if self.inflight.get(key) is rec:
                 del self.inflight[key]
             for ident, rid in rec.waiters:
@@ -397,8 +473,7 @@ class LogicCore:
         self.stats["stored"] += len(committed)
 
     def fan_out(self, rec: Pending) -> None:
-        push = {"t": "msg", "channel": rec.channel, "id": rec.id, "uin": rec.uin,
-                "device": rec.device, "ctime": rec.ctime, "stime": rec.stime, "text": rec.text}
+        push = push_of(rec.channel, rec.id, rec.record())
         for broker, uins in self.replica.brokers_for(self.channels[rec.channel].member_array).items():
             push["to"] = uins
             self.out.publish(broker, push)
@@ -441,6 +516,7 @@ class LogicNode(Node):
             "status": self.handle_status})
         self.broker_topics = [b.id.encode() for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)
+        self.loop.every(SWEEP_INTERVAL, lambda: self.core.sweep(time.time()))
         self.replica.start()
 
     # --- out (what the core asks for) ----------------------------------------
@@ -504,4 +580,5 @@ class LogicNode(Node):
         c = self.core
         return dict(super().status(), channels=len(c.channels), presence_synced=self.replica.synced(),
                     online=len(self.replica.online), stored=c.stats["stored"],
-                    waiting=c.waiting_total)
+                    expired=c.stats["expired"], trimmed=c.stats["trimmed"], waiting=c.waiting_total,
+                    sweep_s=round(c.sweep_seconds, 3), sweep_max_ms=round(c.sweep_max * 1000, 3))

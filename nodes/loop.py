@@ -28,6 +28,8 @@ class Loop:
         self._seq = itertools.count()
         self._turn_end = []
         self.running = False
+        self.max_turn = 0.0                 # longest turn seen (seconds): how long the loop was blocked
+        self.turns = 0
 
     def add(self, sock: zmq.Socket, handler) -> None:
         """Call ``handler(frames)`` for every multipart message arriving on sock."""
@@ -66,6 +68,7 @@ class Loop:
 
     def turn(self, timeout_ms: int | None = None) -> None:
         ready = self.poller.poll(self._timeout_ms() if timeout_ms is None else timeout_ms)
+        started = time.monotonic()
         for sock, _event in ready:
             handler = self.handlers[sock]
             for _ in range(self.batch):
@@ -80,6 +83,8 @@ class Loop:
         self._run_timers()
         for fn in self._turn_end:
             fn()
+        self.turns += 1
+        self.max_turn = max(self.max_turn, time.monotonic() - started)
 
     def run(self) -> None:
         self.running = True

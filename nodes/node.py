@@ -127,10 +127,14 @@ class Node:
     # --- status --------------------------------------------------------------
     def status(self) -> dict:
         return {"id": self.id, "type": self.type, "pid": os.getpid(),
-                "uptime": round(time.time() - self.started, 3)}
+                "uptime": round(time.time() - self.started, 3),
+                "max_turn_ms": round(self.loop.max_turn * 1000, 3), "turns": self.loop.turns}
 
     def handle_status(self, _ident, msg) -> dict:
-        return wire.reply("status", msg["rid"], **self.status())
+        reply = wire.reply("status", msg["rid"], **self.status())
+        if msg.get("reset_max") is True:           # start a new measurement window
+            self.loop.max_turn = 0.0
+        return reply
 
     # --- lifetime ------------------------------------------------------------
     def run(self) -> None:

@@ -32,7 +32,10 @@ DEFAULT_LIMITS = {
     "request_timeout": 5.0,      # seconds a broker waits for an owning node
     "id_block": 1000,            # ids leased from the counter per alloc
     "channel_queue": 1000,       # newest ids a channel keeps (older ones are trimmed)
-    "message_lifetime": 86400,   # seconds a message lives
+    "message_lifetime": 86400.0, # seconds a message lives (a channel may set its own)
+    "rate": 1.0,                 # messages per second per uin, sustained (token bucket at the broker)
+    "burst": 5,                  # messages a uin may send at once
+    "max_fragments": 100,        # fragments of one long text
     "max_members": 100000,       # members of one channel
     "token_lifetime": 86400,     # seconds a minted token is valid
 }
@@ -234,12 +237,20 @@ def parse(raw: Any, path: str) -> Topology:
     for name, spec in (raw.get("channels") or {}).items():
         if not isinstance(spec, dict) or "members" not in spec:
             _fail(path, f"channels.{name}", "needs 'members'")
+        extra = set(spec) - {"members", "lifetime"}
+        if extra:
+            _fail(path, f"channels.{name}.{sorted(extra)[0]}", "unknown key (known: members, lifetime)")
+        lifetime = spec.get("lifetime")
+        if lifetime is not None and (isinstance(lifetime, bool) or not isinstance(lifetime, (int, float))
+                                     or lifetime <= 0):
+            _fail(path, f"channels.{name}.lifetime", f"must be a positive number of seconds, got {lifetime!r}")
         from .wire import ProtocolError, check_channel_name
         try:
             check_channel_name(str(name))
         except ProtocolError as exc:
             _fail(path, f"channels.{name}", exc.msg)
-        channels[str(name)] = {"members": _parse_members(path, f"channels.{name}.members", spec["members"])}
+        channels[str(name)] = {"members": _parse_members(path, f"channels.{name}.members", spec["members"]),
+                               "lifetime": lifetime}
 
     local = raw.get("local", False)
     if not isinstance(local, bool):

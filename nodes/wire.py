@@ -42,6 +42,8 @@ class Err:
     TOO_LONG = "TOO_LONG"              # text over the length limit ("limit" in reply)
     TOO_MANY = "TOO_MANY"              # a list over its limit (e.g. heartbeat channels; "limit")
     EMPTY_TEXT = "EMPTY_TEXT"          # text of zero bytes
+    BAD_FRAGMENT = "BAD_FRAGMENT"      # fragment header contradicts itself or its group
+    RATE_LIMITED = "RATE_LIMITED"      # over the per-user send rate ("retry_after" seconds)
     WRONG_OWNER = "WRONG_OWNER"        # request reached a node that does not own the key
     UNAVAILABLE = "UNAVAILABLE"        # owning node did not answer in time
     BUSY = "BUSY"                      # too many requests in flight: retry later
@@ -183,7 +185,9 @@ def unpack(frame: bytes, max_len: int = MAX_FRAME) -> dict:
         msg = msgpack.unpackb(frame, raw=False, strict_map_key=True,
                               max_str_len=max_len, max_bin_len=max_len,
                               max_array_len=max_len, max_map_len=1024, max_ext_len=0)
-    except (ValueError, TypeError, msgpack.UnpackException, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise ProtocolError(Err.BAD_FRAME, "a string is not valid UTF-8") from None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ProtocolError(Err.BAD_FRAME, f"not a msgpack frame: {type(exc).__name__}") from None
     if type(msg) is not dict:
         raise ProtocolError(Err.BAD_FRAME, "frame must be a msgpack map")

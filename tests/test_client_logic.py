@@ -82,3 +82,58 @@ def test_windows_jump_past_expired_and_skip_unfillable_gaps():
     w2.accept(msg("b", 6))
     assert ids(w2.skip_gap("b")) == [6] and w2.last["b"] == 6
     assert w2.behind("b", 7) and not w2.behind("b", 6) and not w2.behind("zz", 100)
+
+
+# --- limits and fragments ------------------------------------------------------------
+
+import pytest  # noqa: E402
+from hypothesis import given, strategies as st  # noqa: E402
+
+from nodes import wire  # noqa: E402
+from nodes.fragments import Assembler, split_utf8  # noqa: E402
+from nodes.limits import FragmentGroups, TokenBuckets  # noqa: E402
+
+
+def test_token_bucket_burst_refill_and_retry_after():
+    b = TokenBuckets(rate=1.0, burst=5)
+    assert [b.take(1, 0.0) for _ in range(5)] == [0.0] * 5
+    assert b.take(1, 0.0) == pytest.approx(1.0)
+    assert b.take(1, 0.5) == pytest.approx(0.5)
+    assert b.take(1, 1.0) == 0.0 and b.take(2, 1.0) == 0.0           # users are independent
+    assert b.prune(100.0) == 2 and b.buckets == {}
+
+
+def test_fragment_groups_accept_in_order_and_retries():
+    g = FragmentGroups()
+    assert g.check(9, 0, 3, ctime=10) == (True, False)
+    g.accept(9, 0, 3, 10)
+    assert g.check(9, 0, 3, ctime=10) == (False, True)               # retry of the start
+    assert g.check(9, 1, 3, ctime=11) == (False, False)
+    g.accept(9, 1, 3, 11)
+    assert g.check(9, 1, 3, ctime=11) == (False, True)
+    for frag, ctime in (((9, 1, 3), 12), ((9, 2, 4), 12), ((9, 0, 3), 12), ((5, 1, 3), 12)):
+        with pytest.raises(wire.ProtocolError) as exc:
+            g.check(*frag, ctime=ctime)
+        assert exc.value.code == wire.Err.BAD_FRAGMENT
+    for bad in ([1, 3, 3], [1, 0, 1], "x", [1, 0], [1, 0, True], [2**64, 0, 2]):
+        with pytest.raises(wire.ProtocolError):
+            FragmentGroups.parse(bad, 100)
+
+
+@given(st.text(max_size=400), st.integers(4, 40))
+def test_split_utf8_never_cuts_a_character(text, limit):
+    pieces = split_utf8(text, limit)
+    assert "".join(pieces) == text
+    assert all(0 < len(p.encode()) <= limit for p in pieces)
+
+
+def test_assembler_joins_in_index_order_and_expires_incomplete_groups():
+    a = Assembler(lifetime=10)
+    base = {"channel": "c", "uin": 1, "device": 0}
+    parts = [dict(base, id=5 + i, text=t, frag=[7, i, 3]) for i, t in enumerate(["ab", "c", "d"])]
+    assert a.add(parts[0], 0) is None and a.add(parts[1], 0) is None
+    assert a.add({"channel": "c", "id": 6, "text": "plain", "uin": 2, "device": 0}, 0)["text"] == "plain"
+    whole = a.add(parts[2], 0)
+    assert whole["text"] == "abcd" and whole["id"] == 7 and whole["ids"] == [5, 6, 7]
+    assert a.add(dict(base, id=9, text="x", frag=[8, 0, 2]), 0) is None
+    assert a.expire(5) == 0 and a.expire(11) == 1 and a.groups == {}

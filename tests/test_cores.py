@@ -265,7 +265,8 @@ def test_message_rows_use_the_documented_key_layout(tmp_path):
     send(core, 3, 77, text="layout", device=4)
     turn(core, store)
     raw = store.get(b"m" + bytes([4]) + b"room" + (1).to_bytes(8, "big"))
-    uin, device, ctime, _stime, _expiry, text = keys.decode(raw)
+    uin, device, ctime, _stime, _expiry, text, frag = keys.decode(raw)
+    assert frag is None
     assert (uin, device, ctime, text) == (3, 4, 77, "layout")
     assert keys.decode(store.get(keys.dedup_key(3, 4))) == [77, "room", 1]
 
