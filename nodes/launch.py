@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import topology
@@ -49,7 +50,17 @@ def main(argv=None) -> int:
     except Exception as exc:                   # bind failure, locked store, missing secret ...
         logging.getLogger("launch").error("cannot start %s: %s", args.id, exc)
         return 1
-    node.run()
+    profile_dir = os.environ.get("IMESH_PROFILE")
+    if profile_dir:                            # bin/bench e2e --profile: where the CPU goes
+        import cProfile
+        profiler = cProfile.Profile()
+        try:
+            profiler.runcall(node.run)
+        finally:
+            os.makedirs(profile_dir, exist_ok=True)
+            profiler.dump_stats(os.path.join(profile_dir, f"{args.id}.prof"))
+    else:
+        node.run()
     return 0
 
 

@@ -1,0 +1,329 @@
+"""bin/bench e2e: the G1k group-chat benchmark, end to end through a real mesh.
+
+Workload G1k (the defaults): 1000 users, each with its own DEALER session;
+100 channels of 10 members (user i is in channel i // 10); every user sends
+20 messages of 100 bytes closed-loop (the next send after the ack, or
+``--window`` in flight), and each message must reach the other 9 members.
+
+The generator is lean (raw sockets, msgpack, draining sockets in batches)
+and runs in ``--processes`` processes; its CPU is reported apart from the
+nodes'.  Every receiver checks every (sender, seq) it gets, so ``lost`` and
+``duplicates`` are counted, not assumed.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+
+import zmq
+
+from nodes import auth, topology, wire
+from nodes.admin import Admin, AdminError
+from nodes.localtopo import write_topology
+from nodes.mesh import Mesh
+
+from .procstat import cpu_seconds, peak_rss_mb, self_cpu_seconds
+from .report import machine, table, write_json
+
+QUIET_TIMEOUT = 15.0          # seconds without progress before a run gives up
+
+
+def channel_of(index: int, members: int) -> str:
+    return f"g{index // members}"
+
+
+def percentile(values, p):
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+class Worker:
+    """One generator process: its share of the users, their sockets and their bookkeeping."""
+
+    def __init__(self, args, indexes, endpoints, secret):
+        self.args = args
+        self.indexes = indexes
+        self.ctx = zmq.Context()
+        self.ctx.set(zmq.MAX_SOCKETS, len(indexes) + 64)
+        self.poller = zmq.Poller()
+        self.socks, self.user_of = [], {}
+        for i in indexes:
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RCVHWM, 0)
+            s.connect(endpoints[i % len(endpoints)])
+            self.socks.append(s)
+            self.user_of[s] = i
+            self.poller.register(s, zmq.POLLIN)
+        self.secret = secret
+        self.pad = "x" * args.size
+
+    def login(self) -> int:
+        for s in self.socks:
+            uin = self.user_of[s] + 1
+            s.send(wire.pack({"t": "login", "rid": 0, "v": 1, "token": auth.mint(self.secret, uin, 3600),
+                              "device": 0}))
+        ok, deadline = 0, time.monotonic() + 60
+        while ok < len(self.socks) and time.monotonic() < deadline:
+            for s, _ in self.poller.poll(100):
+                if wire.unpack(s.recv()).get("t") == "login_ok":
+                    ok += 1
+        return ok
+
+    def send(self, s, seq: int) -> None:
+        i = self.user_of[s]
+        now = time.monotonic_ns()
+        text = f"{i}:{seq}:{now}:"
+        s.send(wire.pack({"t": "send", "rid": seq, "channel": channel_of(i, self.args.members),
+                          "ctime": seq + 1, "text": text + self.pad[len(text):]}))
+        self.sent_at[(i, seq)] = now
+
+    def run(self, progress) -> dict:
+        a = self.args
+        self.sent_at = {}
+        ack_ms, deliver_ms = [], []
+        received = {}                          # receiver index -> set of (sender, seq)
+        next_seq = {s: 0 for s in self.socks}
+        acked = errors = dups = deliveries = 0
+        expected_acks = len(self.socks) * a.messages
+        expected_deliveries = len(self.socks) * (a.members - 1) * a.messages
+        cpu0, t0 = self_cpu_seconds(), time.monotonic()
+        for s in self.socks:
+            for _ in range(min(a.window, a.messages)):
+                self.send(s, next_seq[s])
+                next_seq[s] += 1
+        last_progress = time.monotonic()
+        while (acked + errors < expected_acks or deliveries < expected_deliveries) \
+                and time.monotonic() - last_progress < QUIET_TIMEOUT:
+            ready = self.poller.poll(200)
+            if ready:
+                last_progress = time.monotonic()
+            for s, _ in ready:
+                for _ in range(256):
+                    try:
+                        frame = s.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    msg = wire.unpack(frame, 1 << 20)
+                    t = msg["t"]
+                    now = time.monotonic_ns()
+                    if t == "msg":
+                        sender, seq, sent, _ = msg["text"].split(":", 3)
+                        key = (int(sender), int(seq))
+                        got = received.setdefault(self.user_of[s], set())
+                        if key in got:
+                            dups += 1
+                        else:
+                            got.add(key)
+                            deliveries += 1
+                            deliver_ms.append((now - int(sent)) / 1e6)
+                    elif t == "ack" or t == "err":
+                        i = self.user_of[s]
+                        sent = self.sent_at.pop((i, msg["rid"]), None)
+                        if t == "ack":
+                            acked += 1
+                            if sent is not None:
+                                ack_ms.append((now - sent) / 1e6)
+                        else:
+                            errors += 1
+                        if next_seq[s] < a.messages:
+                            self.send(s, next_seq[s])
+                            next_seq[s] += 1
+            progress.value = acked
+        wall = time.monotonic() - t0
+        return {"acked": acked, "errors": errors, "deliveries": deliveries, "duplicates": dups,
+                "expected_deliveries": expected_deliveries, "ack_ms": ack_ms, "deliver_ms": deliver_ms,
+                "cpu_s": self_cpu_seconds() - cpu0, "wall_s": wall}
+
+    def close(self):
+        for s in self.socks:
+            s.close(0)
+        self.ctx.term()
+
+
+def worker_main(args, indexes, endpoints, secret, ready, go, out, progress) -> None:
+    w = Worker(args, indexes, endpoints, secret)
+    try:
+        ready.put(w.login())
+        go.get()
+        out.put(w.run(progress))
+    finally:
+        w.close()
+
+
+def bench_topology(args) -> str:
+    channels = {channel_of(i, args.members): None for i in range(args.users)}
+    members = {name: [] for name in channels}
+    for i in range(args.users):
+        members[channel_of(i, args.members)].append(i + 1)
+    return write_topology(tempfile.mkdtemp(prefix="imesh-e2e-"), brokers=args.brokers, logics=args.logic,
+                          limits={"rate": 1e9, "burst": 1e9, "max_pending": 100000},
+                          heartbeat={"wired": 600.0},
+                          channels={n: {"members": m} for n, m in members.items()})
+
+
+def ensure_channels(admin: Admin, args) -> None:
+    """--attach: create the workload's channels on a running mesh if they are missing."""
+    for g in range(0, args.users, args.members):
+        name = channel_of(g, args.members)
+        uins = list(range(g + 1, min(args.users, g + args.members) + 1))
+        try:
+            admin.channel("create", name, uins)
+        except AdminError as exc:
+            if exc.code != wire.Err.CHANNEL_EXISTS:
+                raise
+            admin.channel("add", name, uins)
+
+
+def wait_presence(admin: Admin, topo, users: int, timeout: float = 60) -> None:
+    """Until every logic node's replica sees all the users online."""
+    deadline = time.monotonic() + timeout
+    for node in topo.ids("logic"):
+        while True:
+            st = admin.status(node, timeout=5) or {}
+            if st.get("online", 0) >= users:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{node} sees {st.get('online')} of {users} users online")
+            time.sleep(0.05)                 # polling a status counter while logins propagate
+
+
+def run(args) -> dict:
+    mesh = None
+    if args.attach:
+        topo = topology.load(args.attach)
+    else:
+        mesh = Mesh(bench_topology(args))
+        topo = mesh.topo
+    procs = []
+    try:
+        if mesh is not None:
+            mesh.start()
+            mesh.wait_ready(60)
+        admin = Admin(topo, timeout=5)
+        if args.attach:
+            ensure_channels(admin, args)
+        endpoints = [b.endpoint("client") for b in topo.of_type("broker")]
+        secret = topo.read_secret()
+        ready, go, out = mp.Queue(), mp.Queue(), mp.Queue()
+        progress = [mp.Value("l", 0) for _ in range(args.processes)]
+        for k in range(args.processes):
+            p = mp.Process(target=worker_main, args=(args, list(range(k, args.users, args.processes)),
+                                                     endpoints, secret, ready, go, out, progress[k]))
+            p.start()
+            procs.append(p)
+        logins = sum(ready.get(timeout=120) for _ in procs)
+        if logins < args.users:
+            raise RuntimeError(f"only {logins} of {args.users} logins succeeded")
+        wait_presence(admin, topo, args.users)
+        pids = {n: (mesh.procs[n].pid if mesh else admin.status(n)["pid"]) for n in topo.nodes}
+        cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
+        t0 = time.monotonic()
+        for _ in procs:
+            go.put(True)
+        total = args.users * args.messages
+        results = []
+        while len(results) < len(procs):
+            try:
+                results.append(out.get(timeout=0.25))
+            except Exception:
+                pass
+            done = sum(v.value for v in progress)
+            if sys.stderr.isatty() or args.progress:
+                width = 40
+                fill = int(width * done / total)
+                sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} acked")
+                sys.stderr.flush()
+            if time.monotonic() - t0 > args.messages * 60 + 120:
+                raise RuntimeError("benchmark did not finish in time")
+        wall = time.monotonic() - t0
+        sys.stderr.write("\n")
+        cpu = {n: cpu_seconds(p) - cpu0[n] for n, p in pids.items()}
+        rss = {n: peak_rss_mb(p) for n, p in pids.items()}
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+        if mesh is not None:
+            mesh.close()
+    by_type, rss_type = {}, {}
+    for n, spec in topo.nodes.items():
+        by_type[spec.type] = round(by_type.get(spec.type, 0.0) + cpu[n], 3)
+        rss_type[spec.type] = round(max(rss_type.get(spec.type, 0.0), rss[n]), 1)
+    acked = sum(r["acked"] for r in results)
+    deliveries = sum(r["deliveries"] for r in results)
+    expected = sum(r["expected_deliveries"] for r in results)
+    ack_ms = [x for r in results for x in r["ack_ms"]]
+    deliver_ms = [x for r in results for x in r["deliver_ms"]]
+    server_cpu = sum(by_type.values())
+    by_type["generator"] = round(sum(r["cpu_s"] for r in results), 3)
+    return {
+        "acked_per_s": round(acked / wall, 1), "deliveries_per_s": round(deliveries / wall, 1),
+        "ack_p50_ms": percentile(ack_ms, 50), "ack_p99_ms": percentile(ack_ms, 99),
+        "deliver_p50_ms": percentile(deliver_ms, 50), "deliver_p99_ms": percentile(deliver_ms, 99),
+        "lost": expected - deliveries, "duplicates": sum(r["duplicates"] for r in results),
+        "errors": total - acked,              # error replies plus sends never answered
+        "acked": acked, "deliveries": deliveries,
+        "cpu_s": by_type, "peak_rss_mb": rss_type, "wall_s": round(wall, 3),
+        "server_cpu_us_per_msg": round(1e6 * server_cpu / max(1, acked), 1),
+        "workload": {"users": args.users, "channels": args.channels, "members": args.members,
+                     "messages": args.messages, "size": args.size, "window": args.window,
+                     "processes": args.processes},
+        "topology": {"attach": args.attach, "brokers": len(topo.ids("broker")),
+                     "logic": len(topo.ids("logic")), "router": len(topo.ids("router")),
+                     "counter": len(topo.ids("counter"))},
+        "machine": machine(),
+    }
+
+
+def render(r: dict) -> str:
+    rows = [["acked msg/s", r["acked_per_s"]], ["deliveries/s", r["deliveries_per_s"]],
+            ["ack p50 / p99 ms", f"{r['ack_p50_ms']:.2f} / {r['ack_p99_ms']:.2f}"],
+            ["deliver p50 / p99 ms", f"{r['deliver_p50_ms']:.2f} / {r['deliver_p99_ms']:.2f}"],
+            ["lost / duplicates / errors", f"{r['lost']} / {r['duplicates']} / {r['errors']}"],
+            ["server CPU µs per acked msg", r["server_cpu_us_per_msg"]], ["wall s", r["wall_s"]]]
+    rows += [[f"CPU s {k}", v] for k, v in r["cpu_s"].items()]
+    rows += [[f"peak RSS MB {k}", v] for k, v in r["peak_rss_mb"].items()]
+    w = r["workload"]
+    head = (f"{r['machine']}\nworkload: {w['users']} users, {w['channels']} channels x {w['members']} members, "
+            f"{w['messages']} msgs of {w['size']} B each, window {w['window']}; topology: "
+            f"{r['topology']['brokers']} brokers, {r['topology']['logic']} logic")
+    return head + "\n\n" + table(["figure", "value"], rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bin/bench e2e", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--channels", type=int, default=100)
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=20)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--window", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--brokers", type=int, default=2)
+    parser.add_argument("--logic", type=int, default=2)
+    parser.add_argument("--attach", metavar="CONFIG", help="use a running mesh instead of starting one")
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
+    parser.add_argument("--profile", metavar="DIR", help="run the nodes under cProfile, stats into DIR")
+    args = parser.parse_args(argv)
+    if args.profile:
+        os.environ["IMESH_PROFILE"] = os.path.abspath(args.profile)
+    if args.users != args.channels * args.members:
+        parser.error("--users must equal --channels x --members (user i is in channel i // members)")
+    if min(args.users, args.members, args.messages, args.window, args.processes, args.brokers,
+           args.logic) < 1 or args.size < 32:
+        parser.error("counts must be >= 1 and --size >= 32 (the text carries sender, seq and time)")
+    result = run(args)
+    print(render(result))
+    if args.json:
+        write_json(args.json, result)
+    return 0 if result["lost"] == 0 and result["duplicates"] == 0 and result["errors"] == 0 else 1
