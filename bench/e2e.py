@@ -84,22 +84,46 @@ class Worker:
                           "ctime": seq + 1, "text": text + self.pad[len(text):]}))
         self.sent_at[(i, seq)] = now
 
+    def on_message(self, s, msg: dict, now: int) -> None:
+        """Account one message from the broker: a delivery, an ack or an error."""
+        t = msg["t"]
+        if t == "msg":
+            sender, seq, sent, _ = msg["text"].split(":", 3)
+            key = (int(sender), int(seq))
+            got = self.received.setdefault(self.user_of[s], set())
+            if key in got:
+                self.dups += 1
+            else:
+                got.add(key)
+                self.deliveries += 1
+                self.deliver_ms.append((now - int(sent)) / 1e6)
+        elif t == "ack" or t == "err":
+            sent = self.sent_at.pop((self.user_of[s], msg["rid"]), None)
+            if t == "ack":
+                self.acked += 1
+                if sent is not None:
+                    self.ack_ms.append((now - sent) / 1e6)
+            else:
+                self.errors += 1
+            if self.next_seq[s] < self.args.messages:
+                self.send(s, self.next_seq[s])
+                self.next_seq[s] += 1
+
     def run(self, progress) -> dict:
         a = self.args
-        self.sent_at = {}
-        ack_ms, deliver_ms = [], []
-        received = {}                          # receiver index -> set of (sender, seq)
-        next_seq = {s: 0 for s in self.socks}
-        acked = errors = dups = deliveries = 0
+        self.sent_at, self.ack_ms, self.deliver_ms = {}, [], []
+        self.received = {}                     # receiver index -> set of (sender, seq)
+        self.next_seq = {s: 0 for s in self.socks}
+        self.acked = self.errors = self.dups = self.deliveries = 0
         expected_acks = len(self.socks) * a.messages
         expected_deliveries = len(self.socks) * (a.members - 1) * a.messages
         cpu0, t0 = self_cpu_seconds(), time.monotonic()
         for s in self.socks:
             for _ in range(min(a.window, a.messages)):
-                self.send(s, next_seq[s])
-                next_seq[s] += 1
+                self.send(s, self.next_seq[s])
+                self.next_seq[s] += 1
         last_progress = time.monotonic()
-        while (acked + errors < expected_acks or deliveries < expected_deliveries) \
+        while (self.acked + self.errors < expected_acks or self.deliveries < expected_deliveries) \
                 and time.monotonic() - last_progress < QUIET_TIMEOUT:
             ready = self.poller.poll(200)
             if ready:
@@ -110,35 +134,14 @@ class Worker:
                         frame = s.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    msg = wire.unpack(frame, 1 << 20)
-                    t = msg["t"]
                     now = time.monotonic_ns()
-                    if t == "msg":
-                        sender, seq, sent, _ = msg["text"].split(":", 3)
-                        key = (int(sender), int(seq))
-                        got = received.setdefault(self.user_of[s], set())
-                        if key in got:
-                            dups += 1
-                        else:
-                            got.add(key)
-                            deliveries += 1
-                            deliver_ms.append((now - int(sent)) / 1e6)
-                    elif t == "ack" or t == "err":
-                        i = self.user_of[s]
-                        sent = self.sent_at.pop((i, msg["rid"]), None)
-                        if t == "ack":
-                            acked += 1
-                            if sent is not None:
-                                ack_ms.append((now - sent) / 1e6)
-                        else:
-                            errors += 1
-                        if next_seq[s] < a.messages:
-                            self.send(s, next_seq[s])
-                            next_seq[s] += 1
-            progress.value = acked
+                    for msg in wire.unpack_frame(frame, 1 << 24):
+                        self.on_message(s, msg, now)
+            progress.value = self.acked
         wall = time.monotonic() - t0
-        return {"acked": acked, "errors": errors, "deliveries": deliveries, "duplicates": dups,
-                "expected_deliveries": expected_deliveries, "ack_ms": ack_ms, "deliver_ms": deliver_ms,
+        return {"acked": self.acked, "errors": self.errors, "deliveries": self.deliveries,
+                "duplicates": self.dups, "expected_deliveries": expected_deliveries,
+                "ack_ms": self.ack_ms, "deliver_ms": self.deliver_ms,
                 "cpu_s": self_cpu_seconds() - cpu0, "wall_s": wall}
 
     def close(self):

@@ -134,20 +134,24 @@ class AsyncClient:
         while True:
             frame = await sock.recv()
             try:
-                msg = wire.unpack(frame, 2**31)
+                maps = wire.unpack_frame(frame)
             except wire.ProtocolError as exc:
                 log.warning("undecodable frame from broker: %s", exc)
                 continue
-            t = msg.get("t")
-            if t == "msg":
-                if self.drop_push is None or not self.drop_push(msg):
-                    self._accept(msg)
-            elif t == "kicked":
-                log.warning("session replaced: %s", msg.get("msg"))
-            else:
-                fut = self._pending.pop(msg.get("rid"), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
+            for msg in maps:
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: dict) -> None:
+        t = msg.get("t")
+        if t == "msg":
+            if self.drop_push is None or not self.drop_push(msg):
+                self._accept(msg)
+        elif t == "kicked":
+            log.warning("session replaced: %s", msg.get("msg"))
+        else:
+            fut = self._pending.pop(msg.get("rid"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
 
     async def _request(self, msg: dict, timeout: float | None = None) -> dict:
         rid = next(self._rids)

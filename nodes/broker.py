@@ -27,6 +27,7 @@ from .rpc import Requests
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.5
+PUSH_BATCH = 64                          # pushes per frame to one session at most
 
 
 class Session:
@@ -251,17 +252,17 @@ class BrokerCore:
         return len(stale)
 
     # --- deliveries ----------------------------------------------------------
-    def deliver(self, msg: dict) -> int:
-        """Push one published message to the sessions of its recipients; return pushes."""
-        to = msg.pop("to", ())
-        frame = wire.pack(msg)
-        sender = (msg.get("uin"), msg.get("device"))
+    def deliver(self, packed: bytes, to, sender_uin: int, sender_device: int) -> int:
+        """Push one message (packed once by logic) to its recipients' sessions here,
+        except the device that sent it; return how many pushes."""
         pushed = 0
         for uin in to:
-            for ident in self.by_uin.get(uin, ()):
-                session = self.sessions[ident]
-                if (uin, session.device) != sender:
-                    self.out.push(ident, frame)
+            idents = self.by_uin.get(uin)
+            if not idents:
+                continue
+            for ident in idents:
+                if uin != sender_uin or self.sessions[ident].device != sender_device:
+                    self.out.push(ident, packed)
                     pushed += 1
         return pushed
 
@@ -285,6 +286,7 @@ class BrokerNode(Node):
             self.sub.connect(n.endpoint("pub"))
         self.loop.add(self.sub, self.on_delivery)
         self.heard = {}                         # logic id -> monotonic time of last frame
+        self.pushes = {}                        # ident -> [packed push, ...] this turn
         self.core = BrokerCore(node_id, topo, topo.read_secret(), self)
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_frame"]))
@@ -301,7 +303,24 @@ class BrokerNode(Node):
         self.queue_reply(self.client, ident, msg)
 
     def push(self, ident, frame):
-        self.queue_frames(self.client, [ident, frame])
+        """Pushes are batched per session for the turn (see flush_pushes)."""
+        batch = self.pushes.get(ident)
+        if batch is None:
+            self.pushes[ident] = [frame]
+        else:
+            batch.append(frame)
+
+    def after_flush(self):
+        """Each session gets its pushes of the turn in one frame (an array when several),
+        queued before the turn's replies so a heartbeat's sync pushes precede its ack."""
+        pushes, self.pushes = self.pushes, {}
+        out = []
+        for ident, frames in pushes.items():
+            for i in range(0, len(frames), PUSH_BATCH):
+                chunk = frames[i:i + PUSH_BATCH]
+                out.append((self.client, [ident, chunk[0] if len(chunk) == 1 else
+                                          wire.array_of_packed(chunk)]))
+        self.queue_before_replies(out)
 
     def to_logic(self, channel, msg, callback):
         self.requests.send(self.logics[self.topo.logic_for(channel)], msg, callback)
@@ -322,10 +341,12 @@ class BrokerNode(Node):
         except wire.ProtocolError as exc:
             log.warning("bad delivery frame: %s", exc)
             return
-        if msg.get("t") == "tick":
+        if msg.get("t") == "msgs":
+            deliver = self.core.deliver
+            for packed, to, uin, device in msg["items"]:
+                deliver(packed, to, uin, device)
+        elif msg.get("t") == "tick":
             self.heard[msg.get("logic")] = time.monotonic()
-        elif msg.get("t") == "msg":
-            self.core.deliver(msg)
 
     def housekeeping(self):
         self.requests.expire()

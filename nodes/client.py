@@ -66,13 +66,21 @@ class Client:
         self.interval = None
 
     # --- plumbing ------------------------------------------------------------
-    def _file(self, msg: dict) -> None:
-        (self.inbox if msg.get("t") == "msg" else self.events).append(msg)
-
     def _read(self, timeout: float) -> dict | None:
-        if not self.sock.poll(max(0, int(timeout * 1000))):
-            return None
-        return wire.unpack(self.sock.recv(), 2**31)
+        """The next reply or notice; pushes met on the way go to the inbox."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                return None
+            maps = wire.unpack_frame(self.sock.recv())
+            pushes = [m for m in maps if m.get("t") == "msg"]
+            self.inbox.extend(pushes)
+            others = [m for m in maps if m.get("t") != "msg"]
+            self.events.extend(others[1:])
+            if others:
+                return others[0]
+            if pushes:
+                return {"t": "_pushed"}
 
     def request(self, msg: dict, timeout: float | None = None) -> dict:
         """Send one request and wait for the reply with its rid; ClientError on err or timeout."""
@@ -83,12 +91,12 @@ class Client:
             reply = self._read(deadline - time.monotonic())
             if reply is None:
                 raise ClientError("TIMEOUT", f"no reply to '{msg['t']}' in time")
-            if reply.get("rid") == msg["rid"] and reply.get("t") != "msg":
+            if reply.get("rid") == msg["rid"]:
                 if reply.get("t") == "err":
                     raise ClientError(reply.get("code", "?"), reply.get("msg", ""), reply)
                 return reply
-            if reply.get("rid") is None or reply.get("t") == "msg":
-                self._file(reply)
+            if reply.get("t") != "_pushed":
+                self.events.append(reply)
 
     # --- API -----------------------------------------------------------------
     def login(self, token: str, device: int = 0, net: str = "wired") -> dict:
@@ -128,7 +136,8 @@ class Client:
             msg = self._read(deadline - time.monotonic())
             if msg is None:
                 return None
-            self._file(msg)
+            if msg.get("t") != "_pushed":
+                self.events.append(msg)
         return self.inbox.popleft()
 
     def logout(self) -> None:

@@ -63,7 +63,7 @@ def push_of(channel: str, msg_id: int, record: list) -> dict:
 
 class ChannelState:
     __slots__ = ("name", "members", "member_array", "ring", "leases", "next_id", "last_id",
-                 "waiting", "alloc_inflight", "lifetime")
+                 "waiting", "alloc_inflight", "lifetime", "fanout", "fanout_version")
 
     def __init__(self, name: str, members, queue: int, lifetime=None):
         self.name = name
@@ -79,6 +79,7 @@ class ChannelState:
     def set_members(self, members) -> None:
         self.members = set(members)
         self.member_array = array("I", sorted(self.members))   # for OnlineBitmap.filter_online
+        self.fanout, self.fanout_version = None, -1            # {broker: [uin]}, per presence version
 
     def available(self) -> int:
         if not self.leases:
@@ -131,6 +132,7 @@ class LogicCore:
         self.inflight = {}                    # (uin, device) -> Pending
         self.dirty = set()                    # channels with waiting sends
         self.committed = []                   # Pending stored in this turn's batch
+        self.outbox = {}                      # broker -> [[packed push, to, uin, device], ...]
         self.waiting_total = 0
         self.expiries = []                    # heap of (expiry of the channel's oldest message, name)
         self.sweep_seconds = self.sweep_max = 0.0
@@ -471,12 +473,25 @@ class LogicCore:
                 self.out.reply(ident, self._ack(rid, rec.channel, rec.device, rec.ctime, rec.id))
             self.fan_out(rec)
         self.stats["stored"] += len(committed)
+        self.publish_turn()
 
     def fan_out(self, rec: Pending) -> None:
-        push = push_of(rec.channel, rec.id, rec.record())
-        for broker, uins in self.replica.brokers_for(self.channels[rec.channel].member_array).items():
-            push["to"] = uins
-            self.out.publish(broker, push)
+        """Queue the message for every broker with an online member (sent once per turn)."""
+        ch = self.channels[rec.channel]
+        if ch.fanout_version != self.replica.version:
+            ch.fanout = self.replica.brokers_for(ch.member_array)
+            ch.fanout_version = self.replica.version
+        if not ch.fanout:
+            return
+        packed = wire.pack(push_of(rec.channel, rec.id, rec.record()))
+        for broker, uins in ch.fanout.items():
+            self.outbox.setdefault(broker, []).append([packed, uins, rec.uin, rec.device])
+
+    def publish_turn(self) -> None:
+        """One PUB frame per broker for all the messages of this turn, in id order."""
+        outbox, self.outbox = self.outbox, {}
+        for broker, items in outbox.items():
+            self.out.publish(broker, {"t": "msgs", "items": items})
 
 
 class LogicNode(Node):

@@ -15,6 +15,8 @@ import time
 
 import zmq
 
+from .zio import reader
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ class Loop:
 
     def add(self, sock: zmq.Socket, handler) -> None:
         """Call ``handler(frames)`` for every multipart message arriving on sock."""
-        self.handlers[sock] = handler
+        self.handlers[sock] = (reader(sock.type), handler)
         self.poller.register(sock, zmq.POLLIN)
 
     def every(self, interval: float, fn, first: float | None = None) -> None:
@@ -70,10 +72,10 @@ class Loop:
         ready = self.poller.poll(self._timeout_ms() if timeout_ms is None else timeout_ms)
         started = time.monotonic()
         for sock, _event in ready:
-            handler = self.handlers[sock]
+            read, handler = self.handlers[sock]
             for _ in range(self.batch):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    frames = read(sock)
                 except zmq.Again:
                     break
                 try:

@@ -18,6 +18,7 @@ from . import wire
 from .loop import Loop
 from .store import Store
 from .topology import Topology
+from .zio import send_frames, send_pair
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,10 @@ class Node:
     def queue_frames(self, sock: zmq.Socket, frames: list) -> None:
         self._replies.append((sock, frames))
 
+    def queue_before_replies(self, messages: list) -> None:
+        """Queue (sock, frames) pairs ahead of everything queued so far this turn."""
+        self._replies[:0] = messages
+
     def _end_turn(self) -> None:
         self.before_flush()
         if self.store is not None:
@@ -112,7 +117,10 @@ class Node:
         replies, self._replies = self._replies, []
         for sock, frames in replies:
             try:
-                sock.send_multipart(frames, zmq.NOBLOCK)
+                if len(frames) == 2:
+                    send_pair(sock, frames[0], frames[1])
+                else:
+                    send_frames(sock, frames)
             except zmq.Again:
                 log.warning("peer queue full; message dropped")
             except zmq.ZMQError as exc:

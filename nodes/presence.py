@@ -27,6 +27,7 @@ class PresenceReplica:
     def __init__(self, router_ids, request_snapshot):
         self.views = {r: _RouterView() for r in router_ids}
         self.online = {}                        # uin -> {device: broker}
+        self.version = 0                        # bumped on every change: fan-out caches key on it
         self.bitmap = OnlineBitmap()            # uins in self.online, for batch filtering
         self.request_snapshot = request_snapshot
         self.snapshots = 0
@@ -68,6 +69,7 @@ class PresenceReplica:
             self.bitmap.set(uin)
             view.uins.add(uin)
         view.epoch, view.seq = msg["epoch"], msg["seq"]
+        self.version += 1
         view.synced, view.requested = True, False
         self.snapshots += 1
         buffered, view.buffer = view.buffer, []
@@ -102,6 +104,7 @@ class PresenceReplica:
 
     def _apply(self, view, delta) -> None:
         uin, device, broker = delta["uin"], delta["device"], delta["broker"]
+        self.version += 1
         if broker is None:
             devices = self.online.get(uin)
             if devices is not None:

@@ -13,6 +13,7 @@ import time
 import zmq
 
 from . import wire
+from .zio import send_one
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class Requests:
         rid = next(self._rids)
         msg["rid"] = rid
         try:
-            sock.send(wire.pack(msg), zmq.NOBLOCK)
+            send_one(sock, wire.pack(msg))
         except zmq.ZMQError as exc:
             callback(wire.error(rid, wire.Err.UNAVAILABLE, f"peer unreachable: {exc.strerror}"))
             return rid

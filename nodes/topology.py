@@ -48,6 +48,7 @@ DEFAULT_HEARTBEAT = {           # seconds (fractions allowed)
 }
 
 DEFAULT_STORAGE = {"sync": False}
+OWNER_CACHE = 1_000_000      # memoised owners per node type before the cache starts over
 
 _TOP_KEYS = {"cluster", "secret_file", "data_dir", "local", "limits", "heartbeat",
              "storage", "idcs", "channels"}
@@ -80,6 +81,7 @@ class Topology:
     storage: dict
     nodes: dict            # id -> NodeSpec, in file order
     channels: dict         # name -> {"members": [uin, ...]}, seeded by owning logic
+    _owners: dict = dataclasses.field(default_factory=dict, repr=False)
 
     # --- lookups ---------------------------------------------------------
     def of_type(self, node_type: str) -> list[NodeSpec]:
@@ -96,13 +98,26 @@ class Topology:
                                 f"(known: {', '.join(self.nodes)})") from None
 
     def logic_for(self, channel: str) -> str:
-        return rendezvous.owner(self.ids("logic"), channel)
+        return self._owner("logic", channel)
 
     def counter_for(self, channel: str) -> str:
-        return rendezvous.owner(self.ids("counter"), channel)
+        return self._owner("counter", channel)
 
     def router_for(self, uin: int) -> str:
-        return rendezvous.owner(self.ids("router"), rendezvous.uin_key(uin))
+        return self._owner("router", uin)
+
+    def _owner(self, node_type: str, key) -> str:
+        """Rendezvous owner of a channel (str) or uin (int), memoised: asked on every request."""
+        cache = self._owners.get(node_type)
+        if cache is None:
+            cache = self._owners[node_type] = {}
+        owner = cache.get(key)
+        if owner is None:
+            if len(cache) > OWNER_CACHE:
+                cache.clear()
+            ids = self.ids(node_type)
+            owner = cache[key] = rendezvous.owner(ids, rendezvous.uin_key(key) if isinstance(key, int) else key)
+        return owner
 
     def node_dir(self, node_id: str) -> str:
         return os.path.join(self.data_dir, node_id)

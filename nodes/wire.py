@@ -194,6 +194,32 @@ def unpack(frame: bytes, max_len: int = MAX_FRAME) -> dict:
     return msg
 
 
+def unpack_frame(frame: bytes, max_len: int = 2**31) -> list[dict]:
+    """Client side: a frame from a broker is one map, or an array of maps (several pushes
+    batched into one frame, in order).  Returns the maps."""
+    try:
+        value = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_str_len=max_len,
+                                max_bin_len=max_len, max_array_len=max_len, max_map_len=1024, max_ext_len=0)
+    except (ValueError, TypeError, msgpack.UnpackException, UnicodeDecodeError) as exc:
+        raise ProtocolError(Err.BAD_FRAME, f"not a msgpack frame: {type(exc).__name__}") from None
+    maps = value if type(value) is list else [value]
+    if not all(type(m) is dict for m in maps):
+        raise ProtocolError(Err.BAD_FRAME, "frame must be a map or an array of maps")
+    return maps
+
+
+def array_of_packed(packed: list[bytes]) -> bytes:
+    """A msgpack array frame made of already packed items (no repacking)."""
+    n = len(packed)
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n < 65536:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(packed)
+
+
 def request_rid(msg: dict):
     """The request id to echo, if the message carries a usable one."""
     rid = msg.get("rid")

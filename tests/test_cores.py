@@ -143,13 +143,20 @@ class Out:
         self.replies.append((ident, msg))
 
     def publish(self, broker, msg):
-        self.published.append((broker, dict(msg)))
+        """Unfold a turn's frame into (broker, push with its recipients) per message."""
+        assert msg["t"] == "msgs"
+        for packed, to, uin, device in msg["items"]:
+            push = wire.unpack(packed)
+            assert (push["uin"], push["device"]) == (uin, device)
+            self.published.append((broker, dict(push, to=to)))
 
     def request_ids(self, channel, n):
         self.allocs.append((channel, n))
 
 
 class OnlineAll:
+    version = 0
+
     def brokers_for(self, uins):
         return {"b1": list(uins)}
 
