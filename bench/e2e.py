@@ -135,7 +135,7 @@ class Worker:
                     except zmq.Again:
                         break
                     now = time.monotonic_ns()
-                    for msg in wire.unpack_frame(frame, 1 << 24):
+                    for msg in wire.unpack_many(frame, 1 << 24, 1 << 16):
                         self.on_message(s, msg, now)
             progress.value = self.acked
         wall = time.monotonic() - t0

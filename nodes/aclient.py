@@ -134,7 +134,7 @@ class AsyncClient:
         while True:
             frame = await sock.recv()
             try:
-                maps = wire.unpack_frame(frame)
+                maps = wire.unpack_many(frame, 2**31, 1 << 16)
             except wire.ProtocolError as exc:
                 log.warning("undecodable frame from broker: %s", exc)
                 continue

@@ -27,7 +27,7 @@ from .rpc import Requests
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.5
-PUSH_BATCH = 64                          # pushes per frame to one session at most
+MAX_PIPELINED = 64                       # requests one client frame may carry
 
 
 class Session:
@@ -68,10 +68,18 @@ class BrokerCore:
 
     # --- entry point ---------------------------------------------------------
     def on_client(self, ident: bytes, frame: bytes) -> None:
-        rid = msg = None
+        """One frame from a client: a request map, or an array of them (pipelined)."""
         try:
-            msg = wire.unpack(frame, int(self.topo.limits["max_frame"]))
-            rid = wire.request_rid(msg)
+            msgs = wire.unpack_many(frame, int(self.topo.limits["max_frame"]), MAX_PIPELINED)
+        except wire.ProtocolError as exc:
+            self.out.reply(ident, wire.error_from(None, exc))
+            return
+        for msg in msgs:
+            self.on_request(ident, msg)
+
+    def on_request(self, ident: bytes, msg: dict) -> None:
+        rid = wire.request_rid(msg)
+        try:
             t = wire.validate(msg, wire.CLIENT_REQUESTS)
             session = self.sessions.get(ident)
             if session is None and t != "login":
@@ -81,7 +89,7 @@ class BrokerCore:
             result = self.handlers[t](ident, session, msg)
         except wire.ProtocolError as exc:
             result = wire.error_from(rid, exc)
-            if isinstance(msg, dict) and msg.get("t") == "send":
+            if msg.get("t") == "send":
                 self.stats["refused"] += 1
                 self.stats[exc.code] += 1
         if result is not None:
@@ -273,7 +281,7 @@ class BrokerNode(Node):
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
-        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME)
+        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
         self.logics = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("logic")}
         self.routers = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("router")}
         for sock in list(self.logics.values()) + list(self.routers.values()):
@@ -286,7 +294,6 @@ class BrokerNode(Node):
             self.sub.connect(n.endpoint("pub"))
         self.loop.add(self.sub, self.on_delivery)
         self.heard = {}                         # logic id -> monotonic time of last frame
-        self.pushes = {}                        # ident -> [packed push, ...] this turn
         self.core = BrokerCore(node_id, topo, topo.read_secret(), self)
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_frame"]))
@@ -302,25 +309,8 @@ class BrokerNode(Node):
     def reply(self, ident, msg):
         self.queue_reply(self.client, ident, msg)
 
-    def push(self, ident, frame):
-        """Pushes are batched per session for the turn (see flush_pushes)."""
-        batch = self.pushes.get(ident)
-        if batch is None:
-            self.pushes[ident] = [frame]
-        else:
-            batch.append(frame)
-
-    def after_flush(self):
-        """Each session gets its pushes of the turn in one frame (an array when several),
-        queued before the turn's replies so a heartbeat's sync pushes precede its ack."""
-        pushes, self.pushes = self.pushes, {}
-        out = []
-        for ident, frames in pushes.items():
-            for i in range(0, len(frames), PUSH_BATCH):
-                chunk = frames[i:i + PUSH_BATCH]
-                out.append((self.client, [ident, chunk[0] if len(chunk) == 1 else
-                                          wire.array_of_packed(chunk)]))
-        self.queue_before_replies(out)
+    def push(self, ident, packed):
+        self.queue_packed(self.client, ident, packed)
 
     def to_logic(self, channel, msg, callback):
         self.requests.send(self.logics[self.topo.logic_for(channel)], msg, callback)
@@ -337,16 +327,17 @@ class BrokerNode(Node):
 
     def on_delivery(self, frames):
         try:
-            msg = wire.unpack(frames[-1], INTERNAL_MAX_FRAME)
+            msgs = wire.unpack_many(frames[-1], INTERNAL_MAX_FRAME, 1 << 20)
         except wire.ProtocolError as exc:
             log.warning("bad delivery frame: %s", exc)
             return
-        if msg.get("t") == "msgs":
-            deliver = self.core.deliver
-            for packed, to, uin, device in msg["items"]:
-                deliver(packed, to, uin, device)
-        elif msg.get("t") == "tick":
-            self.heard[msg.get("logic")] = time.monotonic()
+        deliver = self.core.deliver
+        for msg in msgs:
+            if msg.get("t") == "msgs":
+                for packed, to, uin, device in msg["items"]:
+                    deliver(packed, to, uin, device)
+            elif msg.get("t") == "tick":
+                self.heard[msg.get("logic")] = time.monotonic()
 
     def housekeeping(self):
         self.requests.expire()

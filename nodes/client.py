@@ -72,7 +72,7 @@ class Client:
         while True:
             if not self.sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
                 return None
-            maps = wire.unpack_frame(self.sock.recv())
+            maps = wire.unpack_many(self.sock.recv(), 2**31, 1 << 16)
             pushes = [m for m in maps if m.get("t") == "msg"]
             self.inbox.extend(pushes)
             others = [m for m in maps if m.get("t") != "msg"]

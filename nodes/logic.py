@@ -499,7 +499,7 @@ class LogicNode(Node):
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
-        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME,
+        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox,
                                  on_late=self.on_late_reply)
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
         self.counters = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("counter")}
@@ -539,7 +539,7 @@ class LogicNode(Node):
         self.queue_reply(self.rpc, ident, msg)
 
     def publish(self, broker, msg):
-        self.queue_frames(self.pub, [broker.encode(), wire.pack(msg)])
+        self.queue_packed(self.pub, broker.encode(), wire.pack(msg))
 
     def request_ids(self, channel, n):
         counter = self.topo.counter_for(channel)
@@ -568,9 +568,12 @@ class LogicNode(Node):
     # --- sockets -------------------------------------------------------------
     def on_presence(self, frames):
         try:
-            self.replica.on_message(wire.unpack(frames[-1], INTERNAL_MAX_FRAME))
+            msgs = wire.unpack_many(frames[-1], INTERNAL_MAX_FRAME, 1 << 20)
         except wire.ProtocolError as exc:
             log.warning("bad presence message: %s", exc)
+            return
+        for msg in msgs:
+            self.replica.on_message(msg)
 
     def tick(self):
         """Tell every broker this logic node is alive (and keep its SUB link proven)."""
@@ -578,7 +581,7 @@ class LogicNode(Node):
         self.core.retry_leases()
         frame = wire.pack({"t": "tick", "logic": self.id})
         for topic in self.broker_topics:
-            self.queue_frames(self.pub, [topic, frame])
+            self.queue_packed(self.pub, topic, frame)
         self.replica.retry()
 
     def before_flush(self):

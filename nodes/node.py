@@ -18,7 +18,7 @@ from . import wire
 from .loop import Loop
 from .store import Store
 from .topology import Topology
-from .zio import send_frames, send_pair
+from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Node:
         if self.needs_store:
             self.store = Store(topo.node_dir(node_id),
                                sync=topo.storage["sync"] if store_sync is None else store_sync)
-        self._replies = []                 # (sock, frames) to send after the batch is written
+        self.outbox = Outbox()             # replies, pushes, requests: sent after the batch is written
         self.loop.on_turn_end(self._end_turn)
 
     # --- sockets -------------------------------------------------------------
@@ -79,52 +79,43 @@ class Node:
         when the reply is sent later.  Every bad request gets an error reply.
         """
         def on_request(frames):
+            ident = frames[0]
             if len(frames) != 2:
-                self.queue_reply(sock, frames[0], wire.error(None, wire.Err.BAD_FRAME,
-                                                             "send exactly one frame per message"))
+                self.queue_reply(sock, ident, wire.error(None, wire.Err.BAD_FRAME,
+                                                         "send exactly one frame per message"))
                 return
-            ident, frame = frames
-            rid = None
             try:
-                msg = wire.unpack(frame, max_len)
-                rid = wire.request_rid(msg)
-                t = wire.validate(msg, schemas)
-                result = handlers[t](ident, msg)
+                msgs = wire.unpack_many(frames[1], max_len)
             except wire.ProtocolError as exc:
-                result = wire.error_from(rid, exc)
-            except Exception:
-                log.exception("request failed")
-                result = wire.error(rid, wire.Err.INTERNAL, "internal error; nothing was stored")
-            if result is not None:
-                self.queue_reply(sock, ident, result)
+                self.queue_reply(sock, ident, wire.error_from(None, exc))
+                return
+            for msg in msgs:
+                rid = wire.request_rid(msg)
+                try:
+                    t = wire.validate(msg, schemas)
+                    result = handlers[t](ident, msg)
+                except wire.ProtocolError as exc:
+                    result = wire.error_from(rid, exc)
+                except Exception:
+                    log.exception("request failed")
+                    result = wire.error(rid, wire.Err.INTERNAL, "internal error; nothing was stored")
+                if result is not None:
+                    self.queue_reply(sock, ident, result)
         self.loop.add(sock, on_request)
 
     def queue_reply(self, sock: zmq.Socket, ident: bytes, msg: dict) -> None:
-        self._replies.append((sock, [ident, wire.pack(msg)]))
+        self.outbox.put(sock, ident, wire.pack(msg))
 
-    def queue_frames(self, sock: zmq.Socket, frames: list) -> None:
-        self._replies.append((sock, frames))
-
-    def queue_before_replies(self, messages: list) -> None:
-        """Queue (sock, frames) pairs ahead of everything queued so far this turn."""
-        self._replies[:0] = messages
+    def queue_packed(self, sock: zmq.Socket, key: bytes, packed: bytes) -> None:
+        """Queue an already packed message for a ROUTER identity or a PUB topic."""
+        self.outbox.put(sock, key, packed)
 
     def _end_turn(self) -> None:
         self.before_flush()
         if self.store is not None:
             self.store.flush()
         self.after_flush()
-        replies, self._replies = self._replies, []
-        for sock, frames in replies:
-            try:
-                if len(frames) == 2:
-                    send_pair(sock, frames[0], frames[1])
-                else:
-                    send_frames(sock, frames)
-            except zmq.Again:
-                log.warning("peer queue full; message dropped")
-            except zmq.ZMQError as exc:
-                log.warning("send failed: %s", exc)
+        self.outbox.flush()
 
     def before_flush(self) -> None:
         """Hook: stage this turn's writes."""

@@ -141,7 +141,7 @@ class RouterNode(Node):
         self.loop.every(SWEEP_INTERVAL, lambda: self.core.sweep(time.monotonic()))
 
     def publish(self, msg: dict) -> None:
-        self.queue_frames(self.pub, [PRESENCE_TOPIC, wire.pack(msg)])
+        self.queue_packed(self.pub, PRESENCE_TOPIC, wire.pack(msg))
 
     def _check_owner(self, uin):
         if self.topo.router_for(uin) != self.id:

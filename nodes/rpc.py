@@ -2,7 +2,8 @@
 
 One ``Requests`` table per node: every request gets exactly one callback,
 either with the peer's reply or with an UNAVAILABLE error when the peer
-does not answer in time or cannot be reached at all.
+does not answer in time.  Requests are queued in the node's outbox and
+leave, batched per peer, at the end of the loop turn.
 """
 from __future__ import annotations
 
@@ -10,45 +11,40 @@ import itertools
 import logging
 import time
 
-import zmq
-
 from . import wire
-from .zio import send_one
 
 log = logging.getLogger(__name__)
 
 
 class Requests:
-    def __init__(self, timeout: float, max_len: int, on_late=None):
+    def __init__(self, timeout: float, max_len: int, outbox, on_late=None):
         self.timeout = timeout
+        self.outbox = outbox                 # requests leave at the end of the loop turn
         self.on_late = on_late               # gets replies whose request already timed out
         self.max_len = max_len
         self.pending = {}                    # rid -> (deadline, callback)
         self._rids = itertools.count(1)
 
-    def send(self, sock: zmq.Socket, msg: dict, callback, timeout: float | None = None) -> int:
+    def send(self, sock, msg: dict, callback, timeout: float | None = None) -> int:
         rid = next(self._rids)
         msg["rid"] = rid
-        try:
-            send_one(sock, wire.pack(msg))
-        except zmq.ZMQError as exc:
-            callback(wire.error(rid, wire.Err.UNAVAILABLE, f"peer unreachable: {exc.strerror}"))
-            return rid
+        self.outbox.put(sock, None, wire.pack(msg))
         self.pending[rid] = (time.monotonic() + (timeout or self.timeout), callback)
         return rid
 
     def on_reply(self, frames: list) -> None:
         try:
-            msg = wire.unpack(frames[-1], self.max_len)
+            msgs = wire.unpack_many(frames[-1], self.max_len, 1 << 20)
         except wire.ProtocolError as exc:
             log.warning("bad reply from a peer: %s", exc)
             return
-        entry = self.pending.pop(wire.request_rid(msg), None)
-        if entry is None:
-            if self.on_late is not None:
-                self.on_late(msg)
-            return
-        entry[1](msg)
+        for msg in msgs:
+            entry = self.pending.pop(wire.request_rid(msg), None)
+            if entry is None:
+                if self.on_late is not None:
+                    self.on_late(msg)
+                continue
+            entry[1](msg)
 
     def expire(self) -> int:
         """Fail the requests whose deadline passed; return how many."""

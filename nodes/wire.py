@@ -177,35 +177,36 @@ def pack(msg: dict) -> bytes:
     return _packer.pack(msg)
 
 
-def unpack(frame: bytes, max_len: int = MAX_FRAME) -> dict:
-    """Decode one frame into a map; raise ProtocolError(BAD_FRAME) on anything else."""
+def _decode(frame: bytes, max_len: int):
     if len(frame) > max_len:
         raise ProtocolError(Err.BAD_FRAME, f"frame of {len(frame)} bytes exceeds {max_len}")
     try:
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True,
-                              max_str_len=max_len, max_bin_len=max_len,
-                              max_array_len=max_len, max_map_len=1024, max_ext_len=0)
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, max_str_len=max_len,
+                               max_bin_len=max_len, max_array_len=max_len, max_map_len=1024,
+                               max_ext_len=0)
     except UnicodeDecodeError:
         raise ProtocolError(Err.BAD_FRAME, "a string is not valid UTF-8") from None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ProtocolError(Err.BAD_FRAME, f"not a msgpack frame: {type(exc).__name__}") from None
+
+
+def unpack(frame: bytes, max_len: int = MAX_FRAME) -> dict:
+    """Decode a frame that holds exactly one map; ProtocolError(BAD_FRAME) otherwise."""
+    msg = _decode(frame, max_len)
     if type(msg) is not dict:
         raise ProtocolError(Err.BAD_FRAME, "frame must be a msgpack map")
     return msg
 
 
-def unpack_frame(frame: bytes, max_len: int = 2**31) -> list[dict]:
-    """Client side: a frame from a broker is one map, or an array of maps (several pushes
-    batched into one frame, in order).  Returns the maps."""
-    try:
-        value = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_str_len=max_len,
-                                max_bin_len=max_len, max_array_len=max_len, max_map_len=1024, max_ext_len=0)
-    except (ValueError, TypeError, msgpack.UnpackException, UnicodeDecodeError) as exc:
-        raise ProtocolError(Err.BAD_FRAME, f"not a msgpack frame: {type(exc).__name__}") from None
-    maps = value if type(value) is list else [value]
-    if not all(type(m) is dict for m in maps):
-        raise ProtocolError(Err.BAD_FRAME, "frame must be a map or an array of maps")
-    return maps
+def unpack_many(frame: bytes, max_len: int = MAX_FRAME, max_items: int = 1024) -> list[dict]:
+    """A frame holds one map, or an array of maps (several messages, in order): the maps."""
+    value = _decode(frame, max_len)
+    if type(value) is dict:
+        return [value]
+    if type(value) is not list or not value or len(value) > max_items \
+            or not all(type(m) is dict for m in value):
+        raise ProtocolError(Err.BAD_FRAME, f"frame must be a msgpack map or an array of 1..{max_items} maps")
+    return value
 
 
 def array_of_packed(packed: list[bytes]) -> bytes:

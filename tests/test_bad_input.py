@@ -20,7 +20,9 @@ class Raw:
     def ask(self, *frames, timeout=5.0) -> dict:
         self.sock.send_multipart(list(frames))
         assert self.sock.poll(int(timeout * 1000)), "no reply"
-        return wire.unpack(self.sock.recv(), 2**30)
+        replies = wire.unpack_many(self.sock.recv(), 2**30)
+        assert len(replies) == 1, replies
+        return replies[0]
 
     def ask_msg(self, msg: dict) -> dict:
         return self.ask(wire.pack(msg))

@@ -1,0 +1,52 @@
+"""What a node sends during one loop turn, sent at the turn's end: one frame per peer.
+
+Messages for the same peer (a ROUTER identity, a PUB topic, or a DEALER's
+one peer) are joined into one msgpack array frame, in the order they were
+queued, so a turn that answers ten requests of one broker costs one ZeroMQ
+message instead of ten.  Receivers accept a frame holding one map or an
+array of maps (wire.unpack_many).
+"""
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from .wire import array_of_packed
+from .zio import send_one, send_pair
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 128                   # messages per frame at most
+
+
+class Outbox:
+    def __init__(self):
+        self.queued = {}          # (sock, key or None) -> [packed message, ...]
+
+    def put(self, sock, key, packed: bytes) -> None:
+        batch = self.queued.get((sock, key))
+        if batch is None:
+            self.queued[(sock, key)] = [packed]
+        else:
+            batch.append(packed)
+
+    def flush(self) -> int:
+        """Send everything queued; return the number of frames sent."""
+        queued, self.queued = self.queued, {}
+        frames = 0
+        for (sock, key), items in queued.items():
+            for i in range(0, len(items), MAX_BATCH):
+                chunk = items[i:i + MAX_BATCH]
+                frame = chunk[0] if len(chunk) == 1 else array_of_packed(chunk)
+                try:
+                    if key is None:
+                        send_one(sock, frame)
+                    else:
+                        send_pair(sock, key, frame)
+                    frames += 1
+                except zmq.Again:
+                    log.warning("peer queue full; %d message(s) dropped", len(chunk))
+                except zmq.ZMQError as exc:
+                    log.warning("send failed: %s", exc)
+        return frames
