@@ -41,48 +41,37 @@ from .windows import Windows
 log = logging.getLogger(__name__)
 
 
-class AsyncClient:
+class Connection:
+    """An asyncio DEALER session with login, failover over endpoints and rid-matched requests.
+
+    Shared by the chat client (brokers) and the media client (relays).
+    Subclasses handle what is not a reply in ``_dispatch`` and what a login
+    reply tells them in ``_logged_in``.
+    """
+
+    role = "node"
+
     def __init__(self, endpoints, token, device: int = 0, net: str = "wired",
-                 timeout: float = 3.0, retries: int = 2, ctx: zmq.asyncio.Context | None = None):
+                 timeout: float = 3.0, ctx: zmq.asyncio.Context | None = None):
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self.endpoints:
-            raise ValueError("at least one broker endpoint is needed")
+            raise ValueError(f"at least one {self.role} endpoint is needed")
         self.token = token
         self.device, self.net = device, net
-        self.timeout, self.retries = timeout, retries
+        self.timeout = timeout
         self.ctx = ctx or zmq.asyncio.Context.instance()
-        self.windows = Windows()
-        self.assembler = Assembler()
-        self.limits = {"max_text": wire.MAX_TEXT_BYTES, "max_fragments": 100}
-        self.clock = ClientClock()
         self.uin = None
-        self.interval = None
         self.endpoint = None
-        self.not_member = set()
         self.reconnects = 0
-        self.syncs = 0                         # sync requests sent (a figure for tests and stats)
-        self.drop_push = None                  # test hook: callable(msg) -> True drops a push
-        self._incoming = asyncio.Queue()
         self._pending = {}                     # rid -> Future
         self._rids = itertools.count(1)
         self._sock = None
         self._reader = None
-        self._beater = None
-        self._syncing = {}                     # channel -> Task
         self._index = 0
         self._lock = asyncio.Lock()
-        self._closed = False
-
-    # --- connection ------------------------------------------------------------
-    async def connect(self) -> dict:
-        """Log in on the first endpoint that answers (starting with the current one)."""
-        async with self._lock:
-            reply = await self._open()
-        self._beater = asyncio.ensure_future(self._heartbeats())
-        await self.heartbeat()
-        return reply
 
     async def _open(self) -> dict:
+        """Log in on the first endpoint that answers, starting with the current one."""
         last = None
         for _ in range(len(self.endpoints)):
             endpoint = self.endpoints[self._index % len(self.endpoints)]
@@ -90,16 +79,18 @@ class AsyncClient:
             try:
                 reply = await self._request({"t": "login", "v": wire.PROTOCOL_VERSION, "token": self.token,
                                              "device": self.device, "net": self.net})
-                self.uin, self.interval = reply["uin"], reply["hb"]
-                self.limits.update(reply.get("limits", {}))
-                self.assembler.lifetime = self.limits.get("message_lifetime", self.assembler.lifetime)
+                self.uin = reply["uin"]
+                self._logged_in(reply)
                 return reply
             except ClientError as exc:
                 if exc.code not in RETRYABLE:
                     raise
                 last = exc
                 self._index += 1
-        raise ClientError(wire.Err.UNAVAILABLE, "no broker answered") from last
+        raise ClientError(wire.Err.UNAVAILABLE, f"no {self.role} answered") from last
+
+    def _logged_in(self, reply: dict) -> None:
+        """Hook: take what the login reply says."""
 
     def _attach(self, endpoint: str) -> None:
         self._detach()
@@ -121,37 +112,24 @@ class AsyncClient:
                 fut.set_exception(ClientError("DISCONNECTED", "connection replaced"))
         self._pending.clear()
 
-    async def reconnect(self) -> None:
-        """Move to the next broker, log in again and sync what was missed."""
-        async with self._lock:
-            self._index += 1
-            self.reconnects += 1
-            await self._open()
-        await self.heartbeat()
-
-    # --- plumbing --------------------------------------------------------------
     async def _read(self, sock) -> None:
         while True:
             frame = await sock.recv()
             try:
                 maps = wire.unpack_many(frame, 2**31, 1 << 16)
             except wire.ProtocolError as exc:
-                log.warning("undecodable frame from broker: %s", exc)
+                log.warning("undecodable frame from %s: %s", self.role, exc)
                 continue
             for msg in maps:
                 self._dispatch(msg)
 
     def _dispatch(self, msg: dict) -> None:
-        t = msg.get("t")
-        if t == "msg":
-            if self.drop_push is None or not self.drop_push(msg):
-                self._accept(msg)
-        elif t == "kicked":
-            log.warning("session replaced: %s", msg.get("msg"))
-        else:
-            fut = self._pending.pop(msg.get("rid"), None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+        self._resolve(msg)
+
+    def _resolve(self, msg: dict) -> None:
+        fut = self._pending.pop(msg.get("rid"), None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
 
     async def _request(self, msg: dict, timeout: float | None = None) -> dict:
         rid = next(self._rids)
@@ -169,7 +147,7 @@ class AsyncClient:
         return reply
 
     async def request(self, msg: dict, timeout: float | None = None) -> dict:
-        """One request; re-login once if the broker forgot the session."""
+        """One request; log in again once if the node forgot the session."""
         try:
             return await self._request(msg, timeout)
         except ClientError as exc:
@@ -178,6 +156,66 @@ class AsyncClient:
         async with self._lock:
             await self._open()                     # same endpoint first: it is up, it just forgot us
         return await self._request(msg, timeout)
+
+    async def _logout(self) -> None:
+        if self._sock is not None and self.uin is not None:
+            try:
+                await self._request({"t": "logout"}, timeout=1.0)
+            except ClientError:
+                pass
+
+
+class AsyncClient(Connection):
+    role = "broker"
+
+    def __init__(self, endpoints, token, device: int = 0, net: str = "wired",
+                 timeout: float = 3.0, retries: int = 2, ctx: zmq.asyncio.Context | None = None):
+        super().__init__(endpoints, token, device, net, timeout, ctx)
+        self.retries = retries
+        self.windows = Windows()
+        self.assembler = Assembler()
+        self.limits = {"max_text": wire.MAX_TEXT_BYTES, "max_fragments": 100}
+        self.clock = ClientClock()
+        self.interval = None
+        self.not_member = set()
+        self.syncs = 0                         # sync requests sent (a figure for tests and stats)
+        self.drop_push = None                  # test hook: callable(msg) -> True drops a push
+        self._incoming = asyncio.Queue()
+        self._beater = None
+        self._syncing = {}                     # channel -> Task
+        self._closed = False
+
+    # --- connection ------------------------------------------------------------
+    async def connect(self) -> dict:
+        """Log in on the first endpoint that answers (starting with the current one)."""
+        async with self._lock:
+            reply = await self._open()
+        self._beater = asyncio.ensure_future(self._heartbeats())
+        await self.heartbeat()
+        return reply
+
+    def _logged_in(self, reply: dict) -> None:
+        self.interval = reply["hb"]
+        self.limits.update(reply.get("limits", {}))
+        self.assembler.lifetime = self.limits.get("message_lifetime", self.assembler.lifetime)
+
+    async def reconnect(self) -> None:
+        """Move to the next broker, log in again and sync what was missed."""
+        async with self._lock:
+            self._index += 1
+            self.reconnects += 1
+            await self._open()
+        await self.heartbeat()
+
+    def _dispatch(self, msg: dict) -> None:
+        t = msg.get("t")
+        if t == "msg":
+            if self.drop_push is None or not self.drop_push(msg):
+                self._accept(msg)
+        elif t == "kicked":
+            log.warning("session replaced: %s", msg.get("msg"))
+        else:
+            self._resolve(msg)
 
     # --- receiving -------------------------------------------------------------
     def _deliver(self, msgs) -> None:
@@ -313,11 +351,8 @@ class AsyncClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if logout and self._sock is not None and self.uin is not None:
-            try:
-                await self._request({"t": "logout"}, timeout=1.0)
-            except ClientError:
-                pass
+        if logout:
+            await self._logout()
         self._detach()
 
     async def __aenter__(self):

@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 
-from .wire import Err, ProtocolError
+from .wire import PROTOCOL_VERSION, Err, ProtocolError
 
 SCOPES = ("user", "admin")
 
@@ -56,3 +56,11 @@ def ensure_secret(path: str) -> bool:
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
     return True
+
+
+def check_login(secret: bytes, msg: dict) -> int:
+    """A validated login request: the protocol version we speak and a good token; the uin."""
+    if msg["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(Err.BAD_VERSION, f"server speaks protocol version {PROTOCOL_VERSION}",
+                            version=PROTOCOL_VERSION)
+    return verify(secret, msg["token"])

@@ -97,10 +97,7 @@ class BrokerCore:
 
     # --- requests ------------------------------------------------------------
     def login(self, ident, session, msg):
-        if msg["v"] != wire.PROTOCOL_VERSION:
-            raise wire.ProtocolError(wire.Err.BAD_VERSION, f"server speaks protocol version "
-                                     f"{wire.PROTOCOL_VERSION}", version=wire.PROTOCOL_VERSION)
-        uin = auth.verify(self.secret, msg["token"])
+        uin = auth.check_login(self.secret, msg)
         net = msg.get("net", "wired")
         if type(net) is not str:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'net' must be a string")

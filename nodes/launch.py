@@ -17,6 +17,7 @@ NODE_CLASSES = {
     "logic": ("nodes.logic", "LogicNode"),
     "router": ("nodes.router", "RouterNode"),
     "counter": ("nodes.counter", "CounterNode"),
+    "relay": ("nodes.relay", "RelayNode"),
 }
 
 

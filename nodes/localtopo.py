@@ -23,10 +23,10 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, limits=None,
+def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays=0, limits=None,
                    heartbeat=None, channels=None) -> str:
     """A local topology in ``directory`` with every endpoint on a free port."""
-    ports = iter(free_ports(2 * (brokers + logics + routers) + counters))
+    ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters))
 
     def ep():
         return f"tcp://127.0.0.1:{next(ports)}"
@@ -36,6 +36,8 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, limits
         "routers": [{"id": f"r{i}", "rpc": ep(), "pub": ep()} for i in range(1, routers + 1)],
         "counters": [{"id": f"c{i}", "rpc": ep()} for i in range(1, counters + 1)],
     }
+    if relays:
+        idc["relays"] = [{"id": f"m{i}", "client": ep(), "rpc": ep()} for i in range(1, relays + 1)]
     # tests and benchmarks are not humans: a high send rate unless a test sets its own
     raw = {"cluster": "test", "local": True, "secret_file": "secret", "data_dir": "data",
            "limits": {"rate": 10000.0, "burst": 10000, **(limits or {})}, "heartbeat": heartbeat or {},

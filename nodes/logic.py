@@ -287,6 +287,12 @@ class LogicCore:
                           not_member=not_member)
 
     # --- membership ----------------------------------------------------------
+    def member(self, msg) -> dict:
+        """Is the uin a member of the channel?  (Asked by relays before serving media.)"""
+        ch = self._owned(msg["channel"])
+        return wire.reply("member", msg["rid"], channel=ch.name, uin=msg["uin"],
+                          member=msg["uin"] in ch.members)
+
     def _admin(self, msg, must_exist=True):
         auth.verify(self.secret, msg["auth"], scope="admin")
         name = msg["channel"]
@@ -528,6 +534,7 @@ class LogicNode(Node):
             "channel_remove": lambda _i, msg: c.channel_remove(msg),
             "channel_show": lambda _i, msg: c.channel_show(msg),
             "presence": self.handle_presence,
+            "member": lambda _i, msg: c.member(msg),
             "status": self.handle_status})
         self.broker_topics = [b.id.encode() for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)

@@ -15,7 +15,8 @@ import yaml
 
 from . import rendezvous
 
-NODE_TYPES = ("broker", "logic", "router", "counter")
+NODE_TYPES = ("broker", "logic", "router", "counter", "relay")
+REQUIRED_TYPES = ("broker", "logic", "router", "counter")      # relays are optional
 
 # endpoints each node type binds (all tcp://host:port)
 ENDPOINTS = {
@@ -23,6 +24,7 @@ ENDPOINTS = {
     "logic": ("rpc", "pub"),
     "router": ("rpc", "pub"),
     "counter": ("rpc",),
+    "relay": ("client", "rpc"),
 }
 
 DEFAULT_LIMITS = {
@@ -36,6 +38,10 @@ DEFAULT_LIMITS = {
     "rate": 1.0,                 # messages per second per uin, sustained (token bucket at the broker)
     "burst": 5,                  # messages a uin may send at once
     "max_fragments": 100,        # fragments of one long text
+    "max_file": 100 * 2**20,     # bytes of one media file (relay)
+    "max_chunk": 256 * 2**10,    # bytes of one media chunk (relay)
+    "open_uploads": 8,           # unfinished uploads one user may have at a relay
+    "open_upload_bytes": 2**30,  # declared bytes of one user's unfinished uploads at a relay
     "max_members": 100000,       # members of one channel
     "token_lifetime": 86400,     # seconds a minted token is valid
 }
@@ -216,7 +222,7 @@ def _parse_nodes(path, idcs):
                 if extra:
                     _fail(path, key, f"unknown keys {sorted(extra)}")
                 nodes[node_id] = NodeSpec(node_id, node_type, idc, endpoints)
-    for node_type in NODE_TYPES:
+    for node_type in REQUIRED_TYPES:
         if not any(n.type == node_type for n in nodes.values()):
             _fail(path, "idcs", f"needs at least one {node_type}")
     return nodes

@@ -47,6 +47,10 @@ class Err:
     WRONG_OWNER = "WRONG_OWNER"        # request reached a node that does not own the key
     UNAVAILABLE = "UNAVAILABLE"        # owning node did not answer in time
     BUSY = "BUSY"                      # too many requests in flight: retry later
+    TOO_BIG = "TOO_BIG"                # media file or chunk over its limit ("limit")
+    BAD_CHUNK = "BAD_CHUNK"            # chunk index out of range or chunk of the wrong size
+    SHA_MISMATCH = "SHA_MISMATCH"      # assembled file does not match its sha256; upload discarded
+    NO_MEDIA = "NO_MEDIA"              # unknown, expired or unfinished media id
     INTERNAL = "INTERNAL"              # bug or storage failure; nothing was stored
 
     @classmethod
@@ -107,7 +111,17 @@ def _kind_windows(v, name):
         _check_uint(last, 64, f"{name}[{channel}]")
 
 
-KINDS = {"windows": _kind_windows, "u32": _kind_u32, "u64": _kind_u64, "str": _kind_str,
+def _kind_bin(v, name):
+    if type(v) is not bytes:
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be msgpack bin")
+
+
+def _kind_sha(v, name):
+    if type(v) is not str or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be a sha256 as 64 lowercase hex digits")
+
+
+KINDS = {"bin": _kind_bin, "sha256": _kind_sha, "windows": _kind_windows, "u32": _kind_u32, "u64": _kind_u64, "str": _kind_str,
          "channel": _kind_channel, "u32list": _kind_u32_list}
 
 _CHANNEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:@#")
@@ -145,6 +159,7 @@ LOGIC_REQUESTS = {
     "channel_remove": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
     "channel_show": {"rid": "u64", "auth": "str", "channel": "channel"},
     "presence": {"rid": "u64", "uin": "u32"},
+    "member": {"rid": "u64", "uin": "u32", "channel": "channel"},
 }
 
 # broker -> router, logic -> router
@@ -165,6 +180,18 @@ COUNTER_REQUESTS = {
 
 # broker's internal endpoint
 BROKER_REQUESTS = {"status": {"rid": "u64"}}
+
+# client -> relay (after the same login as at a broker)
+RELAY_REQUESTS = {
+    "login": CLIENT_REQUESTS["login"],
+    "logout": {"rid": "u64"},
+    "up_begin": {"rid": "u64", "size": "u64", "chunk_size": "u32", "chunks": "u32", "sha256": "sha256",
+                 "mime": "str", "channel": "channel"},
+    "up_chunk": {"rid": "u64", "media": "str", "index": "u32", "data": "bin"},
+    "up_end": {"rid": "u64", "media": "str"},
+    "down_info": {"rid": "u64", "ref": "str"},
+    "down": {"rid": "u64", "media": "str", "index": "u32"},
+}
 
 
 # --- encode / decode ---------------------------------------------------------

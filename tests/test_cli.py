@@ -126,3 +126,28 @@ def test_mesh_up_runs_in_the_foreground_and_stops_everything_on_ctrl_c(tmp_path)
             assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     finally:
         kill_group(up)                      # also any node left behind if the test failed
+
+
+def test_chat_upload_sends_a_ref_and_download_writes_the_same_file(make_mesh, tmp_path):
+    m = make_mesh(brokers=1, logics=1, relays=1)
+    cfg = m.mesh.config
+    src = tmp_path / "photo.bin"
+    src.write_bytes(os.urandom(700_000))
+    tail = start("chat", "tail", "-c", cfg, "--uin", 2, "--channel", "lobby", "--count", 1, "--json",
+                 "--timeout", 30)
+    try:
+        m.wait_presence(2, 0, present=True)
+        up = run("chat", "upload", "-c", cfg, "--uin", 1, "--channel", "lobby", src)
+        assert up.returncode == 0, up.stderr
+        ref = up.stdout.strip()
+        assert ref.startswith("imesh-media:")
+        out, err = tail.communicate(timeout=30)
+    finally:
+        kill_group(tail)
+    assert ref in json.loads(out)["text"] and "photo.bin" in json.loads(out)["text"]
+    dst = tmp_path / "copy.bin"
+    down = run("chat", "download", "-c", cfg, "--uin", 2, ref, dst)
+    assert down.returncode == 0, down.stderr
+    assert dst.read_bytes() == src.read_bytes()
+    bad = run("chat", "download", "-c", cfg, "--uin", 500, ref, tmp_path / "no.bin")
+    assert bad.returncode == 1 and "NOT_MEMBER" in bad.stderr and not (tmp_path / "no.bin").exists()

@@ -4,6 +4,8 @@
     bin/chat send [-c CONFIG] --uin U [--device D] --channel C TEXT  prints the msg id
     bin/chat tail [-c CONFIG] --uin U [--device D] --channel C --count N
                   [--since ID] [--timeout S] [--json]                prints N messages, then exits
+    bin/chat upload [-c CONFIG] --uin U --channel C FILE             prints the ref, sends a message with it
+    bin/chat download [-c CONFIG] --uin U REF OUT                    writes the file (sha256 checked)
 
 Exit codes: 0 ok; 1 the server refused (code and message on stderr) or the
 timeout passed; 2 bad arguments or configuration.
@@ -14,11 +16,13 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import sys
 import time
 
 from ..aclient import AsyncClient
 from ..client import ClientError
+from ..media import MediaClient, save
 from .common import add_config_arg, broker_endpoint, fail, load_topology, token_for, uin_arg
 
 
@@ -130,6 +134,46 @@ async def cmd_interactive(args) -> int:
         await client.close()
 
 
+def media_client(args) -> MediaClient:
+    topo = load_topology(args.config)
+    relays = {n.id: n.endpoint("client") for n in topo.of_type("relay")}
+    if not relays:
+        fail(f"{topo.path} lists no relay")
+    return MediaClient(relays, token_for(topo, args.uin, args.token), device=args.device)
+
+
+async def cmd_upload(args) -> int:
+    try:
+        size = os.path.getsize(args.file)
+    except OSError as exc:
+        fail(f"{args.file}: {exc.strerror}")
+    media = media_client(args)
+    await media.connect()
+    try:
+        ref = await media.upload(args.file, args.channel, mime=args.mime)
+    finally:
+        await media.close()
+    print(ref, flush=True)
+    client = await connect(args)
+    try:
+        await client.send(args.channel, f"[file] {os.path.basename(args.file)} ({size} bytes) {ref}")
+    finally:
+        await client.close()
+    return 0
+
+
+async def cmd_download(args) -> int:
+    media = media_client(args)
+    await media.connect()
+    try:
+        data = await media.download(args.ref)
+    finally:
+        await media.close()
+    save(data, args.out)
+    print(f"{args.out}: {len(data)} bytes, sha256 verified")
+    return 0
+
+
 def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
     if sub_cmd == "send":
         p = argparse.ArgumentParser(prog="bin/chat send", description="Send one message.")
@@ -146,6 +190,20 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=float, default=30.0)
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_tail)
+    elif sub_cmd == "upload":
+        p = argparse.ArgumentParser(prog="bin/chat upload",
+                                    description="Upload a file to a relay and send a message carrying its ref.")
+        add_session_args(p)
+        p.add_argument("--channel", required=True)
+        p.add_argument("--mime", default="application/octet-stream")
+        p.add_argument("file")
+        p.set_defaults(fn=cmd_upload)
+    elif sub_cmd == "download":
+        p = argparse.ArgumentParser(prog="bin/chat download", description="Download a file by its ref.")
+        add_session_args(p)
+        p.add_argument("ref")
+        p.add_argument("out")
+        p.set_defaults(fn=cmd_download)
     else:
         p = argparse.ArgumentParser(prog="bin/chat", description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,7 +215,7 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    sub_cmd = argv[0] if argv and argv[0] in ("send", "tail") else None
+    sub_cmd = argv[0] if argv and argv[0] in ("send", "tail", "upload", "download") else None
     args = build_parser(sub_cmd).parse_args(argv[1:] if sub_cmd else argv)
     if getattr(args, "count", 1) < 0:
         fail("--count must be >= 0")

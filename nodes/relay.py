@@ -1,0 +1,336 @@
+"""Relay node: chunked media upload and download with missing-chunk repair.
+
+Upload: ``up_begin`` declares size, chunk size, chunk count, sha256, mime
+and the channel (the uploader must be a member) and gets a media id;
+``up_chunk`` stores chunks in any order, several in flight, each acked only
+once stored; ``up_end`` answers the missing indexes, or -- when all are
+there and the assembled bytes match the sha256 -- the file's ``ref``.
+Download (``down_info``, ``down``) is for members of the channel, and only
+of finished files: a partial file is never served.  Files and unfinished
+uploads expire with the message lifetime.
+
+Keys in the relay's RocksDB (media id = 8 random bytes):
+
+- ``f`` + media  -> msgpack {uin, channel, size, chunk_size, chunks, sha256, mime, expiry, done}
+- ``k`` + media + index:u32 -> chunk bytes
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import heapq
+import logging
+import os
+import time
+
+import zmq
+
+from . import auth
+from . import store as keys
+from . import wire
+from .node import INTERNAL_MAX_FRAME, Node
+from .rpc import Requests
+
+log = logging.getLogger(__name__)
+
+MEMBER_TTL = 10.0                # seconds a membership answer from logic is reused
+SWEEP_INTERVAL = 0.2
+MISSING_LIST = 4096              # missing indexes listed in one up_end reply at most
+
+
+def meta_key(media: bytes) -> bytes:
+    return b"f" + media
+
+
+def chunk_key(media: bytes, index: int) -> bytes:
+    return b"k" + media + index.to_bytes(4, "big")
+
+
+def make_ref(relay_id: str, media: bytes) -> str:
+    return f"imesh-media:{relay_id}:{media.hex()}"
+
+
+def parse_ref(ref: str) -> tuple[str, bytes]:
+    """(relay id, media id) of a ref; ProtocolError(NO_MEDIA) if it is not one."""
+    parts = ref.split(":") if isinstance(ref, str) else []
+    if len(parts) != 3 or parts[0] != "imesh-media" or len(parts[2]) != 16:
+        raise wire.ProtocolError(wire.Err.NO_MEDIA, f"not a media ref: {ref!r}")
+    try:
+        return parts[1], bytes.fromhex(parts[2])
+    except ValueError:
+        raise wire.ProtocolError(wire.Err.NO_MEDIA, f"not a media ref: {ref!r}") from None
+
+
+def media_id(text) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except (TypeError, ValueError):
+        raw = b""
+    if len(raw) != 8:
+        raise wire.ProtocolError(wire.Err.NO_MEDIA, f"not a media id: {text!r}")
+    return raw
+
+
+class Upload:
+    """In-memory state of an unfinished upload (rebuilt from the store after a restart)."""
+
+    __slots__ = ("media", "meta", "received", "hasher", "hashed")
+
+    def __init__(self, media: bytes, meta: dict):
+        self.media, self.meta = media, meta
+        self.received = set()
+        self.hasher = hashlib.sha256()
+        self.hashed = 0                       # chunks 0..hashed-1 are in the hasher
+
+    def expected_size(self, index: int) -> int:
+        m = self.meta
+        return m["chunk_size"] if index < m["chunks"] - 1 else m["size"] - m["chunk_size"] * (m["chunks"] - 1)
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.meta["chunks"]) if i not in self.received]
+
+
+class RelayCore:
+    """Uploads, downloads and expiry; ``store`` is the relay's RocksDB."""
+
+    def __init__(self, relay_id: str, store, limits: dict):
+        self.id = relay_id
+        self.store = store
+        self.limits = limits
+        self.lifetime = float(limits["message_lifetime"])
+        self.uploads = {}                     # media -> Upload (unfinished)
+        self.expiries = []                    # heap of (expiry, media)
+        self.stats = collections.Counter()
+
+    # --- start -----------------------------------------------------------------
+    def load(self) -> None:
+        for key, raw in self.store.scan(b"f"):
+            media, meta = key[1:], keys.decode(raw)
+            heapq.heappush(self.expiries, (meta["expiry"], media))
+            if not meta["done"]:
+                up = self.uploads[media] = Upload(media, meta)
+                for ckey, _ in self.store.scan(b"k" + media):
+                    up.received.add(int.from_bytes(ckey[-4:], "big"))
+
+    # --- upload ----------------------------------------------------------------
+    def open_by(self, uin: int) -> tuple[int, int]:
+        ups = [u for u in self.uploads.values() if u.meta["uin"] == uin]
+        return len(ups), sum(u.meta["size"] for u in ups)
+
+    def begin(self, uin: int, msg: dict) -> dict:
+        size, chunk_size, chunks = msg["size"], msg["chunk_size"], msg["chunks"]
+        if size > self.limits["max_file"]:
+            raise wire.ProtocolError(wire.Err.TOO_BIG, f"file of {size} bytes exceeds {self.limits['max_file']}",
+                                     limit=self.limits["max_file"])
+        if not 0 < chunk_size <= self.limits["max_chunk"]:
+            raise wire.ProtocolError(wire.Err.TOO_BIG, f"chunk size must be 1..{self.limits['max_chunk']}",
+                                     limit=self.limits["max_chunk"])
+        if size == 0 or chunks != -(-size // chunk_size):
+            raise wire.ProtocolError(wire.Err.BAD_CHUNK, f"{size} bytes in chunks of {chunk_size} make "
+                                     f"{-(-size // chunk_size)} chunks, not {chunks}")
+        count, declared = self.open_by(uin)
+        if count >= self.limits["open_uploads"] or declared + size > self.limits["open_upload_bytes"]:
+            raise wire.ProtocolError(wire.Err.TOO_MANY, "too many unfinished uploads; finish or wait for "
+                                     "them to expire", limit=self.limits["open_uploads"])
+        media = os.urandom(8)
+        meta = {"uin": uin, "channel": msg["channel"], "size": size, "chunk_size": chunk_size,
+                "chunks": chunks, "sha256": msg["sha256"], "mime": msg["mime"][:255],
+                "expiry": time.time() + self.lifetime, "done": False}
+        self.store.put(meta_key(media), keys.encode(meta))
+        self.uploads[media] = Upload(media, meta)
+        heapq.heappush(self.expiries, (meta["expiry"], media))
+        self.stats["uploads"] += 1
+        return wire.reply("up_ok", msg["rid"], media=media.hex())
+
+    def _upload_of(self, uin: int, text) -> Upload:
+        up = self.uploads.get(media_id(text))
+        if up is None or up.meta["uin"] != uin:
+            raise wire.ProtocolError(wire.Err.NO_MEDIA, f"no unfinished upload {text!r} of yours")
+        return up
+
+    def chunk(self, uin: int, msg: dict) -> dict:
+        up = self._upload_of(uin, msg["media"])
+        index, data = msg["index"], msg["data"]
+        if index >= up.meta["chunks"]:
+            raise wire.ProtocolError(wire.Err.BAD_CHUNK, f"index {index} >= chunk count {up.meta['chunks']}")
+        if len(data) != up.expected_size(index):
+            raise wire.ProtocolError(wire.Err.BAD_CHUNK, f"chunk {index} must be {up.expected_size(index)} "
+                                     f"bytes, got {len(data)}")
+        if index not in up.received:           # a resent chunk is acked again, stored once
+            self.store.put(chunk_key(up.media, index), data)
+            up.received.add(index)
+            if index == up.hashed:              # in-order arrival: hash as we go
+                up.hasher.update(data)
+                up.hashed += 1
+        return wire.reply("chunk_ok", msg["rid"], media=msg["media"], index=index)
+
+    def end(self, uin: int, msg: dict) -> dict:
+        up = self._upload_of(uin, msg["media"])
+        missing = up.missing()
+        if missing:
+            return wire.reply("up_missing", msg["rid"], media=msg["media"], missing=missing[:MISSING_LIST],
+                              count=len(missing))
+        self.store.flush()                          # chunks staged in this turn must be readable
+        for index in range(up.hashed, up.meta["chunks"]):     # chunks that came out of order
+            up.hasher.update(self.store.get(chunk_key(up.media, index)))
+        up.hashed = up.meta["chunks"]
+        if up.hasher.hexdigest() != up.meta["sha256"]:
+            self._delete(up.media, up.meta)
+            self.stats["sha_mismatch"] += 1
+            raise wire.ProtocolError(wire.Err.SHA_MISMATCH, "the assembled file does not match its sha256; "
+                                     "the upload was discarded")
+        meta = dict(up.meta, done=True, expiry=time.time() + self.lifetime)
+        self.store.put(meta_key(up.media), keys.encode(meta))
+        heapq.heappush(self.expiries, (meta["expiry"], up.media))
+        del self.uploads[up.media]
+        self.stats["files"] += 1
+        return wire.reply("up_done", msg["rid"], media=msg["media"], ref=make_ref(self.id, up.media))
+
+    # --- download --------------------------------------------------------------
+    def finished(self, media: bytes) -> dict:
+        raw = self.store.get(meta_key(media))
+        meta = keys.decode(raw) if raw is not None else None
+        if meta is None or not meta["done"] or meta["expiry"] < time.time():
+            raise wire.ProtocolError(wire.Err.NO_MEDIA, "no such file (unknown, unfinished or expired)")
+        return meta
+
+    def info(self, msg: dict, media: bytes, meta: dict) -> dict:
+        return wire.reply("down_info", msg["rid"], media=media.hex(), size=meta["size"],
+                          chunk_size=meta["chunk_size"], chunks=meta["chunks"], sha256=meta["sha256"],
+                          mime=meta["mime"], channel=meta["channel"])
+
+    def read_chunk(self, msg: dict, media: bytes, meta: dict) -> dict:
+        if msg["index"] >= meta["chunks"]:
+            raise wire.ProtocolError(wire.Err.BAD_CHUNK, f"index {msg['index']} >= chunk count {meta['chunks']}")
+        data = self.store.get(chunk_key(media, msg["index"]))
+        if data is None:
+            raise wire.ProtocolError(wire.Err.NO_MEDIA, "file expired")
+        return wire.reply("chunk", msg["rid"], media=msg["media"], index=msg["index"], data=data)
+
+    # --- expiry ----------------------------------------------------------------
+    def _delete(self, media: bytes, meta: dict) -> None:
+        self.store.delete(meta_key(media))
+        for index in range(meta["chunks"]):
+            self.store.delete(chunk_key(media, index))
+        self.uploads.pop(media, None)
+
+    def sweep(self, now: float, max_items: int = 64) -> int:
+        """Delete files and unfinished uploads whose lifetime is over (a few per call)."""
+        gone = 0
+        while self.expiries and self.expiries[0][0] <= now and gone < max_items:
+            expiry, media = heapq.heappop(self.expiries)
+            raw = self.store.get(meta_key(media))
+            if raw is None:
+                continue
+            meta = keys.decode(raw)
+            if meta["expiry"] != expiry:
+                continue                          # a newer expiry (upload finished) is queued
+            self._delete(media, meta)
+            gone += 1
+        self.stats["expired"] += gone
+        return gone
+
+
+class RelayNode(Node):
+    type = "relay"
+
+    def __init__(self, topo, node_id):
+        super().__init__(topo, node_id)
+        self.secret = topo.read_secret()
+        self.core = RelayCore(node_id, self.store, topo.limits)
+        self.core.load()
+        self.sessions = {}                      # ident -> uin
+        self.members = {}                       # (uin, channel) -> (is member, checked at)
+        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
+        self.logics = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("logic")}
+        for sock in self.logics.values():
+            self.loop.add(sock, self.requests.on_reply)
+        self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
+                                maxmsgsize=int(topo.limits["max_chunk"]) + 4096)
+        self.serve(self.client, wire.RELAY_REQUESTS, {
+            "login": self.handle_login, "logout": self.handle_logout,
+            "up_begin": self.logged_in(self.handle_begin), "up_chunk": self.logged_in(self.handle_chunk),
+            "up_end": self.logged_in(self.handle_end), "down_info": self.logged_in(self.handle_info),
+            "down": self.logged_in(self.handle_down)}, max_len=int(topo.limits["max_chunk"]) + 4096)
+        rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
+        self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
+        self.loop.every(SWEEP_INTERVAL, self.housekeeping)
+
+    # --- sessions --------------------------------------------------------------
+    def handle_login(self, ident, msg):
+        uin = auth.check_login(self.secret, msg)
+        self.sessions[ident] = uin
+        return wire.reply("login_ok", msg["rid"], uin=uin, device=msg["device"], relay=self.id,
+                          hb=None, limits={k: self.topo.limits[k] for k in ("max_file", "max_chunk")})
+
+    def handle_logout(self, ident, msg):
+        self.sessions.pop(ident, None)
+        return wire.reply("bye", msg["rid"])
+
+    def logged_in(self, handler):
+        def wrapped(ident, msg):
+            uin = self.sessions.get(ident)
+            if uin is None:
+                raise wire.ProtocolError(wire.Err.NOT_LOGGED_IN, "log in first")
+            return handler(ident, uin, msg)
+        return wrapped
+
+    # --- membership, asked of the channel's logic node -----------------------------
+    def when_member(self, ident, uin, channel, rid, then) -> None:
+        """Run ``then()`` (its reply goes to ident) if uin is a member of channel, else NOT_MEMBER."""
+        def answer(is_member):
+            try:
+                if not is_member:
+                    raise wire.ProtocolError(wire.Err.NOT_MEMBER, f"uin {uin} is not a member of {channel!r}")
+                reply = then()
+            except wire.ProtocolError as exc:
+                reply = wire.error_from(rid, exc)
+            self.queue_reply(self.client, ident, reply)
+        known = self.members.get((uin, channel))
+        if known is not None and time.monotonic() - known[1] < MEMBER_TTL:
+            answer(known[0])
+            return
+
+        def done(reply):
+            if reply.get("t") == "member":
+                self.members[(uin, channel)] = (reply["member"], time.monotonic())
+                answer(reply["member"])
+            elif reply.get("code") == wire.Err.NO_CHANNEL:
+                answer(False)
+            else:
+                self.queue_reply(self.client, ident, wire.error(rid, wire.Err.UNAVAILABLE,
+                                                                "membership check failed; retry"))
+        self.requests.send(self.logics[self.topo.logic_for(channel)],
+                           {"t": "member", "uin": uin, "channel": channel}, done)
+
+    # --- requests --------------------------------------------------------------
+    def handle_begin(self, ident, uin, msg):
+        self.when_member(ident, uin, msg["channel"], msg["rid"], lambda: self.core.begin(uin, msg))
+
+    def handle_chunk(self, _ident, uin, msg):
+        return self.core.chunk(uin, msg)
+
+    def handle_end(self, _ident, uin, msg):
+        return self.core.end(uin, msg)
+
+    def handle_info(self, ident, uin, msg):
+        relay, media = parse_ref(msg["ref"])
+        if relay != self.id:
+            raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"the file is at relay {relay}")
+        meta = self.core.finished(media)
+        self.when_member(ident, uin, meta["channel"], msg["rid"], lambda: self.core.info(msg, media, meta))
+
+    def handle_down(self, ident, uin, msg):
+        media = media_id(msg["media"])
+        meta = self.core.finished(media)
+        self.when_member(ident, uin, meta["channel"], msg["rid"],
+                         lambda: self.core.read_chunk(msg, media, meta))
+
+    def housekeeping(self):
+        self.requests.expire()
+        self.core.sweep(time.time())
+
+    def status(self):
+        c = self.core
+        return dict(super().status(), open_uploads=len(c.uploads), files=c.stats["files"],
+                    expired=c.stats["expired"], sessions=len(self.sessions))
