@@ -279,17 +279,9 @@ class BrokerNode(Node):
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
-        self.logics = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("logic")}
-        self.routers = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("router")}
-        for sock in list(self.logics.values()) + list(self.routers.values()):
-            self.loop.add(sock, self.requests.on_reply)
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.RCVHWM, 100000)
-        self.sub.setsockopt(zmq.SUBSCRIBE, node_id.encode())
-        for n in topo.of_type("logic"):
-            self.sub.connect(n.endpoint("pub"))
-        self.loop.add(self.sub, self.on_delivery)
+        self.logics = self.peers("logic")
+        self.routers = self.peers("router")
+        self.sub = self.subscribe("logic", node_id.encode(), self.on_delivery)
         self.heard = {}                         # logic id -> monotonic time of last frame
         self.core = BrokerCore(node_id, topo, topo.read_secret(), self)
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),

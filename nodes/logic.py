@@ -508,17 +508,9 @@ class LogicNode(Node):
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox,
                                  on_late=self.on_late_reply)
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
-        self.counters = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("counter")}
-        self.routers = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("router")}
-        for sock in list(self.counters.values()) + list(self.routers.values()):
-            self.loop.add(sock, self.requests.on_reply)
-        self.presence_sub = self.ctx.socket(zmq.SUB)
-        self.presence_sub.setsockopt(zmq.LINGER, 0)
-        self.presence_sub.setsockopt(zmq.RCVHWM, 100000)
-        self.presence_sub.setsockopt(zmq.SUBSCRIBE, PRESENCE_TOPIC)
-        for n in topo.of_type("router"):
-            self.presence_sub.connect(n.endpoint("pub"))
-        self.loop.add(self.presence_sub, self.on_presence)
+        self.counters = self.peers("counter")
+        self.routers = self.peers("router")
+        self.presence_sub = self.subscribe("router", PRESENCE_TOPIC, self.on_presence)
         self.replica = PresenceReplica(self.routers, self.request_snapshot)
         self.core = LogicCore(node_id, topo, self.store, self.replica, self, topo.read_secret())
         self.core.load()

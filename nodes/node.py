@@ -71,6 +71,24 @@ class Node:
         sock.connect(endpoint)
         return sock
 
+    def peers(self, node_type: str) -> dict:
+        """A DEALER to the rpc endpoint of every node of a type; replies go to self.requests."""
+        socks = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in self.topo.of_type(node_type)}
+        for sock in socks.values():
+            self.loop.add(sock, self.requests.on_reply)
+        return socks
+
+    def subscribe(self, node_type: str, topic: bytes, handler) -> zmq.Socket:
+        """A SUB connected to the pub endpoint of every node of a type, filtered on ``topic``."""
+        sub = self.ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 100000)
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+        for n in self.topo.of_type(node_type):
+            sub.connect(n.endpoint("pub"))
+        self.loop.add(sub, handler)
+        return sub
+
     def serve(self, sock: zmq.Socket, schemas: dict, handlers: dict,
               max_len: int = INTERNAL_MAX_FRAME) -> None:
         """Serve requests on a ROUTER: decode, validate, dispatch through ``handlers``.

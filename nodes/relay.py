@@ -242,9 +242,7 @@ class RelayNode(Node):
         self.sessions = {}                      # ident -> uin
         self.members = {}                       # (uin, channel) -> (is member, checked at)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
-        self.logics = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in topo.of_type("logic")}
-        for sock in self.logics.values():
-            self.loop.add(sock, self.requests.on_reply)
+        self.logics = self.peers("logic")
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_chunk"]) + 4096)
         self.serve(self.client, wire.RELAY_REQUESTS, {
