@@ -24,6 +24,13 @@ def relay_mesh(make_mesh):
                      channels={"lobby": {"members": "1-100"}, "club": {"members": [1, 2]}})
 
 
+async def refused(client, msg) -> str:
+    """The error code a request gets (the test fails if it is accepted)."""
+    with pytest.raises(ClientError) as exc:
+        await client.request(msg)
+    return exc.value.code
+
+
 def media(m, uin, **kw):
     relays = {n.id: n.endpoint("client") for n in m.topo.of_type("relay")}
     return MediaClient(relays, m.token(uin), **kw)
@@ -59,15 +66,10 @@ def test_sha_mismatch_is_refused_and_nothing_is_served(relay_mesh):
                                  "channel": "lobby"})
         for i in range(2):
             await c.request({"t": "up_chunk", "media": begin["media"], "index": i, "data": data[i * 600:(i + 1) * 600]})
-        with pytest.raises(ClientError) as exc:
-            await c.request({"t": "up_end", "media": begin["media"]})
-        assert exc.value.code == wire.Err.SHA_MISMATCH
-        with pytest.raises(ClientError) as exc:                 # discarded: nothing to finish or fetch
-            await c.request({"t": "up_end", "media": begin["media"]})
-        assert exc.value.code == wire.Err.NO_MEDIA
-        with pytest.raises(ClientError) as exc:
-            await c.request({"t": "down", "media": begin["media"], "index": 0})
-        assert exc.value.code == wire.Err.NO_MEDIA
+        assert await refused(c, {"t": "up_end", "media": begin["media"]}) == wire.Err.SHA_MISMATCH
+        # discarded: nothing to finish or fetch
+        assert await refused(c, {"t": "up_end", "media": begin["media"]}) == wire.Err.NO_MEDIA
+        assert await refused(c, {"t": "down", "media": begin["media"], "index": 0}) == wire.Err.NO_MEDIA
         await c.close()
     run(main())
 
@@ -83,9 +85,7 @@ def test_only_members_upload_to_and_download_from_a_channel(relay_mesh):
         await stranger.connect()
         for request in ({"t": "down_info", "ref": ref},
                         {"t": "down", "media": ref.split(":")[2], "index": 0}):
-            with pytest.raises(ClientError) as exc:
-                await stranger.request(request)
-            assert exc.value.code == wire.Err.NOT_MEMBER
+            assert await refused(stranger, request) == wire.Err.NOT_MEMBER
         with pytest.raises(ClientError) as exc:
             await stranger.upload(b"x", "club")
         assert exc.value.code == wire.Err.NOT_MEMBER
@@ -136,9 +136,7 @@ def test_bad_media_requests_get_clear_codes(relay_mesh):
         sha = "0" * 64
 
         async def code(msg):
-            with pytest.raises(ClientError) as exc:
-                await c.request(msg)
-            return exc.value.code
+            return await refused(c, msg)
         begin = {"t": "up_begin", "mime": "x/y", "channel": "lobby", "sha256": sha}
         assert await code(dict(begin, size=9 * 2**20, chunk_size=CHUNK, chunks=144)) == wire.Err.TOO_BIG
         assert await code(dict(begin, size=2**20, chunk_size=2**20, chunks=1)) == wire.Err.TOO_BIG
