@@ -314,19 +314,13 @@ class BrokerNode(Node):
             return
         self.core.on_client(frames[0], frames[1])
 
-    def on_delivery(self, frames):
-        try:
-            msgs = wire.unpack_many(frames[-1], INTERNAL_MAX_FRAME, 1 << 20)
-        except wire.ProtocolError as exc:
-            log.warning("bad delivery frame: %s", exc)
-            return
-        deliver = self.core.deliver
-        for msg in msgs:
-            if msg.get("t") == "msgs":
-                for packed, to, uin, device in msg["items"]:
-                    deliver(packed, to, uin, device)
-            elif msg.get("t") == "tick":
-                self.heard[msg.get("logic")] = time.monotonic()
+    def on_delivery(self, msg):
+        if msg.get("t") == "msgs":
+            deliver = self.core.deliver
+            for packed, to, uin, device in msg["items"]:
+                deliver(packed, to, uin, device)
+        elif msg.get("t") == "tick":
+            self.heard[msg.get("logic")] = time.monotonic()
 
     def housekeeping(self):
         self.requests.expire()

@@ -510,7 +510,7 @@ class LogicNode(Node):
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
         self.counters = self.peers("counter")
         self.routers = self.peers("router")
-        self.presence_sub = self.subscribe("router", PRESENCE_TOPIC, self.on_presence)
+        self.presence_sub = self.subscribe("router", PRESENCE_TOPIC, lambda msg: self.replica.on_message(msg))
         self.replica = PresenceReplica(self.routers, self.request_snapshot)
         self.core = LogicCore(node_id, topo, self.store, self.replica, self, topo.read_secret())
         self.core.load()
@@ -565,15 +565,6 @@ class LogicNode(Node):
         self.requests.send(self.routers[router_id], {"t": "snapshot"}, done)
 
     # --- sockets -------------------------------------------------------------
-    def on_presence(self, frames):
-        try:
-            msgs = wire.unpack_many(frames[-1], INTERNAL_MAX_FRAME, 1 << 20)
-        except wire.ProtocolError as exc:
-            log.warning("bad presence message: %s", exc)
-            return
-        for msg in msgs:
-            self.replica.on_message(msg)
-
     def tick(self):
         """Tell every broker this logic node is alive (and keep its SUB link proven)."""
         self.requests.expire()

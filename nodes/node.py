@@ -78,15 +78,24 @@ class Node:
             self.loop.add(sock, self.requests.on_reply)
         return socks
 
-    def subscribe(self, node_type: str, topic: bytes, handler) -> zmq.Socket:
-        """A SUB connected to the pub endpoint of every node of a type, filtered on ``topic``."""
+    def subscribe(self, node_type: str, topic: bytes, on_message) -> zmq.Socket:
+        """A SUB connected to the pub endpoint of every node of a type, filtered on ``topic``;
+        ``on_message(map)`` gets every message published there."""
+        def on_frames(frames):
+            try:
+                msgs = wire.unpack_many(frames[-1], INTERNAL_MAX_FRAME, 1 << 20)
+            except wire.ProtocolError as exc:
+                log.warning("bad frame from a %s: %s", node_type, exc)
+                return
+            for msg in msgs:
+                on_message(msg)
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100000)
         sub.setsockopt(zmq.SUBSCRIBE, topic)
         for n in self.topo.of_type(node_type):
             sub.connect(n.endpoint("pub"))
-        self.loop.add(sub, handler)
+        self.loop.add(sub, on_frames)
         return sub
 
     def serve(self, sock: zmq.Socket, schemas: dict, handlers: dict,
