@@ -59,28 +59,21 @@ class Client:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
         self.inbox = collections.deque()        # pushed messages not yet returned by recv
-        self.events = collections.deque()       # other unsolicited frames (kicked, ...)
+        self.events = collections.deque()       # replies not yet claimed, notices (kicked, ...)
         self._rids = itertools.count(1)
         self.clock = ClientClock()
         self.uin = self.device = None
         self.interval = None
 
     # --- plumbing ------------------------------------------------------------
-    def _read(self, timeout: float) -> dict | None:
-        """The next reply or notice; pushes met on the way go to the inbox."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
-                return None
-            maps = wire.unpack_many(self.sock.recv(), 2**31, 1 << 16)
-            pushes = [m for m in maps if m.get("t") == "msg"]
-            self.inbox.extend(pushes)
-            others = [m for m in maps if m.get("t") != "msg"]
-            self.events.extend(others[1:])
-            if others:
-                return others[0]
-            if pushes:
-                return {"t": "_pushed"}
+    def _pump(self, timeout: float) -> bool:
+        """Read one frame if one comes within ``timeout``: pushes go to the inbox, the rest
+        (replies, notices) to ``events``.  False if nothing came."""
+        if not self.sock.poll(max(0, int(timeout * 1000))):
+            return False
+        for m in wire.unpack_many(self.sock.recv(), 2**31, 1 << 16):
+            (self.inbox if m.get("t") == "msg" else self.events).append(m)
+        return True
 
     def request(self, msg: dict, timeout: float | None = None) -> dict:
         """Send one request and wait for the reply with its rid; ClientError on err or timeout."""
@@ -88,15 +81,14 @@ class Client:
         self.sock.send(wire.pack(msg))
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
-            reply = self._read(deadline - time.monotonic())
-            if reply is None:
+            for reply in self.events:
+                if reply.get("rid") == msg["rid"]:
+                    self.events.remove(reply)
+                    if reply.get("t") == "err":
+                        raise ClientError(reply.get("code", "?"), reply.get("msg", ""), reply)
+                    return reply
+            if not self._pump(deadline - time.monotonic()):
                 raise ClientError("TIMEOUT", f"no reply to '{msg['t']}' in time")
-            if reply.get("rid") == msg["rid"]:
-                if reply.get("t") == "err":
-                    raise ClientError(reply.get("code", "?"), reply.get("msg", ""), reply)
-                return reply
-            if reply.get("t") != "_pushed":
-                self.events.append(reply)
 
     # --- API -----------------------------------------------------------------
     def login(self, token: str, device: int = 0, net: str = "wired") -> dict:
@@ -133,11 +125,8 @@ class Client:
         """The next pushed message, waiting up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while not self.inbox:
-            msg = self._read(deadline - time.monotonic())
-            if msg is None:
+            if not self._pump(deadline - time.monotonic()):
                 return None
-            if msg.get("t") != "_pushed":
-                self.events.append(msg)
         return self.inbox.popleft()
 
     def logout(self) -> None:
