@@ -95,11 +95,11 @@ def test_a_push_lost_on_purpose_is_recovered_by_the_next_heartbeat(make_mesh):
 def test_silent_session_goes_offline_after_three_intervals(make_mesh):
     m = make_mesh(brokers=1, logics=1, heartbeat=FAST_HB)
     router = m.topo.ids("router")[0]
+    t0 = time.monotonic()                                      # before the login sets the deadline
     c = m.client(5)                                            # blocking client: never heartbeats
     assert c.interval == 0.4
-    t0 = time.monotonic()
     m.wait_presence(5, 0, present=False, timeout=10)
-    assert time.monotonic() - t0 >= 3 * 0.4 * 0.9               # not before its deadline
+    assert time.monotonic() - t0 >= 3 * 0.4                    # not before its deadline
     assert m.admin.status(router)["expired"] >= 1               # the router's sweep did it
 
 
@@ -108,13 +108,14 @@ def test_heartbeating_session_stays_online_and_intervals_adapt(make_mesh):
 
     async def main():
         c = AsyncClient(endpoints(m), m.token(6))
-        await c.connect()
+        await c.connect()                                      # login + one heartbeat: 2 beats so far
+        assert c.interval == 0.4                               # fewer than 3 beats: the initial interval
         intervals = []
-        for _ in range(8):                                     # beat faster than asked
-            await asyncio.sleep(0.1)
+        for _ in range(8):                                     # beat much faster than asked
+            await asyncio.sleep(0.02)
             intervals.append((await c.heartbeat())["interval"])
         assert all(0.2 <= i <= 1.0 for i in intervals)
-        assert intervals[-1] == 0.2                            # k*(0.1+0.1)/2 clamped to min
+        assert intervals.count(0.2) >= 4                       # k*(iv1+iv2)/2 << 0.2: clamped to min
         m.wait_presence(6, 0, present=True)
         await c.close()
     run(main())
