@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 TICK_INTERVAL = 0.5
 SWEEP_INTERVAL = 0.05                 # expired messages are deleted in slices of at most 5 ms
+DEDUP_PRUNE_INTERVAL = 1.0            # 500 dedup rows looked at per second
 
 
 class Pending:
@@ -136,6 +137,7 @@ class LogicCore:
         self.waiting_total = 0
         self.expiries = []                    # heap of (expiry of the channel's oldest message, name)
         self.sweep_seconds = self.sweep_max = 0.0
+        self.dedup_cursor = None              # where prune_dedup goes on
         self.stats = collections.Counter()
 
     # --- start ---------------------------------------------------------------
@@ -157,7 +159,7 @@ class LogicCore:
             self._watch_expiry(ch)
         for key, raw in self.store.scan(b"d"):
             uin, device = int.from_bytes(key[1:5], "big"), int.from_bytes(key[5:9], "big")
-            ctime, _channel, msg_id = keys.decode(raw)
+            ctime, _channel, msg_id = keys.decode(raw)[:3]
             self.dedup.commit(uin, device, ctime, msg_id)
         for name, spec in self.topo.channels.items():
             if name not in self.channels and self.topo.logic_for(name) == self.id:
@@ -386,7 +388,7 @@ class LogicCore:
                 self._queue(ch, msg_id)
                 if self._newest_from_device(rec, staged):
                     self.store.put(keys.dedup_key(rec.uin, rec.device),
-                                   keys.encode([rec.ctime, ch.name, msg_id]))
+                                   keys.encode([rec.ctime, ch.name, msg_id, rec.stime]))
                 ch.last_id = msg_id
                 self.committed.append(rec)
             if list(ch.leases) != leases_before:
@@ -453,6 +455,30 @@ class LogicCore:
             self.sweep_seconds += spent
             self.sweep_max = max(self.sweep_max, spent)
         return deleted
+
+    def prune_dedup(self, now: float, budget: int = 500) -> int:
+        """Forget devices silent for longer than the message lifetime (a retry can no longer
+        come): walks the dedup rows a slice per call, wrapping around.  Returns rows dropped."""
+        cutoff_ms = (now - max(self.lifetime, 3600.0)) * 1000
+        seen = dropped = 0
+        start = self.dedup_cursor
+        for key, raw in self.store.scan(b"d", start):
+            if seen >= budget:
+                self.dedup_cursor = key
+                break
+            seen += 1
+            row = keys.decode(raw)
+            if len(row) < 4 or row[3] < cutoff_ms:
+                uin, device = int.from_bytes(key[1:5], "big"), int.from_bytes(key[5:9], "big")
+                recorded = self.dedup.get(uin, device)
+                if recorded is not None and recorded[0] == row[0]:
+                    self.dedup.remove(uin, device)
+                    self.store.delete(key)
+                    dropped += 1
+        else:
+            self.dedup_cursor = None                   # reached the end: start over next time
+        self.stats["dedup_pruned"] += dropped
+        return dropped
 
     def _newest_from_device(self, rec, staged) -> bool:
         """Pipelined sends of one device to two channels can be stored out of client-time
@@ -531,6 +557,7 @@ class LogicNode(Node):
         self.broker_topics = [b.id.encode() for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)
         self.loop.every(SWEEP_INTERVAL, lambda: self.core.sweep(time.time()))
+        self.loop.every(DEDUP_PRUNE_INTERVAL, lambda: self.core.prune_dedup(time.time()))
         self.replica.start()
 
     # --- out (what the core asks for) ----------------------------------------

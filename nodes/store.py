@@ -4,7 +4,7 @@ Keys are big-endian binary so that iteration order is id order:
 
 - ``m`` + len(channel):u8 + channel + msgid:u64  -> msgpack [uin, device, ctime, stime ms,
                                                    expiry s, text, frag or nil]
-- ``d`` + uin:u32 + device:u32                   -> msgpack [ctime, channel, msgid]   (dedup, logic)
+- ``d`` + uin:u32 + device:u32                   -> msgpack [ctime, channel, msgid, stime ms] (dedup, logic)
 - ``c`` + channel                                -> msgpack {"members": [uin, ...]}    (logic)
 - ``l`` + channel                                -> start:u64 + end:u64 (id lease, logic)
 - ``h`` + channel                                -> end:u64 (counter high-water mark)

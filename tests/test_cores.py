@@ -6,6 +6,7 @@ the core asks to send.
 from __future__ import annotations
 
 import os
+import time
 from array import array
 
 import pytest
@@ -275,7 +276,8 @@ def test_message_rows_use_the_documented_key_layout(tmp_path):
     uin, device, ctime, _stime, _expiry, text, frag = keys.decode(raw)
     assert frag is None
     assert (uin, device, ctime, text) == (3, 4, 77, "layout")
-    assert keys.decode(store.get(keys.dedup_key(3, 4))) == [77, "room", 1]
+    ctime, channel, msg_id, stime = keys.decode(store.get(keys.dedup_key(3, 4)))
+    assert (ctime, channel, msg_id) == (77, "room", 1) and stime > 0
 
 
 def two_channel_logic(tmp_path, **limits):
@@ -321,3 +323,23 @@ def test_the_channel_queue_bounds_what_sync_returns(tmp_path):
     store.close()
     core2, _out, _store = make_logic(tmp_path, channel_queue=5)
     assert list(core2.channels["room"].ring) == [4, 5, 6, 7, 8]
+
+
+def test_dedup_rows_of_devices_silent_past_the_lifetime_are_pruned(tmp_path):
+    core, out, store = make_logic(tmp_path)
+    core.on_ids("room", 1, 1001)
+    send(core, 1, 100, device=1)
+    send(core, 2, 100, device=1)
+    turn(core, store)
+    now = time.time()
+    assert core.prune_dedup(now) == 0                       # fresh: kept
+    send(core, 2, 200, device=1)                            # device 2/1 stays active
+    turn(core, store)
+    later = now + max(core.lifetime, 3600) + 1
+    core.store.put(keys.dedup_key(2, 1), keys.encode([200, "room", 3, int(later * 1000)]))
+    core.store.flush()
+    assert core.prune_dedup(later, budget=1) == 1           # one row per call at this budget
+    assert core.prune_dedup(later, budget=1) == 0 and core.dedup_cursor is None
+    store.flush()
+    assert core.dedup.get(1, 1) is None and store.get(keys.dedup_key(1, 1)) is None
+    assert core.dedup.get(2, 1) == (200, 3)
