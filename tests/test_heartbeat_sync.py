@@ -190,3 +190,31 @@ def test_client_whose_broker_is_killed_fails_over_and_misses_nothing(make_mesh):
         await reader.close()
         await sender.close()
     run(main())
+
+
+def test_router_restart_is_healed_by_heartbeats_and_replica_resnapshot(make_mesh):
+    """Router state is in memory: after a restart the clients' heartbeats rebuild it, the
+    logic replicas re-snapshot on the new epoch, and pushes flow again."""
+    m = make_mesh(brokers=1, logics=1, heartbeat=FAST_HB)
+    router = m.topo.ids("router")[0]
+
+    async def main():
+        sender = AsyncClient(endpoints(m), m.token(1))
+        reader = AsyncClient(endpoints(m), m.token(2))
+        await sender.connect()
+        await reader.connect()
+        m.wait_presence(2, 0, present=True)
+        m.mesh.signal(router, signal.SIGKILL)
+        m.mesh.start([router])
+        m.mesh.wait_ready(15, [router])
+        deadline = time.monotonic() + 15
+        while (m.admin.status(router) or {}).get("sessions", 0) < 2:   # rebuilt by heartbeats alone
+            assert time.monotonic() < deadline, "router never relearned the sessions"
+            await asyncio.sleep(0.05)
+        m.wait_presence(2, 0, present=True, timeout=15)
+        msg_id = await sender.send("lobby", "after the router came back")
+        got = await collect(reader, 1)
+        assert got[0]["id"] == msg_id
+        await reader.close()
+        await sender.close()
+    run(main())
