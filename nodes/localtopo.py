@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 
 import yaml
@@ -9,15 +10,36 @@ import yaml
 from . import auth
 
 
-def free_ports(n: int) -> list[int]:
-    """Ports the OS just handed out on 127.0.0.1 (held open together so they differ)."""
-    socks = []
+def _ephemeral_low() -> int:
     try:
-        for _ in range(n):
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(n: int) -> list[int]:
+    """Free ports on 127.0.0.1, held open together so they differ.
+
+    Picked at random *below* the kernel's ephemeral range: there, the
+    outgoing connections of running nodes (which take ephemeral local ports)
+    can neither take a port before its node binds it nor connect to
+    themselves while they retry a port that is not bound yet.
+    """
+    low = _ephemeral_low()
+    lo = max(1024, low - 20000) if low > 6000 else None
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", random.randrange(lo, low) if lo else 0))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            ports.append(s.getsockname()[1])
+        return ports
     finally:
         for s in socks:
             s.close()

@@ -105,17 +105,27 @@ class Mesh:
         """Ask every node for its status until all are ready; raise MeshError with the laggards."""
         waiting = set(node_ids or self.topo.nodes)
         deadline = time.monotonic() + timeout
-        statuses = {}
+        statuses, last = {}, {}
         while waiting:
             for node_id in sorted(waiting):
                 proc = self.procs.get(node_id)
                 if proc is not None and proc.poll() is not None:
                     raise MeshError(f"node {node_id} exited with code {proc.returncode}; "
                                     f"see {self.log_path(node_id)}")
-                status = self.admin.status(node_id, timeout=0.3)
+                status = last[node_id] = self.admin.status(node_id, timeout=1.0)
                 if self.is_ready(node_id, status):
                     statuses[node_id] = status
                     waiting.discard(node_id)
             if waiting and time.monotonic() > deadline:
-                raise MeshError(f"not ready after {timeout}s: {', '.join(sorted(waiting))}")
+                why = "; ".join(f"{n}: {self.not_ready_reason(last.get(n))}" for n in sorted(waiting))
+                raise MeshError(f"not ready after {timeout}s: {why}")
         return statuses
+
+    def not_ready_reason(self, status: dict | None) -> str:
+        if status is None:
+            return "no answer on its rpc endpoint"
+        if status["type"] == "broker":
+            return f"hears logic nodes {status.get('logic_links')} of {self.topo.ids('logic')}"
+        if status["type"] == "logic":
+            return "presence replica not synced with the routers"
+        return "not ready"
