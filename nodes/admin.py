@@ -48,8 +48,8 @@ class Admin:
         reply = self.call(node_id, {"t": "status"}, timeout)
         return reply if reply and reply.get("t") == "status" else None
 
-    def channel(self, op: str, name: str, members=()) -> dict:
-        """create/add/remove/show on the logic node owning the channel."""
+    def channel(self, op: str, name: str, members=(), lifetime: float | None = None) -> dict:
+        """create/add/remove/show on the logic node owning the channel (``lifetime``: create only)."""
         if op not in CHANNEL_OPS:
             raise ValueError(f"op must be one of {CHANNEL_OPS}")
         wire.check_channel_name(name)
@@ -57,6 +57,8 @@ class Admin:
         msg = {"t": f"channel_{op}", "auth": token, "channel": name}
         if op != "show":
             msg["members"] = sorted(set(members))
+        if lifetime is not None:
+            msg["lifetime"] = lifetime
         owner = self.topo.logic_for(name)
         reply = self.call(owner, msg)
         if reply is None:

@@ -91,6 +91,10 @@ def test_mesh_token_and_channel_commands(cli_mesh):
     assert run("mesh", "channel", "remove", "-c", cfg, "team", 2).returncode == 0
     shown = json.loads(run("mesh", "channel", "show", "-c", cfg, "team").stdout)
     assert shown["members"] == [1, 3, 4, 5]
+    brief = run("mesh", "channel", "create", "-c", cfg, "brief", "--members", "1", "--lifetime", 60)
+    assert brief.returncode == 0 and json.loads(brief.stdout)["lifetime"] == 60
+    bad = run("mesh", "channel", "create", "-c", cfg, "brief2", "--members", "1", "--lifetime", -1)
+    assert bad.returncode == 1 and "BAD_FIELD" in bad.stderr
     dup = run("mesh", "channel", "create", "-c", cfg, "team", "--members", "1")
     assert dup.returncode == 1 and "CHANNEL_EXISTS" in dup.stderr
     missing = run("mesh", "channel", "show", "-c", cfg, "ghost")

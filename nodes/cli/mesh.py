@@ -3,7 +3,7 @@
     bin/mesh up [-c CONFIG]                      start every node, stay in the foreground
     bin/mesh status [-c CONFIG] [--json]         each node up/down (exit 0 all up, 1 otherwise)
     bin/mesh token --uin U [--lifetime S]        print a login token
-    bin/mesh channel create NAME --members 1,2,3
+    bin/mesh channel create NAME --members 1,2,3 [--lifetime S]
     bin/mesh channel add NAME UIN...
     bin/mesh channel remove NAME UIN...
     bin/mesh channel show NAME
@@ -104,12 +104,14 @@ def cmd_channel(args) -> int:
             fail(f"channel {args.op} needs at least one UIN")
         members = args.uins
     try:
-        reply = Admin(topo).channel(args.op, args.name, members)
+        if args.lifetime is not None and args.op != "create":
+            fail("--lifetime applies to channel create only")
+        reply = Admin(topo).channel(args.op, args.name, members, args.lifetime)
     except (AdminError, ProtocolError) as exc:
         print(f"error: {exc.code}: {exc.msg}", file=sys.stderr)
         return 1
     print(json.dumps({"channel": reply["channel"], "members": reply["members"],
-                      "last_id": reply["last"]}))
+                      "last_id": reply["last"], "lifetime": reply.get("lifetime")}))
     return 0
 
 
@@ -136,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("uins", nargs="*", type=uin_arg, help="for add/remove")
     p.add_argument("--members", type=_members, help="for create: comma-separated uins")
+    p.add_argument("--lifetime", type=float, help="for create: seconds its messages live "
+                   "(default: the topology's message_lifetime)")
     p.set_defaults(fn=cmd_channel)
     return parser
 
