@@ -6,7 +6,7 @@ Keys are big-endian binary so that iteration order is id order:
                                                    expiry s, text, frag or nil]
 - ``d`` + uin:u32 + device:u32                   -> msgpack [ctime, channel, msgid, stime ms] (dedup, logic)
 - ``c`` + channel                                -> msgpack {"members": [uin, ...]}    (logic)
-- ``l`` + channel                                -> start:u64 + end:u64 (id lease, logic)
+- ``l`` + channel                                -> msgpack [[start, end], ...] (leased id blocks, logic)
 - ``h`` + channel                                -> end:u64 (counter high-water mark)
 
 The length prefix keeps a prefix scan of one channel from running into
@@ -23,7 +23,6 @@ from rocksdict import (BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatc
 
 _U64 = struct.Struct(">Q")
 _U32x2 = struct.Struct(">II")
-_LEASE = struct.Struct(">QQ")
 
 
 def channel_prefix(channel: str) -> bytes:
@@ -57,14 +56,6 @@ def pack_u64(value: int) -> bytes:
 
 def unpack_u64(raw: bytes) -> int:
     return _U64.unpack(raw)[0]
-
-
-def pack_lease(start: int, end: int) -> bytes:
-    return _LEASE.pack(start, end)
-
-
-def unpack_lease(raw: bytes) -> tuple[int, int]:
-    return _LEASE.unpack(raw)
 
 
 def encode(value) -> bytes:
@@ -118,14 +109,6 @@ class Store:
             it.prev()
         out.reverse()
         return out
-
-    def last_with_prefix(self, prefix: bytes):
-        """The greatest (key, value) starting with prefix, or None."""
-        it = self.db.iter(ReadOptions())
-        it.seek_for_prev(prefix + b"\xff" * 16)
-        if it.valid() and it.key().startswith(prefix):
-            return it.key(), it.value()
-        return None
 
     # --- writes --------------------------------------------------------------
     def put(self, key: bytes, value: bytes) -> None:

@@ -20,13 +20,6 @@ _recv = _Backend.recv
 _get = _Backend.get
 
 
-def send_frames(sock, frames) -> None:
-    """Send a multipart message without blocking (zmq.Again if it cannot be queued now)."""
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        _send(sock, frame, NOBLOCK if i == last else SNDMORE_NOBLOCK)
-
-
 def send_pair(sock, first: bytes, second: bytes) -> None:
     """The common two-frame case (identity + body, topic + body)."""
     _send(sock, first, SNDMORE_NOBLOCK)
