@@ -208,20 +208,19 @@ def ratio(a, b):
 def render(results) -> str:
     lines = [f"Machine: {results['machine']}. Medians of {REPEATS} repeats, shuffled random keys; "
              "ratio = fastpath / Python (lower is better).", ""]
+    def row(n, label, fast, py, fmt=".0f"):
+        """One comparison row: the figures of both sides and their ratio."""
+        return [n, label, format(fast, fmt), format(py, fmt), ratio(fast, py)]
+
     rows = []
     for r in results["dedup"]:
         n = f"{r['entries']:,}"
         rows += [
-            [n, "bytes per entry", r["bytes_per_entry"], r["py_bytes_per_entry"],
-             ratio(r["bytes_per_entry"], r["py_bytes_per_entry"])],
-            [n, "check, duplicate (single call), ns", f"{r['check_dup_ns']:.0f}", f"{r['py_check_dup_ns']:.0f}",
-             ratio(r["check_dup_ns"], r["py_check_dup_ns"])],
-            [n, "check, new key (single call), ns", f"{r['check_new_ns']:.0f}", f"{r['py_check_new_ns']:.0f}",
-             ratio(r["check_new_ns"], r["py_check_new_ns"])],
-            [n, "check_batch, ns per key", f"{r['check_batch_ns']:.1f}", f"{r['py_check_dup_ns']:.0f}",
-             ratio(r["check_batch_ns"], r["py_check_dup_ns"])],
-            [n, "commit new key, ns", f"{r['insert_ns']:.0f}", f"{r['py_insert_ns']:.0f}",
-             ratio(r["insert_ns"], r["py_insert_ns"])],
+            row(n, "bytes per entry", r["bytes_per_entry"], r["py_bytes_per_entry"], ".1f"),
+            row(n, "check, duplicate (single call), ns", r["check_dup_ns"], r["py_check_dup_ns"]),
+            row(n, "check, new key (single call), ns", r["check_new_ns"], r["py_check_new_ns"]),
+            row(n, "check_batch, ns per key", r["check_batch_ns"], r["py_check_dup_ns"], ".1f"),
+            row(n, "commit new key, ns", r["insert_ns"], r["py_insert_ns"]),
         ]
     lines += ["### DedupTable vs dict of tuples", "",
               table(["entries", "operation", "fastpath", "Python", "ratio"], rows), ""]
@@ -229,12 +228,9 @@ def render(results) -> str:
     for r in results["bitmap"]:
         n = f"{r['online']:,} over {r['spread']:,}"
         rows += [
-            [n, "memory, MiB", f"{r['bytes'] / 2**20:.2f}", f"{r['py_bytes'] / 2**20:.2f}",
-             ratio(r["bytes"], r["py_bytes"])],
-            [n, "filter_online(1,000 uins), µs", f"{r['filter_1000_us']:.2f}", f"{r['py_filter_1000_us']:.2f}",
-             ratio(r["filter_1000_us"], r["py_filter_1000_us"])],
-            [n, "test (single call), ns", f"{r['test_ns']:.0f}", f"{r['py_test_ns']:.0f}",
-             ratio(r["test_ns"], r["py_test_ns"])],
+            row(n, "memory, MiB", r["bytes"] / 2**20, r["py_bytes"] / 2**20, ".2f"),
+            row(n, "filter_online(1,000 uins), µs", r["filter_1000_us"], r["py_filter_1000_us"], ".2f"),
+            row(n, "test (single call), ns", r["test_ns"], r["py_test_ns"]),
         ]
     rows.append(["1 uin at 2**32-1", "memory, KiB", f"{results['bitmap'][0]['one_high_uin_bytes'] / 1024:.0f}",
                  "-", "-"])
@@ -245,10 +241,9 @@ def render(results) -> str:
         n = f"{r['ids']:,}"
         rows += [
             [n, "bytes per id", f"{r['bytes_per_id']:.1f}", "-", "-"],
-            [n, "since() returning 10 ids, ns", f"{r['since_10_ns']:.0f}", f"{r['py_since_10_ns']:.0f}",
-             ratio(r["since_10_ns"], r["py_since_10_ns"])],
+            row(n, "since() returning 10 ids, ns", r["since_10_ns"], r["py_since_10_ns"]),
             [n, "since() returning 1,000 ids, ns", f"{r['since_1000_ns']:.0f}", "-", "-"],
-            [n, "push, ns", f"{r['push_ns']:.0f}", f"{r['py_push_ns']:.0f}", ratio(r["push_ns"], r["py_push_ns"])],
+            row(n, "push, ns", r["push_ns"], r["py_push_ns"]),
         ]
     lines += ["### IdRing vs deque(maxlen)", "",
               table(["ids in ring", "operation", "fastpath", "Python", "ratio"], rows), ""]

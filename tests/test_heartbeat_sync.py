@@ -24,6 +24,16 @@ async def collect(client, n, timeout=15.0):
     return out
 
 
+async def sender_and_reader(m, reader_uin=2, **kw):
+    """Users 1 and ``reader_uin`` logged in, the reader seen online by every logic node."""
+    sender = AsyncClient(endpoints(m), m.token(1), **kw)
+    reader = AsyncClient(endpoints(m), m.token(reader_uin), **kw)
+    await sender.connect()
+    await reader.connect()
+    m.wait_presence(reader_uin, 0, present=True)
+    return sender, reader
+
+
 def endpoints(m, first=0):
     eps = [b.endpoint("client") for b in m.topo.of_type("broker")]
     return eps[first:] + eps[:first]
@@ -65,11 +75,7 @@ def test_a_push_lost_on_purpose_is_recovered_by_the_next_heartbeat(make_mesh):
     m = make_mesh(brokers=1, logics=1)
 
     async def main():
-        sender = AsyncClient(endpoints(m), m.token(1))
-        reader = AsyncClient(endpoints(m), m.token(2))
-        await sender.connect()
-        await reader.connect()
-        m.wait_presence(2, 0, present=True)
+        sender, reader = await sender_and_reader(m)
         first = await sender.send("lobby", "one")
         assert (await collect(reader, 1))[0]["id"] == first
         lost = []
@@ -199,11 +205,7 @@ def test_router_restart_is_healed_by_heartbeats_and_replica_resnapshot(make_mesh
     router = m.topo.ids("router")[0]
 
     async def main():
-        sender = AsyncClient(endpoints(m), m.token(1))
-        reader = AsyncClient(endpoints(m), m.token(2))
-        await sender.connect()
-        await reader.connect()
-        m.wait_presence(2, 0, present=True)
+        sender, reader = await sender_and_reader(m)
         m.mesh.signal(router, signal.SIGKILL)
         m.mesh.start([router])
         m.mesh.wait_ready(15, [router])
