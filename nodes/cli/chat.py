@@ -17,6 +17,7 @@ import asyncio
 import datetime
 import json
 import os
+import signal
 import sys
 import time
 
@@ -214,6 +215,7 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)        # `bin/... | head` ends quietly, like other tools
     argv = list(sys.argv[1:] if argv is None else argv)
     sub_cmd = argv[0] if argv and argv[0] in ("send", "tail", "upload", "download") else None
     args = build_parser(sub_cmd).parse_args(argv[1:] if sub_cmd else argv)
