@@ -219,7 +219,7 @@ class BrokerCore:
 
         self.out.to_router(session.uin, {"t": "hb", "uin": session.uin, "device": session.device,
                                          "broker": self.id, "net": net}, on_router)
-        for owner, wanted in groups.items():
+        for wanted in groups.values():
             self.out.to_logic(next(iter(wanted)), {"t": "heads", "uin": session.uin, "channels": wanted},
                               on_logic(wanted))
         return None
@@ -290,7 +290,7 @@ class BrokerNode(Node):
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
-        for router_id, sock in self.routers.items():
+        for sock in self.routers.values():
             # a restarted broker has no sessions: clear what routers remember of it
             self.requests.send(sock, {"t": "broker_reset", "broker": node_id}, lambda _r: None)
 

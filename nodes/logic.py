@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+import itertools
 import logging
 import time
 from array import array
@@ -85,8 +86,8 @@ class ChannelState:
     def available(self) -> int:
         if not self.leases:
             return 0
-        first = self.leases[0][1] - self.next_id
-        return first + sum(end - start for start, end in list(self.leases)[1:])
+        return self.leases[0][1] - self.next_id + sum(
+            end - start for start, end in itertools.islice(self.leases, 1, None))
 
     def take_id(self) -> int | None:
         while self.leases and self.next_id >= self.leases[0][1]:
@@ -375,7 +376,7 @@ class LogicCore:
         now = time.time()
         staged = {}                                    # (uin, device) -> newest ctime this turn
         for ch in self.dirty:
-            leases_before = list(ch.leases)
+            leases_before = len(ch.leases)           # within assign leases only get used up
             while ch.waiting:
                 msg_id = ch.take_id()
                 if msg_id is None:
@@ -391,7 +392,7 @@ class LogicCore:
                                    keys.encode([rec.ctime, ch.name, msg_id, rec.stime]))
                 ch.last_id = msg_id
                 self.committed.append(rec)
-            if list(ch.leases) != leases_before:
+            if len(ch.leases) != leases_before:
                 self._save_leases(ch)
             self._prefetch(ch)
         self.dirty = {ch for ch in self.dirty if ch.waiting and ch.available()}

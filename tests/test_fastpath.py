@@ -10,7 +10,7 @@ from array import array
 
 import pytest
 from hypothesis import settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import fastpath
 from fastpath import models
@@ -101,7 +101,7 @@ def test_dedup_growth_and_deletion_under_load():
         model.commit(u, d, 10, i)
     for u, d in keys[::2]:
         assert fast.remove(u, d) == model.remove(u, d)
-    for i, (u, d) in enumerate(keys):
+    for u, d in keys:
         assert fast.check(u, d, 10) == model.check(u, d, 10)
     assert len(fast) == len(model) == 15000
     assert fast.nbytes / len(keys) <= 32 and fast.max_probe() < 64

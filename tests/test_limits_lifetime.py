@@ -1,7 +1,6 @@
 """Lifetime and expiry, queue bound, long-text fragments and the per-user rate limit (real nodes)."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
