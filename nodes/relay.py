@@ -30,6 +30,7 @@ from . import store as keys
 from . import wire
 from .node import INTERNAL_MAX_FRAME, Node
 from .rpc import Requests
+from .sessions import SessionTable
 
 log = logging.getLogger(__name__)
 
@@ -239,39 +240,42 @@ class RelayNode(Node):
         self.secret = topo.read_secret()
         self.core = RelayCore(node_id, self.store, topo.limits)
         self.core.load()
-        self.sessions = {}                      # ident -> uin
+        # one session model with the brokers: a login's sid on every request, expiry by silence
+        self.sessions = SessionTable(1.0)
+        self.session_timeout = float(topo.limits["relay_session_timeout"])
         self.members = {}                       # (uin, channel) -> (is member, checked at)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
         self.logics = self.peers("logic")
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_chunk"]) + 4096)
         self.serve(self.client, wire.RELAY_REQUESTS, {
-            "login": self.handle_login, "logout": self.handle_logout,
-            "up_begin": self.logged_in(self.handle_begin), "up_chunk": self.logged_in(self.handle_chunk),
-            "up_end": self.logged_in(self.handle_end), "down_info": self.logged_in(self.handle_info),
-            "down": self.logged_in(self.handle_down)}, max_len=int(topo.limits["max_chunk"]) + 4096)
+            "login": self.handle_login, "ping": self.handle_ping, "logout": self.handle_logout,
+            "up_begin": self.handle_begin, "up_chunk": self.handle_chunk, "up_end": self.handle_end,
+            "down_info": self.handle_info, "down": self.handle_down},
+            max_len=int(topo.limits["max_chunk"]) + 4096, guard=self.guard)
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
 
     # --- sessions --------------------------------------------------------------
-    def handle_login(self, ident, msg):
+    def guard(self, ident, t, msg, now):
+        return ident if t in wire.SESSIONLESS else self.sessions.check(ident, msg.get("sid"), now)
+
+    def handle_login(self, ident, msg, now):
         uin = auth.check_login(self.secret, msg)
-        self.sessions[ident] = uin
-        return wire.reply("login_ok", msg["rid"], uin=uin, device=msg["device"], relay=self.id,
+        for old in (self.sessions.by_ident.get(ident), self.sessions.by_key.get((uin, msg["device"]))):
+            if old is not None:
+                self.sessions.end(old, "replaced")
+        session = self.sessions.open(ident, uin, msg["device"], None, self.session_timeout, now)
+        return wire.reply("login_ok", msg["rid"], uin=uin, device=msg["device"], relay=self.id, sid=session.sid,
                           hb=None, limits={k: self.topo.limits[k] for k in ("max_file", "max_chunk")})
 
-    def handle_logout(self, ident, msg):
-        self.sessions.pop(ident, None)
-        return wire.reply("bye", msg["rid"])
+    def handle_ping(self, _ident, msg, _now):
+        return wire.reply("pong", msg["rid"], relay=self.id, idc=self.spec.idc)
 
-    def logged_in(self, handler):
-        def wrapped(ident, msg):
-            uin = self.sessions.get(ident)
-            if uin is None:
-                raise wire.ProtocolError(wire.Err.NOT_LOGGED_IN, "log in first")
-            return handler(ident, uin, msg)
-        return wrapped
+    def handle_logout(self, session, msg, _now):
+        self.sessions.end(session)
+        return wire.reply("bye", msg["rid"])
 
     # --- membership, asked of the channel's logic node -----------------------------
     def when_member(self, ident, uin, channel, rid, then) -> None:
@@ -302,31 +306,35 @@ class RelayNode(Node):
                            {"t": "member", "uin": uin, "channel": channel}, done)
 
     # --- requests --------------------------------------------------------------
-    def handle_begin(self, ident, uin, msg):
-        self.when_member(ident, uin, msg["channel"], msg["rid"], lambda: self.core.begin(uin, msg))
+    def handle_begin(self, session, msg, _now):
+        uin = session.uin
+        self.when_member(session.ident, uin, msg["channel"], msg["rid"], lambda: self.core.begin(uin, msg))
 
-    def handle_chunk(self, _ident, uin, msg):
-        return self.core.chunk(uin, msg)
+    def handle_chunk(self, session, msg, _now):
+        return self.core.chunk(session.uin, msg)
 
-    def handle_end(self, _ident, uin, msg):
-        return self.core.end(uin, msg)
+    def handle_end(self, session, msg, _now):
+        return self.core.end(session.uin, msg)
 
-    def handle_info(self, ident, uin, msg):
+    def handle_info(self, session, msg, _now):
         relay, media = parse_ref(msg["ref"])
         if relay != self.id:
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"the file is at relay {relay}")
         meta = self.core.finished(media)
-        self.when_member(ident, uin, meta["channel"], msg["rid"], lambda: self.core.info(msg, media, meta))
+        self.when_member(session.ident, session.uin, meta["channel"], msg["rid"],
+                         lambda: self.core.info(msg, media, meta))
 
-    def handle_down(self, ident, uin, msg):
+    def handle_down(self, session, msg, _now):
         media = media_id(msg["media"])
         meta = self.core.finished(media)
-        self.when_member(ident, uin, meta["channel"], msg["rid"],
+        self.when_member(session.ident, session.uin, meta["channel"], msg["rid"],
                          lambda: self.core.read_chunk(msg, media, meta))
 
     def housekeeping(self):
         self.requests.expire()
         self.core.sweep(time.time())
+        for session in self.sessions.expired(self.clock()):
+            self.sessions.end(session, "expired")
 
     def status(self):
         c = self.core
