@@ -245,7 +245,7 @@ class LogicCore:
         if newest is not None and ctime > newest[0]:
             return None                                # newer than anything stored: no lookup
         raw = self.store.get(keys.sent_key(uin, device, ctime))
-        return None if raw is None else keys.decode(raw)
+        return None if raw is None else keys.sent_of_value(raw)
 
     @staticmethod
     def _ack(rid, channel, device, ctime, msg_id):
@@ -400,7 +400,7 @@ class LogicCore:
                 rec.id, rec.stime = msg_id, int(now * 1000)
                 rec.expiry = now + (ch.lifetime or self.lifetime)
                 self.store.put(keys.message_key(ch.name, msg_id), keys.encode(rec.record()))
-                self.store.put(keys.sent_key(rec.uin, rec.device, rec.ctime), keys.encode([ch.name, msg_id]))
+                self.store.put(keys.sent_key(rec.uin, rec.device, rec.ctime), keys.sent_value(ch.name, msg_id))
                 self.store.put(keys.sent_expiry_key(int(rec.expiry * 1000), rec.uin, rec.device, rec.ctime),
                                b"")
                 self._queue(ch, msg_id)

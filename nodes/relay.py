@@ -118,7 +118,7 @@ class RelayCore:
         ups = [u for u in self.uploads.values() if u.meta["uin"] == uin]
         return len(ups), sum(u.meta["size"] for u in ups)
 
-    def begin(self, uin: int, msg: dict) -> dict:
+    def begin(self, uin: int, msg: dict, now: float) -> dict:
         size, chunk_size, chunks = msg["size"], msg["chunk_size"], msg["chunks"]
         if size > self.limits["max_file"]:
             raise wire.ProtocolError(wire.Err.TOO_BIG, f"file of {size} bytes exceeds {self.limits['max_file']}",
@@ -136,7 +136,7 @@ class RelayCore:
         media = os.urandom(8)
         meta = {"uin": uin, "channel": msg["channel"], "size": size, "chunk_size": chunk_size,
                 "chunks": chunks, "sha256": msg["sha256"], "mime": msg["mime"][:255],
-                "expiry": time.time() + self.lifetime, "done": False}
+                "expiry": now + self.lifetime, "done": False}
         self.store.put(meta_key(media), keys.encode(meta))
         self.uploads[media] = Upload(media, meta)
         heapq.heappush(self.expiries, (meta["expiry"], media))
@@ -165,7 +165,7 @@ class RelayCore:
                 up.hashed += 1
         return wire.reply("chunk_ok", msg["rid"], media=msg["media"], index=index)
 
-    def end(self, uin: int, msg: dict) -> dict:
+    def end(self, uin: int, msg: dict, now: float) -> dict:
         up = self._upload_of(uin, msg["media"])
         missing = up.missing()
         if missing:
@@ -180,7 +180,7 @@ class RelayCore:
             self.stats["sha_mismatch"] += 1
             raise wire.ProtocolError(wire.Err.SHA_MISMATCH, "the assembled file does not match its sha256; "
                                      "the upload was discarded")
-        meta = dict(up.meta, done=True, expiry=time.time() + self.lifetime)
+        meta = dict(up.meta, done=True, expiry=now + self.lifetime)
         self.store.put(meta_key(up.media), keys.encode(meta))
         heapq.heappush(self.expiries, (meta["expiry"], up.media))
         del self.uploads[up.media]
@@ -188,10 +188,10 @@ class RelayCore:
         return wire.reply("up_done", msg["rid"], media=msg["media"], ref=make_ref(self.id, up.media))
 
     # --- download --------------------------------------------------------------
-    def finished(self, media: bytes) -> dict:
+    def finished(self, media: bytes, now: float) -> dict:
         raw = self.store.get(meta_key(media))
         meta = keys.decode(raw) if raw is not None else None
-        if meta is None or not meta["done"] or meta["expiry"] < time.time():
+        if meta is None or not meta["done"] or meta["expiry"] < now:
             raise wire.ProtocolError(wire.Err.NO_MEDIA, "no such file (unknown, unfinished or expired)")
         return meta
 
@@ -234,6 +234,7 @@ class RelayCore:
 
 class RelayNode(Node):
     type = "relay"
+    clock = staticmethod(time.time)            # file expiries are wall-clock
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
@@ -278,7 +279,7 @@ class RelayNode(Node):
         return wire.reply("bye", msg["rid"])
 
     # --- membership, asked of the channel's logic node -----------------------------
-    def when_member(self, ident, uin, channel, rid, then) -> None:
+    def when_member(self, ident, uin, channel, rid, now, then) -> None:
         """Run ``then()`` (its reply goes to ident) if uin is a member of channel, else NOT_MEMBER."""
         def answer(is_member):
             try:
@@ -289,13 +290,13 @@ class RelayNode(Node):
                 reply = wire.error_from(rid, exc)
             self.queue_reply(self.client, ident, reply)
         known = self.members.get((uin, channel))
-        if known is not None and time.monotonic() - known[1] < MEMBER_TTL:
+        if known is not None and now - known[1] < MEMBER_TTL:
             answer(known[0])
             return
 
         def done(reply):
             if reply.get("t") == "member":
-                self.members[(uin, channel)] = (reply["member"], time.monotonic())
+                self.members[(uin, channel)] = (reply["member"], now)
                 answer(reply["member"])
             elif reply.get("code") == wire.Err.NO_CHANNEL:
                 answer(False)
@@ -306,28 +307,28 @@ class RelayNode(Node):
                            {"t": "member", "uin": uin, "channel": channel}, done)
 
     # --- requests --------------------------------------------------------------
-    def handle_begin(self, session, msg, _now):
+    def handle_begin(self, session, msg, now):
         uin = session.uin
-        self.when_member(session.ident, uin, msg["channel"], msg["rid"], lambda: self.core.begin(uin, msg))
+        self.when_member(session.ident, uin, msg["channel"], msg["rid"], now, lambda: self.core.begin(uin, msg, now))
 
     def handle_chunk(self, session, msg, _now):
         return self.core.chunk(session.uin, msg)
 
-    def handle_end(self, session, msg, _now):
-        return self.core.end(session.uin, msg)
+    def handle_end(self, session, msg, now):
+        return self.core.end(session.uin, msg, now)
 
-    def handle_info(self, session, msg, _now):
+    def handle_info(self, session, msg, now):
         relay, media = parse_ref(msg["ref"])
         if relay != self.id:
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"the file is at relay {relay}")
-        meta = self.core.finished(media)
-        self.when_member(session.ident, session.uin, meta["channel"], msg["rid"],
+        meta = self.core.finished(media, now)
+        self.when_member(session.ident, session.uin, meta["channel"], msg["rid"], now,
                          lambda: self.core.info(msg, media, meta))
 
-    def handle_down(self, session, msg, _now):
+    def handle_down(self, session, msg, now):
         media = media_id(msg["media"])
-        meta = self.core.finished(media)
-        self.when_member(session.ident, session.uin, meta["channel"], msg["rid"],
+        meta = self.core.finished(media, now)
+        self.when_member(session.ident, session.uin, meta["channel"], msg["rid"], now,
                          lambda: self.core.read_chunk(msg, media, meta))
 
     def housekeeping(self):

@@ -6,7 +6,7 @@ Keys are big-endian binary so that iteration order is id order:
                                                    expiry s, text, frag or nil]
 - ``d`` + uin:u32 + device:u32                   -> msgpack [ctime, channel, msgid, stime ms]
                                                    (newest send of a device: the dedup fast path, logic)
-- ``e`` + uin:u32 + device:u32 + ctime:u64       -> msgpack [channel, msgid] (every send stored within
+- ``e`` + uin:u32 + device:u32 + ctime:u64       -> msgid:u64 + channel (every send stored within
                                                    its lifetime: a retry's original id, logic)
 - ``x`` + expiry ms:u64 + uin + device + ctime   -> empty (when the ``e`` row goes, logic)
 - ``i`` + channel                                -> newest id assigned:u64 (never goes back, logic)
@@ -48,6 +48,15 @@ def dedup_key(uin: int, device: int) -> bytes:
 
 def sent_key(uin: int, device: int, ctime: int) -> bytes:
     return b"e" + _SENT.pack(uin, device, ctime)
+
+
+def sent_value(channel: str, msg_id: int) -> bytes:
+    return _U64.pack(msg_id) + channel.encode()
+
+
+def sent_of_value(raw: bytes) -> tuple[str, int]:
+    """(channel, msg id) of an ``e`` row."""
+    return raw[8:].decode(), _U64.unpack_from(raw)[0]
 
 
 def sent_expiry_key(expiry_ms: int, uin: int, device: int, ctime: int) -> bytes:
