@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from nodes import auth, topology, wire
+from nodes import auth, wire
 from nodes.broker import OWNER_DOWN_AFTER, START_GRACE, BrokerCore
 from nodes.dispatch import Dispatcher
 from nodes.sessions import SessionTable
+
+from test_cores import one_logic_topology
 
 SCHEMAS = {"ok": {"rid": "u64"}, "boom": {"rid": "u64"}, "refuse": {"rid": "u64"}}
 
@@ -83,12 +85,7 @@ class Out:
 
 
 def broker_core(tmp_path):
-    raw = {"local": True, "data_dir": str(tmp_path),
-           "idcs": {"a": {"brokers": [{"id": "b1", "client": "tcp://127.0.0.1:1", "rpc": "tcp://127.0.0.1:2"}],
-                          "logics": [{"id": "l1", "rpc": "tcp://127.0.0.1:3", "pub": "tcp://127.0.0.1:4"}],
-                          "routers": [{"id": "r", "rpc": "tcp://127.0.0.1:5", "pub": "tcp://127.0.0.1:6"}],
-                          "counters": [{"id": "c", "rpc": "tcp://127.0.0.1:7"}]}}}
-    topo = topology.parse(raw, str(tmp_path / "t.yaml"))
+    topo = one_logic_topology(tmp_path)
     out = Out()
     secret = b"a-secret-of-sixteen-bytes"
     return BrokerCore("b1", topo, secret, out, now=0.0, idc="a"), out, secret
@@ -110,10 +107,10 @@ def test_broker_core_answers_ping_without_a_session_and_refuses_requests_without
     d = Dispatcher(wire.CLIENT_REQUESTS, core.handlers, core.guard)
     assert d.one(b"x", {"t": "ping", "rid": 5}, 0.0) == {"t": "pong", "rid": 5, "broker": "b1", "idc": "a"}
     d, sid = login(core, out, secret)
-    assert d.one(b"c1", {"t": "sync", "rid": 2, "channel": "lobby", "after": 0}, 1.0)["code"] == \
+    assert d.one(b"c1", {"t": "sync", "rid": 2, "channel": "room", "after": 0}, 1.0)["code"] == \
         wire.Err.NOT_LOGGED_IN
-    assert d.one(b"c1", {"t": "sync", "rid": 3, "sid": sid, "channel": "lobby", "after": 0}, 1.0) is None
-    assert out.logic[-1][1] == {"t": "sync", "uin": 1, "channel": "lobby", "after": 0}
+    assert d.one(b"c1", {"t": "sync", "rid": 3, "sid": sid, "channel": "room", "after": 0}, 1.0) is None
+    assert out.logic[-1][1] == {"t": "sync", "uin": 1, "channel": "room", "after": 0}
 
 
 def test_broker_core_fails_fast_for_an_owner_that_stopped_ticking(tmp_path):
@@ -122,15 +119,15 @@ def test_broker_core_fails_fast_for_an_owner_that_stopped_ticking(tmp_path):
     core.on_tick("l1", 1.0)
     later = 1.0 + OWNER_DOWN_AFTER + 0.1
     assert later > START_GRACE - 2
-    reply = d.one(b"c1", {"t": "send", "rid": 2, "sid": sid, "channel": "lobby", "ctime": 1, "text": "x"}, later)
+    reply = d.one(b"c1", {"t": "send", "rid": 2, "sid": sid, "channel": "room", "ctime": 1, "text": "x"}, later)
     assert reply["code"] == wire.Err.UNAVAILABLE and not out.logic
-    assert d.one(b"c1", {"t": "hb", "rid": 3, "sid": sid, "channel": "lobby", "channels": {"lobby": 0}},
+    assert d.one(b"c1", {"t": "hb", "rid": 3, "sid": sid, "channel": "room", "channels": {"room": 0}},
                  later) is None
     _msg, on_router, timeout = out.router[-1]
     assert timeout <= 1.0
     on_router({"t": "hb", "interval": 10.0})
     ack = out.replies[-1][1]
-    assert ack["t"] == "hb_ack" and ack["unavailable"] == ["lobby"]
+    assert ack["t"] == "hb_ack" and ack["unavailable"] == ["room"]
 
 
 def test_broker_core_ends_a_session_replaced_elsewhere_and_one_that_falls_behind(tmp_path):
