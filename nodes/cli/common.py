@@ -4,10 +4,23 @@ from __future__ import annotations
 import os
 import sys
 
-from .. import auth, topology
+from .. import __version__, auth, topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.environ.get("IMESH_CONFIG", os.path.join(ROOT, "config", "local.yaml"))
+
+
+def prog_name(tool: str) -> str:
+    """The name a command was started as: imesh-mesh (console script), bin/mesh (wrapper), ..."""
+    given = os.environ.pop("IMESH_PROG", None)      # set by the bin/ wrappers; not inherited further
+    base = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if base.startswith("imesh-"):
+        return base
+    return given or f"bin/{tool}"
+
+
+def add_version_arg(parser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s (imesh) {__version__}")
 
 
 def add_config_arg(parser) -> None:
