@@ -15,6 +15,7 @@ import time
 import zmq
 
 from . import auth, wire
+from .logs import events
 from .node import INTERNAL_MAX_FRAME
 from .topology import Topology
 
@@ -111,7 +112,9 @@ class Admin:
         if reply is None:
             raise AdminError(wire.Err.UNAVAILABLE, f"logic node {owner} did not answer")
         if reply.get("t") == "err":
+            events.refused(reply["code"], op=op, channel=name)
             raise AdminError(reply["code"], reply["msg"])
+        events.admin(op, name, members=len(msg.get("members", ())), owner=owner)
         return reply
 
     def presence(self, uin: int) -> dict:
