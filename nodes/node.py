@@ -45,6 +45,8 @@ class Node:
                                sync=topo.storage["sync"] if store_sync is None else store_sync)
         self.outbox = Outbox()             # replies, pushes, requests: sent after the batch is written
         self.loop.on_turn_end(self._end_turn)
+        from . import metrics                 # Prometheus /metrics if the topology gives this node one
+        self.metrics = metrics.serve(self)
 
     # --- sockets -------------------------------------------------------------
     def bind(self, kind: int, endpoint: str, maxmsgsize: int | None = None) -> zmq.Socket:

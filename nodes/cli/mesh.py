@@ -4,6 +4,9 @@
     bin/mesh stop [NODE]                         stop the mesh (or one node, kept down)
     bin/mesh start NODE / restart NODE           through the running supervisor
     bin/mesh status [-c CONFIG] [--json]         each node up/down (exit 0 all up, 1 otherwise)
+    bin/mesh top [--interval S] [--count N]      live rates of every node, refreshing
+    bin/mesh check -c FILE                       validate a topology (exit 1 with file: key: why)
+    bin/mesh secret -c FILE                      create the secret file of a topology
     bin/mesh token --uin U [--lifetime S]        print a login token
     bin/mesh channel create NAME --members 1,2,3 [--lifetime S]
     bin/mesh channel add NAME UIN...
@@ -194,9 +197,58 @@ def cmd_status(args) -> int:
     return 0 if all(r["up"] for r in rows) else 1
 
 
+def cmd_top(args) -> int:
+    from . import top
+    return top.run(load_topology(args.config), args.interval, args.count, args.timeout)
+
+
 def cmd_token(args) -> int:
     topo = load_topology(args.config)
-    print(auth.mint(topo.read_secret(), args.uin, args.lifetime))
+    try:
+        secret = topo.read_secret()
+    except topology.TopologyError as exc:
+        fail(f"{exc} (create it with `{PROG} secret -c {args.config}` and copy it to every machine)")
+    print(auth.mint(secret, args.uin, args.lifetime))
+    return 0
+
+
+def cmd_secret(args) -> int:
+    """Create the topology's secret file (mode 0600) unless it exists."""
+    topo = load_topology(args.config)
+    try:
+        created = auth.ensure_secret(topo.secret_file)
+    except OSError as exc:
+        fail(f"{topo.path}: secret_file {topo.secret_file}: {exc.strerror}", 1)
+    if created:
+        print(f"created {topo.secret_file}; copy it (mode 0600) to every machine of the mesh")
+    else:
+        topo_secret(topo)
+        print(f"{topo.secret_file} exists; left as it is")
+    return 0
+
+
+def topo_secret(topo) -> bytes:
+    try:
+        return topo.read_secret()
+    except topology.TopologyError as exc:
+        fail(str(exc), 1)
+
+
+def cmd_check(args) -> int:
+    """Validate a topology fully: structure, endpoints and ports (on load), the secret, metrics."""
+    try:
+        topo = topology.load(args.config)
+    except topology.TopologyError as exc:
+        fail(str(exc), 1)
+    if os.path.exists(topo.secret_file) or not topo.local:
+        try:
+            topo.read_secret()
+        except topology.TopologyError as exc:
+            fail(f"{exc} (`{PROG} secret -c {args.config}` creates one)", 1)
+    secret = "present" if os.path.exists(topo.secret_file) else "created by `up` (local topology)"
+    counts = ", ".join(f"{len(topo.ids(t))} {t}" for t in topology.NODE_TYPES if topo.ids(t))
+    print(f"{topo.path}: ok: cluster {topo.cluster!r}, {counts}; secret {topo.secret_file} {secret}; "
+          f"data under {topo.data_dir}")
     return 0
 
 
@@ -258,6 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a running node may take to answer; nodes are asked in parallel and "
                         "a closed port counts as down at once (default: %(default)s)")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("top", help="a refreshing table of every node's live rates")
+    add_config_arg(p)
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default: %(default)s)")
+    p.add_argument("--count", type=int, help="refresh this many times, then exit (default: until Ctrl-C)")
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="seconds a node may take to answer (default: %(default)s)")
+    p.set_defaults(fn=cmd_top)
+    p = sub.add_parser("check", help="validate a topology file (endpoints, ports, secret); exit 1 if bad")
+    add_config_arg(p)
+    p.set_defaults(fn=cmd_check)
+    p = sub.add_parser("secret", help="create the topology's secret file if it does not exist")
+    add_config_arg(p)
+    p.set_defaults(fn=cmd_secret)
     p = sub.add_parser("token", help="print a login token for a uin")
     add_config_arg(p)
     p.add_argument("--uin", type=uin_arg, required=True)
