@@ -24,11 +24,15 @@ import time
 from ..aclient import AsyncClient
 from ..client import ClientError
 from ..media import MediaClient, save
-from .common import add_config_arg, broker_endpoint, fail, load_topology, token_for, uin_arg
+from .common import (add_config_arg, add_version_arg, broker_endpoint, fail, load_topology, prog_name,
+                     token_for, uin_arg)
+
+PROG = prog_name("chat")
 
 
 def add_session_args(parser) -> None:
     add_config_arg(parser)
+    add_version_arg(parser)
     parser.add_argument("--uin", type=uin_arg, required=True)
     parser.add_argument("--device", type=uin_arg, default=0)
     parser.add_argument("--token", help="login token (minted locally on a local topology)")
@@ -177,13 +181,13 @@ async def cmd_download(args) -> int:
 
 def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
     if sub_cmd == "send":
-        p = argparse.ArgumentParser(prog="bin/chat send", description="Send one message.")
+        p = argparse.ArgumentParser(prog=f"{PROG} send", description="Send one message.")
         add_session_args(p)
         p.add_argument("--channel", required=True)
         p.add_argument("text")
         p.set_defaults(fn=cmd_send)
     elif sub_cmd == "tail":
-        p = argparse.ArgumentParser(prog="bin/chat tail", description="Print N messages of a channel.")
+        p = argparse.ArgumentParser(prog=f"{PROG} tail", description="Print N messages of a channel.")
         add_session_args(p)
         p.add_argument("--channel", required=True)
         p.add_argument("--count", type=int, required=True)
@@ -192,7 +196,7 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_tail)
     elif sub_cmd == "upload":
-        p = argparse.ArgumentParser(prog="bin/chat upload",
+        p = argparse.ArgumentParser(prog=f"{PROG} upload",
                                     description="Upload a file to a relay and send a message carrying its ref.")
         add_session_args(p)
         p.add_argument("--channel", required=True)
@@ -200,13 +204,13 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
         p.add_argument("file")
         p.set_defaults(fn=cmd_upload)
     elif sub_cmd == "download":
-        p = argparse.ArgumentParser(prog="bin/chat download", description="Download a file by its ref.")
+        p = argparse.ArgumentParser(prog=f"{PROG} download", description="Download a file by its ref.")
         add_session_args(p)
         p.add_argument("ref")
         p.add_argument("out")
         p.set_defaults(fn=cmd_download)
     else:
-        p = argparse.ArgumentParser(prog="bin/chat", description=__doc__,
+        p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         add_session_args(p)
         p.add_argument("--channel", help="channel to start in (or /join later)")

@@ -28,7 +28,8 @@ from ..admin import Admin, AdminError
 from ..mesh import Mesh, MeshError, child_env
 from ..supervisor import Supervisor
 from ..wire import ProtocolError
-from .common import add_config_arg, add_version_arg, fail, load_topology, prog_name, uin_arg
+from .common import (add_config_arg, add_version_arg, ensure_default_config, fail, load_topology, prog_name,
+                     uin_arg)
 
 PROG = prog_name("mesh")
 
@@ -237,8 +238,9 @@ def topo_secret(topo) -> bytes:
 def cmd_check(args) -> int:
     """Validate a topology fully: structure, endpoints and ports (on load), the secret, metrics."""
     try:
+        ensure_default_config(args.config)
         topo = topology.load(args.config)
-    except topology.TopologyError as exc:
+    except (topology.TopologyError, OSError) as exc:
         fail(str(exc), 1)
     if os.path.exists(topo.secret_file) or not topo.local:
         try:
