@@ -91,6 +91,9 @@ def uin_arg(text: str) -> int:
 def token_for(topo: topology.Topology, uin: int, given: str | None) -> str:
     """The token given on the command line, or (local topologies only) one minted here."""
     if given:
+        minted_for = token_uin(given)
+        if minted_for is not None and minted_for != uin:
+            fail(f"--uin {uin} contradicts --token, which was minted for uin {minted_for}")
         return given
     if not topo.local:
         fail(f"{topo.path} is not a local topology: pass --token (from `bin/mesh token`)")
@@ -98,6 +101,14 @@ def token_for(topo: topology.Topology, uin: int, given: str | None) -> str:
         return auth.mint(topo.read_secret(), uin, topo.limits["token_lifetime"])
     except topology.TopologyError as exc:
         fail(f"{exc} (is the mesh up? `bin/mesh up` creates the secret)")
+
+
+def token_uin(token: str) -> int | None:
+    """The uin a v1 user token names (unverified: the server checks the signature), or None."""
+    parts = token.split(".")
+    if len(parts) == 5 and parts[0] == "v1" and parts[1] == "user" and parts[2].isdigit():
+        return int(parts[2])
+    return None
 
 
 def broker_endpoint(topo: topology.Topology, uin: int, broker: str | None) -> str:
