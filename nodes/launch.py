@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from . import logs, topology
+from . import logs, peerwatch, topology
 from .logs import events
 
 SLOW_TURN = 0.1          # seconds: a loop turn this long is logged (sampled) as slow_turn
@@ -77,12 +77,14 @@ def main(argv=None, node_type: str | None = None, prog: str | None = None) -> in
 
 
 def watch(node) -> None:
-    """Log slow loop turns (sampled) and report the repeat counts of sampled events regularly."""
+    """Log slow loop turns (sampled), peer connection changes, and the repeat counts of
+    sampled events regularly."""
     def on_turn(seconds):
         if seconds > SLOW_TURN:
             events.slow_turn(seconds * 1000, node=node.id)
     node.loop.watch_turns(on_turn)
     node.loop.every(events.window, events.flush)
+    peerwatch.watch_peers(node)
 
 
 # console-script entry points of the node types (imesh-broker, imesh-logic ...)

@@ -102,7 +102,7 @@ class Events:
         self._open[kind] = [now, 0, level]
         if self.log.isEnabledFor(level):
             detail = " ".join(f"{k}={v}" for k, v in ctx.items())
-            self.log.log(level, f"{event} {key} {detail}".rstrip(),
+            self.log.log(level, f"{event} {_text(key)} {detail}".rstrip(),
                          extra={"ev": event, "key": key, **ctx})
         return True
 
@@ -117,7 +117,7 @@ class Events:
 
     def _report(self, kind, slot) -> None:
         event, key = kind
-        self.log.log(slot[2], f"{event} {key} repeated {slot[1]} more times in {self.window:g}s",
+        self.log.log(slot[2], f"{event} {_text(key)} repeated {slot[1]} more times in {self.window:g}s",
                      extra={"ev": event, "key": key, "repeats": slot[1]})
 
     # --- the events node cores report ------------------------------------------
@@ -149,6 +149,10 @@ class Events:
 
     def error(self, what: str, **ctx) -> bool:
         return self.emit("error", what, logging.ERROR, **ctx)
+
+
+def _text(key) -> str:
+    return " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
 
 
 events = Events()      # the process-wide event logger node code imports: ``from .logs import events``

@@ -71,3 +71,22 @@ def test_a_repeat_count_is_reported_when_the_next_window_starts_without_flush(ca
 def test_setup_refuses_an_unknown_format():
     with pytest.raises(ValueError):
         logs.setup("INFO", "xml")
+
+
+def test_a_node_logs_when_a_peer_goes_down_and_comes_back(make_mesh):
+    import time
+    m = make_mesh(brokers=1, logics=2)
+    log_path = m.mesh.log_path("b1")
+
+    def wait_for(text):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with open(log_path, encoding="utf-8") as f:
+                if text in f.read():
+                    return
+            time.sleep(0.1)                      # polling a log file for one line
+        raise AssertionError(f"{text!r} not in {log_path}:\n" + open(log_path).read())
+    m.mesh.kill("l2")
+    wait_for("peer l2 down")
+    m.mesh.start(["l2"])
+    wait_for("peer l2 up")
