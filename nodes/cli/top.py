@@ -34,19 +34,20 @@ def rates(before: dict | None, after: dict | None, seconds: float) -> dict:
 
 def render(topo, statuses: dict, node_rates: dict, seconds: float) -> str:
     header = ["node", "type", "state", *(h for h, _ in RATES), *(h for h, _ in GAUGES), "max_turn_ms"]
-    rows, sums = [], dict.fromkeys((k for _, k in RATES), 0.0)
+    rows, sums = [], {}                      # only figures some node reports get a total
     for node_id, spec in topo.nodes.items():
         st, r = statuses.get(node_id), node_rates.get(node_id, {})
         row = [node_id, spec.type, "up" if st else "DOWN"]
         for _, key in RATES:
             row.append(f"{r[key]:.0f}" if key in r else "-")
-            sums[key] += r.get(key, 0.0)
+            if key in r:
+                sums[key] = sums.get(key, 0.0) + r[key]
         for _, key in GAUGES:
             row.append(str(total(st.get(key))) if st and key in st else "-")
         row.append(f"{st.get('max_turn_ms', 0):.1f}" if st else "-")
         rows.append(row)
     rows.append(["mesh", "", f"{sum(1 for s in statuses.values() if s)}/{len(topo.nodes)}",
-                 *(f"{sums[k]:.0f}" for _, k in RATES), *([""] * len(GAUGES)), ""])
+                 *(f"{sums[k]:.0f}" if k in sums else "-" for _, k in RATES), *([""] * len(GAUGES)), ""])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"imesh top — {topo.path} — rates over the last {seconds:.1f}s  ({time.strftime('%H:%M:%S')})",
              "  ".join(h.ljust(w) for h, w in zip(header, widths))]
