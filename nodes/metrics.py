@@ -102,7 +102,7 @@ def serve(node):
         from prometheus_client import CollectorRegistry, Histogram, start_http_server
     except ImportError:
         raise RuntimeError(f"node {node.id} has a metrics endpoint but prometheus_client is not "
-                           "installed: pip install 'imesh[metrics]'") from None
+                           "installed: pip install prometheus_client") from None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(node))
     turns = Histogram("imesh_loop_turn_seconds", "length of one event-loop turn", ["node", "type"],

@@ -4,13 +4,10 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from nodes import metrics, topology
-
-prometheus = pytest.importorskip("prometheus_client")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from test_cli import run  # noqa: E402
+from test_cli import run
 
 
 def scrape(spec) -> dict:
