@@ -42,12 +42,13 @@ NO_ID = 2**63            # a sync "after" beyond any id: an empty page that stil
 def add_session_args(parser, tool: str = "chat") -> None:
     add_config_arg(parser)
     add_version_arg(parser)
-    parser.add_argument("--uin", type=uin_arg, required=True)
+    parser.add_argument("--uin", type=uin_arg, required=True, help="user number to log in as")
     parser.add_argument("--device", type=uin_arg, default=DEVICES[tool],
                         help="device number of this session (default: %(default)s for this tool)")
     parser.add_argument("--token", help="login token (minted locally on a local topology)")
     parser.add_argument("--broker", help="broker id to connect to first (default: by uin)")
-    parser.add_argument("--net", default="wired", help="network type: wired, wifi, 4g, 3g, 2g")
+    parser.add_argument("--net", default="wired",
+                        help="network type: wired, wifi, 4g, 3g, 2g (default: %(default)s)")
 
 
 def refused(exc: ClientError) -> int:
@@ -342,31 +343,32 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
     if sub_cmd == "send":
         p = argparse.ArgumentParser(prog=f"{PROG} send", description="Send one message.")
         add_session_args(p, "send")
-        p.add_argument("--channel", required=True)
-        p.add_argument("text")
+        p.add_argument("--channel", required=True, help="channel to send to")
+        p.add_argument("text", help="the message text")
         p.set_defaults(fn=cmd_send)
     elif sub_cmd == "tail":
         p = argparse.ArgumentParser(prog=f"{PROG} tail", description="Print N messages of a channel.")
         add_session_args(p, "tail")
-        p.add_argument("--channel", required=True)
-        p.add_argument("--count", type=int, required=True)
+        p.add_argument("--channel", required=True, help="channel to follow")
+        p.add_argument("--count", type=int, required=True, help="exit after printing this many messages")
         p.add_argument("--since", type=int, help="first fetch stored messages with id > SINCE")
-        p.add_argument("--timeout", type=float, default=30.0)
+        p.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds to wait for them; exit 1 after (default: %(default)s)")
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_tail)
     elif sub_cmd == "upload":
         p = argparse.ArgumentParser(prog=f"{PROG} upload",
                                     description="Upload a file to a relay and send a message carrying its ref.")
         add_session_args(p, "upload")
-        p.add_argument("--channel", required=True)
-        p.add_argument("--mime", default="application/octet-stream")
-        p.add_argument("file")
+        p.add_argument("--channel", required=True, help="channel the file is for (and the message goes to)")
+        p.add_argument("--mime", default="application/octet-stream", help="media type (default: %(default)s)")
+        p.add_argument("file", help="the file to upload")
         p.set_defaults(fn=cmd_upload)
     elif sub_cmd == "download":
         p = argparse.ArgumentParser(prog=f"{PROG} download", description="Download a file by its ref.")
         add_session_args(p, "download")
-        p.add_argument("ref")
-        p.add_argument("out")
+        p.add_argument("ref", help="the imesh-media:... reference from a message")
+        p.add_argument("out", help="file to write (its directory must exist)")
         p.set_defaults(fn=cmd_download)
     else:
         p = argparse.ArgumentParser(prog=PROG, description=__doc__,

@@ -283,10 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Run and manage an imesh mesh.")
     add_version_arg(parser)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("up", help="start every node of the topology and restart the ones that die",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("up", help="start every node of the topology and restart the ones that die")
     add_config_arg(p)
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for readiness")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for readiness (default: %(default)s)")
     p.add_argument("--detach", action="store_true",
                    help="run the supervisor in the background (pid file and mesh.log in the data dir)")
     logs.add_log_args(p)
@@ -327,13 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_secret)
     p = sub.add_parser("token", help="print a login token for a uin")
     add_config_arg(p)
-    p.add_argument("--uin", type=uin_arg, required=True)
+    p.add_argument("--uin", type=uin_arg, required=True, help="user number the token is for")
     p.add_argument("--lifetime", type=float, default=86400, help="seconds (default 1 day)")
     p.set_defaults(fn=cmd_token)
     p = sub.add_parser("channel", help="create/add/remove/show channel membership")
     add_config_arg(p)
-    p.add_argument("op", choices=["create", "add", "remove", "show"])
-    p.add_argument("name")
+    p.add_argument("op", choices=["create", "add", "remove", "show"], help="what to do")
+    p.add_argument("name", help="channel name")
     p.add_argument("uins", nargs="*", type=uin_arg, help="for add/remove")
     p.add_argument("--members", type=_members, help="for create: comma-separated uins")
     p.add_argument("--lifetime", type=float, help="for create: seconds its messages live "
