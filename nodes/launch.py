@@ -6,13 +6,16 @@ bin/logic ... wrappers) guards against starting the wrong id by mistake.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
+import signal
 import sys
 
 from . import logs, peerwatch, topology
 from .logs import events
 
+PR_SET_PDEATHSIG = 1
 SLOW_TURN = 0.1          # seconds: a loop turn this long is logged (sampled) as slow_turn
 
 NODE_CLASSES = {
@@ -30,8 +33,28 @@ def node_class(node_type: str):
     return getattr(importlib.import_module(module), name)
 
 
+def die_with_parent() -> None:
+    """Started by a supervisor (``IMESH_DIE_WITH`` = its pid): get SIGTERM when it dies.
+
+    PR_SET_PDEATHSIG is Linux's; it is set here in the child rather than in a
+    preexec_fn (not safe in a parent with threads).  If the parent died before
+    this ran, we have been re-parented already: exit at once.
+    """
+    parent = os.environ.pop("IMESH_DIE_WITH", None)
+    if not parent:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):          # not Linux: the supervisor's own stop is all there is
+        return
+    if os.getppid() != int(parent):
+        sys.exit(1)
+
+
 def main(argv=None, node_type: str | None = None, prog: str | None = None) -> int:
     """Start the node ``--id``; ``node_type`` is set by the per-type commands (imesh-broker ...)."""
+    die_with_parent()
     from .cli.common import add_version_arg, prog_name
     prog = prog or prog_name("node" if node_type is None else node_type)
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)

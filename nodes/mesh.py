@@ -5,14 +5,14 @@ process (``python -m nodes.launch``), its log goes to ``<data_dir>/<id>.log``,
 readiness is judged from the nodes' own status replies, and ``close()``
 stops every child it started (SIGTERM, then SIGKILL) even on failure.
 
-Every child asks the kernel for SIGTERM when the process that started it
-dies (``PR_SET_PDEATHSIG``), so a SIGKILLed ``bin/mesh up`` or test run
-leaves no node behind under pid 1.  Restarting nodes that die is the
-supervisor's job (nodes/supervisor.py); this class only starts and stops.
+Every child is told the pid of the process that started it
+(``IMESH_DIE_WITH``) and asks the kernel for SIGTERM when that process dies
+(``PR_SET_PDEATHSIG``, in nodes/launch.py), so a SIGKILLed ``bin/mesh up``
+or test run leaves no node behind under pid 1.  Restarting nodes that die is
+the supervisor's job (nodes/supervisor.py); this class only starts and stops.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -21,23 +21,6 @@ import time
 
 from . import auth, topology
 from .admin import Admin
-
-PR_SET_PDEATHSIG = 1
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)    # loaded before fork: the child only calls it
-except OSError:                                  # not Linux: children outlive a killed parent
-    _libc = None
-
-
-def _die_with_parent(parent_pid: int):
-    """A preexec_fn: SIGTERM this child when its parent dies (Linux), also if it already has."""
-    def setup():
-        if _libc is not None and hasattr(_libc, "prctl"):
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-            if os.getppid() != parent_pid:       # the parent died between fork and prctl
-                os._exit(1)
-    return setup
-
 
 def child_env() -> dict:
     """This environment, with the directory holding this package first on PYTHONPATH."""
@@ -69,6 +52,7 @@ class Mesh:
             auth.ensure_secret(self.topo.secret_file)
         os.makedirs(self.topo.data_dir, exist_ok=True)
         env = child_env()
+        env["IMESH_DIE_WITH"] = str(os.getpid())          # nodes.launch: exit when we die
         for node_id in node_ids or list(self.topo.nodes):
             if node_id in self.procs and self.procs[node_id].poll() is None:
                 raise MeshError(f"node {node_id} is already running")
@@ -76,8 +60,7 @@ class Mesh:
             self.procs[node_id] = subprocess.Popen(
                 [self.python, "-m", "nodes.launch", "--config", self.config, "--id", node_id,
                  *self.log_args],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                preexec_fn=_die_with_parent(os.getpid()))
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             log.close()
 
     def signal(self, node_id: str, sig: int = signal.SIGTERM, wait: float = 10.0) -> int | None:
