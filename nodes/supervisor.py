@@ -6,7 +6,7 @@ to 30 s while it keeps dying within 10 s of its start); ``status`` shows how
 often and with which exit code.  The supervisor listens on
 ``ipc://<data_dir>/mesh.ctl`` for ``bin/mesh stop|start|restart|status`` and
 writes its pid to ``<data_dir>/mesh.pid``; the children die with it
-(``PR_SET_PDEATHSIG`` in nodes/mesh.py).
+(``PR_SET_PDEATHSIG``, set by nodes/launch.py).
 
 Why our own supervisor and not circus: what we need is ~150 lines on top of
 the Mesh class the tests already use (spawn, readiness from the nodes' own
