@@ -46,9 +46,11 @@ def free_ports(n: int) -> list[int]:
 
 
 def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays=0, limits=None,
-                   heartbeat=None, channels=None) -> str:
-    """A local topology in ``directory`` with every endpoint on a free port."""
-    ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters))
+                   heartbeat=None, channels=None, metrics=False) -> str:
+    """A local topology in ``directory`` with every endpoint on a free port
+    (``metrics``: each node also gets a /metrics port)."""
+    count = brokers + logics + routers + relays + counters
+    ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters + (count if metrics else 0)))
 
     def ep():
         return f"tcp://127.0.0.1:{next(ports)}"
@@ -60,6 +62,10 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays
     }
     if relays:
         idc["relays"] = [{"id": f"m{i}", "client": ep(), "rpc": ep()} for i in range(1, relays + 1)]
+    if metrics:
+        for entries in idc.values():
+            for entry in entries:
+                entry["metrics"] = next(ports)
     # tests and benchmarks are not humans: a high send rate unless a test sets its own
     raw = {"cluster": "test", "local": True, "secret_file": "secret", "data_dir": "data",
            "limits": {"rate": 10000.0, "burst": 10000, **(limits or {})}, "heartbeat": heartbeat or {},
