@@ -46,8 +46,9 @@ def free_ports(n: int) -> list[int]:
 
 
 def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays=0, limits=None,
-                   heartbeat=None, channels=None) -> str:
-    """A local topology in ``directory`` with every endpoint on a free port."""
+                   heartbeat=None, channels=None, curve=True, client_curve=False) -> str:
+    """A local topology in ``directory`` with every endpoint on a free port (CURVE keys are
+    made under ``directory``/keys when the mesh starts)."""
     ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters))
 
     def ep():
@@ -64,7 +65,7 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays
     raw = {"cluster": "test", "local": True, "secret_file": "secret", "data_dir": "data",
            "limits": {"rate": 10000.0, "burst": 10000, **(limits or {})}, "heartbeat": heartbeat or {},
            "channels": channels if channels is not None else {"lobby": {"members": "1-100"}},
-           "idcs": {"test": idc}}
+           "idcs": {"test": idc}, "curve": curve, "client_curve": client_curve}
     path = os.path.join(str(directory), "topology.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(raw, f)

@@ -14,7 +14,7 @@ import time
 
 import zmq
 
-from . import wire
+from . import curve, wire
 from .loop import Loop
 from .store import Store
 from .topology import Topology
@@ -38,6 +38,7 @@ class Node:
         self.started = time.time()
         self.ctx = zmq.Context()
         self.ctx.setsockopt(zmq.LINGER, 0)
+        self.security = curve.NodeSecurity(topo, node_id, self.ctx)   # reads every key, or refuses
         self.loop = Loop()
         self.store = None
         if self.needs_store:
@@ -56,10 +57,13 @@ class Node:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         if maxmsgsize:
             sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
+        self.security.as_server(sock, client_facing=endpoint == self.spec.endpoints.get("client"))
         sock.bind(endpoint)
         return sock
 
-    def connect(self, kind: int, endpoint: str, identity: bytes | None = None) -> zmq.Socket:
+    def connect(self, kind: int, endpoint: str, identity: bytes | None = None,
+                server: str | None = None) -> zmq.Socket:
+        """A socket connected to ``endpoint``, a CURVE client of node ``server``."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100000)
@@ -68,12 +72,15 @@ class Node:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)      # peers on a LAN: come back quickly
         if identity:
             sock.setsockopt(zmq.IDENTITY, identity)
+        if server:
+            self.security.as_client(sock, server)
         sock.connect(endpoint)
         return sock
 
     def peers(self, node_type: str) -> dict:
         """A DEALER to the rpc endpoint of every node of a type; replies go to self.requests."""
-        socks = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in self.topo.of_type(node_type)}
+        socks = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc"), server=n.id)
+                 for n in self.topo.of_type(node_type)}
         for sock in socks.values():
             self.loop.add(sock, self.requests.on_reply)
         return socks
@@ -94,6 +101,7 @@ class Node:
         sub.setsockopt(zmq.RCVHWM, 100000)
         sub.setsockopt(zmq.SUBSCRIBE, topic)
         for n in self.topo.of_type(node_type):
+            self.security.as_client(sub, n.id)          # applies to the connect that follows
             sub.connect(n.endpoint("pub"))
         self.loop.add(sub, on_frames)
         return sub
@@ -154,7 +162,8 @@ class Node:
     def status(self) -> dict:
         return {"id": self.id, "type": self.type, "pid": os.getpid(),
                 "uptime": round(time.time() - self.started, 3),
-                "max_turn_ms": round(self.loop.max_turn * 1000, 3), "turns": self.loop.turns}
+                "max_turn_ms": round(self.loop.max_turn * 1000, 3), "turns": self.loop.turns,
+                "refused_keys": self.security.refused}
 
     def handle_status(self, _ident, msg) -> dict:
         reply = wire.reply("status", msg["rid"], **self.status())
@@ -176,5 +185,6 @@ class Node:
             if self.store is not None:
                 self.store.close()
         finally:
+            self.security.stop()
             self.ctx.destroy(linger=0)
         log.info("%s %s stopped", self.type, self.id)
