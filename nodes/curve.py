@@ -91,10 +91,10 @@ def ensure_keys(topo: Topology) -> list[str]:
 
 
 def _read(path: str, what: str, hint: str) -> tuple[bytes, bytes | None]:
+    if not os.path.exists(path):
+        raise CurveError(f"{path}: missing {what} ({hint})")
     try:
         return zmq.auth.load_certificate(path)
-    except FileNotFoundError:
-        raise CurveError(f"{path}: missing {what} ({hint})") from None
     except (OSError, ValueError) as exc:
         raise CurveError(f"{path}: cannot read {what}: {exc}") from None
 
@@ -267,3 +267,34 @@ def connect_client(sock: zmq.Socket, endpoint: str) -> None:
         sock.curve_serverkey = server_key
         sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
     sock.connect(str(endpoint))
+
+
+# --- bin/mesh keys ------------------------------------------------------------
+def deployment_guide(topo: Topology, created: list[str]) -> str:
+    """What `bin/mesh keys` prints: which files were made and what goes to which machine."""
+    names = key_names(topo)
+    for name in names:
+        private = key_files(topo, name)[1]
+        if os.path.exists(private):
+            check_private_mode(private)
+    present = [n for n in names if n not in created]
+    lines = [f"keys in {topo.keys_dir}: created {', '.join(created) or 'none'}"
+             + (f"; already there: {', '.join(present)}" if present else "")]
+    if not topo.curve and not topo.client_curve:
+        lines.append(f"note: {topo.path} turns CURVE off (curve: false): the nodes will not use them")
+    if topo.local:
+        lines.append("local topology: `bin/mesh up` uses these as they are; nothing to copy.")
+    else:
+        lines += [
+            "Copy to the machine of each node, into its keys_dir (mode 0700):",
+            "  <id>.key_secret   its own private key only (mode 0600; refused if others may read it)",
+            "  *.key             the public keys of every node and of admin",
+            "                    (or publish them in the topology with the public_keys: block below)",
+            "The operator's machine (bin/mesh status, channel ...) needs admin.key_secret and the *.key files.",
+        ]
+    if topo.client_curve:
+        lines.append("client_curve: clients need the public keys of the brokers and relays (public_keys: below);"
+                     " see docs/protocol.md.")
+    lines.append("public_keys:")
+    lines += [f'  {name}: "{public_key(topo, name).decode()}"' for name in names]
+    return "\n".join(lines)

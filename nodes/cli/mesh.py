@@ -2,6 +2,7 @@
 
     bin/mesh up [-c CONFIG]                      start every node, stay in the foreground
     bin/mesh status [-c CONFIG] [--json]         each node up/down (exit 0 all up, 1 otherwise)
+    bin/mesh keys [-c CONFIG]                    create missing CURVE keypairs, say what goes where
     bin/mesh token --uin U [--lifetime S]        print a login token
     bin/mesh channel create NAME --members 1,2,3 [--lifetime S]
     bin/mesh channel add NAME UIN...
@@ -16,7 +17,7 @@ import signal
 import sys
 import time
 
-from .. import auth
+from .. import auth, curve
 from ..admin import Admin, AdminError
 from ..mesh import Mesh, MeshError
 from ..wire import ProtocolError
@@ -84,6 +85,18 @@ def cmd_status(args) -> int:
     return 0 if all(r["up"] for r in rows) else 1
 
 
+def cmd_keys(args) -> int:
+    topo = load_topology(args.config)
+    try:
+        created = curve.ensure_keys(topo)
+        print(curve.deployment_guide(topo, created))
+    except curve.CurveError as exc:
+        fail(str(exc), 1)
+    except OSError as exc:
+        fail(f"cannot write keys in {topo.keys_dir}: {exc.strerror}", 1)
+    return 0
+
+
 def cmd_token(args) -> int:
     topo = load_topology(args.config)
     print(auth.mint(topo.read_secret(), args.uin, args.lifetime))
@@ -127,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=1.0)
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("keys", help="create missing CURVE keypairs and print what a deployment copies where")
+    add_config_arg(p)
+    p.set_defaults(fn=cmd_keys)
     p = sub.add_parser("token", help="print a login token for a uin")
     add_config_arg(p)
     p.add_argument("--uin", type=uin_arg, required=True)
