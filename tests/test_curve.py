@@ -270,6 +270,8 @@ def test_bin_mesh_keys_creates_missing_pairs_and_says_what_goes_where(tmp_path):
     with open(path, "w") as f:
         yaml.safe_dump(raw, f)
     topo = topology.load(path)
+    no_admin_key = mesh_cli("status", "-c", path)
+    assert no_admin_key.returncode == 2 and curve.key_files(topo, "admin")[1] in no_admin_key.stderr
     first = mesh_cli("keys", "-c", path)
     assert first.returncode == 0, first.stderr
     for name in list(topo.nodes) + ["admin"]:

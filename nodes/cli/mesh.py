@@ -163,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)        # `bin/... | head` ends quietly, like other tools
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except curve.CurveError as exc:          # the admin key (or a node's public key) missing or open
+        fail(str(exc))
 
 
 if __name__ == "__main__":
