@@ -19,9 +19,11 @@ import time
 import pytest
 import yaml
 import zmq
+import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from conftest import ROOT, MeshHarness, write_topology
+from test_cli import run as run_tool
 from nodes import curve, topology, wire
 from nodes.client import Client, ClientError
 
@@ -211,16 +213,12 @@ def test_client_curve_admits_only_clients_with_the_server_key(make_mesh, outside
     assert got["id"] == msg_id and got["text"] == "over curve"
     assert not plain.sock.poll(0)
     # bin/chat finds the keys itself, the relay's too
-    env = dict(os.environ, PYTHON=sys.executable)
-    sent = subprocess.run([os.path.join(ROOT, "bin", "chat"), "send", "-c", m.mesh.config, "--uin", "3",
-                           "--channel", "lobby", "via chat"], capture_output=True, text=True,
-                          timeout=60, env=env)
+    sent = run_tool("chat", "send", "-c", m.mesh.config, "--uin", 3, "--channel", "lobby", "via chat")
     assert sent.returncode == 0, sent.stderr
     assert b.recv(timeout=10)["id"] == int(sent.stdout)
     src = tmp_path / "blob"
     src.write_bytes(os.urandom(3000))
-    up = subprocess.run([os.path.join(ROOT, "bin", "chat"), "upload", "-c", m.mesh.config, "--uin", "3",
-                         "--channel", "lobby", str(src)], capture_output=True, text=True, timeout=60, env=env)
+    up = run_tool("chat", "upload", "-c", m.mesh.config, "--uin", 3, "--channel", "lobby", src)
     assert up.returncode == 0, up.stderr
 
 
@@ -241,13 +239,18 @@ def test_node_refuses_a_private_key_others_can_read(tmp_path):
     assert not os.path.exists(topo.node_dir("c1"))          # refused before opening its store
 
 
-def test_node_of_a_non_local_topology_refuses_missing_keys(tmp_path):
-    path = write_topology(tmp_path)
+def non_local_topology(directory):
+    """A test topology marked as a real deployment: nothing makes its keys by itself."""
+    path = write_topology(directory)
     raw = yaml.safe_load(open(path))
     raw["local"] = False
     with open(path, "w") as f:
         yaml.safe_dump(raw, f)
-    topo = topology.load(path)
+    return path, topology.load(path)
+
+
+def test_node_of_a_non_local_topology_refuses_missing_keys(tmp_path):
+    path, topo = non_local_topology(tmp_path)
     run = launch(path, "r1")
     assert run.returncode == 1 and curve.key_files(topo, "r1")[1] in run.stderr
     curve.ensure_keys(topo)
@@ -258,18 +261,11 @@ def test_node_of_a_non_local_topology_refuses_missing_keys(tmp_path):
 
 
 def mesh_cli(*args):
-    env = dict(os.environ, PYTHON=sys.executable)
-    return subprocess.run([os.path.join(ROOT, "bin", "mesh"), *args], capture_output=True, text=True,
-                          timeout=60, env=env)
+    return run_tool("mesh", *args)
 
 
 def test_bin_mesh_keys_creates_missing_pairs_and_says_what_goes_where(tmp_path):
-    path = write_topology(tmp_path)
-    raw = yaml.safe_load(open(path))
-    raw["local"] = False
-    with open(path, "w") as f:
-        yaml.safe_dump(raw, f)
-    topo = topology.load(path)
+    path, topo = non_local_topology(tmp_path)
     no_admin_key = mesh_cli("status", "-c", path)
     assert no_admin_key.returncode == 2 and curve.key_files(topo, "admin")[1] in no_admin_key.stderr
     first = mesh_cli("keys", "-c", path)
