@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import yaml
+from zmq.utils import z85
 
 from . import rendezvous
 
@@ -157,7 +158,6 @@ def _flag(path, raw, key, default: bool) -> bool:
 
 def _parse_public_keys(path, given) -> dict:
     """``public_keys: {name: Z85 public key}``: node ids, ``admin`` or other operator tools."""
-    from zmq.utils import z85
     if given is None:
         return {}
     if not isinstance(given, dict):
