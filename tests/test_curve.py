@@ -24,7 +24,9 @@ from zmq.utils.monitor import recv_monitor_message
 
 from conftest import ROOT, MeshHarness, write_topology
 from test_cli import run as run_tool
+from test_heartbeat_sync import run as run_async
 from nodes import curve, topology, wire
+from nodes.aclient import AsyncClient
 from nodes.client import Client, ClientError
 
 # the monitor events that end each outsider's handshake: libzmq reports a NULL peer of a CURVE
@@ -220,6 +222,24 @@ def test_client_curve_admits_only_clients_with_the_server_key(make_mesh, outside
     src.write_bytes(os.urandom(3000))
     up = run_tool("chat", "upload", "-c", m.mesh.config, "--uin", 3, "--channel", "lobby", src)
     assert up.returncode == 0, up.stderr
+    # failover: each broker has its own key, and the client takes the next one's with its endpoint
+    m.mesh.kill("b1")
+    run_async(failover_over_curve(m, a, b))
+
+
+async def failover_over_curve(m, a, b):
+    endpoints = [curve.client_endpoint(m.topo, n) for n in ("b1", "b2")]
+    client = AsyncClient(endpoints, m.token(4), timeout=1.0)
+    try:
+        await client.connect()                         # b1 is down: logs in at b2
+        assert client.endpoint == endpoints[1]             # (a CURVE server answers only its own key)
+        msg_id = await client.send("lobby", "after failover")
+    finally:
+        await client.close()
+    got = b.recv(timeout=10)                           # b is on b2 (the upload's message first)
+    while got is not None and got["id"] < msg_id:
+        got = b.recv(timeout=10)
+    assert got is not None and got["id"] == msg_id and got["text"] == "after failover"
 
 
 def launch(config, node_id):
