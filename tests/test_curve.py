@@ -100,7 +100,7 @@ def attack(outsiders, topo, node_id, how, *requests) -> Outsider:
 
 
 def alloc(admin, counter, channel, n):
-    reply = admin.call(counter, {"t": "alloc", "channel": channel, "n": n})
+    reply = admin.call(counter, {"t": "alloc", "channel": channel, "n": n, "have": 0})
     assert reply["t"] == "alloc", reply
     return reply["start"], reply["end"]
 
@@ -122,7 +122,7 @@ def test_outsider_gets_nothing_done_on_any_rpc_endpoint(mesh, outsiders, how):
                    {"t": "sync", "rid": 2, "uin": 1, "channel": "lobby", "after": 0},
                    {"t": "presence", "rid": 3, "uin": 5}),
             attack(outsiders, topo, counter, how,
-                   *({"t": "alloc", "rid": i, "channel": c, "n": 1_000_000}
+                   *({"t": "alloc", "rid": i, "channel": c, "n": 1_000_000, "have": 0}
                      for i, c in enumerate(("curve-probe", "lobby", "curve-probe")))),
             attack(outsiders, topo, router, how,
                    {"t": "online", "rid": 1, "uin": 77, "device": 5, "broker": "b1"},
