@@ -153,6 +153,10 @@ class Identity:
         self.public = self.secret = None
         if own_pair:
             self.public, self.secret = load_pair(topo, name)
+            published = topo.public_keys.get(name)
+            if published is not None and published != self.public:
+                raise CurveError(f"{key_files(topo, name)[1]}: its public key is not the one published "
+                                 f"for {name} under public_keys: in {topo.path}; peers would refuse it")
         self._servers = {}
 
     @classmethod

@@ -322,6 +322,8 @@ def test_topology_curve_keys_and_inline_public_keys(tmp_path):
             topology.parse(broken, path)
     topo = topology.parse(raw, path)
     assert curve.public_key(topo, "b1") == inline.encode()          # inline wins over the file
+    with pytest.raises(curve.CurveError, match="b1.key_secret.*not the one published"):
+        curve.Identity(topo, "b1")                     # b1's own pair no longer matches what peers use
     names = curve.admitted(topo)
     assert names[inline.encode()] == "b1" and names[ops.encode()] == "ops-laptop"   # another operator tool
     assert len(names) == len(topo.nodes) + 2
