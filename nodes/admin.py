@@ -45,9 +45,7 @@ class Admin:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         try:
-            endpoint = self.topo.node(node_id).endpoint("rpc")
-            self.identity.as_client(sock, node_id)
-            sock.connect(endpoint)
+            self.identity.connect(sock, self.topo.node(node_id).endpoint("rpc"))
             msg = dict(msg, rid=next(self._rids))
             sock.send(wire.pack(msg))
             if not sock.poll(int((timeout or self.timeout) * 1000)):

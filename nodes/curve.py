@@ -144,8 +144,9 @@ def admitted(topo: Topology) -> dict:
 class Identity:
     """The keys one process uses on internal sockets: its own pair and the nodes' public keys.
 
-    ``as_client(sock, node_id)`` before ``connect`` makes sock a CURVE client of
-    that node; nothing happens when the topology has ``curve: false``.
+    ``connect(sock, endpoint)`` connects as a CURVE client of the node bound at
+    that endpoint (``as_client(sock, node_id)`` only sets the options); plain
+    when the topology has ``curve: false``.
     """
 
     def __init__(self, topo: Topology, name: str, own_pair: bool = True):
@@ -158,6 +159,7 @@ class Identity:
                 raise CurveError(f"{key_files(topo, name)[1]}: its public key is not the one published "
                                  f"for {name} under public_keys: in {topo.path}; peers would refuse it")
         self._servers = {}
+        self._bound_at = None                  # endpoint -> node id, built on first use
 
     @classmethod
     def admin(cls, topo: Topology) -> "Identity":
@@ -179,6 +181,18 @@ class Identity:
         if self.topo.curve:
             sock.curve_serverkey = self.server_key(node_id)
             sock.curve_publickey, sock.curve_secretkey = self.public, self.secret
+
+    def connect(self, sock: zmq.Socket, endpoint: str) -> None:
+        """Connect to a node's internal endpoint as a CURVE client of that node (options
+        apply per connect, so one SUB may connect to several publishers this way); any
+        other endpoint (a client endpoint: see ``connect_client``) is connected as it is."""
+        if self._bound_at is None:
+            self._bound_at = {ep: n.id for n in self.topo.nodes.values()
+                              for name, ep in n.endpoints.items() if name != "client"}
+        node_id = self._bound_at.get(endpoint)
+        if node_id is not None:
+            self.as_client(sock, node_id)
+        sock.connect(endpoint)
 
 
 class NodeSecurity(Identity):

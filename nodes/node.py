@@ -66,9 +66,7 @@ class Node:
         sock.bind(endpoint)
         return sock
 
-    def connect(self, kind: int, endpoint: str, identity: bytes | None = None,
-                server: str | None = None) -> zmq.Socket:
-        """A socket connected to ``endpoint``, a CURVE client of node ``server``."""
+    def connect(self, kind: int, endpoint: str, identity: bytes | None = None) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100000)
@@ -77,15 +75,12 @@ class Node:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)      # peers on a LAN: come back quickly
         if identity:
             sock.setsockopt(zmq.IDENTITY, identity)
-        if server:
-            self.security.as_client(sock, server)
-        sock.connect(endpoint)
+        self.security.connect(sock, endpoint)           # a CURVE client of the node bound there
         return sock
 
     def peers(self, node_type: str) -> dict:
         """A DEALER to the rpc endpoint of every node of a type; replies go to self.requests."""
-        socks = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc"), server=n.id)
-                 for n in self.topo.of_type(node_type)}
+        socks = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in self.topo.of_type(node_type)}
         for sock in socks.values():
             self.loop.add(sock, self.requests.on_reply)
         return socks
@@ -106,8 +101,7 @@ class Node:
         sub.setsockopt(zmq.RCVHWM, 100000)
         sub.setsockopt(zmq.SUBSCRIBE, topic)
         for n in self.topo.of_type(node_type):
-            self.security.as_client(sub, n.id)          # applies to the connect that follows
-            sub.connect(n.endpoint("pub"))
+            self.security.connect(sub, n.endpoint("pub"))
         self.loop.add(sub, on_frames)
         return sub
 
