@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -264,6 +265,7 @@ def run(args) -> dict:
                 p.kill()
         if mesh is not None:
             mesh.close()
+            shutil.rmtree(os.path.dirname(mesh.config), ignore_errors=True)   # its throwaway topology
     by_type, rss_type = {}, {}
     for n, spec in topo.nodes.items():
         by_type[spec.type] = round(by_type.get(spec.type, 0.0) + cpu[n], 3)
