@@ -265,7 +265,8 @@ def run(args) -> dict:
                 p.kill()
         if mesh is not None:
             mesh.close()
-            shutil.rmtree(os.path.dirname(mesh.config), ignore_errors=True)   # its throwaway topology
+    if mesh is not None:            # its throwaway topology, data and logs (kept when a run fails)
+        shutil.rmtree(os.path.dirname(mesh.config), ignore_errors=True)
     by_type, rss_type = {}, {}
     for n, spec in topo.nodes.items():
         by_type[spec.type] = round(by_type.get(spec.type, 0.0) + cpu[n], 3)
