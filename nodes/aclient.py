@@ -33,7 +33,7 @@ import time
 import zmq
 import zmq.asyncio
 
-from . import wire
+from . import curve, wire
 from .client import RETRYABLE, ClientClock, ClientError
 from .fragments import Assembler, new_group_id, split_utf8
 from .windows import Windows
@@ -97,7 +97,7 @@ class Connection:
         self._detach()
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+        curve.connect_client(sock, endpoint)          # CURVE when the endpoint carries a server key
         self._sock, self.endpoint = sock, endpoint
         self._reader = asyncio.ensure_future(self._read(sock))
 

@@ -28,8 +28,8 @@ import time
 from ..aclient import AsyncClient
 from ..client import ClientError
 from ..media import MediaClient, save
-from .common import (add_config_arg, add_version_arg, broker_endpoint, fail, load_topology, prog_name,
-                     token_for, uin_arg)
+from .common import (add_config_arg, add_version_arg, broker_endpoint, client_endpoint, fail, load_topology,
+                     prog_name, token_for, uin_arg)
 
 PROG = prog_name("chat")
 
@@ -59,7 +59,7 @@ def refused(exc: ClientError) -> int:
 async def connect(args) -> AsyncClient:
     topo = load_topology(args.config)
     first = broker_endpoint(topo, args.uin, args.broker)
-    others = [b.endpoint("client") for b in topo.of_type("broker") if b.endpoint("client") != first]
+    others = [client_endpoint(topo, b.id) for b in topo.of_type("broker") if b.endpoint("client") != first]
     client = AsyncClient([first] + others, token_for(topo, args.uin, args.token), device=args.device,
                          net=args.net)
     await client.connect()
@@ -269,7 +269,7 @@ async def cmd_interactive(args) -> int:
 
 def media_client(args) -> MediaClient:
     topo = load_topology(args.config)
-    relays = {n.id: n.endpoint("client") for n in topo.of_type("relay")}
+    relays = {n.id: client_endpoint(topo, n.id) for n in topo.of_type("relay")}
     if not relays:
         fail(f"{topo.path} lists no relay")
     return MediaClient(relays, token_for(topo, args.uin, args.token), device=args.device)
