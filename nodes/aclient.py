@@ -41,6 +41,16 @@ from .windows import Windows
 log = logging.getLogger(__name__)
 
 
+def page_upto(page: dict) -> int:
+    """The newest id a sync page speaks for: ``upto`` (protocol 2), else the channel's newest
+    id when the page was complete, else the last id in it (older servers)."""
+    if "upto" in page:
+        return page["upto"]
+    if not page["more"]:
+        return page["last"]
+    return max((m["id"] for m in page["msgs"]), default=0)
+
+
 class Connection:
     """An asyncio DEALER session with login, failover over endpoints and rid-matched requests.
 
@@ -249,11 +259,8 @@ class AsyncClient(Connection):
                 self.syncs += 1
                 page = await self.request({"t": "sync", "channel": channel,
                                            "after": self.windows.last.get(channel, 0)})
-                self._deliver(self.windows.jump(channel, page["first"]))
-                for m in page["msgs"]:
-                    self._accept_synced(m)
-                if not page["more"]:
-                    self._deliver(self.windows.skip_gap(channel))   # what is missing does not exist
+                self._deliver(self.windows.page(channel, page["msgs"], page["first"], page_upto(page)))
+                if not page["more"] and not self.windows.gap(channel):
                     return
         except ClientError as exc:
             log.info("sync of %s deferred to the next heartbeat: %s", channel, exc)
