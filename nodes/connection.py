@@ -86,7 +86,7 @@ class Link:
         self.connected = asyncio.Event()
         self._pending = {}                     # rid -> Future
         self._rids = itertools.count(1)
-        self._sock = None
+        self._sock = self._monitor = None
         self._tasks = []                       # reader and monitor of the current socket
         self._reconnecting = None              # the one reconnect task
         self._probing = None
@@ -226,7 +226,7 @@ class Link:
         sock.setsockopt(zmq.LINGER, 0)
         monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         sock.connect(endpoint)
-        self._sock, self.endpoint = sock, endpoint
+        self._sock, self._monitor, self.endpoint = sock, monitor, endpoint
         generation = self.generation + 1           # the generation a login here will start
         self._tasks = [asyncio.ensure_future(self._read(sock)),
                        asyncio.ensure_future(self._watch(monitor, generation))]
@@ -241,8 +241,9 @@ class Link:
                 self._sock.disable_monitor()
             except zmq.ZMQError:
                 pass
+            self._monitor.close(0)
             self._sock.close(0)
-            self._sock = None
+            self._sock = self._monitor = None
         self._fail_pending(_Replaced())
 
     def _fail_pending(self, exc: Exception) -> None:
@@ -253,17 +254,20 @@ class Link:
 
     async def _watch(self, monitor, generation: int) -> None:
         """A dropped TCP connection (the broker process died) is a reason to move at once."""
-        try:
-            while True:
+        while True:
+            try:
                 event = parse_monitor_message(await monitor.recv_multipart())
-                if event["event"] == zmq.EVENT_DISCONNECTED:
-                    self.trouble(generation, why=f"{self.endpoint} disconnected")
-        finally:
-            monitor.close(0)
+            except zmq.ZMQError:                         # closed by _detach
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.trouble(generation, why=f"{self.endpoint} disconnected")
 
     async def _read(self, sock) -> None:
         while True:
-            frame = await sock.recv()
+            try:
+                frame = await sock.recv()
+            except zmq.ZMQError:                         # closed by _detach
+                return
             try:
                 maps = wire.unpack_many(frame, 2**31, 1 << 16)
             except wire.ProtocolError as exc:

@@ -81,12 +81,15 @@ class Brokers:
         return endpoints
 
     def failover(self, failed: str | None) -> list[str]:
-        """Order after losing ``failed``: its IDC first, each part by rank; ``failed`` itself last."""
+        """Order after losing ``failed``: the brokers that answered the measurement, those of its
+        IDC first, fastest first; then the silent ones (its IDC first); ``failed`` itself last."""
         home = self.idc.get(failed)
         ranked = [ep for ep in self.rank() if ep != failed]
-        same = [ep for ep in ranked if self.idc[ep] == home]
-        other = [ep for ep in ranked if self.idc[ep] != home]
-        return same + other + ([failed] if failed in self.idc else [])
+        order = []
+        for answered in (True, False):
+            part = [ep for ep in ranked if (ep in self.rtt) == answered]
+            order += [ep for ep in part if self.idc[ep] == home] + [ep for ep in part if self.idc[ep] != home]
+        return order + ([failed] if failed in self.idc else [])
 
     # --- memory ----------------------------------------------------------------
     def good(self, endpoint: str) -> None:

@@ -1,0 +1,300 @@
+"""The client library under faults, on real nodes: a killed and a stalled broker, an owner
+outage, a restart with a full mailbox, a slow broker, a hostile peer."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+
+import zmq
+import zmq.asyncio
+
+from nodes import wire
+from nodes.aclient import AsyncClient
+from nodes.client import ClientError
+from nodes.localtopo import free_ports
+from nodes.mailbox import Mailbox
+from nodes.nearest import Brokers
+
+from test_heartbeat_sync import collect, endpoints, run
+
+HB = {"wired": 2.0, "min": 1.0, "max": 4.0, "session_timeout_factor": 3}
+
+
+@contextlib.contextmanager
+def stopped(m, node_id: str, seconds: float | None = None):
+    """SIGSTOP a node; SIGCONT it when the block ends (also on failure)."""
+    proc = m.mesh.procs[node_id]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
+async def send_loop(client, channel, acked, stop, prefix):
+    """Closed loop: one send at a time until ``stop``; every acked id into ``acked``."""
+    i = 0
+    while not stop.is_set():
+        try:
+            acked.append(await client.send(channel, f"{prefix}{i}"))
+        except ClientError as exc:
+            assert exc.code == "BUSY", exc                     # busy: still in the mailbox
+        i += 1
+
+
+async def drained(client, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while client.pending() or client._posting:
+        assert time.monotonic() < deadline, f"mailbox still holds {client.pending()}"
+        await asyncio.sleep(0.05)
+
+
+def test_broker_killed_then_another_stalled_with_sends_in_flight(make_mesh):
+    """SIGKILL of the clients' broker, then SIGSTOP 1.5 s of the one they moved to, while a
+    closed-loop sender and heartbeats run: each client resumes within one heartbeat interval,
+    reconnects at most 3 times, and every acked message reaches the reader once, in order."""
+    m = make_mesh(brokers=3, logics=1, heartbeat=HB)
+    b1 = m.topo.ids("broker")[0]
+
+    async def main():
+        sender = AsyncClient(endpoints(m), m.token(1), timeout=1.0)
+        reader = AsyncClient(endpoints(m), m.token(2), timeout=1.0)
+        await sender.connect()
+        await reader.connect()
+        assert sender.endpoint == reader.endpoint == m.broker(0)   # equally near: list order
+        m.wait_presence(2, 0, present=True)
+        acked, stop = [], asyncio.Event()
+        loop = asyncio.ensure_future(send_loop(sender, "lobby", acked, stop, "m"))
+        while len(acked) < 20:
+            await asyncio.sleep(0.01)
+        n, t_kill = len(acked), time.monotonic()
+        m.mesh.signal(b1, signal.SIGKILL)
+        while len(acked) < n + 5:
+            await asyncio.sleep(0.01)
+        resumed = time.monotonic() - t_kill
+        assert resumed < HB["wired"], f"sends resumed {resumed:.2f} s after the kill"
+        moved = sender.endpoint
+        assert moved != m.broker(0) and sender.reconnects == 1
+        stalled = next(b.id for b in m.topo.of_type("broker") if b.endpoint("client") == moved)
+        n = len(acked)
+        with stopped(m, stalled):
+            await asyncio.sleep(1.5)
+        while len(acked) < n + 20:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await loop
+        await drained(sender)
+        got = await collect(reader, len(acked), timeout=20)
+        assert [g["id"] for g in got] == sorted(acked) == acked
+        assert await reader.recv(timeout=0.5) is None          # nothing twice
+        assert sender.reconnects <= 3 and reader.reconnects <= 3, (sender.reconnects, reader.reconnects)
+        print(f"resumed {resumed * 1000:.0f} ms after the kill; reconnects sender "
+              f"{sender.reconnects} reader {reader.reconnects}; {len(acked)} acked")
+        await reader.close()
+        await sender.close()
+    run(main())
+
+
+def test_send_during_an_owner_outage_stays_in_the_mailbox_and_arrives_once(make_mesh):
+    m = make_mesh(brokers=1, logics=1, limits={"request_timeout": 0.5})
+    logic = m.owner_of("lobby")
+
+    async def main():
+        events = []
+        sender = AsyncClient(endpoints(m), m.token(1), timeout=2.0,
+                             on_mail=lambda event, entry, detail: events.append((event, entry.seq, detail)))
+        reader = AsyncClient(endpoints(m), m.token(2))
+        await sender.connect()
+        await reader.connect()
+        m.wait_presence(2, 0, present=True)
+        m.mesh.signal(logic, signal.SIGKILL)
+        try:
+            await sender.send("lobby", "through the outage")
+            raise AssertionError("acked with the owner down")
+        except ClientError as exc:
+            assert exc.code == "BUSY"
+            seq = exc.reply["mailbox"]
+        assert [e.text for e in sender.pending()] == ["through the outage"]
+        m.mesh.start([logic])
+        m.mesh.wait_ready(15, [logic])
+        await drained(sender)
+        acked = [e for e in events if e[0] == "acked"]
+        assert len(acked) == 1 and acked[0][1] == seq
+        got = await collect(reader, 1)
+        assert got[0]["id"] == acked[0][2] and got[0]["text"] == "through the outage"
+        page = await reader.sync("lobby", 0)
+        assert [x["text"] for x in page["msgs"]] == ["through the outage"]
+        await reader.close()
+        await sender.close()
+    run(main())
+
+
+def test_restarted_client_sends_its_mailbox_once(make_mesh, tmp_path):
+    """The owner is stalled: the send times out into the mailbox, the app quits.  The stalled
+    owner then stores it; the restarted client resends it with the same client time and the
+    server acks it with the original id: stored once."""
+    m = make_mesh(brokers=1, logics=1, limits={"request_timeout": 0.5})
+    logic = m.owner_of("lobby")
+    box = str(tmp_path / "mailbox.sqlite")
+
+    async def main():
+        first = AsyncClient(endpoints(m), m.token(1), timeout=1.0, mailbox=box)
+        await first.connect()
+        with stopped(m, logic):
+            try:
+                await first.send("lobby", "keep me")
+                raise AssertionError("acked with the owner stopped")
+            except ClientError as exc:
+                assert exc.code == "BUSY"
+            await first.close()
+        assert [(e.text, e.tries >= 2) for e in Mailbox(box).pending()] == [("keep me", True)]
+        outcomes = []
+        again = AsyncClient(endpoints(m), m.token(1), mailbox=box,
+                            on_mail=lambda event, entry, detail: outcomes.append((event, entry.text, detail)))
+        await again.connect()                                  # resumes the mailbox by itself
+        await drained(again)
+        assert [o[:2] for o in outcomes] == [("acked", "keep me")]
+        page = await again.sync("lobby", 0)
+        assert [(x["id"], x["text"]) for x in page["msgs"]] == [(outcomes[0][2], "keep me")]
+        assert Mailbox(box).pending() == []
+        await again.close()
+    run(main())
+
+
+async def delay_proxy(target_port: int, delay: float):
+    """A TCP forwarder on a free loopback port that holds every chunk ``delay`` seconds."""
+    async def pipe(reader, writer):
+        try:
+            while chunk := await reader.read(65536):
+                await asyncio.sleep(delay)
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(client_r, client_w):
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
+        except OSError:
+            client_w.close()
+            return
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+    port = free_ports(1)[0]
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    return server, f"tcp://127.0.0.1:{port}"
+
+
+def test_nearest_broker_is_measured_and_remembered(make_mesh, tmp_path):
+    m = make_mesh(brokers=2, logics=1)
+    state = str(tmp_path / "brokers.json")
+
+    async def main():
+        b1_port = int(m.broker(0).rsplit(":", 1)[1])
+        server, slow = await delay_proxy(b1_port, 0.04)
+        try:
+            c = AsyncClient([(slow, "far"), (m.broker(1), "near")], m.token(1), state_file=state)
+            await c.connect()
+            assert c.endpoint == m.broker(1)                   # first in the list, but slower
+            assert c.brokers.rtt[slow] > 0.04 > c.brokers.rtt[m.broker(1)]
+            assert json.load(open(state))["last_good"] == m.broker(1)
+            await c.close()
+        finally:
+            server.close()
+        # restarted, both equally near now: the remembered broker, not list order
+        again = AsyncClient([m.broker(0), m.broker(1)], m.token(1), state_file=state)
+        await again.connect()
+        assert again.endpoint == m.broker(1)
+        await again.close()
+    run(main())
+
+
+def test_broker_ranking_and_same_idc_failover_without_a_server():
+    b = Brokers([("tcp://a1", "A"), ("tcp://a2", "A"), ("tcp://b1", "B"), ("tcp://b2", "B")])
+    assert b.rank() == ["tcp://a1", "tcp://a2", "tcp://b1", "tcp://b2"]    # nothing measured: list order
+    b.rtt = {"tcp://a1": 0.080, "tcp://a2": 0.081, "tcp://b1": 0.002, "tcp://b2": 0.0021}
+    assert b.rank() == ["tcp://b1", "tcp://b2", "tcp://a1", "tcp://a2"]
+    assert b.failover("tcp://b1") == ["tcp://b2", "tcp://a1", "tcp://a2", "tcp://b1"]
+    del b.rtt["tcp://b2"]                                          # b2 silent: same IDC, but last
+    assert b.failover("tcp://b1") == ["tcp://a1", "tcp://a2", "tcp://b2", "tcp://b1"]
+    b.last_good = "tcp://a2"
+    assert b.rank()[0] == "tcp://b1"                               # remembered, but far slower
+    b.rtt["tcp://a2"] = 0.0025
+    assert b.rank()[0] == "tcp://a2"                               # remembered and about as near
+
+
+def test_reader_survives_malformed_frames_and_pushes():
+    """A hostile peer in place of a broker: garbage, bad pushes, a bad fragment header, then a
+    good push -- the client counts each bad one and still gets the good one."""
+    async def main():
+        ctx = zmq.asyncio.Context()
+        peer = ctx.socket(zmq.ROUTER)
+        peer.setsockopt(zmq.LINGER, 0)
+        port = peer.bind_to_random_port("tcp://127.0.0.1")
+        bad = [b"\xc1", wire.pack({"t": "msg", "channel": 5, "id": "x"}),
+               wire.pack({"t": "msg", "channel": "c", "id": 1, "uin": 3, "device": 0, "text": "t",
+                          "frag": [1, [0], 2]})]
+        kicked = wire.pack({"t": "kicked", "reason": "too_slow"})
+        good = wire.pack({"t": "msg", "channel": "c", "id": 2, "uin": 3, "device": 0, "text": "fine",
+                          "ctime": 1, "stime": 1})
+
+        async def serve():
+            logins = 0
+            while True:
+                ident, frame = await peer.recv_multipart()
+                req = wire.unpack(frame)
+                if req["t"] == "ping":
+                    await peer.send_multipart([ident, wire.pack({"t": "pong", "rid": req["rid"]})])
+                elif req["t"] == "login":
+                    logins += 1
+                    await peer.send_multipart([ident, wire.pack({"t": "login_ok", "rid": req["rid"], "uin": 3,
+                                                                 "device": 0, "hb": 30, "sid": 77})])
+                    if logins == 1:
+                        for frame_out in bad + [good, kicked]:
+                            await peer.send_multipart([ident, frame_out])
+                elif req["t"] == "hb":
+                    assert req["sid"] == 77
+                    await peer.send_multipart([ident, wire.pack({"t": "hb_ack", "rid": req["rid"], "interval": 30,
+                                                                 "heads": {}, "first": {}, "more": [],
+                                                                 "not_member": [], "unavailable": []})])
+        server = asyncio.ensure_future(serve())
+        c = AsyncClient(f"tcp://127.0.0.1:{port}", "token", ctx=ctx)
+        try:
+            c.watch("c", since=0)
+            await c.link.start()
+            msg = await c.recv(timeout=5)
+            assert msg is not None and msg["text"] == "fine"
+            assert c.malformed == 3                    # garbage, a push without channel/id, the bad header
+            while c.reconnects < 1:                    # too_slow: the session is gone, log in again
+                await asyncio.sleep(0.01)
+            await c.link.connected.wait()
+            assert c.link.sid == 77 and (await c.heartbeat())["t"] == "hb_ack"
+            assert c.reconnects == 1
+        finally:
+            await c.close(logout=False)
+            server.cancel()
+            peer.close(0)
+            ctx.term()
+    run(main())
+
+
+def test_mailbox_keeps_entries_across_reopen_until_removed(tmp_path):
+    path = str(tmp_path / "box.sqlite")
+    box = Mailbox(path)
+    a = box.add(1, 0, "lobby", "one", [100])
+    b = box.add(1, 0, "lobby", "long", [101, 102, 103], group=9)
+    box.add(2, 0, "lobby", "someone else's", [500])
+    assert box.tried(a.seq, "TIMEOUT") == 1 and box.tried(a.seq, "UNAVAILABLE") == 2
+    box.close()
+    box = Mailbox(path)
+    got = box.pending(1, 0)
+    assert [(e.text, e.ctimes, e.group, e.tries, e.error) for e in got] == \
+        [("one", [100], None, 2, "UNAVAILABLE"), ("long", [101, 102, 103], 9, 0, None)]
+    assert got[1].ctime == 103 and box.newest_ctime(1, 0) == 103 and box.newest_ctime(3, 0) == 0
+    assert box.remove(b.seq) and not box.remove(b.seq)
+    assert [e.text for e in box.pending()] == ["one", "someone else's"]
+    box.close()
