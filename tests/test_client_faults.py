@@ -298,3 +298,20 @@ def test_mailbox_keeps_entries_across_reopen_until_removed(tmp_path):
     assert box.remove(b.seq) and not box.remove(b.seq)
     assert [e.text for e in box.pending()] == ["one", "someone else's"]
     box.close()
+
+
+def test_chat_keeps_a_busy_message_lists_it_and_sends_it_on_the_next_start(make_mesh):
+    from test_cli import run as run_tool
+    m = make_mesh(brokers=1, logics=1, limits={"request_timeout": 0.5})
+    cfg = m.mesh.config
+    with stopped(m, m.owner_of("lobby")):
+        r = run_tool("chat", "send", "-c", cfg, "--uin", 1, "--channel", "lobby", "wait for me")
+        assert r.returncode == 1 and "BUSY" in r.stderr and "kept in the mailbox" in r.stderr
+    listed = run_tool("chat", "pending", "-c", cfg, "--uin", 1, "--json")
+    assert [json.loads(line)["text"] for line in listed.stdout.splitlines()] == ["wait for me"]
+    r = run_tool("chat", "send", "-c", cfg, "--uin", 1, "--channel", "lobby", "next")
+    assert r.returncode == 0, r.stderr
+    assert "mailbox: sent #" in r.stderr
+    assert run_tool("chat", "pending", "-c", cfg, "--uin", 1).stdout == ""
+    page = m.client(2).sync("lobby", 0)
+    assert sorted(x["text"] for x in page["msgs"]) == ["next", "wait for me"]     # each once

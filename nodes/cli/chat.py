@@ -6,6 +6,13 @@
                   [--since ID] [--timeout S] [--json]                prints N messages, then exits
     bin/chat upload [-c CONFIG] --uin U --channel C FILE             prints the ref, sends a message with it
     bin/chat download [-c CONFIG] --uin U REF OUT                    writes the file (sha256 checked)
+    bin/chat pending [-c CONFIG] --uin U [--device D] [--json]       lists unsent messages (no login)
+
+Every message goes through the user's mailbox (a small sqlite file, see
+--state-dir): one that could not be sent ("system busy") stays there, is
+listed by `pending` and at the start of the interactive client, and is sent
+by the next bin/chat that logs in as the same user and device.  The last
+broker that worked is remembered beside it.
 
 Exit codes: 0 ok; 1 the server refused (code and message on stderr) or the
 timeout passed; 2 bad arguments or configuration.
@@ -23,6 +30,7 @@ import time
 
 from ..aclient import AsyncClient
 from ..client import ClientError
+from ..mailbox import Mailbox
 from ..media import MediaClient, save
 from .common import add_config_arg, broker_endpoint, fail, load_topology, token_for, uin_arg
 
@@ -34,6 +42,8 @@ def add_session_args(parser) -> None:
     parser.add_argument("--token", help="login token (minted locally on a local topology)")
     parser.add_argument("--broker", help="broker id to connect to first (default: by uin)")
     parser.add_argument("--net", default="wired", help="network type: wired, wifi, 4g, 3g, 2g")
+    parser.add_argument("--state-dir", help="where the mailbox and the broker memory live (default: "
+                        "DATA_DIR/clients for a local topology, else ~/.imesh/CLUSTER; env IMESH_CLIENT_DIR)")
 
 
 def refused(exc: ClientError) -> int:
@@ -43,12 +53,76 @@ def refused(exc: ClientError) -> int:
 
 async def connect(args) -> AsyncClient:
     topo = load_topology(args.config)
-    first = broker_endpoint(topo, args.uin, args.broker)
-    others = [b.endpoint("client") for b in topo.of_type("broker") if b.endpoint("client") != first]
-    client = AsyncClient([first] + others, token_for(topo, args.uin, args.token), device=args.device,
-                         net=args.net)
+    mailbox, state = client_files(topo, args)
+    client = AsyncClient(broker_list(topo, args.uin, args.broker), token_for(topo, args.uin, args.token),
+                         device=args.device, net=args.net, mailbox=mailbox, state_file=state,
+                         on_mail=report_mail)
     await client.connect()
     return client
+
+
+def broker_list(topo, uin: int, broker: str | None) -> list:
+    """(endpoint, IDC) of every broker; the chosen one (default: by uin, to spread users over
+    equally near brokers) first.  The client measures them and takes the nearest."""
+    first = broker_endpoint(topo, uin, broker)
+    pairs = [(b.endpoint("client"), b.idc) for b in topo.of_type("broker")]
+    return sorted(pairs, key=lambda pair: pair[0] != first)
+
+
+def client_files(topo, args) -> tuple[str, str]:
+    """The mailbox and broker-memory files of this (uin, device)."""
+    base = args.state_dir or os.environ.get("IMESH_CLIENT_DIR") or (
+        os.path.join(topo.data_dir, "clients") if topo.local
+        else os.path.join(os.path.expanduser("~"), ".imesh", topo.cluster))
+    os.makedirs(base, exist_ok=True)
+    stem = os.path.join(base, f"{args.uin}-{args.device}")
+    return f"{stem}.mailbox.sqlite", f"{stem}.brokers.json"
+
+
+def report_mail(event: str, entry, detail) -> None:
+    """Tell the user what became of a message sent earlier (from the mailbox)."""
+    if event == "acked":
+        print(f"  mailbox: sent #{detail} ({entry.channel}: {short(entry.text)})", file=sys.stderr, flush=True)
+    elif event in ("refused", "expired"):
+        print(f"  mailbox: {event} {getattr(detail, 'code', '')} ({entry.channel}: {short(entry.text)})",
+              file=sys.stderr, flush=True)
+
+
+def short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def pending_line(entry) -> str:
+    when = datetime.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M:%S")
+    why = f", last: {entry.error}" if entry.error else ""
+    return f"  pending #{entry.seq} [{entry.channel}] {when} ({entry.tries} tries{why}): {short(entry.text)}"
+
+
+async def flush_mailbox(client: AsyncClient, timeout: float) -> int:
+    """Give what the mailbox holds from earlier runs up to ``timeout`` s to go out; what is
+    left stays for the next start.  Returns how many are left."""
+    deadline = time.monotonic() + timeout
+    while client.pending() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return len(client.pending())
+
+
+async def cmd_pending(args) -> int:
+    """List the mailbox without logging in."""
+    topo = load_topology(args.config)
+    box = Mailbox(client_files(topo, args)[0])
+    try:
+        entries = box.pending(args.uin, args.device)
+    finally:
+        box.close()
+    for entry in entries:
+        if args.json:
+            print(json.dumps({"mailbox": entry.seq, "channel": entry.channel, "text": entry.text,
+                              "client_time": entry.ctime, "created": entry.created, "tries": entry.tries,
+                              "error": entry.error}, ensure_ascii=False))
+        else:
+            print(pending_line(entry))
+    return 0
 
 
 def message_json(msg: dict) -> str:
@@ -67,8 +141,18 @@ async def cmd_send(args) -> int:
     try:
         print(await client.send(args.channel, args.text))
         return 0
+    except ClientError as exc:
+        kept_in_mailbox(exc)
+        raise
     finally:
+        await flush_mailbox(client, client.timeout)
         await client.close()
+
+
+def kept_in_mailbox(exc: ClientError) -> None:
+    if "mailbox" in exc.reply:
+        print(f"note: kept in the mailbox as #{exc.reply['mailbox']}: sent by the next bin/chat of this "
+              "user and device (`bin/chat pending` lists it)", file=sys.stderr)
 
 
 async def cmd_tail(args) -> int:
@@ -98,7 +182,8 @@ async def cmd_interactive(args) -> int:
     if channel:
         client.watch(channel)
     print(f"logged in as {args.uin}/{args.device} via {client.endpoint}. "
-          "Type /join CHANNEL, then lines to send; /quit to leave.", flush=True)
+          "Type /join CHANNEL, then lines to send; /pending, /cancel N; /quit to leave.", flush=True)
+    show_pending(client)
     loop = asyncio.get_running_loop()
     lines = asyncio.Queue()
     loop.add_reader(sys.stdin.fileno(), lambda: lines.put_nowait(sys.stdin.readline()))
@@ -113,6 +198,8 @@ async def cmd_interactive(args) -> int:
             if not line or line.strip() == "/quit":
                 return 0
             line = line.rstrip("\n")
+            if await mailbox_command(client, line):
+                continue
             if line.startswith("/join"):
                 parts = line.split()
                 if len(parts) != 2:
@@ -129,10 +216,39 @@ async def cmd_interactive(args) -> int:
                     print(f"  sent #{await client.send(channel, line)}", flush=True)
                 except ClientError as exc:
                     print(f"  error: {exc.code}: {exc.msg}", flush=True)
+                    if "mailbox" in exc.reply:
+                        print(f"  kept in the mailbox as #{exc.reply['mailbox']}: sent when the network "
+                              "is back (/cancel to drop it)", flush=True)
     finally:
         loop.remove_reader(sys.stdin.fileno())
         printer.cancel()
         await client.close()
+
+
+def show_pending(client: AsyncClient) -> None:
+    entries = client.pending()
+    if entries:
+        print(f"{len(entries)} message(s) from before in the mailbox, sending now:", flush=True)
+    for entry in entries:
+        print(pending_line(entry), flush=True)
+
+
+async def mailbox_command(client: AsyncClient, line: str) -> bool:
+    """/pending and /cancel N; False if the line is neither."""
+    parts = line.split()
+    if not parts or parts[0] not in ("/pending", "/cancel"):
+        return False
+    if parts[0] == "/pending":
+        if client.pending():
+            show_pending(client)
+        else:
+            print("  mailbox empty", flush=True)
+    elif len(parts) != 2 or not parts[1].isdigit():
+        print("usage: /cancel N (the number /pending shows)", flush=True)
+    else:
+        gone = await client.cancel(int(parts[1]))
+        print(f"  #{parts[1]} {'cancelled' if gone else 'is not pending'}", flush=True)
+    return True
 
 
 def media_client(args) -> MediaClient:
@@ -191,6 +307,12 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=float, default=30.0)
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_tail)
+    elif sub_cmd == "pending":
+        p = argparse.ArgumentParser(prog="bin/chat pending",
+                                    description="List messages waiting in the mailbox (no login).")
+        add_session_args(p)
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
+        p.set_defaults(fn=cmd_pending)
     elif sub_cmd == "upload":
         p = argparse.ArgumentParser(prog="bin/chat upload",
                                     description="Upload a file to a relay and send a message carrying its ref.")
@@ -217,7 +339,7 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)        # `bin/... | head` ends quietly, like other tools
     argv = list(sys.argv[1:] if argv is None else argv)
-    sub_cmd = argv[0] if argv and argv[0] in ("send", "tail", "upload", "download") else None
+    sub_cmd = argv[0] if argv and argv[0] in ("send", "tail", "upload", "download", "pending") else None
     args = build_parser(sub_cmd).parse_args(argv[1:] if sub_cmd else argv)
     if getattr(args, "count", 1) < 0:
         fail("--count must be >= 0")
