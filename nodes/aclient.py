@@ -456,7 +456,7 @@ class AsyncClient:
         if time.time() - entry.created > self.limits["message_lifetime"]:
             return "expired", ClientError("EXPIRED", "not acked within the message lifetime; dropped")
         try:
-            msg_id = await self._send_pieces(entry, timeout)
+            ids = await self._send_pieces(entry, timeout)
         except ClientError as exc:
             if self.link.fatal is not None:
                 return "stopped", exc
@@ -464,14 +464,15 @@ class AsyncClient:
                 entry.error = exc.code
                 return None
             return "refused", exc
-        self._deliver(self.windows.own(entry.channel, msg_id))
-        return "acked", msg_id
+        for msg_id in ids:
+            self._deliver(self.windows.own(entry.channel, msg_id))
+        return "acked", ids[-1]
 
-    async def _send_pieces(self, entry, timeout) -> int:
+    async def _send_pieces(self, entry, timeout) -> list:
         """All pieces of an entry, in order, each with its own client time (reused on every
-        try: the server acks a piece it stored with its original id)."""
+        try: the server acks a piece it stored with its original id); their ids."""
         count = len(entry.ctimes)
-        msg_id = None
+        ids = []
         texts = [entry.text] if count == 1 else split_utf8(entry.text, self.limits["max_text"])
         if len(texts) != count:
             raise ClientError(wire.Err.TOO_LONG, "the broker's max_text changed since this was written")
@@ -479,8 +480,8 @@ class AsyncClient:
             req = {"t": "send", "channel": entry.channel, "ctime": ctime, "text": text}
             if count > 1:
                 req["frag"] = [entry.group, index, count]
-            msg_id = (await self.link.request(req, timeout))["id"]
-        return msg_id
+            ids.append((await self.link.request(req, timeout))["id"])
+        return ids
 
     async def _before_retry(self, tries: int) -> None:
         """Back off before trying again; a new login (the link came back) cuts the wait short."""

@@ -149,7 +149,10 @@ class Link:
         if self.sid is not None and msg["t"] not in NO_SID:
             out["sid"] = self.sid
         try:
-            await self._sock.send(wire.pack(out))
+            try:
+                await self._sock.send(wire.pack(out))
+            except zmq.ZMQError as exc:                  # the socket was closed under the send
+                raise _Replaced() from exc
             return await asyncio.wait_for(fut, max(0.0, timeout))
         finally:
             self._pending.pop(rid, None)

@@ -12,7 +12,7 @@ import zmq
 import zmq.asyncio
 
 from nodes import wire
-from nodes.aclient import AsyncClient
+from nodes.aclient import AsyncClient, page_upto
 from nodes.client import ClientError
 from nodes.localtopo import free_ports
 from nodes.mailbox import Mailbox
@@ -315,3 +315,53 @@ def test_chat_keeps_a_busy_message_lists_it_and_sends_it_on_the_next_start(make_
     assert run_tool("chat", "pending", "-c", cfg, "--uin", 1).stdout == ""
     page = m.client(2).sync("lobby", 0)
     assert sorted(x["text"] for x in page["msgs"]) == ["next", "wait for me"]     # each once
+
+
+def test_a_real_sync_reply_overtaken_by_a_newer_push_skips_nothing(make_mesh):
+    """Observation 1 on a real broker: a sync answered while 2 was the newest id is read
+    after the push of 4 (3's push lost): the client holds 4 and asks again; it never jumps."""
+    m = make_mesh(brokers=1, logics=1)
+
+    async def main():
+        sender = AsyncClient(endpoints(m), m.token(1))
+        reader = AsyncClient(endpoints(m), m.token(2))
+        await sender.connect()
+        await reader.connect()
+        m.wait_presence(2, 0, present=True)
+        reader.watch("lobby", since=0)
+        first = [await sender.send("lobby", t) for t in ("one", "two")]
+        assert [g["id"] for g in await collect(reader, 2)] == first
+        old = await reader.sync("lobby", first[-1])               # made now: nothing newer yet
+        assert old["msgs"] == [] and not old["more"]
+        later = reader._sync_soon
+        reader._sync_soon = lambda channel: None                  # hold the catch-up back
+        reader.drop_push = lambda msg: msg["text"] == "three"     # 3's push is lost
+        ids = [await sender.send("lobby", t) for t in ("three", "four")]
+        while not reader.windows.gap("lobby"):                    # 4 arrived and is held
+            await asyncio.sleep(0.01)
+        reader._deliver(reader.windows.page("lobby", old["msgs"], old["first"], page_upto(old)))
+        assert await reader.recv(timeout=0.2) is None             # the old reply moved nothing
+        assert reader.windows.last["lobby"] == first[-1]
+        reader._sync_soon, reader.drop_push = later, None
+        await reader.heartbeat()                                  # the gap is still open: sync
+        assert [g["id"] for g in await collect(reader, 2)] == ids
+        await reader.close()
+        await sender.close()
+    run(main())
+
+
+def test_failover_prefers_a_broker_of_the_same_idc(make_mesh):
+    """Brokers b1, b2 in IDC 'east', b3 in 'west' (listed before b2, and as near): a client
+    on b1 whose broker dies goes to b2."""
+    m = make_mesh(brokers=3, logics=1, heartbeat=HB)
+    b1, b2, b3 = (m.broker(i) for i in range(3))
+
+    async def main():
+        c = AsyncClient([(b1, "east"), (b3, "west"), (b2, "east")], m.token(1), timeout=1.0)
+        await c.connect()
+        assert c.endpoint == b1
+        m.mesh.signal(m.topo.ids("broker")[0], signal.SIGKILL)
+        msg_id = await c.send("lobby", "after the failover")
+        assert c.endpoint == b2 and c.reconnects == 1 and msg_id >= 1
+        await c.close()
+    run(main())
