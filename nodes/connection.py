@@ -190,7 +190,7 @@ class Link:
                 if same_broker and attempt == 1:
                     order = [failed] + [ep for ep in self.brokers.failover(failed) if ep != failed]
                 else:
-                    await self.brokers.measure(self.ctx, self.measure_timeout)
+                    await self.brokers.measure(self.ctx, self.measure_timeout, skip=(failed,))
                     order = self.brokers.failover(failed)
                 if await self._login_round(order) is not None or self.fatal is not None:
                     return

@@ -122,12 +122,14 @@ class Brokers:
         return last if last in self.idc else None
 
     # --- measuring (I/O) -------------------------------------------------------
-    async def measure(self, ctx, timeout: float = 0.5, rounds: int = 3) -> dict:
-        """Ping every broker at once, ``rounds`` times each; keep the median round trip of
-        those that answered within ``timeout``.  Returns {endpoint: seconds}."""
-        results = await asyncio.gather(*(ping(ctx, ep, timeout, rounds) for ep in self.endpoints))
+    async def measure(self, ctx, timeout: float = 0.5, rounds: int = 3, skip=()) -> dict:
+        """Ping every broker (but ``skip``: one just lost, not worth waiting for) at once,
+        ``rounds`` times each; keep the median round trip of those that answered within
+        ``timeout``.  Returns {endpoint: seconds}."""
+        targets = [ep for ep in self.endpoints if ep not in skip]
+        results = await asyncio.gather(*(ping(ctx, ep, timeout, rounds) for ep in targets))
         self.rtt = {}
-        for ep, (rtts, pong) in zip(self.endpoints, results):
+        for ep, (rtts, pong) in zip(targets, results):
             if rtts:
                 self.rtt[ep] = statistics.median(rtts)
             if pong:
