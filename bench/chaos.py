@@ -42,6 +42,7 @@ from nodes.localtopo import write_topology
 from nodes.mesh import Mesh
 
 from .e2e import channel_of, wait_presence
+from .procstat import reap
 from .report import machine, table, write_json
 
 KINDS = ("broker", "logic", "router", "counter")
@@ -216,10 +217,7 @@ def run(args) -> dict:
         reports = [r for part in gather(outq, procs, "report", args.drain + 120) for r in part]
         wall = time.monotonic() - t0
     finally:
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
+        reap(procs, 30)
         mesh.close()
     return analyse(args, reports, kills, wall)
 
