@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import time
 
@@ -37,8 +36,8 @@ import zmq
 import zmq.asyncio
 
 from . import wire
-from .client import RETRYABLE, ClientClock, ClientError
-from .connection import Link, backoff
+from .client import ClientClock, ClientError
+from .connection import Link, backoff, login_request
 from .fragments import Assembler, BadFragment, new_group_id, split_utf8
 from .mailbox import UNKNOWN, Mailbox
 from .nearest import Brokers
@@ -58,130 +57,6 @@ def page_upto(page: dict) -> int:
     if not page["more"]:
         return page["last"]
     return max((m["id"] for m in page["msgs"]), default=0)
-
-
-class Connection:
-    """An asyncio DEALER session with login, failover over endpoints and rid-matched requests.
-
-    Shared by the chat client (brokers) and the media client (relays).
-    Subclasses handle what is not a reply in ``_dispatch`` and what a login
-    reply tells them in ``_logged_in``.
-    """
-
-    role = "node"
-
-    def __init__(self, endpoints, token, device: int = 0, net: str = "wired",
-                 timeout: float = 3.0, ctx: zmq.asyncio.Context | None = None):
-        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        if not self.endpoints:
-            raise ValueError(f"at least one {self.role} endpoint is needed")
-        self.token = token
-        self.device, self.net = device, net
-        self.timeout = timeout
-        self.ctx = ctx or zmq.asyncio.Context.instance()
-        self.uin = None
-        self.endpoint = None
-        self.reconnects = 0
-        self._pending = {}                     # rid -> Future
-        self._rids = itertools.count(1)
-        self._sock = None
-        self._reader = None
-        self._index = 0
-        self._lock = asyncio.Lock()
-
-    async def _open(self) -> dict:
-        """Log in on the first endpoint that answers, starting with the current one."""
-        last = None
-        for _ in range(len(self.endpoints)):
-            endpoint = self.endpoints[self._index % len(self.endpoints)]
-            self._attach(endpoint)
-            try:
-                reply = await self._request({"t": "login", "v": wire.PROTOCOL_VERSION, "token": self.token,
-                                             "device": self.device, "net": self.net})
-                self.uin = reply["uin"]
-                self._logged_in(reply)
-                return reply
-            except ClientError as exc:
-                if exc.code not in RETRYABLE:
-                    raise
-                last = exc
-                self._index += 1
-        raise ClientError(wire.Err.UNAVAILABLE, f"no {self.role} answered") from last
-
-    def _logged_in(self, reply: dict) -> None:
-        """Hook: take what the login reply says."""
-
-    def _attach(self, endpoint: str) -> None:
-        self._detach()
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        self._sock, self.endpoint = sock, endpoint
-        self._reader = asyncio.ensure_future(self._read(sock))
-
-    def _detach(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            self._reader = None
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(ClientError("DISCONNECTED", "connection replaced"))
-        self._pending.clear()
-
-    async def _read(self, sock) -> None:
-        while True:
-            frame = await sock.recv()
-            try:
-                maps = wire.unpack_many(frame, 2**31, 1 << 16)
-            except wire.ProtocolError as exc:
-                log.warning("undecodable frame from %s: %s", self.role, exc)
-                continue
-            for msg in maps:
-                self._dispatch(msg)
-
-    def _dispatch(self, msg: dict) -> None:
-        self._resolve(msg)
-
-    def _resolve(self, msg: dict) -> None:
-        fut = self._pending.pop(msg.get("rid"), None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
-
-    async def _request(self, msg: dict, timeout: float | None = None) -> dict:
-        rid = next(self._rids)
-        fut = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
-        await self._sock.send(wire.pack(dict(msg, rid=rid)))
-        try:
-            reply = await asyncio.wait_for(fut, self.timeout if timeout is None else timeout)
-        except asyncio.TimeoutError:
-            raise ClientError("TIMEOUT", f"no reply to '{msg['t']}' in time") from None
-        finally:
-            self._pending.pop(rid, None)
-        if reply.get("t") == "err":
-            raise ClientError(reply.get("code", "?"), reply.get("msg", ""), reply)
-        return reply
-
-    async def request(self, msg: dict, timeout: float | None = None) -> dict:
-        """One request; log in again once if the node forgot the session."""
-        try:
-            return await self._request(msg, timeout)
-        except ClientError as exc:
-            if exc.code != wire.Err.NOT_LOGGED_IN:
-                raise
-        async with self._lock:
-            await self._open()                     # same endpoint first: it is up, it just forgot us
-        return await self._request(msg, timeout)
-
-    async def _logout(self) -> None:
-        if self._sock is not None and self.uin is not None:
-            try:
-                await self._request({"t": "logout"}, timeout=1.0)
-            except ClientError:
-                pass
 
 
 class AsyncClient:
@@ -249,8 +124,7 @@ class AsyncClient:
         return reply
 
     def _login_request(self) -> dict:
-        return {"t": "login", "v": wire.PROTOCOL_VERSION, "token": self.token,
-                "device": self.device, "net": self.net}
+        return login_request(self.token, self.device, self.net)
 
     def _logged_in(self, reply: dict) -> None:
         """After every login: take its limits; after a re-login, heartbeat (and so sync) at once."""

@@ -50,6 +50,11 @@ FATAL = (wire.Err.AUTH_FAILED, wire.Err.TOKEN_EXPIRED, wire.Err.BAD_VERSION)   #
 NO_SID = ("login", "ping")
 
 
+def login_request(token: str, device: int, net: str) -> dict:
+    """The login map (brokers and relays take the same)."""
+    return {"t": "login", "v": wire.PROTOCOL_VERSION, "token": token, "device": device, "net": net}
+
+
 class _Replaced(Exception):
     """The connection a request was waiting on was closed (internal: the request is sent again)."""
 
@@ -100,6 +105,17 @@ class Link:
             self.fatal = self.fatal or ClientError(wire.Err.UNAVAILABLE, "no broker answered the login")
             raise self.fatal
         return reply
+
+    async def use(self, endpoint: str) -> None:
+        """Move to ``endpoint`` now (e.g. the relay that holds a file); UNAVAILABLE if it does
+        not take us."""
+        if endpoint == self.endpoint and self.connected.is_set():
+            return
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            self._reconnecting = None
+        if await self._login_round([endpoint]) is None:
+            raise self.fatal or ClientError(wire.Err.UNAVAILABLE, f"{endpoint} did not answer the login")
 
     async def close(self) -> None:
         self.fatal = self.fatal or ClientError("CLOSED", "the client was closed")
