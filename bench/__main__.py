@@ -1,6 +1,6 @@
 """bin/bench SUBCOMMAND [...]: run one benchmark.
 
-    bin/bench chaos [--users 200 --members 10 --seconds 30 --think 0 --kill broker,logic,router,counter
+    bin/bench chaos [--users 200 --members 10 --seconds 30 --think 0 --down 0 --kill broker,logic,router,counter
                      --processes 2 --brokers 2 --logic 2 --hb 2 --timeout 3 --drain 60] [--json FILE]
     bin/bench e2e [--users 1000 --channels 100 --members 10 --messages 20 --size 100 --window 1
                    --processes 2 --brokers 2 --logic 2] [--attach CONFIG] [--json FILE]

@@ -3,7 +3,8 @@
 N users (default 200) in channels of ``--members`` (user i in channel i // members), each
 an ``AsyncClient`` (the library applications use), send closed-loop for S seconds while a
 broker, a logic node, the router and the counter are SIGKILLed and restarted one after the
-other (evenly spread over the run).  Then the senders stop, every mailbox drains, and each
+other (evenly spread over the run; ``--down`` keeps each dead that long, so sends pile up in
+the mailboxes).  Then the senders stop, every mailbox drains, and each
 member's windows are brought level with the newest acked id of its channel.
 
 Reported, from what each user's library handed over (not from server counters):
@@ -60,6 +61,8 @@ class User:
 
     def on_mail(self, event, entry, detail) -> None:
         self.outcomes[event] += 1
+        if event == "refused":
+            self.outcomes[f"refused {detail.code}"] += 1
         if event == "acked":
             self.acked.append(detail)
 
@@ -154,9 +157,11 @@ def chaos_topology(args) -> str:
                           channels={n: {"members": m} for n, m in members.items()})
 
 
-def kill_and_restart(mesh: Mesh, node_id: str) -> float:
+def kill_and_restart(mesh: Mesh, node_id: str, down: float) -> float:
+    """SIGKILL, ``down`` seconds dead, start again; seconds until it is ready."""
     t0 = time.monotonic()
     mesh.signal(node_id, signal.SIGKILL)
+    time.sleep(down)
     mesh.start([node_id])
     mesh.wait_ready(60, [node_id])
     return time.monotonic() - t0
@@ -203,7 +208,7 @@ def run(args) -> dict:
         for n, node_id in enumerate(victims, 1):
             time.sleep(max(0.0, t0 + n * args.seconds / (len(victims) + 1) - time.monotonic()))
             kills.append({"node": node_id, "at_s": round(time.monotonic() - t0, 2),
-                          "restart_s": round(kill_and_restart(mesh, node_id), 2)})
+                          "restart_s": round(kill_and_restart(mesh, node_id, args.down), 2)})
             print(f"killed and restarted {node_id} at {kills[-1]['at_s']} s", file=sys.stderr, flush=True)
         time.sleep(max(0.0, t0 + args.seconds - time.monotonic()))
         for c in controls:
@@ -252,6 +257,7 @@ def analyse(args, reports, kills, wall) -> dict:
         "delivered_not_acked": unacked_delivered, "acked_twice": twice_acked,
         "lost_unacked": sum(r["pending"] for r in reports),
         "refused": outcomes.get("refused", 0), "expired": outcomes.get("expired", 0),
+        "refused_codes": {k.split()[1]: v for k, v in outcomes.items() if k.startswith("refused ")},
         "busy": outcomes.get("busy", 0),
         "errors": {k: v for k, v in outcomes.items() if k.startswith("error")},
         "malformed": sum(r["malformed"] for r in reports),
@@ -260,7 +266,7 @@ def analyse(args, reports, kills, wall) -> dict:
                        "mean_per_user_per_kill": round(sum(reconnects) / max(1, len(reports)) / n_kills, 3)},
         "kills": kills, "wall_s": round(wall, 1),
         "workload": {"users": args.users, "members": args.members, "seconds": args.seconds,
-                     "think": args.think, "processes": args.processes, "brokers": args.brokers,
+                     "think": args.think, "down": args.down, "processes": args.processes, "brokers": args.brokers,
                      "logic": args.logic, "hb": args.hb, "timeout": args.timeout},
         "machine": machine(),
     }
@@ -273,13 +279,14 @@ def render(r: dict) -> str:
             ["skipped / duplicates / out of order", f"{r['skipped']} / {r['duplicates']} / {r['out_of_order']}"],
             ["delivered but never acked / acked twice", f"{r['delivered_not_acked']} / {r['acked_twice']}"],
             ["lost unacked / refused / expired", f"{r['lost_unacked']} / {r['refused']} / {r['expired']}"],
+            ["refused by code", ", ".join(f"{k} {v}" for k, v in r["refused_codes"].items()) or "-"],
             ["busy (kept in mailbox)", r["busy"]], ["malformed frames", r["malformed"]],
             ["reconnects total / max per user / max per user per kill",
              f"{rc['total']} / {rc['max_per_user']} / {rc['max_per_user_per_kill']}"]]
     rows += [[f"kill {k['node']} at {k['at_s']} s", f"back in {k['restart_s']} s"] for k in r["kills"]]
     w = r["workload"]
     head = (f"{r['machine']}\nchaos: {w['users']} users in channels of {w['members']}, {w['seconds']} s "
-            f"closed-loop, {w['brokers']} brokers, {w['logic']} logic, heartbeat {w['hb']} s")
+            f"closed-loop, nodes down {w['down']} s per kill, {w['brokers']} brokers, {w['logic']} logic, heartbeat {w['hb']} s")
     return head + "\n\n" + table(["figure", "value"], rows)
 
 
@@ -298,6 +305,7 @@ def main(argv=None) -> int:
     parser.add_argument("--think", type=float, default=0.0, help="seconds between one user's sends")
     parser.add_argument("--kill", default=",".join(KINDS),
                         help="node types to SIGKILL and restart, in order (default: %(default)s)")
+    parser.add_argument("--down", type=float, default=0.0, help="seconds a killed node stays down")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--brokers", type=int, default=2)
     parser.add_argument("--logic", type=int, default=2)
