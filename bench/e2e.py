@@ -62,17 +62,20 @@ class Worker:
             self.user_of[s] = i
             self.poller.register(s, zmq.POLLIN)
         self.secret = secret
+        self.sid = {}                          # socket -> its session's sid
         self.pad = "x" * args.size
 
     def login(self) -> int:
         for s in self.socks:
             uin = self.user_of[s] + 1
-            s.send(wire.pack({"t": "login", "rid": 0, "v": 1, "token": auth.mint(self.secret, uin, 3600),
-                              "device": 0}))
+            s.send(wire.pack({"t": "login", "rid": 0, "v": wire.PROTOCOL_VERSION,
+                              "token": auth.mint(self.secret, uin, 3600), "device": 0}))
         ok, deadline = 0, time.monotonic() + 60
         while ok < len(self.socks) and time.monotonic() < deadline:
             for s, _ in self.poller.poll(100):
-                if wire.unpack(s.recv()).get("t") == "login_ok":
+                reply = wire.unpack(s.recv())
+                if reply.get("t") == "login_ok":
+                    self.sid[s] = reply["sid"]
                     ok += 1
         return ok
 
@@ -80,7 +83,7 @@ class Worker:
         i = self.user_of[s]
         now = time.monotonic_ns()
         text = f"{i}:{seq}:{now}:"
-        s.send(wire.pack({"t": "send", "rid": seq, "channel": channel_of(i, self.args.members),
+        s.send(wire.pack({"t": "send", "rid": seq, "sid": self.sid[s], "channel": channel_of(i, self.args.members),
                           "ctime": seq + 1, "text": text + self.pad[len(text):]}))
         self.sent_at[(i, seq)] = now
 

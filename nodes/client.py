@@ -10,8 +10,7 @@ buffers pushes, nothing more.
     msg = c.recv(timeout=5)                    # next pushed message, or None
     c.close()
 
-After login every request carries the session's ``sid`` (when the server
-gave one).  Pushes that arrive while a request waits for its reply are kept in order
+Pushes that arrive while a request waits for its reply are kept in order
 and returned by ``recv``.  The client time of each send is microseconds
 since the epoch, made strictly increasing per client, and a retry reuses it,
 so the server acks a retry with the original id instead of storing twice.
@@ -64,7 +63,7 @@ class Client:
         self._rids = itertools.count(1)
         self.clock = ClientClock()
         self.uin = self.device = None
-        self.sid = None                          # from login_ok (protocol 2); sent on every later request
+        self.sid = None                         # the session's id from login_ok, sent on every request
         self.interval = None
 
     # --- plumbing ------------------------------------------------------------
@@ -80,8 +79,8 @@ class Client:
     def request(self, msg: dict, timeout: float | None = None) -> dict:
         """Send one request and wait for the reply with its rid; ClientError on err or timeout."""
         msg = dict(msg, rid=next(self._rids))
-        if self.sid is not None and msg["t"] not in ("login", "ping"):
-            msg["sid"] = self.sid                # protocol 2: proves this is the session that logged in
+        if self.sid is not None and msg["t"] not in wire.SESSIONLESS:
+            msg.setdefault("sid", self.sid)
         self.sock.send(wire.pack(msg))
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:

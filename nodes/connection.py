@@ -47,7 +47,6 @@ from .nearest import Brokers
 log = logging.getLogger(__name__)
 
 FATAL = (wire.Err.AUTH_FAILED, wire.Err.TOKEN_EXPIRED, wire.Err.BAD_VERSION)   # no broker will take us
-NO_SID = ("login", "ping")
 
 
 def login_request(token: str, device: int, net: str) -> dict:
@@ -151,7 +150,7 @@ class Link:
                 continue                                    # the new connection gets it again
             if reply.get("t") != "err":
                 return reply
-            if reply.get("code") == wire.Err.NOT_LOGGED_IN and msg["t"] not in NO_SID:
+            if reply.get("code") == wire.Err.NOT_LOGGED_IN and msg["t"] not in wire.SESSIONLESS:
                 self.trouble(generation, same_broker=True, why="session lost")
                 continue
             raise ClientError(reply.get("code", "?"), reply.get("msg", ""), reply)
@@ -162,7 +161,7 @@ class Link:
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         out = dict(msg, rid=rid)
-        if self.sid is not None and msg["t"] not in NO_SID:
+        if self.sid is not None and msg["t"] not in wire.SESSIONLESS:
             out["sid"] = self.sid
         try:
             try:
