@@ -203,6 +203,7 @@ def test_nearest_broker_is_measured_and_remembered(make_mesh, tmp_path):
             await c.connect()
             assert c.endpoint == m.broker(1)                   # first in the list, but slower
             assert c.brokers.rtt[slow] > 0.04 > c.brokers.rtt[m.broker(1)]
+            assert c.brokers.pong == {slow, m.broker(1)}              # protocol 2: a real pong
             assert json.load(open(state))["last_good"] == m.broker(1)
             await c.close()
         finally:
