@@ -368,3 +368,39 @@ def test_failover_prefers_a_broker_of_the_same_idc(make_mesh):
         assert c.endpoint == b2 and c.reconnects == 1 and msg_id >= 1
         await c.close()
     run(main())
+
+
+def test_mailbox_entries_past_the_lifetime_expire_and_the_app_can_cancel(make_mesh, tmp_path):
+    m = make_mesh(brokers=1, logics=1, limits={"request_timeout": 0.5})
+    box = str(tmp_path / "box.sqlite")
+    old = Mailbox(box)
+    old.add(1, 0, "lobby", "from last week", [1], created=time.time() - 8 * 86400)
+    old.close()
+
+    async def main():
+        events = []
+        c = AsyncClient(endpoints(m), m.token(1), timeout=1.0, mailbox=box,
+                        on_mail=lambda event, entry, detail: events.append((event, entry.text)))
+        await c.connect()
+        await drained(c)
+        assert events == [("expired", "from last week")]            # reported, never sent
+        with stopped(m, m.owner_of("lobby")):
+            try:
+                await c.send("lobby", "never mind")
+                raise AssertionError("acked with the owner stopped")
+            except ClientError as exc:
+                seq = exc.reply["mailbox"]
+            assert await c.cancel(seq) and not await c.cancel(seq)
+            assert c.pending() == [] and events[-1] == ("cancelled", "never mind")
+        assert c.mail["cancelled"] == 1 and not c._posting          # no task sends it any more
+        await c.close()
+    run(main())
+
+
+def test_brokers_come_with_their_idc_from_a_topology(tmp_path):
+    from nodes import topology
+    from nodes.localtopo import write_topology
+    topo = topology.load(write_topology(tmp_path, brokers=2))
+    b = Brokers(topo)
+    assert b.endpoints == [s.endpoint("client") for s in topo.of_type("broker")]
+    assert set(b.idc.values()) == {"test"}
