@@ -47,6 +47,8 @@ from .nearest import Brokers
 log = logging.getLogger(__name__)
 
 FATAL = (wire.Err.AUTH_FAILED, wire.Err.TOKEN_EXPIRED, wire.Err.BAD_VERSION)   # no broker will take us
+STABLE = 2.0            # seconds a login must last for the next reconnect to start without a backoff
+OWN_ECHO = 30.0         # seconds an abandoned login of ours may still replace the session we have
 
 
 def login_request(token: str, device: int, net: str) -> dict:
@@ -94,6 +96,9 @@ class Link:
         self._tasks = []                       # reader and monitor of the current socket
         self._reconnecting = None              # the one reconnect task
         self._probing = None
+        self._logged_at = -STABLE              # monotonic time of the last login
+        self._streak = 0                       # reconnects in a row, each soon after the last login
+        self._abandoned_at = -OWN_ECHO         # last login we gave up waiting for (it may still land)
 
     # --- starting and stopping -------------------------------------------------
     async def start(self) -> dict:
@@ -151,7 +156,10 @@ class Link:
             if reply.get("t") != "err":
                 return reply
             if reply.get("code") == wire.Err.NOT_LOGGED_IN and msg["t"] not in wire.SESSIONLESS:
-                self.trouble(generation, same_broker=True, why="session lost")
+                if reply.get("reason") == "replaced" and generation == self.generation:
+                    self._kicked({"t": "kicked", "reason": "replaced", "msg": reply.get("msg", "")})
+                else:
+                    self.trouble(generation, same_broker=True, why="session lost")
                 continue
             raise ClientError(reply.get("code", "?"), reply.get("msg", ""), reply)
 
@@ -201,6 +209,11 @@ class Link:
         failed = self.endpoint
         self._detach()
         try:
+            # a connection that keeps breaking right after its login (a broker that accepts and
+            # then forgets us, a flapping link) is retried ever more slowly, never in a tight loop
+            self._streak = self._streak + 1 if time.monotonic() - self._logged_at < STABLE else 0
+            if self._streak:
+                await asyncio.sleep(backoff(self._streak))
             for attempt in itertools.count(1):
                 if same_broker and attempt == 1:
                     order = [failed] + [ep for ep in self.brokers.failover(failed) if ep != failed]
@@ -220,6 +233,7 @@ class Link:
             try:
                 reply = await self._exchange(self.login_request(), self.timeout)
             except (asyncio.TimeoutError, _Replaced):
+                self._abandoned_at = time.monotonic()
                 continue
             if reply.get("t") == "err":
                 if reply.get("code") in FATAL:
@@ -228,6 +242,7 @@ class Link:
                     return None
                 continue
             self.generation += 1
+            self._logged_at = time.monotonic()
             self.reconnects += self.generation > 1
             self.sid = reply.get("sid")
             self.brokers.good(endpoint)
@@ -314,11 +329,12 @@ class Link:
             self.on_push(msg)
 
     def _kicked(self, msg: dict) -> None:
-        """``replaced``: another login of this (uin, device) took over -- stop, do not fight it.
+        """``replaced``: another login of this (uin, device) took over -- stop, do not fight it;
+        unless a login of our own that we gave up on may have landed late (then log in again).
         ``too_slow`` (or any other reason): the session was dropped; log in again."""
         reason = msg.get("reason", "replaced")
         log.warning("kicked by %s (%s): %s", self.endpoint, reason, msg.get("msg", ""))
-        if reason == "replaced":
+        if reason == "replaced" and time.monotonic() - self._abandoned_at >= OWN_ECHO:
             self.fatal = ClientError("KICKED", f"replaced by another login: {msg.get('msg', '')}", msg)
             self._detach()
             self._fail_pending(self.fatal)

@@ -404,3 +404,28 @@ def test_brokers_come_with_their_idc_from_a_topology(tmp_path):
     b = Brokers(topo)
     assert b.endpoints == [s.endpoint("client") for s in topo.of_type("broker")]
     assert set(b.idc.values()) == {"test"}
+
+
+def test_a_second_login_of_the_same_device_replaces_the_first_without_a_fight(make_mesh):
+    m = make_mesh(brokers=2, logics=1)
+
+    async def main():
+        first = AsyncClient([m.broker(0)], m.token(1))
+        await first.connect()
+        second = AsyncClient([m.broker(1)], m.token(1))           # same uin and device, other broker
+        await second.connect()
+        deadline = time.monotonic() + 10
+        while first.link.fatal is None:                           # the router's kick reaches b1
+            assert time.monotonic() < deadline, "the first session was never told"
+            await asyncio.sleep(0.02)
+        assert first.link.fatal.code == "KICKED" and first.reconnects == 0
+        try:
+            await first.send("lobby", "from the replaced one")
+            raise AssertionError("a replaced client sent")
+        except ClientError as exc:
+            assert exc.code == "KICKED"
+        assert await second.send("lobby", "from the new one") >= 1
+        assert second.reconnects == 0 and second.link.fatal is None
+        await first.close()
+        await second.close()
+    run(main())
