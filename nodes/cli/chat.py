@@ -79,8 +79,14 @@ def client_files(topo, args) -> tuple[str, str]:
     return f"{stem}.mailbox.sqlite", f"{stem}.brokers.json"
 
 
+STARTED = time.time()
+
+
 def report_mail(event: str, entry, detail) -> None:
-    """Tell the user what became of a message sent earlier (from the mailbox)."""
+    """Tell the user what became of a message from the mailbox: one written by an earlier
+    run, or one that was reported busy (a send that simply worked is not repeated here)."""
+    if entry.tries == 0 and entry.created >= STARTED:
+        return
     if event == "acked":
         print(f"  mailbox: sent #{detail} ({entry.channel}: {short(entry.text)})", file=sys.stderr, flush=True)
     elif event in ("refused", "expired"):
