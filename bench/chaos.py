@@ -27,7 +27,9 @@ import argparse
 import asyncio
 import collections
 import multiprocessing as mp
+import os
 import queue
+import shutil
 import signal
 import sys
 import tempfile
@@ -224,6 +226,7 @@ def run(args) -> dict:
     finally:
         reap(procs, 30)
         mesh.close()
+        shutil.rmtree(os.path.dirname(topo.path), ignore_errors=True)
     return analyse(args, reports, kills, wall)
 
 
@@ -265,9 +268,8 @@ def analyse(args, reports, kills, wall) -> dict:
                        "max_per_user_per_kill": round(max(reconnects, default=0) / n_kills, 2),
                        "mean_per_user_per_kill": round(sum(reconnects) / max(1, len(reports)) / n_kills, 3)},
         "kills": kills, "wall_s": round(wall, 1),
-        "workload": {"users": args.users, "members": args.members, "seconds": args.seconds,
-                     "think": args.think, "down": args.down, "processes": args.processes, "brokers": args.brokers,
-                     "logic": args.logic, "hb": args.hb, "timeout": args.timeout},
+        "workload": {key: getattr(args, key) for key in ("users", "members", "seconds", "think", "down",
+                                                         "processes", "brokers", "logic", "hb", "timeout")},
         "machine": machine(),
     }
 
@@ -276,7 +278,8 @@ def render(r: dict) -> str:
     rc = r["reconnects"]
     rows = [["acked (per s)", f"{r['acked']} ({r['acked_per_s']})"],
             ["members exactly-once in id order", f"{r['exactly_once_in_order']} of {r['members_checked']}"],
-            ["skipped / duplicates / out of order", f"{r['skipped']} / {r['duplicates']} / {r['out_of_order']}"],
+            ["skipped / duplicates / out of order",
+             f"{r['skipped']} / {r['duplicates']} / {r['out_of_order']}"],
             ["delivered but never acked / acked twice", f"{r['delivered_not_acked']} / {r['acked_twice']}"],
             ["lost unacked / refused / expired", f"{r['lost_unacked']} / {r['refused']} / {r['expired']}"],
             ["refused by code", ", ".join(f"{k} {v}" for k, v in r["refused_codes"].items()) or "-"],
@@ -286,7 +289,8 @@ def render(r: dict) -> str:
     rows += [[f"kill {k['node']} at {k['at_s']} s", f"back in {k['restart_s']} s"] for k in r["kills"]]
     w = r["workload"]
     head = (f"{r['machine']}\nchaos: {w['users']} users in channels of {w['members']}, {w['seconds']} s "
-            f"closed-loop, nodes down {w['down']} s per kill, {w['brokers']} brokers, {w['logic']} logic, heartbeat {w['hb']} s")
+            f"closed-loop, nodes down {w['down']} s per kill, {w['brokers']} brokers, {w['logic']} logic, "
+            f"heartbeat {w['hb']} s")
     return head + "\n\n" + table(["figure", "value"], rows)
 
 

@@ -429,3 +429,22 @@ def test_a_second_login_of_the_same_device_replaces_the_first_without_a_fight(ma
         await first.close()
         await second.close()
     run(main())
+
+
+def test_bench_chaos_small_run_reports_every_figure(tmp_path):
+    """bin/bench chaos end to end, small: a broker killed under 20 users; exit 0 and the JSON keys."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    out = tmp_path / "chaos.json"
+    r = subprocess.run([sys.executable, "-m", "bench", "chaos", "--users", "20", "--seconds", "4",
+                        "--kill", "broker", "--processes", "1", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=180,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(out.read_text())
+    assert result["members_checked"] == result["exactly_once_in_order"] == 20
+    assert result["acked"] > 0 and result["skipped"] == result["duplicates"] == result["lost_unacked"] == 0
+    assert {"total", "max_per_user", "max_per_user_per_kill"} <= set(result["reconnects"])
+    assert [k["node"] for k in result["kills"]] == ["b1"]
