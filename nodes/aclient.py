@@ -155,7 +155,7 @@ class AsyncClient:
             try:
                 whole = self.assembler.add(m, now)
             except BadFragment as exc:
-                self.link._malformed(f"fragment {m.get('channel')}#{m.get('id')}", exc)
+                self.link.dropped(f"fragment {m.get('channel')}#{m.get('id')}", exc)
                 continue
             if whole is not None:
                 self._incoming.put_nowait(whole)

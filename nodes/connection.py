@@ -304,15 +304,16 @@ class Link:
             try:
                 maps = wire.unpack_many(frame, 2**31, 1 << 16)
             except wire.ProtocolError as exc:
-                self._malformed("undecodable frame", exc)
+                self.dropped("undecodable frame", exc)
                 continue
             for msg in maps:
                 try:
                     self._route(msg)
                 except Exception as exc:                 # noqa: BLE001 -- one bad message must not deafen us
-                    self._malformed(f"message {str(msg)[:200]}", exc)
+                    self.dropped(f"message {str(msg)[:200]}", exc)
 
-    def _malformed(self, what: str, exc: Exception) -> None:
+    def dropped(self, what: str, exc: Exception) -> None:
+        """Something from the peer we cannot use: log it, count it (``malformed``), go on."""
         self.malformed += 1
         log.warning("dropped a %s from %s: %s: %s", what, self.endpoint, type(exc).__name__, exc)
 
