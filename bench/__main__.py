@@ -1,5 +1,7 @@
 """bin/bench SUBCOMMAND [...]: run one benchmark.
 
+    bin/bench chaos [--users 200 --members 10 --seconds 30 --think 0 --down 0 --kill broker,logic,router,counter
+                     --processes 2 --brokers 2 --logic 2 --hb 2 --timeout 3 --drain 60] [--json FILE]
     bin/bench e2e [--users 1000 --channels 100 --members 10 --messages 20 --size 100 --window 1
                    --processes 2 --brokers 2 --logic 2] [--curve on|off] [--client-curve on|off]
                   [--attach CONFIG] [--json FILE]
@@ -17,7 +19,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"fastpath": "bench.fastpath", "heartbeat": "bench.heartbeat",
                 "sweep": "bench.sweep", "e2e": "bench.e2e",
-                "relay": "bench.relay"}
+                "relay": "bench.relay", "chaos": "bench.chaos"}
     if argv and argv[0] == "--version":
         from nodes.cli.common import prog_name
         from nodes import __version__
