@@ -68,6 +68,8 @@ def test_non_local_topology_secret_and_token(tmp_path):
     path = tmp_path / "keys" / "cluster.secret"
     assert oct(path.stat().st_mode & 0o777) == "0o600" and len(path.read_text().strip()) >= 32
     assert run("mesh", "secret", "-c", cfg).stdout.strip().endswith("left as it is")
+    assert run("mesh", "check", "-c", cfg).returncode == 1             # the CURVE keys are missing too
+    assert run("mesh", "keys", "-c", cfg).returncode == 0
     assert run("mesh", "check", "-c", cfg).returncode == 0
     assert run("mesh", "token", "-c", cfg, "--uin", 1).stdout.startswith("v1.user.1.")
 
@@ -76,3 +78,18 @@ def test_shipped_multi_idc_example_token_without_secret_is_one_line():
     r = run("mesh", "token", "-c", os.path.join(ROOT, "config", "multi-idc.yaml"), "--uin", 1)
     assert r.returncode == 2
     one_error_line(r, "/etc/imesh/secret", "secret -c")
+
+
+def test_check_validates_curve_keys(tmp_path):
+    def non_local(raw):
+        raw["local"] = False
+    cfg = edited(tmp_path, non_local)
+    r = run("mesh", "check", "-c", cfg)
+    assert r.returncode == 1 and "missing" in r.stderr and "keys -c" in r.stderr and "Traceback" not in r.stderr
+    assert run("mesh", "keys", "-c", cfg).returncode == 0
+    r = run("mesh", "check", "-c", cfg)
+    assert r.returncode == 0 and "keys present" in r.stdout, r.stderr
+    private = os.path.join(os.path.dirname(cfg), "keys", "b1.key_secret")
+    os.chmod(private, 0o644)
+    r = run("mesh", "check", "-c", cfg)
+    assert r.returncode == 1 and "chmod 600" in r.stderr

@@ -261,10 +261,30 @@ def cmd_check(args) -> int:
         except topology.TopologyError as exc:
             fail(f"{exc} (`{PROG} secret -c {args.config}` creates one)", 1)
     secret = "present" if os.path.exists(topo.secret_file) else "created by `up` (local topology)"
+    keys = check_keys(topo, args.config)
     counts = ", ".join(f"{len(topo.ids(t))} {t}" for t in topology.NODE_TYPES if topo.ids(t))
     print(f"{topo.path}: ok: cluster {topo.cluster!r}, {counts}; secret {topo.secret_file} {secret}; "
-          f"data under {topo.data_dir}")
+          f"keys {keys}; data under {topo.data_dir}")
     return 0
+
+
+def check_keys(topo, config) -> str:
+    """CURVE keys: every public key readable, no private key open to others (a local
+    topology without keys yet gets them from `up`)."""
+    if not topo.curve:
+        return "off (curve: false)"
+    if topo.local and not os.path.isdir(topo.keys_dir):
+        return f"created by `up` under {topo.keys_dir} (local topology)"
+    problems = []
+    for name in curve.key_names(topo):
+        try:
+            curve.check_private_mode(curve.key_files(topo, name)[1])
+            curve.public_key(topo, name)
+        except curve.CurveError as exc:
+            problems.append(str(exc))
+    if problems:
+        fail("\n".join(problems) + f"\n(`{PROG} keys -c {config}` creates missing keypairs)", 1)
+    return f"present under {topo.keys_dir}"
 
 
 def _members(text: str) -> list[int]:
