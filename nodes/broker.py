@@ -23,6 +23,7 @@ from .heartbeat import initial_interval
 from .limits import FragmentGroups, TokenBuckets
 from .node import INTERNAL_MAX_FRAME, Node
 from .rpc import Requests
+from .webgate import WebGate
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,13 @@ class BrokerCore:
                                              "device": session.device, "broker": self.id},
                                lambda _reply: None)
 
+    def disconnected(self, ident: bytes) -> None:
+        """The transport saw this client's connection close (WebSocket, HTTP channel):
+        end its session now rather than after the heartbeat timeout."""
+        session = self.sessions.get(ident)
+        if session is not None:
+            self._drop(session, notify_router=True)
+
     def sweep(self) -> int:
         """Drop sessions silent for too long; return how many."""
         now = time.monotonic()
@@ -287,6 +295,8 @@ class BrokerNode(Node):
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_frame"]))
         self.loop.add(self.client, self.on_client)
+        ws = self.spec.endpoints.get("ws")
+        self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same core
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
@@ -296,10 +306,16 @@ class BrokerNode(Node):
 
     # --- out -----------------------------------------------------------------
     def reply(self, ident, msg):
-        self.queue_reply(self.client, ident, msg)
+        if self.web is not None and WebGate.owns(ident):
+            self.web.reply(ident, msg)
+        else:
+            self.queue_reply(self.client, ident, msg)
 
     def push(self, ident, packed):
-        self.queue_packed(self.client, ident, packed)
+        if self.web is not None and WebGate.owns(ident):
+            self.web.put(ident, packed)
+        else:
+            self.queue_packed(self.client, ident, packed)
 
     def to_logic(self, channel, msg, callback):
         self.requests.send(self.logics[self.topo.logic_for(channel)], msg, callback)
@@ -330,4 +346,5 @@ class BrokerNode(Node):
         now = time.monotonic()
         linked = sorted(k for k, t in self.heard.items() if now - t < 3.0)
         return dict(super().status(), sessions=len(self.core.sessions), logic_links=linked,
-                    ready=len(linked) == len(self.logics), refused=dict(self.core.stats))
+                    ready=len(linked) == len(self.logics), refused=dict(self.core.stats),
+                    **({"web": self.web.status()} if self.web is not None else {}))

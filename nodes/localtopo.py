@@ -46,9 +46,10 @@ def free_ports(n: int) -> list[int]:
 
 
 def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays=0, limits=None,
-                   heartbeat=None, channels=None) -> str:
-    """A local topology in ``directory`` with every endpoint on a free port."""
-    ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters))
+                   heartbeat=None, channels=None, ws=False) -> str:
+    """A local topology in ``directory`` with every endpoint on a free port
+    (``ws``: brokers also serve WebSocket/HTTP clients)."""
+    ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters + (brokers if ws else 0)))
 
     def ep():
         return f"tcp://127.0.0.1:{next(ports)}"
@@ -58,6 +59,9 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays
         "routers": [{"id": f"r{i}", "rpc": ep(), "pub": ep()} for i in range(1, routers + 1)],
         "counters": [{"id": f"c{i}", "rpc": ep()} for i in range(1, counters + 1)],
     }
+    if ws:
+        for b in idc["brokers"]:
+            b["ws"] = f"ws://127.0.0.1:{next(ports)}"
     if relays:
         idc["relays"] = [{"id": f"m{i}", "client": ep(), "rpc": ep()} for i in range(1, relays + 1)]
     # tests and benchmarks are not humans: a high send rate unless a test sets its own

@@ -38,6 +38,16 @@ class Loop:
         self.handlers[sock] = (reader(sock.type), handler)
         self.poller.register(sock, zmq.POLLIN)
 
+    def add_fd(self, fd: int, handler, events: int = zmq.POLLIN) -> None:
+        """Call ``handler(events)`` when a plain OS socket is ready (non-ZeroMQ transports);
+        calling it again for the same fd changes the events polled for."""
+        self.handlers[fd] = (None, handler)
+        self.poller.register(fd, events)
+
+    def remove_fd(self, fd: int) -> None:
+        self.handlers.pop(fd, None)
+        self.poller.unregister(fd)
+
     def every(self, interval: float, fn, first: float | None = None) -> None:
         due = time.monotonic() + (interval if first is None else first)
         heapq.heappush(self._timers, (due, next(self._seq), interval, fn))
@@ -71,8 +81,15 @@ class Loop:
     def turn(self, timeout_ms: int | None = None) -> None:
         ready = self.poller.poll(self._timeout_ms() if timeout_ms is None else timeout_ms)
         started = time.monotonic()
-        for sock, _event in ready:
-            read, handler = self.handlers[sock]
+        for sock, event in ready:
+            read, handler = self.handlers.get(sock, (None, None))
+            if read is None:
+                if handler is not None:               # a plain fd (add_fd): the handler reads it
+                    try:
+                        handler(event)
+                    except Exception:
+                        log.exception("fd handler failed")
+                continue
             for _ in range(self.batch):
                 try:
                     frames = read(sock)
