@@ -8,9 +8,9 @@ pushes for an ident of this transport come back through ``put`` and leave
 at the end of the loop turn, batched per connection like the ZeroMQ outbox.
 
 Parsing is never hand-written: h11 (sans-I/O HTTP/1.1) reads every request
-head and body; a ``GET`` with ``Upgrade: websocket`` as the first request of
-a connection is handed, bytes and all, to websockets' sans-I/O
-``ServerProtocol``, which checks the handshake and does the framing.  h11
+head and body; a ``GET`` with ``Upgrade: websocket`` is handed (re-serialized
+by websockets' own ``Request``) to websockets' sans-I/O ``ServerProtocol``,
+which checks the handshake and does the framing.  h11
 and not websockets' own request parser for plain HTTP, because that parser
 refuses request bodies and the fallback's POSTs have one.
 
@@ -29,7 +29,9 @@ import time
 
 import h11
 import zmq
+from websockets.datastructures import Headers
 from websockets.frames import Opcode
+from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from . import wire
@@ -54,7 +56,7 @@ def parse_ws_endpoint(endpoint: str) -> tuple[str, int]:
 class Conn:
     """One TCP connection: HTTP (h11) until it upgrades to a WebSocket."""
 
-    __slots__ = ("sock", "fd", "out", "writing", "closed", "close_when_sent", "h11", "head",
+    __slots__ = ("sock", "fd", "out", "writing", "closed", "close_when_sent", "h11",
                  "ws", "ident", "parts", "req", "body", "parked", "last_active", "opened")
 
     def __init__(self, sock, now):
@@ -62,7 +64,6 @@ class Conn:
         self.out = bytearray()
         self.writing = self.closed = self.close_when_sent = False
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        self.head = bytearray()            # raw bytes of the first request, for a WebSocket upgrade
         self.ws = self.ident = self.req = self.parked = None
         self.parts = []                    # fragments of a WebSocket message being received
         self.body = bytearray()
@@ -175,8 +176,6 @@ class WebGate:
             if conn.ws is not None:
                 self._ws_data(conn, data)
             else:
-                if conn.head is not None:
-                    conn.head += data
                 conn.h11.receive_data(data)
                 self.http_events(conn)
             if conn.closed or len(data) < RECV_SIZE:
@@ -232,11 +231,11 @@ class WebGate:
             self.core.disconnected(conn.ident)
 
     # --- WebSocket -----------------------------------------------------------
-    def upgrade(self, conn: Conn, origin_ok: bool) -> None:
-        """Hand the connection's first request to websockets' handshake."""
+    def upgrade(self, conn: Conn, req: h11.Request, origin_ok: bool) -> None:
+        """Hand an upgrade request (as h11 parsed it) to websockets' handshake."""
         ws = ServerProtocol(max_size=self.max_frame, logger=log)
-        ws.receive_data(bytes(conn.head))
-        conn.head = None
+        headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers)
+        ws.receive_data(Request(req.target.decode("ascii", "replace"), headers).serialize())
         request = next((e for e in ws.events_received()), None)
         if request is None:
             self.close(conn)
@@ -300,13 +299,8 @@ class WebGate:
                 conn.req, conn.body = event, bytearray()
                 headers = {k.lower(): v for k, v in event.headers}
                 if event.method == b"GET" and b"websocket" in headers.get(b"upgrade", b"").lower():
-                    if conn.head is None:
-                        self.respond(conn, 400, "a WebSocket upgrade must be a connection's first request\n",
-                                     close=True)
-                    else:
-                        self.upgrade(conn, self.routes.origin_ok(headers))
+                    self.upgrade(conn, event, self.routes.origin_ok(headers))
                     return
-                conn.head = None
             elif isinstance(event, h11.Data):
                 conn.body += event.data
                 if len(conn.body) > self.max_frame:
@@ -348,7 +342,8 @@ class WebGate:
                 if conn.ident is not None and now - conn.last_active > self.ws_idle:
                     self.close(conn)
             elif conn.parked is None:
-                limit = HEAD_TIMEOUT if conn.h11.their_state is h11.SEND_BODY or conn.head else KEEPALIVE_IDLE
+                idle = conn.h11.their_state is h11.IDLE and not conn.h11.trailing_data[0]
+                limit = KEEPALIVE_IDLE if idle else HEAD_TIMEOUT
                 if now - conn.last_active > limit:
                     self.close(conn)
         self.routes.housekeeping(now)
