@@ -1,0 +1,200 @@
+"""The brokers' web endpoint (nodes/webgate.py): WebSocket and HTTP long-poll clients share
+the ZeroMQ clients' sessions; every bad input gets a clear answer and the broker keeps serving.
+Also runs the JavaScript client's node tests (clients/js/test) from this suite."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from conftest import ROOT, MeshHarness, write_topology
+from nodes import wire
+
+
+@pytest.fixture(scope="module")
+def web_mesh(tmp_path_factory):
+    harness = MeshHarness(write_topology(tmp_path_factory.mktemp("web"), ws=True))
+    try:
+        harness.start()
+        yield harness
+    finally:
+        harness.close()
+
+
+def ws_url(mesh, index=0):
+    return mesh.topo.of_type("broker")[index].endpoints["ws"]
+
+
+def http_of(mesh, index=0):
+    host, port = ws_url(mesh, index)[5:].split(":")
+    return http.client.HTTPConnection(host, int(port), timeout=10)
+
+
+def call(conn, method, path, body=None, headers=None):
+    """One HTTP request on a keep-alive connection: (status, body)."""
+    conn.request(method, path, body=body, headers=headers or {})
+    res = conn.getresponse()
+    return res.status, res.read()
+
+
+def ask(ws, msg, timeout=5.0):
+    ws.send(msgpack.packb(msg) if isinstance(msg, dict) else msg)
+    return msgpack.unpackb(ws.recv(timeout=timeout))
+
+
+def login(ws, mesh, uin, device=0):
+    return ask(ws, {"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": mesh.token(uin), "device": device})
+
+
+def broker_alive(mesh):
+    return mesh.admin.status(mesh.topo.ids("broker")[0]) is not None
+
+
+def test_ws_session_is_a_broker_session(web_mesh):
+    """Login, send and pushes work across transports: a WebSocket user and a ZeroMQ user chat."""
+    zmq_user = web_mesh.client(22, broker=1)
+    with connect(ws_url(web_mesh) + "/ws") as ws:
+        assert login(ws, web_mesh, 21)["t"] == "login_ok"
+        web_mesh.wait_presence(21, 0, present=True)
+        ack = ask(ws, {"t": "send", "rid": 2, "channel": "lobby", "ctime": time.time_ns() // 1000, "text": "hi zmq"})
+        assert ack["t"] == "ack"
+        ack2 = zmq_user.send("lobby", "hi ws")
+        pushed = msgpack.unpackb(ws.recv(timeout=5))
+        assert (pushed["t"], pushed["id"], pushed["text"]) == ("msg", ack2, "hi ws")
+    # the connection closed: the session ends at once, not after the heartbeat timeout
+    web_mesh.wait_presence(21, 0, present=False)
+
+
+def test_login_elsewhere_kicks_and_closes_the_websocket(web_mesh):
+    with connect(ws_url(web_mesh) + "/ws") as ws:
+        assert login(ws, web_mesh, 23)["t"] == "login_ok"
+        web_mesh.client(23, broker=0, wait_online=False)          # same uin and device over ZeroMQ
+        kicked = msgpack.unpackb(ws.recv(timeout=5))
+        assert kicked["t"] == "kicked"
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+
+
+def test_bad_websocket_input_gets_clear_errors(web_mesh):
+    with connect(ws_url(web_mesh) + "/ws") as ws:
+        assert ask(ws, b"\xc1")["code"] == wire.Err.BAD_FRAME                # not msgpack
+        assert ask(ws, msgpack.packb([1, 2]))["code"] == wire.Err.BAD_FRAME  # not maps
+        assert ask(ws, {"t": "nope", "rid": 3})["code"] == wire.Err.BAD_TYPE
+        flood = [{"t": "send", "rid": i, "channel": "lobby", "ctime": i, "text": "x"} for i in range(64)]
+        for _ in range(20):                                   # a flood before login
+            ws.send(msgpack.packb(flood))
+        codes = []
+        while len(codes) < 20 * 64:
+            codes += [m["code"] for m in msgpack.unpackb(ws.recv(timeout=5))]
+        assert set(codes) == {wire.Err.NOT_LOGGED_IN}
+        assert login(ws, web_mesh, 24)["t"] == "login_ok"                # still a usable connection
+    with connect(ws_url(web_mesh) + "/ws") as ws:
+        ws.send("text, not binary")
+        assert msgpack.unpackb(ws.recv(timeout=5))["code"] == wire.Err.BAD_FRAME
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+        assert closed.value.rcvd.code == 1003
+    max_frame = web_mesh.topo.limits["max_frame"]
+    with connect(ws_url(web_mesh) + "/ws", max_size=None) as ws:
+        ws.send(b"\x00" * (max_frame + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+        assert closed.value.rcvd.code == 1009                             # message too big
+    assert broker_alive(web_mesh)
+
+
+def test_foreign_origin_is_refused_and_own_page_allowed(web_mesh):
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url(web_mesh) + "/ws", origin="http://evil.example").close()
+    assert refused.value.response.status_code == 403
+    own = "http://" + ws_url(web_mesh)[5:]
+    with connect(ws_url(web_mesh) + "/ws", origin=own) as ws:
+        assert ask(ws, {"t": "hb", "rid": 1})["code"] == wire.Err.NOT_LOGGED_IN
+    conn = http_of(web_mesh)
+    assert call(conn, "POST", "/h/open", headers={"Origin": "http://evil.example"})[0] == 403
+
+
+def test_bad_http_input_gets_clear_errors(web_mesh):
+    conn = http_of(web_mesh)
+    status, body = call(conn, "GET", "/ws")                       # no upgrade
+    assert status == 404 and b"WebSocket" in body
+    assert call(conn, "GET", "/web/../../nodes/auth.py")[0] == 404
+    assert call(conn, "GET", "/js/src/../../../secret")[0] == 404
+    status, body = call(conn, "POST", "/h/send?c=unknown", body=b"\x80")
+    assert status == 404 and b"/h/open" in body
+    status, body = call(conn, "GET", "/info")
+    info = json.loads(body)
+    assert info["broker"] == web_mesh.topo.ids("broker")[0] and info["local"] is True
+    assert call(conn, "DELETE", "/h/open")[0] == 405
+    assert call(conn, "POST", "/h/open", body=b"x" * (web_mesh.topo.limits["max_frame"] + 10))[0] == 413
+    host, port = ws_url(web_mesh)[5:].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(b"\x16\x03\x01 garbage that is not HTTP\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 400")
+    assert broker_alive(web_mesh)
+
+
+def test_http_fallback_is_a_session_with_pushes(web_mesh):
+    conn = http_of(web_mesh, 1)
+    channel = json.loads(call(conn, "POST", "/h/open")[1])["c"]
+
+    def post(msg):
+        assert call(conn, "POST", f"/h/send?c={channel}", body=msgpack.packb(msg))[0] == 202
+
+    def poll():
+        status, body = call(conn, "GET", f"/h/poll?c={channel}")
+        assert status == 200
+        return wire.unpack_many(body, 1 << 20)
+
+    post({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": web_mesh.token(25), "device": 0})
+    assert poll()[0]["t"] == "login_ok"
+    web_mesh.wait_presence(25, 0, present=True)
+    sender = web_mesh.client(26, broker=0)
+    msg_id = sender.send("lobby", "to the poller")
+    got = []
+    while not any(m.get("id") == msg_id for m in got):
+        got += poll()
+    assert [m["text"] for m in got if m.get("id") == msg_id] == ["to the poller"]
+    assert call(conn, "POST", f"/h/close?c={channel}")[0] == 204
+    web_mesh.wait_presence(25, 0, present=False)
+    assert call(conn, "GET", f"/h/poll?c={channel}")[0] == 404
+
+
+def test_dev_login_mints_a_token_on_a_local_topology(web_mesh):
+    conn = http_of(web_mesh)
+    token = json.loads(call(conn, "POST", "/dev/token", body=b'{"uin": 27}')[1])
+    assert token["uin"] == 27 and token["local_only"] is True
+    with connect(ws_url(web_mesh) + "/ws") as ws:
+        assert ask(ws, {"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": token["token"],
+                        "device": 0})["uin"] == 27
+    assert call(conn, "POST", "/dev/token", body=b'{"uin": -1}')[0] == 400
+
+
+def test_page_is_served(web_mesh):
+    conn = http_of(web_mesh)
+    conn.request("GET", "/")
+    res = conn.getresponse()
+    assert res.status == 200 and b"<html" in res.read().lower()
+    conn.request("GET", "/js/src/client.js")
+    res = conn.getresponse()
+    assert res.status == 200 and res.getheader("content-type").startswith("text/javascript")
+    res.read()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node (>= 20) is not installed")
+def test_js_client_node_tests():
+    """clients/js/test against meshes the node tests start themselves (tests/webmesh.py)."""
+    env = dict(os.environ, IMESH_PYTHON=sys.executable, PYTHONPATH=ROOT)
+    proc = subprocess.run(["node", "--experimental-websocket", "--test", "clients/js/test/"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
