@@ -49,6 +49,9 @@ def cmd_up(args) -> int:
         for name, ch in topo.channels.items():
             print(f"channel {name!r}: {len(ch['members'])} members")
         print("mesh is up; Ctrl-C stops every node.  Try: bin/chat --uin 1   and   bin/chat --uin 2")
+        pages = [f"http://{n.endpoints['ws'][5:]}/" for n in topo.of_type("broker") if "ws" in n.endpoints]
+        if pages:
+            print(f"web chat: open {pages[0]} in a browser (every broker serves it: {' '.join(pages)})")
         sys.stdout.flush()
         reported = set()
         while not stop["now"]:
