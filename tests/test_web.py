@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import ROOT, MeshHarness, write_topology
-from nodes import wire
+from nodes import topology, wire
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,24 @@ def login(ws, mesh, uin, device=0):
 
 def broker_alive(mesh):
     return mesh.admin.status(mesh.topo.ids("broker")[0]) is not None
+
+
+@pytest.mark.parametrize("entry, why", [
+    ({"ws": "http://127.0.0.1:1"}, "ws: needs an endpoint like ws://"),
+    ({"ws": "ws://127.0.0.1:7101"}, None),
+    ({"origins": "https://x"}, "origins: must be a list"),
+    ({"wss": "ws://127.0.0.1:1"}, "unknown keys ['wss']"),
+])
+def test_topology_ws_endpoint_and_origins_are_checked(entry, why):
+    nodes = {"brokers": [{"id": "b", "client": "tcp://127.0.0.1:7101", "rpc": "tcp://127.0.0.1:7111", **entry}],
+             "logics": [{"id": "l", "rpc": "tcp://127.0.0.1:7201", "pub": "tcp://127.0.0.1:7211"}],
+             "routers": [{"id": "r", "rpc": "tcp://127.0.0.1:7301", "pub": "tcp://127.0.0.1:7311"}],
+             "counters": [{"id": "c", "rpc": "tcp://127.0.0.1:7401"}]}
+    if why is None:
+        assert topology.parse({"idcs": {"x": nodes}}, "t.yaml").node("b").endpoints["ws"] == entry["ws"]
+    else:
+        with pytest.raises(topology.TopologyError, match=re.escape(why)):
+            topology.parse({"idcs": {"x": nodes}}, "t.yaml")
 
 
 def test_ws_session_is_a_broker_session(web_mesh):
