@@ -6,6 +6,7 @@
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
     bin/bench relay [--sizes-mib 1,50] [--repeats 3] [--window 16] [--json FILE]
     bin/bench sweep [--messages 100000] [--channels 100] [--lifetime 20] [--json FILE]
+    bin/bench websessions [--sessions 10000] [--processes 2] [--repeats 3] [--json FILE]
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"fastpath": "bench.fastpath", "heartbeat": "bench.heartbeat",
                 "sweep": "bench.sweep", "e2e": "bench.e2e",
-                "relay": "bench.relay"}
+                "relay": "bench.relay", "websessions": "bench.websessions"}
     if not argv or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr)
         return 2
