@@ -73,7 +73,6 @@ async function start(token) {
   const uin = uinOf(token);
   const device = deviceFor(uin);
   client = new ImeshClient({ endpoints, token, device, mailbox: new StorageMailbox(localStorage, `imesh:${uin}:${device}`) });
-  client.device = device;
   client.on("state", ({ state, detail }) => {
     $("banner").hidden = state === "online" || state === "idle";
     $("banner").textContent = state === "stopped" ? `Disconnected: ${detail}` : "Reconnecting…";
