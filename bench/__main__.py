@@ -1,7 +1,7 @@
 """bin/bench SUBCOMMAND [...]: run one benchmark.
 
     bin/bench e2e [--users 1000 --channels 100 --members 10 --messages 20 --size 100 --window 1
-                   --processes 2 --brokers 2 --logic 2] [--attach CONFIG] [--json FILE]
+                   --processes 2 --brokers 2 --logic 2] [--transport zmq|ws] [--attach CONFIG] [--json FILE]
     bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
     bin/bench relay [--sizes-mib 1,50] [--repeats 3] [--window 16] [--json FILE]
