@@ -32,6 +32,7 @@ import zmq
 from websockets.datastructures import Headers
 from websockets.frames import Opcode
 from websockets.http11 import Request
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from . import wire
@@ -57,7 +58,7 @@ class Conn:
     """One TCP connection: HTTP (h11) until it upgrades to a WebSocket."""
 
     __slots__ = ("sock", "fd", "out", "writing", "closed", "close_when_sent", "h11",
-                 "ws", "ident", "parts", "req", "body", "parked", "last_active", "opened")
+                 "ws", "ident", "parts", "req", "body", "parked", "cors", "last_active", "opened")
 
     def __init__(self, sock, now):
         self.sock, self.fd = sock, sock.fileno()
@@ -65,6 +66,7 @@ class Conn:
         self.writing = self.closed = self.close_when_sent = False
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.ws = self.ident = self.req = self.parked = None
+        self.cors = ()                     # CORS headers for the answer to the current request
         self.parts = []                    # fragments of a WebSocket message being received
         self.body = bytearray()
         self.last_active = self.opened = now
@@ -129,6 +131,8 @@ class WebGate:
                 continue                               # the connection is gone
             if isinstance(target, Conn):
                 ws = target.ws
+                if ws.state is not State.OPEN:
+                    continue                           # closing: the client said goodbye or was told to
                 for i in range(0, len(items), 128):
                     chunk = items[i:i + 128]
                     ws.send_binary(chunk[0] if len(chunk) == 1 else wire.array_of_packed(chunk))
@@ -249,6 +253,7 @@ class WebGate:
         ws.send_response(response)
         conn.ws = ws
         if response.status_code == 101:
+            conn.h11 = None                            # HTTP is over on this connection
             self.counter += 1
             conn.ident = WEB_IDENT + b"ws:%d" % self.counter
             self.targets[conn.ident] = conn

@@ -73,6 +73,7 @@ class Routes:
                              "'origins' are)\n")
                 return
             cors = (("access-control-allow-origin", headers[b"origin"].decode("latin-1")),)
+        conn.cors = cors
         if method == "OPTIONS":
             gate.respond(conn, 204, b"", headers=cors + (("access-control-allow-methods", "GET, POST"),
                                                          ("access-control-allow-headers", "content-type")))
@@ -221,7 +222,8 @@ class Routes:
         conn, channel.waiter = channel.waiter, None
         conn.parked = None
         channel.last_seen = time.monotonic()
-        self.gate.respond(conn, status, body, "application/msgpack" if status == 200 else "text/plain")
+        self.gate.respond(conn, status, body, "application/msgpack" if status == 200 else "text/plain",
+                          headers=conn.cors)
         self.gate.http_events(conn)                 # requests pipelined behind the poll
 
     def _end(self, channel, why: str) -> None:

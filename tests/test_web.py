@@ -15,9 +15,11 @@ import time
 
 import msgpack
 import pytest
+import zmq
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from bench.wssock import WsSock
 from conftest import ROOT, MeshHarness, write_topology
 from nodes import topology, wire
 
@@ -130,6 +132,33 @@ def test_bad_websocket_input_gets_clear_errors(web_mesh):
             ws.recv(timeout=5)
         assert closed.value.rcvd.code == 1009                             # message too big
     assert broker_alive(web_mesh)
+
+
+def test_pushes_to_a_closing_websocket_are_dropped_not_fatal(web_mesh):
+    """A logged-in client that sent a text frame is closed at once, without waiting for its close
+    reply (it never sends one): its session ends, pushes meant for it go nowhere, and the broker
+    goes on serving everyone."""
+    raw = WsSock(ws_url(web_mesh))
+    try:
+        raw.send(msgpack.packb({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION,
+                                "token": web_mesh.token(28), "device": 0}))
+        deadline = time.monotonic() + 10
+        while True:                                        # wait for login_ok
+            try:
+                assert msgpack.unpackb(raw.recv(0))["t"] == "login_ok"
+                break
+            except zmq.Again:
+                assert time.monotonic() < deadline
+        web_mesh.wait_presence(28, 0, present=True)
+        raw.proto.send_text(b"not binary")
+        raw._flush()
+        sender = web_mesh.client(29, broker=0)
+        for i in range(5):                                 # pushes for the closing connection
+            sender.send("lobby", f"to a closing socket {i}")
+        assert broker_alive(web_mesh)
+        web_mesh.wait_presence(28, 0, present=False)
+    finally:
+        raw.close()
 
 
 def test_foreign_origin_is_refused_and_own_page_allowed(web_mesh):
