@@ -39,6 +39,8 @@ from . import wire
 from .webroutes import Routes
 
 log = logging.getLogger(__name__)
+ws_log = logging.getLogger(__name__ + ".ws")     # websockets' own per-connection lines
+ws_log.setLevel(logging.WARNING)                 # (one INFO per open would flood the log)
 
 WEB_IDENT = b"\x00web-"
 OUT_BOUND = 1 << 20            # bytes queued to one slow client before it is dropped (too slow)
@@ -237,7 +239,7 @@ class WebGate:
     # --- WebSocket -----------------------------------------------------------
     def upgrade(self, conn: Conn, req: h11.Request, origin_ok: bool) -> None:
         """Hand an upgrade request (as h11 parsed it) to websockets' handshake."""
-        ws = ServerProtocol(max_size=self.max_frame, logger=log)
+        ws = ServerProtocol(max_size=self.max_frame, logger=ws_log)
         headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers)
         ws.receive_data(Request(req.target.decode("ascii", "replace"), headers).serialize())
         request = next((e for e in ws.events_received()), None)

@@ -15,6 +15,8 @@ import time
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import zmq
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -189,6 +191,24 @@ def test_bad_http_input_gets_clear_errors(web_mesh):
     with socket.create_connection((host, int(port)), timeout=5) as raw:
         raw.sendall(b"\x16\x03\x01 garbage that is not HTTP\r\n\r\n")
         assert raw.recv(100).startswith(b"HTTP/1.1 400")
+    assert broker_alive(web_mesh)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(min_size=1, max_size=2048) | st.builds(lambda head, tail: head + tail, st.sampled_from(
+    [b"GET / HTTP/1.1\r\n", b"POST /h/send?c=x HTTP/1.1\r\nContent-Length: 99999999\r\n",
+     b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"]), st.binary(max_size=512)))
+def test_random_bytes_on_the_web_endpoint_never_hurt_the_broker(web_mesh, junk):
+    """Whatever arrives, the broker answers or closes that connection and keeps serving."""
+    host, port = ws_url(web_mesh)[5:].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(junk)
+        raw.shutdown(socket.SHUT_WR)
+        try:
+            while raw.recv(65536):
+                pass
+        except (ConnectionResetError, socket.timeout):
+            pass
     assert broker_alive(web_mesh)
 
 
