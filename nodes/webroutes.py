@@ -45,19 +45,23 @@ class Routes:
     def __init__(self, gate, node):
         self.gate, self.node = gate, node
         self.channels = {}                  # channel token (str) -> HttpChannel
+        # pages a browser may come from: any broker's own page (the page fails over to the
+        # other brokers) and the origins the topology lists for this broker
+        self.origins = {"http://" + n.endpoints["ws"][5:].rstrip("/") for n in node.topo.of_type("broker")
+                        if "ws" in n.endpoints} | set(node.spec.origins)
         self.table = {("GET", "/info"): self.info, ("POST", "/dev/token"): self.dev_token,
                       ("POST", "/h/open"): self.open, ("POST", "/h/send"): self.send,
                       ("GET", "/h/poll"): self.poll, ("POST", "/h/close"): self.close}
 
     # --- origin --------------------------------------------------------------
     def origin_ok(self, headers: dict) -> bool:
-        """Non-browser clients send no Origin; a browser page may use its own broker
-        (same origin) or one of the topology's ``origins``."""
+        """Non-browser clients send no Origin; a browser page may come from its own broker
+        (same origin), any broker's page, or one of the topology's ``origins``."""
         origin = headers.get(b"origin")
         if origin is None:
             return True
         origin = origin.decode("latin-1")
-        return origin == "http://" + headers.get(b"host", b"").decode("latin-1") or origin in self.node.spec.origins
+        return origin == "http://" + headers.get(b"host", b"").decode("latin-1") or origin in self.origins
 
     # --- dispatch ------------------------------------------------------------
     def handle(self, conn, req, body: bytes) -> None:

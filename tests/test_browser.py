@@ -99,3 +99,19 @@ def test_a_page_reloaded_after_missing_messages_shows_them_once_in_order(web_mes
     assert texts(page).count("before leaving") == 1
     if os.environ.get("IMESH_SCREENSHOT"):
         page.screenshot(path=os.environ["IMESH_SCREENSHOT"])
+
+
+def test_the_page_shows_a_banner_and_moves_to_the_other_broker_when_its_broker_dies(make_mesh, browser):
+    mesh = make_mesh(ws=True)
+    page = open_chat(browser, mesh, 0, 36)
+    say(page, "before the crash")
+    page.locator("#messages li.mine .state", has_text="✓").wait_for(timeout=10000)
+    mesh.mesh.kill(mesh.topo.ids("broker")[0])           # the broker that served the page
+    page.wait_for_selector("#banner:not([hidden])", timeout=10000)
+    page.wait_for_selector("#banner[hidden]", state="attached", timeout=20000)     # on the other broker
+    sender = mesh.client(37, broker=1)
+    sender.send("lobby", "after the crash")
+    page.locator("#messages li .text", has_text="after the crash").wait_for(timeout=10000)
+    say(page, "me again")
+    page.locator("#messages li.mine:not(.pending) .text", has_text="me again").wait_for(timeout=10000)
+    assert texts(page).count("before the crash") == 1

@@ -163,6 +163,27 @@ def test_pushes_to_a_closing_websocket_are_dropped_not_fatal(web_mesh):
         raw.close()
 
 
+def test_a_websocket_client_that_does_not_read_is_dropped_as_too_slow(web_mesh):
+    """Big sync replies pile up for a client that never reads: past the outbound bound the
+    broker closes that connection and ends its session; everyone else is served as before."""
+    writer = web_mesh.client(30, broker=0)
+    for i in range(200):
+        writer.send("lobby", f"{i:04d} " + "x" * 1400)
+    raw = WsSock(ws_url(web_mesh))
+    try:
+        raw.send(msgpack.packb({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION,
+                                "token": web_mesh.token(31), "device": 0}))
+        web_mesh.wait_presence(31, 0, present=True)
+        syncs = [{"t": "sync", "rid": 2 + i, "channel": "lobby", "after": 0} for i in range(64)]
+        for _ in range(2):                                 # ~128 pages of 200 x 1.4 KB, never read
+            raw.send(msgpack.packb(syncs))
+        web_mesh.wait_presence(31, 0, present=False, timeout=30)
+        assert web_mesh.admin.status(web_mesh.topo.ids("broker")[0])["web"]["too_slow"] >= 1
+        assert writer.send("lobby", "still served")
+    finally:
+        raw.close()
+
+
 def test_foreign_origin_is_refused_and_own_page_allowed(web_mesh):
     with pytest.raises(InvalidStatus) as refused:
         connect(ws_url(web_mesh) + "/ws", origin="http://evil.example").close()
