@@ -51,6 +51,7 @@ def open_chat(browser, mesh, broker, uin):
     page.on("pageerror", lambda exc: print("page error:", exc))
     page.goto(page_url(mesh, broker))
     page.wait_for_selector("#dev:not([hidden])")
+    assert not page.is_visible("#chat") and not page.is_visible("#banner")     # only the login shows
     page.fill("#uin", str(uin))
     page.click("#devlogin")
     page.wait_for_selector("#chat:not([hidden])", timeout=15000)
