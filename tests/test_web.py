@@ -87,9 +87,12 @@ def test_ws_session_is_a_broker_session(web_mesh):
     """Login, send and pushes work across transports: a WebSocket user and a ZeroMQ user chat."""
     zmq_user = web_mesh.client(22, broker=1)
     with connect(ws_url(web_mesh) + "/ws") as ws:
-        assert login(ws, web_mesh, 21)["t"] == "login_ok"
+        ok = login(ws, web_mesh, 21)
+        assert ok["t"] == "login_ok"
         web_mesh.wait_presence(21, 0, present=True)
-        ack = ask(ws, {"t": "send", "rid": 2, "channel": "lobby", "ctime": time.time_ns() // 1000, "text": "hi zmq"})
+        session = {"sid": ok["sid"]} if "sid" in ok else {}      # protocol 2 echoes the session id
+        ack = ask(ws, {"t": "send", "rid": 2, "channel": "lobby", "ctime": time.time_ns() // 1000, "text": "hi zmq",
+                       **session})
         assert ack["t"] == "ack"
         ack2 = zmq_user.send("lobby", "hi ws")
         pushed = msgpack.unpackb(ws.recv(timeout=5))

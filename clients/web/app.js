@@ -73,9 +73,12 @@ async function start(token) {
   const uin = uinOf(token);
   const device = deviceFor(uin);
   client = new ImeshClient({ endpoints, token, device, mailbox: new StorageMailbox(localStorage, `imesh:${uin}:${device}`) });
+  let wasOnline = false;
   client.on("state", ({ state, detail }) => {
+    wasOnline ||= state === "online";
     $("banner").hidden = state === "online" || state === "idle";
-    $("banner").textContent = state === "stopped" ? `Disconnected: ${detail}` : "Reconnecting…";
+    $("banner").textContent = state === "stopped" ? `Disconnected: ${detail}`
+      : wasOnline ? "Reconnecting…" : "Connecting…";
   });
   client.on("message", (m) => { if (m.channel === channel) render(m); });
   client.on("pending", (e) => { if (e.channel === channel) render({ ...e, uin, device }, "pending"); });
