@@ -68,6 +68,7 @@ class Worker:
             self.user_of[s] = i
             self.poller.register(s, zmq.POLLIN)
         self.secret = secret
+        self.sid = {}                          # socket -> its session's sid
         self.pad = "x" * args.size
         # a WebSocket read may hold many messages, buffered in the WsSock where the poller
         # cannot see them: drain those completely
@@ -80,8 +81,8 @@ class Worker:
     def login(self) -> int:
         for s in self.socks:
             uin = self.user_of[s] + 1
-            s.send(wire.pack({"t": "login", "rid": 0, "v": 1, "token": auth.mint(self.secret, uin, 3600),
-                              "device": 0}))
+            s.send(wire.pack({"t": "login", "rid": 0, "v": wire.PROTOCOL_VERSION,
+                              "token": auth.mint(self.secret, uin, 3600), "device": 0}))
         ok, deadline = 0, time.monotonic() + 60
         while ok < len(self.socks) and time.monotonic() < deadline:
             for s in self.ready(100):
@@ -90,14 +91,17 @@ class Worker:
                         frame = s.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    ok += wire.unpack(frame).get("t") == "login_ok"
+                    reply = wire.unpack(frame)
+                    if reply.get("t") == "login_ok":
+                        self.sid[s] = reply["sid"]
+                        ok += 1
         return ok
 
     def send(self, s, seq: int) -> None:
         i = self.user_of[s]
         now = time.monotonic_ns()
         text = f"{i}:{seq}:{now}:"
-        s.send(wire.pack({"t": "send", "rid": seq, "channel": channel_of(i, self.args.members),
+        s.send(wire.pack({"t": "send", "rid": seq, "sid": self.sid[s], "channel": channel_of(i, self.args.members),
                           "ctime": seq + 1, "text": text + self.pad[len(text):]}))
         self.sent_at[(i, seq)] = now
 

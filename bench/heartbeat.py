@@ -23,8 +23,9 @@ from .procstat import cpu_seconds, self_cpu_seconds
 from .report import machine, table, write_json
 
 
-def drain(poller, timeout_ms, errors=None) -> int:
-    """Receive every ready reply; count them (and error replies into ``errors``)."""
+def drain(poller, timeout_ms, errors=None, sids=None) -> int:
+    """Receive every ready reply; count them (error replies into ``errors``; the sid of
+    each login into ``sids``)."""
     got = 0
     for sock, _ in poller.poll(timeout_ms):
         while True:
@@ -33,8 +34,13 @@ def drain(poller, timeout_ms, errors=None) -> int:
             except zmq.Again:
                 break
             got += 1
-            if errors is not None and wire.unpack(frame).get("t") == "err":
+            if errors is None and sids is None:
+                continue
+            reply = wire.unpack(frame)
+            if errors is not None and reply.get("t") == "err":
                 errors[0] += 1
+            if sids is not None and reply.get("t") == "login_ok":
+                sids[sock] = reply["sid"]
     return got
 
 
@@ -48,16 +54,17 @@ def worker(uins, eps, secret, interval, rounds, ready, go, out) -> None:
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(eps[uin % len(eps)])
-        s.send(wire.pack({"t": "login", "rid": 1, "v": 1, "token": auth.mint(secret, uin, 3600), "device": 0}))
+        s.send(wire.pack({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": auth.mint(secret, uin, 3600),
+                          "device": 0}))
         socks.append(s)
         poller.register(s, zmq.POLLIN)
-    logins, deadline = 0, time.monotonic() + 60
+    logins, deadline, sids = 0, time.monotonic() + 60, {}
     while logins < len(socks) and time.monotonic() < deadline:
-        logins += drain(poller, 100)
+        logins += drain(poller, 100, sids=sids)
     ready.put(logins)
     t0 = go.get()
     cpu0 = self_cpu_seconds()
-    frame = wire.pack({"t": "hb", "rid": 2})
+    frames = {s: wire.pack({"t": "hb", "rid": 2, "sid": sids.get(s, 0)}) for s in socks}
     sent = acked = 0
     errors = [0]
     for r in range(rounds):
@@ -65,7 +72,7 @@ def worker(uins, eps, secret, interval, rounds, ready, go, out) -> None:
         while time.time() < due:
             acked += drain(poller, max(1, int((due - time.time()) * 1000)), errors)
         for s in socks:
-            s.send(frame)
+            s.send(frames[s])
             sent += 1
         acked += drain(poller, 0, errors)
     end = time.monotonic() + 10

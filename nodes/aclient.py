@@ -61,6 +61,7 @@ class Connection:
         self.timeout = timeout
         self.ctx = ctx or zmq.asyncio.Context.instance()
         self.uin = None
+        self.sid = None                        # the session's id from login_ok, sent on every request
         self.endpoint = None
         self.reconnects = 0
         self._pending = {}                     # rid -> Future
@@ -79,7 +80,7 @@ class Connection:
             try:
                 reply = await self._request({"t": "login", "v": wire.PROTOCOL_VERSION, "token": self.token,
                                              "device": self.device, "net": self.net})
-                self.uin = reply["uin"]
+                self.uin, self.sid = reply["uin"], reply.get("sid")
                 self._logged_in(reply)
                 return reply
             except ClientError as exc:
@@ -135,7 +136,10 @@ class Connection:
         rid = next(self._rids)
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        await self._sock.send(wire.pack(dict(msg, rid=rid)))
+        msg = dict(msg, rid=rid)
+        if self.sid is not None and msg["t"] not in wire.SESSIONLESS:
+            msg["sid"] = self.sid
+        await self._sock.send(wire.pack(msg))
         try:
             reply = await asyncio.wait_for(fut, self.timeout if timeout is None else timeout)
         except asyncio.TimeoutError:

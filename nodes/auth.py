@@ -33,6 +33,8 @@ def verify(secret: bytes, token: str, scope: str = "user", now=None) -> int:
     parts = token.split(".") if isinstance(token, str) else []
     if len(parts) != 5 or parts[0] != "v1" or not parts[2].isdigit() or not parts[3].isdigit():
         raise ProtocolError(Err.AUTH_FAILED, "malformed token")
+    if not token.isascii():                    # compare_digest refuses non-ASCII str (TypeError)
+        raise ProtocolError(Err.AUTH_FAILED, "malformed token: not ASCII")
     body = ".".join(parts[:4])
     expected = hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, parts[4]):

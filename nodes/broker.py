@@ -1,19 +1,23 @@
 """Broker node: the interface layer clients connect to.
 
-Holds client sessions (ROUTER identities), checks login tokens, applies
-the length limit, forwards sends and syncs to the logic node owning the
-channel and presence changes to the router owning the uin, and pushes the
-deliveries it receives on its SUB socket (topic = its own id) to the right
-sessions.  Stateless beyond its sessions: a client may reconnect to any
-broker.  Sessions that stay silent for ``session_timeout_factor``
-heartbeat intervals are dropped and reported offline.
+Holds client sessions (nodes/sessions.py), checks login tokens, applies the
+length, fragment and rate limits, forwards sends and syncs to the logic
+node owning the channel and presence to the router owning the uin, and
+pushes the deliveries it receives on its SUB socket to the right sessions.
+Stateless beyond its sessions: a client may reconnect to any broker.
+
+The broker is the authority on a session's liveness: any request keeps it
+alive, silence for ``session_timeout_factor`` intervals ends it (the
+router hears of activity through batched ``touch`` requests and only
+expires sessions itself, later, when a broker died).  It knows which logic
+nodes are alive from their ticks, so a heartbeat or send for a channel
+whose owner is down is answered at once instead of after a timeout.
 """
 from __future__ import annotations
 
 import collections
 import logging
 import math
-import time
 
 import zmq
 
@@ -23,114 +27,105 @@ from .heartbeat import initial_interval
 from .limits import FragmentGroups, TokenBuckets
 from .node import INTERNAL_MAX_FRAME, Node
 from .rpc import Requests
+from .sessions import SessionTable
 from .webgate import WebGate
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL = 0.5
-MAX_PIPELINED = 64                       # requests one client frame may carry
-
-
-class Session:
-    __slots__ = ("ident", "uin", "device", "net", "interval", "last_seen", "groups")
-
-    def __init__(self, ident, uin, device, net, interval):
-        self.ident, self.uin, self.device, self.net = ident, uin, device, net
-        self.interval = interval
-        self.last_seen = time.monotonic()
-        self.groups = FragmentGroups()
+SWEEP_INTERVAL = 0.1
+TOUCH_INTERVAL = 0.5            # how often activity is reported to routers
+MAX_PIPELINED = 64              # requests one client frame may carry
+OWNER_DOWN_AFTER = 1.5          # seconds without a tick from a logic node: it is down
+START_GRACE = 3.0               # a logic node never heard yet counts as up this long after start
+FAST_TIMEOUT = 1.0              # heartbeat parts (router, heads) answer within this
 
 
 class BrokerCore:
-    """Sessions and client request handling; ``out`` does the I/O.
+    """Sessions and client request handling: no sockets, no clock (``now`` is passed in).
 
-    ``out`` provides ``reply(ident, msg)``, ``push(ident, frame)``,
-    ``to_logic(channel, msg, callback)`` and ``to_router(uin, msg, callback)``.
+    Effects go through ``out``: ``reply(ident, msg)``, ``push(ident, packed)``,
+    ``to_logic(channel, msg, callback, timeout=None)``, ``to_router(uin, msg,
+    callback, timeout=None)``.
     """
 
-    def __init__(self, broker_id, topo, secret, out):
+    def __init__(self, broker_id, topo, secret, out, now: float, idc: str = ""):
         self.id = broker_id
+        self.idc = idc
         self.topo = topo
         self.secret = secret
         self.out = out
-        self.max_text = int(topo.limits["max_text"])
-        self.max_fragments = int(topo.limits["max_fragments"])
-        self.buckets = TokenBuckets(topo.limits["rate"], topo.limits["burst"])
+        self.started = now
+        limits = topo.limits
+        self.max_text = int(limits["max_text"])
+        self.max_fragments = int(limits["max_fragments"])
+        self.max_frame = int(limits["max_frame"])
+        self.send_timeout = float(limits["request_timeout"])
+        self.buckets = TokenBuckets(limits["rate"], limits["burst"])
         self.stats = collections.Counter()      # refused sends by code
-        self.client_limits = {k: topo.limits[k] for k in ("max_text", "max_fragments", "rate", "burst",
-                                                           "message_lifetime")}
-        self.max_pending = int(topo.limits["max_pending"])
+        self.client_limits = {k: limits[k] for k in ("max_text", "max_fragments", "rate", "burst",
+                                                    "message_lifetime")}
+        self.max_pending = int(limits["max_pending"])
+        self.max_channels = int(topo.heartbeat["max_channels"])
         self.pending = 0
-        self.sessions = {}                     # ident -> Session
-        self.by_key = {}                       # (uin, device) -> ident
-        self.by_uin = {}                       # uin -> {ident, ...}
-        self.handlers = {"login": self.login, "send": self.send, "sync": self.sync,
+        self.sessions = SessionTable(float(topo.heartbeat["session_timeout_factor"]))
+        self.active = set()                     # sessions with requests since the last touch round
+        self.heard = {}                         # logic id -> time of its last tick
+        self.handlers = {"login": self.login, "ping": self.ping, "send": self.send, "sync": self.sync,
                          "hb": self.heartbeat, "logout": self.logout}
 
-    # --- entry point ---------------------------------------------------------
-    def on_client(self, ident: bytes, frame: bytes) -> None:
-        """One frame from a client: a request map, or an array of them (pipelined)."""
-        try:
-            msgs = wire.unpack_many(frame, int(self.topo.limits["max_frame"]), MAX_PIPELINED)
-        except wire.ProtocolError as exc:
-            self.out.reply(ident, wire.error_from(None, exc))
-            return
-        for msg in msgs:
-            self.on_request(ident, msg)
-
-    def on_request(self, ident: bytes, msg: dict) -> None:
-        rid = wire.request_rid(msg)
-        try:
-            t = wire.validate(msg, wire.CLIENT_REQUESTS)
-            session = self.sessions.get(ident)
-            if session is None and t != "login":
-                raise wire.ProtocolError(wire.Err.NOT_LOGGED_IN, "log in first")
-            if session is not None:
-                session.last_seen = time.monotonic()
-            result = self.handlers[t](ident, session, msg)
-        except wire.ProtocolError as exc:
-            result = wire.error_from(rid, exc)
-            if msg.get("t") == "send":
-                self.stats["refused"] += 1
-                self.stats[exc.code] += 1
-        if result is not None:
-            self.out.reply(ident, result)
+    # --- the guard: every request but login/ping needs its session ------------
+    def guard(self, ident, t, msg, now):
+        if t in wire.SESSIONLESS:
+            return ident
+        session = self.sessions.check(ident, msg.get("sid"), now)
+        self.active.add(session)
+        return session
 
     # --- requests ------------------------------------------------------------
-    def login(self, ident, session, msg):
+    def ping(self, ident, msg, now):
+        return wire.reply("pong", msg["rid"], broker=self.id, idc=self.idc)
+
+    def login(self, ident, msg, now):
         uin = auth.check_login(self.secret, msg)
         net = msg.get("net", "wired")
         if type(net) is not str:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'net' must be a string")
-        if session is not None:
-            self._drop(session, notify_router=(session.uin, session.device) != (uin, msg["device"]))
-        old = self.by_key.get((uin, msg["device"]))
-        if old is not None and old != ident:
-            self.out.reply(old, {"t": "kicked", "msg": "logged in again from another connection"})
-            self._drop(self.sessions[old], notify_router=False)
+        device = msg["device"]
+        current = self.sessions.by_ident.get(ident)
+        if current is not None:                 # a new login on the same connection replaces it
+            self.end(current, None, notify_router=(current.uin, current.device) != (uin, device))
+        old = self.sessions.by_key.get((uin, device))
+        if old is not None:
+            self.kick(old, "replaced", "logged in again from another connection", notify_router=False)
         interval = initial_interval(self.topo.heartbeat, net)
-        new = Session(ident, uin, msg["device"], net, interval)
-        self.sessions[ident] = new
-        self.by_key[(uin, msg["device"])] = ident
-        self.by_uin.setdefault(uin, set()).add(ident)
+        new = self.sessions.open(ident, uin, device, net, interval, now)
         rid = msg["rid"]
 
         def done(reply):
             if reply.get("t") == "ok":
-                self.out.reply(ident, wire.reply("login_ok", rid, uin=uin, device=new.device,
-                                                 broker=self.id, hb=reply.get("interval", interval),
+                new.interval = reply.get("interval", interval)
+                self.sessions.reschedule(new)
+                self.out.reply(ident, wire.reply("login_ok", rid, uin=uin, device=device, sid=new.sid,
+                                                 broker=self.id, idc=self.idc, hb=new.interval,
                                                  limits=self.client_limits))
             else:
-                if self.sessions.get(ident) is new:
-                    self._drop(new, notify_router=False)
+                self.end(new, None, notify_router=False)
                 self.out.reply(ident, wire.error(rid, reply.get("code", wire.Err.UNAVAILABLE),
                                                  reply.get("msg", "router unavailable")))
-        self.out.to_router(uin, {"t": "online", "uin": uin, "device": new.device,
+        self.out.to_router(uin, {"t": "online", "uin": uin, "device": device,
                                  "broker": self.id, "net": net}, done)
         return None
 
-    def send(self, ident, session, msg):
+    def send(self, session, msg, now):
         """Length, fragment and rate checks; then forward to the channel's logic node."""
+        try:
+            return self._send(session, msg, now)
+        except wire.ProtocolError as exc:
+            self.stats["refused"] += 1
+            self.stats[exc.code] += 1
+            raise
+
+    def _send(self, session, msg, now):
         text = msg["text"]
         size = len(text.encode("utf-8"))
         if size == 0:
@@ -138,78 +133,96 @@ class BrokerCore:
         if size > self.max_text:
             raise wire.ProtocolError(wire.Err.TOO_LONG, f"text of {size} bytes exceeds the limit "
                                      f"of {self.max_text}; split it into fragments", limit=self.max_text)
+        owner = self._owner_up(msg["channel"], now)
         request = {"t": "send", "uin": session.uin, "device": session.device, "channel": msg["channel"],
                    "ctime": msg["ctime"], "text": text}
         charge, frag = True, None
         if "frag" in msg:
             frag = FragmentGroups.parse(msg["frag"], self.max_fragments)
+            if session.groups is None:
+                session.groups = FragmentGroups()
             charge, _retry = session.groups.check(*frag, msg["ctime"])
             request["frag"] = list(frag)
         if charge:
-            wait = self.buckets.take(session.uin, time.monotonic())
+            wait = self.buckets.take(session.uin, now)
             if wait:
                 raise wire.ProtocolError(wire.Err.RATE_LIMITED, f"over {self.buckets.rate:g} messages/s; "
                                          f"retry in {wait:.3f} s", retry_after=math.ceil(wait * 1000) / 1000)
         if frag is not None:
             session.groups.accept(*frag, msg["ctime"])
-        return self._forward(ident, msg, request)
+        return self._forward(session, msg, request, owner)
 
-    def sync(self, ident, session, msg):
-        return self._forward(ident, msg, {"t": "sync", "uin": session.uin,
-                                          "channel": msg["channel"], "after": msg["after"]})
+    def sync(self, session, msg, now):
+        owner = self._owner_up(msg["channel"], now)
+        return self._forward(session, msg, {"t": "sync", "uin": session.uin,
+                                            "channel": msg["channel"], "after": msg["after"]}, owner)
 
-    def _forward(self, ident, msg, request):
+    def _forward(self, session, msg, request, owner):
         """Send to the owning logic node; the reply goes back with the client's rid."""
         if self.pending >= self.max_pending:
             raise wire.ProtocolError(wire.Err.BUSY, "system busy; retry later")
         self.pending += 1
-        rid = msg["rid"]
+        rid, ident = msg["rid"], session.ident
 
         def done(reply):
             self.pending -= 1
             reply["rid"] = rid
             self.out.reply(ident, reply)
-        self.out.to_logic(msg["channel"], request, done)
+        self.out.to_logic(owner, request, done, self.send_timeout)
         return None
 
-    def heartbeat(self, ident, session, msg):
+    def heartbeat(self, session, msg, now):
         """Router: mark alive, get the next interval.  Owning logic nodes: newest id of
-        each listed channel plus what the client is missing, pushed before the ack."""
+        each listed channel plus what the client is missing, pushed before the ack.
+        Answered within FAST_TIMEOUT: channels of owners that are down or slow are
+        listed in ``unavailable``."""
         channels = msg.get("channels", {})
         wire.KINDS["windows"](channels, "channels")
-        limit = int(self.topo.heartbeat["max_channels"])
-        if len(channels) > limit:
-            raise wire.ProtocolError(wire.Err.TOO_MANY, f"a heartbeat may list at most {limit} "
-                                     "channels", limit=limit)
+        if len(channels) > self.max_channels:
+            raise wire.ProtocolError(wire.Err.TOO_MANY, f"a heartbeat may list at most "
+                                     f"{self.max_channels} channels", limit=self.max_channels)
         net = msg.get("net", session.net)
         if type(net) is not str:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'net' must be a string")
         session.net = net
+        ack = wire.reply("hb_ack", msg["rid"], interval=session.interval, heads={}, first={}, upto={},
+                         more=[], not_member=[], unavailable=[])
         groups = {}
         for name, have in channels.items():
-            groups.setdefault(self.topo.logic_for(name), {})[name] = have
-        ack = wire.reply("hb_ack", msg["rid"], interval=session.interval, heads={}, first={},
-                         more=[], not_member=[], unavailable=[])
+            owner = self.topo.logic_for(name)
+            if self.logic_up(owner, now):
+                groups.setdefault(owner, {})[name] = have
+            else:
+                ack["unavailable"].append(name)
         msgs = []
         waiting = [1 + len(groups)]
+        ident = session.ident
 
         def part_done():
             waiting[0] -= 1
-            if waiting[0] == 0 and self.sessions.get(ident) is session:
+            if waiting[0] == 0 and session.ended is None:
                 for m in msgs:
                     self.out.push(ident, wire.pack(m))
                 self.out.reply(ident, ack)
 
         def on_router(reply):
             if reply.get("t") == "hb":
+                if reply.get("moved"):
+                    self.kick(session, "replaced", "logged in again on another broker", notify_router=False)
+                    self.out.reply(ident, wire.error(msg["rid"], wire.Err.NOT_LOGGED_IN, "session "
+                                                     "replaced by a login on another broker",
+                                                     reason="replaced"))
+                    return
                 session.interval = ack["interval"] = reply["interval"]
+                session.touched = now
+                self.sessions.reschedule(session)
             part_done()
 
         def on_logic(wanted):
             def done(reply):
                 if reply.get("t") == "heads":
-                    for key in ("heads", "first"):
-                        ack[key].update(reply[key])
+                    for key in ("heads", "first", "upto"):
+                        ack[key].update(reply.get(key, {}))
                     ack["more"] += reply["more"]
                     ack["not_member"] += reply["not_member"]
                     msgs.extend(reply["msgs"])
@@ -219,62 +232,107 @@ class BrokerCore:
             return done
 
         self.out.to_router(session.uin, {"t": "hb", "uin": session.uin, "device": session.device,
-                                         "broker": self.id, "net": net}, on_router)
-        for wanted in groups.values():
-            self.out.to_logic(next(iter(wanted)), {"t": "heads", "uin": session.uin, "channels": wanted},
-                              on_logic(wanted))
+                                         "broker": self.id, "net": net}, on_router, FAST_TIMEOUT)
+        for owner, wanted in groups.items():
+            self.out.to_logic(owner, {"t": "heads", "uin": session.uin, "channels": wanted},
+                              on_logic(wanted), FAST_TIMEOUT)
         return None
 
-    def logout(self, ident, session, msg):
-        self._drop(session, notify_router=True)
+    def logout(self, session, msg, now):
+        self.end(session, None, notify_router=True)
         return wire.reply("bye", msg["rid"])
 
+    # --- owners --------------------------------------------------------------
+    def on_tick(self, logic_id, now) -> None:
+        self.heard[logic_id] = now
+
+    def logic_up(self, logic_id, now) -> bool:
+        heard = self.heard.get(logic_id)
+        if heard is None:
+            return now - self.started < START_GRACE
+        return now - heard < OWNER_DOWN_AFTER
+
+    def _owner_up(self, channel, now) -> str:
+        owner = self.topo.logic_for(channel)
+        if not self.logic_up(owner, now):
+            raise wire.ProtocolError(wire.Err.UNAVAILABLE, f"the owner of {channel!r} ({owner}) is down; "
+                                     "retry later with the same ctime")
+        return owner
+
     # --- sessions ------------------------------------------------------------
-    def _drop(self, session, notify_router: bool) -> None:
-        self.sessions.pop(session.ident, None)
-        key = (session.uin, session.device)
-        if self.by_key.get(key) == session.ident:
-            del self.by_key[key]
-        idents = self.by_uin.get(session.uin)
-        if idents is not None:
-            idents.discard(session.ident)
-            if not idents:
-                del self.by_uin[session.uin]
+    def end(self, session, reason, notify_router: bool) -> None:
+        if not self.sessions.end(session, reason):
+            return
+        self.active.discard(session)
         if notify_router:
             self.out.to_router(session.uin, {"t": "offline", "uin": session.uin,
                                              "device": session.device, "broker": self.id},
                                lambda _reply: None)
 
-    def disconnected(self, ident: bytes) -> None:
-        """The transport saw this client's connection close (WebSocket, HTTP channel):
-        end its session now rather than after the heartbeat timeout."""
-        session = self.sessions.get(ident)
-        if session is not None:
-            self._drop(session, notify_router=True)
+    def kick(self, session, reason, text, notify_router: bool) -> None:
+        """End a session and tell its client why (best effort: a full queue cannot take it)."""
+        if session.ended is None:
+            self.out.reply(session.ident, {"t": "kicked", "reason": reason, "msg": text})
+        self.end(session, reason, notify_router)
 
-    def sweep(self) -> int:
-        """Drop sessions silent for too long; return how many."""
-        now = time.monotonic()
-        # one interval more than the router allows: the router (the authority on presence)
-        # declares the session offline first; this only frees the broker's own state
-        factor = self.topo.heartbeat["session_timeout_factor"] + 1
-        stale = [s for s in self.sessions.values() if now - s.last_seen > factor * s.interval]
+    def on_kick(self, msg) -> None:
+        """The router says (uin, device) logged in on another broker."""
+        session = self.sessions.by_key.get((msg.get("uin"), msg.get("device")))
+        if session is not None:
+            self.kick(session, "replaced", "logged in again on another broker", notify_router=False)
+
+    def too_slow(self, ident) -> None:
+        session = self.sessions.by_ident.get(ident)
+        if session is not None:
+            self.end(session, "too_slow", notify_router=True)
+
+    def gone(self, ident) -> None:
+        """The connection vanished (the transport said so): end its session now."""
+        session = self.sessions.by_ident.get(ident)
+        if session is not None:
+            self.end(session, "disconnected", notify_router=True)
+
+    def sweep(self, now) -> int:
+        """End sessions silent for too long; return how many."""
+        stale = self.sessions.expired(now)
         for session in stale:
-            self._drop(session, notify_router=True)
+            self.kick(session, "expired", "no request for too long; log in again", notify_router=True)
         self.buckets.prune(now)
         return len(stale)
+
+    def touches(self, now) -> dict:
+        """{router id: [[uin, device], ...]} of sessions active since the router last heard of them."""
+        out = {}
+        keep = set()
+        for session in self.active:
+            if session.ended is not None:
+                continue
+            if now - session.touched < session.interval / 2:
+                keep.add(session)               # told recently enough; look again next round
+                continue
+            session.touched = now
+            out.setdefault(self.topo.router_for(session.uin), []).append([session.uin, session.device])
+        self.active = keep
+        return out
+
+    def on_touched(self, reply) -> None:
+        for uin, device in reply.get("moved", []):
+            session = self.sessions.by_key.get((uin, device))
+            if session is not None:
+                self.kick(session, "replaced", "logged in again on another broker", notify_router=False)
 
     # --- deliveries ----------------------------------------------------------
     def deliver(self, packed: bytes, to, sender_uin: int, sender_device: int) -> int:
         """Push one message (packed once by logic) to its recipients' sessions here,
         except the device that sent it; return how many pushes."""
         pushed = 0
+        by_uin = self.sessions.by_uin
         for uin in to:
-            idents = self.by_uin.get(uin)
-            if not idents:
+            sessions = by_uin.get(uin)
+            if not sessions:
                 continue
-            for ident in idents:
-                if uin != sender_uin or self.sessions[ident].device != sender_device:
+            for ident, session in sessions.items():
+                if uin != sender_uin or session.device != sender_device:
                     self.out.push(ident, packed)
                     pushed += 1
         return pushed
@@ -289,17 +347,21 @@ class BrokerNode(Node):
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
         self.logics = self.peers("logic")
         self.routers = self.peers("router")
-        self.sub = self.subscribe("logic", node_id.encode(), self.on_delivery)
-        self.heard = {}                         # logic id -> monotonic time of last frame
-        self.core = BrokerCore(node_id, topo, topo.read_secret(), self)
+        self.core = BrokerCore(node_id, topo, topo.read_secret(), self, self.clock(), self.spec.idc)
+        self.sub = self.subscribe("logic", wire.topic(node_id), self.on_delivery)
+        self.kicks = self.subscribe("router", wire.topic(node_id), self.on_router_notice)
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
-                                maxmsgsize=int(topo.limits["max_frame"]))
-        self.loop.add(self.client, self.on_client)
+                                maxmsgsize=int(topo.limits["max_frame"]),
+                                sndhwm=int(topo.limits["session_queue"]), mandatory=True)
+        self.clients = self.serve(self.client, wire.CLIENT_REQUESTS, self.core.handlers,
+                                  max_len=int(topo.limits["max_frame"]), guard=self.core.guard,
+                                  max_items=MAX_PIPELINED)
         ws = self.spec.endpoints.get("ws")
-        self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same core
+        self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same dispatcher
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
+        self.loop.every(TOUCH_INTERVAL, self.touch_routers)
         for sock in self.routers.values():
             # a restarted broker has no sessions: clear what routers remember of it
             self.requests.send(sock, {"t": "broker_reset", "broker": node_id}, lambda _r: None)
@@ -317,34 +379,51 @@ class BrokerNode(Node):
         else:
             self.queue_packed(self.client, ident, packed)
 
-    def to_logic(self, channel, msg, callback):
-        self.requests.send(self.logics[self.topo.logic_for(channel)], msg, callback)
+    def web_frame(self, ident, frame):
+        """A frame from a WebSocket or HTTP client (nodes/webgate.py): the ZeroMQ clients' dispatcher."""
+        self.clients.frame(ident, frame, self.clock(), self.reply, int(self.topo.limits["max_frame"]),
+                           MAX_PIPELINED)
 
-    def to_router(self, uin, msg, callback):
-        self.requests.send(self.routers[self.topo.router_for(uin)], msg, callback)
+    def to_logic(self, owner, msg, callback, timeout=None):
+        self.requests.send(self.logics[owner], msg, callback, timeout)
+
+    def to_router(self, uin, msg, callback, timeout=None):
+        self.requests.send(self.routers[self.topo.router_for(uin)], msg, callback, timeout)
+
+    def on_send_failed(self, sock, key, exc):
+        if sock is not self.client:
+            return super().on_send_failed(sock, key, exc)
+        if isinstance(exc, zmq.Again):
+            self.core.too_slow(key)            # its queue is full: it falls behind, drop it
+        elif exc.errno == zmq.EHOSTUNREACH:
+            self.core.gone(key)
 
     # --- sockets -------------------------------------------------------------
-    def on_client(self, frames):
-        if len(frames) != 2:
-            self.reply(frames[0], wire.error(None, wire.Err.BAD_FRAME, "send exactly one frame per message"))
-            return
-        self.core.on_client(frames[0], frames[1])
-
     def on_delivery(self, msg):
         if msg.get("t") == "msgs":
             deliver = self.core.deliver
             for packed, to, uin, device in msg["items"]:
                 deliver(packed, to, uin, device)
         elif msg.get("t") == "tick":
-            self.heard[msg.get("logic")] = time.monotonic()
+            self.core.on_tick(msg.get("logic"), self.clock())
+
+    def on_router_notice(self, msg):
+        if msg.get("t") == "kick":
+            self.core.on_kick(msg)
 
     def housekeeping(self):
         self.requests.expire()
-        self.core.sweep()
+        self.core.sweep(self.clock())
+
+    def touch_routers(self):
+        for router, sessions in self.core.touches(self.clock()).items():
+            self.requests.send(self.routers[router], {"t": "touch", "broker": self.id, "sessions": sessions},
+                               self.core.on_touched)
 
     def status(self):
-        now = time.monotonic()
-        linked = sorted(k for k, t in self.heard.items() if now - t < 3.0)
+        now = self.clock()
+        linked = sorted(k for k in self.logics if k in self.core.heard and self.core.logic_up(k, now))
         return dict(super().status(), sessions=len(self.core.sessions), logic_links=linked,
                     ready=len(linked) == len(self.logics), refused=dict(self.core.stats),
+                    kicked=dict(self.core.sessions.ended), pending=self.core.pending,
                     **({"web": self.web.status()} if self.web is not None else {}))

@@ -63,6 +63,7 @@ class Client:
         self._rids = itertools.count(1)
         self.clock = ClientClock()
         self.uin = self.device = None
+        self.sid = None                         # the session's id from login_ok, sent on every request
         self.interval = None
 
     # --- plumbing ------------------------------------------------------------
@@ -78,6 +79,8 @@ class Client:
     def request(self, msg: dict, timeout: float | None = None) -> dict:
         """Send one request and wait for the reply with its rid; ClientError on err or timeout."""
         msg = dict(msg, rid=next(self._rids))
+        if self.sid is not None and msg["t"] not in wire.SESSIONLESS:
+            msg.setdefault("sid", self.sid)
         self.sock.send(wire.pack(msg))
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
@@ -95,6 +98,7 @@ class Client:
         reply = self.request({"t": "login", "v": wire.PROTOCOL_VERSION, "token": token,
                               "device": device, "net": net})
         self.uin, self.device, self.interval = reply["uin"], reply["device"], reply["hb"]
+        self.sid = reply.get("sid")
         return reply
 
     def send(self, channel: str, text: str, timeout: float | None = None,

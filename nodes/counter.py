@@ -1,9 +1,15 @@
 """Counter node: the durable msg-id allocator.
 
-``alloc(channel, n) -> [start, end)``.  The new high-water mark is written
-with a synced write before the answer leaves (all allocs of one loop turn
-share one synced batch: group commit), so a restarted counter never
-reissues an id.
+``alloc(channel, n, have) -> [start, end)``.  The new high-water mark is
+written with a synced write before the answer leaves (all allocs of one
+loop turn share one synced batch: group commit), so a restarted counter
+never reissues an id.
+
+``have`` is where the asking logic node's ids end (the first id it does
+not hold).  A channel has one writer, so when ``have`` is the start of the
+last block issued for the channel, that block's answer was lost (the logic
+node crashed before it stored the lease): the counter answers the same
+block again instead of a new one, and no id is skipped.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ class CounterCore:
     def __init__(self, store):
         self.store = store
         self.high = {}                       # channel -> next unissued id
+        self.resent = 0                      # blocks answered again to a writer that lost them
+        self.last = {}                       # channel -> start of the last block issued
 
     def next_id(self, channel: str) -> int:
         if channel not in self.high:
@@ -29,15 +37,27 @@ class CounterCore:
             self.high[channel] = keys.unpack_u64(raw) if raw is not None else 1
         return self.high[channel]
 
-    def alloc(self, channel: str, n: int) -> tuple[int, int]:
+    def last_start(self, channel: str):
+        if channel not in self.last:
+            raw = self.store.get(keys.last_block_key(channel))
+            self.last[channel] = keys.unpack_u64(raw) if raw is not None else None
+        return self.last[channel]
+
+    def alloc(self, channel: str, n: int, have: int | None = None) -> tuple[int, int]:
         if not 1 <= n <= MAX_ALLOC:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, f"n must be 1..{MAX_ALLOC}")
         start = self.next_id(channel)
+        last = self.last_start(channel)
+        if have is not None and last is not None and have == last < start:
+            self.resent += 1
+            return last, start                     # the writer never got this block: answer it again
         end = start + n
         if end > wire.U64_MAX:
             raise wire.ProtocolError(wire.Err.INTERNAL, "id space of the channel exhausted")
         self.high[channel] = end
+        self.last[channel] = start
         self.store.put(keys.highwater_key(channel), keys.pack_u64(end))
+        self.store.put(keys.last_block_key(channel), keys.pack_u64(start))
         return start, end
 
 
@@ -51,8 +71,11 @@ class CounterNode(Node):
         self.serve(rpc, wire.COUNTER_REQUESTS, {"alloc": self.handle_alloc,
                                                 "status": self.handle_status})
 
-    def handle_alloc(self, _ident, msg):
+    def handle_alloc(self, _ident, msg, _now=None):
         if self.topo.counter_for(msg["channel"]) != self.id:
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"counter {self.id} does not own this channel")
-        start, end = self.core.alloc(msg["channel"], msg["n"])
+        start, end = self.core.alloc(msg["channel"], msg["n"], msg["have"])
         return wire.reply("alloc", msg["rid"], channel=msg["channel"], start=start, end=end)
+
+    def status(self):
+        return dict(super().status(), channels=len(self.core.high), resent=self.core.resent)

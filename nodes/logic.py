@@ -1,13 +1,17 @@
 """Logic node: the single writer of the channels it owns.
 
 Send path per request: membership check -> dedup by (uin, device, client
-time) -> queue on the channel.  At the end of each loop turn the queued
+time) -> queue on the channel.  Every send stored within its lifetime keeps
+an index row (uin, device, ctime) -> (channel, id), so a retry learns its
+original id whatever the device sent after it; the newest client time per
+device (the Cython DedupTable) lets a send with a newer time skip that lookup.  At the end of each loop turn the queued
 sends of every channel take ids from the channel's leased block, go into
 one RocksDB batch, and only after that batch is written are they acked and
 fanned out (one PUB frame per broker, topic = broker id).  Id blocks come
 from the counter and are prefetched when half used, so sends do not wait on
-the counter in steady state.  Leases are stored too, so a restarted logic
-node continues the same block and ids stay contiguous.
+the counter in steady state.  Leases and each channel's newest id are stored too, so a restarted logic
+node continues the same block, ids stay contiguous and never go back, even
+when every message has expired.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from array import array
 
 import zmq
 
-from fastpath import STALE, DedupTable, IdRing
+from fastpath import DedupTable, IdRing
 
 from . import auth
 from . import store as keys
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 TICK_INTERVAL = 0.5
 SWEEP_INTERVAL = 0.05                 # expired messages are deleted in slices of at most 5 ms
 DEDUP_PRUNE_INTERVAL = 1.0            # 500 dedup rows looked at per second
+SENT_PRUNE_BUDGET = 2000              # expired send-index rows deleted per sweep call at most
 
 
 class Pending:
@@ -83,6 +88,10 @@ class ChannelState:
         self.member_array = array("I", sorted(self.members))   # for OnlineBitmap.filter_online
         self.fanout, self.fanout_version = None, -1            # {broker: [uin]}, per presence version
 
+    def boundary(self) -> int:
+        """The first id this channel does not hold (used or leased): what alloc's ``have`` says."""
+        return max(self.next_id, self.last_id + 1, *(e for _s, e in self.leases))
+
     def available(self) -> int:
         if not self.leases:
             return 0
@@ -102,8 +111,7 @@ class ChannelState:
 
     def add_lease(self, start: int, end: int) -> bool:
         """Accept a block from the counter if it lies beyond every id we know."""
-        newest = max(self.next_id, self.last_id + 1, *(e for _s, e in self.leases))
-        if start < newest or end <= start:
+        if start < self.boundary() or end <= start:
             return False
         if not self.leases:
             self.next_id = start
@@ -149,7 +157,8 @@ class LogicCore:
         for name, ch in self.channels.items():
             for key in self.store.last_keys(keys.channel_prefix(name), self.queue):
                 ch.ring.push(keys.unpack_u64(key[-8:]))
-            ch.last_id = ch.ring.last or 0
+            raw = self.store.get(keys.last_id_key(name))
+            ch.last_id = max(ch.ring.last or 0, keys.unpack_u64(raw) if raw else 0)
             ch.next_id = ch.last_id + 1
             raw = self.store.get(keys.lease_key(name))
             for start, end in (keys.decode(raw) if raw else []):
@@ -195,32 +204,32 @@ class LogicCore:
             raise wire.ProtocolError(wire.Err.NOT_MEMBER, f"uin {uin} is not a member of {name!r}")
         return ch
 
-    def send(self, ident: bytes, msg: dict):
-        """Accept a send; return an immediate reply (retry, error) or None (acked later)."""
+    def send(self, ident: bytes, msg: dict, _now=None):
+        """Accept a send; return an immediate reply (retry, error) or None (acked later).
+
+        A (uin, device, ctime) seen before is a retry: acked with the original
+        id (or joined to the send still being stored); anything else is new,
+        whatever its order -- so no client time can lock a device out.
+        """
         uin, device, ctime, rid = msg["uin"], msg["device"], msg["ctime"], msg["rid"]
         ch = self._member_channel(msg["channel"], uin)
-        key = (uin, device)
+        key = (uin, device, ctime)
         waiter = (ident, rid)
         pending = self.inflight.get(key)
-        if pending is not None and pending.ctime == ctime:
+        if pending is not None:
             if pending.channel != ch.name:
                 raise wire.ProtocolError(wire.Err.STALE, "client time reused for another channel")
             pending.waiters.append(waiter)           # retry of a send still being stored
             self.stats["retries"] += 1
             return None
-        done = self.dedup.check(uin, device, ctime)
-        if done >= 0:                                  # same client time as the last stored send
-            if not self._stored_as(ch.name, done, uin, device, ctime):
-                raise wire.ProtocolError(wire.Err.STALE, "client time reused for another message")
+        stored = self._stored(uin, device, ctime)
+        if stored is not None:
+            channel, msg_id = stored
+            if channel != ch.name:
+                raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} was used for a message "
+                                         "to another channel")
             self.stats["retries"] += 1
-            return self._ack(rid, ch.name, device, ctime, done)
-        if done == STALE:
-            last = self.dedup.get(uin, device)[0]
-            raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} is not after the last "
-                                     f"one seen from this device ({last})", last=last)
-        if pending is not None and ctime < pending.ctime:
-            raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} is older than a send "
-                                     "in flight from this device")
+            return self._ack(rid, ch.name, device, ctime, msg_id)
         if self.waiting_total >= self.max_waiting:
             raise wire.ProtocolError(wire.Err.BUSY, "too many sends waiting for ids; retry later")
         rec = Pending(uin, device, ctime, msg["text"], msg.get("frag"), ch.name, waiter)
@@ -230,67 +239,72 @@ class LogicCore:
         self.dirty.add(ch)
         return None
 
-    def _stored_as(self, channel, msg_id, uin, device, ctime) -> bool:
-        """A retry must name the message it retries: same channel, sender and client time."""
-        raw = self.store.get(keys.message_key(channel, msg_id))
-        return raw is not None and keys.decode(raw)[:3] == [uin, device, ctime]
+    def _stored(self, uin, device, ctime):
+        """(channel, id) of the message stored for this (uin, device, ctime), or None."""
+        newest = self.dedup.get(uin, device)
+        if newest is not None and ctime > newest[0]:
+            return None                                # newer than anything stored: no lookup
+        raw = self.store.get(keys.sent_key(uin, device, ctime))
+        return None if raw is None else keys.sent_of_value(raw)
 
     @staticmethod
     def _ack(rid, channel, device, ctime, msg_id):
         return wire.reply("ack", rid, channel=channel, device=device, ctime=ctime, id=msg_id)
 
-    def _page(self, ch: ChannelState, after: int, budget: int):
+    def _page(self, ch: ChannelState, after: int, budget: int, now: float):
         """Live stored messages of ``ch`` after ``after``, oldest first, at most ``budget``.
 
-        Returns (messages, first, more): ``first`` is the oldest id still in
-        the channel's queue (a client behind it moves its window there);
-        ``more`` says the page was cut short by the budget.
+        Returns (messages, first, more, upto): ``first`` is the oldest id still
+        in the channel's queue (a client behind it moves its window there);
+        ``more`` says the page was cut short by the budget; ``upto`` is the
+        newest id the page covers: ids in (after, upto] that are not in the
+        page are gone for good (expired, trimmed, or never assigned), so a
+        client may move its window to ``upto`` once it holds the page.
         """
         first = ch.ring.first if len(ch.ring) else ch.last_id + 1
         after = max(min(after, ch.last_id), first - 1)      # nothing before the queue's head
         msgs = []
         if after >= ch.last_id:
-            return msgs, first, False
+            return msgs, first, False, ch.last_id
         if budget <= 0:
-            return msgs, first, True
-        now = time.time()
+            return msgs, first, True, after
         for key, raw in self.store.scan(keys.channel_prefix(ch.name), keys.message_key(ch.name, after + 1)):
             rec = keys.decode(raw)
             if rec[4] < now:                                  # expired, not yet swept
                 continue
             if len(msgs) >= budget:
-                return msgs, first, True
+                return msgs, first, True, msgs[-1]["id"]
             msgs.append(push_of(ch.name, keys.unpack_u64(key[-8:]), rec))
-        return msgs, first, False
+        return msgs, first, False, ch.last_id
 
-    def sync(self, msg: dict) -> dict:
+    def sync(self, msg: dict, now: float) -> dict:
         """One page of the stored messages of a channel after ``after``."""
         ch = self._member_channel(msg["channel"], msg["uin"])
-        msgs, first, more = self._page(ch, msg["after"], wire.SYNC_PAGE)
+        msgs, first, more, upto = self._page(ch, msg["after"], wire.SYNC_PAGE, now)
         return wire.reply("sync", msg["rid"], channel=ch.name, msgs=msgs, first=first,
-                          last=ch.last_id, more=more)
+                          last=ch.last_id, more=more, upto=upto)
 
-    def heads(self, msg: dict) -> dict:
+    def heads(self, msg: dict, now: float) -> dict:
         """For a heartbeat: the newest id of each listed channel, and one page of
         what the client is missing across them (SYNC_PAGE messages in all)."""
         uin, budget = msg["uin"], wire.SYNC_PAGE
-        heads, firsts, msgs, more, not_member = {}, {}, [], [], []
+        heads, firsts, uptos, msgs, more, not_member = {}, {}, {}, [], [], []
         for name, have in msg["channels"].items():
             ch = self.channels.get(name)
             if ch is None or uin not in ch.members or self.topo.logic_for(name) != self.id:
                 not_member.append(name)
                 continue
-            page, firsts[name], cut = self._page(ch, have, budget)
+            page, firsts[name], cut, uptos[name] = self._page(ch, have, budget, now)
             heads[name] = ch.last_id
             budget -= len(page)
             msgs += page
             if cut:
                 more.append(name)
-        return wire.reply("heads", msg["rid"], heads=heads, first=firsts, msgs=msgs, more=more,
-                          not_member=not_member)
+        return wire.reply("heads", msg["rid"], heads=heads, first=firsts, upto=uptos, msgs=msgs,
+                          more=more, not_member=not_member)
 
     # --- membership ----------------------------------------------------------
-    def member(self, msg) -> dict:
+    def member(self, msg, _now=None) -> dict:
         """Is the uin a member of the channel?  (Asked by relays before serving media.)"""
         ch = self._owned(msg["channel"])
         return wire.reply("member", msg["rid"], channel=ch.name, uin=msg["uin"],
@@ -309,7 +323,7 @@ class LogicCore:
         if len(members) > self.topo.limits["max_members"]:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, "too many members")
 
-    def channel_create(self, msg):
+    def channel_create(self, msg, _now=None):
         self._admin(msg, must_exist=False)
         self._check_members(msg["members"])
         if msg["channel"] in self.channels:
@@ -320,7 +334,7 @@ class LogicCore:
         ch = self._create(msg["channel"], msg["members"], lifetime)
         return self._members_reply(msg, ch)
 
-    def channel_add(self, msg):
+    def channel_add(self, msg, _now=None):
         ch = self._admin(msg)
         members = set(msg["members"]) | ch.members
         self._check_members(members)
@@ -328,13 +342,13 @@ class LogicCore:
         self._save_members(ch)
         return self._members_reply(msg, ch)
 
-    def channel_remove(self, msg):
+    def channel_remove(self, msg, _now=None):
         ch = self._admin(msg)
         ch.set_members(ch.members - set(msg["members"]))
         self._save_members(ch)
         return self._members_reply(msg, ch)
 
-    def channel_show(self, msg):
+    def channel_show(self, msg, _now=None):
         return self._members_reply(msg, self._admin(msg))
 
     @staticmethod
@@ -368,15 +382,15 @@ class LogicCore:
     def _prefetch(self, ch: ChannelState) -> None:
         if not ch.alloc_inflight and ch.available() - len(ch.waiting) <= self.block // 2:
             ch.alloc_inflight = True
-            self.out.request_ids(ch.name, self.block)
+            self.out.request_ids(ch.name, self.block, ch.boundary())
 
     # --- turn end: assign ids and stage writes, then ack and fan out ---------
-    def assign(self) -> None:
+    def assign(self, now: float) -> None:
         """Give queued sends their ids and stage their writes (before the batch is written)."""
-        now = time.time()
         staged = {}                                    # (uin, device) -> newest ctime this turn
         for ch in self.dirty:
             leases_before = len(ch.leases)           # within assign leases only get used up
+            last_before = ch.last_id
             while ch.waiting:
                 msg_id = ch.take_id()
                 if msg_id is None:
@@ -386,6 +400,9 @@ class LogicCore:
                 rec.id, rec.stime = msg_id, int(now * 1000)
                 rec.expiry = now + (ch.lifetime or self.lifetime)
                 self.store.put(keys.message_key(ch.name, msg_id), keys.encode(rec.record()))
+                self.store.put(keys.sent_key(rec.uin, rec.device, rec.ctime), keys.sent_value(ch.name, msg_id))
+                self.store.put(keys.sent_expiry_key(int(rec.expiry * 1000), rec.uin, rec.device, rec.ctime),
+                               b"")
                 self._queue(ch, msg_id)
                 if self._newest_from_device(rec, staged):
                     self.store.put(keys.dedup_key(rec.uin, rec.device),
@@ -394,6 +411,8 @@ class LogicCore:
                 self.committed.append(rec)
             if len(ch.leases) != leases_before:
                 self._save_leases(ch)
+            if ch.last_id != last_before:
+                self.store.put(keys.last_id_key(ch.name), keys.pack_u64(ch.last_id))
             self._prefetch(ch)
         self.dirty = {ch for ch in self.dirty if ch.waiting and ch.available()}
 
@@ -481,6 +500,20 @@ class LogicCore:
         self.stats["dedup_pruned"] += dropped
         return dropped
 
+    def prune_sent(self, now: float, budget: int = SENT_PRUNE_BUDGET) -> int:
+        """Forget the send-index rows of messages past their lifetime (oldest first)."""
+        now_ms = int(now * 1000)
+        gone = 0
+        for key, _raw in self.store.scan(b"x"):
+            expiry_ms, sent = keys.sent_of_expiry_key(key)
+            if expiry_ms > now_ms or gone >= budget:
+                break
+            self.store.delete(key)
+            self.store.delete(sent)
+            gone += 1
+        self.stats["sent_pruned"] += gone
+        return gone
+
     def _newest_from_device(self, rec, staged) -> bool:
         """Pipelined sends of one device to two channels can be stored out of client-time
         order; the dedup row must keep the newest."""
@@ -496,7 +529,7 @@ class LogicCore:
         """The batch is on disk: record dedup, ack every waiter, fan out."""
         committed, self.committed = self.committed, []
         for rec in committed:
-            key = (rec.uin, rec.device)
+            key = (rec.uin, rec.device, rec.ctime)
             recorded = self.dedup.get(rec.uin, rec.device)
             if recorded is None or recorded[0] < rec.ctime:    # a newer send may have won the race
                 self.dedup.commit(rec.uin, rec.device, rec.ctime, rec.id)
@@ -529,6 +562,7 @@ class LogicCore:
 
 class LogicNode(Node):
     type = "logic"
+    clock = staticmethod(time.time)            # expiries and stored times are wall-clock
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
@@ -544,20 +578,23 @@ class LogicNode(Node):
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.rpc = rpc
         c = self.core
+
+        def by_msg(fn):
+            return lambda _ident, msg, now: fn(msg, now)
         self.serve(rpc, wire.LOGIC_REQUESTS, {
-            "send": lambda ident, msg: c.send(ident, msg),
-            "sync": lambda _i, msg: c.sync(msg),
-            "heads": lambda _i, msg: c.heads(msg),
-            "channel_create": lambda _i, msg: c.channel_create(msg),
-            "channel_add": lambda _i, msg: c.channel_add(msg),
-            "channel_remove": lambda _i, msg: c.channel_remove(msg),
-            "channel_show": lambda _i, msg: c.channel_show(msg),
+            "send": c.send,
+            "sync": by_msg(c.sync),
+            "heads": by_msg(c.heads),
+            "channel_create": by_msg(c.channel_create),
+            "channel_add": by_msg(c.channel_add),
+            "channel_remove": by_msg(c.channel_remove),
+            "channel_show": by_msg(c.channel_show),
             "presence": self.handle_presence,
-            "member": lambda _i, msg: c.member(msg),
+            "member": by_msg(c.member),
             "status": self.handle_status})
-        self.broker_topics = [b.id.encode() for b in topo.of_type("broker")]
+        self.broker_topics = [wire.topic(b.id) for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)
-        self.loop.every(SWEEP_INTERVAL, lambda: self.core.sweep(time.time()))
+        self.loop.every(SWEEP_INTERVAL, self.sweep)
         self.loop.every(DEDUP_PRUNE_INTERVAL, lambda: self.core.prune_dedup(time.time()))
         self.replica.start()
 
@@ -566,9 +603,9 @@ class LogicNode(Node):
         self.queue_reply(self.rpc, ident, msg)
 
     def publish(self, broker, msg):
-        self.queue_packed(self.pub, broker.encode(), wire.pack(msg))
+        self.queue_packed(self.pub, wire.topic(broker), wire.pack(msg))
 
-    def request_ids(self, channel, n):
+    def request_ids(self, channel, n, have):
         counter = self.topo.counter_for(channel)
 
         def done(reply):
@@ -577,7 +614,8 @@ class LogicNode(Node):
             else:
                 log.warning("id alloc for %s failed: %s", channel, reply.get("msg"))
                 self.core.on_ids_failed(channel)
-        self.requests.send(self.counters[counter], {"t": "alloc", "channel": channel, "n": n}, done)
+        self.requests.send(self.counters[counter], {"t": "alloc", "channel": channel, "n": n, "have": have},
+                           done)
 
     def on_late_reply(self, reply):
         """Id blocks are persisted by the counter: use them even if they come late."""
@@ -602,13 +640,18 @@ class LogicNode(Node):
             self.queue_packed(self.pub, topic, frame)
         self.replica.retry()
 
+    def sweep(self):
+        now = time.time()
+        self.core.sweep(now)
+        self.core.prune_sent(now)
+
     def before_flush(self):
-        self.core.assign()
+        self.core.assign(time.time())
 
     def after_flush(self):
         self.core.commit()
 
-    def handle_presence(self, _ident, msg):
+    def handle_presence(self, _ident, msg, _now=None):
         return wire.reply("presence", msg["rid"], uin=msg["uin"],
                           devices={str(d): b for d, b in self.replica.devices(msg["uin"]).items()})
 

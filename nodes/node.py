@@ -15,6 +15,7 @@ import time
 import zmq
 
 from . import wire
+from .dispatch import Dispatcher
 from .loop import Loop
 from .store import Store
 from .topology import Topology
@@ -22,12 +23,13 @@ from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 
-INTERNAL_MAX_FRAME = 64 * 1024 * 1024
+INTERNAL_MAX_FRAME = 64 * 1024 * 1024     # what we accept from our own nodes (replies, PUB)
 
 
 class Node:
     type = "node"
     needs_store = True      # brokers and routers keep only in-memory state
+    clock = staticmethod(time.monotonic)      # the ``now`` handlers get; stores use wall time
 
     def __init__(self, topo: Topology, node_id: str, store_sync: bool | None = None):
         self.topo = topo
@@ -43,19 +45,22 @@ class Node:
         if self.needs_store:
             self.store = Store(topo.node_dir(node_id),
                                sync=topo.storage["sync"] if store_sync is None else store_sync)
-        self.outbox = Outbox()             # replies, pushes, requests: sent after the batch is written
+        self.outbox = Outbox(self.on_send_failed)   # replies, pushes, requests: sent after the batch
         self.loop.on_turn_end(self._end_turn)
+        self.dispatchers = []
 
     # --- sockets -------------------------------------------------------------
-    def bind(self, kind: int, endpoint: str, maxmsgsize: int | None = None) -> zmq.Socket:
+    def bind(self, kind: int, endpoint: str, maxmsgsize: int | None = None,
+             sndhwm: int = 100000, mandatory: bool = False) -> zmq.Socket:
+        """A bound socket; anyone may connect, so frames are capped (internal limit by default)."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 100000)
+        sock.setsockopt(zmq.SNDHWM, sndhwm)
         sock.setsockopt(zmq.RCVHWM, 100000)
         if kind == zmq.ROUTER:
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        if maxmsgsize:
-            sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, int(mandatory))
+        if kind != zmq.PUB:
+            sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize or int(self.topo.limits["max_internal_frame"]))
         sock.bind(endpoint)
         return sock
 
@@ -98,37 +103,27 @@ class Node:
         self.loop.add(sub, on_frames)
         return sub
 
-    def serve(self, sock: zmq.Socket, schemas: dict, handlers: dict,
-              max_len: int = INTERNAL_MAX_FRAME) -> None:
-        """Serve requests on a ROUTER: decode, validate, dispatch through ``handlers``.
+    def serve(self, sock: zmq.Socket, schemas: dict, handlers: dict, max_len: int | None = None,
+              guard=None, max_items: int = 1024) -> Dispatcher:
+        """Serve requests on a ROUTER through one Dispatcher (nodes/dispatch.py).
 
-        A handler gets (identity, message) and returns a reply map, or None
-        when the reply is sent later.  Every bad request gets an error reply.
+        A handler gets (identity or the guard's context, message, now) and
+        returns a reply map, or None when the reply is sent later.
         """
+        dispatcher = Dispatcher(schemas, handlers, guard)
+        self.dispatchers.append(dispatcher)
+        limit = max_len or int(self.topo.limits["max_internal_frame"])
+
+        def reply(ident, msg):
+            self.queue_reply(sock, ident, msg)
+
         def on_request(frames):
-            ident = frames[0]
             if len(frames) != 2:
-                self.queue_reply(sock, ident, wire.error(None, wire.Err.BAD_FRAME,
-                                                         "send exactly one frame per message"))
+                reply(frames[0], wire.error(None, wire.Err.BAD_FRAME, "send exactly one frame per message"))
                 return
-            try:
-                msgs = wire.unpack_many(frames[1], max_len)
-            except wire.ProtocolError as exc:
-                self.queue_reply(sock, ident, wire.error_from(None, exc))
-                return
-            for msg in msgs:
-                rid = wire.request_rid(msg)
-                try:
-                    t = wire.validate(msg, schemas)
-                    result = handlers[t](ident, msg)
-                except wire.ProtocolError as exc:
-                    result = wire.error_from(rid, exc)
-                except Exception:
-                    log.exception("request failed")
-                    result = wire.error(rid, wire.Err.INTERNAL, "internal error; nothing was stored")
-                if result is not None:
-                    self.queue_reply(sock, ident, result)
+            dispatcher.frame(frames[0], frames[1], self.clock(), reply, limit, max_items)
         self.loop.add(sock, on_request)
+        return dispatcher
 
     def queue_reply(self, sock: zmq.Socket, ident: bytes, msg: dict) -> None:
         self.outbox.put(sock, ident, wire.pack(msg))
@@ -136,6 +131,10 @@ class Node:
     def queue_packed(self, sock: zmq.Socket, key: bytes, packed: bytes) -> None:
         """Queue an already packed message for a ROUTER identity or a PUB topic."""
         self.outbox.put(sock, key, packed)
+
+    def on_send_failed(self, sock, key, exc) -> None:
+        """Hook: a peer's queue was full (zmq.Again) or the peer is gone (EHOSTUNREACH)."""
+        log.warning("send to a peer failed (%s); message(s) dropped", exc)
 
     def _end_turn(self) -> None:
         self.before_flush()
@@ -156,7 +155,7 @@ class Node:
                 "uptime": round(time.time() - self.started, 3),
                 "max_turn_ms": round(self.loop.max_turn * 1000, 3), "turns": self.loop.turns}
 
-    def handle_status(self, _ident, msg) -> dict:
+    def handle_status(self, _ident, msg, _now=None) -> dict:
         reply = wire.reply("status", msg["rid"], **self.status())
         if msg.get("reset_max") is True:           # start a new measurement window
             self.loop.max_turn = 0.0

@@ -21,8 +21,9 @@ MAX_BATCH = 128                   # messages per frame at most
 
 
 class Outbox:
-    def __init__(self):
+    def __init__(self, on_failed=None):
         self.queued = {}          # (sock, key or None) -> [packed message, ...]
+        self.on_failed = on_failed   # (sock, key, exc): a full or vanished peer (ROUTER_MANDATORY)
 
     def put(self, sock, key, packed: bytes) -> None:
         batch = self.queued.get((sock, key))
@@ -45,8 +46,10 @@ class Outbox:
                     else:
                         send_pair(sock, key, frame)
                     frames += 1
-                except zmq.Again:
-                    log.warning("peer queue full; %d message(s) dropped", len(chunk))
                 except zmq.ZMQError as exc:
-                    log.warning("send failed: %s", exc)
+                    if self.on_failed is None:
+                        log.warning("send failed, %d message(s) dropped: %s", len(chunk), exc)
+                    else:
+                        self.on_failed(sock, key, exc)
+                    break                 # the rest for this peer would fail the same way
         return frames

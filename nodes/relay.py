@@ -30,6 +30,7 @@ from . import store as keys
 from . import wire
 from .node import INTERNAL_MAX_FRAME, Node
 from .rpc import Requests
+from .sessions import SessionTable
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class RelayCore:
         ups = [u for u in self.uploads.values() if u.meta["uin"] == uin]
         return len(ups), sum(u.meta["size"] for u in ups)
 
-    def begin(self, uin: int, msg: dict) -> dict:
+    def begin(self, uin: int, msg: dict, now: float) -> dict:
         size, chunk_size, chunks = msg["size"], msg["chunk_size"], msg["chunks"]
         if size > self.limits["max_file"]:
             raise wire.ProtocolError(wire.Err.TOO_BIG, f"file of {size} bytes exceeds {self.limits['max_file']}",
@@ -135,7 +136,7 @@ class RelayCore:
         media = os.urandom(8)
         meta = {"uin": uin, "channel": msg["channel"], "size": size, "chunk_size": chunk_size,
                 "chunks": chunks, "sha256": msg["sha256"], "mime": msg["mime"][:255],
-                "expiry": time.time() + self.lifetime, "done": False}
+                "expiry": now + self.lifetime, "done": False}
         self.store.put(meta_key(media), keys.encode(meta))
         self.uploads[media] = Upload(media, meta)
         heapq.heappush(self.expiries, (meta["expiry"], media))
@@ -164,7 +165,7 @@ class RelayCore:
                 up.hashed += 1
         return wire.reply("chunk_ok", msg["rid"], media=msg["media"], index=index)
 
-    def end(self, uin: int, msg: dict) -> dict:
+    def end(self, uin: int, msg: dict, now: float) -> dict:
         up = self._upload_of(uin, msg["media"])
         missing = up.missing()
         if missing:
@@ -179,7 +180,7 @@ class RelayCore:
             self.stats["sha_mismatch"] += 1
             raise wire.ProtocolError(wire.Err.SHA_MISMATCH, "the assembled file does not match its sha256; "
                                      "the upload was discarded")
-        meta = dict(up.meta, done=True, expiry=time.time() + self.lifetime)
+        meta = dict(up.meta, done=True, expiry=now + self.lifetime)
         self.store.put(meta_key(up.media), keys.encode(meta))
         heapq.heappush(self.expiries, (meta["expiry"], up.media))
         del self.uploads[up.media]
@@ -187,10 +188,10 @@ class RelayCore:
         return wire.reply("up_done", msg["rid"], media=msg["media"], ref=make_ref(self.id, up.media))
 
     # --- download --------------------------------------------------------------
-    def finished(self, media: bytes) -> dict:
+    def finished(self, media: bytes, now: float) -> dict:
         raw = self.store.get(meta_key(media))
         meta = keys.decode(raw) if raw is not None else None
-        if meta is None or not meta["done"] or meta["expiry"] < time.time():
+        if meta is None or not meta["done"] or meta["expiry"] < now:
             raise wire.ProtocolError(wire.Err.NO_MEDIA, "no such file (unknown, unfinished or expired)")
         return meta
 
@@ -233,48 +234,52 @@ class RelayCore:
 
 class RelayNode(Node):
     type = "relay"
+    clock = staticmethod(time.time)            # file expiries are wall-clock
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
         self.secret = topo.read_secret()
         self.core = RelayCore(node_id, self.store, topo.limits)
         self.core.load()
-        self.sessions = {}                      # ident -> uin
+        # one session model with the brokers: a login's sid on every request, expiry by silence
+        self.sessions = SessionTable(1.0)
+        self.session_timeout = float(topo.limits["relay_session_timeout"])
         self.members = {}                       # (uin, channel) -> (is member, checked at)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
         self.logics = self.peers("logic")
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_chunk"]) + 4096)
         self.serve(self.client, wire.RELAY_REQUESTS, {
-            "login": self.handle_login, "logout": self.handle_logout,
-            "up_begin": self.logged_in(self.handle_begin), "up_chunk": self.logged_in(self.handle_chunk),
-            "up_end": self.logged_in(self.handle_end), "down_info": self.logged_in(self.handle_info),
-            "down": self.logged_in(self.handle_down)}, max_len=int(topo.limits["max_chunk"]) + 4096)
+            "login": self.handle_login, "ping": self.handle_ping, "logout": self.handle_logout,
+            "up_begin": self.handle_begin, "up_chunk": self.handle_chunk, "up_end": self.handle_end,
+            "down_info": self.handle_info, "down": self.handle_down},
+            max_len=int(topo.limits["max_chunk"]) + 4096, guard=self.guard)
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
 
     # --- sessions --------------------------------------------------------------
-    def handle_login(self, ident, msg):
+    def guard(self, ident, t, msg, now):
+        return ident if t in wire.SESSIONLESS else self.sessions.check(ident, msg.get("sid"), now)
+
+    def handle_login(self, ident, msg, now):
         uin = auth.check_login(self.secret, msg)
-        self.sessions[ident] = uin
-        return wire.reply("login_ok", msg["rid"], uin=uin, device=msg["device"], relay=self.id,
+        for old in (self.sessions.by_ident.get(ident), self.sessions.by_key.get((uin, msg["device"]))):
+            if old is not None:
+                self.sessions.end(old, "replaced")
+        session = self.sessions.open(ident, uin, msg["device"], None, self.session_timeout, now)
+        return wire.reply("login_ok", msg["rid"], uin=uin, device=msg["device"], relay=self.id, sid=session.sid,
                           hb=None, limits={k: self.topo.limits[k] for k in ("max_file", "max_chunk")})
 
-    def handle_logout(self, ident, msg):
-        self.sessions.pop(ident, None)
+    def handle_ping(self, _ident, msg, _now):
+        return wire.reply("pong", msg["rid"], relay=self.id, idc=self.spec.idc)
+
+    def handle_logout(self, session, msg, _now):
+        self.sessions.end(session)
         return wire.reply("bye", msg["rid"])
 
-    def logged_in(self, handler):
-        def wrapped(ident, msg):
-            uin = self.sessions.get(ident)
-            if uin is None:
-                raise wire.ProtocolError(wire.Err.NOT_LOGGED_IN, "log in first")
-            return handler(ident, uin, msg)
-        return wrapped
-
     # --- membership, asked of the channel's logic node -----------------------------
-    def when_member(self, ident, uin, channel, rid, then) -> None:
+    def when_member(self, ident, uin, channel, rid, now, then) -> None:
         """Run ``then()`` (its reply goes to ident) if uin is a member of channel, else NOT_MEMBER."""
         def answer(is_member):
             try:
@@ -285,13 +290,13 @@ class RelayNode(Node):
                 reply = wire.error_from(rid, exc)
             self.queue_reply(self.client, ident, reply)
         known = self.members.get((uin, channel))
-        if known is not None and time.monotonic() - known[1] < MEMBER_TTL:
+        if known is not None and now - known[1] < MEMBER_TTL:
             answer(known[0])
             return
 
         def done(reply):
             if reply.get("t") == "member":
-                self.members[(uin, channel)] = (reply["member"], time.monotonic())
+                self.members[(uin, channel)] = (reply["member"], now)
                 answer(reply["member"])
             elif reply.get("code") == wire.Err.NO_CHANNEL:
                 answer(False)
@@ -302,31 +307,35 @@ class RelayNode(Node):
                            {"t": "member", "uin": uin, "channel": channel}, done)
 
     # --- requests --------------------------------------------------------------
-    def handle_begin(self, ident, uin, msg):
-        self.when_member(ident, uin, msg["channel"], msg["rid"], lambda: self.core.begin(uin, msg))
+    def handle_begin(self, session, msg, now):
+        uin = session.uin
+        self.when_member(session.ident, uin, msg["channel"], msg["rid"], now, lambda: self.core.begin(uin, msg, now))
 
-    def handle_chunk(self, _ident, uin, msg):
-        return self.core.chunk(uin, msg)
+    def handle_chunk(self, session, msg, _now):
+        return self.core.chunk(session.uin, msg)
 
-    def handle_end(self, _ident, uin, msg):
-        return self.core.end(uin, msg)
+    def handle_end(self, session, msg, now):
+        return self.core.end(session.uin, msg, now)
 
-    def handle_info(self, ident, uin, msg):
+    def handle_info(self, session, msg, now):
         relay, media = parse_ref(msg["ref"])
         if relay != self.id:
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"the file is at relay {relay}")
-        meta = self.core.finished(media)
-        self.when_member(ident, uin, meta["channel"], msg["rid"], lambda: self.core.info(msg, media, meta))
+        meta = self.core.finished(media, now)
+        self.when_member(session.ident, session.uin, meta["channel"], msg["rid"], now,
+                         lambda: self.core.info(msg, media, meta))
 
-    def handle_down(self, ident, uin, msg):
+    def handle_down(self, session, msg, now):
         media = media_id(msg["media"])
-        meta = self.core.finished(media)
-        self.when_member(ident, uin, meta["channel"], msg["rid"],
+        meta = self.core.finished(media, now)
+        self.when_member(session.ident, session.uin, meta["channel"], msg["rid"], now,
                          lambda: self.core.read_chunk(msg, media, meta))
 
     def housekeeping(self):
         self.requests.expire()
         self.core.sweep(time.time())
+        for session in self.sessions.expired(self.clock()):
+            self.sessions.end(session, "expired")
 
     def status(self):
         c = self.core

@@ -1,6 +1,11 @@
 """Router node: who is online, on which device, through which broker.
 
-Brokers report logins, logouts and disconnects for the uins this router owns.
+Brokers report logins, logouts and disconnects for the uins this router owns,
+and (``touch``) which sessions were active: brokers are the authority on a
+session's liveness; this router expires a session by itself only after a
+longer backstop deadline, for the case of a broker that died.  A login of
+a (uin, device) on another broker publishes a ``kick`` for the old broker
+(topic = its id), so one device has one session in the whole cluster.
 Every change is published on PUB (topic ``presence``) as a delta with a
 sequence number; logic nodes keep a replica (snapshot + deltas, the zguide
 Clone pattern) so fan-out never asks the router per recipient.  A periodic
@@ -35,6 +40,8 @@ class RouterCore:
     offline sweep can be tested without waiting.
     """
 
+    BACKSTOP_SLACK = 2.0      # seconds beyond (factor + 1) intervals before a silent session goes
+
     def __init__(self, router_id: str, publish, hb_cfg: dict | None = None):
         self.router_id = router_id
         self.epoch = secrets.randbits(63)
@@ -55,25 +62,53 @@ class RouterCore:
     def _track(self, uin, device, beat):
         heapq.heappush(self._deadlines, (beat.deadline, uin, device))
 
+    def _backstop(self, beat, now) -> None:
+        beat.deadline = now + (self.hb_cfg["session_timeout_factor"] + 1) * beat.interval + self.BACKSTOP_SLACK
+
     def set_online(self, uin: int, device: int, broker: str, net="wired", now: float = 0.0) -> float:
-        """Login (or a heartbeat from an unknown session): online on ``broker``; the interval."""
+        """Login (or a heartbeat from an unknown session): online on ``broker``; the interval.
+        A session of the device on another broker is kicked there."""
         devices = self.online.setdefault(uin, {})
         self.bitmap.set(uin)
-        if devices.get(device) != broker:
+        old = devices.get(device)
+        if old != broker:
             devices[device] = broker
             self._emit(uin, device, broker)
+            if old is not None:
+                self.publish({"t": "kick", "uin": uin, "device": device, "broker": old, "by": broker},
+                             old)
         beat = self.beats[(uin, device)] = Beat(broker, net, now, self.hb_cfg)
+        self._backstop(beat, now)
         self._track(uin, device, beat)
         return beat.interval
 
-    def heartbeat(self, uin: int, device: int, broker: str, net, now: float) -> float:
-        """Record a heartbeat; return the next interval to ask of the client."""
+    def heartbeat(self, uin: int, device: int, broker: str, net, now: float):
+        """Record a heartbeat; the next interval to ask of the client, or None when the
+        device has moved to another broker since (the asking session is stale)."""
         beat = self.beats.get((uin, device))
-        if beat is None or beat.broker != broker:
+        if beat is None:                        # unknown (this router restarted): relearn it
             return self.set_online(uin, device, broker, net, now)
+        if beat.broker != broker:
+            return None
         interval = beat.beat(now, net, self.hb_cfg)
+        self._backstop(beat, now)
         self._track(uin, device, beat)
         return interval
+
+    def touch(self, broker: str, sessions, now: float) -> list:
+        """Sessions of ``broker`` that were active: push their deadlines out.  Returns the
+        ones that have moved to another broker (the broker ends them)."""
+        moved = []
+        for uin, device in sessions:
+            beat = self.beats.get((uin, device))
+            if beat is None:
+                self.set_online(uin, device, broker, "wired", now)
+            elif beat.broker != broker:
+                moved.append([uin, device])
+            else:
+                self._backstop(beat, now)
+                self._track(uin, device, beat)
+        return moved
 
     def set_offline(self, uin: int, device: int, broker: str) -> bool:
         """Remove the session only if it is still on ``broker`` (a late
@@ -135,40 +170,46 @@ class RouterNode(Node):
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, wire.ROUTER_REQUESTS, {
             "online": self.handle_online, "offline": self.handle_offline, "hb": self.handle_hb,
+            "touch": self.handle_touch,
             "broker_reset": self.handle_broker_reset, "snapshot": self.handle_snapshot,
             "status": self.handle_status})
         self.loop.every(TICK_INTERVAL, lambda: self.publish(self.core.tick()), first=0)
         self.loop.every(SWEEP_INTERVAL, lambda: self.core.sweep(time.monotonic()))
 
-    def publish(self, msg: dict) -> None:
-        self.queue_packed(self.pub, PRESENCE_TOPIC, wire.pack(msg))
+    def publish(self, msg: dict, broker: str | None = None) -> None:
+        """Presence deltas and ticks to logic nodes; with ``broker``, a notice to that broker."""
+        self.queue_packed(self.pub, PRESENCE_TOPIC if broker is None else wire.topic(broker), wire.pack(msg))
 
     def _check_owner(self, uin):
         if self.topo.router_for(uin) != self.id:
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"router {self.id} does not own uin {uin}")
 
-    def handle_online(self, _ident, msg):
+    def handle_online(self, _ident, msg, now):
         self._check_owner(msg["uin"])
-        interval = self.core.set_online(msg["uin"], msg["device"], msg["broker"], msg.get("net"),
-                                        time.monotonic())
+        interval = self.core.set_online(msg["uin"], msg["device"], msg["broker"], msg.get("net"), now)
         return wire.reply("ok", msg["rid"], seq=self.core.seq, interval=interval)
 
-    def handle_hb(self, _ident, msg):
+    def handle_hb(self, _ident, msg, now):
         self._check_owner(msg["uin"])
-        interval = self.core.heartbeat(msg["uin"], msg["device"], msg["broker"], msg.get("net"),
-                                       time.monotonic())
+        interval = self.core.heartbeat(msg["uin"], msg["device"], msg["broker"], msg.get("net"), now)
+        if interval is None:
+            return wire.reply("hb", msg["rid"], moved=True)
         return wire.reply("hb", msg["rid"], interval=interval)
 
-    def handle_offline(self, _ident, msg):
+    def handle_touch(self, _ident, msg, now):
+        mine = [s for s in msg["sessions"] if self.topo.router_for(s[0]) == self.id]
+        return wire.reply("touched", msg["rid"], moved=self.core.touch(msg["broker"], mine, now))
+
+    def handle_offline(self, _ident, msg, _now):
         self._check_owner(msg["uin"])
         changed = self.core.set_offline(msg["uin"], msg["device"], msg["broker"])
         return wire.reply("ok", msg["rid"], seq=self.core.seq, changed=changed)
 
-    def handle_broker_reset(self, _ident, msg):
+    def handle_broker_reset(self, _ident, msg, _now):
         n = self.core.reset_broker(msg["broker"])
         return wire.reply("ok", msg["rid"], seq=self.core.seq, removed=n)
 
-    def handle_snapshot(self, _ident, msg):
+    def handle_snapshot(self, _ident, msg, _now):
         return wire.reply("snapshot", msg["rid"], **self.core.snapshot())
 
     def status(self):

@@ -4,10 +4,16 @@ Keys are big-endian binary so that iteration order is id order:
 
 - ``m`` + len(channel):u8 + channel + msgid:u64  -> msgpack [uin, device, ctime, stime ms,
                                                    expiry s, text, frag or nil]
-- ``d`` + uin:u32 + device:u32                   -> msgpack [ctime, channel, msgid, stime ms] (dedup, logic)
+- ``d`` + uin:u32 + device:u32                   -> msgpack [ctime, channel, msgid, stime ms]
+                                                   (newest send of a device: the dedup fast path, logic)
+- ``e`` + uin:u32 + device:u32 + ctime:u64       -> msgid:u64 + channel (every send stored within
+                                                   its lifetime: a retry's original id, logic)
+- ``x`` + expiry ms:u64 + uin + device + ctime   -> empty (when the ``e`` row goes, logic)
+- ``i`` + channel                                -> newest id assigned:u64 (never goes back, logic)
 - ``c`` + channel                                -> msgpack {"members": [uin, ...]}    (logic)
 - ``l`` + channel                                -> msgpack [[start, end], ...] (leased id blocks, logic)
 - ``h`` + channel                                -> end:u64 (counter high-water mark)
+- ``b`` + channel                                -> start:u64 of the last block issued (counter)
 
 The length prefix keeps a prefix scan of one channel from running into
 another whose name starts the same.
@@ -23,6 +29,8 @@ from rocksdict import (BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatc
 
 _U64 = struct.Struct(">Q")
 _U32x2 = struct.Struct(">II")
+_SENT = struct.Struct(">IIQ")
+_SENT_EXPIRY = struct.Struct(">QIIQ")
 
 
 def channel_prefix(channel: str) -> bytes:
@@ -38,6 +46,33 @@ def dedup_key(uin: int, device: int) -> bytes:
     return b"d" + _U32x2.pack(uin, device)
 
 
+def sent_key(uin: int, device: int, ctime: int) -> bytes:
+    return b"e" + _SENT.pack(uin, device, ctime)
+
+
+def sent_value(channel: str, msg_id: int) -> bytes:
+    return _U64.pack(msg_id) + channel.encode()
+
+
+def sent_of_value(raw: bytes) -> tuple[str, int]:
+    """(channel, msg id) of an ``e`` row."""
+    return raw[8:].decode(), _U64.unpack_from(raw)[0]
+
+
+def sent_expiry_key(expiry_ms: int, uin: int, device: int, ctime: int) -> bytes:
+    return b"x" + _SENT_EXPIRY.pack(expiry_ms, uin, device, ctime)
+
+
+def sent_of_expiry_key(key: bytes) -> tuple[int, bytes]:
+    """(expiry ms, the ``e`` key it retires) of an ``x`` key."""
+    expiry_ms, uin, device, ctime = _SENT_EXPIRY.unpack(key[1:])
+    return expiry_ms, sent_key(uin, device, ctime)
+
+
+def last_id_key(channel: str) -> bytes:
+    return b"i" + channel.encode()
+
+
 def channel_key(channel: str) -> bytes:
     return b"c" + channel.encode()
 
@@ -48,6 +83,10 @@ def lease_key(channel: str) -> bytes:
 
 def highwater_key(channel: str) -> bytes:
     return b"h" + channel.encode()
+
+
+def last_block_key(channel: str) -> bytes:
+    return b"b" + channel.encode()
 
 
 def pack_u64(value: int) -> bytes:

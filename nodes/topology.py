@@ -34,7 +34,10 @@ DEFAULT_LIMITS = {
     "max_frame": 65536,          # bytes, ZMQ_MAXMSGSIZE on client-facing sockets
     "max_text": 1440,            # bytes of UTF-8 per message
     "max_pending": 10000,        # requests a broker keeps in flight before BUSY
-    "request_timeout": 5.0,      # seconds a broker waits for an owning node
+    "request_timeout": 2.0,      # seconds a broker waits for an owning node (then UNAVAILABLE)
+    "session_queue": 1000,       # frames queued for one client session before it is dropped as too slow
+    "max_internal_frame": 16 * 2**20,   # bytes, ZMQ_MAXMSGSIZE on internal sockets anyone may reach
+    "relay_session_timeout": 300.0,     # seconds a relay session lives without a request
     "id_block": 1000,            # ids leased from the counter per alloc
     "channel_queue": 1000,       # newest ids a channel keeps (older ones are trimmed)
     "message_lifetime": 86400.0, # seconds a message lives (a channel may set its own)

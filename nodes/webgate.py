@@ -1,9 +1,12 @@
 """WebSocket and HTTP long-poll transport for browsers and Node, inside a broker's own loop.
 
 Why inside the broker and not a gateway node: a frame that arrives here is
-handed to the same ``BrokerCore.on_client(ident, frame)`` the ZeroMQ endpoint
-uses, so login, limits, rate, sessions, pushes and heartbeats have one
-implementation and a web session costs no extra hop.  The core's replies and
+handed to the same dispatcher and ``BrokerCore`` the ZeroMQ endpoint uses
+(``BrokerNode.web_frame``), so login, limits, rate, sessions, pushes and
+heartbeats have one implementation and a web session costs no extra hop.
+A closed connection ends its session at once (``BrokerCore.gone``), one
+that cannot keep up as ``too_slow``; a session the core ends with a
+``kicked`` notice has its connection closed after the notice.  The core's replies and
 pushes for an ident of this transport come back through ``put`` and leave
 at the end of the loop turn, batched per connection like the ZeroMQ outbox.
 
@@ -205,7 +208,7 @@ class WebGate:
             if len(conn.out) > OUT_BOUND:
                 self.stats["too_slow"] += 1
                 log.info("web client %s too slow (%d bytes waiting): dropped", conn.ident, len(conn.out))
-                self.close(conn)
+                self.close(conn, slow=True)
             elif not conn.writing:
                 conn.writing = True
                 self.loop.add_fd(conn.fd, lambda ev, c=conn: self._on_event(c, ev), zmq.POLLIN | zmq.POLLOUT)
@@ -216,7 +219,7 @@ class WebGate:
             if conn.close_when_sent:
                 self.close(conn)
 
-    def close(self, conn: Conn) -> None:
+    def close(self, conn: Conn, slow: bool = False) -> None:
         if conn.closed:
             return
         conn.closed = True
@@ -234,7 +237,7 @@ class WebGate:
             self.routes.poll_gone(conn)
         if conn.ident is not None and self.targets.get(conn.ident) is conn:
             del self.targets[conn.ident]
-            self.core.disconnected(conn.ident)
+            (self.core.too_slow if slow else self.core.gone)(conn.ident)
 
     # --- WebSocket -----------------------------------------------------------
     def upgrade(self, conn: Conn, req: h11.Request, origin_ok: bool) -> None:
@@ -280,7 +283,7 @@ class WebGate:
                 if frame.fin:
                     payload = conn.parts[0] if len(conn.parts) == 1 else b"".join(conn.parts)
                     conn.parts = []
-                    self.core.on_client(conn.ident, payload)
+                    self.node.web_frame(conn.ident, payload)
         out = ws.data_to_send()
         if out:
             if b"" in out:                      # the protocol ended the connection (close, bad frame)

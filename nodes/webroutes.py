@@ -163,7 +163,7 @@ class Routes:
             return failed
         if channel.ended:
             return 410, f"channel closed ({channel.ended}): POST /h/open and log in again\n"
-        self.gate.core.on_client(channel.ident, body)
+        self.node.web_frame(channel.ident, body)
         return 202, b""
 
     def poll(self, conn, query, _body):
@@ -195,7 +195,7 @@ class Routes:
             self.gate.stats["too_slow"] += 1
             channel.queue = [wire.pack({"t": "kicked", "reason": "too_slow",
                                         "msg": "more than the outbound bound waiting; log in again"})]
-            self._end(channel, "too slow")
+            self._end(channel, "too slow", slow=True)
         elif ending:
             self._end(channel, "kicked")
         if channel.waiter is not None:
@@ -230,12 +230,13 @@ class Routes:
                           headers=conn.cors)
         self.gate.http_events(conn)                 # requests pipelined behind the poll
 
-    def _end(self, channel, why: str) -> None:
+    def _end(self, channel, why: str, slow: bool = False) -> None:
         if channel.ended is None:
             channel.ended = why
             if self.gate.targets.get(channel.ident) is channel:
                 del self.gate.targets[channel.ident]
-            self.gate.core.disconnected(channel.ident)
+            core = self.gate.core
+            (core.too_slow if slow else core.gone)(channel.ident)
 
     def _forget(self, channel) -> None:
         self.channels.pop(channel.ident.rpartition(b":")[2].decode(), None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -56,6 +56,19 @@ class Err:
     @classmethod
     def all(cls) -> list[str]:
         return [v for k, v in vars(cls).items() if k.isupper()]
+
+
+# What a send's error reply tells the client about the message (docs/protocol.md, "Send outcomes").
+# Refused: guaranteed not stored; the client must not retry as is.
+REFUSED_OUTCOME = (Err.BAD_FRAME, Err.BAD_TYPE, Err.BAD_FIELD, Err.BAD_CHANNEL, Err.NO_CHANNEL,
+                   Err.NOT_MEMBER, Err.TOO_LONG, Err.EMPTY_TEXT, Err.BAD_FRAGMENT, Err.RATE_LIMITED,
+                   Err.STALE, Err.NOT_LOGGED_IN, Err.AUTH_FAILED, Err.TOKEN_EXPIRED, Err.TOO_MANY,
+                   Err.BAD_VERSION)
+# Unknown: it may have been stored; only a retry with the same ctime learns the outcome.
+UNKNOWN_OUTCOME = (Err.UNAVAILABLE, Err.BUSY, Err.INTERNAL)
+
+# Why a broker ends a session by itself: the "reason" of a {"t": "kicked"} notice.
+KICK_REASONS = ("replaced", "too_slow", "expired")
 
 
 class ProtocolError(Exception):
@@ -121,7 +134,16 @@ def _kind_sha(v, name):
         raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be a sha256 as 64 lowercase hex digits")
 
 
-KINDS = {"bin": _kind_bin, "sha256": _kind_sha, "windows": _kind_windows, "u32": _kind_u32, "u64": _kind_u64, "str": _kind_str,
+def _kind_pairs(v, name):
+    """[[uint32, uint32], ...] -- (uin, device) sessions."""
+    if type(v) is not list or any(type(p) is not list or len(p) != 2 for p in v):
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be an array of [uint32, uint32]")
+    for uin, device in v:
+        _check_uint(uin, 32, name + "[][0]")
+        _check_uint(device, 32, name + "[][1]")
+
+
+KINDS = {"pairs": _kind_pairs, "bin": _kind_bin, "sha256": _kind_sha, "windows": _kind_windows, "u32": _kind_u32, "u64": _kind_u64, "str": _kind_str,
          "channel": _kind_channel, "u32list": _kind_u32_list}
 
 _CHANNEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:@#")
@@ -139,11 +161,14 @@ def check_channel_name(name: str) -> None:
 
 CLIENT_REQUESTS = {
     "login": {"rid": "u64", "v": "u32", "token": "str", "device": "u32"},
-    "send": {"rid": "u64", "channel": "channel", "ctime": "u64", "text": "str"},
-    "sync": {"rid": "u64", "channel": "channel", "after": "u64"},
-    "hb": {"rid": "u64"},
-    "logout": {"rid": "u64"},
+    "ping": {"rid": "u64"},
+    "send": {"rid": "u64", "sid": "u64", "channel": "channel", "ctime": "u64", "text": "str"},
+    "sync": {"rid": "u64", "sid": "u64", "channel": "channel", "after": "u64"},
+    "hb": {"rid": "u64", "sid": "u64"},
+    "logout": {"rid": "u64", "sid": "u64"},
 }
+# Served without a session (everything else needs the login's ``sid``).
+SESSIONLESS = frozenset(("login", "ping"))
 
 SYNC_PAGE = 200                # messages per sync reply at most
 
@@ -166,6 +191,7 @@ LOGIC_REQUESTS = {
 ROUTER_REQUESTS = {
     "online": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
     "hb": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
+    "touch": {"rid": "u64", "broker": "str", "sessions": "pairs"},
     "offline": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
     "broker_reset": {"rid": "u64", "broker": "str"},
     "snapshot": {"rid": "u64"},
@@ -174,7 +200,7 @@ ROUTER_REQUESTS = {
 
 # logic -> counter
 COUNTER_REQUESTS = {
-    "alloc": {"rid": "u64", "channel": "channel", "n": "u32"},
+    "alloc": {"rid": "u64", "channel": "channel", "n": "u32", "have": "u64"},
     "status": {"rid": "u64"},
 }
 
@@ -184,13 +210,14 @@ BROKER_REQUESTS = {"status": {"rid": "u64"}}
 # client -> relay (after the same login as at a broker)
 RELAY_REQUESTS = {
     "login": CLIENT_REQUESTS["login"],
-    "logout": {"rid": "u64"},
-    "up_begin": {"rid": "u64", "size": "u64", "chunk_size": "u32", "chunks": "u32", "sha256": "sha256",
+    "ping": CLIENT_REQUESTS["ping"],
+    "logout": {"rid": "u64", "sid": "u64"},
+    "up_begin": {"rid": "u64", "sid": "u64", "size": "u64", "chunk_size": "u32", "chunks": "u32", "sha256": "sha256",
                  "mime": "str", "channel": "channel"},
-    "up_chunk": {"rid": "u64", "media": "str", "index": "u32", "data": "bin"},
-    "up_end": {"rid": "u64", "media": "str"},
-    "down_info": {"rid": "u64", "ref": "str"},
-    "down": {"rid": "u64", "media": "str", "index": "u32"},
+    "up_chunk": {"rid": "u64", "sid": "u64", "media": "str", "index": "u32", "data": "bin"},
+    "up_end": {"rid": "u64", "sid": "u64", "media": "str"},
+    "down_info": {"rid": "u64", "sid": "u64", "ref": "str"},
+    "down": {"rid": "u64", "sid": "u64", "media": "str", "index": "u32"},
 }
 
 
@@ -246,6 +273,12 @@ def array_of_packed(packed: list[bytes]) -> bytes:
     else:
         head = b"\xdd" + n.to_bytes(4, "big")
     return head + b"".join(packed)
+
+
+def topic(node_id: str) -> bytes:
+    """The PUB topic addressing one node.  Subscriptions match prefixes, so the id is
+    terminated: "b1" must not receive what is published for "b10"."""
+    return node_id.encode() + b"\x00"
 
 
 def request_rid(msg: dict):

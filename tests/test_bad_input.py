@@ -13,6 +13,7 @@ class Raw:
     """A bare DEALER speaking frames, for inputs the client library would never send."""
 
     def __init__(self, endpoint):
+        self.sid = None
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
@@ -25,11 +26,15 @@ class Raw:
         return replies[0]
 
     def ask_msg(self, msg: dict) -> dict:
+        if self.sid is not None and msg.get("t") not in wire.SESSIONLESS:
+            msg = dict(msg, sid=self.sid)
         return self.ask(wire.pack(msg))
 
     def login(self, token, device=0):
-        reply = self.ask_msg({"t": "login", "rid": 1, "v": 1, "token": token, "device": device})
+        reply = self.ask_msg({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": token,
+                              "device": device})
         assert reply["t"] == "login_ok", reply
+        self.sid = reply["sid"]
         return reply
 
     def close(self):
@@ -110,7 +115,7 @@ def test_forged_expired_and_wrong_scope_tokens_are_refused(shared_mesh, raw):
     ]
     r = raw()
     for token, code in cases:
-        reply = r.ask_msg({"t": "login", "rid": 1, "v": 1, "token": token, "device": 0})
+        reply = r.ask_msg({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": token, "device": 0})
         assert reply["code"] == code, (token, reply)
     # still not logged in after the failures
     reply = r.ask_msg({"t": "hb", "rid": 2})
@@ -141,7 +146,7 @@ SEND_ERRORS = [
 def test_bad_sends_get_error_codes(shared_mesh, raw, change, code):
     r = raw()
     r.login(shared_mesh.token(8))
-    msg = {"t": "send", "rid": 5, "channel": "lobby", "ctime": 1, "text": "ok"}
+    msg = {"t": "send", "rid": 5, "sid": r.sid, "channel": "lobby", "ctime": 1, "text": "ok"}
     msg.update(change)
     try:
         frame = wire.pack(msg)
@@ -168,7 +173,8 @@ def test_oversized_frame_drops_that_connection_only(shared_mesh, raw):
     r.sock.send(wire.pack({"t": "send", "rid": 6, "channel": "lobby", "ctime": 1,
                            "text": "x" * 70_000}))
     assert_still_serving(shared_mesh)
-    again = r.ask_msg({"t": "login", "rid": 7, "v": 1, "token": shared_mesh.token(9), "device": 0})
+    again = r.ask_msg({"t": "login", "rid": 7, "v": wire.PROTOCOL_VERSION, "token": shared_mesh.token(9),
+                       "device": 0})
     assert again["t"] == "login_ok" and again["rid"] == 7     # nothing ever answered rid 6
 
 

@@ -27,27 +27,34 @@ def test_interval_formula_over_a_sequence_of_heartbeats():
 
 
 def test_router_sweep_takes_silent_sessions_offline_in_bounded_steps():
+    """The router's own sweep is the backstop for a dead broker: (factor + 1) intervals + slack."""
     deltas = []
     r = RouterCore("r1", deltas.append, HB)
+    backstop = (HB["session_timeout_factor"] + 1) * 10 + RouterCore.BACKSTOP_SLACK     # 42 s
     for uin in range(100):
         r.set_online(uin, 0, "b1", "wired", now=0.0)
     r.heartbeat(7, 0, "b1", "wired", now=20.0)              # 7 stays alive longer
-    assert r.sweep(now=29.0) == 0                          # deadline is 3 * 10 s
-    first = r.sweep(now=31.0, budget=40)                   # bounded per call (stale entries count)
+    assert r.sweep(now=backstop - 1) == 0
+    first = r.sweep(now=backstop + 1, budget=40)           # bounded per call (stale entries count)
     assert 39 <= first <= 40
-    assert first + r.sweep(now=31.0) == 99
+    assert first + r.sweep(now=backstop + 1) == 99
     assert r.users_online() == 1 and 7 in r.online
-    assert r.sweep(now=20.0 + 30.1) == 1 and r.users_online() == 0
+    assert r.touch("b1", [[7, 0]], now=30.0) == []          # activity reported by the broker
+    assert r.sweep(now=20.0 + backstop + 1) == 0
+    assert r.sweep(now=30.0 + backstop + 0.1) == 1 and r.users_online() == 0
     assert deltas[-1] == {"t": "delta", "router": "r1", "epoch": r.epoch, "seq": r.seq,
                           "uin": 7, "device": 0, "broker": None}
 
 
-def test_router_heartbeat_from_another_broker_moves_the_session():
-    deltas = []
-    r = RouterCore("r1", deltas.append, HB)
+def test_a_login_on_another_broker_moves_the_session_and_the_old_one_cannot_take_it_back():
+    deltas, kicks = [], []
+    r = RouterCore("r1", lambda m, broker=None: (deltas if broker is None else kicks).append(m), HB)
     r.set_online(1, 0, "b1", now=0.0)
-    r.heartbeat(1, 0, "b2", "wired", now=1.0)
-    assert r.online[1] == {0: "b2"} and deltas[-1]["broker"] == "b2"
+    r.set_online(1, 0, "b2", now=1.0)
+    assert r.online[1] == {0: "b2"} and deltas[-1]["broker"] == "b2" and kicks[-1]["broker"] == "b1"
+    assert r.heartbeat(1, 0, "b1", "wired", now=2.0) is None         # stale session: told it moved
+    assert r.touch("b1", [[1, 0]], now=2.0) == [[1, 0]]
+    assert r.online[1] == {0: "b2"}
     assert r.set_offline(1, 0, "b1") is False              # the old broker's late goodbye
 
 

@@ -37,17 +37,44 @@ def test_counter_blocks_are_disjoint_and_survive_reopen(tmp_path):
         c2.alloc("a", 0)
 
 
+def test_counter_answers_a_lost_last_block_again_to_its_writer(tmp_path):
+    s = Store(str(tmp_path), sync=True)
+    c = CounterCore(s)
+    assert c.alloc("a", 10, have=1) == (1, 11)
+    assert c.alloc("a", 10, have=11) == (11, 21)       # the answer is lost; the writer restarts
+    s.flush()
+    s.close()
+    c2 = CounterCore(Store(str(tmp_path), sync=True))
+    assert c2.alloc("a", 10, have=11) == (11, 21)      # same block again: no id skipped
+    assert c2.alloc("a", 10, have=21) == (21, 31)      # it got it: the next one
+    assert c2.alloc("a", 10, have=5) == (31, 41)       # anything else: a new block, never an old id
+
+
+def test_logic_asks_for_ids_beyond_what_it_holds(tmp_path):
+    core, out, store = make_logic(tmp_path, id_block=10)
+    send(core, 1, 100)
+    turn(core, store)
+    assert out.haves == [1]
+    core.on_ids("room", 1, 11)
+    for i in range(6):
+        send(core, 1, 200 + i)
+    turn(core, store)
+    assert out.haves == [1, 11]
+
+
 # --- router and presence replica -------------------------------------------------
 
 def test_router_publishes_numbered_deltas_and_ignores_late_disconnects():
-    out = []
-    r = RouterCore("r1", out.append)
+    out, kicks = [], []
+    r = RouterCore("r1", lambda m, broker=None: out.append(m) if broker is None else kicks.append((broker, m)))
     r.set_online(1, 0, "b1")
     r.set_online(1, 0, "b1")                     # no change, no delta
     r.set_online(1, 1, "b2")
     assert [d["seq"] for d in out] == [1, 2]
     assert r.set_offline(1, 0, "b2") is False    # device 0 is on b1, not b2
-    r.set_online(1, 0, "b2")                     # moved to b2
+    r.set_online(1, 0, "b2")                     # moved to b2: b1 is told to end its session
+    assert kicks == [("b1", {"t": "kick", "uin": 1, "device": 0, "broker": "b1", "by": "b2"})]
+    assert r.heartbeat(1, 0, "b1", "wired", 1.0) is None    # the stale session cannot steal it back
     assert r.set_offline(1, 0, "b1") is False    # late disconnect from the old broker
     assert r.users_online() == 1
     assert r.reset_broker("b2") == 2
@@ -138,7 +165,7 @@ def test_brokers_for_groups_online_members():
 
 class Out:
     def __init__(self):
-        self.replies, self.published, self.allocs = [], [], []
+        self.replies, self.published, self.allocs, self.haves = [], [], [], []
 
     def reply(self, ident, msg):
         self.replies.append((ident, msg))
@@ -151,8 +178,9 @@ class Out:
             assert (push["uin"], push["device"]) == (uin, device)
             self.published.append((broker, dict(push, to=to)))
 
-    def request_ids(self, channel, n):
+    def request_ids(self, channel, n, have):
         self.allocs.append((channel, n))
+        self.haves.append(have)
 
 
 class OnlineAll:
@@ -182,7 +210,7 @@ def make_logic(tmp_path, **limits):
 
 
 def turn(core, store):
-    core.assign()
+    core.assign(time.time())
     store.flush()
     core.commit()
 
@@ -216,9 +244,10 @@ def test_retry_stale_and_inflight_retry(tmp_path):
     assert len(out.published) == 1
     ack = send(core, 1, 100, rid=3)                                 # retry after the ack
     assert ack["t"] == "ack" and ack["id"] == 1
-    with pytest.raises(wire.ProtocolError) as exc:
-        send(core, 1, 99)
-    assert exc.value.code == wire.Err.STALE
+    assert send(core, 1, 99, rid=4) is None                        # an unseen time is a new message
+    turn(core, store)
+    assert out.replies[-1][1]["rid"] == 4 and out.replies[-1][1]["id"] == 2
+    assert send(core, 1, 100, rid=5)["id"] == 1                     # the older one is still a retry
     with pytest.raises(wire.ProtocolError) as exc:
         send(core, 9, 1)
     assert exc.value.code == wire.Err.NOT_MEMBER
@@ -257,13 +286,13 @@ def test_sync_pages_and_reports_first_and_last(tmp_path):
     for i in range(wire.SYNC_PAGE + 5):
         send(core, 1, 100 + i, text=f"t{i}")
     turn(core, store)
-    page = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0})
+    page = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0}, time.time())
     assert len(page["msgs"]) == wire.SYNC_PAGE and page["more"] is True
     assert page["first"] == 1 and page["last"] == wire.SYNC_PAGE + 5
-    rest = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": page["msgs"][-1]["id"]})
+    rest = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": page["msgs"][-1]["id"]}, time.time())
     assert [m["text"] for m in rest["msgs"]] == [f"t{i}" for i in range(wire.SYNC_PAGE, wire.SYNC_PAGE + 5)]
     assert rest["more"] is False
-    beyond = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 10**9})
+    beyond = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 10**9}, time.time())
     assert beyond["msgs"] == [] and beyond["last"] == wire.SYNC_PAGE + 5
 
 
@@ -295,7 +324,7 @@ def test_a_client_time_reused_for_another_channel_is_stale_not_a_retry(tmp_path)
     with pytest.raises(wire.ProtocolError) as exc:
         send(core, 1, 100, channel="room2", text="different")
     assert exc.value.code == wire.Err.STALE
-    assert core.sync({"rid": 1, "uin": 1, "channel": "room2", "after": 0})["msgs"] == []
+    assert core.sync({"rid": 1, "uin": 1, "channel": "room2", "after": 0}, time.time())["msgs"] == []
 
 
 def test_dedup_keeps_the_newest_when_pipelined_sends_finish_out_of_order(tmp_path):
@@ -318,7 +347,7 @@ def test_the_channel_queue_bounds_what_sync_returns(tmp_path):
     for i in range(8):
         send(core, 1, 100 + i)
         turn(core, store)
-    page = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0})
+    page = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0}, time.time())
     assert [m["id"] for m in page["msgs"]] == [4, 5, 6, 7, 8] and page["first"] == 4
     store.close()
     core2, _out, _store = make_logic(tmp_path, channel_queue=5)

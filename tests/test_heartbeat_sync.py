@@ -106,7 +106,8 @@ def test_silent_session_goes_offline_after_three_intervals(make_mesh):
     assert c.interval == 0.4
     m.wait_presence(5, 0, present=False, timeout=10)
     assert time.monotonic() - t0 >= 3 * 0.4                    # not before its deadline
-    assert m.admin.status(router)["expired"] >= 1               # the router's sweep did it
+    assert m.admin.status("b1")["kicked"]["expired"] >= 1      # the broker (the authority) did it
+    assert m.admin.status(router)["sessions"] == 0
 
 
 def test_heartbeating_session_stays_online_and_intervals_adapt(make_mesh):

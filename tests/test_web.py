@@ -61,6 +61,20 @@ def login(ws, mesh, uin, device=0):
     return ask(ws, {"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": mesh.token(uin), "device": device})
 
 
+def raw_login(raw, mesh, uin) -> dict:
+    """Log a bench WsSock in; the login_ok reply."""
+    raw.send(msgpack.packb({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": mesh.token(uin),
+                            "device": 0}))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            reply = msgpack.unpackb(raw.recv(0))
+            assert reply["t"] == "login_ok", reply
+            return reply
+        except zmq.Again:
+            assert time.monotonic() < deadline, "no login reply"
+
+
 def broker_alive(mesh):
     return mesh.admin.status(mesh.topo.ids("broker")[0]) is not None
 
@@ -145,15 +159,7 @@ def test_pushes_to_a_closing_websocket_are_dropped_not_fatal(web_mesh):
     goes on serving everyone."""
     raw = WsSock(ws_url(web_mesh))
     try:
-        raw.send(msgpack.packb({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION,
-                                "token": web_mesh.token(28), "device": 0}))
-        deadline = time.monotonic() + 10
-        while True:                                        # wait for login_ok
-            try:
-                assert msgpack.unpackb(raw.recv(0))["t"] == "login_ok"
-                break
-            except zmq.Again:
-                assert time.monotonic() < deadline
+        raw_login(raw, web_mesh, 28)
         web_mesh.wait_presence(28, 0, present=True)
         raw.proto.send_text(b"not binary")
         raw._flush()
@@ -174,10 +180,9 @@ def test_a_websocket_client_that_does_not_read_is_dropped_as_too_slow(web_mesh):
         writer.send("lobby", f"{i:04d} " + "x" * 1400)
     raw = WsSock(ws_url(web_mesh))
     try:
-        raw.send(msgpack.packb({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION,
-                                "token": web_mesh.token(31), "device": 0}))
+        session = {k: v for k, v in raw_login(raw, web_mesh, 31).items() if k == "sid"}
         web_mesh.wait_presence(31, 0, present=True)
-        syncs = [{"t": "sync", "rid": 2 + i, "channel": "lobby", "after": 0} for i in range(64)]
+        syncs = [{"t": "sync", "rid": 2 + i, "channel": "lobby", "after": 0, **session} for i in range(64)]
         for _ in range(2):                                 # ~128 pages of 200 x 1.4 KB, never read
             raw.send(msgpack.packb(syncs))
         web_mesh.wait_presence(31, 0, present=False, timeout=30)

@@ -17,17 +17,17 @@ def test_every_schema_field_kind_is_known():
 
 
 def test_valid_send_decodes():
-    frame = wire.pack({"t": "send", "rid": 1, "channel": "a:b", "ctime": 2**63, "text": "hi",
+    frame = wire.pack({"t": "send", "rid": 1, "sid": 5, "channel": "a:b", "ctime": 2**63, "text": "hi",
                        "future_field": [1]})
     t, msg = wire.decode_request(frame, wire.CLIENT_REQUESTS)
     assert t == "send" and msg["ctime"] == 2**63
 
 
 @pytest.mark.parametrize("msg,code", [
-    ({"t": "send", "rid": 1, "channel": "a", "ctime": 1}, wire.Err.BAD_FIELD),
-    ({"t": "send", "rid": True, "channel": "a", "ctime": 1, "text": "x"}, wire.Err.BAD_FIELD),
-    ({"t": "send", "rid": 1, "channel": "a", "ctime": 1.5, "text": "x"}, wire.Err.BAD_FIELD),
-    ({"t": "send", "rid": 1, "channel": "ä", "ctime": 1, "text": "x"}, wire.Err.BAD_CHANNEL),
+    ({"t": "send", "rid": 1, "sid": 1, "channel": "a", "ctime": 1}, wire.Err.BAD_FIELD),
+    ({"t": "send", "rid": True, "sid": 1, "channel": "a", "ctime": 1, "text": "x"}, wire.Err.BAD_FIELD),
+    ({"t": "send", "rid": 1, "sid": 1, "channel": "a", "ctime": 1.5, "text": "x"}, wire.Err.BAD_FIELD),
+    ({"t": "send", "rid": 1, "sid": 1, "channel": "ä", "ctime": 1, "text": "x"}, wire.Err.BAD_CHANNEL),
     ({"t": b"send", "rid": 1}, wire.Err.BAD_TYPE),
     ({"t": None}, wire.Err.BAD_TYPE),
 ])

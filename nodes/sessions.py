@@ -1,0 +1,117 @@
+"""Client sessions of a broker or relay: who is logged in on which connection, and for how long.
+
+One session per (uin, device) per node.  A login returns a random ``sid``
+that every later request must carry: a ZeroMQ routing id can be chosen by
+whoever connects, so a new connection presenting the routing id of a
+disconnected session would otherwise inherit it.  A session lives while
+requests come (any request, not only heartbeats) and ends after
+``factor`` x its heartbeat interval of silence; a request for a session
+that ended gets NOT_LOGGED_IN, with the reason when the node still
+remembers it (``kicked``: replaced, too_slow, expired).  No I/O and no
+clock reads here: callers pass ``now`` (monotonic seconds).
+"""
+from __future__ import annotations
+
+import collections
+import heapq
+import secrets
+
+from . import wire
+
+REMEMBER_GONE = 10_000          # ended sessions whose reason a late request can still learn
+
+
+class Session:
+    __slots__ = ("ident", "uin", "device", "net", "interval", "sid", "last_seen", "touched",
+                 "groups", "ended")
+
+    def __init__(self, ident, uin, device, net, interval, now):
+        self.ident, self.uin, self.device, self.net = ident, uin, device, net
+        self.interval = interval
+        self.sid = secrets.randbits(63) + 1
+        self.last_seen = self.touched = now
+        self.groups = None                      # the broker's fragment groups, made on first use
+        self.ended = None                       # why the session ended, once it has
+
+
+class SessionTable:
+    def __init__(self, factor: float):
+        self.factor = factor
+        self.by_ident = {}                      # ident -> Session
+        self.by_key = {}                        # (uin, device) -> Session
+        self.by_uin = {}                        # uin -> {ident: Session}
+        self.gone = collections.OrderedDict()   # ident -> reason, newest last
+        self.ended = collections.Counter()      # reason -> sessions ended for it
+        self._deadlines = []                    # heap of (deadline, seq, session); stale entries skipped
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self.by_ident)
+
+    def open(self, ident, uin, device, net, interval, now) -> Session:
+        """A new session on ``ident`` (the caller has ended what it replaces)."""
+        session = Session(ident, uin, device, net, interval, now)
+        self.by_ident[ident] = session
+        self.by_key[(uin, device)] = session
+        self.by_uin.setdefault(uin, {})[ident] = session
+        self.gone.pop(ident, None)
+        self._schedule(session)
+        return session
+
+    def check(self, ident, sid, now) -> Session:
+        """The live session of a request, refreshed; NOT_LOGGED_IN otherwise."""
+        session = self.by_ident.get(ident)
+        if session is None or sid != session.sid:
+            reason = self.gone.get(ident) if session is None else None
+            extra = {"reason": reason} if reason else {}
+            why = f" (session ended: {reason})" if reason else ""
+            raise wire.ProtocolError(wire.Err.NOT_LOGGED_IN, f"log in first{why}", **extra)
+        session.last_seen = now
+        return session
+
+    def end(self, session: Session, reason: str | None = None) -> bool:
+        """Forget a session; False if it had already ended."""
+        if self.by_ident.get(session.ident) is not session:
+            return False
+        del self.by_ident[session.ident]
+        key = (session.uin, session.device)
+        if self.by_key.get(key) is session:
+            del self.by_key[key]
+        idents = self.by_uin.get(session.uin)
+        if idents is not None:
+            idents.pop(session.ident, None)
+            if not idents:
+                del self.by_uin[session.uin]
+        session.ended = reason or "logout"
+        if reason:
+            self.ended[reason] += 1
+            self.gone[session.ident] = reason
+            while len(self.gone) > REMEMBER_GONE:
+                self.gone.popitem(last=False)
+        return True
+
+    def deadline(self, session: Session) -> float:
+        return session.last_seen + self.factor * session.interval
+
+    def _schedule(self, session: Session) -> None:
+        self._seq += 1
+        heapq.heappush(self._deadlines, (self.deadline(session), self._seq, session))
+
+    def expired(self, now: float, budget: int = 5000) -> list:
+        """Sessions silent past their deadline (looked at from the heap, at most ``budget``)."""
+        out = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now and budget > 0:
+            _due, _seq, session = heapq.heappop(heap)
+            budget -= 1
+            if self.by_ident.get(session.ident) is not session:
+                continue
+            if self.deadline(session) <= now:
+                out.append(session)
+            else:
+                self._schedule(session)                 # it was active since: look again later
+        return out
+
+    def reschedule(self, session: Session) -> None:
+        """The interval changed: make sure the heap looks at the session in time."""
+        self._schedule(session)

@@ -1,0 +1,144 @@
+"""The shared dispatcher, the session table and the broker core, without sockets or a clock."""
+from __future__ import annotations
+
+import pytest
+
+from nodes import auth, wire
+from nodes.broker import OWNER_DOWN_AFTER, START_GRACE, BrokerCore
+from nodes.dispatch import Dispatcher
+from nodes.sessions import SessionTable
+
+from test_cores import one_logic_topology
+
+SCHEMAS = {"ok": {"rid": "u64"}, "boom": {"rid": "u64"}, "refuse": {"rid": "u64"}}
+
+
+def handlers():
+    def refuse(_ident, msg, _now):
+        raise wire.ProtocolError(wire.Err.NOT_MEMBER, "no")
+    return {"ok": lambda _i, msg, now: wire.reply("ok", msg["rid"], now=now),
+            "boom": lambda _i, msg, _now: {}["missing"],
+            "refuse": refuse}
+
+
+def test_a_handler_bug_is_an_internal_error_for_that_request_and_the_rest_of_the_frame_is_served():
+    d = Dispatcher(SCHEMAS, handlers())
+    replies = []
+    frame = wire.pack([{"t": "boom", "rid": 1}, {"t": "ok", "rid": 2}, {"t": "refuse", "rid": 3},
+                       {"t": "nope", "rid": 4}, {"t": "ok"}])
+    d.frame(b"id", frame, 7.0, lambda ident, m: replies.append(m), max_len=1 << 16)
+    assert [(r["t"], r.get("code"), r["rid"]) for r in replies] == [
+        ("err", wire.Err.INTERNAL, 1), ("ok", None, 2), ("err", wire.Err.NOT_MEMBER, 3),
+        ("err", wire.Err.BAD_TYPE, 4), ("err", wire.Err.BAD_FIELD, None)]
+    assert replies[1]["now"] == 7.0
+    assert wire.Err.INTERNAL in wire.UNKNOWN_OUTCOME
+
+
+def test_repeated_failures_log_one_traceback_per_window(caplog):
+    d = Dispatcher(SCHEMAS, handlers())
+    for i in range(50):
+        d.one(b"id", {"t": "boom", "rid": i}, now=float(i) / 100)
+    tracebacks = [r for r in caplog.records if "request boom failed" in r.getMessage()]
+    assert len(tracebacks) == 1 and d.failures.total == 50
+    d.one(b"id", {"t": "boom", "rid": 99}, now=100.0)
+    assert "49 more" in caplog.records[-1].getMessage()
+
+
+def test_every_schema_needs_a_handler():
+    with pytest.raises(ValueError):
+        Dispatcher(SCHEMAS, {"ok": handlers()["ok"]})
+
+
+def test_sessions_need_their_sid_end_after_silence_and_remember_why():
+    t = SessionTable(factor=3)
+    s = t.open(b"c1", 1, 0, "wired", 10.0, now=0.0)
+    with pytest.raises(wire.ProtocolError) as exc:
+        t.check(b"c1", s.sid ^ 1, now=1.0)
+    assert exc.value.code == wire.Err.NOT_LOGGED_IN
+    with pytest.raises(wire.ProtocolError):
+        t.check(b"c1", None, now=1.0)
+    assert t.check(b"c1", s.sid, now=20.0) is s            # any request refreshes
+    assert t.expired(now=45.0) == []                          # 20 + 3 * 10 > 45
+    assert t.expired(now=50.5) == [s]
+    t.end(s, "expired")
+    with pytest.raises(wire.ProtocolError) as exc:
+        t.check(b"c1", s.sid, now=51.0)
+    assert exc.value.extra["reason"] == "expired"
+    assert t.ended["expired"] == 1 and len(t) == 0
+
+
+class Out:
+    def __init__(self):
+        self.replies, self.pushes, self.logic, self.router = [], [], [], []
+
+    def reply(self, ident, msg):
+        self.replies.append((ident, msg))
+
+    def push(self, ident, packed):
+        self.pushes.append((ident, wire.unpack(packed)))
+
+    def to_logic(self, owner, msg, callback, timeout=None):
+        self.logic.append((owner, msg, callback, timeout))
+
+    def to_router(self, uin, msg, callback, timeout=None):
+        self.router.append((msg, callback, timeout))
+
+
+def broker_core(tmp_path):
+    topo = one_logic_topology(tmp_path)
+    out = Out()
+    secret = b"a-secret-of-sixteen-bytes"
+    return BrokerCore("b1", topo, secret, out, now=0.0, idc="a"), out, secret
+
+
+def login(core, out, secret, ident=b"c1", uin=1, device=0, now=0.0):
+    d = Dispatcher(wire.CLIENT_REQUESTS, core.handlers, core.guard)
+    assert d.one(ident, {"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION,
+                         "token": auth.mint(secret, uin), "device": device}, now) is None
+    msg, callback, _timeout = out.router[-1]
+    callback({"t": "ok", "interval": 10.0})
+    ok = out.replies[-1][1]
+    assert ok["t"] == "login_ok" and ok["idc"] == "a"
+    return d, ok["sid"]
+
+
+def test_broker_core_answers_ping_without_a_session_and_refuses_requests_without_the_sid(tmp_path):
+    core, out, secret = broker_core(tmp_path)
+    d = Dispatcher(wire.CLIENT_REQUESTS, core.handlers, core.guard)
+    assert d.one(b"x", {"t": "ping", "rid": 5}, 0.0) == {"t": "pong", "rid": 5, "broker": "b1", "idc": "a"}
+    d, sid = login(core, out, secret)
+    assert d.one(b"c1", {"t": "sync", "rid": 2, "channel": "room", "after": 0}, 1.0)["code"] == \
+        wire.Err.NOT_LOGGED_IN
+    assert d.one(b"c1", {"t": "sync", "rid": 3, "sid": sid, "channel": "room", "after": 0}, 1.0) is None
+    assert out.logic[-1][1] == {"t": "sync", "uin": 1, "channel": "room", "after": 0}
+
+
+def test_broker_core_fails_fast_for_an_owner_that_stopped_ticking(tmp_path):
+    core, out, secret = broker_core(tmp_path)
+    d, sid = login(core, out, secret)
+    core.on_tick("l1", 1.0)
+    later = 1.0 + OWNER_DOWN_AFTER + 0.1
+    assert later > START_GRACE - 2
+    reply = d.one(b"c1", {"t": "send", "rid": 2, "sid": sid, "channel": "room", "ctime": 1, "text": "x"}, later)
+    assert reply["code"] == wire.Err.UNAVAILABLE and not out.logic
+    assert d.one(b"c1", {"t": "hb", "rid": 3, "sid": sid, "channel": "room", "channels": {"room": 0}},
+                 later) is None
+    _msg, on_router, timeout = out.router[-1]
+    assert timeout <= 1.0
+    on_router({"t": "hb", "interval": 10.0})
+    ack = out.replies[-1][1]
+    assert ack["t"] == "hb_ack" and ack["unavailable"] == ["room"]
+
+
+def test_broker_core_ends_a_session_replaced_elsewhere_and_one_that_falls_behind(tmp_path):
+    core, out, secret = broker_core(tmp_path)
+    d, sid = login(core, out, secret)
+    core.on_kick({"t": "kick", "uin": 1, "device": 0, "broker": "b1", "by": "b2"})
+    assert out.replies[-1] == (b"c1", {"t": "kicked", "reason": "replaced",
+                                       "msg": "logged in again on another broker"})
+    reply = d.one(b"c1", {"t": "hb", "rid": 4, "sid": sid}, 1.0)
+    assert reply["code"] == wire.Err.NOT_LOGGED_IN and reply["reason"] == "replaced"
+    d, sid = login(core, out, secret, ident=b"c2", uin=2)
+    core.too_slow(b"c2")
+    assert core.sessions.ended["too_slow"] == 1
+    assert out.router[-1][0] == {"t": "offline", "uin": 2, "device": 0, "broker": "b1"}
