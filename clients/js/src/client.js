@@ -106,7 +106,8 @@ export class ImeshClient {
         this._startWaiters?.resolve(this.loginReply);
         this._startWaiters = null;
         this._afterLogin();
-        this._setState("offline", await lost);
+        const why = await lost;
+        this._setState(this.running ? "offline" : "stopped", why);
       } catch (err) {
         if (err instanceof ClientError && FATAL_LOGIN.has(err.code)) {
           this.running = false;
@@ -258,11 +259,11 @@ export class ImeshClient {
       if (!this.dropPush || !this.dropPush(msg)) this._accept(msg);
     } else if (msg.t === "kicked") {
       this._emit("kicked", msg);
-      if (msg.reason !== "too_slow") {            // replaced by a newer login: do not fight it
+      if (msg.reason === "replaced" || msg.reason === undefined) {   // a newer login (protocol 1 gave
+        // no reason): do not fight it; "expired", "too_slow", ... just log in again
         this.running = false;
-        this._setState("stopped", msg.msg || "kicked");
       }
-      this._lost?.(`kicked: ${msg.reason || msg.msg}`);
+      this._lost?.(`kicked (${msg.reason || "replaced"}): ${msg.msg || ""}`);
     } else {
       const p = this._pending.get(msg.rid);
       if (p) {

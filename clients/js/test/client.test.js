@@ -119,6 +119,20 @@ test("bad frames get clear errors and the connection stays usable", async () => 
   ws.close();
 });
 
+test("a login of the same user and device elsewhere stops the older client (kicked: replaced)", async () => {
+  const old = client(13, ["b1"], { device: 5 });
+  const kicks = [];
+  old.on("kicked", (m) => kicks.push(m));
+  await old.start();
+  const newer = client(13, ["b2"], { device: 5 });
+  await newer.start();
+  await until(() => old.state === "stopped", 10000, "the older client to stop");
+  assert.equal(kicks[0].reason ?? "replaced", "replaced");
+  const id = await newer.send("lobby", "the newer one works");
+  assert.ok(id > 0);
+  assert.equal(old.state, "stopped");                              // and it does not fight back
+});
+
 // last: it kills a broker of the shared mesh
 test("after a broker SIGKILL the client moves to the other broker and misses nothing", async () => {
   const a = client(11, ["b1", "b2"]);
