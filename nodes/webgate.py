@@ -56,7 +56,7 @@ RECV_SIZE = 65536
 
 def parse_ws_endpoint(endpoint: str) -> tuple[str, int]:
     host, _, port = endpoint[len("ws://"):].rstrip("/").rpartition(":")
-    return host, int(port)
+    return host.strip("[]"), int(port)
 
 
 class Conn:
@@ -122,10 +122,6 @@ class WebGate:
     def reply(self, ident: bytes, msg: dict) -> None:
         """A reply or notice; ``kicked`` ends the connection once it is sent."""
         self.put(ident, wire.pack(msg), end=(1000, "kicked") if msg.get("t") == "kicked" else None)
-
-    def kick(self, ident: bytes, reason: str, text: str = "") -> None:
-        """The core dropped this session: tell the client why, then close its connection."""
-        self.put(ident, wire.pack({"t": "kicked", "reason": reason, "msg": text or reason}), end=(1000, "kicked"))
 
     def flush(self) -> None:
         queued, self.queued = self.queued, {}
