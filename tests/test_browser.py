@@ -5,6 +5,7 @@ Chromium or playwright is missing (.ci/run installs both)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -116,3 +117,22 @@ def test_the_page_shows_a_banner_and_moves_to_the_other_broker_when_its_broker_d
     say(page, "me again")
     page.locator("#messages li.mine:not(.pending) .text", has_text="me again").wait_for(timeout=10000)
     assert texts(page).count("before the crash") == 1
+
+
+def test_where_websockets_are_blocked_the_page_chats_over_http_long_polling(web_mesh, browser):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    context.route_web_socket(re.compile(".*"), lambda ws: ws.close(code=1006))    # a proxy that drops them
+    page = context.new_page()
+    page.goto(page_url(web_mesh, 0))
+    page.wait_for_selector("#dev:not([hidden])")
+    page.fill("#uin", "38")
+    page.click("#devlogin")
+    page.wait_for_selector("#chat:not([hidden])", timeout=20000)
+    broker = web_mesh.topo.ids("broker")
+    channels = sum(web_mesh.admin.status(b)["web"]["http_channels"] for b in broker)
+    assert channels >= 1
+    web_mesh.client(39, broker=1).send("lobby", "to the long-polling page")
+    page.locator("#messages li .text", has_text="to the long-polling page").wait_for(timeout=15000)
+    say(page, "sent over HTTP")
+    page.locator("#messages li.mine:not(.pending) .text", has_text="sent over HTTP").wait_for(timeout=15000)
+    context.close()

@@ -72,7 +72,8 @@ async function start(token) {
   const endpoints = [here, ...meta.ws.filter((u) => u !== here)];
   const uin = uinOf(token);
   const device = deviceFor(uin);
-  client = new ImeshClient({ endpoints, token, device, mailbox: new StorageMailbox(localStorage, `imesh:${uin}:${device}`) });
+  client = new ImeshClient({ endpoints, token, device, transport: "auto",     // HTTP where WebSockets are blocked
+                              mailbox: new StorageMailbox(localStorage, `imesh:${uin}:${device}`) });
   let wasOnline = false;
   client.on("state", ({ state, detail }) => {
     wasOnline ||= state === "online";

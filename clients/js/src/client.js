@@ -34,7 +34,8 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 export class ImeshClient {
   /**
    * endpoints: broker ws URLs ("ws://127.0.0.1:7601"), tried in turn;
-   * transport: "ws" or "http" (long-poll fallback); mailbox: Memory/Storage/FileMailbox.
+   * transport: "ws", "http" (long-poll fallback) or "auto" (WebSocket, falling back to HTTP when a
+   * WebSocket attempt fails before its login); mailbox: Memory/Storage/FileMailbox.
    */
   constructor({ endpoints, token, device = 0, net = "wired", transport = "ws", mailbox = null,
                 timeoutMs = 3000, retries = 2, minBackoffMs = 200, maxBackoffMs = 5000, WebSocket = undefined }) {
@@ -95,12 +96,18 @@ export class ImeshClient {
       const url = this.endpoints[this.index % this.endpoints.length];
       this.endpoint = url;
       this._setState("connecting", url);
-      const t = this.transportKind === "http" ? new HttpTransport(url) : new WsTransport(url, this.WebSocketImpl);
+      // "auto": WebSocket; after an attempt that failed before its login, the other transport
+      // (a network that blocks WebSockets gets the HTTP long-poll fallback, and back)
+      const http = this.transportKind === "http" || (this.transportKind === "auto" && this._httpNext);
+      this.transport = http ? "http" : "ws";
+      const t = http ? new HttpTransport(url) : new WsTransport(url, this.WebSocketImpl);
       const lost = new Promise((resolve) => { this._lost = resolve; });
+      let loggedIn = false;
       try {
         this._attach(t);
-        await t.open(this.timeoutMs);
+        await Promise.race([t.open(this.timeoutMs), lost.then((why) => { throw new Error(why); })]);
         await this._login();
+        loggedIn = true;
         failures = 0;
         this._setState("online", url);
         this._startWaiters?.resolve(this.loginReply);
@@ -118,6 +125,7 @@ export class ImeshClient {
         }
         this._setState("offline", err.message);
       }
+      if (!loggedIn && this.transportKind === "auto") this._httpNext = !this._httpNext;
       this._detach("connection lost");
       if (!this.running) break;
       this.index += 1;                              // the next broker first: this one may be gone

@@ -44,6 +44,22 @@ test("two users on two brokers chat over WebSocket; a third over the HTTP fallba
   assert.ok(id2 > id);
 });
 
+test("transport auto: where WebSockets are blocked the client falls back to HTTP long polling", async () => {
+  class BlockedWebSocket {                                          // what a blocking proxy looks like
+    constructor() { setTimeout(() => this.onclose?.({ code: 1006, reason: "" }), 10); }
+    close() {}
+  }
+  const c = client(14, ["b1", "b2"], { transport: "auto", WebSocket: BlockedWebSocket });
+  const d = client(15, ["b2"]);
+  await c.start();
+  await d.start();
+  assert.equal(c.transport, "http");
+  c.watch("lobby", (await c.sync("lobby", 0)).last);
+  const id = await d.send("lobby", "to the long poller");
+  await until(() => c.inbox.some((m) => m.id === id), 10000, "a push over HTTP");
+  assert.ok((await c.send("lobby", "from the long poller")) > id);
+});
+
 test("a retried send (same ctime) is acked with the original id and delivered once", async () => {
   const a = client(4, ["b1"]);
   const b = client(5, ["b2"]);
