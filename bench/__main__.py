@@ -18,9 +18,15 @@ def main(argv=None) -> int:
     commands = {"fastpath": "bench.fastpath", "heartbeat": "bench.heartbeat",
                 "sweep": "bench.sweep", "e2e": "bench.e2e",
                 "relay": "bench.relay", "websessions": "bench.websessions"}
+    if argv and argv[0] == "--version":
+        from nodes.cli.common import prog_name
+        from nodes import __version__
+        print(f"{prog_name('bench')} (imesh) {__version__}")
+        return 0
     if not argv or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr)
-        return 2
+        print("\nEvery benchmark takes --help (options with their defaults) and --version.", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
     import importlib
     return importlib.import_module(commands[argv[0]]).main(argv[1:])
 

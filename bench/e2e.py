@@ -13,11 +13,9 @@ nodes'.  Every receiver checks every (sender, seq) it gets, so ``lost`` and
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 import time
 
 import zmq
@@ -28,7 +26,7 @@ from nodes.localtopo import write_topology
 from nodes.mesh import Mesh
 
 from .procstat import cpu_seconds, peak_rss_mb, self_cpu_seconds
-from .report import machine, table, write_json
+from .report import machine, parser as bench_parser, scratch, table, write_json
 from .wssock import WsSock
 
 QUIET_TIMEOUT = 15.0          # seconds without progress before a run gives up
@@ -181,12 +179,12 @@ def worker_main(args, indexes, endpoints, secret, ready, go, out, progress) -> N
         w.close()
 
 
-def bench_topology(args) -> str:
+def bench_topology(args, tmp: str) -> str:
     channels = {channel_of(i, args.members): None for i in range(args.users)}
     members = {name: [] for name in channels}
     for i in range(args.users):
         members[channel_of(i, args.members)].append(i + 1)
-    return write_topology(tempfile.mkdtemp(prefix="imesh-e2e-"), brokers=args.brokers, logics=args.logic,
+    return write_topology(tmp, brokers=args.brokers, logics=args.logic,
                           ws=args.transport == "ws",
                           limits={"rate": 1e9, "burst": 1e9, "max_pending": 100000},
                           heartbeat={"wired": 600.0},
@@ -220,11 +218,16 @@ def wait_presence(admin: Admin, topo, users: int, timeout: float = 60) -> None:
 
 
 def run(args) -> dict:
+    with scratch("e2e") as tmp:
+        return measure(args, tmp)
+
+
+def measure(args, tmp: str) -> dict:
     mesh = None
     if args.attach:
         topo = topology.load(args.attach)
     else:
-        mesh = Mesh(bench_topology(args))
+        mesh = Mesh(bench_topology(args, tmp))
         topo = mesh.topo
     procs = []
     try:
@@ -324,21 +327,20 @@ def render(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bin/bench e2e", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--channels", type=int, default=100)
-    parser.add_argument("--members", type=int, default=10)
-    parser.add_argument("--messages", type=int, default=20)
-    parser.add_argument("--size", type=int, default=100)
-    parser.add_argument("--window", type=int, default=1)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--brokers", type=int, default=2)
-    parser.add_argument("--logic", type=int, default=2)
+    parser = bench_parser("e2e", __doc__)
+    parser.add_argument("--users", type=int, default=1000, help="simulated users (= channels x members)")
+    parser.add_argument("--channels", type=int, default=100, help="group channels")
+    parser.add_argument("--members", type=int, default=10, help="users per channel")
+    parser.add_argument("--messages", type=int, default=20, help="messages each user sends")
+    parser.add_argument("--size", type=int, default=100, help="bytes of text per message (>= 32)")
+    parser.add_argument("--window", type=int, default=1, help="unacked sends each user keeps in flight")
+    parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--brokers", type=int, default=2, help="brokers of the started mesh")
+    parser.add_argument("--logic", type=int, default=2, help="logic nodes of the started mesh")
     parser.add_argument("--transport", choices=("zmq", "ws"), default="zmq",
                         help="client sessions over ZeroMQ DEALERs or WebSockets (brokers' ws endpoints)")
     parser.add_argument("--attach", metavar="CONFIG", help="use a running mesh instead of starting one")
-    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     parser.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
     parser.add_argument("--profile", metavar="DIR", help="run the nodes under cProfile, stats into DIR")
     args = parser.parse_args(argv)

@@ -7,7 +7,6 @@ of ints for presence, a deque(maxlen) for the id ring.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import gc
 import random
@@ -19,7 +18,7 @@ from array import array
 
 import fastpath
 
-from .report import machine, table, write_docs_section, write_json
+from .report import machine, parser as bench_parser, table, write_docs_section, write_json
 
 REPEATS = 5
 
@@ -251,11 +250,11 @@ def render(results) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bin/bench fastpath", description=__doc__)
-    parser.add_argument("--json", help="write the figures to this file")
+    parser = bench_parser("fastpath", __doc__)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
-    parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated table sizes")
+    parser.add_argument("--seed", type=int, default=12345, help="random seed of the workload")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     rng = random.Random(args.seed)

@@ -7,10 +7,8 @@ node type used in that window.
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import sys
-import tempfile
 import time
 
 import zmq
@@ -20,7 +18,7 @@ from nodes.localtopo import write_topology
 from nodes.mesh import Mesh
 
 from .procstat import cpu_seconds, self_cpu_seconds
-from .report import machine, table, write_json
+from .report import machine, parser as bench_parser, scratch, table, write_json
 
 
 def drain(poller, timeout_ms, errors=None, sids=None) -> int:
@@ -85,14 +83,18 @@ def worker(uins, eps, secret, interval, rounds, ready, go, out) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bin/bench heartbeat", description=__doc__)
-    parser.add_argument("--sessions", type=int, default=10000)
-    parser.add_argument("--interval", type=float, default=1.0)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser = bench_parser("heartbeat", __doc__)
+    parser.add_argument("--sessions", type=int, default=10000, help="logged-in sessions that heartbeat")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between heartbeats")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long to measure")
     parser.add_argument("--processes", type=int, default=2, help="generator processes")
-    parser.add_argument("--json")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    tmp = tempfile.mkdtemp(prefix="imesh-hb-")
+    with scratch("hb") as tmp:
+        return measure(args, tmp)
+
+
+def measure(args, tmp: str) -> int:
     # a long first interval covers the login phase; after 3 beats the router settles on --interval
     hb = {"wired": 60.0, "min": args.interval, "max": args.interval}
     cfg = write_topology(tmp, brokers=2, logics=1, heartbeat=hb,

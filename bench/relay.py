@@ -8,12 +8,10 @@ Reports the median MB/s (MB = 10**6 bytes) of each.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 from nodes import auth
@@ -22,7 +20,7 @@ from nodes.media import MediaClient
 from nodes.mesh import Mesh
 
 from .procstat import cpu_seconds
-from .report import machine, table, write_json
+from .report import machine, parser as bench_parser, scratch, table, write_json
 
 
 async def measure(relays, token, sizes, repeats, window) -> dict:
@@ -51,14 +49,22 @@ async def measure(relays, token, sizes, repeats, window) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bin/bench relay", description=__doc__)
-    parser.add_argument("--sizes-mib", default="1,50")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = bench_parser("relay", __doc__)
+    parser.add_argument("--sizes-mib", default="1,50", help="comma-separated file sizes in MiB")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per size (the median is shown)")
     parser.add_argument("--window", type=int, default=16, help="chunks in flight")
-    parser.add_argument("--json")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    sizes = [int(float(x) * 2**20) for x in args.sizes_mib.split(",")]
-    cfg = write_topology(tempfile.mkdtemp(prefix="imesh-relay-"), brokers=1, logics=1, relays=1,
+    try:
+        sizes = [int(float(x) * 2**20) for x in args.sizes_mib.split(",")]
+    except ValueError:
+        parser.error(f"--sizes-mib: {args.sizes_mib!r} is not a list of numbers")
+    with scratch("relay") as tmp:
+        return measure_sizes(args, sizes, tmp)
+
+
+def measure_sizes(args, sizes, tmp: str) -> int:
+    cfg = write_topology(tmp, brokers=1, logics=1, relays=1,
                          limits={"max_file": max(sizes), "open_upload_bytes": max(sizes) * 2},
                          channels={"bench": {"members": [1]}})
     with Mesh(cfg) as mesh:

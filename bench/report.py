@@ -1,13 +1,40 @@
 """Shared output of the benchmarks: machine line, tables, JSON, and docs/benchmarks.md sections."""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import platform
 import re
+import shutil
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the module docstring's layout and show every option's default."""
+
+
+def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser of ``bin/bench NAME`` (prog as started, --version, defaults in help)."""
+    from nodes.cli.common import add_version_arg, prog_name
+    p = argparse.ArgumentParser(prog=f"{prog_name('bench')} {name}", description=doc,
+                                formatter_class=HelpFormatter)
+    add_version_arg(p)
+    return p
+
+
+@contextlib.contextmanager
+def scratch(name: str):
+    """A temporary directory for one run's topology and data, removed afterwards (also on error)."""
+    path = tempfile.mkdtemp(prefix=f"imesh-{name}-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def machine() -> str:

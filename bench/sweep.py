@@ -8,9 +8,7 @@ longest loop turn of the node while it swept.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 
 import zmq
@@ -19,7 +17,7 @@ from nodes import auth, wire
 from nodes.localtopo import write_topology
 from nodes.mesh import Mesh
 
-from .report import machine, table, write_json
+from .report import machine, parser as bench_parser, scratch, table, write_json
 
 
 def fill(endpoint, token, channels, total, window=500) -> float:
@@ -29,8 +27,11 @@ def fill(endpoint, token, channels, total, window=500) -> float:
     s.setsockopt(zmq.LINGER, 0)
     s.connect(endpoint)
     try:
-        s.send(wire.pack({"t": "login", "rid": 0, "v": 1, "token": token, "device": 0}))
-        assert wire.unpack(s.recv())["t"] == "login_ok"
+        s.send(wire.pack({"t": "login", "rid": 0, "v": wire.PROTOCOL_VERSION, "token": token, "device": 0}))
+        reply = wire.unpack_many(s.recv())[0]
+        if reply["t"] != "login_ok":
+            raise RuntimeError(f"login refused: {reply}")
+        session = {"sid": reply["sid"]} if "sid" in reply else {}      # protocol v2 carries a session id
         t0 = time.monotonic()
         sent = acked = 0
         deadline = t0 + 600
@@ -38,30 +39,38 @@ def fill(endpoint, token, channels, total, window=500) -> float:
             while sent < total and sent - acked < window:
                 sent += 1
                 s.send(wire.pack({"t": "send", "rid": sent, "channel": channels[sent % len(channels)],
-                                  "ctime": sent, "text": "x" * 100}))
+                                  "ctime": sent, "text": "x" * 100, **session}))
             if s.poll(1000):
                 while True:
                     try:
-                        reply = wire.unpack(s.recv(zmq.NOBLOCK))
+                        replies = wire.unpack_many(s.recv(zmq.NOBLOCK), max_items=1 << 16)
                     except zmq.Again:
                         break
-                    if reply["t"] != "ack":
-                        raise RuntimeError(f"send refused: {reply}")
-                    acked += 1
+                    for reply in replies:                 # acks come in arrays, one frame per turn
+                        if reply["t"] != "ack":
+                            raise RuntimeError(f"send refused: {reply}")
+                        acked += 1
         return time.monotonic() - t0
     finally:
         s.close(0)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bin/bench sweep", description=__doc__)
-    parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--channels", type=int, default=100)
-    parser.add_argument("--lifetime", type=float, default=20.0)
-    parser.add_argument("--json")
+    parser = bench_parser("sweep", __doc__)
+    parser.add_argument("--messages", type=int, default=100_000, help="messages to store, then expire")
+    parser.add_argument("--channels", type=int, default=100, help="channels they are spread over")
+    parser.add_argument("--lifetime", type=float, default=20.0, help="seconds every message lives")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if min(args.messages, args.channels) < 1 or args.lifetime <= 0:
+        parser.error("--messages and --channels must be >= 1, --lifetime > 0")
+    with scratch("sweep") as tmp:
+        return sweep(args, tmp)
+
+
+def sweep(args, tmp: str) -> int:
     names = [f"room{i}" for i in range(args.channels)]
-    cfg = write_topology(tempfile.mkdtemp(prefix="imesh-sweep-"), brokers=1, logics=1,
+    cfg = write_topology(tmp, brokers=1, logics=1,
                          limits={"message_lifetime": args.lifetime, "rate": 1e9, "burst": 1e9,
                                  "channel_queue": args.messages // args.channels + 1},
                          channels={n: {"members": [1]} for n in names})

@@ -6,11 +6,16 @@ file can change who is in a channel.
 """
 from __future__ import annotations
 
+import errno
 import itertools
+import select
+import socket
+import time
 
 import zmq
 
 from . import auth, wire
+from .logs import events
 from .node import INTERNAL_MAX_FRAME
 from .topology import Topology
 
@@ -48,6 +53,49 @@ class Admin:
         reply = self.call(node_id, {"t": "status"}, timeout)
         return reply if reply and reply.get("t") == "status" else None
 
+    def status_all(self, node_ids, timeout: float | None = None) -> dict:
+        """Ask many nodes for their status at once: {id: status map or None}.
+
+        A node whose rpc port refuses the TCP connection is down at once (a
+        stopped mesh answers in milliseconds); the others get the whole
+        ``timeout`` together, so one busy node is not reported down because
+        the nodes asked before it were slow.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        ids = list(node_ids)
+        out = dict.fromkeys(ids)
+        listening = probe_tcp({n: self.topo.node(n).endpoint("rpc") for n in ids}, min(timeout, 2.0))
+        socks, poller = {}, zmq.Poller()
+        try:
+            for node_id in ids:
+                if not listening.get(node_id):
+                    continue
+                sock = socks[node_id] = self.ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(self.topo.node(node_id).endpoint("rpc"))
+                sock.send(wire.pack({"t": "status", "rid": next(self._rids)}))
+                poller.register(sock, zmq.POLLIN)
+            by_sock = {s: n for n, s in socks.items()}
+            deadline = time.monotonic() + timeout
+            pending = set(socks)
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                for sock, _ in poller.poll(int(left * 1000) + 1):
+                    node_id = by_sock[sock]
+                    try:
+                        reply = wire.unpack(sock.recv(zmq.NOBLOCK), INTERNAL_MAX_FRAME)
+                    except (zmq.Again, wire.ProtocolError):
+                        continue
+                    if reply.get("t") == "status":
+                        out[node_id] = reply
+                    pending.discard(node_id)
+        finally:
+            for sock in socks.values():
+                sock.close(0)
+        return out
+
     def channel(self, op: str, name: str, members=(), lifetime: float | None = None) -> dict:
         """create/add/remove/show on the logic node owning the channel (``lifetime``: create only)."""
         if op not in CHANNEL_OPS:
@@ -64,7 +112,9 @@ class Admin:
         if reply is None:
             raise AdminError(wire.Err.UNAVAILABLE, f"logic node {owner} did not answer")
         if reply.get("t") == "err":
+            events.refused(reply["code"], op=op, channel=name)
             raise AdminError(reply["code"], reply["msg"])
+        events.admin(op, name, members=len(msg.get("members", ())), owner=owner)
         return reply
 
     def presence(self, uin: int) -> dict:
@@ -74,3 +124,37 @@ class Admin:
             reply = self.call(node_id, {"t": "presence", "uin": uin})
             out[node_id] = None if reply is None else {int(d): b for d, b in reply["devices"].items()}
         return out
+
+
+def probe_tcp(endpoints: dict, timeout: float) -> dict:
+    """{key: True if something accepts TCP connections at the tcp:// endpoint}, all in parallel."""
+    out, pending = {}, {}
+    for key, ep in endpoints.items():
+        host, _, port = ep[len("tcp://"):].rpartition(":")
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), int(port),
+                                                              type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(family, kind, proto)
+        except (OSError, ValueError):
+            out[key] = False
+            continue
+        sock.setblocking(False)
+        err = sock.connect_ex(addr)
+        if err in (0, errno.EINPROGRESS):
+            pending[sock] = key
+        else:
+            out[key] = False
+            sock.close()
+    deadline = time.monotonic() + timeout
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        _, writable, _ = select.select([], list(pending), [], left)
+        for sock in writable:
+            out[pending.pop(sock)] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+            sock.close()
+    for sock, key in pending.items():         # no answer in time: leave it to the rpc timeout
+        out[key] = True
+        sock.close()
+    return out

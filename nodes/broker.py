@@ -25,6 +25,7 @@ from . import auth
 from . import wire
 from .heartbeat import initial_interval
 from .limits import FragmentGroups, TokenBuckets
+from .logs import events
 from .node import INTERNAL_MAX_FRAME, Node
 from .rpc import Requests
 from .sessions import SessionTable
@@ -62,6 +63,7 @@ class BrokerCore:
         self.send_timeout = float(limits["request_timeout"])
         self.buckets = TokenBuckets(limits["rate"], limits["burst"])
         self.stats = collections.Counter()      # refused sends by code
+        self.counts = collections.Counter()     # logins, acks, deliveries (metrics)
         self.client_limits = {k: limits[k] for k in ("max_text", "max_fragments", "rate", "burst",
                                                     "message_lifetime")}
         self.max_pending = int(limits["max_pending"])
@@ -105,6 +107,8 @@ class BrokerCore:
             if reply.get("t") == "ok":
                 new.interval = reply.get("interval", interval)
                 self.sessions.reschedule(new)
+                self.counts["logins"] += 1
+                events.login(uin, device, broker=self.id)
                 self.out.reply(ident, wire.reply("login_ok", rid, uin=uin, device=device, sid=new.sid,
                                                  broker=self.id, idc=self.idc, hb=new.interval,
                                                  limits=self.client_limits))
@@ -166,6 +170,8 @@ class BrokerCore:
 
         def done(reply):
             self.pending -= 1
+            if reply.get("t") == "ack":
+                self.counts["acks"] += 1
             reply["rid"] = rid
             self.out.reply(ident, reply)
         self.out.to_logic(owner, request, done, self.send_timeout)
@@ -264,6 +270,10 @@ class BrokerCore:
         if not self.sessions.end(session, reason):
             return
         self.active.discard(session)
+        if reason is None:
+            events.logout(session.uin, session.device, broker=self.id)
+        else:
+            events.kicked(session.uin, session.device, reason, broker=self.id)
         if notify_router:
             self.out.to_router(session.uin, {"t": "offline", "uin": session.uin,
                                              "device": session.device, "broker": self.id},
@@ -335,6 +345,7 @@ class BrokerCore:
                 if uin != sender_uin or session.device != sender_device:
                     self.out.push(ident, packed)
                     pushed += 1
+        self.counts["deliveries"] += pushed
         return pushed
 
 
@@ -426,4 +437,5 @@ class BrokerNode(Node):
         return dict(super().status(), sessions=len(self.core.sessions), logic_links=linked,
                     ready=len(linked) == len(self.logics), refused=dict(self.core.stats),
                     kicked=dict(self.core.sessions.ended), pending=self.core.pending,
+                    requests=dict(self.dispatchers[0].requests), **self.core.counts,
                     **({"web": self.web.status()} if self.web is not None else {}))

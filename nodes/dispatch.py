@@ -13,10 +13,11 @@ so a client repeating a request that trips a bug cannot flood the log.
 """
 from __future__ import annotations
 
+import collections
 import logging
-import time
 
 from . import wire
+from .logs import events
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Dispatcher:
         self.handlers = handlers
         self.guard = guard                      # (ident, t, msg, now) -> ctx, or raises ProtocolError
         self.failures = FailureLog()
-        self.served = 0
+        self.requests = collections.Counter()   # served, by type (a metric)
 
     def frame(self, ident, frame: bytes, now: float, reply, max_len: int, max_items: int = 1024) -> None:
         """Serve every request of one frame; ``reply(ident, map)`` gets each answer."""
@@ -75,9 +76,10 @@ class Dispatcher:
             # the session first: a request without a valid sid is NOT_LOGGED_IN, whatever else it lacks
             ctx = ident if self.guard is None else self.guard(ident, t, msg, now)
             wire.validate(msg, self.schemas)
-            self.served += 1
+            self.requests[t] += 1
             return self.handlers[t](ctx, msg, now)
         except wire.ProtocolError as exc:
+            events.refused(exc.code, t=t if type(t) is str else "?")
             return wire.error_from(rid, exc)
         except Exception as exc:                                   # a bug: contain it
             self.failures.failed((t if type(t) is str else "?", type(exc).__name__), now)

@@ -6,11 +6,17 @@ bin/logic ... wrappers) guards against starting the wrong id by mistake.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
+import signal
 import sys
 
-from . import topology
+from . import logs, peerwatch, topology
+from .logs import events
+
+PR_SET_PDEATHSIG = 1
+SLOW_TURN = 0.1          # seconds: a loop turn this long is logged (sampled) as slow_turn
 
 NODE_CLASSES = {
     "broker": ("nodes.broker", "BrokerNode"),
@@ -27,15 +33,42 @@ def node_class(node_type: str):
     return getattr(importlib.import_module(module), name)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="imesh-node", description=__doc__)
-    parser.add_argument("--type", choices=sorted(NODE_CLASSES))
+def die_with_parent() -> None:
+    """Started by a supervisor (``IMESH_DIE_WITH`` = its pid): get SIGTERM when it dies.
+
+    PR_SET_PDEATHSIG is Linux's; it is set here in the child rather than in a
+    preexec_fn (not safe in a parent with threads).  If the parent died before
+    this ran, we have been re-parented already: exit at once.
+    """
+    parent = os.environ.pop("IMESH_DIE_WITH", None)
+    if not parent:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):          # not Linux: the supervisor's own stop is all there is
+        return
+    if os.getppid() != int(parent):
+        sys.exit(1)
+
+
+def main(argv=None, node_type: str | None = None, prog: str | None = None) -> int:
+    """Start the node ``--id``; ``node_type`` is set by the per-type commands (imesh-broker ...)."""
+    die_with_parent()
+    from .cli.common import add_version_arg, prog_name
+    prog = prog or prog_name("node" if node_type is None else node_type)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    if node_type is None:
+        parser.add_argument("--type", choices=sorted(NODE_CLASSES),
+                            help="refuse to start unless the id is a node of this type")
     parser.add_argument("--config", "-c", required=True, help="topology YAML file")
     parser.add_argument("--id", required=True, help="this node's id in the topology")
-    parser.add_argument("--log-level", default="INFO")
+    logs.add_log_args(parser)
+    add_version_arg(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {args.id} %(levelname)s %(name)s: %(message)s")
+    if node_type is not None:
+        args.type = node_type
+    logs.setup(args.log_level, args.log_format, args.id)
     try:
         topo = topology.load(args.config)
         spec = topo.node(args.id)
@@ -51,6 +84,7 @@ def main(argv=None) -> int:
     except Exception as exc:                   # bind failure, locked store, missing secret ...
         logging.getLogger("launch").error("cannot start %s: %s", args.id, exc)
         return 1
+    watch(node)
     profile_dir = os.environ.get("IMESH_PROFILE")
     if profile_dir:                            # bin/bench e2e --profile: where the CPU goes
         import cProfile
@@ -63,6 +97,38 @@ def main(argv=None) -> int:
     else:
         node.run()
     return 0
+
+
+def watch(node) -> None:
+    """Log slow loop turns (sampled), peer connection changes, and the repeat counts of
+    sampled events regularly."""
+    def on_turn(seconds):
+        if seconds > SLOW_TURN:
+            events.slow_turn(seconds * 1000, node=node.id)
+    node.loop.watch_turns(on_turn)
+    node.loop.every(events.window, events.flush)
+    peerwatch.watch_peers(node)
+
+
+# console-script entry points of the node types (imesh-broker, imesh-logic ...)
+def broker() -> int:
+    return main(node_type="broker")
+
+
+def logic() -> int:
+    return main(node_type="logic")
+
+
+def router() -> int:
+    return main(node_type="router")
+
+
+def counter() -> int:
+    return main(node_type="counter")
+
+
+def relay() -> int:
+    return main(node_type="relay")
 
 
 if __name__ == "__main__":

@@ -46,10 +46,13 @@ def free_ports(n: int) -> list[int]:
 
 
 def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays=0, limits=None,
-                   heartbeat=None, channels=None, ws=False) -> str:
+                   heartbeat=None, channels=None, metrics=False, ws=False) -> str:
     """A local topology in ``directory`` with every endpoint on a free port
-    (``ws``: brokers also serve WebSocket/HTTP clients)."""
-    ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters + (brokers if ws else 0)))
+    (``metrics``: each node also gets a /metrics port; ``ws``: brokers also serve
+    WebSocket/HTTP clients)."""
+    count = brokers + logics + routers + relays + counters
+    ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters + (count if metrics else 0)
+                            + (brokers if ws else 0)))
 
     def ep():
         return f"tcp://127.0.0.1:{next(ports)}"
@@ -64,6 +67,10 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays
             b["ws"] = f"ws://127.0.0.1:{next(ports)}"
     if relays:
         idc["relays"] = [{"id": f"m{i}", "client": ep(), "rpc": ep()} for i in range(1, relays + 1)]
+    if metrics:
+        for entries in idc.values():
+            for entry in entries:
+                entry["metrics"] = next(ports)
     # tests and benchmarks are not humans: a high send rate unless a test sets its own
     raw = {"cluster": "test", "local": True, "secret_file": "secret", "data_dir": "data",
            "limits": {"rate": 10000.0, "burst": 10000, **(limits or {})}, "heartbeat": heartbeat or {},

@@ -30,6 +30,7 @@ from . import auth
 from . import store as keys
 from . import wire
 from .node import INTERNAL_MAX_FRAME, Node
+from .logs import events
 from .presence import PresenceReplica
 from .router import PRESENCE_TOPIC
 from .rpc import Requests
@@ -332,6 +333,7 @@ class LogicCore:
         if lifetime is not None and (type(lifetime) not in (int, float) or not 0 < lifetime < 10**9):
             raise wire.ProtocolError(wire.Err.BAD_FIELD, "lifetime must be a positive number of seconds")
         ch = self._create(msg["channel"], msg["members"], lifetime)
+        events.admin("create", ch.name, members=len(ch.members))
         return self._members_reply(msg, ch)
 
     def channel_add(self, msg, _now=None):
@@ -340,12 +342,14 @@ class LogicCore:
         self._check_members(members)
         ch.set_members(members)
         self._save_members(ch)
+        events.admin("add", ch.name, members=len(msg["members"]))
         return self._members_reply(msg, ch)
 
     def channel_remove(self, msg, _now=None):
         ch = self._admin(msg)
         ch.set_members(ch.members - set(msg["members"]))
         self._save_members(ch)
+        events.admin("remove", ch.name, members=len(msg["members"]))
         return self._members_reply(msg, ch)
 
     def channel_show(self, msg, _now=None):
@@ -363,6 +367,7 @@ class LogicCore:
             return
         ch.alloc_inflight = False
         if ch.add_lease(start, end):
+            self.stats["id_blocks"] += 1
             self._save_leases(ch)
             if ch.waiting:
                 self.dirty.add(ch)
@@ -535,6 +540,7 @@ class LogicCore:
                 self.dedup.commit(rec.uin, rec.device, rec.ctime, rec.id)
             if self.inflight.get(key) is rec:
                 del self.inflight[key]
+            self.stats["acks"] += len(rec.waiters)
             for ident, rid in rec.waiters:
                 self.out.reply(ident, self._ack(rid, rec.channel, rec.device, rec.ctime, rec.id))
             self.fan_out(rec)
@@ -550,6 +556,7 @@ class LogicCore:
         if not ch.fanout:
             return
         packed = wire.pack(push_of(rec.channel, rec.id, rec.record()))
+        self.stats["deliveries"] += len(ch.fanout)
         for broker, uins in ch.fanout.items():
             self.outbox.setdefault(broker, []).append([packed, uins, rec.uin, rec.device])
 
@@ -660,4 +667,6 @@ class LogicNode(Node):
         return dict(super().status(), channels=len(c.channels), presence_synced=self.replica.synced(),
                     online=len(self.replica.online), stored=c.stats["stored"],
                     expired=c.stats["expired"], trimmed=c.stats["trimmed"], waiting=c.waiting_total,
+                    acks=c.stats["acks"], deliveries=c.stats["deliveries"], id_blocks=c.stats["id_blocks"],
+                    requests=dict(self.dispatchers[0].requests),
                     sweep_s=round(c.sweep_seconds, 3), sweep_max_ms=round(c.sweep_max * 1000, 3))

@@ -32,6 +32,7 @@ class Loop:
         self.running = False
         self.max_turn = 0.0                 # longest turn seen (seconds): how long the loop was blocked
         self.turns = 0
+        self._turn_watchers = []            # fn(seconds) after every turn: histogram, slow-turn log
 
     def add(self, sock: zmq.Socket, handler) -> None:
         """Call ``handler(frames)`` for every multipart message arriving on sock."""
@@ -54,6 +55,10 @@ class Loop:
 
     def on_turn_end(self, fn) -> None:
         self._turn_end.append(fn)
+
+    def watch_turns(self, fn) -> None:
+        """Call ``fn(seconds)`` with the length of every turn (metrics, slow-turn logging)."""
+        self._turn_watchers.append(fn)
 
     def stop(self, *_args) -> None:
         self.running = False
@@ -103,7 +108,10 @@ class Loop:
         for fn in self._turn_end:
             fn()
         self.turns += 1
-        self.max_turn = max(self.max_turn, time.monotonic() - started)
+        took = time.monotonic() - started
+        self.max_turn = max(self.max_turn, took)
+        for fn in self._turn_watchers:
+            fn(took)
 
     def run(self) -> None:
         self.running = True

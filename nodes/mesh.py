@@ -4,6 +4,12 @@ One piece serves ``bin/mesh up`` and the tests: every node is a child
 process (``python -m nodes.launch``), its log goes to ``<data_dir>/<id>.log``,
 readiness is judged from the nodes' own status replies, and ``close()``
 stops every child it started (SIGTERM, then SIGKILL) even on failure.
+
+Every child is told the pid of the process that started it
+(``IMESH_DIE_WITH``) and asks the kernel for SIGTERM when that process dies
+(``PR_SET_PDEATHSIG``, in nodes/launch.py), so a SIGKILLed ``bin/mesh up``
+or test run leaves no node behind under pid 1.  Restarting nodes that die is
+the supervisor's job (nodes/supervisor.py); this class only starts and stops.
 """
 from __future__ import annotations
 
@@ -16,16 +22,24 @@ import time
 from . import auth, topology
 from .admin import Admin
 
+def child_env() -> dict:
+    """This environment, with the directory holding this package first on PYTHONPATH."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
 
 class MeshError(RuntimeError):
     pass
 
 
 class Mesh:
-    def __init__(self, config: str, python: str = sys.executable):
+    def __init__(self, config: str, python: str = sys.executable, log_args=()):
         self.config = os.path.abspath(config)
         self.topo = topology.load(self.config)
         self.python = python
+        self.log_args = list(log_args)        # e.g. ["--log-level", "DEBUG", "--log-format", "json"]
         self.procs = {}                       # node id -> Popen
         self.admin = Admin(self.topo, timeout=1.0)
 
@@ -37,15 +51,15 @@ class Mesh:
         if self.topo.local:
             auth.ensure_secret(self.topo.secret_file)
         os.makedirs(self.topo.data_dir, exist_ok=True)
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        env = child_env()
+        env["IMESH_DIE_WITH"] = str(os.getpid())          # nodes.launch: exit when we die
         for node_id in node_ids or list(self.topo.nodes):
             if node_id in self.procs and self.procs[node_id].poll() is None:
                 raise MeshError(f"node {node_id} is already running")
             log = open(self.log_path(node_id), "ab")
             self.procs[node_id] = subprocess.Popen(
-                [self.python, "-m", "nodes.launch", "--config", self.config, "--id", node_id],
+                [self.python, "-m", "nodes.launch", "--config", self.config, "--id", node_id,
+                 *self.log_args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             log.close()
 
@@ -112,10 +126,14 @@ class Mesh:
                 if proc is not None and proc.poll() is not None:
                     raise MeshError(f"node {node_id} exited with code {proc.returncode}; "
                                     f"see {self.log_path(node_id)}")
-                status = last[node_id] = self.admin.status(node_id, timeout=1.0)
-                if self.is_ready(node_id, status):
-                    statuses[node_id] = status
+            asked = time.monotonic()
+            last.update(self.admin.status_all(sorted(waiting), timeout=1.0))
+            for node_id in sorted(waiting):
+                if self.is_ready(node_id, last.get(node_id)):
+                    statuses[node_id] = last[node_id]
                     waiting.discard(node_id)
+            if waiting and time.monotonic() - asked < 0.05:
+                time.sleep(0.05)                 # nothing listening yet: refused at once, don't spin
             if waiting and time.monotonic() > deadline:
                 why = "; ".join(f"{n}: {self.not_ready_reason(last.get(n))}" for n in sorted(waiting))
                 raise MeshError(f"not ready after {timeout}s: {why}")

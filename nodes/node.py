@@ -48,6 +48,8 @@ class Node:
         self.outbox = Outbox(self.on_send_failed)   # replies, pushes, requests: sent after the batch
         self.loop.on_turn_end(self._end_turn)
         self.dispatchers = []
+        from . import metrics                 # Prometheus /metrics if the topology gives this node one
+        self.metrics = metrics.serve(self)
 
     # --- sockets -------------------------------------------------------------
     def bind(self, kind: int, endpoint: str, maxmsgsize: int | None = None,

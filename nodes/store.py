@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 import msgpack
 from rocksdict import (BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch,
@@ -122,6 +123,9 @@ class Store:
         self._wo.sync = sync
         self._batch = WriteBatch(raw_mode=True)
         self._pending = 0
+        self.writes = 0                 # batches written, their ops and seconds: read by metrics
+        self.write_ops = 0
+        self.write_seconds = 0.0
 
     # --- reads ---------------------------------------------------------------
     def get(self, key: bytes):
@@ -163,7 +167,11 @@ class Store:
         """Write the staged batch (one WAL append); return how many ops it held."""
         n = self._pending
         if n:
+            started = time.perf_counter()
             self.db.write(self._batch, self._wo)
+            self.write_seconds += time.perf_counter() - started
+            self.writes += 1
+            self.write_ops += n
             self._batch = WriteBatch(raw_mode=True)
             self._pending = 0
         return n

@@ -76,6 +76,7 @@ class NodeSpec:
     type: str
     idc: str
     endpoints: dict
+    metrics: tuple | None = None     # (host, port) of its Prometheus /metrics server, if any
     origins: tuple = ()     # browser origins a broker's ws endpoint accepts besides its own page
 
     def endpoint(self, name: str) -> str:
@@ -194,6 +195,41 @@ def _parse_members(path, key, spec) -> list[int]:
     return sorted(members)
 
 
+def _port_error(port: str) -> str | None:
+    if not port.isdigit() or not port.isascii():
+        return f"port {port!r} is not a number"
+    if not 1 <= int(port) <= 65535:
+        return f"port {port} is outside 1..65535"
+    return None
+
+
+def _endpoint_error(ep) -> str | None:
+    """Why ``ep`` is not a usable tcp://HOST:PORT endpoint, or None."""
+    if not isinstance(ep, str) or not ep.startswith("tcp://"):
+        return f"{ep!r} is not a tcp:// endpoint"
+    host, sep, port = ep[len("tcp://"):].rpartition(":")
+    if not sep or not host:
+        return f"{ep!r} has no host:port"
+    if host.startswith("[") != host.endswith("]") or any(c.isspace() or c in "/@?#" for c in host):
+        return f"{ep!r} has a bad host {host!r}"
+    return _port_error(port)
+
+
+def _parse_metrics(path, key, value):
+    """A node's optional metrics server: a port (on 127.0.0.1) or http://HOST:PORT; (host, port)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"http://127.0.0.1:{value}"
+    if not isinstance(value, str) or not value.startswith("http://"):
+        _fail(path, key, f"{value!r}: needs a port or http://HOST:PORT")
+    host, sep, port = value[len("http://"):].rstrip("/").rpartition(":")
+    why = "no host:port" if not sep or not host else _port_error(port)
+    if why:
+        _fail(path, key, f"{value!r}: {why}")
+    return (host.strip("[]"), int(port))
+
+
 def _parse_nodes(path, idcs):
     if not isinstance(idcs, dict) or not idcs:
         _fail(path, "idcs", "must be a non-empty mapping of idc name -> node lists")
@@ -219,12 +255,18 @@ def _parse_nodes(path, idcs):
                 endpoints = {}
                 for name in ENDPOINTS[node_type]:
                     ep = entry.get(name)
-                    if not isinstance(ep, str) or not ep.startswith("tcp://") or ":" not in ep[6:]:
-                        _fail(path, f"{key}.{name}", "needs an endpoint like tcp://127.0.0.1:7001")
+                    why = _endpoint_error(ep)
+                    if why:
+                        _fail(path, f"{key}.{name}", f"{why}; needs an endpoint like tcp://127.0.0.1:7001")
                     if ep in seen_endpoints:
                         _fail(path, f"{key}.{name}", f"endpoint {ep} already used by {seen_endpoints[ep]}")
                     seen_endpoints[ep] = node_id
                     endpoints[name] = ep
+                metrics = _parse_metrics(path, f"{key}.metrics", entry.get("metrics"))
+                if metrics is not None:
+                    if metrics in seen_endpoints:
+                        _fail(path, f"{key}.metrics", f"{metrics} already used by {seen_endpoints[metrics]}")
+                    seen_endpoints[metrics] = node_id
                 optional = OPTIONAL_KEYS.get(node_type, ())
                 if "ws" in optional and entry.get("ws") is not None:
                     ep = entry["ws"]
@@ -237,10 +279,10 @@ def _parse_nodes(path, idcs):
                 origins = entry.get("origins", [])
                 if not isinstance(origins, list) or not all(isinstance(o, str) and o for o in origins):
                     _fail(path, f"{key}.origins", "must be a list of origins like https://chat.example.com")
-                extra = set(entry) - {"id"} - set(ENDPOINTS[node_type]) - set(optional)
+                extra = set(entry) - {"id", "metrics"} - set(ENDPOINTS[node_type]) - set(optional)
                 if extra:
                     _fail(path, key, f"unknown keys {sorted(extra)}")
-                nodes[node_id] = NodeSpec(node_id, node_type, idc, endpoints, tuple(origins))
+                nodes[node_id] = NodeSpec(node_id, node_type, idc, endpoints, metrics, tuple(origins))
     for node_type in REQUIRED_TYPES:
         if not any(n.type == node_type for n in nodes.values()):
             _fail(path, "idcs", f"needs at least one {node_type}")

@@ -46,7 +46,7 @@ def test_chat_send_and_tail_json_across_brokers(cli_mesh):
     tail = start("chat", "tail", "-c", cfg, "--uin", 2, "--broker", "b2", "--channel", "lobby",
                  "--count", 2, "--json", "--timeout", 20)
     try:
-        m.wait_presence(2, 0, present=True)
+        m.wait_presence(2, 9002, present=True)       # bin/chat tail logs in as device 9002
         ids = []
         for text in ("héllo", "wörld 🌍"):
             sent = run("chat", "send", "-c", cfg, "--uin", 1, "--broker", "b1", "--channel", "lobby", text)
@@ -58,7 +58,7 @@ def test_chat_send_and_tail_json_across_brokers(cli_mesh):
     assert tail.returncode == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["id"] for r in rows] == ids and ids[1] == ids[0] + 1
-    assert rows[1] == {"channel": "lobby", "id": ids[1], "uin": 1, "device": 0,
+    assert rows[1] == {"channel": "lobby", "id": ids[1], "uin": 1, "device": 9001,
                        "client_time": rows[1]["client_time"], "text": "wörld 🌍"}
     # --since fetches what is stored after an id, then exits once it has --count
     since = run("chat", "tail", "-c", cfg, "--uin", 3, "--channel", "lobby", "--count", 1,
@@ -140,7 +140,7 @@ def test_chat_upload_sends_a_ref_and_download_writes_the_same_file(make_mesh, tm
     tail = start("chat", "tail", "-c", cfg, "--uin", 2, "--channel", "lobby", "--count", 1, "--json",
                  "--timeout", 30)
     try:
-        m.wait_presence(2, 0, present=True)
+        m.wait_presence(2, 9002, present=True)       # bin/chat tail logs in as device 9002
         up = run("chat", "upload", "-c", cfg, "--uin", 1, "--channel", "lobby", src)
         assert up.returncode == 0, up.stderr
         ref = up.stdout.strip()

@@ -9,6 +9,10 @@
 
 Exit codes: 0 ok; 1 the server refused (code and message on stderr) or the
 timeout passed; 2 bad arguments or configuration.
+
+Each tool logs in as its own device by default (interactive chat 0, send
+9001, tail 9002, upload 9003, download 9004), so a `tail` or `send` does not
+replace the session of an open chat of the same user; --device overrides it.
 """
 from __future__ import annotations
 
@@ -24,16 +28,27 @@ import time
 from ..aclient import AsyncClient
 from ..client import ClientError
 from ..media import MediaClient, save
-from .common import add_config_arg, broker_endpoint, fail, load_topology, token_for, uin_arg
+from .common import (add_config_arg, add_version_arg, broker_endpoint, fail, load_topology, prog_name,
+                     token_for, uin_arg)
+
+PROG = prog_name("chat")
 
 
-def add_session_args(parser) -> None:
+# the device each tool logs in as unless --device says otherwise (one session per uin and device)
+DEVICES = {"chat": 0, "send": 9001, "tail": 9002, "upload": 9003, "download": 9004}
+NO_ID = 2**63            # a sync "after" beyond any id: an empty page that still says NOT_MEMBER/NO_CHANNEL
+
+
+def add_session_args(parser, tool: str = "chat") -> None:
     add_config_arg(parser)
-    parser.add_argument("--uin", type=uin_arg, required=True)
-    parser.add_argument("--device", type=uin_arg, default=0)
+    add_version_arg(parser)
+    parser.add_argument("--uin", type=uin_arg, required=True, help="user number to log in as")
+    parser.add_argument("--device", type=uin_arg, default=DEVICES[tool],
+                        help="device number of this session (default: %(default)s for this tool)")
     parser.add_argument("--token", help="login token (minted locally on a local topology)")
     parser.add_argument("--broker", help="broker id to connect to first (default: by uin)")
-    parser.add_argument("--net", default="wired", help="network type: wired, wifi, 4g, 3g, 2g")
+    parser.add_argument("--net", default="wired",
+                        help="network type: wired, wifi, 4g, 3g, 2g (default: %(default)s)")
 
 
 def refused(exc: ClientError) -> int:
@@ -77,6 +92,7 @@ async def cmd_tail(args) -> int:
     printed = 0
     deadline = time.monotonic() + args.timeout
     try:
+        await channel_last(client, args.channel)          # NOT_MEMBER / NO_CHANNEL now, not a timeout
         client.watch(args.channel, since=args.since)
         while printed < args.count:
             msg = await client.recv(timeout=max(0.0, deadline - time.monotonic()))
@@ -92,45 +108,161 @@ async def cmd_tail(args) -> int:
         await client.close()
 
 
+async def channel_last(client: AsyncClient, channel: str) -> int:
+    """The newest id of a channel; ClientError NO_CHANNEL / NOT_MEMBER if it can't be read."""
+    return (await client.sync(channel, NO_ID))["last"]
+
+
+HELP = """commands:
+  /join CHANNEL   follow CHANNEL and send your lines there
+  /leave          stop following the current channel (membership is unchanged)
+  /who            members of the current channel (local topologies)
+  /history N      the last N messages of the current channel (at most 200)
+  /help           this list
+  /quit           leave the chat (also Ctrl-D)
+  //text          send a line that starts with /"""
+
+
+class ChatState:
+    """What the interactive chat's commands change: the channel lines go to, the channels shown."""
+
+    def __init__(self, args, client: AsyncClient):
+        self.args, self.client = args, client
+        self.channel = args.channel
+        self.hidden = set()                  # channels left with /leave: their pushes are not shown
+
+    def shows(self, msg: dict) -> bool:
+        return msg["channel"] not in self.hidden
+
+
+async def chat_command(state: ChatState, line: str) -> str | None:
+    """Run a /command; the text to send for a plain line (None when nothing is to be sent)."""
+    if not line.startswith("/"):
+        return line or None
+    if line.startswith("//"):
+        return line[1:]
+    name, _, rest = line[1:].partition(" ")
+    command = CHAT_COMMANDS.get(name)
+    if command is None:
+        print(f"unknown command /{name}; /help lists them", flush=True)
+        return None
+    try:
+        await command(state, rest.strip())
+    except ClientError as exc:
+        print(f"  error: {exc.code}: {exc.msg}", flush=True)
+    return None
+
+
+async def chat_help(state: ChatState, _rest: str) -> None:
+    print(HELP, flush=True)
+
+
+async def chat_join(state: ChatState, rest: str) -> None:
+    if not rest or " " in rest:
+        print("usage: /join CHANNEL", flush=True)
+        return
+    await channel_last(state.client, rest)
+    state.channel = rest
+    state.hidden.discard(rest)
+    state.client.watch(rest)
+    print(f"now in {rest}", flush=True)
+
+
+async def chat_leave(state: ChatState, _rest: str) -> None:
+    if state.channel is None:
+        print("not in a channel", flush=True)
+        return
+    state.hidden.add(state.channel)
+    print(f"left {state.channel} (still a member; /join {state.channel} to come back)", flush=True)
+    state.channel = None
+
+
+async def chat_who(state: ChatState, _rest: str) -> None:
+    if state.channel is None:
+        print("pick a channel first: /join CHANNEL", flush=True)
+        return
+    from ..admin import Admin, AdminError
+    topo = load_topology(state.args.config)
+    if not topo.local:
+        print("/who needs the cluster secret: ask an operator (`bin/mesh channel show`)", flush=True)
+        return
+    try:
+        members = Admin(topo).channel("show", state.channel)["members"]
+    except AdminError as exc:
+        raise ClientError(exc.code, exc.msg) from None
+    shown = ", ".join(map(str, members[:50])) + (f" ... ({len(members)} in all)" if len(members) > 50 else "")
+    print(f"members of {state.channel}: {shown}", flush=True)
+
+
+async def chat_history(state: ChatState, rest: str) -> None:
+    if state.channel is None or not rest.isdigit() or not 1 <= int(rest) <= 200:
+        print("usage: /history N (1..200), in a channel", flush=True)
+        return
+    last = await channel_last(state.client, state.channel)
+    page = await state.client.sync(state.channel, max(0, last - int(rest)))
+    for msg in page["msgs"]:
+        print(message_line(msg), flush=True)
+    if not page["msgs"]:
+        print(f"no stored messages in {state.channel}", flush=True)
+
+
+CHAT_COMMANDS = {"help": chat_help, "join": chat_join, "leave": chat_leave, "who": chat_who,
+                 "history": chat_history}
+
+
+def read_stdin(loop, lines: asyncio.Queue) -> bool:
+    """Feed stdin lines into ``lines``; True if a reader was added (remove it when done).
+
+    A terminal or pipe is watched by the event loop; a regular file can't be
+    (epoll refuses it with EPERM) and never blocks, so it is read at once,
+    followed by the end-of-input marker "".
+    """
+    fd = sys.stdin.fileno()
+    try:
+        loop.add_reader(fd, lambda: lines.put_nowait(sys.stdin.readline()))
+        return True
+    except PermissionError:
+        for line in sys.stdin:
+            lines.put_nowait(line)
+        lines.put_nowait("")
+        return False
+
+
 async def cmd_interactive(args) -> int:
     client = await connect(args)
-    channel = args.channel
-    if channel:
-        client.watch(channel)
+    state = ChatState(args, client)
+    if state.channel:
+        await channel_last(client, state.channel)
+        client.watch(state.channel)
     print(f"logged in as {args.uin}/{args.device} via {client.endpoint}. "
-          "Type /join CHANNEL, then lines to send; /quit to leave.", flush=True)
+          "Type /join CHANNEL, then lines to send; /help lists commands, /quit leaves.", flush=True)
     loop = asyncio.get_running_loop()
     lines = asyncio.Queue()
-    loop.add_reader(sys.stdin.fileno(), lambda: lines.put_nowait(sys.stdin.readline()))
+    watching = read_stdin(loop, lines)
 
     async def show_incoming():
         async for msg in client.messages():
-            print(message_line(msg), flush=True)
+            if state.shows(msg):
+                print(message_line(msg), flush=True)
     printer = asyncio.ensure_future(show_incoming())
     try:
         while True:
             line = await lines.get()
             if not line or line.strip() == "/quit":
                 return 0
-            line = line.rstrip("\n")
-            if line.startswith("/join"):
-                parts = line.split()
-                if len(parts) != 2:
-                    print("usage: /join CHANNEL", flush=True)
-                else:
-                    channel = parts[1]
-                    client.watch(channel)
-                    print(f"now in {channel}", flush=True)
-            elif line:
-                if channel is None:
-                    print("pick a channel first: /join CHANNEL", flush=True)
-                    continue
-                try:
-                    print(f"  sent #{await client.send(channel, line)}", flush=True)
-                except ClientError as exc:
-                    print(f"  error: {exc.code}: {exc.msg}", flush=True)
+            text = await chat_command(state, line.rstrip("\n"))
+            if text is None:
+                continue
+            if state.channel is None:
+                print("pick a channel first: /join CHANNEL", flush=True)
+                continue
+            try:
+                print(f"  sent #{await client.send(state.channel, text)}", flush=True)
+            except ClientError as exc:
+                print(f"  error: {exc.code}: {exc.msg}", flush=True)
     finally:
-        loop.remove_reader(sys.stdin.fileno())
+        if watching:
+            loop.remove_reader(sys.stdin.fileno())
         printer.cancel()
         await client.close()
 
@@ -143,11 +275,42 @@ def media_client(args) -> MediaClient:
     return MediaClient(relays, token_for(topo, args.uin, args.token), device=args.device)
 
 
-async def cmd_upload(args) -> int:
+def readable_file(path: str) -> int:
+    """The size of a regular file we can read; else exit 2 with one line (nothing is sent)."""
+    if os.path.isdir(path):
+        fail(f"{path}: is a directory (upload one file)")
     try:
-        size = os.path.getsize(args.file)
+        with open(path, "rb"):
+            return os.path.getsize(path)
     except OSError as exc:
-        fail(f"{args.file}: {exc.strerror}")
+        fail(f"{path}: {exc.strerror}")
+
+
+def writable_target(path: str) -> None:
+    """Exit 2 with one line unless ``path`` can be created: its directory exists, it is no directory."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        fail(f"{path}: is a directory (give the file name to write)")
+    if not os.path.isdir(parent):
+        fail(f"{path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        fail(f"{path}: directory {parent} is not writable")
+
+
+def save_download(data: bytes, path: str) -> None:
+    """Write the file (atomically, via PATH.part); one line and exit 1 if the disk refuses."""
+    try:
+        save(data, path)
+    except OSError as exc:
+        try:
+            os.unlink(f"{path}.part")
+        except OSError:
+            pass
+        fail(f"{path}: {exc.strerror}", 1)
+
+
+async def cmd_upload(args) -> int:
+    size = readable_file(args.file)
     media = media_client(args)
     await media.connect()
     try:
@@ -164,49 +327,51 @@ async def cmd_upload(args) -> int:
 
 
 async def cmd_download(args) -> int:
+    writable_target(args.out)
     media = media_client(args)
     await media.connect()
     try:
         data = await media.download(args.ref)
     finally:
         await media.close()
-    save(data, args.out)
+    save_download(data, args.out)
     print(f"{args.out}: {len(data)} bytes, sha256 verified")
     return 0
 
 
 def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
     if sub_cmd == "send":
-        p = argparse.ArgumentParser(prog="bin/chat send", description="Send one message.")
-        add_session_args(p)
-        p.add_argument("--channel", required=True)
-        p.add_argument("text")
+        p = argparse.ArgumentParser(prog=f"{PROG} send", description="Send one message.")
+        add_session_args(p, "send")
+        p.add_argument("--channel", required=True, help="channel to send to")
+        p.add_argument("text", help="the message text")
         p.set_defaults(fn=cmd_send)
     elif sub_cmd == "tail":
-        p = argparse.ArgumentParser(prog="bin/chat tail", description="Print N messages of a channel.")
-        add_session_args(p)
-        p.add_argument("--channel", required=True)
-        p.add_argument("--count", type=int, required=True)
+        p = argparse.ArgumentParser(prog=f"{PROG} tail", description="Print N messages of a channel.")
+        add_session_args(p, "tail")
+        p.add_argument("--channel", required=True, help="channel to follow")
+        p.add_argument("--count", type=int, required=True, help="exit after printing this many messages")
         p.add_argument("--since", type=int, help="first fetch stored messages with id > SINCE")
-        p.add_argument("--timeout", type=float, default=30.0)
+        p.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds to wait for them; exit 1 after (default: %(default)s)")
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_tail)
     elif sub_cmd == "upload":
-        p = argparse.ArgumentParser(prog="bin/chat upload",
+        p = argparse.ArgumentParser(prog=f"{PROG} upload",
                                     description="Upload a file to a relay and send a message carrying its ref.")
-        add_session_args(p)
-        p.add_argument("--channel", required=True)
-        p.add_argument("--mime", default="application/octet-stream")
-        p.add_argument("file")
+        add_session_args(p, "upload")
+        p.add_argument("--channel", required=True, help="channel the file is for (and the message goes to)")
+        p.add_argument("--mime", default="application/octet-stream", help="media type (default: %(default)s)")
+        p.add_argument("file", help="the file to upload")
         p.set_defaults(fn=cmd_upload)
     elif sub_cmd == "download":
-        p = argparse.ArgumentParser(prog="bin/chat download", description="Download a file by its ref.")
-        add_session_args(p)
-        p.add_argument("ref")
-        p.add_argument("out")
+        p = argparse.ArgumentParser(prog=f"{PROG} download", description="Download a file by its ref.")
+        add_session_args(p, "download")
+        p.add_argument("ref", help="the imesh-media:... reference from a message")
+        p.add_argument("out", help="file to write (its directory must exist)")
         p.set_defaults(fn=cmd_download)
     else:
-        p = argparse.ArgumentParser(prog="bin/chat", description=__doc__,
+        p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         add_session_args(p)
         p.add_argument("--channel", help="channel to start in (or /join later)")

@@ -1,7 +1,12 @@
 """bin/mesh: run the local mesh, check it, mint tokens, manage channel membership.
 
-    bin/mesh up [-c CONFIG]                      start every node, stay in the foreground
+    bin/mesh up [-c CONFIG] [--detach]           start and supervise every node (restarts the dead)
+    bin/mesh stop [NODE]                         stop the mesh (or one node, kept down)
+    bin/mesh start NODE / restart NODE           through the running supervisor
     bin/mesh status [-c CONFIG] [--json]         each node up/down (exit 0 all up, 1 otherwise)
+    bin/mesh top [--interval S] [--count N]      live rates of every node, refreshing
+    bin/mesh check -c FILE                       validate a topology (exit 1 with file: key: why)
+    bin/mesh secret -c FILE                      create the secret file of a topology
     bin/mesh token --uin U [--lifetime S]        print a login token
     bin/mesh channel create NAME --members 1,2,3 [--lifetime S]
     bin/mesh channel add NAME UIN...
@@ -12,34 +17,51 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 
-from .. import auth
+from .. import auth, logs, supervisor, topology
 from ..admin import Admin, AdminError
-from ..mesh import Mesh, MeshError
+from ..mesh import Mesh, MeshError, child_env
+from ..supervisor import Supervisor
 from ..wire import ProtocolError
-from .common import add_config_arg, fail, load_topology, uin_arg
+from .common import (add_config_arg, add_version_arg, ensure_default_config, fail, load_topology, prog_name,
+                     uin_arg)
+
+PROG = prog_name("mesh")
+
+
+def log_args(args) -> list[str]:
+    return ["--log-level", args.log_level, "--log-format", args.log_format]
 
 
 def cmd_up(args) -> int:
     topo = load_topology(args.config)
-    running = [n for n in topo.nodes if Admin(topo, timeout=0.3).status(n)]
+    pid = supervisor.read_pid(topo.data_dir)
+    if pid:
+        fail(f"a supervisor (pid {pid}) already runs this mesh: `{PROG} status`, `{PROG} stop`", 1)
+    running = [n for n, st in Admin(topo).status_all(topo.nodes, timeout=1.0).items() if st]
     if running:
-        fail(f"already running: {', '.join(running)} (stop them first, or use `bin/mesh status`)", 1)
-    mesh = Mesh(args.config)
+        fail(f"already running: {', '.join(running)} (`{PROG} stop` stops them)", 1)
+    if args.detach:
+        return up_detached(args, topo)
+    logs.setup(args.log_level, args.log_format, "supervisor")
+    sup = Supervisor(Mesh(args.config, log_args=log_args(args)), out=sys.stdout)
     stop = {"now": False}
 
     def on_signal(*_):
         stop["now"] = True
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
+        sup.open()
         print(f"starting {len(topo.nodes)} nodes from {topo.path} (data and logs under {topo.data_dir})")
-        mesh.start()
+        sup.start_all()
         try:
-            statuses = mesh.wait_ready(args.timeout)
+            statuses = sup.mesh.wait_ready(args.timeout)
         except MeshError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -48,48 +70,201 @@ def cmd_up(args) -> int:
             print(f"  up  {spec.type:8} {node_id:12} pid {statuses[node_id]['pid']:<7} {eps}")
         for name, ch in topo.channels.items():
             print(f"channel {name!r}: {len(ch['members'])} members")
-        print("mesh is up; Ctrl-C stops every node.  Try: bin/chat --uin 1   and   bin/chat --uin 2")
-        pages = [f"http://{n.endpoints['ws'][5:]}/" for n in topo.of_type("broker") if "ws" in n.endpoints]
-        if pages:
-            print(f"web chat: open {pages[0]} in a browser (every broker serves it: {' '.join(pages)})")
-        sys.stdout.flush()
-        reported = set()
-        while not stop["now"]:
-            for node_id, code in mesh.exited().items():
-                if node_id not in reported:
-                    reported.add(node_id)
-                    print(f"  down {node_id} exited with code {code}; see {mesh.log_path(node_id)}",
-                          flush=True)
-            time.sleep(0.5)                  # supervisor poll; signals end it early
+        print(f"mesh is up (supervisor pid {os.getpid()}); Ctrl-C or `{PROG} stop` stops every node.  "
+              "Try: bin/chat --uin 1   and   bin/chat --uin 2", flush=True)
+        web = web_chat_line(topo)
+        if web:
+            print(web, flush=True)
+        sup.run(lambda: stop["now"])
         print("stopping ...", flush=True)
         return 0
     finally:
-        mesh.close()
-        if stop["now"]:
-            print("all nodes stopped")
+        sup.close()
+        print("all nodes stopped", flush=True)
+
+
+def web_chat_line(topo) -> str | None:
+    """Where a browser finds the chat page: every broker with a ws endpoint serves it."""
+    pages = [f"http://{n.endpoints['ws'][5:]}/" for n in topo.of_type("broker") if "ws" in n.endpoints]
+    if not pages:
+        return None
+    return f"web chat: open {pages[0]} in a browser (every broker serves it: {' '.join(pages)})"
+
+
+def up_detached(args, topo) -> int:
+    """Run `up` in a new session with its output in <data_dir>/mesh.log; return once it is up."""
+    os.makedirs(topo.data_dir, exist_ok=True)
+    log_path = os.path.join(topo.data_dir, "mesh.log")
+    with open(log_path, "ab") as log:
+        offset = log.tell()
+        proc = subprocess.Popen([sys.executable, "-m", "nodes.cli.mesh", "up", "-c", topo.path,
+                                 "--timeout", str(args.timeout), *log_args(args)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=child_env(), start_new_session=True)
+    deadline = time.monotonic() + args.timeout + 10
+    while time.monotonic() < deadline:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        if "mesh is up" in text:
+            print(f"mesh is up under supervisor pid {proc.pid} (pid file "
+                  f"{supervisor.pid_path(topo.data_dir)}, log {log_path}); `{PROG} stop` stops it")
+            web = web_chat_line(topo)
+            if web:
+                print(web)
+            return 0
+        if proc.poll() is not None:
+            sys.stderr.write(text)
+            fail(f"the supervisor exited with code {proc.returncode}; see {log_path}", 1)
+        time.sleep(0.1)                       # watching a log file for one line
+    proc.terminate()
+    fail(f"not up after {args.timeout}s; see {log_path}", 1)
+
+
+def cmd_stop(args) -> int:
+    """Stop one node or the whole mesh: through the supervisor if one runs, else by pid."""
+    topo = load_topology(args.config)
+    reply = supervisor.control(topo.data_dir, {"cmd": "stop", "node": args.node})
+    if reply is not None:
+        if not reply["ok"]:
+            fail(reply["error"], 1)
+        if args.node:
+            print(f"stopped {args.node} (exit {reply['exit']}); the supervisor keeps it down until "
+                  f"`{PROG} start {args.node}`")
+            return 0
+        deadline = time.monotonic() + 30
+        while supervisor.read_pid(topo.data_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)                   # the supervisor removes its pid file when all are down
+        print("mesh stopped")
+        return 0
+    ids = [args.node] if args.node else list(topo.nodes)
+    if args.node:
+        topo.node(args.node)
+    statuses = Admin(topo).status_all(ids, timeout=args.timeout)
+    pids = {n: st["pid"] for n, st in statuses.items() if st and is_local(topo.node(n))}
+    for node_id, pid in pids.items():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError as exc:
+            print(f"error: {node_id} (pid {pid}): {exc.strerror}", file=sys.stderr)
+    deadline = time.monotonic() + 15
+    while any(supervisor.alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)                       # waiting for processes we signalled to exit
+    print(f"stopped {', '.join(pids) or 'nothing (no node of this topology answered here)'}")
+    return 0
+
+
+def is_local(spec) -> bool:
+    host = spec.endpoint("rpc")[len("tcp://"):].rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def cmd_node(args) -> int:
+    """start / restart one node through the running supervisor, then wait until it serves."""
+    topo = load_topology(args.config)
+    topo_node(topo, args.node)
+    reply = supervisor.control(topo.data_dir, {"cmd": args.cmd, "node": args.node})
+    if reply is None:
+        fail(f"no supervisor runs for {topo.data_dir} (start the mesh with `{PROG} up`)", 1)
+    if not reply["ok"]:
+        fail(reply["error"], 1)
+    try:
+        Mesh(args.config).wait_ready(args.timeout, [args.node])
+    except MeshError as exc:
+        fail(str(exc), 1)
+    print(f"{args.node} is up (pid {reply['pid']})")
+    return 0
+
+
+def topo_node(topo, node_id):
+    try:
+        return topo.node(node_id)
+    except topology.TopologyError as exc:
+        fail(str(exc))
 
 
 def cmd_status(args) -> int:
     topo = load_topology(args.config)
-    admin = Admin(topo, timeout=args.timeout)
+    statuses = Admin(topo).status_all(topo.nodes, timeout=args.timeout)
+    sup = supervisor.control(topo.data_dir, {"cmd": "status"}, timeout=2.0) or {}
+    supervised = sup.get("nodes", {})
     rows = []
     for node_id, spec in topo.nodes.items():
-        status = admin.status(node_id)
-        rows.append({"id": node_id, "type": spec.type, "up": status is not None,
-                     "pid": status and status.get("pid"), "status": status})
+        status = statuses[node_id]
+        row = {"id": node_id, "type": spec.type, "up": status is not None,
+               "pid": status and status.get("pid"), "status": status}
+        if node_id in supervised:
+            info = supervised[node_id]
+            row.update(supervised=True, restarts=info["restarts"], last_exit=info["last_exit"],
+                       held=info["held"])
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        if sup:
+            print(f"supervisor pid {sup['pid']}")
         for row in rows:
-            state = "up  " if row["up"] else "down"
+            state = "up  " if row["up"] else ("stopped" if row.get("held") else "down")
             extra = f"pid {row['pid']}" if row["up"] else ""
-            print(f"{state} {row['type']:8} {row['id']:12} {extra}")
+            if row.get("restarts"):
+                extra += f"  restarts {row['restarts']} (last exit {row['last_exit']})"
+            print(f"{state} {row['type']:8} {row['id']:12} {extra}".rstrip())
     return 0 if all(r["up"] for r in rows) else 1
+
+
+def cmd_top(args) -> int:
+    from . import top
+    return top.run(load_topology(args.config), args.interval, args.count, args.timeout)
 
 
 def cmd_token(args) -> int:
     topo = load_topology(args.config)
-    print(auth.mint(topo.read_secret(), args.uin, args.lifetime))
+    try:
+        secret = topo.read_secret()
+    except topology.TopologyError as exc:
+        fail(f"{exc} (create it with `{PROG} secret -c {args.config}` and copy it to every machine)")
+    print(auth.mint(secret, args.uin, args.lifetime))
+    return 0
+
+
+def cmd_secret(args) -> int:
+    """Create the topology's secret file (mode 0600) unless it exists."""
+    topo = load_topology(args.config)
+    try:
+        created = auth.ensure_secret(topo.secret_file)
+    except OSError as exc:
+        fail(f"{topo.path}: secret_file {topo.secret_file}: {exc.strerror}", 1)
+    if created:
+        print(f"created {topo.secret_file}; copy it (mode 0600) to every machine of the mesh")
+    else:
+        topo_secret(topo)
+        print(f"{topo.secret_file} exists; left as it is")
+    return 0
+
+
+def topo_secret(topo) -> bytes:
+    try:
+        return topo.read_secret()
+    except topology.TopologyError as exc:
+        fail(str(exc), 1)
+
+
+def cmd_check(args) -> int:
+    """Validate a topology fully: structure, endpoints and ports (on load), the secret, metrics."""
+    try:
+        ensure_default_config(args.config)
+        topo = topology.load(args.config)
+    except (topology.TopologyError, OSError) as exc:
+        fail(str(exc), 1)
+    if os.path.exists(topo.secret_file) or not topo.local:
+        try:
+            topo.read_secret()
+        except topology.TopologyError as exc:
+            fail(f"{exc} (`{PROG} secret -c {args.config}` creates one)", 1)
+    secret = "present" if os.path.exists(topo.secret_file) else "created by `up` (local topology)"
+    counts = ", ".join(f"{len(topo.ids(t))} {t}" for t in topology.NODE_TYPES if topo.ids(t))
+    print(f"{topo.path}: ok: cluster {topo.cluster!r}, {counts}; secret {topo.secret_file} {secret}; "
+          f"data under {topo.data_dir}")
     return 0
 
 
@@ -119,26 +294,60 @@ def cmd_channel(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bin/mesh", description="Run and manage an imesh mesh.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Run and manage an imesh mesh.")
+    add_version_arg(parser)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("up", help="start every node of the topology in the foreground")
+    p = sub.add_parser("up", help="start every node of the topology and restart the ones that die")
     add_config_arg(p)
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for readiness")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for readiness (default: %(default)s)")
+    p.add_argument("--detach", action="store_true",
+                   help="run the supervisor in the background (pid file and mesh.log in the data dir)")
+    logs.add_log_args(p)
     p.set_defaults(fn=cmd_up)
-    p = sub.add_parser("status", help="report each node as up or down")
+    p = sub.add_parser("stop", help="stop the whole mesh, or one node (the supervisor keeps it down)")
     add_config_arg(p)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--timeout", type=float, default=1.0)
+    p.add_argument("node", nargs="?", help="node id (default: every node and the supervisor)")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds to wait for status replies when no supervisor runs (default: %(default)s)")
+    p.set_defaults(fn=cmd_stop)
+    for name, what in (("start", "start a node stopped with `stop NODE`"),
+                       ("restart", "stop and start one node, wait until it serves")):
+        p = sub.add_parser(name, help=what)
+        add_config_arg(p)
+        p.add_argument("node", help="node id")
+        p.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds to wait for readiness (default: %(default)s)")
+        p.set_defaults(fn=cmd_node)
+    p = sub.add_parser("status", help="report each node as up or down (and its restarts)")
+    add_config_arg(p)
+    p.add_argument("--json", action="store_true", help="one JSON array of rows")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds a running node may take to answer; nodes are asked in parallel and "
+                        "a closed port counts as down at once (default: %(default)s)")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("top", help="a refreshing table of every node's live rates")
+    add_config_arg(p)
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default: %(default)s)")
+    p.add_argument("--count", type=int, help="refresh this many times, then exit (default: until Ctrl-C)")
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="seconds a node may take to answer (default: %(default)s)")
+    p.set_defaults(fn=cmd_top)
+    p = sub.add_parser("check", help="validate a topology file (endpoints, ports, secret); exit 1 if bad")
+    add_config_arg(p)
+    p.set_defaults(fn=cmd_check)
+    p = sub.add_parser("secret", help="create the topology's secret file if it does not exist")
+    add_config_arg(p)
+    p.set_defaults(fn=cmd_secret)
     p = sub.add_parser("token", help="print a login token for a uin")
     add_config_arg(p)
-    p.add_argument("--uin", type=uin_arg, required=True)
+    p.add_argument("--uin", type=uin_arg, required=True, help="user number the token is for")
     p.add_argument("--lifetime", type=float, default=86400, help="seconds (default 1 day)")
     p.set_defaults(fn=cmd_token)
     p = sub.add_parser("channel", help="create/add/remove/show channel membership")
     add_config_arg(p)
-    p.add_argument("op", choices=["create", "add", "remove", "show"])
-    p.add_argument("name")
+    p.add_argument("op", choices=["create", "add", "remove", "show"], help="what to do")
+    p.add_argument("name", help="channel name")
     p.add_argument("uins", nargs="*", type=uin_arg, help="for add/remove")
     p.add_argument("--members", type=_members, help="for create: comma-separated uins")
     p.add_argument("--lifetime", type=float, help="for create: seconds its messages live "

@@ -1,0 +1,158 @@
+"""Structured, levelled logs for nodes and tools, and a rate-limited event logger.
+
+``setup(level, fmt, node_id)`` configures stdlib logging once per process:
+``text`` is one human line per record, ``json`` one JSON object per line
+(ts, level, node, logger, msg, plus any ``extra={"ev": ...}`` fields), so a
+log shipper can index events without parsing prose.
+
+``Events`` is what node cores call for things that happen often
+(refusals, logins): the first record of each kind in a window is logged at
+once, repeats inside the window are only counted, and the count is logged
+when the window ends.  A client hammering a refused send costs one line per
+window, not one per request.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+FORMATS = ("text", "json")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# fields of a LogRecord that are not "extra" context
+_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (Unix seconds), level, node, logger, msg and extra fields."""
+
+    def __init__(self, node_id: str | None = None):
+        super().__init__()
+        self.node_id = node_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname, "node": self.node_id,
+               "logger": record.name, "msg": record.getMessage()}
+        for key, value in vars(record).items():
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def setup(level: str = "INFO", fmt: str = "text", node_id: str | None = None, stream=None) -> None:
+    """Configure the root logger of this process (replaces earlier handlers)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {FORMATS}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(node_id))
+    else:
+        who = f" {node_id}" if node_id else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s{who} %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def add_log_args(parser) -> None:
+    """--log-level and --log-format, for every command that starts nodes."""
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS,
+                        help="lowest level written to the log (default: %(default)s)")
+    parser.add_argument("--log-format", default="text", choices=FORMATS,
+                        help="text: one readable line per record; json: one JSON object per line "
+                             "(default: %(default)s)")
+
+
+class Events:
+    """Log events of a kind at most once per ``window`` seconds each; count the rest.
+
+    A kind is the event name plus its ``key`` (e.g. ``refused`` + the error
+    code).  ``clock`` is injectable so the counting can be tested without
+    waiting.  Call ``flush()`` from a timer (or at exit) to report counts of
+    kinds that went quiet.
+    """
+
+    def __init__(self, logger: logging.Logger | str = "events", window: float = 10.0,
+                 clock=time.monotonic):
+        self.log = logging.getLogger(logger) if isinstance(logger, str) else logger
+        self.window = window
+        self.clock = clock
+        self._open = {}                 # kind -> [window start, repeats not yet logged, level]
+
+    def emit(self, event: str, key, level: int = logging.INFO, **ctx) -> bool:
+        """Log the event unless one of the same kind was logged within the window; True if logged.
+
+        ``ctx`` becomes fields of the JSON record, so it must not use LogRecord
+        attribute names (``msg``, ``name``, ``args`` ...).
+        """
+        kind = (event, key)
+        now = self.clock()
+        slot = self._open.get(kind)
+        if slot is not None and now - slot[0] < self.window:
+            slot[1] += 1
+            return False
+        if slot is not None and slot[1]:
+            self._report(kind, slot)
+        self._open[kind] = [now, 0, level]
+        if self.log.isEnabledFor(level):
+            detail = " ".join(f"{k}={v}" for k, v in ctx.items())
+            self.log.log(level, f"{event} {_text(key)} {detail}".rstrip(),
+                         extra={"ev": event, "key": key, **ctx})
+        return True
+
+    def flush(self) -> None:
+        """Log the repeat counts of windows that have ended (and forget them)."""
+        now = self.clock()
+        for kind, slot in list(self._open.items()):
+            if now - slot[0] >= self.window:
+                if slot[1]:
+                    self._report(kind, slot)
+                del self._open[kind]
+
+    def _report(self, kind, slot) -> None:
+        event, key = kind
+        self.log.log(slot[2], f"{event} {_text(key)} repeated {slot[1]} more times in {self.window:g}s",
+                     extra={"ev": event, "key": key, "repeats": slot[1]})
+
+    # --- the events node cores report ------------------------------------------
+    def refused(self, code: str, **ctx) -> bool:
+        """A request refused with an error code (BAD_FIELD, RATE_LIMITED, ...)."""
+        return self.emit("refused", code, logging.INFO, **ctx)
+
+    def login(self, uin: int, device: int, **ctx) -> bool:
+        return self.emit("login", (uin, device), logging.INFO, uin=uin, device=device, **ctx)
+
+    def logout(self, uin: int, device: int, reason: str = "logout", **ctx) -> bool:
+        return self.emit("logout", (uin, device), logging.INFO, uin=uin, device=device,
+                         reason=reason, **ctx)
+
+    def kicked(self, uin: int, device: int, reason: str, **ctx) -> bool:
+        return self.emit("kicked", reason, logging.INFO, uin=uin, device=device, **ctx)
+
+    def admin(self, op: str, channel: str, **ctx) -> bool:
+        """An admin change (channel create/add/remove), sampled per (op, channel)."""
+        return self.emit("admin", (op, channel), logging.INFO, op=op, channel=channel, **ctx)
+
+    def peer(self, peer: str, state: str, **ctx) -> bool:
+        """A node-to-node link came ``up`` or went ``down`` (a warning)."""
+        level = logging.WARNING if state == "down" else logging.INFO
+        return self.emit("peer", (peer, state), level, peer=peer, state=state, **ctx)
+
+    def slow_turn(self, ms: float, **ctx) -> bool:
+        return self.emit("slow_turn", "loop", logging.WARNING, ms=round(ms, 1), **ctx)
+
+    def error(self, what: str, **ctx) -> bool:
+        return self.emit("error", what, logging.ERROR, **ctx)
+
+
+def _text(key) -> str:
+    return " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+events = Events()      # the process-wide event logger node code imports: ``from .logs import events``

@@ -1,0 +1,114 @@
+"""Prometheus metrics of one node, read from its status() at scrape time.
+
+A node whose topology entry has ``metrics: 9101`` (or
+``metrics: "http://0.0.0.0:9101"``) serves ``/metrics`` over HTTP from a
+prometheus_client thread.  Nothing is counted on the hot path for this: the
+collector turns the node's own ``status()`` map (which bin/mesh status shows
+too) into metric families when Prometheus asks, so a node type exports a new
+figure by adding a key to its status():
+
+- a number under a key of ``COUNTERS`` becomes ``imesh_<key>_total`` (a counter),
+  any other number or bool becomes the gauge ``imesh_<key>``;
+- a map of numbers becomes one family with a label (``LABELS``: refused by
+  ``code``, requests by ``type``, otherwise ``key``);
+- a list becomes a gauge of its length (e.g. logic_links).
+
+Two figures are measured rather than read: the loop-turn time histogram
+(Loop.watch_turns, one observe per turn) and the RocksDB batch writes
+(Store.writes/write_ops/write_seconds).  Every family carries the labels
+``node`` and ``type``.
+"""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+# status keys that only grow (exported as counters, name + "_total")
+COUNTERS = {"turns", "stored", "expired", "trimmed", "refused", "requests", "acks", "deliveries",
+            "pushed", "files", "relay_bytes_in", "relay_bytes_out", "id_blocks", "logins", "logouts",
+            "kicked", "seq"}
+LABELS = {"refused": "code", "requests": "request", "acks": "channel", "kicked": "reason"}
+SKIP = {"id", "type", "pid", "rid", "t"}
+TURN_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def families(status: dict, store=None):
+    """(name, kind, doc, [(labels dict, value)]) for every exportable figure of a status map."""
+    out = []
+    for key, value in status.items():
+        if key in SKIP:
+            continue
+        counter = key in COUNTERS
+        name = f"imesh_{key}"
+        kind = "counter" if counter else "gauge"
+        if isinstance(value, bool):
+            out.append((name, "gauge", f"status {key} (1 = true)", [({}, float(value))]))
+        elif _number(value):
+            out.append((name, kind, f"status {key}", [({}, value)]))
+        elif isinstance(value, dict) and all(_number(v) for v in value.values()):
+            label = LABELS.get(key, "key")
+            out.append((name, kind, f"status {key} by {label}",
+                        [({label: str(k)}, v) for k, v in sorted(value.items(), key=str)]))
+        elif isinstance(value, (list, tuple)):
+            out.append((f"{name}_count", "gauge", f"entries in status {key}", [({}, len(value))]))
+    if store is not None:
+        out.append(("imesh_store_writes", "counter", "RocksDB batches written", [({}, store.writes)]))
+        out.append(("imesh_store_write_ops", "counter", "puts and deletes in those batches",
+                    [({}, store.write_ops)]))
+        out.append(("imesh_store_write_seconds", "counter", "seconds spent writing batches",
+                    [({}, store.write_seconds)]))
+    return out
+
+
+class StatusCollector:
+    """A prometheus_client collector over a node's status() (read in the scrape thread)."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def read_status(self) -> dict:
+        for _ in range(5):              # the loop thread may resize a map while we copy it
+            try:
+                return dict(self.node.status())
+            except RuntimeError:
+                continue
+            except AttributeError:      # scraped while the node type's __init__ is still running
+                return {}
+        return {}
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        base = {"node": self.node.id, "type": self.node.type}
+        for name, kind, doc, samples in families(self.read_status(), getattr(self.node, "store", None)):
+            label_names = ["node", "type", *(samples[0][0] if samples else {})]
+            cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            family = cls(name, doc, labels=label_names)
+            for labels, value in samples:
+                family.add_metric([base["node"], base["type"], *labels.values()], value)
+            yield family
+
+
+def serve(node):
+    """Start the /metrics HTTP server of ``node`` if its topology entry asks for one; the server."""
+    where = getattr(node.spec, "metrics", None)
+    if where is None:
+        return None
+    try:
+        from prometheus_client import CollectorRegistry, Histogram, start_http_server
+    except ImportError:
+        raise RuntimeError(f"node {node.id} has a metrics endpoint but prometheus_client is not "
+                           "installed: pip install prometheus_client") from None
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(node))
+    turns = Histogram("imesh_loop_turn_seconds", "length of one event-loop turn", ["node", "type"],
+                      buckets=TURN_BUCKETS, registry=registry).labels(node.id, node.type)
+    node.loop.watch_turns(turns.observe)
+    host, port = where
+    server = start_http_server(port, addr=host, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return server
