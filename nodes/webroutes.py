@@ -25,7 +25,10 @@ from . import auth, wire
 POLL_WAIT = 20.0               # seconds a long poll is held when nothing is queued
 CHANNEL_IDLE = 60.0            # seconds without a poll or send before a channel is closed
 MAX_CHANNELS = 20000           # open HTTP channels per broker
-CLIENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clients")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# installed: nodes/clients (package data); in a checkout: clients/ beside nodes/
+CLIENTS_DIR = next((d for d in (os.path.join(_HERE, "clients"), os.path.join(os.path.dirname(_HERE), "clients"))
+                    if os.path.isdir(os.path.join(d, "web"))), os.path.join(os.path.dirname(_HERE), "clients"))
 STATIC = {"web": os.path.join(CLIENTS_DIR, "web"), "js": os.path.join(CLIENTS_DIR, "js")}
 STATIC_TYPES = {".html", ".js", ".mjs", ".css", ".svg", ".png", ".json"}
 
@@ -104,7 +107,7 @@ class Routes:
 
     # --- page and info -------------------------------------------------------
     def static(self, conn, path: str) -> None:
-        """The chat page and the JS client, from clients/ beside the nodes package."""
+        """The chat page and the JS client (clients/ of the checkout, or nodes/clients installed)."""
         parts = ["web", "index.html"] if path == "/" else path.strip("/").split("/")
         root = STATIC[parts[0]]
         full = os.path.realpath(os.path.join(root, *parts[1:]))
