@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import msgpack
 import pytest
@@ -24,6 +25,7 @@ from websockets.sync.client import connect
 from bench.wssock import WsSock
 from conftest import ROOT, MeshHarness, write_topology
 from nodes import topology, wire
+from nodes.webroutes import Routes
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +97,28 @@ def test_topology_ws_endpoint_and_origins_are_checked(entry, why):
     else:
         with pytest.raises(topology.TopologyError, match=re.escape(why)):
             topology.parse({"idcs": {"x": nodes}}, "t.yaml")
+
+
+def test_origin_rule_own_page_every_broker_page_and_listed_origins():
+    nodes = {"brokers": [{"id": "b", "client": "tcp://127.0.0.1:7101", "rpc": "tcp://127.0.0.1:7111",
+                          "ws": "ws://127.0.0.1:7601", "origins": ["https://chat.example.com"]},
+                         {"id": "b2", "client": "tcp://127.0.0.1:7102", "rpc": "tcp://127.0.0.1:7112",
+                          "ws": "ws://127.0.0.1:7602"}],
+             "logics": [{"id": "l", "rpc": "tcp://127.0.0.1:7201", "pub": "tcp://127.0.0.1:7211"}],
+             "routers": [{"id": "r", "rpc": "tcp://127.0.0.1:7301", "pub": "tcp://127.0.0.1:7311"}],
+             "counters": [{"id": "c", "rpc": "tcp://127.0.0.1:7401"}]}
+    topo = topology.parse({"idcs": {"x": nodes}}, "t.yaml")
+    routes = Routes(None, SimpleNamespace(topo=topo, spec=topo.node("b")))
+
+    def ok(origin, host=b"127.0.0.1:7601"):
+        return routes.origin_ok({b"host": host, **({b"origin": origin} if origin else {})})
+    assert ok(None)                                          # Node, native apps: no Origin
+    assert ok(b"http://127.0.0.1:7601")                      # its own page
+    assert ok(b"http://127.0.0.1:7602")                      # the other broker's page (failover)
+    assert ok(b"https://chat.example.com")                   # listed in the topology
+    assert ok(b"http://proxy.example:80", host=b"proxy.example:80")     # same origin behind a proxy
+    assert not ok(b"https://evil.example")
+    assert not ok(b"http://127.0.0.1:7603")
 
 
 def test_ws_session_is_a_broker_session(web_mesh):
