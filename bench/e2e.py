@@ -10,17 +10,22 @@ The generator is lean (raw sockets, msgpack, draining sockets in batches)
 and runs in ``--processes`` processes; its CPU is reported apart from the
 nodes'.  Every receiver checks every (sender, seq) it gets, so ``lost`` and
 ``duplicates`` are counted, not assumed.
+
+``--curve on|off`` (default on, as in every topology) switches CurveZMQ on the
+node-to-node sockets; ``--client-curve on`` encrypts the client sessions too:
+run both ways to see what encryption costs.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
 
 import zmq
 
-from nodes import auth, topology, wire
+from nodes import auth, curve, topology, wire
 from nodes.admin import Admin, AdminError
 from nodes.localtopo import write_topology
 from nodes.mesh import Mesh
@@ -61,7 +66,7 @@ class Worker:
                 s = self.ctx.socket(zmq.DEALER)
                 s.setsockopt(zmq.LINGER, 0)
                 s.setsockopt(zmq.RCVHWM, 0)
-                s.connect(endpoints[i % len(endpoints)])
+                curve.connect_client(s, endpoints[i % len(endpoints)])
             self.socks.append(s)
             self.user_of[s] = i
             self.poller.register(s, zmq.POLLIN)
@@ -188,7 +193,8 @@ def bench_topology(args, tmp: str) -> str:
                           ws=args.transport == "ws",
                           limits={"rate": 1e9, "burst": 1e9, "max_pending": 100000},
                           heartbeat={"wired": 600.0},
-                          channels={n: {"members": m} for n, m in members.items()})
+                          channels={n: {"members": m} for n, m in members.items()},
+                          curve=args.curve == "on", client_curve=args.client_curve == "on")
 
 
 def ensure_channels(admin: Admin, args) -> None:
@@ -237,7 +243,10 @@ def measure(args, tmp: str) -> dict:
         admin = Admin(topo, timeout=5)
         if args.attach:
             ensure_channels(admin, args)
-        endpoints = [b.endpoint("ws" if args.transport == "ws" else "client") for b in topo.of_type("broker")]
+        if args.transport == "ws":
+            endpoints = [b.endpoint("ws") for b in topo.of_type("broker")]
+        else:
+            endpoints = [curve.client_endpoint(topo, b) for b in topo.ids("broker")]
         secret = topo.read_secret()
         ready, go, out = mp.Queue(), mp.Queue(), mp.Queue()
         progress = [mp.Value("l", 0) for _ in range(args.processes)]
@@ -281,6 +290,8 @@ def measure(args, tmp: str) -> dict:
                 p.kill()
         if mesh is not None:
             mesh.close()
+    if mesh is not None:            # its throwaway topology, data and logs (kept when a run fails)
+        shutil.rmtree(os.path.dirname(mesh.config), ignore_errors=True)
     by_type, rss_type = {}, {}
     for n, spec in topo.nodes.items():
         by_type[spec.type] = round(by_type.get(spec.type, 0.0) + cpu[n], 3)
@@ -306,7 +317,8 @@ def measure(args, tmp: str) -> dict:
                      "processes": args.processes, "transport": args.transport},
         "topology": {"attach": args.attach, "brokers": len(topo.ids("broker")),
                      "logic": len(topo.ids("logic")), "router": len(topo.ids("router")),
-                     "counter": len(topo.ids("counter"))},
+                     "counter": len(topo.ids("counter")), "curve": topo.curve,
+                     "client_curve": topo.client_curve},
         "machine": machine(),
     }
 
@@ -322,7 +334,9 @@ def render(r: dict) -> str:
     w = r["workload"]
     head = (f"{r['machine']}\nworkload: {w['users']} users, {w['channels']} channels x {w['members']} members, "
             f"{w['messages']} msgs of {w['size']} B each, window {w['window']}, over {w['transport']}; topology: "
-            f"{r['topology']['brokers']} brokers, {r['topology']['logic']} logic")
+            f"{r['topology']['brokers']} brokers, {r['topology']['logic']} logic; CURVE "
+            f"{'on' if r['topology']['curve'] else 'off'} between nodes, "
+            f"{'on' if r['topology']['client_curve'] else 'off'} for clients")
     return head + "\n\n" + table(["figure", "value"], rows)
 
 
@@ -337,6 +351,10 @@ def main(argv=None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
     parser.add_argument("--brokers", type=int, default=2, help="brokers of the started mesh")
     parser.add_argument("--logic", type=int, default=2, help="logic nodes of the started mesh")
+    parser.add_argument("--curve", choices=("on", "off"), default="on",
+                        help="CurveZMQ between the nodes (default on; --attach: the topology decides)")
+    parser.add_argument("--client-curve", choices=("on", "off"), default="off",
+                        help="CurveZMQ on the client sessions too (default off)")
     parser.add_argument("--transport", choices=("zmq", "ws"), default="zmq",
                         help="client sessions over ZeroMQ DEALERs or WebSockets (brokers' ws endpoints)")
     parser.add_argument("--attach", metavar="CONFIG", help="use a running mesh instead of starting one")

@@ -24,3 +24,11 @@ def peak_rss_mb(pid: int) -> float:
 def self_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
+
+
+def reap(procs, wait: float) -> None:
+    """Join worker processes, killing those still alive after ``wait`` seconds each."""
+    for p in procs:
+        p.join(wait)
+        if p.is_alive():
+            p.kill()

@@ -1,32 +1,34 @@
 """asyncio client library: the way an application talks to an imesh mesh.
 
-    client = AsyncClient(["tcp://127.0.0.1:7101", "tcp://127.0.0.1:7102"], token, device=1)
-    await client.connect()                       # login on the first broker that answers
+    client = AsyncClient(topology_or_brokers, token, device=1,
+                         mailbox="me.sqlite", state_file="me.brokers.json")
+    await client.connect()                       # measure brokers, log in on the nearest
     client.watch("lobby", since=0)               # optional: fetch what is stored after an id
-    msg_id = await client.send("lobby", "hi")    # blocks until acked; 3 s timeout, 2 retries
+    msg_id = await client.send("lobby", "hi")    # blocks until acked; BUSY after 2 failed tries
     async for msg in client.messages():          # every message once, in id order per channel
         ...
     await client.close()
 
-What it does for the application:
+What it guarantees (docs/client.md states it precisely):
 
-- **Heartbeats** on the interval the server asks for, listing the newest id
-  held per channel; the broker answers with each channel's newest id and
-  pushes what the client missed.
-- **Sliding window** per channel (``nodes.windows``): a gap in pushed ids
-  triggers a sync from the gap; duplicates are dropped; ids that expired or
-  fell off the channel's queue move the window instead of being asked for
-  forever.
-- **Retries**: a send that is not acked in time is retried with the same
-  client time (the server acks a retry with the original id); after the
-  retries it raises ``ClientError("BUSY")`` -- "system busy" to a user.
-- **Failover**: when the broker stops answering, the client logs in on the
-  next endpoint and syncs, so nothing is missed.
+- **No skipped message**: the window of a channel moves past an id only
+  when the client holds it or the server said it is gone
+  (``nodes.windows``); gaps are filled by sync, heartbeats bring the rest.
+- **One reconnect at a time** (``nodes.connection.Link``): requests never
+  reconnect by themselves; they wait for the link and are sent again.
+- **Nearest broker** (``nodes.nearest``): measured with ``ping``,
+  remembered across restarts, same IDC first on failover.
+- **Mailbox** (``nodes.mailbox``): a message is on disk before it is sent
+  and is sent again with the same client time until acked, refused or
+  expired -- also after a restart; "busy" after two failed tries does not
+  drop it.
+- **A deaf reader never**: malformed frames and pushes are counted
+  (``malformed``) and skipped.
 """
 from __future__ import annotations
 
 import asyncio
-import itertools
+import collections
 import logging
 import time
 
@@ -34,198 +36,127 @@ import zmq
 import zmq.asyncio
 
 from . import wire
-from .client import RETRYABLE, ClientClock, ClientError
-from .fragments import Assembler, new_group_id, split_utf8
+from .client import ClientClock, ClientError
+from .connection import Link, backoff, login_request
+from .fragments import Assembler, BadFragment, new_group_id, split_utf8
+from .mailbox import UNKNOWN, Mailbox
+from .nearest import Brokers
 from .windows import Windows
 
 log = logging.getLogger(__name__)
 
+DEFAULT_LIFETIME = 86400.0          # until the login reply says the mesh's message lifetime
+MAX_SYNC_PAGES = 100                # per catch-up; the next heartbeat goes on from there
 
-class Connection:
-    """An asyncio DEALER session with login, failover over endpoints and rid-matched requests.
 
-    Shared by the chat client (brokers) and the media client (relays).
-    Subclasses handle what is not a reply in ``_dispatch`` and what a login
-    reply tells them in ``_logged_in``.
+def page_upto(page: dict) -> int:
+    """The newest id a sync page speaks for: ``upto`` (protocol 2), else the channel's newest
+    id when the page was complete, else the last id in it (older servers)."""
+    if "upto" in page:
+        return page["upto"]
+    if not page["more"]:
+        return page["last"]
+    return max((m["id"] for m in page["msgs"]), default=0)
+
+
+class AsyncClient:
+    """The chat client: a ``Link`` to the brokers, windows per channel, a mailbox of sends.
+
+    ``brokers``: endpoints (str or list), ``(endpoint, idc)`` pairs, or a Topology.
+    ``mailbox``: a path, a ``Mailbox``, or None (in memory: kept only while the process lives).
+    ``state_file``: where the last good broker is remembered (None: not remembered).
+    ``on_mail(event, entry, detail)``: told about mailbox outcomes -- "acked" (detail: id),
+    "refused" (ClientError), "busy" (ClientError), "expired", "cancelled".
     """
 
-    role = "node"
-
-    def __init__(self, endpoints, token, device: int = 0, net: str = "wired",
-                 timeout: float = 3.0, ctx: zmq.asyncio.Context | None = None):
-        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        if not self.endpoints:
-            raise ValueError(f"at least one {self.role} endpoint is needed")
-        self.token = token
-        self.device, self.net = device, net
-        self.timeout = timeout
-        self.ctx = ctx or zmq.asyncio.Context.instance()
-        self.uin = None
-        self.sid = None                        # the session's id from login_ok, sent on every request
-        self.endpoint = None
-        self.reconnects = 0
-        self._pending = {}                     # rid -> Future
-        self._rids = itertools.count(1)
-        self._sock = None
-        self._reader = None
-        self._index = 0
-        self._lock = asyncio.Lock()
-
-    async def _open(self) -> dict:
-        """Log in on the first endpoint that answers, starting with the current one."""
-        last = None
-        for _ in range(len(self.endpoints)):
-            endpoint = self.endpoints[self._index % len(self.endpoints)]
-            self._attach(endpoint)
-            try:
-                reply = await self._request({"t": "login", "v": wire.PROTOCOL_VERSION, "token": self.token,
-                                             "device": self.device, "net": self.net})
-                self.uin, self.sid = reply["uin"], reply.get("sid")
-                self._logged_in(reply)
-                return reply
-            except ClientError as exc:
-                if exc.code not in RETRYABLE:
-                    raise
-                last = exc
-                self._index += 1
-        raise ClientError(wire.Err.UNAVAILABLE, f"no {self.role} answered") from last
-
-    def _logged_in(self, reply: dict) -> None:
-        """Hook: take what the login reply says."""
-
-    def _attach(self, endpoint: str) -> None:
-        self._detach()
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        self._sock, self.endpoint = sock, endpoint
-        self._reader = asyncio.ensure_future(self._read(sock))
-
-    def _detach(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            self._reader = None
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(ClientError("DISCONNECTED", "connection replaced"))
-        self._pending.clear()
-
-    async def _read(self, sock) -> None:
-        while True:
-            frame = await sock.recv()
-            try:
-                maps = wire.unpack_many(frame, 2**31, 1 << 16)
-            except wire.ProtocolError as exc:
-                log.warning("undecodable frame from %s: %s", self.role, exc)
-                continue
-            for msg in maps:
-                self._dispatch(msg)
-
-    def _dispatch(self, msg: dict) -> None:
-        self._resolve(msg)
-
-    def _resolve(self, msg: dict) -> None:
-        fut = self._pending.pop(msg.get("rid"), None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
-
-    async def _request(self, msg: dict, timeout: float | None = None) -> dict:
-        rid = next(self._rids)
-        fut = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
-        msg = dict(msg, rid=rid)
-        if self.sid is not None and msg["t"] not in wire.SESSIONLESS:
-            msg["sid"] = self.sid
-        await self._sock.send(wire.pack(msg))
-        try:
-            reply = await asyncio.wait_for(fut, self.timeout if timeout is None else timeout)
-        except asyncio.TimeoutError:
-            raise ClientError("TIMEOUT", f"no reply to '{msg['t']}' in time") from None
-        finally:
-            self._pending.pop(rid, None)
-        if reply.get("t") == "err":
-            raise ClientError(reply.get("code", "?"), reply.get("msg", ""), reply)
-        return reply
-
-    async def request(self, msg: dict, timeout: float | None = None) -> dict:
-        """One request; log in again once if the node forgot the session."""
-        try:
-            return await self._request(msg, timeout)
-        except ClientError as exc:
-            if exc.code != wire.Err.NOT_LOGGED_IN:
-                raise
-        async with self._lock:
-            await self._open()                     # same endpoint first: it is up, it just forgot us
-        return await self._request(msg, timeout)
-
-    async def _logout(self) -> None:
-        if self._sock is not None and self.uin is not None:
-            try:
-                await self._request({"t": "logout"}, timeout=1.0)
-            except ClientError:
-                pass
-
-
-class AsyncClient(Connection):
     role = "broker"
 
-    def __init__(self, endpoints, token, device: int = 0, net: str = "wired",
-                 timeout: float = 3.0, retries: int = 2, ctx: zmq.asyncio.Context | None = None):
-        super().__init__(endpoints, token, device, net, timeout, ctx)
+    def __init__(self, brokers, token, device: int = 0, net: str = "wired",
+                 timeout: float = 3.0, retries: int = 2, ctx: zmq.asyncio.Context | None = None,
+                 mailbox=None, state_file: str | None = None, on_mail=None):
+        self.token, self.device, self.net = token, device, net
+        self.timeout = timeout
         self.retries = retries
+        self.brokers = Brokers(brokers, state_file)
+        self.link = Link(self.brokers, self._login_request, self._logged_in, self._on_push,
+                         timeout=timeout, ctx=ctx)
+        self._own_mailbox = not isinstance(mailbox, Mailbox)
+        self.mailbox = Mailbox(mailbox or ":memory:") if self._own_mailbox else mailbox
+        self.on_mail = on_mail
+        self.mail = collections.Counter()      # mailbox outcomes: acked, refused, busy, expired, ...
         self.windows = Windows()
         self.assembler = Assembler()
-        self.limits = {"max_text": wire.MAX_TEXT_BYTES, "max_fragments": 100}
+        self.limits = {"max_text": wire.MAX_TEXT_BYTES, "max_fragments": 100,
+                       "message_lifetime": DEFAULT_LIFETIME}
         self.clock = ClientClock()
+        self.uin = None
         self.interval = None
         self.not_member = set()
         self.syncs = 0                         # sync requests sent (a figure for tests and stats)
         self.drop_push = None                  # test hook: callable(msg) -> True drops a push
         self._incoming = asyncio.Queue()
         self._beater = None
+        self._beat_now = asyncio.Event()
         self._syncing = {}                     # channel -> Task
+        self._posting = {}                     # mailbox seq -> Task delivering it
         self._closed = False
 
     # --- connection ------------------------------------------------------------
+    @property
+    def endpoint(self) -> str | None:
+        return self.link.endpoint
+
+    @property
+    def reconnects(self) -> int:
+        return self.link.reconnects
+
+    @property
+    def malformed(self) -> int:
+        return self.link.malformed
+
     async def connect(self) -> dict:
-        """Log in on the first endpoint that answers (starting with the current one)."""
-        async with self._lock:
-            reply = await self._open()
+        """Measure the brokers, log in on the nearest that answers, heartbeat once, and start
+        sending what the mailbox still holds from earlier runs."""
+        reply = await self.link.start()
         self._beater = asyncio.ensure_future(self._heartbeats())
         await self.heartbeat()
+        self._resume_mailbox()
         return reply
 
+    def _login_request(self) -> dict:
+        return login_request(self.token, self.device, self.net)
+
     def _logged_in(self, reply: dict) -> None:
+        """After every login: take its limits; after a re-login, heartbeat (and so sync) at once."""
+        self.uin = reply["uin"]
         self.interval = reply["hb"]
         self.limits.update(reply.get("limits", {}))
-        self.assembler.lifetime = self.limits.get("message_lifetime", self.assembler.lifetime)
+        self.assembler.lifetime = self.limits["message_lifetime"]
+        self.clock.last = max(self.clock.last, self.mailbox.newest_ctime(self.uin, self.device))
+        if self.link.generation > 1:
+            self._beat_now.set()
 
-    async def reconnect(self) -> None:
-        """Move to the next broker, log in again and sync what was missed."""
-        async with self._lock:
-            self._index += 1
-            self.reconnects += 1
-            await self._open()
-        await self.heartbeat()
-
-    def _dispatch(self, msg: dict) -> None:
-        t = msg.get("t")
-        if t == "msg":
-            if self.drop_push is None or not self.drop_push(msg):
-                self._accept(msg)
-        elif t == "kicked":
-            log.warning("session replaced: %s", msg.get("msg"))
-        else:
-            self._resolve(msg)
+    def _on_push(self, msg: dict) -> None:
+        """Whatever the broker sends that is not a reply.  Raises on a malformed push (the
+        link counts it and goes on)."""
+        if msg.get("t") != "msg":
+            log.info("ignored a %r notice", msg.get("t"))
+            return
+        channel, msg_id = msg.get("channel"), msg.get("id")
+        if type(channel) is not str or type(msg_id) is not int or msg_id < 1:
+            raise ValueError("a push without a channel name and a positive id")
+        if self.drop_push is None or not self.drop_push(msg):
+            self._accept(msg)
 
     # --- receiving -------------------------------------------------------------
     def _deliver(self, msgs) -> None:
         now = time.monotonic()
         for m in msgs:
-            whole = self.assembler.add(m, now)
+            try:
+                whole = self.assembler.add(m, now)
+            except BadFragment as exc:
+                self.link.dropped(f"fragment {m.get('channel')}#{m.get('id')}", exc)
+                continue
             if whole is not None:
                 self._incoming.put_nowait(whole)
 
@@ -243,28 +174,23 @@ class AsyncClient(Connection):
 
     def _sync_soon(self, channel: str) -> None:
         task = self._syncing.get(channel)
-        if task is None or task.done():
+        if (task is None or task.done()) and not self._closed:
             self._syncing[channel] = asyncio.ensure_future(self._catch_up(channel))
 
     async def _catch_up(self, channel: str) -> None:
-        """Page through sync until the window reaches the channel's newest id."""
+        """Page through sync until the window has no gap and reaches the newest id."""
         try:
-            while True:
+            for _page in range(MAX_SYNC_PAGES):
                 self.syncs += 1
-                page = await self.request({"t": "sync", "channel": channel,
-                                           "after": self.windows.last.get(channel, 0)})
-                self._deliver(self.windows.jump(channel, page["first"]))
-                for m in page["msgs"]:
-                    self._accept_synced(m)
-                if not page["more"]:
-                    self._deliver(self.windows.skip_gap(channel))   # what is missing does not exist
+                page = await self.link.request({"t": "sync", "channel": channel,
+                                                "after": self.windows.last.get(channel, 0)})
+                self._deliver(self.windows.page(channel, page["msgs"], page["first"], page_upto(page)))
+                if not page["more"] and not self.windows.gap(channel):
                     return
         except ClientError as exc:
+            if exc.code in (wire.Err.NOT_MEMBER, wire.Err.NO_CHANNEL):
+                self.not_member.add(channel)
             log.info("sync of %s deferred to the next heartbeat: %s", channel, exc)
-
-    def _accept_synced(self, msg: dict) -> None:
-        ready, _gap = self.windows.accept(msg)
-        self._deliver(ready)
 
     async def messages(self):
         """Async iterator over incoming messages, once each, in id order per channel."""
@@ -280,84 +206,190 @@ class AsyncClient(Connection):
 
     # --- heartbeats ------------------------------------------------------------
     async def heartbeat(self) -> dict | None:
-        """One heartbeat with our windows; on no answer, fail over to the next broker."""
+        """One heartbeat with our windows; None when it got no answer in time (the link
+        decides whether that means another broker)."""
         try:
-            ack = await self.request({"t": "hb", "net": self.net, "channels": self.windows.snapshot()})
+            ack = await self.link.request({"t": "hb", "net": self.net, "channels": self.windows.snapshot()})
         except ClientError as exc:
-            if exc.code not in RETRYABLE + ("DISCONNECTED",):
+            if exc.code != "TIMEOUT":
                 raise
-            await self.reconnect()
             return None
         self.interval = ack["interval"]
         self.not_member.update(ack["not_member"])
         self.assembler.expire(time.monotonic())
-        for channel, first in ack["first"].items():
-            self._deliver(self.windows.jump(channel, first))
+        first, upto = ack["first"], hb_upto(ack)
+        for channel in set(first) | set(upto):
+            self._deliver(self.windows.page(channel, [], first.get(channel), upto.get(channel)))
         for channel, head in ack["heads"].items():
-            if self.windows.behind(channel, head):
+            if self.windows.behind(channel, head) or self.windows.gap(channel):
                 self._sync_soon(channel)
+        for channel in ack["more"]:
+            self._sync_soon(channel)
         return ack
 
     async def _heartbeats(self) -> None:
+        """Every interval (as the server asks), and at once after a re-login."""
         while not self._closed:
-            await asyncio.sleep(self.interval or 10)
+            try:
+                await asyncio.wait_for(self._beat_now.wait(), self.interval or 10)
+            except asyncio.TimeoutError:
+                pass
+            self._beat_now.clear()
             try:
                 await self.heartbeat()
             except ClientError as exc:
                 log.warning("heartbeat failed: %s", exc)
+                if self.link.fatal is not None:
+                    return
+            self._resume_mailbox()
 
     # --- sending ---------------------------------------------------------------
     async def send(self, channel: str, text: str, timeout: float | None = None,
                    retries: int | None = None) -> int:
-        """Send and wait for the ack; returns the msg id.  A text over the broker's limit
-        goes as fragments and the id is the last fragment's (the receivers' message id)."""
-        if len(text.encode("utf-8")) <= self.limits["max_text"]:
-            return await self._send_one({"t": "send", "channel": channel, "text": text}, timeout, retries)
-        pieces = split_utf8(text, self.limits["max_text"])
-        if len(pieces) > self.limits["max_fragments"]:
-            raise ClientError(wire.Err.TOO_LONG, f"text needs {len(pieces)} fragments; the limit is "
-                              f"{self.limits['max_fragments']}")
-        for _attempt in range(2):
-            group, reconnects = new_group_id(), self.reconnects
-            try:
-                for index, piece in enumerate(pieces):
-                    msg_id = await self._send_one({"t": "send", "channel": channel, "text": piece,
-                                                   "frag": [group, index, len(pieces)]}, timeout, retries)
-                return msg_id
-            except ClientError as exc:
-                # a failover mid-group: the new broker never saw its start; send the group again
-                if exc.code != wire.Err.BAD_FRAGMENT or self.reconnects == reconnects:
-                    raise
-        raise ClientError(wire.Err.BUSY, "could not send the fragments")
+        """Put the message in the mailbox, send it, wait for the ack; returns the msg id.
 
-    async def _send_one(self, req: dict, timeout, retries) -> int:
-        """One message, retried with the same client time until acked or out of attempts."""
-        req["ctime"] = self.clock.next()
-        attempts = 1 + (self.retries if retries is None else retries)
-        last = None
-        for _ in range(attempts):
+        A text over the broker's limit goes as fragments (the id is the last one's).
+        Refused: ClientError with the server's code (not stored, not kept).  After
+        ``retries`` (default 2) failed tries: ClientError("BUSY") -- the message stays in
+        the mailbox (``exc.reply["mailbox"]`` is its entry number) and is sent again
+        whenever the link is back, until acked, refused, expired or ``cancel``-led."""
+        if self.uin is None:
+            raise ClientError("NOT_CONNECTED", "connect() first: the mailbox is per user")
+        pieces = [text]
+        if len(text.encode("utf-8")) > self.limits["max_text"]:
+            pieces = split_utf8(text, self.limits["max_text"])
+            if len(pieces) > self.limits["max_fragments"]:
+                raise ClientError(wire.Err.TOO_LONG, f"text needs {len(pieces)} fragments; the limit is "
+                                  f"{self.limits['max_fragments']}")
+        group = new_group_id() if len(pieces) > 1 else None
+        entry = self.mailbox.add(self.uin, self.device, channel, text,
+                                 [self.clock.next() for _ in pieces], group)
+        fut = asyncio.get_running_loop().create_future()
+        self._post(entry, fut, self.retries if retries is None else retries, timeout)
+        return await asyncio.shield(fut)
+
+    def pending(self) -> list:
+        """Messages in the mailbox not yet settled (oldest first)."""
+        return self.mailbox.pending(self.uin, self.device) if self.uin is not None else []
+
+    async def cancel(self, seq: int) -> bool:
+        """Stop sending mailbox entry ``seq``; True if it was still there.  (If the server
+        stored it already, it stays stored: cancel only stops the retries.)"""
+        task = self._posting.pop(seq, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        entry = self.mailbox.get(seq)
+        gone = self.mailbox.remove(seq)
+        if gone:
+            self._mail("cancelled", entry, None)
+        return gone
+
+    def _resume_mailbox(self) -> None:
+        """Start sending every entry of ours that no task is sending (earlier runs, busy ones)."""
+        for entry in self.pending():
+            if entry.seq not in self._posting and not self._closed:
+                self._post(entry, None, self.retries, None)
+
+    def _post(self, entry, fut, busy_after: int, timeout) -> None:
+        self._posting[entry.seq] = asyncio.ensure_future(self._deliver_entry(entry, fut, busy_after, timeout))
+
+    async def _deliver_entry(self, entry, fut, busy_after: int, timeout) -> None:
+        """Send one mailbox entry until it is settled; tell ``fut`` (the waiting app) the outcome,
+        or BUSY after ``busy_after`` failed tries while this goes on in the background."""
+        outcome = None
+        try:
+            while outcome is None:
+                outcome = await self._try_entry(entry, timeout)
+                if outcome is None:
+                    entry.tries = self.mailbox.tried(entry.seq, entry.error)
+                    if entry.tries == max(1, busy_after):
+                        busy = ClientError(wire.Err.BUSY, f"system busy: no ack after {entry.tries} tries; "
+                                           "kept in the mailbox", {"mailbox": entry.seq})
+                        self._mail("busy", entry, busy)
+                        _settle(fut, exc=busy)
+                    await self._before_retry(entry.tries)
+        except asyncio.CancelledError:
+            _settle(fut, exc=ClientError("CANCELLED", "stopped before it was settled (cancelled or "
+                                         "the client closed); still in the mailbox unless cancelled"))
+            raise
+        finally:
+            self._posting.pop(entry.seq, None)
+        event, detail = outcome
+        if event != "stopped":
+            self.mailbox.remove(entry.seq)
+            self._mail(event, entry, detail)
+        if event == "acked":
+            _settle(fut, result=detail)
+        else:
+            _settle(fut, exc=detail)
+
+    async def _try_entry(self, entry, timeout) -> tuple | None:
+        """One try: ("acked", id), ("refused", exc), ("expired", exc), ("stopped", exc) (the
+        link ended: the entry stays), or None (unknown outcome; ``entry.error`` says why)."""
+        if time.time() - entry.created > self.limits["message_lifetime"]:
+            return "expired", ClientError("EXPIRED", "not acked within the message lifetime; dropped")
+        try:
+            ids = await self._send_pieces(entry, timeout)
+        except ClientError as exc:
+            if self.link.fatal is not None:
+                return "stopped", exc
+            if exc.code in UNKNOWN:
+                entry.error = exc.code
+                return None
+            return "refused", exc
+        for msg_id in ids:
+            self._deliver(self.windows.own(entry.channel, msg_id))
+        return "acked", ids[-1]
+
+    async def _send_pieces(self, entry, timeout) -> list:
+        """All pieces of an entry, in order, each with its own client time (reused on every
+        try: the server acks a piece it stored with its original id); their ids."""
+        count = len(entry.ctimes)
+        ids = []
+        texts = [entry.text] if count == 1 else split_utf8(entry.text, self.limits["max_text"])
+        if len(texts) != count:
+            raise ClientError(wire.Err.TOO_LONG, "the broker's max_text changed since this was written")
+        for index, (ctime, text) in enumerate(zip(entry.ctimes, texts)):
+            req = {"t": "send", "channel": entry.channel, "ctime": ctime, "text": text}
+            if count > 1:
+                req["frag"] = [entry.group, index, count]
+            ids.append((await self.link.request(req, timeout))["id"])
+        return ids
+
+    async def _before_retry(self, tries: int) -> None:
+        """Back off before trying again; a new login (the link came back) cuts the wait short."""
+        generation = self.link.generation
+        deadline = time.monotonic() + backoff(tries, base=0.1, cap=2.0)
+        while time.monotonic() < deadline and self.link.generation == generation:
+            await asyncio.sleep(0.05)
+
+    def _mail(self, event: str, entry, detail) -> None:
+        self.mail[event] += 1
+        if self.on_mail is not None:
             try:
-                return (await self.request(req, timeout))["id"]
-            except ClientError as exc:
-                if exc.code not in RETRYABLE + ("DISCONNECTED",):
-                    raise
-                last = exc
-                if exc.code == "TIMEOUT":
-                    await self.heartbeat()                # fails over if the broker is gone
-        raise ClientError(wire.Err.BUSY, f"system busy: no ack after {attempts} attempts") from last
+                self.on_mail(event, entry, detail)
+            except Exception:                          # noqa: BLE001 -- the app's bug must not stop sending
+                log.exception("on_mail callback failed")
 
     async def sync(self, channel: str, after: int) -> dict:
-        return await self.request({"t": "sync", "channel": channel, "after": after})
+        return await self.link.request({"t": "sync", "channel": channel, "after": after})
 
     async def close(self, logout: bool = True) -> None:
+        """Stop; what the mailbox holds stays there for the next run."""
         self._closed = True
-        tasks = [t for t in [self._beater, *self._syncing.values()] if t is not None]
+        tasks = [t for t in [self._beater, *self._syncing.values(), *self._posting.values()] if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if logout:
-            await self._logout()
-        self._detach()
+        if logout and self.link.fatal is None and self.link.connected.is_set():
+            try:
+                await self.link.request({"t": "logout"}, timeout=1.0)
+            except ClientError:
+                pass
+        await self.link.close()
+        if self._own_mailbox:
+            self.mailbox.close()
 
     async def __aenter__(self):
         await self.connect()
@@ -365,3 +397,22 @@ class AsyncClient(Connection):
 
     async def __aexit__(self, *exc):
         await self.close()
+
+
+def hb_upto(ack: dict) -> dict:
+    """Per channel, the newest id a heartbeat ack speaks for (its pushes came before it):
+    ``upto`` (protocol 2), else (older servers) the head of each channel whose missing
+    messages were all pushed (not in ``more``, owner available)."""
+    if "upto" in ack:
+        return ack["upto"]
+    skip = set(ack["more"]) | set(ack.get("unavailable", ()))
+    return {ch: head for ch, head in ack["heads"].items() if ch not in skip}
+
+
+def _settle(fut, result=None, exc=None) -> None:
+    if fut is None or fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)

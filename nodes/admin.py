@@ -2,7 +2,9 @@
 
 Used by ``bin/mesh`` and by the tests.  Membership changes carry an admin
 token minted from the cluster secret, so only someone holding the secret
-file can change who is in a channel.
+file can change who is in a channel.  The internal endpoints admit only the
+topology's CURVE keys: these requests go out with the ``admin`` keypair
+(nodes/curve.py), made on first use for a local topology.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import time
 
 import zmq
 
-from . import auth, wire
+from . import auth, curve, wire
 from .logs import events
 from .node import INTERNAL_MAX_FRAME
 from .topology import Topology
@@ -34,13 +36,21 @@ class Admin:
         self.timeout = timeout
         self.ctx = ctx or zmq.Context.instance()
         self._rids = itertools.count(1)
+        self._identity = None
+
+    @property
+    def identity(self) -> curve.Identity:
+        """The admin keypair, read when first needed (CurveError names a missing or open file)."""
+        if self._identity is None:
+            self._identity = curve.Identity.admin(self.topo)
+        return self._identity
 
     def call(self, node_id: str, msg: dict, timeout: float | None = None) -> dict | None:
         """One request to a node's rpc endpoint; the reply map, or None if no answer in time."""
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         try:
-            sock.connect(self.topo.node(node_id).endpoint("rpc"))
+            self.identity.connect(sock, self.topo.node(node_id).endpoint("rpc"))
             msg = dict(msg, rid=next(self._rids))
             sock.send(wire.pack(msg))
             if not sock.poll(int((timeout or self.timeout) * 1000)):
@@ -62,6 +72,7 @@ class Admin:
         the nodes asked before it were slow.
         """
         timeout = self.timeout if timeout is None else timeout
+        identity = self.identity              # a missing admin key is an error even if all are down
         ids = list(node_ids)
         out = dict.fromkeys(ids)
         listening = probe_tcp({n: self.topo.node(n).endpoint("rpc") for n in ids}, min(timeout, 2.0))
@@ -72,7 +83,7 @@ class Admin:
                     continue
                 sock = socks[node_id] = self.ctx.socket(zmq.DEALER)
                 sock.setsockopt(zmq.LINGER, 0)
-                sock.connect(self.topo.node(node_id).endpoint("rpc"))
+                identity.connect(sock, self.topo.node(node_id).endpoint("rpc"))
                 sock.send(wire.pack({"t": "status", "rid": next(self._rids)}))
                 poller.register(sock, zmq.POLLIN)
             by_sock = {s: n for n, s in socks.items()}

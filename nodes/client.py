@@ -23,7 +23,7 @@ import time
 
 import zmq
 
-from . import wire
+from . import curve, wire
 
 
 RETRYABLE = ("TIMEOUT", wire.Err.UNAVAILABLE)
@@ -57,7 +57,7 @@ class Client:
         self.retries = retries
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+        curve.connect_client(self.sock, endpoint)     # CURVE when the endpoint carries a server key
         self.inbox = collections.deque()        # pushed messages not yet returned by recv
         self.events = collections.deque()       # replies not yet claimed, notices (kicked, ...)
         self._rids = itertools.count(1)

@@ -35,6 +35,27 @@ def new_group_id() -> int:
     return secrets.randbits(63)
 
 
+MAX_COUNT = 10_000                      # far above any broker's max_fragments: only a sanity bound
+
+
+class BadFragment(ValueError):
+    """A ``frag`` header (or a piece) that cannot belong to any group: the piece is dropped."""
+
+
+def parse_header(msg: dict) -> tuple[int, int, int]:
+    """``frag = [group, index, count]`` checked: uints, 2 <= count, index < count; BadFragment otherwise."""
+    frag = msg.get("frag")
+    if not isinstance(frag, (list, tuple)) or len(frag) != 3 \
+            or any(type(x) is not int or x < 0 for x in frag):
+        raise BadFragment(f"fragment header {frag!r} is not [group, index, count] of unsigned integers")
+    group, index, count = frag
+    if not 2 <= count <= MAX_COUNT or index >= count:
+        raise BadFragment(f"fragment header {frag!r}: index must be < count and 2 <= count <= {MAX_COUNT}")
+    if not isinstance(msg.get("text"), str):
+        raise BadFragment("a fragment without text")
+    return group, index, count
+
+
 class Assembler:
     """Collects fragments per (channel, sender, device, group) until a group is whole."""
 
@@ -44,11 +65,11 @@ class Assembler:
         self.dropped = 0
 
     def add(self, msg: dict, now: float):
-        """A message in id order; returns the message to hand on (whole), or None while incomplete."""
-        frag = msg.get("frag")
-        if frag is None:
+        """A message in id order; returns the message to hand on (whole), or None while incomplete.
+        A malformed header raises BadFragment and changes nothing."""
+        if msg.get("frag") is None:
             return msg
-        group, index, count = frag
+        group, index, count = parse_header(msg)
         key = (msg["channel"], msg["uin"], msg["device"], group)
         state = self.groups.setdefault(key, {"count": count, "parts": {}, "since": now})
         if state["count"] != count:

@@ -46,10 +46,11 @@ def free_ports(n: int) -> list[int]:
 
 
 def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays=0, limits=None,
-                   heartbeat=None, channels=None, metrics=False, ws=False) -> str:
-    """A local topology in ``directory`` with every endpoint on a free port
-    (``metrics``: each node also gets a /metrics port; ``ws``: brokers also serve
-    WebSocket/HTTP clients)."""
+                   heartbeat=None, channels=None, metrics=False, curve=True, client_curve=False,
+                   ws=False) -> str:
+    """A local topology in ``directory`` with every endpoint on a free port (``metrics``: each
+    node also gets a /metrics port; CURVE keys are made under ``directory``/keys when the mesh
+    starts; ``ws``: brokers also serve WebSocket/HTTP clients)."""
     count = brokers + logics + routers + relays + counters
     ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters + (count if metrics else 0)
                             + (brokers if ws else 0)))
@@ -75,7 +76,7 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays
     raw = {"cluster": "test", "local": True, "secret_file": "secret", "data_dir": "data",
            "limits": {"rate": 10000.0, "burst": 10000, **(limits or {})}, "heartbeat": heartbeat or {},
            "channels": channels if channels is not None else {"lobby": {"members": "1-100"}},
-           "idcs": {"test": idc}}
+           "idcs": {"test": idc}, "curve": curve, "client_curve": client_curve}
     path = os.path.join(str(directory), "topology.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(raw, f)

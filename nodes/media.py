@@ -10,42 +10,56 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 
 from . import wire
-from .aclient import Connection
 from .client import ClientError
+from .connection import Link, login_request
+from .nearest import Brokers
 
 DEFAULT_CHUNK = 256 * 1024
 
+log = logging.getLogger(__name__)
 
-class MediaClient(Connection):
-    role = "relay"
 
-    def __init__(self, relays: dict, token, window: int = 8, timeout: float = 10.0, **kwargs):
-        """``relays``: {relay id: client endpoint}; uploads go to the first that answers."""
-        super().__init__(list(relays.values()), token, timeout=timeout, **kwargs)
+class MediaClient:
+    """Uploads and downloads over one ``Link`` to the relays (the same connection owner as
+    the chat client: one reconnect at a time, a new login when a relay forgot the session)."""
+
+    def __init__(self, relays: dict, token, window: int = 8, timeout: float = 10.0, device: int = 0,
+                 net: str = "wired", ctx=None):
+        """``relays``: {relay id: client endpoint}; uploads go to the nearest that answers."""
         self.relays = dict(relays)
+        self.link = Link(Brokers(list(self.relays.values())), lambda: login_request(token, device, net),
+                         self._logged_in, self._on_push, timeout=timeout, ctx=ctx)
         self.window = window
         self.limits = {"max_chunk": DEFAULT_CHUNK}
         self.skip_chunk = None             # test hook: callable(index) -> True skips it on the first pass
         self.resent = 0                    # chunks sent again because the relay reported them missing
 
+    @property
+    def endpoint(self) -> str | None:
+        return self.link.endpoint
+
     def _logged_in(self, reply: dict) -> None:
         self.limits.update(reply.get("limits", {}))
 
+    @staticmethod
+    def _on_push(msg: dict) -> None:
+        log.info("ignored a %r notice from a relay", msg.get("t"))
+
     async def connect(self) -> dict:
-        async with self._lock:
-            return await self._open()
+        return await self.link.start()
+
+    async def request(self, msg: dict, timeout: float | None = None) -> dict:
+        return await self.link.request(msg, timeout)
 
     async def _use_relay(self, relay_id: str) -> None:
         endpoint = self.relays.get(relay_id)
         if endpoint is None:
             raise ClientError(wire.Err.NO_MEDIA, f"unknown relay {relay_id!r}")
-        if endpoint != self.endpoint:
-            self._index = list(self.relays).index(relay_id)
-            async with self._lock:
-                await self._open()
+        await self.link.use(endpoint)
 
     async def _each(self, indexes, make, window: int) -> list:
         """Run make(index) for every index with at most ``window`` in flight."""
@@ -103,8 +117,12 @@ class MediaClient(Connection):
         return data
 
     async def close(self) -> None:
-        await self._logout()
-        self._detach()
+        if self.link.connected.is_set():
+            try:
+                await self.link.request({"t": "logout"}, timeout=1.0)
+            except ClientError:
+                pass
+        await self.link.close()
 
 
 def save(data: bytes, path: str) -> None:

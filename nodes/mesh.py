@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from . import auth, topology
+from . import auth, curve, topology
 from .admin import Admin
 
 def child_env() -> dict:
@@ -50,6 +50,8 @@ class Mesh:
     def start(self, node_ids=None) -> None:
         if self.topo.local:
             auth.ensure_secret(self.topo.secret_file)
+            if self.topo.curve or self.topo.client_curve:
+                curve.ensure_keys(self.topo)       # no manual key step on a local mesh
         os.makedirs(self.topo.data_dir, exist_ok=True)
         env = child_env()
         env["IMESH_DIE_WITH"] = str(os.getpid())          # nodes.launch: exit when we die

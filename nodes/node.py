@@ -14,7 +14,7 @@ import time
 
 import zmq
 
-from . import wire
+from . import curve, wire
 from .dispatch import Dispatcher
 from .loop import Loop
 from .store import Store
@@ -40,6 +40,7 @@ class Node:
         self.started = time.time()
         self.ctx = zmq.Context()
         self.ctx.setsockopt(zmq.LINGER, 0)
+        self.security = curve.NodeSecurity(topo, node_id, self.ctx)   # reads every key, or refuses
         self.loop = Loop()
         self.store = None
         if self.needs_store:
@@ -63,6 +64,7 @@ class Node:
             sock.setsockopt(zmq.ROUTER_MANDATORY, int(mandatory))
         if kind != zmq.PUB:
             sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize or int(self.topo.limits["max_internal_frame"]))
+        self.security.as_server(sock, client_facing=endpoint == self.spec.endpoints.get("client"))
         sock.bind(endpoint)
         return sock
 
@@ -75,7 +77,7 @@ class Node:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)      # peers on a LAN: come back quickly
         if identity:
             sock.setsockopt(zmq.IDENTITY, identity)
-        sock.connect(endpoint)
+        self.security.connect(sock, endpoint)           # a CURVE client of the node bound there
         return sock
 
     def peers(self, node_type: str) -> dict:
@@ -101,7 +103,7 @@ class Node:
         sub.setsockopt(zmq.RCVHWM, 100000)
         sub.setsockopt(zmq.SUBSCRIBE, topic)
         for n in self.topo.of_type(node_type):
-            sub.connect(n.endpoint("pub"))
+            self.security.connect(sub, n.endpoint("pub"))
         self.loop.add(sub, on_frames)
         return sub
 
@@ -155,7 +157,8 @@ class Node:
     def status(self) -> dict:
         return {"id": self.id, "type": self.type, "pid": os.getpid(),
                 "uptime": round(time.time() - self.started, 3),
-                "max_turn_ms": round(self.loop.max_turn * 1000, 3), "turns": self.loop.turns}
+                "max_turn_ms": round(self.loop.max_turn * 1000, 3), "turns": self.loop.turns,
+                "refused_keys": self.security.refused}
 
     def handle_status(self, _ident, msg, _now=None) -> dict:
         reply = wire.reply("status", msg["rid"], **self.status())
@@ -177,5 +180,6 @@ class Node:
             if self.store is not None:
                 self.store.close()
         finally:
+            self.security.stop()
             self.ctx.destroy(linger=0)
         log.info("%s %s stopped", self.type, self.id)

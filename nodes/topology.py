@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import yaml
+from zmq.utils import z85
 
 from . import rendezvous
 
@@ -63,7 +64,8 @@ DEFAULT_STORAGE = {"sync": False}
 OWNER_CACHE = 1_000_000      # memoised owners per node type before the cache starts over
 
 _TOP_KEYS = {"cluster", "secret_file", "data_dir", "local", "limits", "heartbeat",
-             "storage", "idcs", "channels"}
+             "storage", "idcs", "channels", "curve", "client_curve", "keys_dir", "public_keys"}
+RESERVED_KEY_NAMES = ("admin",)    # keys of the operator's tools (bin/mesh), not node ids
 
 
 class TopologyError(ValueError):
@@ -95,6 +97,10 @@ class Topology:
     storage: dict
     nodes: dict            # id -> NodeSpec, in file order
     channels: dict         # name -> {"members": [uin, ...]}, seeded by owning logic
+    curve: bool = True             # CurveZMQ on every node-to-node socket (nodes/curve.py)
+    client_curve: bool = False     # CurveZMQ on the broker and relay client sockets too
+    keys_dir: str = ""             # <name>.key (public) and <name>.key_secret files
+    public_keys: dict = dataclasses.field(default_factory=dict)   # name -> Z85 key given inline
     _owners: dict = dataclasses.field(default_factory=dict, repr=False)
 
     # --- lookups ---------------------------------------------------------
@@ -149,6 +155,28 @@ class Topology:
 
 def _fail(path, key, why):
     raise TopologyError(f"{path}: {key}: {why}")
+
+
+def _flag(path, raw, key, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        _fail(path, key, "must be true or false")
+    return value
+
+
+def _parse_public_keys(path, given) -> dict:
+    """``public_keys: {name: Z85 public key}``: node ids, ``admin`` or other operator tools."""
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        _fail(path, "public_keys", "must be a mapping of node id (or admin) -> Z85 public key")
+    out = {}
+    for name, key in given.items():
+        if not isinstance(key, str) or len(key) != 40 or not set(key.encode()) <= set(z85.Z85CHARS):
+            _fail(path, f"public_keys.{name}", "must be a 40-character Z85 CURVE public key "
+                  "(the public-key line of a .key file made by `bin/mesh keys`)")
+        out[str(name)] = key.encode()
+    return out
 
 
 def _merge_numbers(path, section, given, defaults, allow_zero=()):
@@ -340,15 +368,24 @@ def parse(raw: Any, path: str) -> Topology:
     cluster = raw.get("cluster", "imesh")
     if not isinstance(cluster, str):
         _fail(path, "cluster", "must be a string")
+    nodes = _parse_nodes(path, raw.get("idcs"))
+    for name in RESERVED_KEY_NAMES:
+        if name in nodes:
+            _fail(path, "idcs", f"node id {name!r} is reserved for the operator's key")
+    secret_file = rel("secret_file", "secret")
     return Topology(
         path=os.path.abspath(path),
         cluster=cluster,
-        secret_file=rel("secret_file", "secret"),
+        secret_file=secret_file,
         data_dir=rel("data_dir", "var"),
         local=local,
         limits=_merge_numbers(path, "limits", raw.get("limits"), DEFAULT_LIMITS),
         heartbeat=_merge_numbers(path, "heartbeat", raw.get("heartbeat"), DEFAULT_HEARTBEAT),
         storage=_merge_numbers(path, "storage", raw.get("storage"), DEFAULT_STORAGE),
-        nodes=_parse_nodes(path, raw.get("idcs")),
+        nodes=nodes,
         channels=channels,
+        curve=_flag(path, raw, "curve", True),
+        client_curve=_flag(path, raw, "client_curve", False),
+        keys_dir=rel("keys_dir", os.path.join(os.path.dirname(secret_file), "keys")),
+        public_keys=_parse_public_keys(path, raw.get("public_keys")),
     )

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from nodes import auth
+from nodes import auth, curve
 from nodes.client import Client
 from nodes.localtopo import free_ports, write_topology  # noqa: F401  (tests import them from here)
 from nodes.mesh import Mesh
@@ -45,7 +45,7 @@ class MeshHarness:
         return auth.mint(self.topo.read_secret(), uin, lifetime)
 
     def broker(self, index: int) -> str:
-        return self.topo.of_type("broker")[index].endpoint("client")
+        return curve.client_endpoint(self.topo, self.topo.ids("broker")[index])
 
     def client(self, uin: int, broker: int = 0, device: int = 0, wait_online: bool = True) -> Client:
         c = Client(self.broker(broker), timeout=5.0)

@@ -6,16 +6,19 @@ import msgpack
 import pytest
 import zmq
 
-from nodes import auth, wire
+from nodes import auth, curve, wire
 
 
 class Raw:
-    """A bare DEALER speaking frames, for inputs the client library would never send."""
+    """A bare DEALER speaking frames, for inputs the client library would never send
+    (to an internal endpoint: as the operator, with the admin CURVE key)."""
 
-    def __init__(self, endpoint):
+    def __init__(self, endpoint, identity=None, node=None):
         self.sid = None
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if identity is not None:
+            identity.as_client(self.sock, node)
         self.sock.connect(endpoint)
 
     def ask(self, *frames, timeout=5.0) -> dict:
@@ -45,8 +48,11 @@ class Raw:
 def raw(shared_mesh):
     sockets = []
 
-    def make(endpoint=None):
-        r = Raw(endpoint or shared_mesh.broker(0))
+    def make(endpoint=None, node=None):
+        """A raw socket to a broker's client endpoint, or to the rpc endpoint of ``node``."""
+        if node is not None:
+            endpoint = shared_mesh.topo.node(node).endpoint("rpc")
+        r = Raw(endpoint or shared_mesh.broker(0), node and shared_mesh.admin.identity, node)
         sockets.append(r)
         return r
     yield make
@@ -181,13 +187,13 @@ def test_oversized_frame_drops_that_connection_only(shared_mesh, raw):
 def test_internal_endpoints_answer_garbage_with_errors_and_keep_serving(shared_mesh, raw):
     topo = shared_mesh.topo
     for node in topo.nodes.values():
-        r = raw(node.endpoint("rpc"))
+        r = raw(node=node.id)
         assert r.ask(b"\xc1")["code"] == wire.Err.BAD_FRAME
         assert r.ask_msg({"t": "nope", "rid": 1})["code"] == wire.Err.BAD_TYPE
         assert r.ask_msg({"t": "status", "rid": 2})["t"] == "status"
-    counter = raw(topo.of_type("counter")[0].endpoint("rpc"))
+    counter = raw(node=topo.ids("counter")[0])
     assert counter.ask_msg({"t": "alloc", "rid": 1, "channel": "x", "n": 0})["code"] == wire.Err.BAD_FIELD
-    logic = raw(topo.node(topo.logic_for("lobby")).endpoint("rpc"))
+    logic = raw(node=topo.logic_for("lobby"))
     forged = {"t": "channel_add", "rid": 1, "auth": auth.mint(b"wrong secret....", 0, 60, scope="admin"),
               "channel": "lobby", "members": [999]}
     assert logic.ask_msg(forged)["code"] == wire.Err.AUTH_FAILED
@@ -195,7 +201,7 @@ def test_internal_endpoints_answer_garbage_with_errors_and_keep_serving(shared_m
                   "members": [999]}
     assert logic.ask_msg(user_token)["code"] == wire.Err.AUTH_FAILED
     other = [n for n in topo.ids("logic") if n != topo.logic_for("lobby")][0]
-    wrong = raw(topo.node(other).endpoint("rpc"))
+    wrong = raw(node=other)
     assert wrong.ask_msg({"t": "sync", "rid": 3, "uin": 1, "channel": "lobby",
                           "after": 0})["code"] == wire.Err.WRONG_OWNER
     assert_still_serving(shared_mesh)

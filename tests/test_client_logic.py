@@ -77,7 +77,7 @@ def test_windows_deliver_in_order_hold_gaps_and_drop_duplicates():
     assert w.duplicates == 2
 
 
-def test_windows_jump_past_expired_and_skip_unfillable_gaps():
+def test_windows_jump_past_expired_and_never_skip_an_open_gap():
     w = Windows()
     w.watch("a", 0)
     w.accept(msg("a", 12))
@@ -87,7 +87,8 @@ def test_windows_jump_past_expired_and_skip_unfillable_gaps():
     w2 = Windows()
     w2.watch("b", 3)
     w2.accept(msg("b", 6))
-    assert ids(w2.skip_gap("b")) == [6] and w2.last["b"] == 6
+    assert ids(w2.page("b", [], 1, 3)) == [] and w2.gap("b")    # a page up to 3 says nothing of 4, 5
+    assert ids(w2.page("b", [], 1, 6)) == [6] and w2.last["b"] == 6
     assert w2.behind("b", 7) and not w2.behind("b", 6) and not w2.behind("zz", 100)
 
 
@@ -97,7 +98,7 @@ import pytest  # noqa: E402
 from hypothesis import given, strategies as st  # noqa: E402
 
 from nodes import wire  # noqa: E402
-from nodes.fragments import Assembler, split_utf8  # noqa: E402
+from nodes.fragments import Assembler, BadFragment, split_utf8  # noqa: E402
 from nodes.limits import FragmentGroups, TokenBuckets  # noqa: E402
 
 
@@ -144,3 +145,17 @@ def test_assembler_joins_in_index_order_and_expires_incomplete_groups():
     assert whole["text"] == "abcd" and whole["id"] == 7 and whole["ids"] == [5, 6, 7]
     assert a.add(dict(base, id=9, text="x", frag=[8, 0, 2]), 0) is None
     assert a.expire(5) == 0 and a.expire(11) == 1 and a.groups == {}
+
+
+@pytest.mark.parametrize("frag", [[1, [0], 2], [1, 2, 2], [1, 0, 1], [1, 0], "x", [1, -1, 2], [1, True, 2],
+                                  [1, 0, 10**6], None])
+def test_assembler_refuses_malformed_headers_and_keeps_its_groups(frag):
+    a = Assembler(lifetime=10)
+    base = {"channel": "c", "uin": 1, "device": 0}
+    assert a.add(dict(base, id=1, text="ab", frag=[7, 0, 2]), 0) is None
+    bad = dict(base, id=2, text="zz", frag=frag)
+    if frag is None:
+        bad["frag"], bad["text"] = [7, 1, 2], 5            # a piece whose text is not a string
+    with pytest.raises(BadFragment):
+        a.add(bad, 0)
+    assert a.add(dict(base, id=3, text="cd", frag=[7, 1, 2]), 0)["text"] == "abcd"

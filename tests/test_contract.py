@@ -337,6 +337,7 @@ def test_internal_sockets_refuse_huge_frames_and_the_node_stays_up(make_mesh):
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
+    m.admin.identity.as_client(s, logic)            # an admitted CURVE key: the frame reaches the node
     s.connect(m.topo.node(logic).endpoint("rpc"))
     try:
         s.send(b"\xdd" + (32 * 2**20).to_bytes(4, "big") + b"\x90" * (32 * 2**20))

@@ -158,11 +158,10 @@ def test_bad_media_requests_get_clear_codes(relay_mesh):
         assert await code(dict(begin, size=10, chunk_size=10, chunks=1)) == wire.Err.TOO_MANY
         await c.close()
         fresh = media(m, 1)
-        fresh._attach(fresh.endpoints[0])                     # connected but not logged in
-        with pytest.raises(ClientError) as exc:
-            await fresh._request({"t": "up_end", "media": media_id})
-        assert exc.value.code == wire.Err.NOT_LOGGED_IN
-        fresh._detach()
+        fresh.link._attach(next(iter(fresh.relays.values())))   # connected but not logged in
+        reply = await fresh.link._exchange({"t": "up_end", "media": media_id}, 5.0)
+        assert reply["t"] == "err" and reply["code"] == wire.Err.NOT_LOGGED_IN
+        fresh.link._detach()
     run(main())
 
 

@@ -150,7 +150,7 @@ def test_status_of_a_stopped_mesh_answers_at_once_and_stop_without_supervisor_st
 
 def test_status_waits_for_a_busy_node_and_asks_all_at_once(tmp_path):
     """A node that needs 1.5 s to answer is up; two such nodes still fit in one 3 s timeout."""
-    cfg = write_topology(tmp_path, brokers=1, logics=1)
+    cfg = write_topology(tmp_path, brokers=1, logics=1, curve=False)     # plain sockets play the nodes
     topo = topology.load(cfg)
     ctx = zmq.Context.instance()
     slow = {}

@@ -6,6 +6,13 @@
                   [--since ID] [--timeout S] [--json]                prints N messages, then exits
     bin/chat upload [-c CONFIG] --uin U --channel C FILE             prints the ref, sends a message with it
     bin/chat download [-c CONFIG] --uin U REF OUT                    writes the file (sha256 checked)
+    bin/chat pending [-c CONFIG] --uin U [--device D] [--json]       lists unsent messages (no login)
+
+Every message goes through the user's mailbox (a small sqlite file, see
+--state-dir): one that could not be sent ("system busy") stays there, is
+listed by `pending` and at the start of the interactive client, and is sent
+by the next bin/chat that logs in as the same user and device.  The last
+broker that worked is remembered beside it.
 
 Exit codes: 0 ok; 1 the server refused (code and message on stderr) or the
 timeout passed; 2 bad arguments or configuration.
@@ -27,15 +34,17 @@ import time
 
 from ..aclient import AsyncClient
 from ..client import ClientError
+from ..mailbox import Mailbox
 from ..media import MediaClient, save
-from .common import (add_config_arg, add_version_arg, broker_endpoint, fail, load_topology, prog_name,
-                     token_for, uin_arg)
+from .common import (add_config_arg, add_version_arg, broker_endpoint, client_endpoint, fail, load_topology,
+                     prog_name, token_for, uin_arg)
 
 PROG = prog_name("chat")
 
 
 # the device each tool logs in as unless --device says otherwise (one session per uin and device)
-DEVICES = {"chat": 0, "send": 9001, "tail": 9002, "upload": 9003, "download": 9004}
+DEVICES = {"chat": 0, "send": 9001, "tail": 9002, "upload": 9003, "download": 9004,
+           "pending": None}     # pending: every device's mailbox of the user unless --device says
 NO_ID = 2**63            # a sync "after" beyond any id: an empty page that still says NOT_MEMBER/NO_CHANNEL
 
 
@@ -44,11 +53,14 @@ def add_session_args(parser, tool: str = "chat") -> None:
     add_version_arg(parser)
     parser.add_argument("--uin", type=uin_arg, required=True, help="user number to log in as")
     parser.add_argument("--device", type=uin_arg, default=DEVICES[tool],
-                        help="device number of this session (default: %(default)s for this tool)")
+                        help="device number of this session (default: %(default)s for this tool; "
+                        "pending: every device)")
     parser.add_argument("--token", help="login token (minted locally on a local topology)")
     parser.add_argument("--broker", help="broker id to connect to first (default: by uin)")
     parser.add_argument("--net", default="wired",
                         help="network type: wired, wifi, 4g, 3g, 2g (default: %(default)s)")
+    parser.add_argument("--state-dir", help="where the mailbox and the broker memory live (default: "
+                        "DATA_DIR/clients for a local topology, else ~/.imesh/CLUSTER; env IMESH_CLIENT_DIR)")
 
 
 def refused(exc: ClientError) -> int:
@@ -58,12 +70,97 @@ def refused(exc: ClientError) -> int:
 
 async def connect(args) -> AsyncClient:
     topo = load_topology(args.config)
-    first = broker_endpoint(topo, args.uin, args.broker)
-    others = [b.endpoint("client") for b in topo.of_type("broker") if b.endpoint("client") != first]
-    client = AsyncClient([first] + others, token_for(topo, args.uin, args.token), device=args.device,
-                         net=args.net)
+    mailbox, state = client_files(topo, args)
+    client = AsyncClient(broker_list(topo, args.uin, args.broker), token_for(topo, args.uin, args.token),
+                         device=args.device, net=args.net, mailbox=mailbox, state_file=state,
+                         on_mail=report_mail)
     await client.connect()
     return client
+
+
+def broker_list(topo, uin: int, broker: str | None) -> list:
+    """(endpoint, IDC) of every broker; the chosen one (default: by uin, to spread users over
+    equally near brokers) first.  The client measures them and takes the nearest."""
+    first = broker_endpoint(topo, uin, broker)
+    pairs = [(client_endpoint(topo, b.id), b.idc) for b in topo.of_type("broker")]
+    return sorted(pairs, key=lambda pair: pair[0] != first)
+
+
+def state_dir(topo, args) -> str:
+    base = args.state_dir or os.environ.get("IMESH_CLIENT_DIR") or (
+        os.path.join(topo.data_dir, "clients") if topo.local
+        else os.path.join(os.path.expanduser("~"), ".imesh", topo.cluster))
+    os.makedirs(base, exist_ok=True)
+    return base
+
+
+def client_files(topo, args, device=None) -> tuple[str, str]:
+    """The mailbox and broker-memory files of this (uin, device)."""
+    stem = os.path.join(state_dir(topo, args), f"{args.uin}-{args.device if device is None else device}")
+    return f"{stem}.mailbox.sqlite", f"{stem}.brokers.json"
+
+
+def mailbox_devices(topo, args) -> list[int]:
+    """The devices of the user that have a mailbox here (--device: that one)."""
+    if args.device is not None:
+        return [args.device]
+    prefix, suffix = f"{args.uin}-", ".mailbox.sqlite"
+    return sorted(int(name[len(prefix):-len(suffix)]) for name in os.listdir(state_dir(topo, args))
+                  if name.startswith(prefix) and name.endswith(suffix) and name[len(prefix):-len(suffix)].isdigit())
+
+
+STARTED = time.time()
+
+
+def report_mail(event: str, entry, detail) -> None:
+    """Tell the user what became of a message from the mailbox: one written by an earlier
+    run, or one that was reported busy (a send that simply worked is not repeated here)."""
+    if entry.tries == 0 and entry.created >= STARTED:
+        return
+    if event == "acked":
+        print(f"  mailbox: sent #{detail} ({entry.channel}: {short(entry.text)})", file=sys.stderr, flush=True)
+    elif event in ("refused", "expired"):
+        print(f"  mailbox: {event} {getattr(detail, 'code', '')} ({entry.channel}: {short(entry.text)})",
+              file=sys.stderr, flush=True)
+
+
+def short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def pending_line(entry) -> str:
+    when = datetime.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M:%S")
+    why = f", last: {entry.error}" if entry.error else ""
+    return f"  pending #{entry.seq} [{entry.channel}] {when} ({entry.tries} tries{why}): {short(entry.text)}"
+
+
+async def flush_mailbox(client: AsyncClient, timeout: float) -> int:
+    """Give what the mailbox holds from earlier runs up to ``timeout`` s to go out; what is
+    left stays for the next start.  Returns how many are left."""
+    deadline = time.monotonic() + timeout
+    while client.pending() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return len(client.pending())
+
+
+async def cmd_pending(args) -> int:
+    """List the mailbox without logging in."""
+    topo = load_topology(args.config)
+    entries = []
+    for device in mailbox_devices(topo, args):
+        box = Mailbox(client_files(topo, args, device)[0])
+        try:
+            entries += box.pending(args.uin, device)
+        finally:
+            box.close()
+    for entry in sorted(entries, key=lambda e: e.created):
+        if args.json:
+            print(json.dumps({"mailbox": entry.seq, "channel": entry.channel, "text": entry.text,
+                              "client_time": entry.ctime, "created": entry.created, "tries": entry.tries,
+                              "error": entry.error}, ensure_ascii=False))
+        else:
+            print(pending_line(entry))
+    return 0
 
 
 def message_json(msg: dict) -> str:
@@ -82,8 +179,18 @@ async def cmd_send(args) -> int:
     try:
         print(await client.send(args.channel, args.text))
         return 0
+    except ClientError as exc:
+        kept_in_mailbox(exc)
+        raise
     finally:
+        await flush_mailbox(client, client.timeout)
         await client.close()
+
+
+def kept_in_mailbox(exc: ClientError) -> None:
+    if "mailbox" in exc.reply:
+        print(f"note: kept in the mailbox as #{exc.reply['mailbox']}: sent by the next bin/chat of this "
+              "user and device (`bin/chat pending` lists it)", file=sys.stderr)
 
 
 async def cmd_tail(args) -> int:
@@ -235,7 +342,9 @@ async def cmd_interactive(args) -> int:
         await channel_last(client, state.channel)
         client.watch(state.channel)
     print(f"logged in as {args.uin}/{args.device} via {client.endpoint}. "
-          "Type /join CHANNEL, then lines to send; /help lists commands, /quit leaves.", flush=True)
+          "Type /join CHANNEL, then lines to send; /help lists commands (/pending, /cancel N for "
+          "the mailbox), /quit leaves.", flush=True)
+    show_pending(client)
     loop = asyncio.get_running_loop()
     lines = asyncio.Queue()
     watching = read_stdin(loop, lines)
@@ -250,7 +359,10 @@ async def cmd_interactive(args) -> int:
             line = await lines.get()
             if not line or line.strip() == "/quit":
                 return 0
-            text = await chat_command(state, line.rstrip("\n"))
+            line = line.rstrip("\n")
+            if await mailbox_command(client, line):
+                continue
+            text = await chat_command(state, line)
             if text is None:
                 continue
             if state.channel is None:
@@ -260,6 +372,9 @@ async def cmd_interactive(args) -> int:
                 print(f"  sent #{await client.send(state.channel, text)}", flush=True)
             except ClientError as exc:
                 print(f"  error: {exc.code}: {exc.msg}", flush=True)
+                if "mailbox" in exc.reply:
+                    print(f"  kept in the mailbox as #{exc.reply['mailbox']}: sent when the network "
+                          "is back (/cancel to drop it)", flush=True)
     finally:
         if watching:
             loop.remove_reader(sys.stdin.fileno())
@@ -267,9 +382,35 @@ async def cmd_interactive(args) -> int:
         await client.close()
 
 
+def show_pending(client: AsyncClient) -> None:
+    entries = client.pending()
+    if entries:
+        print(f"{len(entries)} message(s) from before in the mailbox, sending now:", flush=True)
+    for entry in entries:
+        print(pending_line(entry), flush=True)
+
+
+async def mailbox_command(client: AsyncClient, line: str) -> bool:
+    """/pending and /cancel N; False if the line is neither."""
+    parts = line.split()
+    if not parts or parts[0] not in ("/pending", "/cancel"):
+        return False
+    if parts[0] == "/pending":
+        if client.pending():
+            show_pending(client)
+        else:
+            print("  mailbox empty", flush=True)
+    elif len(parts) != 2 or not parts[1].isdigit():
+        print("usage: /cancel N (the number /pending shows)", flush=True)
+    else:
+        gone = await client.cancel(int(parts[1]))
+        print(f"  #{parts[1]} {'cancelled' if gone else 'is not pending'}", flush=True)
+    return True
+
+
 def media_client(args) -> MediaClient:
     topo = load_topology(args.config)
-    relays = {n.id: n.endpoint("client") for n in topo.of_type("relay")}
+    relays = {n.id: client_endpoint(topo, n.id) for n in topo.of_type("relay")}
     if not relays:
         fail(f"{topo.path} lists no relay")
     return MediaClient(relays, token_for(topo, args.uin, args.token), device=args.device)
@@ -356,6 +497,12 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
                        help="seconds to wait for them; exit 1 after (default: %(default)s)")
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_tail)
+    elif sub_cmd == "pending":
+        p = argparse.ArgumentParser(prog="bin/chat pending",
+                                    description="List messages waiting in the mailbox (no login).")
+        add_session_args(p, "pending")
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
+        p.set_defaults(fn=cmd_pending)
     elif sub_cmd == "upload":
         p = argparse.ArgumentParser(prog=f"{PROG} upload",
                                     description="Upload a file to a relay and send a message carrying its ref.")
@@ -382,7 +529,7 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)        # `bin/... | head` ends quietly, like other tools
     argv = list(sys.argv[1:] if argv is None else argv)
-    sub_cmd = argv[0] if argv and argv[0] in ("send", "tail", "upload", "download") else None
+    sub_cmd = argv[0] if argv and argv[0] in ("send", "tail", "upload", "download", "pending") else None
     args = build_parser(sub_cmd).parse_args(argv[1:] if sub_cmd else argv)
     if getattr(args, "count", 1) < 0:
         fail("--count must be >= 0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .. import __version__, auth, topology
+from .. import __version__, auth, curve, topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECKOUT_CONFIG = os.path.join(ROOT, "config", "local.yaml")
@@ -115,8 +115,17 @@ def broker_endpoint(topo: topology.Topology, uin: int, broker: str | None) -> st
     """The chosen broker's client endpoint; by default spread users over brokers by uin."""
     brokers = topo.of_type("broker")
     if broker is None:
-        return brokers[uin % len(brokers)].endpoint("client")
+        return client_endpoint(topo, brokers[uin % len(brokers)].id)
     spec = topo.nodes.get(broker)
     if spec is None or spec.type != "broker":
         fail(f"no broker {broker!r} in {topo.path} (brokers: {', '.join(b.id for b in brokers)})")
-    return spec.endpoint("client")
+    return client_endpoint(topo, broker)
+
+
+def client_endpoint(topo: topology.Topology, node_id: str) -> str:
+    """A broker's or relay's client endpoint, carrying its CURVE key when the topology says
+    client_curve; a missing key is a clear error."""
+    try:
+        return curve.client_endpoint(topo, node_id)
+    except curve.CurveError as exc:
+        fail(str(exc))

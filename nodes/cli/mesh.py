@@ -7,6 +7,7 @@
     bin/mesh top [--interval S] [--count N]      live rates of every node, refreshing
     bin/mesh check -c FILE                       validate a topology (exit 1 with file: key: why)
     bin/mesh secret -c FILE                      create the secret file of a topology
+    bin/mesh keys [-c CONFIG]                    create missing CURVE keypairs, say what goes where
     bin/mesh token --uin U [--lifetime S]        print a login token
     bin/mesh channel create NAME --members 1,2,3 [--lifetime S]
     bin/mesh channel add NAME UIN...
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from .. import auth, logs, supervisor, topology
+from .. import auth, curve, logs, supervisor, topology
 from ..admin import Admin, AdminError
 from ..mesh import Mesh, MeshError, child_env
 from ..supervisor import Supervisor
@@ -217,6 +218,18 @@ def cmd_top(args) -> int:
     return top.run(load_topology(args.config), args.interval, args.count, args.timeout)
 
 
+def cmd_keys(args) -> int:
+    topo = load_topology(args.config)
+    try:
+        created = curve.ensure_keys(topo)
+        print(curve.deployment_guide(topo, created))
+    except curve.CurveError as exc:
+        fail(str(exc), 1)
+    except OSError as exc:
+        fail(f"cannot write keys in {topo.keys_dir}: {exc.strerror}", 1)
+    return 0
+
+
 def cmd_token(args) -> int:
     topo = load_topology(args.config)
     try:
@@ -339,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("secret", help="create the topology's secret file if it does not exist")
     add_config_arg(p)
     p.set_defaults(fn=cmd_secret)
+    p = sub.add_parser("keys", help="create missing CURVE keypairs and print what a deployment copies where")
+    add_config_arg(p)
+    p.set_defaults(fn=cmd_keys)
     p = sub.add_parser("token", help="print a login token for a uin")
     add_config_arg(p)
     p.add_argument("--uin", type=uin_arg, required=True, help="user number the token is for")
@@ -359,7 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)        # `bin/... | head` ends quietly, like other tools
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except curve.CurveError as exc:          # the admin key (or a node's public key) missing or open
+        fail(str(exc))
 
 
 if __name__ == "__main__":
