@@ -1,6 +1,7 @@
 """bin/bench e2e: the G1k group-chat benchmark, end to end through a real mesh.
 
-Workload G1k (the defaults): 1000 users, each with its own DEALER session;
+Workload G1k (the defaults): 1000 users, each with its own DEALER session
+(or, with ``--transport ws``, its own WebSocket to the brokers' ws endpoints);
 100 channels of 10 members (user i is in channel i // 10); every user sends
 20 messages of 100 bytes closed-loop (the next send after the ack, or
 ``--window`` in flight), and each message must reach the other 9 members.
@@ -31,6 +32,7 @@ from nodes.mesh import Mesh
 
 from .procstat import cpu_seconds, peak_rss_mb, self_cpu_seconds
 from .report import machine, parser as bench_parser, scratch, table, write_json
+from .wssock import WsSock
 
 QUIET_TIMEOUT = 15.0          # seconds without progress before a run gives up
 
@@ -55,18 +57,29 @@ class Worker:
         self.ctx = zmq.Context()
         self.ctx.set(zmq.MAX_SOCKETS, len(indexes) + 64)
         self.poller = zmq.Poller()
-        self.socks, self.user_of = [], {}
+        self.socks, self.user_of, self.by_fd = [], {}, {}
         for i in indexes:
-            s = self.ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.RCVHWM, 0)
-            curve.connect_client(s, endpoints[i % len(endpoints)])
+            if args.transport == "ws":
+                s = WsSock(endpoints[i % len(endpoints)])
+                self.by_fd[s.fileno()] = s
+            else:
+                s = self.ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.RCVHWM, 0)
+                curve.connect_client(s, endpoints[i % len(endpoints)])
             self.socks.append(s)
             self.user_of[s] = i
             self.poller.register(s, zmq.POLLIN)
         self.secret = secret
         self.sid = {}                          # socket -> its session's sid
         self.pad = "x" * args.size
+        # a WebSocket read may hold many messages, buffered in the WsSock where the poller
+        # cannot see them: drain those completely
+        self.drain = 1 << 30 if args.transport == "ws" else 256
+
+    def ready(self, timeout_ms) -> list:
+        """Sockets with something to read (a zmq.Poller reports plain sockets by their fd)."""
+        return [self.by_fd.get(s, s) for s, _ in self.poller.poll(timeout_ms)]
 
     def login(self) -> int:
         for s in self.socks:
@@ -75,11 +88,16 @@ class Worker:
                               "token": auth.mint(self.secret, uin, 3600), "device": 0}))
         ok, deadline = 0, time.monotonic() + 60
         while ok < len(self.socks) and time.monotonic() < deadline:
-            for s, _ in self.poller.poll(100):
-                reply = wire.unpack(s.recv())
-                if reply.get("t") == "login_ok":
-                    self.sid[s] = reply["sid"]
-                    ok += 1
+            for s in self.ready(100):
+                while True:
+                    try:
+                        frame = s.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    reply = wire.unpack(frame)
+                    if reply.get("t") == "login_ok":
+                        self.sid[s] = reply["sid"]
+                        ok += 1
         return ok
 
     def send(self, s, seq: int) -> None:
@@ -131,11 +149,11 @@ class Worker:
         last_progress = time.monotonic()
         while (self.acked + self.errors < expected_acks or self.deliveries < expected_deliveries) \
                 and time.monotonic() - last_progress < QUIET_TIMEOUT:
-            ready = self.poller.poll(200)
+            ready = self.ready(200)
             if ready:
                 last_progress = time.monotonic()
-            for s, _ in ready:
-                for _ in range(256):
+            for s in ready:
+                for _ in range(self.drain):
                     try:
                         frame = s.recv(zmq.NOBLOCK)
                     except zmq.Again:
@@ -172,6 +190,7 @@ def bench_topology(args, tmp: str) -> str:
     for i in range(args.users):
         members[channel_of(i, args.members)].append(i + 1)
     return write_topology(tmp, brokers=args.brokers, logics=args.logic,
+                          ws=args.transport == "ws",
                           limits={"rate": 1e9, "burst": 1e9, "max_pending": 100000},
                           heartbeat={"wired": 600.0},
                           channels={n: {"members": m} for n, m in members.items()},
@@ -224,7 +243,10 @@ def measure(args, tmp: str) -> dict:
         admin = Admin(topo, timeout=5)
         if args.attach:
             ensure_channels(admin, args)
-        endpoints = [curve.client_endpoint(topo, b) for b in topo.ids("broker")]
+        if args.transport == "ws":
+            endpoints = [b.endpoint("ws") for b in topo.of_type("broker")]
+        else:
+            endpoints = [curve.client_endpoint(topo, b) for b in topo.ids("broker")]
         secret = topo.read_secret()
         ready, go, out = mp.Queue(), mp.Queue(), mp.Queue()
         progress = [mp.Value("l", 0) for _ in range(args.processes)]
@@ -292,7 +314,7 @@ def measure(args, tmp: str) -> dict:
         "server_cpu_us_per_msg": round(1e6 * server_cpu / max(1, acked), 1),
         "workload": {"users": args.users, "channels": args.channels, "members": args.members,
                      "messages": args.messages, "size": args.size, "window": args.window,
-                     "processes": args.processes},
+                     "processes": args.processes, "transport": args.transport},
         "topology": {"attach": args.attach, "brokers": len(topo.ids("broker")),
                      "logic": len(topo.ids("logic")), "router": len(topo.ids("router")),
                      "counter": len(topo.ids("counter")), "curve": topo.curve,
@@ -311,7 +333,7 @@ def render(r: dict) -> str:
     rows += [[f"peak RSS MB {k}", v] for k, v in r["peak_rss_mb"].items()]
     w = r["workload"]
     head = (f"{r['machine']}\nworkload: {w['users']} users, {w['channels']} channels x {w['members']} members, "
-            f"{w['messages']} msgs of {w['size']} B each, window {w['window']}; topology: "
+            f"{w['messages']} msgs of {w['size']} B each, window {w['window']}, over {w['transport']}; topology: "
             f"{r['topology']['brokers']} brokers, {r['topology']['logic']} logic; CURVE "
             f"{'on' if r['topology']['curve'] else 'off'} between nodes, "
             f"{'on' if r['topology']['client_curve'] else 'off'} for clients")
@@ -333,6 +355,8 @@ def main(argv=None) -> int:
                         help="CurveZMQ between the nodes (default on; --attach: the topology decides)")
     parser.add_argument("--client-curve", choices=("on", "off"), default="off",
                         help="CurveZMQ on the client sessions too (default off)")
+    parser.add_argument("--transport", choices=("zmq", "ws"), default="zmq",
+                        help="client sessions over ZeroMQ DEALERs or WebSockets (brokers' ws endpoints)")
     parser.add_argument("--attach", metavar="CONFIG", help="use a running mesh instead of starting one")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     parser.add_argument("--progress", action="store_true", help="progress bar even when not a tty")

@@ -29,6 +29,7 @@ from .logs import events
 from .node import INTERNAL_MAX_FRAME, Node
 from .rpc import Requests
 from .sessions import SessionTable
+from .webgate import WebGate
 
 log = logging.getLogger(__name__)
 
@@ -363,8 +364,11 @@ class BrokerNode(Node):
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_frame"]),
                                 sndhwm=int(topo.limits["session_queue"]), mandatory=True)
-        self.serve(self.client, wire.CLIENT_REQUESTS, self.core.handlers, max_len=int(topo.limits["max_frame"]),
-                   guard=self.core.guard, max_items=MAX_PIPELINED)
+        self.clients = self.serve(self.client, wire.CLIENT_REQUESTS, self.core.handlers,
+                                  max_len=int(topo.limits["max_frame"]), guard=self.core.guard,
+                                  max_items=MAX_PIPELINED)
+        ws = self.spec.endpoints.get("ws")
+        self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same dispatcher
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
@@ -375,10 +379,21 @@ class BrokerNode(Node):
 
     # --- out -----------------------------------------------------------------
     def reply(self, ident, msg):
-        self.queue_reply(self.client, ident, msg)
+        if self.web is not None and WebGate.owns(ident):
+            self.web.reply(ident, msg)
+        else:
+            self.queue_reply(self.client, ident, msg)
 
     def push(self, ident, packed):
-        self.queue_packed(self.client, ident, packed)
+        if self.web is not None and WebGate.owns(ident):
+            self.web.put(ident, packed)
+        else:
+            self.queue_packed(self.client, ident, packed)
+
+    def web_frame(self, ident, frame):
+        """A frame from a WebSocket or HTTP client (nodes/webgate.py): the ZeroMQ clients' dispatcher."""
+        self.clients.frame(ident, frame, self.clock(), self.reply, int(self.topo.limits["max_frame"]),
+                           MAX_PIPELINED)
 
     def to_logic(self, owner, msg, callback, timeout=None):
         self.requests.send(self.logics[owner], msg, callback, timeout)
@@ -422,4 +437,5 @@ class BrokerNode(Node):
         return dict(super().status(), sessions=len(self.core.sessions), logic_links=linked,
                     ready=len(linked) == len(self.logics), refused=dict(self.core.stats),
                     kicked=dict(self.core.sessions.ended), pending=self.core.pending,
-                    requests=dict(self.dispatchers[0].requests), **self.core.counts)
+                    requests=dict(self.dispatchers[0].requests), **self.core.counts,
+                    **({"web": self.web.status()} if self.web is not None else {}))

@@ -46,12 +46,14 @@ def free_ports(n: int) -> list[int]:
 
 
 def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays=0, limits=None,
-                   heartbeat=None, channels=None, metrics=False, curve=True, client_curve=False) -> str:
+                   heartbeat=None, channels=None, metrics=False, curve=True, client_curve=False,
+                   ws=False) -> str:
     """A local topology in ``directory`` with every endpoint on a free port (``metrics``: each
     node also gets a /metrics port; CURVE keys are made under ``directory``/keys when the mesh
-    starts)."""
+    starts; ``ws``: brokers also serve WebSocket/HTTP clients)."""
     count = brokers + logics + routers + relays + counters
-    ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters + (count if metrics else 0)))
+    ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters + (count if metrics else 0)
+                            + (brokers if ws else 0)))
 
     def ep():
         return f"tcp://127.0.0.1:{next(ports)}"
@@ -61,6 +63,9 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays
         "routers": [{"id": f"r{i}", "rpc": ep(), "pub": ep()} for i in range(1, routers + 1)],
         "counters": [{"id": f"c{i}", "rpc": ep()} for i in range(1, counters + 1)],
     }
+    if ws:
+        for b in idc["brokers"]:
+            b["ws"] = f"ws://127.0.0.1:{next(ports)}"
     if relays:
         idc["relays"] = [{"id": f"m{i}", "client": ep(), "rpc": ep()} for i in range(1, relays + 1)]
     if metrics:

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 class Loop:
     def __init__(self, batch: int = 512, max_wait: float = 0.1):
         self.poller = zmq.Poller()
-        self.handlers = {}
+        self.handlers = {}              # ZeroMQ socket -> (reader, handler)
+        self.fd_handlers = {}           # plain fd (add_fd) -> handler(events)
         self.batch = batch
         self.max_wait = max_wait
         self._timers = []               # heap of (due, seq, interval, fn)
@@ -38,6 +39,16 @@ class Loop:
         """Call ``handler(frames)`` for every multipart message arriving on sock."""
         self.handlers[sock] = (reader(sock.type), handler)
         self.poller.register(sock, zmq.POLLIN)
+
+    def add_fd(self, fd: int, handler, events: int = zmq.POLLIN) -> None:
+        """Call ``handler(events)`` when a plain OS socket is ready (non-ZeroMQ transports);
+        calling it again for the same fd changes the events polled for."""
+        self.fd_handlers[fd] = handler
+        self.poller.register(fd, events)
+
+    def remove_fd(self, fd: int) -> None:
+        self.fd_handlers.pop(fd, None)
+        self.poller.unregister(fd)
 
     def every(self, interval: float, fn, first: float | None = None) -> None:
         due = time.monotonic() + (interval if first is None else first)
@@ -76,8 +87,17 @@ class Loop:
     def turn(self, timeout_ms: int | None = None) -> None:
         ready = self.poller.poll(self._timeout_ms() if timeout_ms is None else timeout_ms)
         started = time.monotonic()
-        for sock, _event in ready:
-            read, handler = self.handlers[sock]
+        for sock, event in ready:
+            entry = self.handlers.get(sock)
+            if entry is None:
+                handler = self.fd_handlers.get(sock)      # a plain fd (add_fd): the handler reads it
+                if handler is not None:
+                    try:
+                        handler(event)
+                    except Exception:
+                        log.exception("fd handler failed")
+                continue
+            read, handler = entry
             for _ in range(self.batch):
                 try:
                     frames = read(sock)

@@ -28,6 +28,9 @@ ENDPOINTS = {
     "relay": ("client", "rpc"),
 }
 
+# optional per-node keys: a broker may also serve WebSocket/HTTP clients (nodes/webgate.py)
+OPTIONAL_KEYS = {"broker": ("ws", "origins")}
+
 DEFAULT_LIMITS = {
     "max_frame": 65536,          # bytes, ZMQ_MAXMSGSIZE on client-facing sockets
     "max_text": 1440,            # bytes of UTF-8 per message
@@ -76,6 +79,7 @@ class NodeSpec:
     idc: str
     endpoints: dict
     metrics: tuple | None = None     # (host, port) of its Prometheus /metrics server, if any
+    origins: tuple = ()     # browser origins a broker's ws endpoint accepts besides its own page
 
     def endpoint(self, name: str) -> str:
         return self.endpoints[name]
@@ -291,10 +295,22 @@ def _parse_nodes(path, idcs):
                     if metrics in seen_endpoints:
                         _fail(path, f"{key}.metrics", f"{metrics} already used by {seen_endpoints[metrics]}")
                     seen_endpoints[metrics] = node_id
-                extra = set(entry) - {"id", "metrics"} - set(ENDPOINTS[node_type])
+                optional = OPTIONAL_KEYS.get(node_type, ())
+                if "ws" in optional and entry.get("ws") is not None:
+                    ep = entry["ws"]
+                    if not isinstance(ep, str) or not ep.startswith("ws://") or ":" not in ep[5:]:
+                        _fail(path, f"{key}.ws", "needs an endpoint like ws://127.0.0.1:7601")
+                    if ep in seen_endpoints:
+                        _fail(path, f"{key}.ws", f"endpoint {ep} already used by {seen_endpoints[ep]}")
+                    seen_endpoints[ep] = node_id
+                    endpoints["ws"] = ep
+                origins = entry.get("origins", [])
+                if not isinstance(origins, list) or not all(isinstance(o, str) and o for o in origins):
+                    _fail(path, f"{key}.origins", "must be a list of origins like https://chat.example.com")
+                extra = set(entry) - {"id", "metrics"} - set(ENDPOINTS[node_type]) - set(optional)
                 if extra:
                     _fail(path, key, f"unknown keys {sorted(extra)}")
-                nodes[node_id] = NodeSpec(node_id, node_type, idc, endpoints, metrics)
+                nodes[node_id] = NodeSpec(node_id, node_type, idc, endpoints, metrics, tuple(origins))
     for node_type in REQUIRED_TYPES:
         if not any(n.type == node_type for n in nodes.values()):
             _fail(path, "idcs", f"needs at least one {node_type}")

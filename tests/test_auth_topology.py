@@ -46,7 +46,9 @@ def test_local_topology_loads_with_the_promised_shape():
     assert len(topo.ids("router")) == 1 and len(topo.ids("counter")) == 1
     assert topo.channels["lobby"]["members"] == list(range(1, 101))
     assert topo.local is True and topo.data_dir == os.path.join(ROOT, "var")
-    assert all(ep.startswith("tcp://127.0.0.1:") for n in topo.nodes.values() for ep in n.endpoints.values())
+    assert all(ep.startswith("ws://127.0.0.1:" if name == "ws" else "tcp://127.0.0.1:")
+               for n in topo.nodes.values() for name, ep in n.endpoints.items())
+    assert all("ws" in n.endpoints for n in topo.of_type("broker"))        # the web chat page
 
 
 def test_multi_idc_example_loads():

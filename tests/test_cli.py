@@ -106,13 +106,13 @@ def test_mesh_token_and_channel_commands(cli_mesh):
 
 
 def test_mesh_up_runs_in_the_foreground_and_stops_everything_on_ctrl_c(tmp_path):
-    cfg = write_topology(tmp_path)
+    cfg = write_topology(tmp_path, ws=True)
     up = start("mesh", "up", "-c", cfg)
     try:
         lines = []
         for line in up.stdout:
             lines.append(line)
-            if "mesh is up" in line:
+            if "web chat: open http://127.0.0.1:" in line:        # printed right after "mesh is up"
                 break
         assert any("mesh is up" in line for line in lines), "".join(lines) + up.stderr.read()
         assert sum(" up " in f" {line}" for line in lines) >= 6

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
+import urllib.request
 
 import pytest
 
@@ -90,10 +92,15 @@ def test_default_topology_is_created_in_the_data_home_not_site_packages(installe
 
 @pytest.mark.slow
 def test_installed_mesh_up_chat_send_and_stop(installed, tmp_path):
-    cfg = write_topology(tmp_path, brokers=1, logics=1)
+    cfg = write_topology(tmp_path, brokers=1, logics=1, ws=True)
     up = cmd(installed, "imesh-mesh", "up", "-c", cfg, "--detach")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
+        page = re.search(r"web chat: open (http://\S+)", up.stdout)          # served from the wheel's files
+        assert page, up.stdout
+        for path in ("", "js/src/client.js", "js/vendor/msgpack/index.mjs"):
+            with urllib.request.urlopen(page.group(1) + path, timeout=10) as res:
+                assert res.status == 200 and len(res.read()) > 100
         sent = cmd(installed, "imesh-chat", "send", "-c", cfg, "--uin", 1, "--channel", "lobby", "from a wheel")
         assert sent.returncode == 0 and int(sent.stdout) >= 1, sent.stderr
         tail = cmd(installed, "imesh-chat", "tail", "-c", cfg, "--uin", 2, "--channel", "lobby", "--since", 0,

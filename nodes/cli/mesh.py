@@ -73,12 +73,23 @@ def cmd_up(args) -> int:
             print(f"channel {name!r}: {len(ch['members'])} members")
         print(f"mesh is up (supervisor pid {os.getpid()}); Ctrl-C or `{PROG} stop` stops every node.  "
               "Try: bin/chat --uin 1   and   bin/chat --uin 2", flush=True)
+        web = web_chat_line(topo)
+        if web:
+            print(web, flush=True)
         sup.run(lambda: stop["now"])
         print("stopping ...", flush=True)
         return 0
     finally:
         sup.close()
         print("all nodes stopped", flush=True)
+
+
+def web_chat_line(topo) -> str | None:
+    """Where a browser finds the chat page: every broker with a ws endpoint serves it."""
+    pages = [f"http://{n.endpoints['ws'][5:]}/" for n in topo.of_type("broker") if "ws" in n.endpoints]
+    if not pages:
+        return None
+    return f"web chat: open {pages[0]} in a browser (every broker serves it: {' '.join(pages)})"
 
 
 def up_detached(args, topo) -> int:
@@ -99,6 +110,9 @@ def up_detached(args, topo) -> int:
         if "mesh is up" in text:
             print(f"mesh is up under supervisor pid {proc.pid} (pid file "
                   f"{supervisor.pid_path(topo.data_dir)}, log {log_path}); `{PROG} stop` stops it")
+            web = web_chat_line(topo)
+            if web:
+                print(web)
             return 0
         if proc.poll() is not None:
             sys.stderr.write(text)

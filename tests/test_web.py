@@ -1,0 +1,330 @@
+"""The brokers' web endpoint (nodes/webgate.py): WebSocket and HTTP long-poll clients share
+the ZeroMQ clients' sessions; every bad input gets a clear answer and the broker keeps serving.
+Also runs the JavaScript client's node tests (clients/js/test) from this suite."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+import zmq
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from bench.wssock import WsSock
+from conftest import ROOT, MeshHarness, write_topology
+from nodes import topology, wire
+from nodes.webroutes import Routes
+
+
+@pytest.fixture(scope="module")
+def web_mesh(tmp_path_factory):
+    harness = MeshHarness(write_topology(tmp_path_factory.mktemp("web"), ws=True))
+    try:
+        harness.start()
+        yield harness
+    finally:
+        harness.close()
+
+
+def ws_url(mesh, index=0):
+    return mesh.topo.of_type("broker")[index].endpoints["ws"]
+
+
+def http_of(mesh, index=0):
+    host, port = ws_url(mesh, index)[5:].split(":")
+    return http.client.HTTPConnection(host, int(port), timeout=10)
+
+
+def call(conn, method, path, body=None, headers=None):
+    """One HTTP request on a keep-alive connection: (status, body)."""
+    conn.request(method, path, body=body, headers=headers or {})
+    res = conn.getresponse()
+    return res.status, res.read()
+
+
+def ask(ws, msg, timeout=5.0):
+    ws.send(msgpack.packb(msg) if isinstance(msg, dict) else msg)
+    return msgpack.unpackb(ws.recv(timeout=timeout))
+
+
+def login(ws, mesh, uin, device=0):
+    return ask(ws, {"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": mesh.token(uin), "device": device})
+
+
+def raw_login(raw, mesh, uin) -> dict:
+    """Log a bench WsSock in; the login_ok reply."""
+    raw.send(msgpack.packb({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": mesh.token(uin),
+                            "device": 0}))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            reply = msgpack.unpackb(raw.recv(0))
+            assert reply["t"] == "login_ok", reply
+            return reply
+        except zmq.Again:
+            assert time.monotonic() < deadline, "no login reply"
+
+
+def broker_alive(mesh):
+    return mesh.admin.status(mesh.topo.ids("broker")[0]) is not None
+
+
+@pytest.mark.parametrize("entry, why", [
+    ({"ws": "http://127.0.0.1:1"}, "ws: needs an endpoint like ws://"),
+    ({"ws": "ws://127.0.0.1:7101"}, None),
+    ({"origins": "https://x"}, "origins: must be a list"),
+    ({"wss": "ws://127.0.0.1:1"}, "unknown keys ['wss']"),
+])
+def test_topology_ws_endpoint_and_origins_are_checked(entry, why):
+    nodes = {"brokers": [{"id": "b", "client": "tcp://127.0.0.1:7101", "rpc": "tcp://127.0.0.1:7111", **entry}],
+             "logics": [{"id": "l", "rpc": "tcp://127.0.0.1:7201", "pub": "tcp://127.0.0.1:7211"}],
+             "routers": [{"id": "r", "rpc": "tcp://127.0.0.1:7301", "pub": "tcp://127.0.0.1:7311"}],
+             "counters": [{"id": "c", "rpc": "tcp://127.0.0.1:7401"}]}
+    if why is None:
+        assert topology.parse({"idcs": {"x": nodes}}, "t.yaml").node("b").endpoints["ws"] == entry["ws"]
+    else:
+        with pytest.raises(topology.TopologyError, match=re.escape(why)):
+            topology.parse({"idcs": {"x": nodes}}, "t.yaml")
+
+
+def test_origin_rule_own_page_every_broker_page_and_listed_origins():
+    nodes = {"brokers": [{"id": "b", "client": "tcp://127.0.0.1:7101", "rpc": "tcp://127.0.0.1:7111",
+                          "ws": "ws://127.0.0.1:7601", "origins": ["https://chat.example.com"]},
+                         {"id": "b2", "client": "tcp://127.0.0.1:7102", "rpc": "tcp://127.0.0.1:7112",
+                          "ws": "ws://127.0.0.1:7602"}],
+             "logics": [{"id": "l", "rpc": "tcp://127.0.0.1:7201", "pub": "tcp://127.0.0.1:7211"}],
+             "routers": [{"id": "r", "rpc": "tcp://127.0.0.1:7301", "pub": "tcp://127.0.0.1:7311"}],
+             "counters": [{"id": "c", "rpc": "tcp://127.0.0.1:7401"}]}
+    topo = topology.parse({"idcs": {"x": nodes}}, "t.yaml")
+    routes = Routes(None, SimpleNamespace(topo=topo, spec=topo.node("b")))
+
+    def ok(origin, host=b"127.0.0.1:7601"):
+        return routes.origin_ok({b"host": host, **({b"origin": origin} if origin else {})})
+    assert ok(None)                                          # Node, native apps: no Origin
+    assert ok(b"http://127.0.0.1:7601")                      # its own page
+    assert ok(b"http://127.0.0.1:7602")                      # the other broker's page (failover)
+    assert ok(b"https://chat.example.com")                   # listed in the topology
+    assert ok(b"http://proxy.example:80", host=b"proxy.example:80")     # same origin behind a proxy
+    assert not ok(b"https://evil.example")
+    assert not ok(b"http://127.0.0.1:7603")
+
+
+def test_ws_session_is_a_broker_session(web_mesh):
+    """Login, send and pushes work across transports: a WebSocket user and a ZeroMQ user chat."""
+    zmq_user = web_mesh.client(22, broker=1)
+    with connect(ws_url(web_mesh) + "/ws") as ws:
+        ok = login(ws, web_mesh, 21)
+        assert ok["t"] == "login_ok"
+        web_mesh.wait_presence(21, 0, present=True)
+        session = {"sid": ok["sid"]} if "sid" in ok else {}      # protocol 2 echoes the session id
+        ack = ask(ws, {"t": "send", "rid": 2, "channel": "lobby", "ctime": time.time_ns() // 1000, "text": "hi zmq",
+                       **session})
+        assert ack["t"] == "ack"
+        ack2 = zmq_user.send("lobby", "hi ws")
+        pushed = msgpack.unpackb(ws.recv(timeout=5))
+        assert (pushed["t"], pushed["id"], pushed["text"]) == ("msg", ack2, "hi ws")
+    # the connection closed: the session ends at once, not after the heartbeat timeout
+    web_mesh.wait_presence(21, 0, present=False)
+
+
+def test_login_elsewhere_kicks_and_closes_the_websocket(web_mesh):
+    with connect(ws_url(web_mesh) + "/ws") as ws:
+        assert login(ws, web_mesh, 23)["t"] == "login_ok"
+        web_mesh.client(23, broker=0, wait_online=False)          # same uin and device over ZeroMQ
+        kicked = msgpack.unpackb(ws.recv(timeout=5))
+        assert kicked["t"] == "kicked"
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+
+
+def test_bad_websocket_input_gets_clear_errors(web_mesh):
+    with connect(ws_url(web_mesh) + "/ws") as ws:
+        assert ask(ws, b"\xc1")["code"] == wire.Err.BAD_FRAME                # not msgpack
+        assert ask(ws, msgpack.packb([1, 2]))["code"] == wire.Err.BAD_FRAME  # not maps
+        assert ask(ws, {"t": "nope", "rid": 3})["code"] == wire.Err.BAD_TYPE
+        flood = [{"t": "send", "rid": i, "channel": "lobby", "ctime": i, "text": "x"} for i in range(64)]
+        for _ in range(20):                                   # a flood before login
+            ws.send(msgpack.packb(flood))
+        codes = []
+        while len(codes) < 20 * 64:
+            codes += [m["code"] for m in msgpack.unpackb(ws.recv(timeout=5))]
+        assert set(codes) == {wire.Err.NOT_LOGGED_IN}
+        assert login(ws, web_mesh, 24)["t"] == "login_ok"                # still a usable connection
+    with connect(ws_url(web_mesh) + "/ws") as ws:
+        ws.send("text, not binary")
+        assert msgpack.unpackb(ws.recv(timeout=5))["code"] == wire.Err.BAD_FRAME
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+        assert closed.value.rcvd.code == 1003
+    max_frame = web_mesh.topo.limits["max_frame"]
+    with connect(ws_url(web_mesh) + "/ws", max_size=None) as ws:
+        ws.send(b"\x00" * (max_frame + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+        assert closed.value.rcvd.code == 1009                             # message too big
+    assert broker_alive(web_mesh)
+
+
+def test_pushes_to_a_closing_websocket_are_dropped_not_fatal(web_mesh):
+    """A logged-in client that sent a text frame is closed at once, without waiting for its close
+    reply (it never sends one): its session ends, pushes meant for it go nowhere, and the broker
+    goes on serving everyone."""
+    raw = WsSock(ws_url(web_mesh))
+    try:
+        raw_login(raw, web_mesh, 28)
+        web_mesh.wait_presence(28, 0, present=True)
+        raw.proto.send_text(b"not binary")
+        raw._flush()
+        sender = web_mesh.client(29, broker=0)
+        for i in range(5):                                 # pushes for the closing connection
+            sender.send("lobby", f"to a closing socket {i}")
+        assert broker_alive(web_mesh)
+        web_mesh.wait_presence(28, 0, present=False)
+    finally:
+        raw.close()
+
+
+def test_a_websocket_client_that_does_not_read_is_dropped_as_too_slow(web_mesh):
+    """Big sync replies pile up for a client that never reads: past the outbound bound the
+    broker closes that connection and ends its session; everyone else is served as before."""
+    writer = web_mesh.client(30, broker=0)
+    for i in range(200):
+        writer.send("lobby", f"{i:04d} " + "x" * 1400)
+    raw = WsSock(ws_url(web_mesh))
+    try:
+        session = {k: v for k, v in raw_login(raw, web_mesh, 31).items() if k == "sid"}
+        web_mesh.wait_presence(31, 0, present=True)
+        syncs = [{"t": "sync", "rid": 2 + i, "channel": "lobby", "after": 0, **session} for i in range(64)]
+        for _ in range(2):                                 # ~128 pages of 200 x 1.4 KB, never read
+            raw.send(msgpack.packb(syncs))
+        web_mesh.wait_presence(31, 0, present=False, timeout=30)
+        assert web_mesh.admin.status(web_mesh.topo.ids("broker")[0])["web"]["too_slow"] >= 1
+        assert writer.send("lobby", "still served")
+    finally:
+        raw.close()
+
+
+def test_foreign_origin_is_refused_and_own_page_allowed(web_mesh):
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url(web_mesh) + "/ws", origin="http://evil.example").close()
+    assert refused.value.response.status_code == 403
+    own = "http://" + ws_url(web_mesh)[5:]
+    with connect(ws_url(web_mesh) + "/ws", origin=own) as ws:
+        assert ask(ws, {"t": "hb", "rid": 1})["code"] == wire.Err.NOT_LOGGED_IN
+    conn = http_of(web_mesh)
+    assert call(conn, "POST", "/h/open", headers={"Origin": "http://evil.example"})[0] == 403
+
+
+def test_bad_http_input_gets_clear_errors(web_mesh):
+    conn = http_of(web_mesh)
+    status, body = call(conn, "GET", "/ws")                       # no upgrade
+    assert status == 404 and b"WebSocket" in body
+    assert call(conn, "GET", "/web/../../nodes/auth.py")[0] == 404
+    assert call(conn, "GET", "/js/src/../../../secret")[0] == 404
+    status, body = call(conn, "POST", "/h/send?c=unknown", body=b"\x80")
+    assert status == 404 and b"/h/open" in body
+    status, body = call(conn, "GET", "/info")
+    info = json.loads(body)
+    assert info["broker"] == web_mesh.topo.ids("broker")[0] and info["local"] is True
+    assert call(conn, "DELETE", "/h/open")[0] == 405
+    assert call(conn, "POST", "/h/open", body=b"x" * (web_mesh.topo.limits["max_frame"] + 10))[0] == 413
+    host, port = ws_url(web_mesh)[5:].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(b"\x16\x03\x01 garbage that is not HTTP\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 400")
+    assert broker_alive(web_mesh)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(min_size=1, max_size=2048) | st.builds(lambda head, tail: head + tail, st.sampled_from(
+    [b"GET / HTTP/1.1\r\n", b"POST /h/send?c=x HTTP/1.1\r\nContent-Length: 99999999\r\n",
+     b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"]), st.binary(max_size=512)))
+def test_random_bytes_on_the_web_endpoint_never_hurt_the_broker(web_mesh, junk):
+    """Whatever arrives, the broker answers or closes that connection and keeps serving."""
+    host, port = ws_url(web_mesh)[5:].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(junk)
+        raw.shutdown(socket.SHUT_WR)
+        try:
+            while raw.recv(65536):
+                pass
+        except (ConnectionResetError, socket.timeout):
+            pass
+    assert broker_alive(web_mesh)
+
+
+def test_http_fallback_is_a_session_with_pushes(web_mesh):
+    conn = http_of(web_mesh, 1)
+    channel = json.loads(call(conn, "POST", "/h/open")[1])["c"]
+
+    def post(msg):
+        assert call(conn, "POST", f"/h/send?c={channel}", body=msgpack.packb(msg))[0] == 202
+
+    def poll():
+        status, body = call(conn, "GET", f"/h/poll?c={channel}")
+        assert status == 200
+        return wire.unpack_many(body, 1 << 20)
+
+    post({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": web_mesh.token(25), "device": 0})
+    assert poll()[0]["t"] == "login_ok"
+    web_mesh.wait_presence(25, 0, present=True)
+    sender = web_mesh.client(26, broker=0)
+    msg_id = sender.send("lobby", "to the poller")
+    got = []
+    while not any(m.get("id") == msg_id for m in got):
+        got += poll()
+    assert [m["text"] for m in got if m.get("id") == msg_id] == ["to the poller"]
+    assert call(conn, "POST", f"/h/close?c={channel}")[0] == 204
+    web_mesh.wait_presence(25, 0, present=False)
+    assert call(conn, "GET", f"/h/poll?c={channel}")[0] == 404
+
+
+def test_dev_login_mints_a_token_on_a_local_topology(web_mesh):
+    conn = http_of(web_mesh)
+    token = json.loads(call(conn, "POST", "/dev/token", body=b'{"uin": 27}')[1])
+    assert token["uin"] == 27 and token["local_only"] is True
+    with connect(ws_url(web_mesh) + "/ws") as ws:
+        assert ask(ws, {"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": token["token"],
+                        "device": 0})["uin"] == 27
+    assert call(conn, "POST", "/dev/token", body=b'{"uin": -1}')[0] == 400
+
+
+def test_page_is_served(web_mesh):
+    conn = http_of(web_mesh)
+    conn.request("GET", "/")
+    res = conn.getresponse()
+    assert res.status == 200 and b"<html" in res.read().lower()
+    conn.request("GET", "/js/src/client.js")
+    res = conn.getresponse()
+    assert res.status == 200 and res.getheader("content-type").startswith("text/javascript")
+    res.read()
+
+
+def node_major() -> int:
+    try:
+        out = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=30).stdout
+        return int(out.strip().lstrip("v").split(".")[0])
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return 0
+
+
+@pytest.mark.skipif(shutil.which("node") is None or node_major() < 20,
+                    reason="node >= 20 is not installed (the JS client needs its WebSocket)")
+def test_js_client_node_tests():
+    """clients/js/test against meshes the node tests start themselves (tests/webmesh.py)."""
+    env = dict(os.environ, IMESH_PYTHON=sys.executable, PYTHONPATH=ROOT)
+    proc = subprocess.run(["node", "--experimental-websocket", "--test", "clients/js/test/"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
