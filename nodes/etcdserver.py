@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
 from .localtopo import free_ports
+from .processes import stop_all
 
 
 class EtcdError(RuntimeError):
@@ -99,16 +99,7 @@ class LocalEtcd:
             proc.wait()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs.values())
 
     def __enter__(self):
         return self.start()

@@ -21,6 +21,7 @@ import time
 
 from . import auth, curve, topology
 from .admin import Admin
+from .processes import stop_all
 
 def child_env() -> dict:
     """This environment, with the directory holding this package first on PYTHONPATH."""
@@ -90,16 +91,7 @@ class Mesh:
         return {i: p.returncode for i, p in self.procs.items() if p.poll() is not None}
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs.values())
 
     def __enter__(self):
         return self

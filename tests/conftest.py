@@ -6,6 +6,7 @@ never on fixed sleeps.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -84,12 +85,19 @@ def make_mesh(tmp_path_factory):
         harness.close()
 
 
-@pytest.fixture(scope="module")
-def shared_mesh(tmp_path_factory):
-    """One 2-broker, 2-logic mesh for the tests of a module that do not kill nodes."""
-    harness = MeshHarness(write_topology(tmp_path_factory.mktemp("shared")))
+@contextlib.contextmanager
+def running_mesh(tmp_path_factory, name: str, **kwargs):
+    """A mesh from write_topology(**kwargs) in a fresh temp dir, closed on the way out."""
+    harness = MeshHarness(write_topology(tmp_path_factory.mktemp(name), **kwargs))
     try:
         harness.start()
         yield harness
     finally:
         harness.close()
+
+
+@pytest.fixture(scope="module")
+def shared_mesh(tmp_path_factory):
+    """One 2-broker, 2-logic mesh for the tests of a module that do not kill nodes."""
+    with running_mesh(tmp_path_factory, "shared") as harness:
+        yield harness

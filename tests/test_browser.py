@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, MeshHarness, write_topology
+from conftest import ROOT, running_mesh
 
 CHROMIUM = os.environ.get("IMESH_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -24,12 +24,8 @@ if not os.access(CHROMIUM, os.X_OK):
 
 @pytest.fixture(scope="module")
 def web_mesh(tmp_path_factory):
-    harness = MeshHarness(write_topology(tmp_path_factory.mktemp("browser"), ws=True))
-    try:
-        harness.start()
+    with running_mesh(tmp_path_factory, "browser", ws=True) as harness:
         yield harness
-    finally:
-        harness.close()
 
 
 @pytest.fixture(scope="module")

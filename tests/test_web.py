@@ -23,19 +23,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from bench.wssock import WsSock
-from conftest import ROOT, MeshHarness, write_topology
+from conftest import ROOT, running_mesh
 from nodes import topology, wire
 from nodes.webroutes import Routes
 
 
 @pytest.fixture(scope="module")
 def web_mesh(tmp_path_factory):
-    harness = MeshHarness(write_topology(tmp_path_factory.mktemp("web"), ws=True))
-    try:
-        harness.start()
+    with running_mesh(tmp_path_factory, "web", ws=True) as harness:
         yield harness
-    finally:
-        harness.close()
 
 
 def ws_url(mesh, index=0):

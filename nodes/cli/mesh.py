@@ -366,15 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0,
                    help="seconds a node may take to answer (default: %(default)s)")
     p.set_defaults(fn=cmd_top)
-    p = sub.add_parser("check", help="validate a topology file (endpoints, ports, secret); exit 1 if bad")
-    add_config_arg(p)
-    p.set_defaults(fn=cmd_check)
-    p = sub.add_parser("secret", help="create the topology's secret file if it does not exist")
-    add_config_arg(p)
-    p.set_defaults(fn=cmd_secret)
-    p = sub.add_parser("keys", help="create missing CURVE keypairs and print what a deployment copies where")
-    add_config_arg(p)
-    p.set_defaults(fn=cmd_keys)
+    for name, fn, text in (
+            ("check", cmd_check, "validate a topology file (endpoints, ports, secret, keys); exit 1 if bad"),
+            ("secret", cmd_secret, "create the topology's secret file if it does not exist"),
+            ("keys", cmd_keys, "create missing CURVE keypairs and print what a deployment copies where")):
+        p = sub.add_parser(name, help=text)
+        add_config_arg(p)
+        p.set_defaults(fn=fn)
     p = sub.add_parser("token", help="print a login token for a uin")
     add_config_arg(p)
     p.add_argument("--uin", type=uin_arg, required=True, help="user number the token is for")
