@@ -36,10 +36,11 @@ class MeshError(RuntimeError):
 
 
 class Mesh:
-    def __init__(self, config: str, python: str = sys.executable, log_args=()):
+    def __init__(self, config: str, python: str = sys.executable, log_args=(), wrap=None):
         self.config = os.path.abspath(config)
         self.topo = topology.load(self.config)
         self.python = python
+        self.wrap = wrap or (lambda _node_id: [])   # argv prefix per node (a network namespace: bench/wanbed)
         self.log_args = list(log_args)        # e.g. ["--log-level", "DEBUG", "--log-format", "json"]
         self.procs = {}                       # node id -> Popen
         self.admin = Admin(self.topo, timeout=1.0)
@@ -61,7 +62,7 @@ class Mesh:
                 raise MeshError(f"node {node_id} is already running")
             log = open(self.log_path(node_id), "ab")
             self.procs[node_id] = subprocess.Popen(
-                [self.python, "-m", "nodes.launch", "--config", self.config, "--id", node_id,
+                [*self.wrap(node_id), self.python, "-m", "nodes.launch", "--config", self.config, "--id", node_id,
                  *self.log_args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             log.close()
