@@ -59,13 +59,25 @@ class Admin:
             msg["members"] = sorted(set(members))
         if lifetime is not None:
             msg["lifetime"] = lifetime
-        owner = self.topo.logic_for(name)
-        reply = self.call(owner, msg)
+        reply, owner = None, None
+        for owner in self._servers(name):
+            reply = self.call(owner, msg)
+            if reply is not None and reply.get("code") == wire.Err.WRONG_OWNER and reply.get("leader"):
+                owner = reply["leader"]                  # a replica names its shard's leader
+                reply = self.call(owner, msg)
+            if reply is not None:
+                break
         if reply is None:
             raise AdminError(wire.Err.UNAVAILABLE, f"logic node {owner} did not answer")
         if reply.get("t") == "err":
             raise AdminError(reply["code"], reply["msg"])
         return reply
+
+    def _servers(self, name: str) -> list[str]:
+        """Where to ask about a channel: its owner, or its shard's replicas (preferred first)."""
+        if self.topo.replicated:
+            return self.topo.replicas_of(self.topo.shard_of(name))
+        return [self.topo.logic_for(name)]
 
     def presence(self, uin: int) -> dict:
         """{logic id: {device: broker}} as each logic node's replica sees the uin."""

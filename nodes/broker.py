@@ -69,6 +69,7 @@ class BrokerCore:
         self.sessions = SessionTable(float(topo.heartbeat["session_timeout_factor"]))
         self.active = set()                     # sessions with requests since the last touch round
         self.heard = {}                         # logic id -> time of its last tick
+        self.leaders = {}                       # shard -> (epoch, logic id), from ticks (replication)
         self.handlers = {"login": self.login, "ping": self.ping, "send": self.send, "sync": self.sync,
                          "hb": self.heartbeat, "logout": self.logout}
 
@@ -166,6 +167,8 @@ class BrokerCore:
         def done(reply):
             self.pending -= 1
             reply["rid"] = rid
+            if reply.get("code") == wire.Err.WRONG_OWNER and self.topo.replicated:
+                reply = self._moved(request["channel"], reply)
             self.out.reply(ident, reply)
         self.out.to_logic(owner, request, done, self.send_timeout)
         return None
@@ -188,7 +191,7 @@ class BrokerCore:
                          more=[], not_member=[], unavailable=[])
         groups = {}
         for name, have in channels.items():
-            owner = self.topo.logic_for(name)
+            owner = self.owner_of(name)
             if self.logic_up(owner, now):
                 groups.setdefault(owner, {})[name] = have
             else:
@@ -242,8 +245,44 @@ class BrokerCore:
         return wire.reply("bye", msg["rid"])
 
     # --- owners --------------------------------------------------------------
-    def on_tick(self, logic_id, now) -> None:
+    def on_tick(self, logic_id, now, leads=()) -> None:
         self.heard[logic_id] = now
+        if self.topo.replicated:
+            self._on_leads(logic_id, leads)
+
+    # --- shard leaders (replication, docs/ha.md) ---------------------------------
+    def _on_leads(self, logic_id, leads) -> None:
+        """A logic node's ticks list the shards it leads, with their epochs: the newest epoch
+        wins; a shard it no longer lists is forgotten."""
+        listed = set()
+        for shard, epoch in leads:
+            listed.add(shard)
+            known = self.leaders.get(shard)
+            if known is None or epoch >= known[0]:
+                self.leaders[shard] = (epoch, logic_id)
+        for shard, (_epoch, leader) in list(self.leaders.items()):
+            if leader == logic_id and shard not in listed:
+                del self.leaders[shard]
+
+    def owner_of(self, channel: str) -> str:
+        """The logic node serving a channel: its owner, or its shard's leader (else the shard's
+        preferred replica, which redirects)."""
+        if not self.topo.replicated:
+            return self.topo.logic_for(channel)
+        shard = self.topo.shard_of(channel)
+        known = self.leaders.get(shard)
+        return known[1] if known else self.topo.replicas_of(shard)[0]
+
+    def _moved(self, channel, reply) -> dict:
+        """WRONG_OWNER from a replica: remember the leader it names; the client retries (same ctime)."""
+        shard, leader = self.topo.shard_of(channel), reply.get("leader")
+        if leader in self.topo.nodes:
+            known = self.leaders.get(shard)
+            self.leaders[shard] = (known[0] if known else 0, leader)
+        else:
+            self.leaders.pop(shard, None)
+        return wire.error(reply.get("rid"), wire.Err.UNAVAILABLE, f"the leader of {channel!r} moved; "
+                          "retry with the same ctime", leader=leader)
 
     def logic_up(self, logic_id, now) -> bool:
         heard = self.heard.get(logic_id)
@@ -252,7 +291,7 @@ class BrokerCore:
         return now - heard < OWNER_DOWN_AFTER
 
     def _owner_up(self, channel, now) -> str:
-        owner = self.topo.logic_for(channel)
+        owner = self.owner_of(channel)
         if not self.logic_up(owner, now):
             raise wire.ProtocolError(wire.Err.UNAVAILABLE, f"the owner of {channel!r} ({owner}) is down; "
                                      "retry later with the same ctime")
@@ -390,7 +429,7 @@ class BrokerNode(Node):
             for packed, to, uin, device in msg["items"]:
                 deliver(packed, to, uin, device)
         elif msg.get("t") == "tick":
-            self.core.on_tick(msg.get("logic"), self.clock())
+            self.core.on_tick(msg.get("logic"), self.clock(), msg.get("leads") or ())
 
     def on_router_notice(self, msg):
         if msg.get("t") == "kick":

@@ -31,6 +31,7 @@ from . import store as keys
 from . import wire
 from .node import INTERNAL_MAX_FRAME, Node
 from .presence import PresenceReplica
+from .replication import REPLICATION_REQUESTS, Replication
 from .router import PRESENCE_TOPIC
 from .rpc import Requests
 
@@ -40,6 +41,7 @@ TICK_INTERVAL = 0.5
 SWEEP_INTERVAL = 0.05                 # expired messages are deleted in slices of at most 5 ms
 DEDUP_PRUNE_INTERVAL = 1.0            # 500 dedup rows looked at per second
 SENT_PRUNE_BUDGET = 2000              # expired send-index rows deleted per sweep call at most
+REPLICATION_PROBE = 0.1               # followers left behind are caught up this often
 
 
 class Pending:
@@ -119,15 +121,31 @@ class ChannelState:
         return True
 
 
+class StaticPlacement:
+    """Who serves a channel without replication: its rendezvous owner, always."""
+
+    def __init__(self, topo, node_id):
+        self.topo, self.id = topo, node_id
+
+    def owns(self, name: str) -> bool:
+        return self.topo.logic_for(name) == self.id
+
+    def leader(self, name: str):
+        return self.topo.logic_for(name)
+
+
 class LogicCore:
     """Channels, dedup and the send pipeline; ``out`` does the I/O.
 
     ``out`` provides ``reply(ident, msg)``, ``publish(broker_id, msg)`` and
-    ``request_ids(channel, n)``.
+    ``request_ids(channel, n)``.  ``placement`` says which channels this node
+    serves (``owns``) and who does (``leader``): the rendezvous owner, or with
+    replication the shard leader (nodes/replication.py).
     """
 
     def __init__(self, node_id, topo, store, replica, out, secret: bytes):
         self.id = node_id
+        self.placement = StaticPlacement(topo, node_id)
         self.topo = topo
         self.store = store
         self.replica = replica
@@ -150,11 +168,16 @@ class LogicCore:
         self.stats = collections.Counter()
 
     # --- start ---------------------------------------------------------------
-    def load(self) -> None:
+    def load(self, wanted=None) -> None:
+        """Load the stored channels (those ``wanted(name)`` accepts, if given) and create the
+        topology's channels this node serves that are not stored yet."""
+        loaded = {}
         for key, raw in self.store.scan(b"c"):
             name, row = key[1:].decode(), keys.decode(raw)
-            self.channels[name] = ChannelState(name, row["members"], self.queue, row.get("lifetime"))
-        for name, ch in self.channels.items():
+            if wanted is None or wanted(name):
+                loaded[name] = ChannelState(name, row["members"], self.queue, row.get("lifetime"))
+        self.channels.update(loaded)
+        for name, ch in loaded.items():
             for key in self.store.last_keys(keys.channel_prefix(name), self.queue):
                 ch.ring.push(keys.unpack_u64(key[-8:]))
             raw = self.store.get(keys.last_id_key(name))
@@ -172,7 +195,7 @@ class LogicCore:
             ctime, _channel, msg_id = keys.decode(raw)[:3]
             self.dedup.commit(uin, device, ctime, msg_id)
         for name, spec in self.topo.channels.items():
-            if name not in self.channels and self.topo.logic_for(name) == self.id:
+            if name not in self.channels and self.placement.owns(name) and (wanted is None or wanted(name)):
                 self._create(name, spec["members"], spec.get("lifetime"))
         self.store.flush()
 
@@ -190,9 +213,13 @@ class LogicCore:
         self.store.put(keys.lease_key(ch.name), keys.encode([list(x) for x in ch.leases]))
 
     # --- requests ------------------------------------------------------------
+    def _wrong_owner(self, name: str) -> wire.ProtocolError:
+        return wire.ProtocolError(wire.Err.WRONG_OWNER, f"logic {self.id} does not serve channel {name!r}",
+                                  leader=self.placement.leader(name))
+
     def _owned(self, name: str) -> ChannelState:
-        if self.topo.logic_for(name) != self.id:
-            raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"logic {self.id} does not own channel {name!r}")
+        if not self.placement.owns(name):
+            raise self._wrong_owner(name)
         ch = self.channels.get(name)
         if ch is None:
             raise wire.ProtocolError(wire.Err.NO_CHANNEL, f"no channel {name!r}")
@@ -291,7 +318,7 @@ class LogicCore:
         heads, firsts, uptos, msgs, more, not_member = {}, {}, {}, [], [], []
         for name, have in msg["channels"].items():
             ch = self.channels.get(name)
-            if ch is None or uin not in ch.members or self.topo.logic_for(name) != self.id:
+            if ch is None or uin not in ch.members or not self.placement.owns(name):
                 not_member.append(name)
                 continue
             page, firsts[name], cut, uptos[name] = self._page(ch, have, budget, now)
@@ -315,8 +342,8 @@ class LogicCore:
         name = msg["channel"]
         if must_exist:
             return self._owned(name)
-        if self.topo.logic_for(name) != self.id:
-            raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"logic {self.id} does not own channel {name!r}")
+        if not self.placement.owns(name):
+            raise self._wrong_owner(name)
         return None
 
     def _check_members(self, members):
@@ -525,9 +552,11 @@ class LogicCore:
         staged[key] = rec.ctime
         return True
 
-    def commit(self) -> None:
-        """The batch is on disk: record dedup, ack every waiter, fan out."""
-        committed, self.committed = self.committed, []
+    def commit(self, committed=None) -> None:
+        """The batch is on disk (with replication: on a majority): record dedup, ack every
+        waiter, fan out.  ``committed``: these sends instead of this turn's."""
+        if committed is None:
+            committed, self.committed = self.committed, []
         for rec in committed:
             key = (rec.uin, rec.device, rec.ctime)
             recorded = self.dedup.get(rec.uin, rec.device)
@@ -540,6 +569,25 @@ class LogicCore:
             self.fan_out(rec)
         self.stats["stored"] += len(committed)
         self.publish_turn()
+
+    def abandon(self, recs, why: str) -> None:
+        """Sends whose outcome this node can no longer promise (it stopped leading their shard):
+        UNAVAILABLE, so the client retries with the same ctime wherever the shard went."""
+        for rec in recs:
+            self.inflight.pop((rec.uin, rec.device, rec.ctime), None)
+            for ident, rid in rec.waiters:
+                self.out.reply(ident, wire.error(rid, wire.Err.UNAVAILABLE, why))
+
+    def drop(self, names, why: str) -> None:
+        """Stop serving these channels (their shard moved): forget their state, fail their queues."""
+        for name in names:
+            ch = self.channels.pop(name, None)
+            if ch is None:
+                continue
+            self.dirty.discard(ch)
+            self.waiting_total -= len(ch.waiting)
+            self.abandon(ch.waiting, why)
+            ch.waiting.clear()
 
     def fan_out(self, rec: Pending) -> None:
         """Queue the message for every broker with an online member (sent once per turn)."""
@@ -574,29 +622,76 @@ class LogicNode(Node):
         self.presence_sub = self.subscribe("router", PRESENCE_TOPIC, lambda msg: self.replica.on_message(msg))
         self.replica = PresenceReplica(self.routers, self.request_snapshot)
         self.core = LogicCore(node_id, topo, self.store, self.replica, self, topo.read_secret())
-        self.core.load()
+        self.repl = self.coordinator = None
+        if topo.replicated:
+            self._start_replication()          # channels load per shard, when this node leads it
+        else:
+            self.core.load()
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.rpc = rpc
         c = self.core
 
         def by_msg(fn):
             return lambda _ident, msg, now: fn(msg, now)
-        self.serve(rpc, wire.LOGIC_REQUESTS, {
+        handlers = {
             "send": c.send,
             "sync": by_msg(c.sync),
             "heads": by_msg(c.heads),
-            "channel_create": by_msg(c.channel_create),
-            "channel_add": by_msg(c.channel_add),
-            "channel_remove": by_msg(c.channel_remove),
-            "channel_show": by_msg(c.channel_show),
+            "channel_create": self._admin_change(c.channel_create),
+            "channel_add": self._admin_change(c.channel_add),
+            "channel_remove": self._admin_change(c.channel_remove),
+            "channel_show": self.handle_channel_show,
             "presence": self.handle_presence,
             "member": by_msg(c.member),
-            "status": self.handle_status})
+            "status": self.handle_status}
+        schemas = wire.LOGIC_REQUESTS
+        if self.repl is not None:
+            handlers.update(self.repl.handlers())
+            schemas = dict(schemas, **REPLICATION_REQUESTS)
+        self.serve(rpc, schemas, handlers)
         self.broker_topics = [wire.topic(b.id) for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)
         self.loop.every(SWEEP_INTERVAL, self.sweep)
         self.loop.every(DEDUP_PRUNE_INTERVAL, lambda: self.core.prune_dedup(time.time()))
         self.replica.start()
+        if self.coordinator is not None:
+            self.coordinator.start()
+
+    # --- replication hooks (nodes/replication.py, nodes/coordinator.py) -------
+    def _start_replication(self):
+        from .coordinator import Coordinator
+        self.logic_peers = {n: sock for n, sock in self.peers("logic").items() if n != self.id}
+        self.repl = Replication(self.id, self.topo, self)
+        ranks = {s: self.topo.replicas_of(s).index(self.id) for s in self.repl.shards}
+        self.coordinator = Coordinator(self.ctx, self.topo.etcd_endpoints(), self.topo.cluster, self.id, ranks)
+        self.loop.add(self.coordinator.pipe, lambda frames: self.repl.on_coordinator(keys.decode(frames[-1])))
+        self.loop.every(REPLICATION_PROBE, self.repl.probe)
+
+    def to_logic(self, peer, msg, callback, timeout):
+        self.requests.send(self.logic_peers[peer], msg, callback, timeout)
+
+    def announce(self):
+        """Tell every broker now which shards this node leads (also said in every tick)."""
+        frame = wire.pack({"t": "tick", "logic": self.id,
+                           "leads": [[s, e] for s, e in self.repl.leading().items()] if self.repl else []})
+        for topic in self.broker_topics:
+            self.queue_packed(self.pub, topic, frame)
+
+    def _admin_change(self, fn):
+        """A membership change is answered once the record carrying it is on a majority."""
+        def handler(ident, msg, now):
+            reply = fn(msg, now)
+            if self.repl is None:
+                return reply
+            self.repl.hold_reply(msg["channel"], ident, reply)
+            return None
+        return handler
+
+    def handle_channel_show(self, _ident, msg, now=None):
+        reply = self.core.channel_show(msg, now)
+        if self.repl is not None:
+            reply.update(self.repl.describe(msg["channel"]))
+        return reply
 
     # --- out (what the core asks for) ----------------------------------------
     def reply(self, ident, msg):
@@ -635,10 +730,10 @@ class LogicNode(Node):
         """Tell every broker this logic node is alive (and keep its SUB link proven)."""
         self.requests.expire()
         self.core.retry_leases()
-        frame = wire.pack({"t": "tick", "logic": self.id})
-        for topic in self.broker_topics:
-            self.queue_packed(self.pub, topic, frame)
+        self.announce()
         self.replica.retry()
+        if self.repl is not None:
+            self.repl.reconcile()              # a lease that ran out ends leadership even when idle
 
     def sweep(self):
         now = time.time()
@@ -647,8 +742,12 @@ class LogicNode(Node):
 
     def before_flush(self):
         self.core.assign(time.time())
+        if self.repl is not None:
+            self.repl.stage()
 
     def after_flush(self):
+        if self.repl is not None:
+            self.repl.release()
         self.core.commit()
 
     def handle_presence(self, _ident, msg, _now=None):
@@ -660,4 +759,10 @@ class LogicNode(Node):
         return dict(super().status(), channels=len(c.channels), presence_synced=self.replica.synced(),
                     online=len(self.replica.online), stored=c.stats["stored"],
                     expired=c.stats["expired"], trimmed=c.stats["trimmed"], waiting=c.waiting_total,
-                    sweep_s=round(c.sweep_seconds, 3), sweep_max_ms=round(c.sweep_max * 1000, 3))
+                    sweep_s=round(c.sweep_seconds, 3), sweep_max_ms=round(c.sweep_max * 1000, 3),
+                    **({"shards": self.repl.status(), "replication": self.repl.stats} if self.repl else {}))
+
+    def close(self):
+        if self.coordinator is not None:
+            self.coordinator.stop()
+        super().close()

@@ -28,6 +28,13 @@ class Mesh:
         self.python = python
         self.procs = {}                       # node id -> Popen
         self.admin = Admin(self.topo, timeout=1.0)
+        self.etcd = None                      # the local etcd of a replicated local topology
+
+    def start_etcd(self) -> None:
+        """A replicated local topology without endpoints gets its etcd here (data under data_dir)."""
+        if self.etcd is None and self.topo.replicated and not self.topo.etcd:
+            from .etcdserver import LocalEtcd
+            self.etcd = LocalEtcd.persistent(os.path.dirname(self.topo.etcd_endpoints_file())).start()
 
     # --- processes -----------------------------------------------------------
     def log_path(self, node_id: str) -> str:
@@ -37,6 +44,7 @@ class Mesh:
         if self.topo.local:
             auth.ensure_secret(self.topo.secret_file)
         os.makedirs(self.topo.data_dir, exist_ok=True)
+        self.start_etcd()
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -84,6 +92,9 @@ class Mesh:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
 
     def __enter__(self):
         return self

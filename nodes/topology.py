@@ -8,6 +8,7 @@ the key in every error.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any
 
@@ -60,7 +61,8 @@ DEFAULT_STORAGE = {"sync": False}
 OWNER_CACHE = 1_000_000      # memoised owners per node type before the cache starts over
 
 _TOP_KEYS = {"cluster", "secret_file", "data_dir", "local", "limits", "heartbeat",
-             "storage", "idcs", "channels"}
+             "storage", "idcs", "channels", "replication", "shards", "etcd"}
+DEFAULT_SHARDS = 64          # channel -> shard is fixed for the life of a cluster (docs/ha.md)
 
 
 class TopologyError(ValueError):
@@ -90,6 +92,9 @@ class Topology:
     storage: dict
     nodes: dict            # id -> NodeSpec, in file order
     channels: dict         # name -> {"members": [uin, ...]}, seeded by owning logic
+    replication: int = 1   # replicas per shard; 1 = one owner per channel, no etcd (docs/ha.md)
+    shards: int = DEFAULT_SHARDS
+    etcd: list = dataclasses.field(default_factory=list)   # endpoints; empty + local: bin/mesh starts one
     _owners: dict = dataclasses.field(default_factory=dict, repr=False)
 
     # --- lookups ---------------------------------------------------------
@@ -127,6 +132,49 @@ class Topology:
             ids = self.ids(node_type)
             owner = cache[key] = rendezvous.owner(ids, rendezvous.uin_key(key) if isinstance(key, int) else key)
         return owner
+
+    # --- replicated topologies (docs/ha.md) --------------------------------
+    @property
+    def replicated(self) -> bool:
+        return self.replication > 1
+
+    def shard_of(self, channel: str) -> int:
+        cache = self._owners.setdefault("shard", {})
+        shard = cache.get(channel)
+        if shard is None:
+            if len(cache) > OWNER_CACHE:
+                cache.clear()
+            digest = hashlib.blake2b(channel.encode(), digest_size=8).digest()
+            shard = cache[channel] = int.from_bytes(digest, "big") % self.shards
+        return shard
+
+    def replicas_of(self, shard: int) -> list[str]:
+        """The shard's replica set: the N highest rendezvous weights among the logic nodes;
+        the first is the preferred leader."""
+        cache = self._owners.setdefault("replicas", {})
+        replicas = cache.get(shard)
+        if replicas is None:
+            key = b"shard:" + shard.to_bytes(4, "big")
+            ranked = sorted(self.ids("logic"), key=lambda n: (rendezvous.weight(n, key), n), reverse=True)
+            replicas = cache[shard] = ranked[:self.replication]
+        return replicas
+
+    def shards_of(self, node_id: str) -> list[int]:
+        return [s for s in range(self.shards) if node_id in self.replicas_of(s)]
+
+    def etcd_endpoints(self) -> list[str]:
+        """The topology's ``etcd`` list, else the one ``bin/mesh up`` wrote for a local etcd."""
+        if self.etcd:
+            return list(self.etcd)
+        try:
+            with open(self.etcd_endpoints_file(), encoding="utf-8") as f:
+                return [line.strip() for line in f if line.strip()]
+        except OSError:
+            raise TopologyError(f"{self.path}: replication {self.replication} needs etcd: no 'etcd' "
+                                f"endpoints and no local etcd started ({self.etcd_endpoints_file()})") from None
+
+    def etcd_endpoints_file(self) -> str:
+        return os.path.join(self.data_dir, "etcd", "endpoints")
 
     def node_dir(self, node_id: str) -> str:
         return os.path.join(self.data_dir, node_id)
@@ -282,6 +330,12 @@ def parse(raw: Any, path: str) -> Topology:
     cluster = raw.get("cluster", "imesh")
     if not isinstance(cluster, str):
         _fail(path, "cluster", "must be a string")
+    replication, shards, etcd = _parse_replication(path, raw)
+    nodes = _parse_nodes(path, raw.get("idcs"))
+    logics = sum(1 for n in nodes.values() if n.type == "logic")
+    if replication > logics:
+        _fail(path, "replication", f"{replication} replicas need at least {replication} logic nodes, "
+              f"the topology has {logics}")
     return Topology(
         path=os.path.abspath(path),
         cluster=cluster,
@@ -291,6 +345,28 @@ def parse(raw: Any, path: str) -> Topology:
         limits=_merge_numbers(path, "limits", raw.get("limits"), DEFAULT_LIMITS),
         heartbeat=_merge_numbers(path, "heartbeat", raw.get("heartbeat"), DEFAULT_HEARTBEAT),
         storage=_merge_numbers(path, "storage", raw.get("storage"), DEFAULT_STORAGE),
-        nodes=_parse_nodes(path, raw.get("idcs")),
+        nodes=nodes,
         channels=channels,
+        replication=replication,
+        shards=shards,
+        etcd=etcd,
     )
+
+
+def _parse_replication(path, raw):
+    """``replication`` (1..7), ``shards`` (1..65536) and ``etcd`` (list of http:// endpoints)."""
+    replication = raw.get("replication", 1)
+    if isinstance(replication, bool) or not isinstance(replication, int) or not 1 <= replication <= 7:
+        _fail(path, "replication", f"must be a whole number from 1 to 7, got {replication!r}")
+    shards = raw.get("shards", DEFAULT_SHARDS)
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 65536:
+        _fail(path, "shards", f"must be a whole number from 1 to 65536, got {shards!r}")
+    etcd = raw.get("etcd", [])
+    if not isinstance(etcd, list) or not all(isinstance(e, str) and e.startswith(("http://", "https://"))
+                                             and ":" in e.split("//", 1)[1] for e in etcd):
+        _fail(path, "etcd", "must be a list of endpoints like http://127.0.0.1:2379")
+    local = raw.get("local", False)
+    if replication > 1 and not etcd and local is not True:
+        _fail(path, "etcd", f"replication {replication} needs etcd endpoints (only a local topology "
+              "gets a local etcd from bin/mesh up)")
+    return replication, shards, etcd

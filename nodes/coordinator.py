@@ -1,0 +1,149 @@
+"""The etcd side of a logic node: lease, campaigns, the shard leader map (docs/ha.md).
+
+A thread runs an asyncio loop with ``aetcd`` (the maintained asyncio etcd
+client) so the node's poll loop never waits on etcd.  It talks to the node
+through an ``inproc`` PAIR socket, msgpack maps both ways:
+
+  -> node  {"t": "lease", "until": monotonic s}   acks are allowed until then
+  -> node  {"t": "leaders", "map": {shard: [node, epoch]}}   when it changes
+  <- node  {"t": "stop"}
+
+The lease (TTL 2 s) is renewed every 0.25 s; ``until`` is the send time of
+the last renewal that succeeded plus TTL - 0.5 s, so a node that cannot
+reach etcd stops acking before etcd can have expired its lease and let
+another replica win.  A shard's leader key ``/imesh/<cluster>/shard/<s>/leader``
+holds the node id and is attached to its lease; the key's create revision
+is the shard's epoch, assigned by etcd.  The map is polled (every 0.25 s,
+with the renewal) rather than watched: one code path, nothing to resume
+after a reconnect, 4 small reads a second per logic node.  When a shard of
+this node has no leader it campaigns (transaction: create the key if
+absent), the preferred replica at once and the others 0.3 s later per rank.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import zmq
+
+from . import wire
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL = 2                  # seconds (etcd leases are whole seconds)
+SAFETY = 0.5                   # stop acking this long before the lease could expire
+ROUND = 0.25                   # renewal + leader poll period
+RANK_DELAY = 0.3               # campaign delay per place in the shard's replica ranking
+CALL_TIMEOUT = 1               # seconds per etcd call (a cut-off node must notice quickly)
+
+
+def leader_key(prefix: bytes, shard: int) -> bytes:
+    return prefix + b"shard/%d/leader" % shard
+
+
+class Coordinator:
+    """Owns the thread and the node's end of the pipe (``self.pipe``, to add to the node loop)."""
+
+    def __init__(self, ctx: zmq.Context, endpoints: list, cluster: str, node_id: str, ranks: dict):
+        self.endpoints = [e.split("//", 1)[1] for e in endpoints]
+        self.prefix = f"/imesh/{cluster}/".encode()
+        self.node_id = node_id
+        self.ranks = ranks                          # shard -> this node's place among its replicas
+        addr = f"inproc://coordinator-{id(self)}"
+        self.pipe = ctx.socket(zmq.PAIR)
+        self.pipe.setsockopt(zmq.LINGER, 0)
+        self.pipe.bind(addr)
+        self._peer = ctx.socket(zmq.PAIR)
+        self._peer.setsockopt(zmq.LINGER, 0)
+        self._peer.connect(addr)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()               # the peer socket is used from one thread only
+        self.thread = threading.Thread(target=self._main, name="coordinator", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        self._peer.close(0)
+        self.pipe.close(0)
+
+    # --- the thread ----------------------------------------------------------
+    def _tell(self, msg: dict) -> None:
+        try:
+            self._peer.send(wire.pack(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("node loop not reading the coordinator pipe")
+
+    def _main(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        import aetcd
+        turn = 0
+        while not self._stop.is_set():
+            host, port = self.endpoints[turn % len(self.endpoints)].rsplit(":", 1)
+            turn += 1
+            try:
+                async with aetcd.Client(host=host, port=int(port), timeout=CALL_TIMEOUT,
+                                        connect_wait_timeout=CALL_TIMEOUT) as client:
+                    await self._serve(client)
+            except Exception as exc:                   # etcd down or unreachable: try the next one
+                log.warning("etcd %s:%s: %s", host, port, exc)
+                await asyncio.sleep(ROUND)
+
+    async def _serve(self, client) -> None:
+        lease = await client.lease(LEASE_TTL)
+        self._tell({"t": "lease", "until": time.monotonic() + LEASE_TTL - SAFETY})
+        known, absent_since = None, {}
+        while not self._stop.is_set():
+            started = time.monotonic()
+            reply = await client.refresh_lease(lease.id)
+            if reply is None or reply.TTL <= 0:
+                log.warning("etcd lease lost; taking a new one")
+                return
+            self._tell({"t": "lease", "until": started + LEASE_TTL - SAFETY})
+            leaders = await self._leaders(client, lease.id)
+            for shard, rank in self.ranks.items():
+                if shard in leaders:
+                    absent_since.pop(shard, None)
+                    continue
+                since = absent_since.setdefault(shard, started)
+                if started - since >= rank * RANK_DELAY:
+                    won = await self._campaign(client, shard, lease.id)
+                    if won is not None:
+                        leaders[shard] = won
+            if leaders != known:
+                known = leaders
+                self._tell({"t": "leaders", "map": {s: list(v) for s, v in leaders.items()}})
+            await asyncio.sleep(max(0.0, ROUND - (time.monotonic() - started)))
+
+    async def _leaders(self, client, lease_id) -> dict:
+        """{shard: (node, epoch)}; a key of this node on an older lease is not ours any more."""
+        out = {}
+        for kv in await client.get_prefix(self.prefix + b"shard/"):
+            parts = kv.key[len(self.prefix):].split(b"/")
+            if len(parts) != 3 or parts[2] != b"leader":
+                continue
+            node = kv.value.decode()
+            if node == self.node_id and kv.lease != lease_id:
+                continue
+            out[int(parts[1])] = (node, kv.create_revision)
+        return out
+
+    async def _campaign(self, client, shard: int, lease_id):
+        key = leader_key(self.prefix, shard)
+        ok, _ = await client.transaction(
+            compare=[client.transactions.version(key) == 0],
+            success=[client.transactions.put(key, self.node_id.encode(), lease=lease_id)],
+            failure=[])
+        if not ok:
+            return None
+        got = await client.get(key)
+        if got is None or got.value.decode() != self.node_id:
+            return None
+        log.info("won shard %d at epoch %d", shard, got.create_revision)
+        return self.node_id, got.create_revision
