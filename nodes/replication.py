@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 REP_TIMEOUT = 0.5            # a follower that does not answer a record in time gets it again
 PROMOTE_TIMEOUT = 1.0        # position requests are asked again after this
+CHECK_INTERVAL = 1.0         # an idle follower is asked this often whether it still holds the shard
 RETAINED = 10000             # records kept for followers that fall behind (then: snapshot)
 
 # logic -> logic (the leader's and a promoting node's requests)
@@ -65,6 +66,7 @@ class Lead:
         self.log = []                         # Records not yet released, then the newest retained
         self.released = position[1]           # newest seq whose sends were acked
         self.snapping = set()                 # followers being sent a snapshot
+        self.checked = {}                     # follower -> when it was last asked for its position
 
     @property
     def seq(self) -> int:
@@ -237,12 +239,22 @@ class Replication:
     def probe(self) -> None:
         """Timer: followers left behind (lost records, timeouts) are caught up; stalled
         promotions ask again."""
+        now = time.monotonic()
         for lead in self.lead.values():
             for f in lead.followers:
                 self._catch_up(lead, f)
+                if f not in lead.inflight and now - lead.checked.get(f, 0.0) > CHECK_INTERVAL:
+                    self._check_follower(lead, f, now)
         for s, promo in list(self.promoting.items()):
             if time.monotonic() - promo["asked"] > PROMOTE_TIMEOUT:
                 self._ask_positions(s, promo)
+
+    def _check_follower(self, lead: Lead, f: str, now: float) -> None:
+        """An idle shard sends no records: ask (``check``) so a restarted, wiped follower
+        still says rep_gap and gets its snapshot."""
+        lead.checked[f] = now
+        self._ship(lead, f, {"t": "rep", "shard": lead.shard, "epoch": lead.epoch, "seq": lead.seq,
+                             "check": True})
 
     def _send_snapshot(self, lead: Lead, follower: str) -> None:
         if follower in lead.snapping:
@@ -361,6 +373,10 @@ class Replication:
             return wire.reply(refused.pop("t"), msg["rid"], **refused)
         pos, seq = self.pos[s], msg["seq"]
         prev = msg.get("prev")
+        if msg.get("check") is True:              # no record: does the follower hold (epoch, seq)?
+            if pos == (msg["epoch"], seq):
+                return wire.reply("rep_ok", msg["rid"], shard=s, seq=seq)
+            return wire.reply("rep_gap", msg["rid"], shard=s, pos=list(pos))
         if isinstance(prev, list) and tuple(prev) == pos and s not in self.lead:
             self._apply(s, _checked_ops(msg.get("ops")), (msg["epoch"], seq))
             return wire.reply("rep_ok", msg["rid"], shard=s, seq=seq)
