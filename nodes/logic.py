@@ -71,7 +71,7 @@ def push_of(channel: str, msg_id: int, record: list) -> dict:
 
 
 class ChannelState:
-    __slots__ = ("name", "members", "member_array", "ring", "leases", "next_id", "last_id",
+    __slots__ = ("name", "members", "member_array", "ring", "leases", "next_id", "last_id", "visible",
                  "waiting", "alloc_inflight", "lifetime", "fanout", "fanout_version")
 
     def __init__(self, name: str, members, queue: int, lifetime=None):
@@ -82,6 +82,8 @@ class ChannelState:
         self.leases = collections.deque()     # [start, end) blocks not yet used up
         self.next_id = 0                      # next id to assign (within leases[0])
         self.last_id = 0                      # newest stored id
+        self.visible = 0                      # newest acked id: reads never show more (with replication
+        #                                       a stored message waits for its majority before that)
         self.waiting = collections.deque()    # Pending, in arrival order
         self.alloc_inflight = False
 
@@ -183,6 +185,7 @@ class LogicCore:
             raw = self.store.get(keys.last_id_key(name))
             ch.last_id = max(ch.ring.last or 0, keys.unpack_u64(raw) if raw else 0)
             ch.next_id = ch.last_id + 1
+            ch.visible = ch.last_id
             raw = self.store.get(keys.lease_key(name))
             for start, end in (keys.decode(raw) if raw else []):
                 if end > ch.next_id:
@@ -195,7 +198,7 @@ class LogicCore:
             ctime, _channel, msg_id = keys.decode(raw)[:3]
             self.dedup.commit(uin, device, ctime, msg_id)
         for name, spec in self.topo.channels.items():
-            if name not in self.channels and self.placement.owns(name) and (wanted is None or wanted(name)):
+            if name not in self.channels and (self.placement.owns(name) if wanted is None else wanted(name)):
                 self._create(name, spec["members"], spec.get("lifetime"))
         self.store.flush()
 
@@ -288,28 +291,32 @@ class LogicCore:
         page are gone for good (expired, trimmed, or never assigned), so a
         client may move its window to ``upto`` once it holds the page.
         """
-        first = ch.ring.first if len(ch.ring) else ch.last_id + 1
-        after = max(min(after, ch.last_id), first - 1)      # nothing before the queue's head
+        last = ch.visible
+        first = min(ch.ring.first, last + 1) if len(ch.ring) else last + 1
+        after = max(min(after, last), first - 1)      # nothing before the queue's head
         msgs = []
-        if after >= ch.last_id:
-            return msgs, first, False, ch.last_id
+        if after >= last:
+            return msgs, first, False, last
         if budget <= 0:
             return msgs, first, True, after
+        end = keys.message_key(ch.name, last)
         for key, raw in self.store.scan(keys.channel_prefix(ch.name), keys.message_key(ch.name, after + 1)):
+            if key > end:
+                break
             rec = keys.decode(raw)
             if rec[4] < now:                                  # expired, not yet swept
                 continue
             if len(msgs) >= budget:
                 return msgs, first, True, msgs[-1]["id"]
             msgs.append(push_of(ch.name, keys.unpack_u64(key[-8:]), rec))
-        return msgs, first, False, ch.last_id
+        return msgs, first, False, last
 
     def sync(self, msg: dict, now: float) -> dict:
         """One page of the stored messages of a channel after ``after``."""
         ch = self._member_channel(msg["channel"], msg["uin"])
         msgs, first, more, upto = self._page(ch, msg["after"], wire.SYNC_PAGE, now)
         return wire.reply("sync", msg["rid"], channel=ch.name, msgs=msgs, first=first,
-                          last=ch.last_id, more=more, upto=upto)
+                          last=ch.visible, more=more, upto=upto)
 
     def heads(self, msg: dict, now: float) -> dict:
         """For a heartbeat: the newest id of each listed channel, and one page of
@@ -322,7 +329,7 @@ class LogicCore:
                 not_member.append(name)
                 continue
             page, firsts[name], cut, uptos[name] = self._page(ch, have, budget, now)
-            heads[name] = ch.last_id
+            heads[name] = ch.visible
             budget -= len(page)
             msgs += page
             if cut:
@@ -381,7 +388,7 @@ class LogicCore:
     @staticmethod
     def _members_reply(msg, ch):
         return wire.reply("channel", msg["rid"], channel=ch.name, members=sorted(ch.members),
-                          last=ch.last_id, lifetime=ch.lifetime)
+                          last=ch.visible, lifetime=ch.lifetime)
 
     # --- ids -----------------------------------------------------------------
     def on_ids(self, channel: str, start: int, end: int) -> None:
@@ -564,6 +571,9 @@ class LogicCore:
                 self.dedup.commit(rec.uin, rec.device, rec.ctime, rec.id)
             if self.inflight.get(key) is rec:
                 del self.inflight[key]
+            ch = self.channels.get(rec.channel)
+            if ch is not None and rec.id > ch.visible:
+                ch.visible = rec.id
             for ident, rid in rec.waiters:
                 self.out.reply(ident, self._ack(rid, rec.channel, rec.device, rec.ctime, rec.id))
             self.fan_out(rec)

@@ -67,6 +67,8 @@ class Lead:
         self.released = position[1]           # newest seq whose sends were acked
         self.snapping = set()                 # followers being sent a snapshot
         self.checked = {}                     # follower -> when it was last asked for its position
+        self.first = None                     # seq of the epoch's first record: serving starts once it
+        self.ready = False                    # is on a majority (then everything before it is too)
 
     @property
     def seq(self) -> int:
@@ -108,7 +110,8 @@ class Replication:
 
     # --- placement (asked by the core) ---------------------------------------
     def owns(self, name: str) -> bool:
-        return self.topo.shard_of(name) in self.lead
+        lead = self.lead.get(self.topo.shard_of(name))
+        return lead is not None and lead.ready
 
     def leader(self, name: str):
         leader = self.leaders.get(self.topo.shard_of(name))
@@ -116,7 +119,7 @@ class Replication:
 
     def leading(self) -> dict:
         """{shard: epoch} of the shards served here (published in ticks to brokers)."""
-        return {s: lead.epoch for s, lead in self.lead.items()}
+        return {s: lead.epoch for s, lead in self.lead.items() if lead.ready}
 
     # --- from the coordinator -------------------------------------------------
     def on_coordinator(self, msg: dict) -> None:
@@ -222,6 +225,10 @@ class Replication:
                 for ident, reply in record.replies:
                     self.node.reply(ident, reply)
                 record.recs = record.replies = None
+            if not lead.ready and lead.released >= lead.first:
+                lead.ready = True
+                log.info("shard %d: serving at epoch %d", lead.shard, lead.epoch)
+                self.node.announce()
             while len(lead.log) > RETAINED and lead.log[0].seq <= lead.released:
                 del lead.log[0]
 
@@ -324,6 +331,7 @@ class Replication:
         lead = self.lead[s] = Lead(s, epoch, self.pos[s], self._others(s))
         self.core.load(lambda name: self.topo.shard_of(name) == s)
         self._append(lead, [], [], [])             # the first record of the epoch: followers adopt it
+        lead.first = lead.seq
         log.info("shard %d: leading at epoch %d from seq %d", s, epoch, lead.seq)
         self.node.announce()
 
