@@ -28,6 +28,7 @@ import time
 
 import zmq
 
+from . import store as keys
 from . import wire
 
 log = logging.getLogger(__name__)
@@ -147,3 +148,70 @@ class Coordinator:
             return None
         log.info("won shard %d at epoch %d", shard, got.create_revision)
         return self.node_id, got.create_revision
+
+
+class EtcdHighWater:
+    """Id high-water marks in etcd, for counters of a replicated topology (docs/ha.md).
+
+    ``alloc`` is one compare-and-swap transaction per block on
+    ``/imesh/<cluster>/counter/<channel>`` = msgpack [end, start of the last block], so any
+    counter serves any channel and a killed counter loses nothing.  The counter's loop
+    waits for the transaction (a few ms on a LAN, once per block of ids, at most
+    CALL_TIMEOUT when etcd is away): blocking is simpler than a reply pipe here and a
+    block of 1,000 ids makes it rare.  The asyncio client runs on its own thread.
+    """
+
+    def __init__(self, endpoints: list, cluster: str):
+        self.endpoints = [e.split("//", 1)[1] for e in endpoints]
+        self.prefix = f"/imesh/{cluster}/counter/".encode()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="etcd-counter", daemon=True)
+        self.thread.start()
+        self.client = None
+        self.turn = 0
+        self.resent = 0
+
+    def alloc(self, channel: str, n: int, have: int | None) -> tuple[int, int]:
+        """[start, end): a new block, or the last one again when the asker says it never got it."""
+        future = asyncio.run_coroutine_threadsafe(self._alloc(channel.encode(), n, have), self.loop)
+        try:
+            return future.result(CALL_TIMEOUT * 3)
+        except Exception as exc:
+            future.cancel()
+            self.loop.call_soon_threadsafe(self._drop_client)
+            raise wire.ProtocolError(wire.Err.UNAVAILABLE, f"etcd: {type(exc).__name__}: {exc}") from None
+
+    def _drop_client(self):
+        self.client = None
+
+    async def _connect(self):
+        import aetcd
+        if self.client is None:
+            host, port = self.endpoints[self.turn % len(self.endpoints)].rsplit(":", 1)
+            self.turn += 1
+            self.client = aetcd.Client(host=host, port=int(port), timeout=CALL_TIMEOUT,
+                                       connect_wait_timeout=CALL_TIMEOUT)
+        return self.client
+
+    async def _alloc(self, channel: bytes, n: int, have):
+        client = await self._connect()
+        key = self.prefix + channel
+        while True:
+            got = await client.get(key)
+            high, last = keys.decode(got.value) if got is not None else (1, None)
+            if have is not None and last is not None and have == last < high:
+                self.resent += 1
+                return last, high                   # the writer never got this block: answer it again
+            end = high + n
+            compare = (client.transactions.mod(key) == got.mod_revision if got is not None
+                       else client.transactions.version(key) == 0)
+            ok, _ = await client.transaction(compare=[compare],
+                                             success=[client.transactions.put(key, keys.encode([end, high]))],
+                                             failure=[])
+            if ok:
+                return high, end
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+

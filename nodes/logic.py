@@ -42,6 +42,7 @@ SWEEP_INTERVAL = 0.05                 # expired messages are deleted in slices o
 DEDUP_PRUNE_INTERVAL = 1.0            # 500 dedup rows looked at per second
 SENT_PRUNE_BUDGET = 2000              # expired send-index rows deleted per sweep call at most
 REPLICATION_PROBE = 0.1               # followers left behind are caught up this often
+ALLOC_FAILOVER = 0.5                  # replicated: a counter silent this long, the next one is asked
 
 
 class Pending:
@@ -633,6 +634,7 @@ class LogicNode(Node):
         self.replica = PresenceReplica(self.routers, self.request_snapshot)
         self.core = LogicCore(node_id, topo, self.store, self.replica, self, topo.read_secret())
         self.repl = self.coordinator = None
+        self.alloc_failures = 0                # replicated: rotates id requests over the counters
         if topo.replicated:
             self._start_replication()          # channels load per shard, when this node leads it
         else:
@@ -711,16 +713,21 @@ class LogicNode(Node):
         self.queue_packed(self.pub, wire.topic(broker), wire.pack(msg))
 
     def request_ids(self, channel, n, have):
-        counter = self.topo.counter_for(channel)
+        counter, timeout = self.topo.counter_for(channel), None
+        if self.repl is not None:              # any counter serves: the next one after a failure
+            ids = self.topo.ids("counter")
+            counter = ids[(ids.index(counter) + self.alloc_failures) % len(ids)]
+            timeout = ALLOC_FAILOVER
 
         def done(reply):
             if reply.get("t") == "alloc":
                 self.on_late_reply(reply)
             else:
-                log.warning("id alloc for %s failed: %s", channel, reply.get("msg"))
+                log.warning("id alloc for %s at %s failed: %s", channel, counter, reply.get("msg"))
+                self.alloc_failures += 1
                 self.core.on_ids_failed(channel)
         self.requests.send(self.counters[counter], {"t": "alloc", "channel": channel, "n": n, "have": have},
-                           done)
+                           done, timeout)
 
     def on_late_reply(self, reply):
         """Id blocks are persisted by the counter: use them even if they come late."""

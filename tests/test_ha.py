@@ -196,3 +196,24 @@ def test_replicated_channel_admin_and_sync_and_show(make_mesh):
     with pytest.raises(ClientError) as exc:
         h.client(3).send("team", "not a member")
     assert exc.value.code == "NOT_MEMBER"
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_counter_and_a_router_under_load_stalls_no_channel_over_5s(make_mesh):
+    # small id blocks: the channel asks for ids every few dozen sends, so a dead counter shows at once
+    h = make_mesh(logics=3, replication=3, shards=4, routers=2, counters=2,
+                  limits=dict(HA_LIMITS, id_block=40))
+    leader_of(h, "lobby")
+    senders = start_senders(h, "lobby", 4)
+    wait_for(lambda: all(len(s.acked) >= 50 for s in senders), 30, "acks before the kills")
+    killed_at = time.monotonic()
+    h.mesh.kill(h.topo.counter_for("lobby"))          # the counter the leader asks first
+    h.mesh.kill(h.topo.router_for(1))
+    wait_for(lambda: all(len([t for t in s.ack_times if t > killed_at]) >= 100 for s in senders), 60,
+             "acks after the kills")
+    stalls = [s.longest_stall_after(killed_at) for s in senders]
+    print(f"stalls after the counter and router kills: {[round(x, 2) for x in stalls]}")
+    assert max(stalls) <= 5.0, f"sends stalled {max(stalls):.2f} s after the counter was killed"
+    stop_senders(senders)
+    rows = check_every_replica(h, senders, "lobby")
+    assert len(rows) == sum(len(s.acked) for s in senders)
