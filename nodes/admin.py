@@ -65,7 +65,7 @@ class Admin:
             if reply is not None and reply.get("code") == wire.Err.WRONG_OWNER and reply.get("leader"):
                 owner = reply["leader"]                  # a replica names its shard's leader
                 reply = self.call(owner, msg)
-            if reply is not None:
+            if reply is not None and reply.get("code") != wire.Err.WRONG_OWNER:
                 break
         if reply is None:
             raise AdminError(wire.Err.UNAVAILABLE, f"logic node {owner} did not answer")

@@ -60,6 +60,8 @@ class Coordinator:
         self._peer.setsockopt(zmq.LINGER, 0)
         self._peer.connect(addr)
         self._stop = threading.Event()
+        self.lease_id = None
+        self.renewed_at = 0.0                       # monotonic send time of the last good renewal
         self._lock = threading.Lock()               # the peer socket is used from one thread only
         self.thread = threading.Thread(target=self._main, name="coordinator", daemon=True)
 
@@ -97,28 +99,36 @@ class Coordinator:
                 await asyncio.sleep(ROUND)
 
     async def _serve(self, client) -> None:
-        lease = await client.lease(LEASE_TTL)
-        self._tell({"t": "lease", "until": time.monotonic() + LEASE_TTL - SAFETY})
+        if time.monotonic() - self.renewed_at > LEASE_TTL:
+            self.lease_id = None                # certainly expired
+        if self.lease_id is None:               # after a reconnect the lease may still be alive: keep it
+            self.lease_id = (await client.lease(LEASE_TTL)).id
+            self.renewed_at = time.monotonic()
         known, absent_since = None, {}
         while not self._stop.is_set():
             started = time.monotonic()
-            reply = await client.refresh_lease(lease.id)
+            reply = await client.refresh_lease(self.lease_id)
             if reply is None or reply.TTL <= 0:
                 log.warning("etcd lease lost; taking a new one")
+                self.lease_id = None
                 return
+            self.renewed_at = started
+            leaders = await self._leaders(client, self.lease_id)
+            if leaders != known:            # the map first: a node back from a partition must not
+                known = dict(leaders)       # act on the map it had before it with a fresh lease
+                self._tell({"t": "leaders", "map": {s: list(v) for s, v in leaders.items()}})
             self._tell({"t": "lease", "until": started + LEASE_TTL - SAFETY})
-            leaders = await self._leaders(client, lease.id)
             for shard, rank in self.ranks.items():
                 if shard in leaders:
                     absent_since.pop(shard, None)
                     continue
                 since = absent_since.setdefault(shard, started)
                 if started - since >= rank * RANK_DELAY:
-                    won = await self._campaign(client, shard, lease.id)
+                    won = await self._campaign(client, shard, self.lease_id)
                     if won is not None:
                         leaders[shard] = won
             if leaders != known:
-                known = leaders
+                known = dict(leaders)
                 self._tell({"t": "leaders", "map": {s: list(v) for s, v in leaders.items()}})
             await asyncio.sleep(max(0.0, ROUND - (time.monotonic() - started)))
 

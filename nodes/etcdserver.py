@@ -40,11 +40,12 @@ def etcd_binary() -> str:
 class LocalEtcd:
     """``members`` etcd processes on 127.0.0.1 forming one cluster, data under ``directory``."""
 
-    def __init__(self, directory: str, members: int = 1, name: str = "imesh", ports=None):
+    def __init__(self, directory: str, members: int = 1, name: str = "imesh", ports=None,
+                 host: str = "127.0.0.1"):
         self.directory = directory
         ports = list(ports) if ports else free_ports(2 * members)      # client ports, then peer ports
-        self.clients = [f"http://127.0.0.1:{p}" for p in ports[:members]]
-        self.peers = [f"http://127.0.0.1:{p}" for p in ports[members:]]
+        self.clients = [f"http://{host}:{p}" for p in ports[:members]]
+        self.peers = [f"http://{host}:{p}" for p in ports[members:]]
         self.names = [f"{name}-etcd-{i + 1}" for i in range(members)]
         self.procs = {}                            # member name -> Popen
 

@@ -29,6 +29,7 @@ class Mesh:
         self.procs = {}                       # node id -> Popen
         self.admin = Admin(self.topo, timeout=1.0)
         self.etcd = None                      # the local etcd of a replicated local topology
+        self.wrap = {}                        # node id -> command prefix (tests: ["ip", "netns", "exec", ns])
 
     def start_etcd(self) -> None:
         """A replicated local topology without endpoints gets its etcd here (data under data_dir)."""
@@ -53,7 +54,8 @@ class Mesh:
                 raise MeshError(f"node {node_id} is already running")
             log = open(self.log_path(node_id), "ab")
             self.procs[node_id] = subprocess.Popen(
-                [self.python, "-m", "nodes.launch", "--config", self.config, "--id", node_id],
+                self.wrap.get(node_id, []) + [self.python, "-m", "nodes.launch", "--config", self.config,
+                                              "--id", node_id],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             log.close()
 
@@ -130,7 +132,22 @@ class Mesh:
             if waiting and time.monotonic() > deadline:
                 why = "; ".join(f"{n}: {self.not_ready_reason(last.get(n))}" for n in sorted(waiting))
                 raise MeshError(f"not ready after {timeout}s: {why}")
+        if self.topo.replicated and node_ids is None:
+            self.wait_shards_served(deadline)
         return statuses
+
+    def wait_shards_served(self, deadline: float) -> None:
+        """Replicated topologies: until every shard has a leader that serves it."""
+        while True:
+            served = set()
+            for node_id in self.topo.ids("logic"):
+                served.update((self.admin.status(node_id, timeout=1.0) or {}).get("shards", {}))
+            missing = sorted(set(range(self.topo.shards)) - {int(s) for s in served})
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise MeshError(f"shards without a serving leader: {missing[:20]}")
+            time.sleep(0.05)                 # leaders come from etcd campaigns: poll their status
 
     def not_ready_reason(self, status: dict | None) -> str:
         if status is None:
