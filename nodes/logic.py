@@ -31,7 +31,7 @@ from . import store as keys
 from . import wire
 from .node import INTERNAL_MAX_FRAME, Node
 from .presence import PresenceReplica
-from .replication import REPLICATION_REQUESTS, Replication
+from .replication import Replication
 from .router import PRESENCE_TOPIC
 from .rpc import Requests
 
@@ -659,7 +659,7 @@ class LogicNode(Node):
         schemas = wire.LOGIC_REQUESTS
         if self.repl is not None:
             handlers.update(self.repl.handlers())
-            schemas = dict(schemas, **REPLICATION_REQUESTS)
+            schemas = dict(schemas, **wire.REPLICATION_REQUESTS)
         self.serve(rpc, schemas, handlers)
         self.broker_topics = [wire.topic(b.id) for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)

@@ -37,14 +37,6 @@ PROMOTE_TIMEOUT = 1.0        # position requests are asked again after this
 CHECK_INTERVAL = 1.0         # an idle follower is asked this often whether it still holds the shard
 RETAINED = 10000             # records kept for followers that fall behind (then: snapshot)
 
-# logic -> logic (the leader's and a promoting node's requests)
-REPLICATION_REQUESTS = {
-    "rep": {"rid": "u64", "shard": "u32", "epoch": "u64", "seq": "u64"},
-    "rep_pos": {"rid": "u64", "shard": "u32", "epoch": "u64"},
-    "snap": {"rid": "u64", "shard": "u32", "epoch": "u64", "seq": "u64"},
-    "snap_req": {"rid": "u64", "shard": "u32", "epoch": "u64"},
-}
-
 
 class Record:
     __slots__ = ("seq", "msg", "recs", "replies")
