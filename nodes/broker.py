@@ -349,7 +349,8 @@ class BrokerCore:
                 keep.add(session)               # told recently enough; look again next round
                 continue
             session.touched = now
-            out.setdefault(self.topo.router_for(session.uin), []).append([session.uin, session.device])
+            for router in self.topo.routers_for(session.uin):
+                out.setdefault(router, []).append([session.uin, session.device])
         self.active = keep
         return out
 
@@ -412,7 +413,23 @@ class BrokerNode(Node):
         self.requests.send(self.logics[owner], msg, callback, timeout)
 
     def to_router(self, uin, msg, callback, timeout=None):
-        self.requests.send(self.routers[self.topo.router_for(uin)], msg, callback, timeout)
+        routers = self.topo.routers_for(uin)
+        if len(routers) == 1:
+            self.requests.send(self.routers[routers[0]], msg, callback, timeout)
+            return
+        # replicated presence: both routers of the uin; the first good answer counts, an error
+        # only when both fail (a dead router costs nothing but its timeout in the background)
+        left = [len(routers)]
+
+        def one(reply):
+            left[0] -= 1
+            if left[0] < 0:
+                return
+            if reply.get("t") != "err" or left[0] == 0:
+                left[0] = -1
+                callback(reply)
+        for router in routers:
+            self.requests.send(self.routers[router], dict(msg), one, timeout)
 
     def on_send_failed(self, sock, key, exc):
         if sock is not self.client:

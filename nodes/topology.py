@@ -120,6 +120,21 @@ class Topology:
     def router_for(self, uin: int) -> str:
         return self._owner("router", uin)
 
+    def routers_for(self, uin: int) -> list[str]:
+        """Where a uin's presence lives: its router, and with replication also the router of
+        second-highest weight (presence is soft state held twice; docs/ha.md)."""
+        if not self.replicated:
+            return [self.router_for(uin)]
+        cache = self._owners.setdefault("routers", {})
+        routers = cache.get(uin)
+        if routers is None:
+            if len(cache) > OWNER_CACHE:
+                cache.clear()
+            key = rendezvous.uin_key(uin)
+            ranked = sorted(self.ids("router"), key=lambda n: (rendezvous.weight(n, key), n), reverse=True)
+            routers = cache[uin] = ranked[:2]
+        return routers
+
     def _owner(self, node_type: str, key) -> str:
         """Rendezvous owner of a channel (str) or uin (int), memoised: asked on every request."""
         cache = self._owners.get(node_type)

@@ -214,6 +214,16 @@ def test_sigkill_of_a_counter_and_a_router_under_load_stalls_no_channel_over_5s(
     stalls = [s.longest_stall_after(killed_at) for s in senders]
     print(f"stalls after the counter and router kills: {[round(x, 2) for x in stalls]}")
     assert max(stalls) <= 5.0, f"sends stalled {max(stalls):.2f} s after the counter was killed"
+    # a user whose first router is the dead one logs in, is seen online by every logic node
+    # (through its second router) and gets the channel's messages pushed
+    dead = h.topo.router_for(1)
+    uin = next(u for u in range(10, 100) if h.topo.router_for(u) == dead)
+    started = time.monotonic()
+    reader = h.client(uin, broker=1)
+    login_s = time.monotonic() - started
+    print(f"login + presence everywhere with the uin's first router dead: {login_s:.2f} s")
+    assert login_s <= 5.0
+    assert reader.recv(timeout=5.0)["channel"] == "lobby"
     stop_senders(senders)
     rows = check_every_replica(h, senders, "lobby")
     assert len(rows) == sum(len(s.acked) for s in senders)
