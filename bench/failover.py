@@ -147,11 +147,15 @@ def run(args) -> dict:
             wait_for(lambda: caught_up(admin, topo, shown["shard"], shown["leader"]), 60, "catch-up")
         errors = [e for s in senders for e in s.errors]
         ids = [i for s in senders for i in s.acked.values()]
+    except BaseException:
+        print(f"failed: logs kept in {directory}")
+        raise
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
     finally:
         for s in senders:
             s.close()
         mesh.close()
-        shutil.rmtree(directory, ignore_errors=True)
     return {"kills": args.kills, "wipe": args.wipe, "senders": args.senders,
             "stall_p50_s": round(percentile(stalls, 50), 3), "stall_p99_s": round(percentile(stalls, 99), 3),
             "stall_max_s": round(max(stalls), 3), "stalls_s": [round(x, 3) for x in stalls],

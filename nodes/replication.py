@@ -225,15 +225,17 @@ class Replication:
                 del lead.log[0]
 
     def _catch_up(self, lead: Lead, f: str) -> None:
-        """A follower behind with nothing in flight gets the next record it lacks (or a snapshot)."""
+        """A follower behind with nothing in flight gets every record it lacks, in order, before
+        any newer one (or a snapshot when the log no longer reaches back far enough)."""
         if f in lead.inflight or f in lead.snapping or lead.acked[f] >= lead.seq:
             return
         first = lead.log[0].seq if lead.log else lead.seq + 1
         want = lead.acked[f] + 1
         if want < first:
             self._send_snapshot(lead, f)
-        else:
-            self._ship(lead, f, lead.log[want - first].msg)
+            return
+        for record in lead.log[want - first:]:
+            self._ship(lead, f, record.msg)
 
     def probe(self) -> None:
         """Timer: followers left behind (lost records, timeouts) are caught up; stalled
