@@ -20,7 +20,7 @@ import time
 
 from nodes.client import Client, ClientError
 from nodes.localtopo import write_topology
-from nodes.mesh import Mesh
+from nodes.mesh import Mesh, wait_for
 
 from .report import machine, table, write_json
 
@@ -82,17 +82,6 @@ class Sender(threading.Thread):
         self.stop.set()
         self.join(40)
         self.client.close(logout=False)
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)                       # polling status replies while the mesh converges
 
 
 def channel_leader(admin, channel):

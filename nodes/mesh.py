@@ -21,6 +21,19 @@ class MeshError(RuntimeError):
     pass
 
 
+def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
+    """Poll ``predicate`` (which itself waits on a reply: a status, a leader) until it is
+    truthy; its value, or MeshError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise MeshError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 class Mesh:
     def __init__(self, config: str, python: str = sys.executable):
         self.config = os.path.abspath(config)

