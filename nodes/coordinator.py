@@ -69,6 +69,8 @@ class Coordinator:
         self.thread.start()
 
     def stop(self) -> None:
+        """Called after the node's loop stopped (it acks nothing any more): the lease is revoked,
+        so the other replicas take the shards over without waiting for it to expire."""
         self._stop.set()
         self.thread.join(5)
         self._peer.close(0)
@@ -131,6 +133,10 @@ class Coordinator:
                 known = dict(leaders)
                 self._tell({"t": "leaders", "map": {s: list(v) for s, v in leaders.items()}})
             await asyncio.sleep(max(0.0, ROUND - (time.monotonic() - started)))
+        try:                                    # a clean stop hands the shards over at once
+            await client.revoke_lease(self.lease_id)
+        except Exception as exc:
+            log.warning("could not revoke the etcd lease: %s", exc)
 
     async def _leaders(self, client, lease_id) -> dict:
         """{shard: (node, epoch)}; a key of this node on an older lease is not ours any more."""
