@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 REP_TIMEOUT = 0.5            # a follower that does not answer a record in time gets it again
 PROMOTE_TIMEOUT = 1.0        # position requests are asked again after this
-CHECK_INTERVAL = 1.0         # an idle follower is asked this often whether it still holds the shard
+CHECK_INTERVAL = 1.0         # an idle or silent follower is asked this often where it stands
+SILENT = 1.5                 # a follower not heard from this long gets checks only, no records
+CATCH_UP_CHUNK = 32          # records shipped per catch-up step (frames stay far below the size cap)
 RETAINED = 10000             # records kept for followers that fall behind (then: snapshot)
 
 
@@ -54,7 +56,8 @@ class Lead:
         self.followers = followers
         self.acked = {f: position[1] for f in followers}   # follower -> newest seq it holds; a follower
         # not at ``position`` learns so from the epoch's first record (rep_gap) and gets a snapshot
-        self.inflight = {}                    # follower -> seq of a request it has not answered
+        self.sent = dict(self.acked)          # follower -> last seq of the in-order stream sent to it
+        self.heard = {f: time.monotonic() for f in followers}   # follower -> its last answer
         self.log = []                         # Records not yet released, then the newest retained
         self.released = position[1]           # newest seq whose sends were acked
         self.snapping = set()                 # followers being sent a snapshot
@@ -174,29 +177,51 @@ class Replication:
         if len(lead.log) > RETAINED and lead.log[0].seq <= lead.released:
             del lead.log[0]
         self.stats["records"] += 1
-        for f in lead.followers:
-            if f not in lead.snapping:
+        now = time.monotonic()
+        for f in lead.followers:              # live records go only to followers in step and alive
+            if lead.sent[f] == seq - 1 and f not in lead.snapping and now - lead.heard[f] < SILENT:
                 self._ship(lead, f, msg)
 
     def _ship(self, lead: Lead, follower: str, msg: dict) -> None:
-        lead.inflight[follower] = msg["seq"]
-        self.node.to_logic(follower, dict(msg), self._on_rep_reply(lead, follower, msg["seq"]), REP_TIMEOUT)
+        if "check" not in msg:
+            lead.sent[follower] = msg["seq"]
+        self.node.to_logic(follower, dict(msg), self._on_rep_reply(lead, follower), REP_TIMEOUT)
 
-    def _on_rep_reply(self, lead: Lead, follower: str, seq: int):
+    def _on_rep_reply(self, lead: Lead, follower: str):
         def done(reply):
-            if lead.inflight.get(follower) == seq:
-                del lead.inflight[follower]
             if self.lead.get(lead.shard) is not lead:
                 return
             t = reply.get("t")
+            if t in ("rep_ok", "rep_gap", "rep_no"):
+                lead.heard[follower] = time.monotonic()
             if t == "rep_ok":
                 lead.acked[follower] = max(lead.acked[follower], reply["seq"])
                 self._catch_up(lead, follower)
             elif t == "rep_gap":
-                self._send_snapshot(lead, follower)
+                self._resume(lead, follower, reply.get("pos"))
             elif t == "rep_no":
                 self.step_down(lead.shard, f"a replica knows a newer epoch {reply.get('epoch')}")
+            else:                              # no answer: the stream to it may have a hole
+                lead.sent[follower] = min(lead.sent[follower], lead.acked[follower])
         return done
+
+    def _resume(self, lead: Lead, f: str, pos) -> None:
+        """A follower is not where its stream assumed: go on from its position when that is the
+        ``prev`` of a record still in the log (it holds a prefix of ours), else send a snapshot."""
+        if f in lead.snapping:
+            return
+        first = lead.log[0].seq if lead.log else lead.seq + 1
+        if isinstance(pos, list) and len(pos) == 2:
+            if tuple(pos) == lead.prev:
+                lead.acked[f] = lead.sent[f] = lead.seq
+                return
+            at = pos[1] + 1 - first
+            if 0 <= at < len(lead.log) and lead.log[at].msg["prev"] == pos:
+                lead.acked[f] = max(lead.acked[f], pos[1])
+                lead.sent[f] = pos[1]
+                self._catch_up(lead, f)
+                return
+        self._send_snapshot(lead, f)
 
     def release(self) -> None:
         """After the batch is written: ack what a majority holds, in seq order, while the lease holds."""
@@ -225,16 +250,19 @@ class Replication:
                 del lead.log[0]
 
     def _catch_up(self, lead: Lead, f: str) -> None:
-        """A follower behind with nothing in flight gets every record it lacks, in order, before
-        any newer one (or a snapshot when the log no longer reaches back far enough)."""
-        if f in lead.inflight or f in lead.snapping or lead.acked[f] >= lead.seq:
+        """A live follower behind gets the next records it lacks, in order and in chunks, as
+        its answers come (live records wait until it is in step); a snapshot when the log
+        no longer reaches back far enough."""
+        if f in lead.snapping or time.monotonic() - lead.heard[f] >= SILENT:
+            return
+        if lead.sent[f] >= lead.seq or lead.sent[f] - lead.acked[f] >= CATCH_UP_CHUNK:
             return
         first = lead.log[0].seq if lead.log else lead.seq + 1
-        want = lead.acked[f] + 1
+        want = lead.sent[f] + 1
         if want < first:
             self._send_snapshot(lead, f)
             return
-        for record in lead.log[want - first:]:
+        for record in lead.log[want - first:want - first + CATCH_UP_CHUNK]:
             self._ship(lead, f, record.msg)
 
     def probe(self) -> None:
@@ -244,15 +272,16 @@ class Replication:
         for lead in self.lead.values():
             for f in lead.followers:
                 self._catch_up(lead, f)
-                if f not in lead.inflight and now - lead.checked.get(f, 0.0) > CHECK_INTERVAL:
+                idle = lead.sent[f] == lead.acked[f] or now - lead.heard[f] >= SILENT
+                if idle and now - lead.checked.get(f, 0.0) > CHECK_INTERVAL:
                     self._check_follower(lead, f, now)
         for s, promo in list(self.promoting.items()):
             if time.monotonic() - promo["asked"] > PROMOTE_TIMEOUT:
                 self._ask_positions(s, promo)
 
     def _check_follower(self, lead: Lead, f: str, now: float) -> None:
-        """An idle shard sends no records: ask (``check``) so a restarted, wiped follower
-        still says rep_gap and gets its snapshot."""
+        """An idle shard sends no records, and a silent follower gets none: ask (``check``), so a
+        restarted follower says where it stands (rep_gap: catch-up or, wiped, a snapshot)."""
         lead.checked[f] = now
         self._ship(lead, f, {"t": "rep", "shard": lead.shard, "epoch": lead.epoch, "seq": lead.seq,
                              "check": True})
@@ -269,7 +298,9 @@ class Replication:
         def done(reply):
             lead.snapping.discard(follower)
             if reply.get("t") == "rep_ok" and self.lead.get(lead.shard) is lead:
+                lead.heard[follower] = time.monotonic()
                 lead.acked[follower] = max(lead.acked[follower], reply["seq"])
+                lead.sent[follower] = reply["seq"]
                 self._catch_up(lead, follower)
         self.node.to_logic(follower, msg, done, 5.0)
 
