@@ -8,6 +8,7 @@ checked against, row by row.
 """
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 
@@ -19,6 +20,7 @@ from bench.failover import Sender, caught_up, channel_leader  # noqa: E402  (sha
 from nodes.mesh import wait_for  # noqa: E402
 from nodes import store as keys  # noqa: E402
 from nodes.client import ClientError  # noqa: E402
+from nodes.media import MediaClient  # noqa: E402
 from nodes.store import Store  # noqa: E402
 
 HA_LIMITS = {"channel_queue": 100000}          # nothing trimmed: every acked message must be there
@@ -111,7 +113,7 @@ def test_sigkill_and_wipe_of_the_leader_under_load_loses_nothing_and_the_node_re
 
 @pytest.mark.slow
 def test_replicated_channel_admin_and_sync_and_show(make_mesh):
-    h = make_mesh(logics=3, replication=3, shards=4)
+    h = make_mesh(logics=3, replication=3, shards=4, relays=1)
     reply = h.admin.channel("create", "team", [1, 2])
     assert reply["members"] == [1, 2]
     shown = h.admin.channel("show", "team")
@@ -125,6 +127,22 @@ def test_replicated_channel_admin_and_sync_and_show(make_mesh):
     with pytest.raises(ClientError) as exc:
         h.client(3).send("team", "not a member")
     assert exc.value.code == "NOT_MEMBER"
+    # the relay asks the shard's leader whether an uploader is a member (following WRONG_OWNER)
+    relays = {n.id: n.endpoint("client") for n in h.topo.of_type("relay")}
+
+    async def media():
+        up = MediaClient(relays, h.token(1))
+        await up.connect()
+        ref = await up.upload(b"x" * 1000, "team")
+        outsider = MediaClient(relays, h.token(3))
+        await outsider.connect()
+        with pytest.raises(ClientError) as refused:
+            await outsider.upload(b"y" * 1000, "team")
+        await up.close()
+        await outsider.close()
+        return ref, refused.value.code
+    ref, code = asyncio.run(media())
+    assert ref and code == "NOT_MEMBER"
 
 
 @pytest.mark.slow
