@@ -37,6 +37,9 @@ PROMOTE_TIMEOUT = 1.0        # position requests are asked again after this
 CHECK_INTERVAL = 1.0         # an idle or silent follower is asked this often where it stands
 SILENT = 1.5                 # a follower not heard from this long gets checks only, no records
 CATCH_UP_CHUNK = 32          # records shipped per catch-up step (frames stay far below the size cap)
+SNAP_PAGE = 64 * 1024        # bytes of rows per snapshot page: the outbox joins up to 128 messages
+#                              per frame, so a frame of pages stays at 8 MiB, under max_internal_frame
+SNAP_TIMEOUT = 10.0
 RETAINED = 10000             # records kept for followers that fall behind (then: snapshot)
 
 
@@ -98,6 +101,7 @@ class Replication:
         self.lead = {}                        # shard -> Lead, shards this node serves
         self.promoting = {}                   # shard -> {"epoch", "answers", "asked"}
         self.held = {}                        # shard -> [(ident, reply)] admin replies of this turn
+        self.receiving = {}                   # shard -> next snapshot page expected
         self.stats = {"records": 0, "applied": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                       "refused": 0}
         self.store.capture = []
@@ -290,10 +294,6 @@ class Replication:
         if follower in lead.snapping:
             return
         lead.snapping.add(follower)
-        self.stats["snapshots_sent"] += 1
-        rows = shards.snapshot(self.store, lead.shard, self.topo.shard_of)
-        msg = {"t": "snap", "shard": lead.shard, "epoch": lead.epoch, "seq": lead.seq,
-               "pos": list(lead.prev), "rows": rows}
 
         def done(reply):
             lead.snapping.discard(follower)
@@ -302,7 +302,18 @@ class Replication:
                 lead.acked[follower] = max(lead.acked[follower], reply["seq"])
                 lead.sent[follower] = reply["seq"]
                 self._catch_up(lead, follower)
-        self.node.to_logic(follower, msg, done, 5.0)
+        self._push_snapshot(follower, lead.shard, lead.epoch, lead.prev, done)
+
+    def _push_snapshot(self, to: str, s: int, epoch: int, position, done) -> int:
+        """The shard's rows as of ``position``, in pages sent in order in this turn (so they are
+        consistent: nothing is written in between); ``done`` gets the answer to the last page."""
+        parts = shards.pages(shards.snapshot(self.store, s, self.topo.shard_of), SNAP_PAGE)
+        self.stats["snapshots_sent"] += 1
+        for i, page in enumerate(parts):
+            msg = {"t": "snap", "shard": s, "epoch": epoch, "seq": position[1], "pos": list(position),
+                   "rows": page, "part": i, "parts": len(parts)}
+            self.node.to_logic(to, msg, done if i == len(parts) - 1 else _ignore, SNAP_TIMEOUT)
+        return len(parts)
 
     # --- leader: start and stop -----------------------------------------------
     def promote(self, s: int, epoch: int) -> None:
@@ -340,16 +351,12 @@ class Replication:
         promo["fetching"] = best[0]
         log.info("shard %d: %s is ahead (%s > %s); fetching its snapshot", s, best[0], best[1], self.pos[s])
 
-        def done(reply):
-            if self.promoting.get(s) is not promo:
-                return
-            if reply.get("t") != "snap":
+        def done(reply):                           # the pages follow as ``snap`` requests (on_snap)
+            if self.promoting.get(s) is promo and reply.get("t") != "snap_info":
                 del promo["fetching"]                 # ask again on the next probe
                 promo["answers"] = {self.id: self.pos[s]}
-                return
-            self._install(s, reply["rows"], tuple(reply["pos"]))
-            self._activate(s, promo["epoch"])
-        self.node.to_logic(best[0], {"t": "snap_req", "shard": s, "epoch": promo["epoch"]}, done, 5.0)
+        self.node.to_logic(best[0], {"t": "snap_req", "shard": s, "epoch": promo["epoch"], "from": self.id}, done,
+                           SNAP_TIMEOUT)
 
     def _activate(self, s: int, epoch: int) -> None:
         self.promoting.pop(s, None)
@@ -420,16 +427,20 @@ class Replication:
     def _apply(self, s: int, ops, position) -> None:
         capture, self.store.capture = self.store.capture, None     # applied rows are not re-shipped
         try:
-            for key, value in ops:
-                if value is None:
-                    self.store.delete(key)
-                elif key[:1] != b"d" or self._newer_dedup(key, value):
-                    self.store.put(key, value)
+            self._write(ops)
             shards.put_position(self.store, s, position)
         finally:
             self.store.capture = capture
         self.pos[s] = position
         self.stats["applied"] += 1
+
+    def _write(self, ops) -> None:
+        """Stage a record's ops or a snapshot page's rows (``d`` rows: only a newer client time)."""
+        for key, value in ops:
+            if value is None:
+                self.store.delete(key)
+            elif key[:1] != b"d" or self._newer_dedup(key, value):
+                self.store.put(key, value)
 
     def _newer_dedup(self, key: bytes, value: bytes) -> bool:
         """A device's newest client time over every shard held here; the core's table follows."""
@@ -442,26 +453,42 @@ class Replication:
             self.core.dedup.commit(uin, device, ctime, msg_id)
         return True
 
-    def _install(self, s: int, rows, position) -> None:
-        capture, self.store.capture = self.store.capture, None
-        try:
-            shards.install(self.store, s, self.topo.shard_of, _checked_ops(rows), position)
-            self.store.flush()                     # the core loads from the store next
-        finally:
-            self.store.capture = capture
-        for key, value in rows:
-            if key[:1] == b"d":
-                self._newer_dedup(key, value)
-        self.pos[s] = position
-        self.stats["snapshots_installed"] += 1
-        log.info("shard %d: installed a snapshot of %d rows at %s", s, len(rows), position)
-
     def on_snap(self, _ident, msg, _now=None) -> dict:
+        """A snapshot page.  The first clears the shard (position (0, 0) until the last page is
+        in, so a crash midway leaves a replica that asks for everything again); pages out of
+        order are refused with rep_gap (the sender starts over)."""
         s = self._check(msg)
         refused = self._fence(s, msg["epoch"])
         if refused is not None:
             return wire.reply(refused.pop("t"), msg["rid"], **refused)
-        self._install(s, msg.get("rows") or [], tuple(msg["pos"]))
+        part, parts, pos = msg.get("part", 0), msg.get("parts", 1), msg.get("pos")
+        rows = _checked_ops(msg.get("rows"))
+        if type(part) is not int or type(parts) is not int or not 0 <= part < parts \
+                or not isinstance(pos, list) or len(pos) != 2:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, "snap needs part < parts and pos [epoch, seq]")
+        capture, self.store.capture = self.store.capture, None     # installed rows are not re-shipped
+        try:
+            if part == 0:
+                shards.clear(self.store, s, self.topo.shard_of)
+                self.pos[s] = (0, 0)
+                self.receiving[s] = 0
+            if self.receiving.get(s) != part:
+                return wire.reply("rep_gap", msg["rid"], shard=s, pos=list(self.pos[s]))
+            self._write(rows)
+            self.receiving[s] = part + 1
+            if part < parts - 1:
+                return wire.reply("snap_part", msg["rid"], shard=s, part=part)
+            del self.receiving[s]
+            shards.put_position(self.store, s, pos)
+            self.store.flush()                     # a promoting node loads the shard from it next
+        finally:
+            self.store.capture = capture
+        self.pos[s] = tuple(pos)
+        self.stats["snapshots_installed"] += 1
+        log.info("shard %d: installed a snapshot (%d pages) at %s", s, parts, self.pos[s])
+        promo = self.promoting.get(s)
+        if promo is not None and promo.get("fetching"):
+            self._activate(s, promo["epoch"])
         return wire.reply("rep_ok", msg["rid"], shard=s, seq=msg["seq"])
 
     def on_rep_pos(self, _ident, msg, _now=None) -> dict:
@@ -476,8 +503,11 @@ class Replication:
         refused = self._fence(s, msg["epoch"])
         if refused is not None:
             return wire.reply(refused.pop("t"), msg["rid"], **refused)
-        return wire.reply("snap", msg["rid"], shard=s, pos=list(self.pos[s]),
-                          rows=shards.snapshot(self.store, s, self.topo.shard_of))
+        requester = msg.get("from")
+        if requester not in self._others(s):
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, "snap_req needs 'from': another replica of the shard")
+        parts = self._push_snapshot(requester, s, msg["epoch"], self.pos[s], _ignore)
+        return wire.reply("snap_info", msg["rid"], shard=s, pos=list(self.pos[s]), parts=parts)
 
     def handlers(self) -> dict:
         return {"rep": self.on_rep, "rep_pos": self.on_rep_pos, "snap": self.on_snap,
@@ -495,6 +525,10 @@ class Replication:
         s = self.topo.shard_of(name)
         leader, epoch = self.leaders.get(s, (None, 0))
         return {"shard": s, "replicas": self.topo.replicas_of(s), "leader": leader, "epoch": epoch}
+
+
+def _ignore(_reply) -> None:
+    """Answers nobody waits for (snapshot pages but the last)."""
 
 
 def _checked_ops(ops) -> list:

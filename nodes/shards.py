@@ -95,15 +95,42 @@ def snapshot(store, shard: int, shard_of) -> list:
     return rows
 
 
-def install(store, shard: int, shard_of, rows, position) -> int:
-    """Replace the shard's rows with a snapshot's (staged in the store's batch); rows written."""
+def pages(rows, page_bytes: int) -> list:
+    """A snapshot cut into pages of about ``page_bytes`` (at least one page, maybe empty)."""
+    out, page, size = [], [], 0
+    for row in rows:
+        page.append(row)
+        size += len(row[0]) + len(row[1])
+        if size >= page_bytes:
+            out.append(page)
+            page, size = [], 0
+    if page or not out:
+        out.append(page)
+    return out
+
+
+def clear(store, shard: int, shard_of) -> None:
+    """Stage the deletion of the shard's rows (not the ``d`` rows) before a snapshot's pages;
+    the position goes to (0, 0) until the last page is in."""
     for key, _raw in list(_shard_rows(store, shard, shard_of)):
         store.delete(key)
+    put_position(store, shard, (0, 0))
+
+
+def put_rows(store, rows) -> int:
+    """Stage a snapshot page's rows (a ``d`` row only when newer); rows written."""
     n = 0
     for key, value in rows:
         if key[:1] == b"d" and not newer_dedup(store, key, value):
             continue
         store.put(key, value)
         n += 1
+    return n
+
+
+def install(store, shard: int, shard_of, rows, position) -> int:
+    """Replace the shard's rows with a whole snapshot's (staged in the store's batch)."""
+    clear(store, shard, shard_of)
+    n = put_rows(store, rows)
     put_position(store, shard, position)
     return n

@@ -14,6 +14,7 @@ import time
 from nodes import store as keys
 from nodes import topology, wire
 from nodes.logic import LogicCore
+from nodes import replication
 from nodes.replication import Replication
 from nodes.store import Store
 
@@ -134,7 +135,8 @@ def test_acked_only_when_a_follower_holds_the_record_and_followers_hold_the_same
     assert [m["id"] for m in sync["msgs"]] == [1, 2, 3, 4, 5, 6] and sync["upto"] == 6
 
 
-def test_a_wiped_follower_is_refilled_from_the_log_or_by_a_snapshot(tmp_path):
+def test_a_wiped_follower_is_refilled_from_the_log_or_by_a_snapshot(tmp_path, monkeypatch):
+    monkeypatch.setattr(replication, "SNAP_PAGE", 300)              # several pages per snapshot
     c = Cluster(tmp_path)
     first = c.elect("l1", 5)
     first.core.on_ids("room", 1, 101)
@@ -184,3 +186,26 @@ def test_a_replica_that_promised_a_newer_epoch_refuses_the_old_leader(tmp_path):
     assert replies and replies[0]["t"] == "err" and replies[0]["code"] == "UNAVAILABLE"
     assert [a["rid"] for a in old.acks()] == [1]
     assert c.nodes["l2"].repl.stats["refused"] >= 1
+
+
+def test_a_winner_behind_the_majority_takes_the_shard_from_the_replica_ahead(tmp_path, monkeypatch):
+    monkeypatch.setattr(replication, "SNAP_PAGE", 300)
+    c = Cluster(tmp_path)
+    first = c.elect("l1", 5)
+    first.core.on_ids("room", 1, 101)
+    c.down.add("l3")                                # l3 misses these records
+    for i in range(5):
+        send(first, 1, 10 + i, rid=i)
+        first.turn_end()
+        c.pump()
+    assert len(first.acks()) == 5                   # l1 + l2 are a majority
+    c.down.clear()
+    behind = c.nodes["l3"]
+    assert behind.repl.pos[0] < first.repl.pos[0]
+    winner = c.elect("l3", 9)                       # l3 wins etcd's campaign although behind
+    assert winner is behind and winner.repl.stats["snapshots_installed"] == 1
+    assert room_rows(winner) == room_rows(c.nodes["l1"])
+    send(winner, 2, 99, rid=99)
+    winner.turn_end()
+    c.pump()
+    assert [a["id"] for a in winner.acks()] == [6]  # ids go on after every acked one
