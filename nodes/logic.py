@@ -160,6 +160,7 @@ class LogicCore:
         self.channels = {}                    # name -> ChannelState
         self.queue = int(topo.limits["channel_queue"])
         self.dedup = DedupTable()             # (uin, device) -> (ctime, msg id)
+        self.dedup_loaded = False
         self.inflight = {}                    # (uin, device) -> Pending
         self.dirty = set()                    # channels with waiting sends
         self.committed = []                   # Pending stored in this turn's batch
@@ -194,10 +195,11 @@ class LogicCore:
             if ch.leases:
                 ch.next_id = max(ch.next_id, ch.leases[0][0])
             self._watch_expiry(ch)
-        for key, raw in self.store.scan(b"d"):
+        for key, raw in (self.store.scan(b"d") if not self.dedup_loaded else ()):
             uin, device = int.from_bytes(key[1:5], "big"), int.from_bytes(key[5:9], "big")
             ctime, _channel, msg_id = keys.decode(raw)[:3]
             self.dedup.commit(uin, device, ctime, msg_id)
+        self.dedup_loaded = True             # once: later d rows reach the table as they are written
         for name, spec in self.topo.channels.items():
             if name not in self.channels and (self.placement.owns(name) if wanted is None else wanted(name)):
                 self._create(name, spec["members"], spec.get("lifetime"))
