@@ -3,7 +3,7 @@
     bin/bench e2e [--users 1000 --channels 100 --members 10 --messages 20 --size 100 --window 1
                    --processes 2 --brokers 2 --logic 2 --replication 1 --shards 64] [--attach CONFIG]
                   [--json FILE]
-    bin/bench failover [--kills 10] [--senders 4] [--shards 4] [--wipe] [--json FILE]
+    bin/bench failover [--kills 10] [--senders 4] [--shards 4] [--wipe] [--stop] [--json FILE]
     bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
     bin/bench relay [--sizes-mib 1,50] [--repeats 3] [--window 16] [--json FILE]

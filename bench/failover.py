@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -129,7 +130,7 @@ def run(args) -> dict:
             wait_for(lambda: all(s.acks_after(since) >= 20 for s in senders), 60, "acks before a kill")
             shown = wait_for(lambda: channel_leader(admin, "lobby"), 30, "a leader")
             killed_at = time.monotonic()
-            mesh.kill(shown["leader"])
+            mesh.signal(shown["leader"], signal.SIGTERM if args.stop else signal.SIGKILL)
             if args.wipe:
                 shutil.rmtree(topo.node_dir(shown["leader"]), ignore_errors=True)
             # acks in flight at the kill arrive just after it: the stall is the longest gap between
@@ -150,7 +151,8 @@ def run(args) -> dict:
         for s in senders:
             s.close()
         mesh.close()
-    return {"kills": args.kills, "wipe": args.wipe, "senders": args.senders,
+    return {"kills": args.kills, "wipe": args.wipe, "signal": "SIGTERM" if args.stop else "SIGKILL",
+            "senders": args.senders,
             "stall_p50_s": round(percentile(stalls, 50), 3), "stall_p99_s": round(percentile(stalls, 99), 3),
             "stall_max_s": round(max(stalls), 3), "stalls_s": [round(x, 3) for x in stalls],
             "acked": len(ids), "ids_reused": len(ids) - len(set(ids)), "errors": len(errors),
@@ -158,7 +160,8 @@ def run(args) -> dict:
 
 
 def render(r: dict) -> str:
-    rows = [["leader kills", r["kills"]], ["data dir wiped", r["wipe"]], ["senders", r["senders"]],
+    rows = [["leader kills", f"{r['kills']} ({r['signal']})"], ["data dir wiped", r["wipe"]],
+            ["senders", r["senders"]],
             ["stall p50 / p99 / max s", f"{r['stall_p50_s']} / {r['stall_p99_s']} / {r['stall_max_s']}"],
             ["acked sends", r["acked"]], ["ids reused / errors", f"{r['ids_reused']} / {r['errors']}"]]
     return f"{r['machine']}\nstalls: {r['stalls_s']}\n\n" + table(["figure", "value"], rows)
@@ -171,6 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--wipe", action="store_true", help="also delete the killed leader's data directory")
+    parser.add_argument("--stop", action="store_true",
+                        help="SIGTERM instead of SIGKILL: a clean stop hands the shards over at once")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     if min(args.kills, args.senders, args.shards) < 1:

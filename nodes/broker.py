@@ -245,8 +245,8 @@ class BrokerCore:
         return wire.reply("bye", msg["rid"])
 
     # --- owners --------------------------------------------------------------
-    def on_tick(self, logic_id, now, leads=()) -> None:
-        self.heard[logic_id] = now
+    def on_tick(self, logic_id, now, leads=(), stopping=False) -> None:
+        self.heard[logic_id] = float("-inf") if stopping else now      # stopping: down at once
         if self.topo.replicated:
             self._on_leads(logic_id, leads)
 
@@ -446,7 +446,10 @@ class BrokerNode(Node):
             for packed, to, uin, device in msg["items"]:
                 deliver(packed, to, uin, device)
         elif msg.get("t") == "tick":
-            self.core.on_tick(msg.get("logic"), self.clock(), msg.get("leads") or ())
+            stopping = msg.get("stopping") is True
+            self.core.on_tick(msg.get("logic"), self.clock(), msg.get("leads") or (), stopping)
+            if stopping and msg.get("logic") in self.logics:      # its answers will not come
+                self.requests.fail_peer(self.logics[msg["logic"]], f"logic {msg['logic']} is stopping; retry")
 
     def on_router_notice(self, msg):
         if msg.get("t") == "kick":

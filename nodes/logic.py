@@ -684,10 +684,14 @@ class LogicNode(Node):
     def to_logic(self, peer, msg, callback, timeout):
         self.requests.send(self.logic_peers[peer], msg, callback, timeout)
 
-    def announce(self):
-        """Tell every broker now which shards this node leads (also said in every tick)."""
-        frame = wire.pack({"t": "tick", "logic": self.id,
-                           "leads": [[s, e] for s, e in self.repl.leading().items()] if self.repl else []})
+    def announce(self, stopping: bool = False):
+        """Tell every broker now which shards this node leads (also said in every tick);
+        ``stopping``: take this node for down at once."""
+        tick = {"t": "tick", "logic": self.id,
+                "leads": [[s, e] for s, e in self.repl.leading().items()] if self.repl else []}
+        if stopping:
+            tick["stopping"] = True
+        frame = wire.pack(tick)
         for topic in self.broker_topics:
             self.queue_packed(self.pub, topic, frame)
 
@@ -782,6 +786,14 @@ class LogicNode(Node):
                     **({"shards": self.repl.status(), "replication": self.repl.stats} if self.repl else {}))
 
     def close(self):
+        """A clean stop hands its shards over: what waits is answered UNAVAILABLE (the clients
+        retry with the same ctime), brokers hear it leads nothing, and the lease is revoked."""
+        if self.repl is not None:
+            self.repl.resign("logic node stopping")
+            self.announce(stopping=True)
+            self.outbox.flush()
+            for sock in (self.rpc, self.pub):       # let those last frames leave (ctx.destroy drops them)
+                sock.close(linger=500)
         if self.coordinator is not None:
             self.coordinator.stop()
         super().close()

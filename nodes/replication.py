@@ -379,6 +379,12 @@ class Replication:
         self.core.drop([n for n in list(self.core.channels) if self.topo.shard_of(n) == s], why)
         self.node.announce()
 
+    def resign(self, why: str) -> None:
+        """Stop leading every shard (the node is stopping)."""
+        self.promoting.clear()
+        for s in list(self.lead):
+            self.step_down(s, why)
+
     def _fail_replies(self, replies) -> None:
         for ident, reply in replies:
             self.node.reply(ident, wire.error(reply.get("rid"), wire.Err.UNAVAILABLE,

@@ -174,3 +174,25 @@ def test_sigkill_of_a_counter_and_a_router_under_load_stalls_no_channel_over_5s(
     stop_senders(senders)
     rows = check_every_replica(h, senders, "lobby")
     assert len(rows) == sum(len(s.acked) for s in senders)
+
+
+@pytest.mark.slow
+def test_a_clean_stop_of_the_leader_hands_over_without_waiting_for_its_lease(make_mesh):
+    h = make_mesh(logics=3, replication=3, shards=4, limits=HA_LIMITS)
+    old = leader_of(h, "lobby")["leader"]
+    senders = start_senders(h, "lobby", 4)
+    wait_for(lambda: all(len(s.acked) >= 20 for s in senders), 30, "acks before the stop")
+    stopped_at = time.monotonic()
+    h.mesh.signal(old)                                   # SIGTERM: resign, revoke the lease, exit
+    wait_for(lambda: all(s.acks_after(stopped_at) >= 20 for s in senders), 30, "acks after the stop")
+    stalls = [s.longest_stall_after(stopped_at) for s in senders]
+    print(f"stalls after a clean stop of the leader: {[round(x, 2) for x in stalls]}")
+    assert leader_of(h, "lobby")["leader"] != old
+    assert max(stalls) <= 5.0
+    stop_senders(senders)
+    h.mesh.start([old])
+    h.mesh.wait_ready(30, [old])
+    shard = h.topo.shard_of("lobby")
+    wait_for(lambda: caught_up(h.admin, h.topo, shard, old), 20, f"{old} catching up")
+    rows = check_every_replica(h, senders, "lobby")
+    assert len(rows) == sum(len(s.acked) for s in senders)
