@@ -209,3 +209,18 @@ def test_a_winner_behind_the_majority_takes_the_shard_from_the_replica_ahead(tmp
     winner.turn_end()
     c.pump()
     assert [a["id"] for a in winner.acks()] == [6]  # ids go on after every acked one
+
+
+def test_a_leader_whose_lease_ran_out_acks_nothing_even_with_a_follower_holding_the_record(tmp_path):
+    c = Cluster(tmp_path)
+    leader = c.elect("l1", 5)
+    leader.core.on_ids("room", 1, 101)
+    send(leader, 1, 10, rid=1)
+    leader.turn_end()
+    leader.repl.on_coordinator({"t": "lease", "until": time.monotonic() - 0.001})   # no renewal in time
+    c.pump()                                        # the followers hold the record ...
+    assert c.nodes["l2"].repl.pos[0] == leader.repl.pos[0]
+    assert leader.acks() == []                      # ... but it is not acked
+    assert not leader.repl.owns("room")
+    replies = [m for _i, m in leader.out.replies if m.get("rid") == 1]
+    assert replies and replies[0]["code"] == "UNAVAILABLE"     # outcome unknown: the retry finds it
