@@ -3,8 +3,9 @@
     bin/bench chaos [--users 200 --members 10 --seconds 30 --think 0 --down 0 --kill broker,logic,router,counter
                      --processes 2 --brokers 2 --logic 2 --hb 2 --timeout 3 --drain 60] [--json FILE]
     bin/bench e2e [--users 1000 --channels 100 --members 10 --messages 20 --size 100 --window 1
-                   --processes 2 --brokers 2 --logic 2] [--curve on|off] [--client-curve on|off]
-                  [--transport zmq|ws] [--attach CONFIG] [--json FILE]
+                   --processes 2 --brokers 2 --logic 2 --replication 1 --shards 64] [--curve on|off]
+                  [--client-curve on|off] [--transport zmq|ws] [--attach CONFIG] [--json FILE]
+    bin/bench failover [--kills 10] [--senders 4] [--shards 4] [--wipe] [--stop] [--json FILE]
     bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
     bin/bench relay [--sizes-mib 1,50] [--repeats 3] [--window 16] [--json FILE]
@@ -20,7 +21,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"fastpath": "bench.fastpath", "heartbeat": "bench.heartbeat",
                 "sweep": "bench.sweep", "e2e": "bench.e2e",
-                "relay": "bench.relay", "chaos": "bench.chaos", "websessions": "bench.websessions"}
+                "relay": "bench.relay", "chaos": "bench.chaos", "websessions": "bench.websessions",
+                "failover": "bench.failover"}
     if argv and argv[0] == "--version":
         from nodes.cli.common import prog_name
         from nodes import __version__

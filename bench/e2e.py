@@ -194,7 +194,8 @@ def bench_topology(args, tmp: str) -> str:
                           limits={"rate": 1e9, "burst": 1e9, "max_pending": 100000},
                           heartbeat={"wired": 600.0},
                           channels={n: {"members": m} for n, m in members.items()},
-                          curve=args.curve == "on", client_curve=args.client_curve == "on")
+                          curve=args.curve == "on", client_curve=args.client_curve == "on",
+                          replication=args.replication, shards=args.shards)
 
 
 def ensure_channels(admin: Admin, args) -> None:
@@ -260,6 +261,8 @@ def measure(args, tmp: str) -> dict:
             raise RuntimeError(f"only {logins} of {args.users} logins succeeded")
         wait_presence(admin, topo, args.users)
         pids = {n: (mesh.procs[n].pid if mesh else admin.status(n)["pid"]) for n in topo.nodes}
+        if mesh is not None and mesh.etcd is not None:         # --replication: etcd's CPU counts too
+            pids.update({f"etcd:{name}": p.pid for name, p in mesh.etcd.procs.items()})
         cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
         t0 = time.monotonic()
         for _ in procs:
@@ -293,9 +296,10 @@ def measure(args, tmp: str) -> dict:
     if mesh is not None:            # its throwaway topology, data and logs (kept when a run fails)
         shutil.rmtree(os.path.dirname(mesh.config), ignore_errors=True)
     by_type, rss_type = {}, {}
-    for n, spec in topo.nodes.items():
-        by_type[spec.type] = round(by_type.get(spec.type, 0.0) + cpu[n], 3)
-        rss_type[spec.type] = round(max(rss_type.get(spec.type, 0.0), rss[n]), 1)
+    for n in cpu:
+        kind = topo.nodes[n].type if n in topo.nodes else "etcd"
+        by_type[kind] = round(by_type.get(kind, 0.0) + cpu[n], 3)
+        rss_type[kind] = round(max(rss_type.get(kind, 0.0), rss[n]), 1)
     acked = sum(r["acked"] for r in results)
     deliveries = sum(r["deliveries"] for r in results)
     expected = sum(r["expected_deliveries"] for r in results)
@@ -318,7 +322,7 @@ def measure(args, tmp: str) -> dict:
         "topology": {"attach": args.attach, "brokers": len(topo.ids("broker")),
                      "logic": len(topo.ids("logic")), "router": len(topo.ids("router")),
                      "counter": len(topo.ids("counter")), "curve": topo.curve,
-                     "client_curve": topo.client_curve},
+                     "client_curve": topo.client_curve, "replication": topo.replication, "shards": topo.shards},
         "machine": machine(),
     }
 
@@ -334,7 +338,8 @@ def render(r: dict) -> str:
     w = r["workload"]
     head = (f"{r['machine']}\nworkload: {w['users']} users, {w['channels']} channels x {w['members']} members, "
             f"{w['messages']} msgs of {w['size']} B each, window {w['window']}, over {w['transport']}; topology: "
-            f"{r['topology']['brokers']} brokers, {r['topology']['logic']} logic; CURVE "
+            f"{r['topology']['brokers']} brokers, {r['topology']['logic']} logic, replication "
+            f"{r['topology'].get('replication', 1)}; CURVE "
             f"{'on' if r['topology']['curve'] else 'off'} between nodes, "
             f"{'on' if r['topology']['client_curve'] else 'off'} for clients")
     return head + "\n\n" + table(["figure", "value"], rows)
@@ -357,6 +362,10 @@ def main(argv=None) -> int:
                         help="CurveZMQ on the client sessions too (default off)")
     parser.add_argument("--transport", choices=("zmq", "ws"), default="zmq",
                         help="client sessions over ZeroMQ DEALERs or WebSockets (brokers' ws endpoints)")
+    parser.add_argument("--replication", type=int, default=1,
+                        help="replicas per shard (docs/ha.md); >= 2 starts a local etcd and needs --logic >= it "
+                        "(default: %(default)s)")
+    parser.add_argument("--shards", type=int, default=64, help="shards of the started mesh (default: %(default)s)")
     parser.add_argument("--attach", metavar="CONFIG", help="use a running mesh instead of starting one")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     parser.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
@@ -366,8 +375,10 @@ def main(argv=None) -> int:
         os.environ["IMESH_PROFILE"] = os.path.abspath(args.profile)
     if args.users != args.channels * args.members:
         parser.error("--users must equal --channels x --members (user i is in channel i // members)")
+    if not 1 <= args.replication <= args.logic:
+        parser.error("--replication must be 1..--logic")
     if min(args.users, args.members, args.messages, args.window, args.processes, args.brokers,
-           args.logic) < 1 or args.size < 32:
+           args.logic, args.shards) < 1 or args.size < 32:
         parser.error("counts must be >= 1 and --size >= 32 (the text carries sender, seq and time)")
     result = run(args)
     print(render(result))

@@ -151,7 +151,7 @@ class WanBed:
         self.idcs = list(idcs)
         self.delay = delay
         self.hosts = {}                            # host name -> (namespace, address, idc)
-        self._bridges, self._taps, self._tap_fds = [], [], []
+        self._bridges, self._taps, self._tap_fds, self._veths = [], [], [], []
         self.link = None
 
     # --- building ---------------------------------------------------------------
@@ -191,6 +191,7 @@ class WanBed:
         ip("netns", "add", ns)
         self.hosts[name] = (ns, address, idc)
         ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+        self._veths.append(veth)
         ip("link", "set", peer, "netns", ns)
         ip("link", "set", veth, "master", self._bridges[i - 1])
         ip("link", "set", veth, "up")
@@ -223,9 +224,9 @@ class WanBed:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         for fd in self._tap_fds:
             os.close(fd)
-        for dev in self._taps + self._bridges:
+        for dev in self._veths + self._taps + self._bridges:     # a veth can outlive its namespace
             subprocess.run(["ip", "link", "del", dev], capture_output=True)
-        self.hosts, self._tap_fds, self._taps, self._bridges = {}, [], [], []
+        self.hosts, self._tap_fds, self._taps, self._bridges, self._veths = {}, [], [], [], []
 
     def __enter__(self):
         return self.start()

@@ -118,8 +118,14 @@ class Admin:
             msg["members"] = sorted(set(members))
         if lifetime is not None:
             msg["lifetime"] = lifetime
-        owner = self.topo.logic_for(name)
-        reply = self.call(owner, msg)
+        reply, owner = None, None
+        for owner in self._servers(name):
+            reply = self.call(owner, msg)
+            if reply is not None and reply.get("code") == wire.Err.WRONG_OWNER and reply.get("leader"):
+                owner = reply["leader"]                  # a replica names its shard's leader
+                reply = self.call(owner, msg)
+            if reply is not None and reply.get("code") != wire.Err.WRONG_OWNER:
+                break
         if reply is None:
             raise AdminError(wire.Err.UNAVAILABLE, f"logic node {owner} did not answer")
         if reply.get("t") == "err":
@@ -127,6 +133,12 @@ class Admin:
             raise AdminError(reply["code"], reply["msg"])
         events.admin(op, name, members=len(msg.get("members", ())), owner=owner)
         return reply
+
+    def _servers(self, name: str) -> list[str]:
+        """Where to ask about a channel: its owner, or its shard's replicas (preferred first)."""
+        if self.topo.replicated:
+            return self.topo.replicas_of(self.topo.shard_of(name))
+        return [self.topo.logic_for(name)]
 
     def presence(self, uin: int) -> dict:
         """{logic id: {device: broker}} as each logic node's replica sees the uin."""

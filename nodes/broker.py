@@ -72,6 +72,7 @@ class BrokerCore:
         self.sessions = SessionTable(float(topo.heartbeat["session_timeout_factor"]))
         self.active = set()                     # sessions with requests since the last touch round
         self.heard = {}                         # logic id -> time of its last tick
+        self.leaders = {}                       # shard -> (epoch, logic id), from ticks (replication)
         self.handlers = {"login": self.login, "ping": self.ping, "send": self.send, "sync": self.sync,
                          "hb": self.heartbeat, "logout": self.logout}
 
@@ -173,6 +174,8 @@ class BrokerCore:
             if reply.get("t") == "ack":
                 self.counts["acks"] += 1
             reply["rid"] = rid
+            if reply.get("code") == wire.Err.WRONG_OWNER and self.topo.replicated:
+                reply = self._moved(request["channel"], reply)
             self.out.reply(ident, reply)
         self.out.to_logic(owner, request, done, self.send_timeout)
         return None
@@ -195,7 +198,7 @@ class BrokerCore:
                          more=[], not_member=[], unavailable=[])
         groups = {}
         for name, have in channels.items():
-            owner = self.topo.logic_for(name)
+            owner = self.owner_of(name)
             if self.logic_up(owner, now):
                 groups.setdefault(owner, {})[name] = have
             else:
@@ -249,8 +252,44 @@ class BrokerCore:
         return wire.reply("bye", msg["rid"])
 
     # --- owners --------------------------------------------------------------
-    def on_tick(self, logic_id, now) -> None:
-        self.heard[logic_id] = now
+    def on_tick(self, logic_id, now, leads=(), stopping=False) -> None:
+        self.heard[logic_id] = float("-inf") if stopping else now      # stopping: down at once
+        if self.topo.replicated:
+            self._on_leads(logic_id, leads)
+
+    # --- shard leaders (replication, docs/ha.md) ---------------------------------
+    def _on_leads(self, logic_id, leads) -> None:
+        """A logic node's ticks list the shards it leads, with their epochs: the newest epoch
+        wins; a shard it no longer lists is forgotten."""
+        listed = set()
+        for shard, epoch in leads:
+            listed.add(shard)
+            known = self.leaders.get(shard)
+            if known is None or epoch >= known[0]:
+                self.leaders[shard] = (epoch, logic_id)
+        for shard, (_epoch, leader) in list(self.leaders.items()):
+            if leader == logic_id and shard not in listed:
+                del self.leaders[shard]
+
+    def owner_of(self, channel: str) -> str:
+        """The logic node serving a channel: its owner, or its shard's leader (else the shard's
+        preferred replica, which redirects)."""
+        if not self.topo.replicated:
+            return self.topo.logic_for(channel)
+        shard = self.topo.shard_of(channel)
+        known = self.leaders.get(shard)
+        return known[1] if known else self.topo.replicas_of(shard)[0]
+
+    def _moved(self, channel, reply) -> dict:
+        """WRONG_OWNER from a replica: remember the leader it names; the client retries (same ctime)."""
+        shard, leader = self.topo.shard_of(channel), reply.get("leader")
+        if leader in self.topo.nodes:
+            known = self.leaders.get(shard)
+            self.leaders[shard] = (known[0] if known else 0, leader)
+        else:
+            self.leaders.pop(shard, None)
+        return wire.error(reply.get("rid"), wire.Err.UNAVAILABLE, f"the leader of {channel!r} moved; "
+                          "retry with the same ctime", leader=leader)
 
     def logic_up(self, logic_id, now) -> bool:
         heard = self.heard.get(logic_id)
@@ -259,7 +298,7 @@ class BrokerCore:
         return now - heard < OWNER_DOWN_AFTER
 
     def _owner_up(self, channel, now) -> str:
-        owner = self.topo.logic_for(channel)
+        owner = self.owner_of(channel)
         if not self.logic_up(owner, now):
             raise wire.ProtocolError(wire.Err.UNAVAILABLE, f"the owner of {channel!r} ({owner}) is down; "
                                      "retry later with the same ctime")
@@ -321,7 +360,8 @@ class BrokerCore:
                 keep.add(session)               # told recently enough; look again next round
                 continue
             session.touched = now
-            out.setdefault(self.topo.router_for(session.uin), []).append([session.uin, session.device])
+            for router in self.topo.routers_for(session.uin):
+                out.setdefault(router, []).append([session.uin, session.device])
         self.active = keep
         return out
 
@@ -399,7 +439,23 @@ class BrokerNode(Node):
         self.requests.send(self.logics[owner], msg, callback, timeout)
 
     def to_router(self, uin, msg, callback, timeout=None):
-        self.requests.send(self.routers[self.topo.router_for(uin)], msg, callback, timeout)
+        routers = self.topo.routers_for(uin)
+        if len(routers) == 1:
+            self.requests.send(self.routers[routers[0]], msg, callback, timeout)
+            return
+        # replicated presence: both routers of the uin; the first good answer counts, an error
+        # only when both fail (a dead router costs nothing but its timeout in the background)
+        left = [len(routers)]
+
+        def one(reply):
+            left[0] -= 1
+            if left[0] < 0:
+                return
+            if reply.get("t") != "err" or left[0] == 0:
+                left[0] = -1
+                callback(reply)
+        for router in routers:
+            self.requests.send(self.routers[router], dict(msg), one, timeout)
 
     def on_send_failed(self, sock, key, exc):
         if sock is not self.client:
@@ -416,7 +472,10 @@ class BrokerNode(Node):
             for packed, to, uin, device in msg["items"]:
                 deliver(packed, to, uin, device)
         elif msg.get("t") == "tick":
-            self.core.on_tick(msg.get("logic"), self.clock())
+            stopping = msg.get("stopping") is True
+            self.core.on_tick(msg.get("logic"), self.clock(), msg.get("leads") or (), stopping)
+            if stopping and msg.get("logic") in self.logics:      # its answers will not come
+                self.requests.fail_peer(self.logics[msg["logic"]], f"logic {msg['logic']} is stopping; retry")
 
     def on_router_notice(self, msg):
         if msg.get("t") == "kick":

@@ -10,6 +10,10 @@ not hold).  A channel has one writer, so when ``have`` is the start of the
 last block issued for the channel, that block's answer was lost (the logic
 node crashed before it stored the lease): the counter answers the same
 block again instead of a new one, and no id is skipped.
+
+With ``replication`` > 1 the high-water marks live in etcd instead
+(nodes/coordinator.py EtcdHighWater): any counter serves any channel, and
+logic nodes move to the next counter when one does not answer.
 """
 from __future__ import annotations
 
@@ -67,15 +71,30 @@ class CounterNode(Node):
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id, store_sync=True)   # always synced: ids must never repeat
         self.core = CounterCore(self.store)
+        self.highwater = None
+        if topo.replicated:
+            from .coordinator import EtcdHighWater
+            self.highwater = EtcdHighWater(topo.etcd_endpoints(), topo.cluster)
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, wire.COUNTER_REQUESTS, {"alloc": self.handle_alloc,
                                                 "status": self.handle_status})
 
     def handle_alloc(self, _ident, msg, _now=None):
+        if self.highwater is not None:          # replicated: high-water marks in etcd, any counter serves
+            if not 1 <= msg["n"] <= MAX_ALLOC:
+                raise wire.ProtocolError(wire.Err.BAD_FIELD, f"n must be 1..{MAX_ALLOC}")
+            start, end = self.highwater.alloc(msg["channel"], msg["n"], msg["have"])
+            return wire.reply("alloc", msg["rid"], channel=msg["channel"], start=start, end=end)
         if self.topo.counter_for(msg["channel"]) != self.id:
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"counter {self.id} does not own this channel")
         start, end = self.core.alloc(msg["channel"], msg["n"], msg["have"])
         return wire.reply("alloc", msg["rid"], channel=msg["channel"], start=start, end=end)
 
     def status(self):
-        return dict(super().status(), channels=len(self.core.high), resent=self.core.resent)
+        resent = self.core.resent + (self.highwater.resent if self.highwater else 0)
+        return dict(super().status(), channels=len(self.core.high), resent=resent)
+
+    def close(self):
+        if self.highwater is not None:
+            self.highwater.close()
+        super().close()

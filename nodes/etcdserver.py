@@ -40,17 +40,36 @@ def etcd_binary() -> str:
 class LocalEtcd:
     """``members`` etcd processes on 127.0.0.1 forming one cluster, data under ``directory``."""
 
-    def __init__(self, directory: str, members: int = 1, name: str = "imesh"):
+    def __init__(self, directory: str, members: int = 1, name: str = "imesh", ports=None,
+                 host: str = "127.0.0.1"):
         self.directory = directory
-        ports = free_ports(2 * members)
-        self.clients = [f"http://127.0.0.1:{p}" for p in ports[:members]]
-        self.peers = [f"http://127.0.0.1:{p}" for p in ports[members:]]
+        ports = list(ports) if ports else free_ports(2 * members)      # client ports, then peer ports
+        self.clients = [f"http://{host}:{p}" for p in ports[:members]]
+        self.peers = [f"http://{host}:{p}" for p in ports[members:]]
         self.names = [f"{name}-etcd-{i + 1}" for i in range(members)]
         self.procs = {}                            # member name -> Popen
 
     @property
     def endpoints(self) -> list[str]:
         return list(self.clients)
+
+    @classmethod
+    def persistent(cls, directory: str) -> "LocalEtcd":
+        """The one-member etcd of a local topology: its ports are kept in ``directory/ports``
+        so a restart finds its data (member URLs are stored in it) and clients find it."""
+        path = os.path.join(directory, "ports")
+        try:
+            with open(path) as f:
+                ports = [int(p) for p in f.read().split()]
+        except (OSError, ValueError):
+            ports = None
+        etcd = cls(directory, 1, ports=ports if ports and len(ports) == 2 else None)
+        os.makedirs(directory, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(" ".join(u.rsplit(":", 1)[1] for u in etcd.clients + etcd.peers))
+        with open(os.path.join(directory, "endpoints"), "w") as f:
+            f.write("\n".join(etcd.clients) + "\n")
+        return etcd
 
     def start(self, timeout: float = 30.0) -> "LocalEtcd":
         cluster = ",".join(f"{n}={p}" for n, p in zip(self.names, self.peers))

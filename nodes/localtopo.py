@@ -47,10 +47,11 @@ def free_ports(n: int) -> list[int]:
 
 def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays=0, limits=None,
                    heartbeat=None, channels=None, metrics=False, curve=True, client_curve=False,
-                   ws=False) -> str:
+                   ws=False, replication=1, shards=None, etcd=None) -> str:
     """A local topology in ``directory`` with every endpoint on a free port (``metrics``: each
     node also gets a /metrics port; CURVE keys are made under ``directory``/keys when the mesh
-    starts; ``ws``: brokers also serve WebSocket/HTTP clients)."""
+    starts; ``ws``: brokers also serve WebSocket/HTTP clients; ``replication`` > 1: bin/mesh and
+    Mesh start a local etcd unless ``etcd`` lists endpoints)."""
     count = brokers + logics + routers + relays + counters
     ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters + (count if metrics else 0)
                             + (brokers if ws else 0)))
@@ -77,6 +78,12 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays
            "limits": {"rate": 10000.0, "burst": 10000, **(limits or {})}, "heartbeat": heartbeat or {},
            "channels": channels if channels is not None else {"lobby": {"members": "1-100"}},
            "idcs": {"test": idc}, "curve": curve, "client_curve": client_curve}
+    if replication != 1:
+        raw["replication"] = replication
+    if shards is not None:
+        raw["shards"] = shards
+    if etcd:
+        raw["etcd"] = list(etcd)
     path = os.path.join(str(directory), "topology.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(raw, f)

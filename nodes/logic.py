@@ -32,6 +32,7 @@ from . import wire
 from .node import INTERNAL_MAX_FRAME, Node
 from .logs import events
 from .presence import PresenceReplica
+from .replication import Replication
 from .router import PRESENCE_TOPIC
 from .rpc import Requests
 
@@ -41,6 +42,8 @@ TICK_INTERVAL = 0.5
 SWEEP_INTERVAL = 0.05                 # expired messages are deleted in slices of at most 5 ms
 DEDUP_PRUNE_INTERVAL = 1.0            # 500 dedup rows looked at per second
 SENT_PRUNE_BUDGET = 2000              # expired send-index rows deleted per sweep call at most
+REPLICATION_PROBE = 0.1               # followers left behind are caught up this often
+ALLOC_FAILOVER = 0.5                  # replicated: a counter silent this long, the next one is asked
 
 
 class Pending:
@@ -70,7 +73,7 @@ def push_of(channel: str, msg_id: int, record: list) -> dict:
 
 
 class ChannelState:
-    __slots__ = ("name", "members", "member_array", "ring", "leases", "next_id", "last_id",
+    __slots__ = ("name", "members", "member_array", "ring", "leases", "next_id", "last_id", "visible",
                  "waiting", "alloc_inflight", "lifetime", "fanout", "fanout_version")
 
     def __init__(self, name: str, members, queue: int, lifetime=None):
@@ -81,6 +84,8 @@ class ChannelState:
         self.leases = collections.deque()     # [start, end) blocks not yet used up
         self.next_id = 0                      # next id to assign (within leases[0])
         self.last_id = 0                      # newest stored id
+        self.visible = 0                      # newest acked id: reads never show more (with replication
+        #                                       a stored message waits for its majority before that)
         self.waiting = collections.deque()    # Pending, in arrival order
         self.alloc_inflight = False
 
@@ -120,15 +125,31 @@ class ChannelState:
         return True
 
 
+class StaticPlacement:
+    """Who serves a channel without replication: its rendezvous owner, always."""
+
+    def __init__(self, topo, node_id):
+        self.topo, self.id = topo, node_id
+
+    def owns(self, name: str) -> bool:
+        return self.topo.logic_for(name) == self.id
+
+    def leader(self, name: str):
+        return self.topo.logic_for(name)
+
+
 class LogicCore:
     """Channels, dedup and the send pipeline; ``out`` does the I/O.
 
     ``out`` provides ``reply(ident, msg)``, ``publish(broker_id, msg)`` and
-    ``request_ids(channel, n)``.
+    ``request_ids(channel, n)``.  ``placement`` says which channels this node
+    serves (``owns``) and who does (``leader``): the rendezvous owner, or with
+    replication the shard leader (nodes/replication.py).
     """
 
     def __init__(self, node_id, topo, store, replica, out, secret: bytes):
         self.id = node_id
+        self.placement = StaticPlacement(topo, node_id)
         self.topo = topo
         self.store = store
         self.replica = replica
@@ -140,6 +161,7 @@ class LogicCore:
         self.channels = {}                    # name -> ChannelState
         self.queue = int(topo.limits["channel_queue"])
         self.dedup = DedupTable()             # (uin, device) -> (ctime, msg id)
+        self.dedup_loaded = False
         self.inflight = {}                    # (uin, device) -> Pending
         self.dirty = set()                    # channels with waiting sends
         self.committed = []                   # Pending stored in this turn's batch
@@ -151,16 +173,22 @@ class LogicCore:
         self.stats = collections.Counter()
 
     # --- start ---------------------------------------------------------------
-    def load(self) -> None:
+    def load(self, wanted=None) -> None:
+        """Load the stored channels (those ``wanted(name)`` accepts, if given) and create the
+        topology's channels this node serves that are not stored yet."""
+        loaded = {}
         for key, raw in self.store.scan(b"c"):
             name, row = key[1:].decode(), keys.decode(raw)
-            self.channels[name] = ChannelState(name, row["members"], self.queue, row.get("lifetime"))
-        for name, ch in self.channels.items():
+            if wanted is None or wanted(name):
+                loaded[name] = ChannelState(name, row["members"], self.queue, row.get("lifetime"))
+        self.channels.update(loaded)
+        for name, ch in loaded.items():
             for key in self.store.last_keys(keys.channel_prefix(name), self.queue):
                 ch.ring.push(keys.unpack_u64(key[-8:]))
             raw = self.store.get(keys.last_id_key(name))
             ch.last_id = max(ch.ring.last or 0, keys.unpack_u64(raw) if raw else 0)
             ch.next_id = ch.last_id + 1
+            ch.visible = ch.last_id
             raw = self.store.get(keys.lease_key(name))
             for start, end in (keys.decode(raw) if raw else []):
                 if end > ch.next_id:
@@ -168,12 +196,13 @@ class LogicCore:
             if ch.leases:
                 ch.next_id = max(ch.next_id, ch.leases[0][0])
             self._watch_expiry(ch)
-        for key, raw in self.store.scan(b"d"):
+        for key, raw in (self.store.scan(b"d") if not self.dedup_loaded else ()):
             uin, device = int.from_bytes(key[1:5], "big"), int.from_bytes(key[5:9], "big")
             ctime, _channel, msg_id = keys.decode(raw)[:3]
             self.dedup.commit(uin, device, ctime, msg_id)
+        self.dedup_loaded = True             # once: later d rows reach the table as they are written
         for name, spec in self.topo.channels.items():
-            if name not in self.channels and self.topo.logic_for(name) == self.id:
+            if name not in self.channels and (self.placement.owns(name) if wanted is None else wanted(name)):
                 self._create(name, spec["members"], spec.get("lifetime"))
         self.store.flush()
 
@@ -191,9 +220,13 @@ class LogicCore:
         self.store.put(keys.lease_key(ch.name), keys.encode([list(x) for x in ch.leases]))
 
     # --- requests ------------------------------------------------------------
+    def _wrong_owner(self, name: str) -> wire.ProtocolError:
+        return wire.ProtocolError(wire.Err.WRONG_OWNER, f"logic {self.id} does not serve channel {name!r}",
+                                  leader=self.placement.leader(name))
+
     def _owned(self, name: str) -> ChannelState:
-        if self.topo.logic_for(name) != self.id:
-            raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"logic {self.id} does not own channel {name!r}")
+        if not self.placement.owns(name):
+            raise self._wrong_owner(name)
         ch = self.channels.get(name)
         if ch is None:
             raise wire.ProtocolError(wire.Err.NO_CHANNEL, f"no channel {name!r}")
@@ -262,28 +295,32 @@ class LogicCore:
         page are gone for good (expired, trimmed, or never assigned), so a
         client may move its window to ``upto`` once it holds the page.
         """
-        first = ch.ring.first if len(ch.ring) else ch.last_id + 1
-        after = max(min(after, ch.last_id), first - 1)      # nothing before the queue's head
+        last = ch.visible
+        first = min(ch.ring.first, last + 1) if len(ch.ring) else last + 1
+        after = max(min(after, last), first - 1)      # nothing before the queue's head
         msgs = []
-        if after >= ch.last_id:
-            return msgs, first, False, ch.last_id
+        if after >= last:
+            return msgs, first, False, last
         if budget <= 0:
             return msgs, first, True, after
+        end = keys.message_key(ch.name, last)
         for key, raw in self.store.scan(keys.channel_prefix(ch.name), keys.message_key(ch.name, after + 1)):
+            if key > end:
+                break
             rec = keys.decode(raw)
             if rec[4] < now:                                  # expired, not yet swept
                 continue
             if len(msgs) >= budget:
                 return msgs, first, True, msgs[-1]["id"]
             msgs.append(push_of(ch.name, keys.unpack_u64(key[-8:]), rec))
-        return msgs, first, False, ch.last_id
+        return msgs, first, False, last
 
     def sync(self, msg: dict, now: float) -> dict:
         """One page of the stored messages of a channel after ``after``."""
         ch = self._member_channel(msg["channel"], msg["uin"])
         msgs, first, more, upto = self._page(ch, msg["after"], wire.SYNC_PAGE, now)
         return wire.reply("sync", msg["rid"], channel=ch.name, msgs=msgs, first=first,
-                          last=ch.last_id, more=more, upto=upto)
+                          last=ch.visible, more=more, upto=upto)
 
     def heads(self, msg: dict, now: float) -> dict:
         """For a heartbeat: the newest id of each listed channel, and one page of
@@ -292,11 +329,11 @@ class LogicCore:
         heads, firsts, uptos, msgs, more, not_member = {}, {}, {}, [], [], []
         for name, have in msg["channels"].items():
             ch = self.channels.get(name)
-            if ch is None or uin not in ch.members or self.topo.logic_for(name) != self.id:
+            if ch is None or uin not in ch.members or not self.placement.owns(name):
                 not_member.append(name)
                 continue
             page, firsts[name], cut, uptos[name] = self._page(ch, have, budget, now)
-            heads[name] = ch.last_id
+            heads[name] = ch.visible
             budget -= len(page)
             msgs += page
             if cut:
@@ -316,8 +353,8 @@ class LogicCore:
         name = msg["channel"]
         if must_exist:
             return self._owned(name)
-        if self.topo.logic_for(name) != self.id:
-            raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"logic {self.id} does not own channel {name!r}")
+        if not self.placement.owns(name):
+            raise self._wrong_owner(name)
         return None
 
     def _check_members(self, members):
@@ -358,7 +395,7 @@ class LogicCore:
     @staticmethod
     def _members_reply(msg, ch):
         return wire.reply("channel", msg["rid"], channel=ch.name, members=sorted(ch.members),
-                          last=ch.last_id, lifetime=ch.lifetime)
+                          last=ch.visible, lifetime=ch.lifetime)
 
     # --- ids -----------------------------------------------------------------
     def on_ids(self, channel: str, start: int, end: int) -> None:
@@ -530,9 +567,11 @@ class LogicCore:
         staged[key] = rec.ctime
         return True
 
-    def commit(self) -> None:
-        """The batch is on disk: record dedup, ack every waiter, fan out."""
-        committed, self.committed = self.committed, []
+    def commit(self, committed=None) -> None:
+        """The batch is on disk (with replication: on a majority): record dedup, ack every
+        waiter, fan out.  ``committed``: these sends instead of this turn's."""
+        if committed is None:
+            committed, self.committed = self.committed, []
         for rec in committed:
             key = (rec.uin, rec.device, rec.ctime)
             recorded = self.dedup.get(rec.uin, rec.device)
@@ -541,11 +580,33 @@ class LogicCore:
             if self.inflight.get(key) is rec:
                 del self.inflight[key]
             self.stats["acks"] += len(rec.waiters)
+            ch = self.channels.get(rec.channel)
+            if ch is not None and rec.id > ch.visible:
+                ch.visible = rec.id
             for ident, rid in rec.waiters:
                 self.out.reply(ident, self._ack(rid, rec.channel, rec.device, rec.ctime, rec.id))
             self.fan_out(rec)
         self.stats["stored"] += len(committed)
         self.publish_turn()
+
+    def abandon(self, recs, why: str) -> None:
+        """Sends whose outcome this node can no longer promise (it stopped leading their shard):
+        UNAVAILABLE, so the client retries with the same ctime wherever the shard went."""
+        for rec in recs:
+            self.inflight.pop((rec.uin, rec.device, rec.ctime), None)
+            for ident, rid in rec.waiters:
+                self.out.reply(ident, wire.error(rid, wire.Err.UNAVAILABLE, why))
+
+    def drop(self, names, why: str) -> None:
+        """Stop serving these channels (their shard moved): forget their state, fail their queues."""
+        for name in names:
+            ch = self.channels.pop(name, None)
+            if ch is None:
+                continue
+            self.dirty.discard(ch)
+            self.waiting_total -= len(ch.waiting)
+            self.abandon(ch.waiting, why)
+            ch.waiting.clear()
 
     def fan_out(self, rec: Pending) -> None:
         """Queue the message for every broker with an online member (sent once per turn)."""
@@ -581,29 +642,81 @@ class LogicNode(Node):
         self.presence_sub = self.subscribe("router", PRESENCE_TOPIC, lambda msg: self.replica.on_message(msg))
         self.replica = PresenceReplica(self.routers, self.request_snapshot)
         self.core = LogicCore(node_id, topo, self.store, self.replica, self, topo.read_secret())
-        self.core.load()
+        self.repl = self.coordinator = None
+        self.alloc_failures = 0                # replicated: rotates id requests over the counters
+        if topo.replicated:
+            self._start_replication()          # channels load per shard, when this node leads it
+        else:
+            self.core.load()
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.rpc = rpc
         c = self.core
 
         def by_msg(fn):
             return lambda _ident, msg, now: fn(msg, now)
-        self.serve(rpc, wire.LOGIC_REQUESTS, {
+        handlers = {
             "send": c.send,
             "sync": by_msg(c.sync),
             "heads": by_msg(c.heads),
-            "channel_create": by_msg(c.channel_create),
-            "channel_add": by_msg(c.channel_add),
-            "channel_remove": by_msg(c.channel_remove),
-            "channel_show": by_msg(c.channel_show),
+            "channel_create": self._admin_change(c.channel_create),
+            "channel_add": self._admin_change(c.channel_add),
+            "channel_remove": self._admin_change(c.channel_remove),
+            "channel_show": self.handle_channel_show,
             "presence": self.handle_presence,
             "member": by_msg(c.member),
-            "status": self.handle_status})
+            "status": self.handle_status}
+        schemas = wire.LOGIC_REQUESTS
+        if self.repl is not None:
+            handlers.update(self.repl.handlers())
+            schemas = dict(schemas, **wire.REPLICATION_REQUESTS)
+        self.serve(rpc, schemas, handlers)
         self.broker_topics = [wire.topic(b.id) for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)
         self.loop.every(SWEEP_INTERVAL, self.sweep)
         self.loop.every(DEDUP_PRUNE_INTERVAL, lambda: self.core.prune_dedup(time.time()))
         self.replica.start()
+        if self.coordinator is not None:
+            self.coordinator.start()
+
+    # --- replication hooks (nodes/replication.py, nodes/coordinator.py) -------
+    def _start_replication(self):
+        from .coordinator import Coordinator
+        self.logic_peers = {n: sock for n, sock in self.peers("logic").items() if n != self.id}
+        self.repl = Replication(self.id, self.topo, self)
+        ranks = {s: self.topo.replicas_of(s).index(self.id) for s in self.repl.shards}
+        self.coordinator = Coordinator(self.ctx, self.topo.etcd_endpoints(), self.topo.cluster, self.id, ranks)
+        self.loop.add(self.coordinator.pipe, lambda frames: self.repl.on_coordinator(keys.decode(frames[-1])))
+        self.loop.every(REPLICATION_PROBE, self.repl.probe)
+
+    def to_logic(self, peer, msg, callback, timeout):
+        self.requests.send(self.logic_peers[peer], msg, callback, timeout)
+
+    def announce(self, stopping: bool = False):
+        """Tell every broker now which shards this node leads (also said in every tick);
+        ``stopping``: take this node for down at once."""
+        tick = {"t": "tick", "logic": self.id,
+                "leads": [[s, e] for s, e in self.repl.leading().items()] if self.repl else []}
+        if stopping:
+            tick["stopping"] = True
+        frame = wire.pack(tick)
+        for topic in self.broker_topics:
+            self.queue_packed(self.pub, topic, frame)
+
+    def _admin_change(self, fn):
+        """A membership change is answered once the record carrying it is on a majority."""
+        def handler(ident, msg, now):
+            reply = fn(msg, now)
+            if self.repl is None:
+                return reply
+            self.repl.hold_reply(msg["channel"], ident, reply)
+            return None
+        return handler
+
+    def handle_channel_show(self, _ident, msg, now=None):
+        reply = self.core.channel_show(msg, now)
+        if self.repl is not None:
+            reply.update(self.repl.describe(msg["channel"]))
+        return reply
 
     # --- out (what the core asks for) ----------------------------------------
     def reply(self, ident, msg):
@@ -613,16 +726,21 @@ class LogicNode(Node):
         self.queue_packed(self.pub, wire.topic(broker), wire.pack(msg))
 
     def request_ids(self, channel, n, have):
-        counter = self.topo.counter_for(channel)
+        counter, timeout = self.topo.counter_for(channel), None
+        if self.repl is not None:              # any counter serves: the next one after a failure
+            ids = self.topo.ids("counter")
+            counter = ids[(ids.index(counter) + self.alloc_failures) % len(ids)]
+            timeout = ALLOC_FAILOVER
 
         def done(reply):
             if reply.get("t") == "alloc":
                 self.on_late_reply(reply)
             else:
-                log.warning("id alloc for %s failed: %s", channel, reply.get("msg"))
+                log.warning("id alloc for %s at %s failed: %s", channel, counter, reply.get("msg"))
+                self.alloc_failures += 1
                 self.core.on_ids_failed(channel)
         self.requests.send(self.counters[counter], {"t": "alloc", "channel": channel, "n": n, "have": have},
-                           done)
+                           done, timeout)
 
     def on_late_reply(self, reply):
         """Id blocks are persisted by the counter: use them even if they come late."""
@@ -642,10 +760,10 @@ class LogicNode(Node):
         """Tell every broker this logic node is alive (and keep its SUB link proven)."""
         self.requests.expire()
         self.core.retry_leases()
-        frame = wire.pack({"t": "tick", "logic": self.id})
-        for topic in self.broker_topics:
-            self.queue_packed(self.pub, topic, frame)
+        self.announce()
         self.replica.retry()
+        if self.repl is not None:
+            self.repl.reconcile()              # a lease that ran out ends leadership even when idle
 
     def sweep(self):
         now = time.time()
@@ -654,8 +772,12 @@ class LogicNode(Node):
 
     def before_flush(self):
         self.core.assign(time.time())
+        if self.repl is not None:
+            self.repl.stage()
 
     def after_flush(self):
+        if self.repl is not None:
+            self.repl.release()
         self.core.commit()
 
     def handle_presence(self, _ident, msg, _now=None):
@@ -669,4 +791,18 @@ class LogicNode(Node):
                     expired=c.stats["expired"], trimmed=c.stats["trimmed"], waiting=c.waiting_total,
                     acks=c.stats["acks"], deliveries=c.stats["deliveries"], id_blocks=c.stats["id_blocks"],
                     requests=dict(self.dispatchers[0].requests),
-                    sweep_s=round(c.sweep_seconds, 3), sweep_max_ms=round(c.sweep_max * 1000, 3))
+                    sweep_s=round(c.sweep_seconds, 3), sweep_max_ms=round(c.sweep_max * 1000, 3),
+                    **({"shards": self.repl.status(), "replication": self.repl.stats} if self.repl else {}))
+
+    def close(self):
+        """A clean stop hands its shards over: what waits is answered UNAVAILABLE (the clients
+        retry with the same ctime), brokers hear it leads nothing, and the lease is revoked."""
+        if self.repl is not None:
+            self.repl.resign("logic node stopping")
+            self.announce(stopping=True)
+            self.outbox.flush()
+            for sock in (self.rpc, self.pub):       # let those last frames leave (ctx.destroy drops them)
+                sock.close(linger=500)
+        if self.coordinator is not None:
+            self.coordinator.stop()
+        super().close()

@@ -35,15 +35,35 @@ class MeshError(RuntimeError):
     pass
 
 
+def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
+    """Poll ``predicate`` (which itself waits on a reply: a status, a leader) until it is
+    truthy; its value, or MeshError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise MeshError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 class Mesh:
     def __init__(self, config: str, python: str = sys.executable, log_args=(), wrap=None):
         self.config = os.path.abspath(config)
         self.topo = topology.load(self.config)
         self.python = python
-        self.wrap = wrap or (lambda _node_id: [])   # argv prefix per node (a network namespace: bench/wanbed)
         self.log_args = list(log_args)        # e.g. ["--log-level", "DEBUG", "--log-format", "json"]
         self.procs = {}                       # node id -> Popen
         self.admin = Admin(self.topo, timeout=1.0)
+        self.etcd = None                      # the local etcd of a replicated local topology
+        self.wrap = dict(wrap or {})          # node id -> command prefix (a namespace: ["ip", "netns", "exec", ns])
+
+    def start_etcd(self) -> None:
+        """A replicated local topology without endpoints gets its etcd here (data under data_dir)."""
+        if self.etcd is None and self.topo.replicated and not self.topo.etcd:
+            from .etcdserver import LocalEtcd
+            self.etcd = LocalEtcd.persistent(os.path.dirname(self.topo.etcd_endpoints_file())).start()
 
     # --- processes -----------------------------------------------------------
     def log_path(self, node_id: str) -> str:
@@ -55,6 +75,7 @@ class Mesh:
             if self.topo.curve or self.topo.client_curve:
                 curve.ensure_keys(self.topo)       # no manual key step on a local mesh
         os.makedirs(self.topo.data_dir, exist_ok=True)
+        self.start_etcd()
         env = child_env()
         env["IMESH_DIE_WITH"] = str(os.getpid())          # nodes.launch: exit when we die
         for node_id in node_ids or list(self.topo.nodes):
@@ -62,8 +83,8 @@ class Mesh:
                 raise MeshError(f"node {node_id} is already running")
             log = open(self.log_path(node_id), "ab")
             self.procs[node_id] = subprocess.Popen(
-                [*self.wrap(node_id), self.python, "-m", "nodes.launch", "--config", self.config, "--id", node_id,
-                 *self.log_args],
+                self.wrap.get(node_id, []) + [self.python, "-m", "nodes.launch", "--config", self.config,
+                                              "--id", node_id, *self.log_args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             log.close()
 
@@ -93,6 +114,9 @@ class Mesh:
 
     def close(self) -> None:
         stop_all(self.procs.values())
+        if self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
 
     def __enter__(self):
         return self
@@ -132,7 +156,22 @@ class Mesh:
             if waiting and time.monotonic() > deadline:
                 why = "; ".join(f"{n}: {self.not_ready_reason(last.get(n))}" for n in sorted(waiting))
                 raise MeshError(f"not ready after {timeout}s: {why}")
+        if self.topo.replicated and node_ids is None:
+            self.wait_shards_served(deadline)
         return statuses
+
+    def wait_shards_served(self, deadline: float) -> None:
+        """Replicated topologies: until every shard has a leader that serves it."""
+        while True:
+            served = set()
+            for node_id in self.topo.ids("logic"):
+                served.update((self.admin.status(node_id, timeout=1.0) or {}).get("shards", {}))
+            missing = sorted(set(range(self.topo.shards)) - {int(s) for s in served})
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise MeshError(f"shards without a serving leader: {missing[:20]}")
+            time.sleep(0.05)                 # leaders come from etcd campaigns: poll their status
 
     def not_ready_reason(self, status: dict | None) -> str:
         if status is None:

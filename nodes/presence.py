@@ -5,6 +5,10 @@ router run).  The replica applies a delta only when it is the next number;
 on a gap, a new epoch or a tick that shows it is behind, it asks for a
 snapshot and buffers deltas until the snapshot arrives.  No sockets here:
 the caller passes decoded messages in and sends snapshot requests out.
+
+Each router's view is kept apart and a uin's devices are the union over
+the views: with replication a uin's presence lives on two routers, and a
+restarted (empty) one must not take away what the other still holds.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from fastpath import OnlineBitmap
 
 
 class _RouterView:
-    __slots__ = ("epoch", "seq", "synced", "requested", "buffer", "uins")
+    __slots__ = ("epoch", "seq", "synced", "requested", "buffer", "online")
 
     def __init__(self):
         self.epoch = None
@@ -20,7 +24,7 @@ class _RouterView:
         self.synced = False
         self.requested = False
         self.buffer = []
-        self.uins = set()
+        self.online = {}                        # uin -> {device: broker}, as this router says
 
 
 class PresenceReplica:
@@ -60,14 +64,11 @@ class PresenceReplica:
         view = self.views.get(msg.get("router"))
         if view is None:
             return
-        for uin in view.uins:
-            self.online.pop(uin, None)
-            self.bitmap.clear(uin)
-        view.uins = set()
+        old, view.online = view.online, {}
         for uin, device, broker in msg["entries"]:
-            self.online.setdefault(uin, {})[device] = broker
-            self.bitmap.set(uin)
-            view.uins.add(uin)
+            view.online.setdefault(uin, {})[device] = broker
+        for uin in old.keys() | view.online.keys():
+            self._merge(uin)
         view.epoch, view.seq = msg["epoch"], msg["seq"]
         self.version += 1
         view.synced, view.requested = True, False
@@ -106,18 +107,31 @@ class PresenceReplica:
         uin, device, broker = delta["uin"], delta["device"], delta["broker"]
         self.version += 1
         if broker is None:
-            devices = self.online.get(uin)
+            devices = view.online.get(uin)
             if devices is not None:
                 devices.pop(device, None)
                 if not devices:
-                    del self.online[uin]
-                    self.bitmap.clear(uin)
-                    view.uins.discard(uin)
+                    del view.online[uin]
         else:
-            self.online.setdefault(uin, {})[device] = broker
-            self.bitmap.set(uin)
-            view.uins.add(uin)
+            view.online.setdefault(uin, {})[device] = broker
+        self._merge(uin)
         view.seq = delta["seq"]
+
+    def _merge(self, uin) -> None:
+        """A uin's devices: the union of what the routers holding it say."""
+        merged = None
+        for view in self.views.values():
+            devices = view.online.get(uin)
+            if devices:
+                if merged is None:
+                    merged = dict(devices)
+                else:
+                    merged.update(devices)
+        if merged:
+            self.online[uin] = merged
+            self.bitmap.set(uin)
+        elif self.online.pop(uin, None) is not None:
+            self.bitmap.clear(uin)
 
     # --- queries -------------------------------------------------------------
     def devices(self, uin: int) -> dict:

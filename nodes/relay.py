@@ -245,6 +245,7 @@ class RelayNode(Node):
         self.sessions = SessionTable(1.0)
         self.session_timeout = float(topo.limits["relay_session_timeout"])
         self.members = {}                       # (uin, channel) -> (is member, checked at)
+        self.leaders = {}                       # shard -> logic id a replica named (replication)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
         self.logics = self.peers("logic")
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
@@ -294,17 +295,29 @@ class RelayNode(Node):
             answer(known[0])
             return
 
-        def done(reply):
-            if reply.get("t") == "member":
-                self.members[(uin, channel)] = (reply["member"], now)
-                answer(reply["member"])
-            elif reply.get("code") == wire.Err.NO_CHANNEL:
-                answer(False)
-            else:
-                self.queue_reply(self.client, ident, wire.error(rid, wire.Err.UNAVAILABLE,
-                                                                "membership check failed; retry"))
-        self.requests.send(self.logics[self.topo.logic_for(channel)],
-                           {"t": "member", "uin": uin, "channel": channel}, done)
+        def ask(logic, follow):
+            def done(reply):
+                leader = reply.get("leader")
+                if reply.get("code") == wire.Err.WRONG_OWNER and follow and leader in self.logics:
+                    self.leaders[self.topo.shard_of(channel)] = leader     # replicated: its shard moved
+                    ask(leader, False)
+                elif reply.get("t") == "member":
+                    self.members[(uin, channel)] = (reply["member"], now)
+                    answer(reply["member"])
+                elif reply.get("code") == wire.Err.NO_CHANNEL:
+                    answer(False)
+                else:
+                    self.queue_reply(self.client, ident, wire.error(rid, wire.Err.UNAVAILABLE,
+                                                                    "membership check failed; retry"))
+            self.requests.send(self.logics[logic], {"t": "member", "uin": uin, "channel": channel}, done)
+        ask(self._logic_of(channel), self.topo.replicated)
+
+    def _logic_of(self, channel: str) -> str:
+        """The channel's owner; replicated: the last leader a replica named, else the preferred replica."""
+        if not self.topo.replicated:
+            return self.topo.logic_for(channel)
+        shard = self.topo.shard_of(channel)
+        return self.leaders.get(shard) or self.topo.replicas_of(shard)[0]
 
     # --- requests --------------------------------------------------------------
     def handle_begin(self, session, msg, now):

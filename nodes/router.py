@@ -181,7 +181,7 @@ class RouterNode(Node):
         self.queue_packed(self.pub, PRESENCE_TOPIC if broker is None else wire.topic(broker), wire.pack(msg))
 
     def _check_owner(self, uin):
-        if self.topo.router_for(uin) != self.id:
+        if self.id not in self.topo.routers_for(uin):
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"router {self.id} does not own uin {uin}")
 
     def handle_online(self, _ident, msg, now):
@@ -197,7 +197,7 @@ class RouterNode(Node):
         return wire.reply("hb", msg["rid"], interval=interval)
 
     def handle_touch(self, _ident, msg, now):
-        mine = [s for s in msg["sessions"] if self.topo.router_for(s[0]) == self.id]
+        mine = [s for s in msg["sessions"] if self.id in self.topo.routers_for(s[0])]
         return wire.reply("touched", msg["rid"], moved=self.core.touch(msg["broker"], mine, now))
 
     def handle_offline(self, _ident, msg, _now):

@@ -22,14 +22,14 @@ class Requests:
         self.outbox = outbox                 # requests leave at the end of the loop turn
         self.on_late = on_late               # gets replies whose request already timed out
         self.max_len = max_len
-        self.pending = {}                    # rid -> (deadline, callback)
+        self.pending = {}                    # rid -> (deadline, callback, socket)
         self._rids = itertools.count(1)
 
     def send(self, sock, msg: dict, callback, timeout: float | None = None) -> int:
         rid = next(self._rids)
         msg["rid"] = rid
         self.outbox.put(sock, None, wire.pack(msg))
-        self.pending[rid] = (time.monotonic() + (timeout or self.timeout), callback)
+        self.pending[rid] = (time.monotonic() + (timeout or self.timeout), callback, sock)
         return rid
 
     def on_reply(self, frames: list) -> None:
@@ -49,11 +49,19 @@ class Requests:
     def expire(self) -> int:
         """Fail the requests whose deadline passed; return how many."""
         now = time.monotonic()
-        late = [rid for rid, (deadline, _cb) in self.pending.items() if deadline <= now]
+        late = [rid for rid, entry in self.pending.items() if entry[0] <= now]
         for rid in late:
-            _deadline, callback = self.pending.pop(rid)
+            callback = self.pending.pop(rid)[1]
             callback(wire.error(rid, wire.Err.UNAVAILABLE, "owning node did not answer in time"))
         return len(late)
+
+    def fail_peer(self, sock, why: str) -> int:
+        """Fail now every request waiting on ``sock``'s peer (it said it is stopping)."""
+        gone = [rid for rid, entry in self.pending.items() if entry[2] is sock]
+        for rid in gone:
+            callback = self.pending.pop(rid)[1]
+            callback(wire.error(rid, wire.Err.UNAVAILABLE, why))
+        return len(gone)
 
     def __len__(self) -> int:
         return len(self.pending)

@@ -14,6 +14,8 @@ Keys are big-endian binary so that iteration order is id order:
 - ``l`` + channel                                -> msgpack [[start, end], ...] (leased id blocks, logic)
 - ``h`` + channel                                -> end:u64 (counter high-water mark)
 - ``b`` + channel                                -> start:u64 of the last block issued (counter)
+- ``r`` + shard:u32                              -> msgpack [epoch, seq]: the replication log position
+                                                   a replica's shard state reflects (docs/ha.md)
 
 The length prefix keeps a prefix scan of one channel from running into
 another whose name starts the same.
@@ -90,6 +92,10 @@ def last_block_key(channel: str) -> bytes:
     return b"b" + channel.encode()
 
 
+def position_key(shard: int) -> bytes:
+    return b"r" + shard.to_bytes(4, "big")
+
+
 def pack_u64(value: int) -> bytes:
     return _U64.pack(value)
 
@@ -126,6 +132,7 @@ class Store:
         self.writes = 0                 # batches written, their ops and seconds: read by metrics
         self.write_ops = 0
         self.write_seconds = 0.0
+        self.capture = None        # a list: every staged (key, value or None) is also appended (replication)
 
     # --- reads ---------------------------------------------------------------
     def get(self, key: bytes):
@@ -158,10 +165,14 @@ class Store:
         """Stage a write in the current batch (written by ``flush``)."""
         self._batch.put(key, value)
         self._pending += 1
+        if self.capture is not None:
+            self.capture.append((key, value))
 
     def delete(self, key: bytes) -> None:
         self._batch.delete(key)
         self._pending += 1
+        if self.capture is not None:
+            self.capture.append((key, None))
 
     def flush(self) -> int:
         """Write the staged batch (one WAL append); return how many ops it held."""

@@ -8,6 +8,7 @@ the key in every error.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any
 
@@ -64,8 +65,10 @@ DEFAULT_STORAGE = {"sync": False}
 OWNER_CACHE = 1_000_000      # memoised owners per node type before the cache starts over
 
 _TOP_KEYS = {"cluster", "secret_file", "data_dir", "local", "limits", "heartbeat",
-             "storage", "idcs", "channels", "curve", "client_curve", "keys_dir", "public_keys"}
+             "storage", "idcs", "channels", "curve", "client_curve", "keys_dir", "public_keys",
+             "replication", "shards", "etcd"}
 RESERVED_KEY_NAMES = ("admin",)    # keys of the operator's tools (bin/mesh), not node ids
+DEFAULT_SHARDS = 64          # channel -> shard is fixed for the life of a cluster (docs/ha.md)
 
 
 class TopologyError(ValueError):
@@ -101,6 +104,9 @@ class Topology:
     client_curve: bool = False     # CurveZMQ on the broker and relay client sockets too
     keys_dir: str = ""             # <name>.key (public) and <name>.key_secret files
     public_keys: dict = dataclasses.field(default_factory=dict)   # name -> Z85 key given inline
+    replication: int = 1   # replicas per shard; 1 = one owner per channel, no etcd (docs/ha.md)
+    shards: int = DEFAULT_SHARDS
+    etcd: list = dataclasses.field(default_factory=list)   # endpoints; empty + local: bin/mesh starts one
     _owners: dict = dataclasses.field(default_factory=dict, repr=False)
 
     # --- lookups ---------------------------------------------------------
@@ -126,6 +132,21 @@ class Topology:
     def router_for(self, uin: int) -> str:
         return self._owner("router", uin)
 
+    def routers_for(self, uin: int) -> list[str]:
+        """Where a uin's presence lives: its router, and with replication also the router of
+        second-highest weight (presence is soft state held twice; docs/ha.md)."""
+        if not self.replicated:
+            return [self.router_for(uin)]
+        cache = self._owners.setdefault("routers", {})
+        routers = cache.get(uin)
+        if routers is None:
+            if len(cache) > OWNER_CACHE:
+                cache.clear()
+            key = rendezvous.uin_key(uin)
+            ranked = sorted(self.ids("router"), key=lambda n: (rendezvous.weight(n, key), n), reverse=True)
+            routers = cache[uin] = ranked[:2]
+        return routers
+
     def _owner(self, node_type: str, key) -> str:
         """Rendezvous owner of a channel (str) or uin (int), memoised: asked on every request."""
         cache = self._owners.get(node_type)
@@ -138,6 +159,49 @@ class Topology:
             ids = self.ids(node_type)
             owner = cache[key] = rendezvous.owner(ids, rendezvous.uin_key(key) if isinstance(key, int) else key)
         return owner
+
+    # --- replicated topologies (docs/ha.md) --------------------------------
+    @property
+    def replicated(self) -> bool:
+        return self.replication > 1
+
+    def shard_of(self, channel: str) -> int:
+        cache = self._owners.setdefault("shard", {})
+        shard = cache.get(channel)
+        if shard is None:
+            if len(cache) > OWNER_CACHE:
+                cache.clear()
+            digest = hashlib.blake2b(channel.encode(), digest_size=8).digest()
+            shard = cache[channel] = int.from_bytes(digest, "big") % self.shards
+        return shard
+
+    def replicas_of(self, shard: int) -> list[str]:
+        """The shard's replica set: the N highest rendezvous weights among the logic nodes;
+        the first is the preferred leader."""
+        cache = self._owners.setdefault("replicas", {})
+        replicas = cache.get(shard)
+        if replicas is None:
+            key = b"shard:" + shard.to_bytes(4, "big")
+            ranked = sorted(self.ids("logic"), key=lambda n: (rendezvous.weight(n, key), n), reverse=True)
+            replicas = cache[shard] = ranked[:self.replication]
+        return replicas
+
+    def shards_of(self, node_id: str) -> list[int]:
+        return [s for s in range(self.shards) if node_id in self.replicas_of(s)]
+
+    def etcd_endpoints(self) -> list[str]:
+        """The topology's ``etcd`` list, else the one ``bin/mesh up`` wrote for a local etcd."""
+        if self.etcd:
+            return list(self.etcd)
+        try:
+            with open(self.etcd_endpoints_file(), encoding="utf-8") as f:
+                return [line.strip() for line in f if line.strip()]
+        except OSError:
+            raise TopologyError(f"{self.path}: replication {self.replication} needs etcd: no 'etcd' "
+                                f"endpoints and no local etcd started ({self.etcd_endpoints_file()})") from None
+
+    def etcd_endpoints_file(self) -> str:
+        return os.path.join(self.data_dir, "etcd", "endpoints")
 
     def node_dir(self, node_id: str) -> str:
         return os.path.join(self.data_dir, node_id)
@@ -368,10 +432,15 @@ def parse(raw: Any, path: str) -> Topology:
     cluster = raw.get("cluster", "imesh")
     if not isinstance(cluster, str):
         _fail(path, "cluster", "must be a string")
+    replication, shards, etcd = _parse_replication(path, raw)
     nodes = _parse_nodes(path, raw.get("idcs"))
     for name in RESERVED_KEY_NAMES:
         if name in nodes:
             _fail(path, "idcs", f"node id {name!r} is reserved for the operator's key")
+    logics = sum(1 for n in nodes.values() if n.type == "logic")
+    if replication > logics:
+        _fail(path, "replication", f"{replication} replicas need at least {replication} logic nodes, "
+              f"the topology has {logics}")
     secret_file = rel("secret_file", "secret")
     return Topology(
         path=os.path.abspath(path),
@@ -388,4 +457,26 @@ def parse(raw: Any, path: str) -> Topology:
         client_curve=_flag(path, raw, "client_curve", False),
         keys_dir=rel("keys_dir", os.path.join(os.path.dirname(secret_file), "keys")),
         public_keys=_parse_public_keys(path, raw.get("public_keys")),
+        replication=replication,
+        shards=shards,
+        etcd=etcd,
     )
+
+
+def _parse_replication(path, raw):
+    """``replication`` (1..7), ``shards`` (1..65536) and ``etcd`` (list of http:// endpoints)."""
+    replication = raw.get("replication", 1)
+    if isinstance(replication, bool) or not isinstance(replication, int) or not 1 <= replication <= 7:
+        _fail(path, "replication", f"must be a whole number from 1 to 7, got {replication!r}")
+    shards = raw.get("shards", DEFAULT_SHARDS)
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 65536:
+        _fail(path, "shards", f"must be a whole number from 1 to 65536, got {shards!r}")
+    etcd = raw.get("etcd", [])
+    if not isinstance(etcd, list) or not all(isinstance(e, str) and e.startswith(("http://", "https://"))
+                                             and ":" in e.split("//", 1)[1] for e in etcd):
+        _fail(path, "etcd", "must be a list of endpoints like http://127.0.0.1:2379")
+    local = raw.get("local", False)
+    if replication > 1 and not etcd and local is not True:
+        _fail(path, "etcd", f"replication {replication} needs etcd endpoints (only a local topology "
+              "gets a local etcd from bin/mesh up)")
+    return replication, shards, etcd

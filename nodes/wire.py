@@ -204,6 +204,15 @@ COUNTER_REQUESTS = {
     "status": {"rid": "u64"},
 }
 
+# logic -> logic, replicated topologies (nodes/replication.py; ``prev``, ``ops``, ``pos`` and
+# ``rows`` are checked by the handlers)
+REPLICATION_REQUESTS = {
+    "rep": {"rid": "u64", "shard": "u32", "epoch": "u64", "seq": "u64"},
+    "rep_pos": {"rid": "u64", "shard": "u32", "epoch": "u64"},
+    "snap": {"rid": "u64", "shard": "u32", "epoch": "u64", "seq": "u64"},
+    "snap_req": {"rid": "u64", "shard": "u32", "epoch": "u64"},
+}
+
 # broker's internal endpoint
 BROKER_REQUESTS = {"status": {"rid": "u64"}}
 

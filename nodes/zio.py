@@ -47,6 +47,6 @@ def reader(kind: int):
         return read_router
     if kind == zmq.SUB:
         return lambda sock: [_recv(sock, NOBLOCK), _recv(sock, NOBLOCK)]
-    if kind == zmq.DEALER:
+    if kind in (zmq.DEALER, zmq.PAIR):          # PAIR: a thread of the node (inproc)
         return lambda sock: [_recv(sock, NOBLOCK)]
     raise ValueError(f"no reader for socket type {kind}")

@@ -22,18 +22,7 @@ import zmq
 
 from nodes import auth, wire
 from nodes.client import Client, ClientError
-
-
-def wait_for(predicate, timeout=15.0, what="condition"):
-    """Poll ``predicate`` (which itself waits on a reply) until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+from nodes.mesh import wait_for
 
 
 def drain(client, timeout=1.0):

@@ -11,14 +11,14 @@ from nodes.client import ClientError
 def test_counter_restart_does_not_reissue_ids(make_mesh):
     m = make_mesh(brokers=1, logics=1, limits={"id_block": 4})
     counter = m.topo.ids("counter")[0]
-    before = m.admin.call(counter, {"t": "alloc", "channel": "probe", "n": 10, "have": 0})
+    before = m.admin.call(counter, {"t": "alloc", "channel": "probe", "n": 10, "have": 1})
     assert (before["start"], before["end"]) == (1, 11)
     sender = m.client(1)
     ids = [sender.send("lobby", f"a{i}") for i in range(10)]     # crosses several 4-id leases
     m.mesh.signal(counter, signal.SIGKILL)
     m.mesh.start([counter])
     m.mesh.wait_ready(15, [counter])
-    after = m.admin.call(counter, {"t": "alloc", "channel": "probe", "n": 10, "have": 0})
+    after = m.admin.call(counter, {"t": "alloc", "channel": "probe", "n": 10, "have": before["end"]})
     assert after["start"] >= before["end"]
     ids += [sender.send("lobby", f"b{i}") for i in range(10)]
     assert ids == sorted(set(ids))                                 # strictly increasing, no reuse

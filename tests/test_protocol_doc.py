@@ -59,7 +59,8 @@ def test_every_client_request_and_field_is_documented(doc, t):
         assert re.search(rf'(\| {field} \||"{field}"|\b{field}\b)', text), f"{t}.{field} undocumented"
 
 
-@pytest.mark.parametrize("table", ["LOGIC_REQUESTS", "ROUTER_REQUESTS", "COUNTER_REQUESTS"])
+@pytest.mark.parametrize("table", ["LOGIC_REQUESTS", "ROUTER_REQUESTS", "COUNTER_REQUESTS",
+                                   "REPLICATION_REQUESTS"])
 def test_every_internal_request_type_is_documented(doc, table):
     text = section(doc, "Internal protocol (between nodes)")
     for t in getattr(wire, table):

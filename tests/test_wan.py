@@ -50,6 +50,9 @@ def bed():
         yield b
     finally:
         b.close()
+    left = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert f"im{'v'}{b.tag}" not in left and b.tag not in subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True).stdout, "the bed left devices behind"
 
 
 def echo_rtt(bed, client: str, server: str) -> float:
@@ -95,7 +98,7 @@ def test_a_mesh_across_two_idcs_delivers_over_the_wan(bed, tmp_path):
     cfg = wanbed.write_wan_topology(bed, str(tmp_path), {
         "east": {"brokers": 1, "logics": 1, "routers": 1, "counters": 1},
         "west": {"brokers": 1, "logics": 1}})
-    mesh = Mesh(cfg, wrap=bed.wrap)
+    mesh = Mesh(cfg, wrap={node_id: bed.wrap(node_id) for node_id in bed.hosts})
     try:
         mesh.start()
         mesh.wait_ready(60)

@@ -210,6 +210,9 @@ def cmd_status(args) -> int:
             if row.get("restarts"):
                 extra += f"  restarts {row['restarts']} (last exit {row['last_exit']})"
             print(f"{state} {row['type']:8} {row['id']:12} {extra}".rstrip())
+            for shard, info in ((row["status"] or {}).get("shards") or {}).items():
+                print(f"       shard {shard:>5} leader {info['leader']} epoch {info['epoch']} "
+                      f"seq {info['seq']} lag {info['lag']}")
     return 0 if all(r["up"] for r in rows) else 1
 
 
@@ -321,8 +324,10 @@ def cmd_channel(args) -> int:
     except (AdminError, ProtocolError) as exc:
         print(f"error: {exc.code}: {exc.msg}", file=sys.stderr)
         return 1
-    print(json.dumps({"channel": reply["channel"], "members": reply["members"],
-                      "last_id": reply["last"], "lifetime": reply.get("lifetime")}))
+    shown = {"channel": reply["channel"], "members": reply["members"],
+             "last_id": reply["last"], "lifetime": reply.get("lifetime")}
+    shown.update({k: reply[k] for k in ("shard", "replicas", "leader", "epoch") if k in reply})
+    print(json.dumps(shown))
     return 0
 
 
@@ -386,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", type=_members, help="for create: comma-separated uins")
     p.add_argument("--lifetime", type=float, help="for create: seconds its messages live "
                    "(default: the topology's message_lifetime)")
+    p.add_argument("--json", action="store_true", help="the output is always one JSON line (accepted for symmetry)")
     p.set_defaults(fn=cmd_channel)
     return parser
 
