@@ -92,7 +92,8 @@ class WebGate:
         self.queued = {}                   # ident -> [packed, ...] this turn
         self.ending = {}                   # ident -> (close code, reason): close once this turn's frames are out
         self.counter = 0
-        self.stats = {"ws_opened": 0, "http_requests": 0, "too_slow": 0, "refused_origin": 0}
+        self.stats = {"ws_opened": 0, "http_requests": 0, "too_slow": 0, "refused_origin": 0,
+                      "http_flooded": 0, "http_failed": 0, "flush_failed": 0}
         self.routes = Routes(self, node)
         host, port = parse_ws_endpoint(endpoint)
         self.listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -124,25 +125,38 @@ class WebGate:
         self.put(ident, wire.pack(msg), end=(1000, "kicked") if msg.get("t") == "kicked" else None)
 
     def flush(self) -> None:
+        """Send this turn's frames (a turn-end hook: an error here costs that connection only --
+        an exception out of a turn-end hook would stop the broker)."""
         queued, self.queued = self.queued, {}
         ending, self.ending = self.ending, {}
         for ident, items in queued.items():
             target = self.targets.get(ident)
             if target is None:
                 continue                               # the connection is gone
-            if isinstance(target, Conn):
-                ws = target.ws
-                if ws.state is not State.OPEN:
-                    continue                           # closing: the client said goodbye or was told to
-                for i in range(0, len(items), 128):
-                    chunk = items[i:i + 128]
-                    ws.send_binary(chunk[0] if len(chunk) == 1 else wire.array_of_packed(chunk))
-                if ident in ending:
-                    ws.send_close(*ending[ident])
-                    target.close_when_sent = True
-                self._write(target, b"".join(ws.data_to_send()))
-            else:
-                self.routes.channel_put(target, items, ending=ident in ending)
+            try:
+                self._flush_one(ident, target, items, ident in ending and ending[ident])
+            except Exception:
+                log.exception("sending to a web connection failed; closing it")
+                self.stats["flush_failed"] += 1
+                conn = target if isinstance(target, Conn) else target.waiter     # a parked long poll
+                if isinstance(conn, Conn):
+                    self.close(conn)
+
+    def _flush_one(self, ident, target, items, end) -> None:
+        """One connection's frames of this turn; ``end`` = (close code, reason) to close after them."""
+        if not isinstance(target, Conn):
+            self.routes.channel_put(target, items, ending=bool(end))      # an HTTP long-poll channel
+            return
+        ws = target.ws
+        if ws.state is not State.OPEN:
+            return                                 # closing: the client said goodbye or was told to
+        for i in range(0, len(items), 128):
+            chunk = items[i:i + 128]
+            ws.send_binary(chunk[0] if len(chunk) == 1 else wire.array_of_packed(chunk))
+        if end:
+            ws.send_close(*end)
+            target.close_when_sent = True
+        self._write(target, b"".join(ws.data_to_send()))
 
     # --- sockets -------------------------------------------------------------
     def _accept(self, _events) -> None:
@@ -182,6 +196,10 @@ class WebGate:
                 self._ws_data(conn, data)
             else:
                 conn.h11.receive_data(data)
+                if conn.parked is not None and len(conn.h11.trailing_data[0]) > MAX_HEAD + self.max_frame:
+                    self.stats["http_flooded"] += 1      # pipelining behind a parked poll: bounded
+                    self.close(conn)
+                    return
                 self.http_events(conn)
             if conn.closed or len(data) < RECV_SIZE:
                 return
@@ -313,7 +331,13 @@ class WebGate:
                     self.respond(conn, 413, f"body over {self.max_frame} bytes\n", close=True)
                     return
             elif isinstance(event, h11.EndOfMessage):
-                self.routes.handle(conn, conn.req, bytes(conn.body))
+                try:
+                    self.routes.handle(conn, conn.req, bytes(conn.body))
+                except Exception:                       # a bug must cost one connection, never the broker
+                    log.exception("HTTP request %r failed", conn.req.target[:200])
+                    self.stats["http_failed"] += 1
+                    self.respond(conn, 500, "internal error\n", close=True)
+                    return
             elif isinstance(event, h11.ConnectionClosed):
                 self.close(conn)
                 return

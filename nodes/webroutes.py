@@ -87,7 +87,7 @@ class Routes:
             return
         handler = self.table.get((method, url.path))
         if handler is None:
-            if method == "GET" and (url.path == "/" or url.path.split("/")[1] in STATIC):
+            if method == "GET" and (url.path == "/" or url.path.lstrip("/").split("/", 1)[0] in STATIC):
                 self.static(conn, url.path)
             elif any(path == url.path for _m, path in self.table):
                 gate.respond(conn, 405, f"{method} not allowed on {url.path}\n", headers=cors)

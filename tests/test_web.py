@@ -261,6 +261,55 @@ def test_random_bytes_on_the_web_endpoint_never_hurt_the_broker(web_mesh, junk):
     assert broker_alive(web_mesh)
 
 
+def parked_poll(mesh):
+    """A raw connection with a long poll parked on a fresh HTTP channel: (socket, channel)."""
+    conn = http_of(mesh)
+    channel = json.loads(call(conn, "POST", "/h/open")[1])["c"]
+    host, port = ws_url(mesh)[5:].split(":")
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    raw.sendall(f"GET /h/poll?c={channel} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return raw, channel, conn
+
+
+def test_a_bad_request_pipelined_behind_a_parked_poll_costs_only_its_connection(web_mesh):
+    """Found in review: 'GET x' queued behind a parked poll was parsed in the turn-end flush
+    and an IndexError there stopped the broker."""
+    raw, channel, conn = parked_poll(web_mesh)
+    with raw:
+        raw.sendall(b"GET x HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _ = call(conn, "POST", f"/h/send?c={channel}", body=msgpack.packb({"t": "ping", "rid": 1}))
+        assert status == 202                                      # the pong wakes the parked poll
+        reply = b""
+        try:
+            while b"HTTP/1.1" not in reply[20:]:
+                chunk = raw.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert broker_alive(web_mesh)
+
+
+def test_bytes_streamed_behind_a_parked_poll_are_bounded(web_mesh):
+    """Found in review: h11 buffered without a limit while a poll was parked."""
+    raw, _channel, _conn = parked_poll(web_mesh)
+    pid = web_mesh.admin.status(web_mesh.topo.ids("broker")[0])["pid"]
+    closed = False
+    with raw:
+        try:
+            for _ in range(400):                                   # 25 MiB at most
+                raw.sendall(b"x" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+    assert closed, "the broker kept reading an unbounded pipelined body"
+    with open(f"/proc/{pid}/status") as f:
+        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    assert rss_kib < 400 * 1024
+    assert broker_alive(web_mesh)
+
+
 def test_http_fallback_is_a_session_with_pushes(web_mesh):
     conn = http_of(web_mesh, 1)
     channel = json.loads(call(conn, "POST", "/h/open")[1])["c"]
