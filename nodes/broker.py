@@ -67,6 +67,7 @@ class BrokerCore:
         self.client_limits = {k: limits[k] for k in ("max_text", "max_fragments", "rate", "burst",
                                                     "message_lifetime")}
         self.max_pending = int(limits["max_pending"])
+        self.max_session_inflight = int(limits["session_inflight"])
         self.max_channels = int(topo.heartbeat["max_channels"])
         self.pending = 0
         self.sessions = SessionTable(float(topo.heartbeat["session_timeout_factor"]))
@@ -162,15 +163,28 @@ class BrokerCore:
         return self._forward(session, msg, {"t": "sync", "uin": session.uin,
                                             "channel": msg["channel"], "after": msg["after"]}, owner)
 
-    def _forward(self, session, msg, request, owner):
-        """Send to the owning logic node; the reply goes back with the client's rid."""
+    def _admit(self, session) -> None:
+        """One more request of ``session`` waits for other nodes: bounded per broker and per
+        session, so no client can take every slot (BUSY: nothing was forwarded)."""
         if self.pending >= self.max_pending:
             raise wire.ProtocolError(wire.Err.BUSY, "system busy; retry later")
+        if session.inflight >= self.max_session_inflight:
+            raise wire.ProtocolError(wire.Err.BUSY, f"more than {self.max_session_inflight} requests in "
+                                     "flight on this session; wait for replies", limit=self.max_session_inflight)
         self.pending += 1
+        session.inflight += 1
+
+    def _release(self, session) -> None:
+        self.pending -= 1
+        session.inflight -= 1
+
+    def _forward(self, session, msg, request, owner):
+        """Send to the owning logic node; the reply goes back with the client's rid."""
+        self._admit(session)
         rid, ident = msg["rid"], session.ident
 
         def done(reply):
-            self.pending -= 1
+            self._release(session)
             if reply.get("t") == "ack":
                 self.counts["acks"] += 1
             reply["rid"] = rid
@@ -194,6 +208,7 @@ class BrokerCore:
         if type(net) is not str:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'net' must be a string")
         session.net = net
+        self._admit(session)
         ack = wire.reply("hb_ack", msg["rid"], interval=session.interval, heads={}, first={}, upto={},
                          more=[], not_member=[], unavailable=[])
         groups = {}
@@ -209,6 +224,8 @@ class BrokerCore:
 
         def part_done():
             waiting[0] -= 1
+            if waiting[0] == 0:
+                self._release(session)
             if waiting[0] == 0 and session.ended is None:
                 for m in msgs:
                     self.out.push(ident, wire.pack(m))
@@ -217,6 +234,8 @@ class BrokerCore:
         def on_router(reply):
             if reply.get("t") == "hb":
                 if reply.get("moved"):
+                    waiting[0] = -1                     # no ack will be sent for this heartbeat
+                    self._release(session)
                     self.kick(session, "replaced", "logged in again on another broker", notify_router=False)
                     self.out.reply(ident, wire.error(msg["rid"], wire.Err.NOT_LOGGED_IN, "session "
                                                      "replaced by a login on another broker",
@@ -404,9 +423,11 @@ class BrokerNode(Node):
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_frame"]),
                                 sndhwm=int(topo.limits["session_queue"]), mandatory=True)
+        # a ZeroMQ peer may choose its routing id -- even one that names a web connection
+        # (WebGate.owns): those are refused, or replies meant for it would reach the browser
         self.clients = self.serve(self.client, wire.CLIENT_REQUESTS, self.core.handlers,
                                   max_len=int(topo.limits["max_frame"]), guard=self.core.guard,
-                                  max_items=MAX_PIPELINED)
+                                  max_items=MAX_PIPELINED, refuse_ident=WebGate.owns)
         ws = self.spec.endpoints.get("ws")
         self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same dispatcher
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))

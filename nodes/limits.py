@@ -40,10 +40,10 @@ class TokenBuckets:
 
 
 class _Group:
-    __slots__ = ("count", "next", "last_ctime")
+    __slots__ = ("count", "ctimes")
 
     def __init__(self, count, ctime):
-        self.count, self.next, self.last_ctime = count, 1, ctime
+        self.count, self.ctimes = count, [ctime]        # client time of each piece accepted, by index
 
 
 class FragmentGroups:
@@ -71,26 +71,30 @@ class FragmentGroups:
         return group, index, count
 
     def check(self, group: int, index: int, count: int, ctime: int) -> tuple[bool, bool]:
-        """Is this fragment acceptable next? Returns (charge a token, is a retry)."""
+        """Is this fragment acceptable next? Returns (charge a token, is a retry).
+
+        A piece already accepted, sent again with its client time, is a retry (the
+        owner answers it with its original id): a client that resends a whole group
+        from index 0 after an unknown outcome is never refused for it.
+        """
         state = self.open.get(group)
-        if index == 0:
-            if state is None:
-                return True, False
-            if state.count == count and state.next == 1 and state.last_ctime == ctime:
-                return False, True
-            raise wire.ProtocolError(wire.Err.BAD_FRAGMENT, f"group {group} was already started")
         if state is None:
+            if index == 0:
+                return True, False
             raise wire.ProtocolError(wire.Err.BAD_FRAGMENT, f"fragment {index} of unknown group {group}: "
                                      "send index 0 first, on the same connection")
         if state.count != count:
             raise wire.ProtocolError(wire.Err.BAD_FRAGMENT, f"count {count} differs from the group's "
                                      f"{state.count}")
-        if index == state.next:
+        if index < len(state.ctimes):
+            if state.ctimes[index] == ctime:
+                return False, True
+            raise wire.ProtocolError(wire.Err.BAD_FRAGMENT, f"fragment {index} of group {group} was sent "
+                                     "with another client time")
+        if index == len(state.ctimes):
             return False, False
-        if index == state.next - 1 and ctime == state.last_ctime:
-            return False, True
         raise wire.ProtocolError(wire.Err.BAD_FRAGMENT, f"fragment {index} out of order (expected "
-                                 f"{state.next})")
+                                 f"{len(state.ctimes)})")
 
     def accept(self, group: int, index: int, count: int, ctime: int) -> None:
         """Record a fragment that passed ``check`` (and the rate limit)."""
@@ -100,5 +104,6 @@ class FragmentGroups:
                 self.open.popitem(last=False)
             return
         state = self.open[group]
-        state.next, state.last_ctime = index + 1, ctime
+        if index == len(state.ctimes):
+            state.ctimes.append(ctime)
         self.open.move_to_end(group)

@@ -170,6 +170,7 @@ class LogicCore:
         self.expiries = []                    # heap of (expiry of the channel's oldest message, name)
         self.sweep_seconds = self.sweep_max = 0.0
         self.dedup_cursor = None              # where prune_dedup goes on
+        self.sent_cursor = None               # the last ``x`` row prune_sent deleted (rows before it are gone)
         self.stats = collections.Counter()
 
     # --- start ---------------------------------------------------------------
@@ -251,17 +252,20 @@ class LogicCore:
         waiter = (ident, rid)
         pending = self.inflight.get(key)
         if pending is not None:
-            if pending.channel != ch.name:
-                raise wire.ProtocolError(wire.Err.STALE, "client time reused for another channel")
+            if pending.channel != ch.name or pending.text != msg["text"]:
+                raise wire.ProtocolError(wire.Err.STALE, "client time reused for another message")
             pending.waiters.append(waiter)           # retry of a send still being stored
             self.stats["retries"] += 1
             return None
         stored = self._stored(uin, device, ctime)
         if stored is not None:
-            channel, msg_id = stored
+            channel, msg_id, digest = stored
             if channel != ch.name:
                 raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} was used for a message "
                                          "to another channel")
+            if digest != keys.text_digest(msg["text"]):
+                raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} was used for another "
+                                         "message (a different text): not a retry, nothing stored")
             self.stats["retries"] += 1
             return self._ack(rid, ch.name, device, ctime, msg_id)
         if self.waiting_total >= self.max_waiting:
@@ -274,12 +278,13 @@ class LogicCore:
         return None
 
     def _stored(self, uin, device, ctime):
-        """(channel, id) of the message stored for this (uin, device, ctime), or None."""
+        """(channel, id, crc32 of the text) of the message stored for this (uin, device,
+        ctime), or None."""
         newest = self.dedup.get(uin, device)
         if newest is not None and ctime > newest[0]:
             return None                                # newer than anything stored: no lookup
         raw = self.store.get(keys.sent_key(uin, device, ctime))
-        return None if raw is None else keys.sent_of_value(raw)
+        return None if raw is None else (*keys.sent_of_value(raw), keys.sent_digest(raw))
 
     @staticmethod
     def _ack(rid, channel, device, ctime, msg_id):
@@ -442,7 +447,8 @@ class LogicCore:
                 rec.id, rec.stime = msg_id, int(now * 1000)
                 rec.expiry = now + (ch.lifetime or self.lifetime)
                 self.store.put(keys.message_key(ch.name, msg_id), keys.encode(rec.record()))
-                self.store.put(keys.sent_key(rec.uin, rec.device, rec.ctime), keys.sent_value(ch.name, msg_id))
+                self.store.put(keys.sent_key(rec.uin, rec.device, rec.ctime),
+                               keys.sent_value(ch.name, msg_id, keys.text_digest(rec.text)))
                 self.store.put(keys.sent_expiry_key(int(rec.expiry * 1000), rec.uin, rec.device, rec.ctime),
                                b"")
                 self._queue(ch, msg_id)
@@ -543,15 +549,23 @@ class LogicCore:
         return dropped
 
     def prune_sent(self, now: float, budget: int = SENT_PRUNE_BUDGET) -> int:
-        """Forget the send-index rows of messages past their lifetime (oldest first)."""
+        """Forget the send-index rows of messages past their lifetime (oldest first).
+
+        Goes on from where the last call stopped: new rows always expire after now, so
+        nothing is ever added before the cursor, and seeking there never steps over the
+        tombstones of everything deleted before (which a scan from the prefix would).
+        """
         now_ms = int(now * 1000)
         gone = 0
-        for key, _raw in self.store.scan(b"x"):
+        for key, _raw in self.store.scan(b"x", self.sent_cursor):
+            if key == self.sent_cursor:
+                continue                               # deleted by the last call (maybe not written yet)
             expiry_ms, sent = keys.sent_of_expiry_key(key)
             if expiry_ms > now_ms or gone >= budget:
                 break
             self.store.delete(key)
             self.store.delete(sent)
+            self.sent_cursor = key
             gone += 1
         self.stats["sent_pruned"] += gone
         return gone

@@ -108,11 +108,12 @@ class Node:
         return sub
 
     def serve(self, sock: zmq.Socket, schemas: dict, handlers: dict, max_len: int | None = None,
-              guard=None, max_items: int = 1024) -> Dispatcher:
+              guard=None, max_items: int = 1024, refuse_ident=None) -> Dispatcher:
         """Serve requests on a ROUTER through one Dispatcher (nodes/dispatch.py).
 
         A handler gets (identity or the guard's context, message, now) and
-        returns a reply map, or None when the reply is sent later.
+        returns a reply map, or None when the reply is sent later.  Frames from a
+        routing id ``refuse_ident`` says yes to are dropped unanswered.
         """
         dispatcher = Dispatcher(schemas, handlers, guard)
         self.dispatchers.append(dispatcher)
@@ -122,6 +123,8 @@ class Node:
             self.queue_reply(sock, ident, msg)
 
         def on_request(frames):
+            if refuse_ident is not None and refuse_ident(frames[0]):
+                return                         # a routing id this socket must not serve: drop, no reply
             if len(frames) != 2:
                 reply(frames[0], wire.error(None, wire.Err.BAD_FRAME, "send exactly one frame per message"))
                 return

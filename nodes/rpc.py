@@ -40,11 +40,14 @@ class Requests:
             return
         for msg in msgs:
             entry = self.pending.pop(wire.request_rid(msg), None)
-            if entry is None:
-                if self.on_late is not None:
-                    self.on_late(msg)
-                continue
-            entry[1](msg)
+            try:
+                if entry is None:
+                    if self.on_late is not None:
+                        self.on_late(msg)
+                    continue
+                entry[1](msg)
+            except Exception:                  # one failing callback must not drop the rest of the batch
+                log.exception("reply handling failed (t=%r)", msg.get("t"))
 
     def expire(self) -> int:
         """Fail the requests whose deadline passed; return how many."""

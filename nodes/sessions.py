@@ -23,7 +23,7 @@ REMEMBER_GONE = 10_000          # ended sessions whose reason a late request can
 
 class Session:
     __slots__ = ("ident", "uin", "device", "net", "interval", "sid", "last_seen", "touched",
-                 "groups", "ended")
+                 "groups", "ended", "inflight")
 
     def __init__(self, ident, uin, device, net, interval, now):
         self.ident, self.uin, self.device, self.net = ident, uin, device, net
@@ -32,6 +32,7 @@ class Session:
         self.last_seen = self.touched = now
         self.groups = None                      # the broker's fragment groups, made on first use
         self.ended = None                       # why the session ended, once it has
+        self.inflight = 0                       # its requests waiting for other nodes (bounded)
 
 
 class SessionTable:

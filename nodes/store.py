@@ -6,8 +6,9 @@ Keys are big-endian binary so that iteration order is id order:
                                                    expiry s, text, frag or nil]
 - ``d`` + uin:u32 + device:u32                   -> msgpack [ctime, channel, msgid, stime ms]
                                                    (newest send of a device: the dedup fast path, logic)
-- ``e`` + uin:u32 + device:u32 + ctime:u64       -> msgid:u64 + channel (every send stored within
-                                                   its lifetime: a retry's original id, logic)
+- ``e`` + uin:u32 + device:u32 + ctime:u64       -> msgid:u64 + crc32(text):u32 + channel (every send
+                                                   stored within its lifetime: a retry's original id;
+                                                   the crc tells a retry from a reused client time)
 - ``x`` + expiry ms:u64 + uin + device + ctime   -> empty (when the ``e`` row goes, logic)
 - ``i`` + channel                                -> newest id assigned:u64 (never goes back, logic)
 - ``c`` + channel                                -> msgpack {"members": [uin, ...]}    (logic)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 import time
 
 import msgpack
@@ -31,6 +33,7 @@ from rocksdict import (BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatc
                        WriteOptions)
 
 _U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
 _U32x2 = struct.Struct(">II")
 _SENT = struct.Struct(">IIQ")
 _SENT_EXPIRY = struct.Struct(">QIIQ")
@@ -53,13 +56,22 @@ def sent_key(uin: int, device: int, ctime: int) -> bytes:
     return b"e" + _SENT.pack(uin, device, ctime)
 
 
-def sent_value(channel: str, msg_id: int) -> bytes:
-    return _U64.pack(msg_id) + channel.encode()
+def text_digest(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+def sent_value(channel: str, msg_id: int, digest: int) -> bytes:
+    return _U64.pack(msg_id) + _U32.pack(digest) + channel.encode()
 
 
 def sent_of_value(raw: bytes) -> tuple[str, int]:
     """(channel, msg id) of an ``e`` row."""
-    return raw[8:].decode(), _U64.unpack_from(raw)[0]
+    return raw[12:].decode(), _U64.unpack_from(raw)[0]
+
+
+def sent_digest(raw: bytes) -> int:
+    """The crc32 of the text an ``e`` row was written for."""
+    return _U32.unpack_from(raw, 8)[0]
 
 
 def sent_expiry_key(expiry_ms: int, uin: int, device: int, ctime: int) -> bytes:

@@ -109,9 +109,14 @@ class Supervisor:
             if self.ctl.poll(int(tick * 1000)):
                 try:
                     request = json.loads(self.ctl.recv())
+                    if not isinstance(request, dict):
+                        raise ValueError("a control request is a JSON object")
                     reply = self.handle(request)
                 except (ValueError, TypeError) as exc:
                     reply = {"ok": False, "error": f"bad request: {exc}"}
+                except Exception as exc:             # one bad request must not stop the whole mesh
+                    log.exception("control request failed")
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 self.ctl.send(json.dumps(reply).encode())
             self.check(time.monotonic())
 
@@ -134,7 +139,14 @@ class Supervisor:
             if st.due is not None and now >= st.due and not st.held:
                 st.due = None
                 st.restarts += 1
-                self.spawn(node_id, now)
+                try:
+                    self.spawn(node_id, now)
+                except Exception as exc:         # e.g. a full disk: try again later, keep the others
+                    st.failures += 1
+                    st.due = now + self.backoff.delay(st.failures)
+                    self.say(f"  cannot restart {node_id}: {exc}; next try in "
+                             f"{st.due - now:g}s", logging.ERROR)
+                    continue
                 self.say(f"  restarted {node_id} (pid {self.mesh.procs[node_id].pid}, "
                          f"restart #{st.restarts})")
 

@@ -36,6 +36,7 @@ DEFAULT_LIMITS = {
     "max_frame": 65536,          # bytes, ZMQ_MAXMSGSIZE on client-facing sockets
     "max_text": 1440,            # bytes of UTF-8 per message
     "max_pending": 10000,        # requests a broker keeps in flight before BUSY
+    "session_inflight": 64,      # requests one session may have in flight at a broker before BUSY
     "request_timeout": 2.0,      # seconds a broker waits for an owning node (then UNAVAILABLE)
     "session_queue": 1000,       # frames queued for one client session before it is dropped as too slow
     "max_internal_frame": 16 * 2**20,   # bytes, ZMQ_MAXMSGSIZE on internal sockets anyone may reach

@@ -119,7 +119,10 @@ def test_fragment_groups_accept_in_order_and_retries():
     assert g.check(9, 1, 3, ctime=11) == (False, False)
     g.accept(9, 1, 3, 11)
     assert g.check(9, 1, 3, ctime=11) == (False, True)
-    for frag, ctime in (((9, 1, 3), 12), ((9, 2, 4), 12), ((9, 0, 3), 12), ((5, 1, 3), 12)):
+    g.accept(9, 1, 3, 11)                                              # a retry changes nothing
+    assert g.check(9, 0, 3, ctime=10) == (False, True)               # the whole group sent again
+    assert g.check(9, 2, 3, ctime=12) == (False, False)
+    for frag, ctime in (((9, 1, 3), 12), ((9, 2, 4), 12), ((9, 0, 3), 12), ((5, 1, 3), 12), ((9, 3, 3), 13)):
         with pytest.raises(wire.ProtocolError) as exc:
             g.check(*frag, ctime=ctime)
         assert exc.value.code == wire.Err.BAD_FRAGMENT

@@ -372,3 +372,35 @@ def test_dedup_rows_of_devices_silent_past_the_lifetime_are_pruned(tmp_path):
     store.flush()
     assert core.dedup.get(1, 1) is None and store.get(keys.dedup_key(1, 1)) is None
     assert core.dedup.get(2, 1) == (200, 3)
+
+
+def test_a_client_time_reused_for_another_text_is_stale_not_a_retry(tmp_path):
+    """Found in review: a reused client time (a clock stepped back, a reinstalled device) was
+    acked with another message's id and the new text was never stored."""
+    core, out, store = make_logic(tmp_path)
+    core.on_ids("room", 1, 1001)
+    send(core, 1, 100, text="first")
+    with pytest.raises(wire.ProtocolError) as exc:
+        send(core, 1, 100, text="other, while in flight")
+    assert exc.value.code == wire.Err.STALE
+    turn(core, store)
+    assert send(core, 1, 100, text="first")["id"] == 1                # a true retry
+    with pytest.raises(wire.ProtocolError) as exc:
+        send(core, 1, 100, text="a different message")
+    assert exc.value.code == wire.Err.STALE
+
+
+def test_send_index_rows_go_with_the_message_lifetime_in_slices(tmp_path):
+    core, out, store = make_logic(tmp_path, message_lifetime=60)
+    core.on_ids("room", 1, 1001)
+    for i in range(5):
+        send(core, 1, 100 + i, text=f"t{i}")
+    turn(core, store)
+    now = time.time()
+    assert core.prune_sent(now) == 0                                  # all alive
+    assert core.prune_sent(now + 61, budget=2) == 2 and core.prune_sent(now + 61, budget=2) == 2
+    store.flush()                                                     # a turn ends between calls
+    assert core.prune_sent(now + 61) == 1 and core.prune_sent(now + 61) == 0
+    store.flush()
+    assert store.get(keys.sent_key(1, 0, 100)) is None
+    assert list(store.scan(b"x")) == [] and list(store.scan(b"e")) == []

@@ -142,3 +142,19 @@ def test_broker_core_ends_a_session_replaced_elsewhere_and_one_that_falls_behind
     core.too_slow(b"c2")
     assert core.sessions.ended["too_slow"] == 1
     assert out.router[-1][0] == {"t": "offline", "uin": 2, "device": 0, "broker": "b1"}
+
+
+def test_one_session_cannot_take_every_pending_slot_of_a_broker(tmp_path):
+    """Found in review: one client pipelining syncs it never reads could hold the broker-wide
+    budget; each session now has its own bound (BUSY: nothing was forwarded)."""
+    core, out, secret = broker_core(tmp_path)
+    d, sid = login(core, out, secret)
+    limit = core.max_session_inflight
+    for i in range(limit):
+        assert d.one(b"c1", {"t": "sync", "rid": i, "sid": sid, "channel": "room", "after": 0}, 1.0) is None
+    busy = d.one(b"c1", {"t": "sync", "rid": 999, "sid": sid, "channel": "room", "after": 0}, 1.0)
+    assert busy["code"] == wire.Err.BUSY and busy["limit"] == limit
+    _other, sid2 = login(core, out, secret, ident=b"c2", uin=2)
+    assert d.one(b"c2", {"t": "sync", "rid": 1, "sid": sid2, "channel": "room", "after": 0}, 1.0) is None
+    out.logic[0][2]({"t": "sync", "rid": 1})                           # one reply frees one slot
+    assert d.one(b"c1", {"t": "sync", "rid": 1000, "sid": sid, "channel": "room", "after": 0}, 1.0) is None

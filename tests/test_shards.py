@@ -58,12 +58,12 @@ def test_a_snapshot_replaces_a_diverged_replica_s_shard_and_keeps_the_rest(tmp_p
     # diverged: an unacked message 4 of the old epoch, its send index row, and a newer dedup row
     replica.put(keys.channel_key("room"), keys.encode({"members": [1], "lifetime": None}))
     replica.put(keys.message_key("room", 4), keys.encode([9, 0, 999, 0, 1e12, "lost", None]))
-    replica.put(keys.sent_key(9, 0, 999), keys.sent_value("room", 4))
+    replica.put(keys.sent_key(9, 0, 999), keys.sent_value("room", 4, 0))
     replica.put(keys.dedup_key(1, 0), keys.encode([500, "other", 1, 0]))
     # another shard's rows must survive
     replica.put(keys.channel_key("other"), keys.encode({"members": [2], "lifetime": None}))
     replica.put(keys.message_key("other", 1), keys.encode([2, 0, 1, 0, 1e12, "keep", None]))
-    replica.put(keys.sent_key(2, 0, 1), keys.sent_value("other", 1))
+    replica.put(keys.sent_key(2, 0, 1), keys.sent_value("other", 1, 0))
     replica.flush()
 
     snap = shards.snapshot(leader, 7, shard_of)

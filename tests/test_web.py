@@ -135,6 +135,35 @@ def test_ws_session_is_a_broker_session(web_mesh):
     web_mesh.wait_presence(21, 0, present=False)
 
 
+def test_a_zeromq_peer_cannot_pose_as_a_web_connection(web_mesh):
+    """Found in review: ZeroMQ lets a peer choose a routing id starting with a zero byte, so a
+    DEALER could name itself like a web connection and have its deferred replies (login_ok)
+    routed to that browser.  Such peers are not served at all."""
+    with connect(ws_url(web_mesh) + "/ws") as ws:
+        assert login(ws, web_mesh, 27)["t"] == "login_ok"
+        mine = web_mesh.admin.status(web_mesh.topo.ids("broker")[0])["web"]["ws_opened"]
+        ctx = zmq.Context.instance()
+        posers = []
+        try:
+            for n in range(max(1, mine - 2), mine + 1):              # this connection's ident among them
+                s = ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.IDENTITY, b"\x00web-ws:%d" % n)
+                s.connect(web_mesh.broker(0))
+                s.send(wire.pack({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION,
+                                  "token": web_mesh.token(28), "device": 0}))
+                posers.append(s)
+            for s in posers:
+                assert not s.poll(200)                              # no answer, no session
+            with pytest.raises(TimeoutError):
+                ws.recv(timeout=0.5)                                # nothing leaked to the browser
+        finally:
+            for s in posers:
+                s.close(0)
+        assert ask(ws, {"t": "ping", "rid": 9})["t"] == "pong"      # the real connection is fine
+    assert broker_alive(web_mesh)
+
+
 def test_login_elsewhere_kicks_and_closes_the_websocket(web_mesh):
     with connect(ws_url(web_mesh) + "/ws") as ws:
         assert login(ws, web_mesh, 23)["t"] == "login_ok"
