@@ -24,6 +24,7 @@ from . import auth, wire
 
 POLL_WAIT = 20.0               # seconds a long poll is held when nothing is queued
 CHANNEL_IDLE = 60.0            # seconds without a poll or send before a channel is closed
+LOGIN_GRACE = 5.0              # seconds an open channel may stay without a session (opening is free)
 MAX_CHANNELS = 20000           # open HTTP channels per broker
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # installed: nodes/clients (package data); in a checkout: clients/ beside nodes/
@@ -34,10 +35,10 @@ STATIC_TYPES = {".html", ".js", ".mjs", ".css", ".svg", ".png", ".json"}
 
 
 class HttpChannel:
-    __slots__ = ("ident", "queue", "size", "waiter", "wait_until", "last_seen", "ended")
+    __slots__ = ("ident", "queue", "size", "waiter", "wait_until", "last_seen", "ended", "opened")
 
     def __init__(self, ident, now):
-        self.ident = ident
+        self.ident, self.opened = ident, now
         self.queue, self.size = [], 0
         self.waiter, self.wait_until = None, 0.0
         self.last_seen = now
@@ -50,8 +51,9 @@ class Routes:
         self.channels = {}                  # channel token (str) -> HttpChannel
         # pages a browser may come from: any broker's own page (the page fails over to the
         # other brokers) and the origins the topology lists for this broker
-        self.origins = {"http://" + n.endpoints["ws"][5:].rstrip("/") for n in node.topo.of_type("broker")
-                        if "ws" in n.endpoints} | set(node.spec.origins)
+        self.brokers = {n.endpoints["ws"][5:].rstrip("/") for n in node.topo.of_type("broker")
+                        if "ws" in n.endpoints}            # host:port of every broker's web endpoint
+        self.origins = {"http://" + b for b in self.brokers} | set(node.spec.origins)
         self.table = {("GET", "/info"): self.info, ("POST", "/dev/token"): self.dev_token,
                       ("POST", "/h/open"): self.open, ("POST", "/h/send"): self.send,
                       ("GET", "/h/poll"): self.poll, ("POST", "/h/close"): self.close}
@@ -86,6 +88,11 @@ class Routes:
                                                          ("access-control-allow-headers", "content-type")))
             return
         handler = self.table.get((method, url.path))
+        if handler == self.dev_token and headers.get(b"host", b"").decode("latin-1") not in self.brokers:
+            # minting tokens is for pages of this topology's brokers, reached by their own
+            # address: a Host of another name is a page whose DNS now points here (rebinding)
+            gate.respond(conn, 403, "dev login only at a broker's own address\n", headers=cors)
+            return
         if handler is None:
             if method == "GET" and (url.path == "/" or url.path.lstrip("/").split("/", 1)[0] in STATIC):
                 self.static(conn, url.path)
@@ -217,6 +224,12 @@ class Routes:
                     self._answer(channel, 204, b"")
             elif now - channel.last_seen > CHANNEL_IDLE:
                 self._end(channel, "not polled")
+                self._forget(channel)
+                continue
+            if now - channel.opened > LOGIN_GRACE and channel.ident not in self.node.core.sessions.by_ident:
+                # opened but never logged in (or logged out): anyone can open channels, so
+                # they must not hold a slot of MAX_CHANNELS for long
+                self._end(channel, "no login")
                 self._forget(channel)
 
     # --- helpers -------------------------------------------------------------

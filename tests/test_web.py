@@ -365,6 +365,20 @@ def test_http_fallback_is_a_session_with_pushes(web_mesh):
     assert call(conn, "GET", f"/h/poll?c={channel}")[0] == 404
 
 
+def test_http_channels_opened_without_a_login_are_closed(web_mesh):
+    """Found in review: opening a channel needs no login, so idle unlogged channels could fill
+    the broker's channel table for everyone; they now go after LOGIN_GRACE seconds."""
+    from nodes.webroutes import LOGIN_GRACE
+    conn = http_of(web_mesh)
+    channel = json.loads(call(conn, "POST", "/h/open")[1])["c"]
+    broker = web_mesh.topo.ids("broker")[0]
+    deadline = time.monotonic() + LOGIN_GRACE + 10
+    while call(conn, "GET", f"/h/poll?c={channel}")[0] in (200, 204):   # parks, then answers
+        assert time.monotonic() < deadline, "an unlogged channel stayed open"
+    assert call(conn, "GET", f"/h/poll?c={channel}")[0] in (404, 410)
+    assert broker_alive(web_mesh) and web_mesh.admin.status(broker)["web"]["http_channels"] >= 0
+
+
 def test_dev_login_mints_a_token_on_a_local_topology(web_mesh):
     conn = http_of(web_mesh)
     token = json.loads(call(conn, "POST", "/dev/token", body=b'{"uin": 27}')[1])
@@ -373,6 +387,12 @@ def test_dev_login_mints_a_token_on_a_local_topology(web_mesh):
         assert ask(ws, {"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": token["token"],
                         "device": 0})["uin"] == 27
     assert call(conn, "POST", "/dev/token", body=b'{"uin": -1}')[0] == 400
+    # a page whose DNS name was re-pointed at this broker (DNS rebinding) mints nothing
+    status, _ = call(conn, "POST", "/dev/token", body=b'{"uin": 27}',
+                     headers={"Host": "evil.example:7601", "Origin": "http://evil.example:7601"})
+    assert status == 403
+    status, _ = call(conn, "POST", "/dev/token", body=b'{"uin": 27}', headers={"Host": "evil.example:7601"})
+    assert status == 403
 
 
 def test_page_is_served(web_mesh):
