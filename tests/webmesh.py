@@ -38,6 +38,7 @@ def main() -> int:
                           "ws": {b.id: b.endpoints["ws"] for b in brokers},
                           "client": {b.id: b.endpoints["client"] for b in brokers},
                           "pids": {k: v["pid"] for k, v in statuses.items()},
+                          "owners": {"lobby": topo.logic_for("lobby")},
                           "tokens": {u: auth.mint(secret, u, 3600) for u in range(1, 21)}}), flush=True)
         threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
         stop.wait(600)                          # bounded: a forgotten mesh ends by itself

@@ -206,6 +206,12 @@ export class ImeshClient {
   _afterLogin() {
     this.heartbeat().catch(() => {});
     for (const channel of this.windows.last.keys()) this._syncSoon(channel);
+    this._resumeMailbox();
+  }
+
+  // Send again (same ctime) what the mailbox still holds: after a login, and after every
+  // heartbeat ack -- an owner that was down may be back while the connection never dropped.
+  _resumeMailbox() {
     const oldest = Date.now() * 1000 - this.limits.message_lifetime * 1e6;
     for (const entry of this.mailbox.pending()) {
       if (entry.ctime < oldest) this.mailbox.remove(entry.key);      // past its lifetime: gone
@@ -347,6 +353,7 @@ export class ImeshClient {
     for (const channel of ack.more || []) this._syncSoon(channel);
     this.assembler.expire();
     this.mailbox.saveWindows(this.windows.snapshot());
+    this._resumeMailbox();
     if (this._transport === t) this._hbTimer = setTimeout(() => this.heartbeat().catch(() => {}), this.interval * 1000);
     return ack;
   }
@@ -395,7 +402,8 @@ export class ImeshClient {
           last = err;
         }
       }
-      // unknown outcome: it stays in the mailbox and is retried (same ctime) after the next login
+      // unknown outcome: it stays in the mailbox and is retried (same ctime) after the next
+      // login or heartbeat
       this._emit("unsure", { ...entry, error: last.message });
       throw new ClientError("BUSY", `system busy: no ack after ${this.retries + 1} attempts (${last.message})`);
     } finally {

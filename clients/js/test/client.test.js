@@ -149,6 +149,28 @@ test("a login of the same user and device elsewhere stops the older client (kick
   assert.equal(old.state, "stopped");                              // and it does not fight back
 });
 
+test("a send during an owner outage stays in the mailbox and goes out once the owner is back", async () => {
+  const a = client(16, ["b1"], { retries: 1 });
+  const b = client(17, ["b2"]);
+  await a.start();
+  await b.start();
+  b.watch("lobby", (await b.sync("lobby", 0)).last);
+  const owner = mesh.pids[mesh.owners.lobby];
+  const reconnects = a.reconnects;
+  process.kill(owner, "SIGSTOP");
+  try {
+    await assert.rejects(a.send("lobby", "while the owner sleeps"), (err) => err.code === "BUSY");
+    assert.equal(a.mailbox.pending().length, 1);                     // kept, not lost
+  } finally {
+    process.kill(owner, "SIGCONT");
+  }
+  // no new login: the next heartbeat acks resume the mailbox (same ctime)
+  await until(() => b.inbox.some((m) => m.text === "while the owner sleeps"), 20000, "the mailbox send");
+  await until(() => a.mailbox.pending().length === 0, 10000, "the mailbox emptied");
+  assert.equal(b.inbox.filter((m) => m.text === "while the owner sleeps").length, 1);
+  assert.equal(a.reconnects, reconnects);
+});
+
 // last: it kills a broker of the shared mesh
 test("after a broker SIGKILL the client moves to the other broker and misses nothing", async () => {
   const a = client(11, ["b1", "b2"]);
