@@ -72,6 +72,7 @@ def sweep(args, tmp: str) -> int:
     names = [f"room{i}" for i in range(args.channels)]
     cfg = write_topology(tmp, brokers=1, logics=1,
                          limits={"message_lifetime": args.lifetime, "rate": 1e9, "burst": 1e9,
+                                 "session_inflight": 1000,          # the filler pipelines 500 sends
                                  "channel_queue": args.messages // args.channels + 1},
                          channels={n: {"members": [1]} for n in names})
     with Mesh(cfg) as mesh:

@@ -262,7 +262,7 @@ def write_wan_topology(bed: WanBed, directory: str, layout: dict, limits=None, c
                 groups.setdefault(group, []).append(entry)
         idcs[idc] = groups
     raw = {"cluster": f"wan-{bed.tag}", "local": True, "secret_file": "secret", "data_dir": "data",
-           "limits": {"rate": 10000.0, "burst": 10000, **(limits or {})},
+           "limits": {"rate": 10000.0, "burst": 10000, "session_inflight": 10000, **(limits or {})},
            "channels": channels if channels is not None else {"lobby": {"members": "1-100"}},
            "idcs": idcs}
     path = os.path.join(directory, "topology.yaml")

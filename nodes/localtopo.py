@@ -75,7 +75,8 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays
                 entry["metrics"] = next(ports)
     # tests and benchmarks are not humans: a high send rate unless a test sets its own
     raw = {"cluster": "test", "local": True, "secret_file": "secret", "data_dir": "data",
-           "limits": {"rate": 10000.0, "burst": 10000, **(limits or {})}, "heartbeat": heartbeat or {},
+           "limits": {"rate": 10000.0, "burst": 10000, "session_inflight": 10000, **(limits or {})},
+           "heartbeat": heartbeat or {},
            "channels": channels if channels is not None else {"lobby": {"members": "1-100"}},
            "idcs": {"test": idc}, "curve": curve, "client_curve": client_curve}
     if replication != 1:
