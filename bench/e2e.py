@@ -32,7 +32,7 @@ from nodes.mesh import Mesh
 
 from .agen import loop_name
 from .baseline import serve_main
-from .procstat import cpu_seconds, peak_rss_mb, self_cpu_seconds
+from .procstat import cpu_seconds, io_thread_cpu_seconds, peak_rss_mb, self_cpu_seconds
 from .report import machine, parser as bench_parser, scratch, table, write_json
 
 QUIET_TIMEOUT = 15.0          # seconds without progress before a run gives up
@@ -237,6 +237,7 @@ def load(args, endpoints, secret, pids_of, after_login=None):
             after_login()
         pids = pids_of()
         cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
+        io0 = sum(io_thread_cpu_seconds(p) for p in pids.values())
         t0 = time.monotonic()
         for _ in procs:
             go.put(True)
@@ -258,6 +259,7 @@ def load(args, endpoints, secret, pids_of, after_login=None):
         wall = time.monotonic() - t0
         sys.stderr.write("\n")
         cpu = {n: cpu_seconds(p) - cpu0[n] for n, p in pids.items()}
+        cpu["io threads"] = sum(io_thread_cpu_seconds(p) for p in pids.values()) - io0
         rss = {n: peak_rss_mb(p) for n, p in pids.items()}
     finally:
         for p in procs:
@@ -301,7 +303,7 @@ def _measure_mesh(args, tmp: str) -> dict:
     for n, spec in topo.nodes.items():
         by_type[spec.type] = round(by_type.get(spec.type, 0.0) + cpu[n], 3)
         rss_type[spec.type] = round(max(rss_type.get(spec.type, 0.0), rss[n]), 1)
-    result = summarize(args, results, wall, by_type, rss_type)
+    result = summarize(args, results, wall, by_type, rss_type, cpu["io threads"])
     result["topology"] = {"attach": args.attach, "brokers": len(topo.ids("broker")),
                           "logic": len(topo.ids("logic")), "router": len(topo.ids("router")),
                           "counter": len(topo.ids("counter")), "curve": topo.curve,
@@ -328,11 +330,12 @@ def measure_baseline(args) -> dict:
         if server.is_alive():
             server.kill()
     return summarize(args, results, wall, {"baseline": round(cpu["baseline"], 3)},
-                     {"baseline": round(rss["baseline"], 1)})
+                     {"baseline": round(rss["baseline"], 1)}, cpu["io threads"])
 
 
-def summarize(args, results, wall, by_type: dict, rss_type: dict) -> dict:
-    """The figures of one run from the generators' results and the servers' CPU."""
+def summarize(args, results, wall, by_type: dict, rss_type: dict, io_s: float) -> dict:
+    """The figures of one run from the generators' results and the servers' CPU
+    (``io_s``: the part of it spent in the servers' non-main threads, libzmq I/O)."""
     total = args.users * args.messages
     acked = sum(r["acked"] for r in results)
     deliveries = sum(r["deliveries"] for r in results)
@@ -351,6 +354,7 @@ def summarize(args, results, wall, by_type: dict, rss_type: dict) -> dict:
         "cpu_s": by_type, "peak_rss_mb": rss_type, "wall_s": round(wall, 3),
         "server_cpu_us_per_msg": round(1e6 * server_cpu / max(1, acked), 1),
         "server_cpu_us_per_delivery": round(1e6 * server_cpu / max(1, deliveries), 2),
+        "server_io_threads_us_per_msg": round(1e6 * io_s / max(1, acked), 1),
         "workload": {"users": args.users, "channels": args.channels, "members": args.members,
                      "messages": args.messages, "size": args.size, "window": args.window,
                      "processes": args.processes, "client": args.client,
@@ -360,7 +364,8 @@ def summarize(args, results, wall, by_type: dict, rss_type: dict) -> dict:
 
 
 MEDIAN_KEYS = ("acked_per_s", "deliveries_per_s", "ack_p50_ms", "ack_p99_ms", "deliver_p50_ms",
-               "deliver_p99_ms", "server_cpu_us_per_msg", "server_cpu_us_per_delivery", "wall_s")
+               "deliver_p99_ms", "server_cpu_us_per_msg", "server_cpu_us_per_delivery",
+               "server_io_threads_us_per_msg", "wall_s")
 SUM_KEYS = ("lost", "duplicates", "errors", "acked", "deliveries")
 
 
@@ -390,7 +395,8 @@ def run(args) -> dict:
     if base:
         b = combine(base)
         for key in ("acked_per_s", "deliveries_per_s", "ack_p50_ms", "ack_p99_ms", "server_cpu_us_per_msg",
-                    "server_cpu_us_per_delivery", "lost", "duplicates", "errors"):
+                    "server_cpu_us_per_delivery", "server_io_threads_us_per_msg", "lost", "duplicates",
+                    "errors"):
             result["baseline_" + key] = b[key]
         result["baseline_cpu_s"] = b["cpu_s"]
         result["baseline_runs"] = [{k: r[k] for k in MEDIAN_KEYS + SUM_KEYS} for r in base]
@@ -419,6 +425,7 @@ def render(r: dict) -> str:
             row("ack p50 ms", "ack_p50_ms", ".2f"), row("ack p99 ms", "ack_p99_ms", ".2f", "ratio_ack_p99"),
             row("server CPU µs per acked msg", "server_cpu_us_per_msg", ratio="ratio_server_cpu"),
             row("server CPU µs per delivery", "server_cpu_us_per_delivery", ".2f"),
+            row("  of which libzmq I/O threads, µs per msg", "server_io_threads_us_per_msg"),
             row("lost", "lost", "d"), row("duplicates", "duplicates", "d"), row("errors", "errors", "d")]
     rows.append(["deliver p50 / p99 ms", f"{_fmt(r['deliver_p50_ms'])} / {_fmt(r['deliver_p99_ms'])}"]
                 + (["", ""] if b else []))
