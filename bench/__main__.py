@@ -4,7 +4,9 @@
                      --processes 2 --brokers 2 --logic 2 --hb 2 --timeout 3 --drain 60] [--json FILE]
     bin/bench e2e [--users 1000 --channels 100 --members 10 --messages 20 --size 100 --window 1
                    --processes 2 --brokers 2 --logic 2] [--curve on|off] [--client-curve on|off]
+                  [--client lean|asyncio] [--baseline] [--repeat 1]
                   [--attach CONFIG] [--json FILE]
+    bin/bench fanout [--members 10000 --brokers 4 --messages 2000 --churn 1 --repeats 3] [--json FILE]
     bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
     bin/bench relay [--sizes-mib 1,50] [--repeats 3] [--window 16] [--json FILE]
@@ -19,7 +21,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"fastpath": "bench.fastpath", "heartbeat": "bench.heartbeat",
                 "sweep": "bench.sweep", "e2e": "bench.e2e",
-                "relay": "bench.relay", "chaos": "bench.chaos"}
+                "relay": "bench.relay", "chaos": "bench.chaos", "fanout": "bench.fanout"}
     if argv and argv[0] == "--version":
         from nodes.cli.common import prog_name
         from nodes import __version__
