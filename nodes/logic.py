@@ -138,6 +138,7 @@ class LogicCore:
         self.lifetime = topo.limits["message_lifetime"]
         self.max_waiting = int(topo.limits["max_pending"])
         self.channels = {}                    # name -> ChannelState
+        self.member_of = {}                   # uin -> {ChannelState}: whose fan-out plans a presence change patches
         self.queue = int(topo.limits["channel_queue"])
         self.dedup = DedupTable()             # (uin, device) -> (ctime, msg id)
         self.inflight = {}                    # (uin, device) -> Pending
@@ -149,12 +150,14 @@ class LogicCore:
         self.sweep_seconds = self.sweep_max = 0.0
         self.dedup_cursor = None              # where prune_dedup goes on
         self.stats = collections.Counter()
+        replica.on_change = self._presence_changed
 
     # --- start ---------------------------------------------------------------
     def load(self) -> None:
         for key, raw in self.store.scan(b"c"):
             name, row = key[1:].decode(), keys.decode(raw)
             self.channels[name] = ChannelState(name, row["members"], self.queue, row.get("lifetime"))
+            self._index_members(self.channels[name], ())
         for name, ch in self.channels.items():
             for key in self.store.last_keys(keys.channel_prefix(name), self.queue):
                 ch.ring.push(keys.unpack_u64(key[-8:]))
@@ -179,6 +182,7 @@ class LogicCore:
 
     def _create(self, name, members, lifetime=None):
         ch = self.channels[name] = ChannelState(name, members, self.queue, lifetime)
+        self._index_members(ch, ())
         ch.next_id = 1
         self._save_members(ch)
         return ch
@@ -340,14 +344,14 @@ class LogicCore:
         ch = self._admin(msg)
         members = set(msg["members"]) | ch.members
         self._check_members(members)
-        ch.set_members(members)
+        self._set_members(ch, members)
         self._save_members(ch)
         events.admin("add", ch.name, members=len(msg["members"]))
         return self._members_reply(msg, ch)
 
     def channel_remove(self, msg, _now=None):
         ch = self._admin(msg)
-        ch.set_members(ch.members - set(msg["members"]))
+        self._set_members(ch, ch.members - set(msg["members"]))
         self._save_members(ch)
         events.admin("remove", ch.name, members=len(msg["members"]))
         return self._members_reply(msg, ch)
@@ -359,6 +363,45 @@ class LogicCore:
     def _members_reply(msg, ch):
         return wire.reply("channel", msg["rid"], channel=ch.name, members=sorted(ch.members),
                           last=ch.last_id, lifetime=ch.lifetime)
+
+    def _set_members(self, ch, members) -> None:
+        old = ch.members
+        ch.set_members(members)
+        self._index_members(ch, old)
+
+    def _index_members(self, ch, old) -> None:
+        """Keep ``member_of`` in step with a channel's members (``old``: before the change)."""
+        for uin in set(old) - ch.members:
+            chans = self.member_of.get(uin)
+            if chans is not None:
+                chans.discard(ch)
+                if not chans:
+                    del self.member_of[uin]
+        for uin in ch.members.difference(old):
+            self.member_of.setdefault(uin, set()).add(ch)
+
+    # --- fan-out plans ---------------------------------------------------------
+    def _presence_changed(self, uin, before: set, after: set) -> None:
+        """A uin's brokers changed: patch the plans of its channels (a plan is not
+        recomputed over all members because one of them logged in or out).  Edited in
+        place: fan-out items referring to a plan's lists are packed and published within
+        ``commit``, which no presence change interrupts."""
+        for ch in self.member_of.get(uin, ()):
+            plan = ch.fanout
+            if plan is None:
+                continue
+            for broker in before - after:
+                uins = plan.get(broker)
+                if uins is None:
+                    continue
+                try:
+                    uins.remove(uin)
+                except ValueError:
+                    continue
+                if not uins:
+                    del plan[broker]
+            for broker in after - before:
+                plan.setdefault(broker, []).append(uin)
 
     # --- ids -----------------------------------------------------------------
     def on_ids(self, channel: str, start: int, end: int) -> None:
