@@ -219,7 +219,8 @@ def load(args, endpoints, secret, pids_of, after_login=None):
 
     ``pids_of()`` names the server processes ({name: pid}) whose CPU counts;
     ``after_login()`` waits until the server is ready for sends.  Returns
-    (generator results, wall seconds, {name: CPU s}, {name: peak RSS MB}).
+    (generator results, wall seconds, {name: CPU s}, {name: peak RSS MB},
+    {name: CPU s of its non-main threads}).
     """
     procs = []
     try:
@@ -237,7 +238,7 @@ def load(args, endpoints, secret, pids_of, after_login=None):
             after_login()
         pids = pids_of()
         cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
-        io0 = sum(io_thread_cpu_seconds(p) for p in pids.values())
+        io0 = {n: io_thread_cpu_seconds(p) for n, p in pids.items()}
         t0 = time.monotonic()
         for _ in procs:
             go.put(True)
@@ -259,14 +260,14 @@ def load(args, endpoints, secret, pids_of, after_login=None):
         wall = time.monotonic() - t0
         sys.stderr.write("\n")
         cpu = {n: cpu_seconds(p) - cpu0[n] for n, p in pids.items()}
-        cpu["io threads"] = sum(io_thread_cpu_seconds(p) for p in pids.values()) - io0
+        io = {n: io_thread_cpu_seconds(p) - io0[n] for n, p in pids.items()}
         rss = {n: peak_rss_mb(p) for n, p in pids.items()}
     finally:
         for p in procs:
             p.join(10)
             if p.is_alive():
                 p.kill()
-    return results, wall, cpu, rss
+    return results, wall, cpu, rss, io
 
 
 def measure(args) -> dict:
@@ -290,7 +291,7 @@ def _measure_mesh(args, tmp: str) -> dict:
         if args.attach:
             ensure_channels(admin, args)
         endpoints = [curve.client_endpoint(topo, b) for b in topo.ids("broker")]
-        results, wall, cpu, rss = load(
+        results, wall, cpu, rss, io = load(
             args, endpoints, topo.read_secret(),
             lambda: {n: (mesh.procs[n].pid if mesh else admin.status(n)["pid"]) for n in topo.nodes},
             lambda: wait_presence(admin, topo, args.users))
@@ -299,11 +300,12 @@ def _measure_mesh(args, tmp: str) -> dict:
             mesh.close()
     if mesh is not None:            # its throwaway topology, data and logs (kept when a run fails)
         shutil.rmtree(os.path.dirname(mesh.config), ignore_errors=True)
-    by_type, rss_type = {}, {}
+    by_type, rss_type, io_type = {}, {}, {}
     for n, spec in topo.nodes.items():
         by_type[spec.type] = round(by_type.get(spec.type, 0.0) + cpu[n], 3)
+        io_type[spec.type] = round(io_type.get(spec.type, 0.0) + io[n], 3)
         rss_type[spec.type] = round(max(rss_type.get(spec.type, 0.0), rss[n]), 1)
-    result = summarize(args, results, wall, by_type, rss_type, cpu["io threads"])
+    result = summarize(args, results, wall, by_type, rss_type, io_type)
     result["topology"] = {"attach": args.attach, "brokers": len(topo.ids("broker")),
                           "logic": len(topo.ids("logic")), "router": len(topo.ids("router")),
                           "counter": len(topo.ids("counter")), "curve": topo.curve,
@@ -323,19 +325,19 @@ def measure_baseline(args) -> dict:
     server.start()
     try:
         ready.get(timeout=30)
-        results, wall, cpu, rss = load(args, [endpoint], secret, lambda: {"baseline": server.pid})
+        results, wall, cpu, rss, io = load(args, [endpoint], secret, lambda: {"baseline": server.pid})
     finally:
         stop.set()
         server.join(10)
         if server.is_alive():
             server.kill()
     return summarize(args, results, wall, {"baseline": round(cpu["baseline"], 3)},
-                     {"baseline": round(rss["baseline"], 1)}, cpu["io threads"])
+                     {"baseline": round(rss["baseline"], 1)}, {"baseline": round(io["baseline"], 3)})
 
 
-def summarize(args, results, wall, by_type: dict, rss_type: dict, io_s: float) -> dict:
+def summarize(args, results, wall, by_type: dict, rss_type: dict, io_type: dict) -> dict:
     """The figures of one run from the generators' results and the servers' CPU
-    (``io_s``: the part of it spent in the servers' non-main threads, libzmq I/O)."""
+    (``io_type``: the part of it spent in non-main threads, libzmq I/O and CURVE)."""
     total = args.users * args.messages
     acked = sum(r["acked"] for r in results)
     deliveries = sum(r["deliveries"] for r in results)
@@ -354,7 +356,8 @@ def summarize(args, results, wall, by_type: dict, rss_type: dict, io_s: float) -
         "cpu_s": by_type, "peak_rss_mb": rss_type, "wall_s": round(wall, 3),
         "server_cpu_us_per_msg": round(1e6 * server_cpu / max(1, acked), 1),
         "server_cpu_us_per_delivery": round(1e6 * server_cpu / max(1, deliveries), 2),
-        "server_io_threads_us_per_msg": round(1e6 * io_s / max(1, acked), 1),
+        "server_io_threads_us_per_msg": round(1e6 * sum(io_type.values()) / max(1, acked), 1),
+        "io_threads_cpu_s": io_type,
         "workload": {"users": args.users, "channels": args.channels, "members": args.members,
                      "messages": args.messages, "size": args.size, "window": args.window,
                      "processes": args.processes, "client": args.client,
@@ -377,7 +380,8 @@ def combine(runs: list[dict]) -> dict:
         out[key] = statistics.median(values) if values else None
     for key in SUM_KEYS:
         out[key] = sum(r[key] for r in runs)
-    out["cpu_s"] = {k: round(statistics.median(r["cpu_s"][k] for r in runs), 3) for k in runs[0]["cpu_s"]}
+    for key in ("cpu_s", "io_threads_cpu_s"):
+        out[key] = {k: round(statistics.median(r[key][k] for r in runs), 3) for k in runs[0][key]}
     out["repeats"] = len(runs)
     return out
 
@@ -430,8 +434,8 @@ def render(r: dict) -> str:
     rows.append(["deliver p50 / p99 ms", f"{_fmt(r['deliver_p50_ms'])} / {_fmt(r['deliver_p99_ms'])}"]
                 + (["", ""] if b else []))
     rows.append(["wall s", r["wall_s"]] + (["", ""] if b else []))
-    rows += [[f"CPU s {k}", v] + ([r["baseline_cpu_s"].get(k, ""), ""] if b else [])
-             for k, v in r["cpu_s"].items()]
+    rows += [[f"CPU s {k}" + (f" (I/O threads {r['io_threads_cpu_s'][k]})" if k in r["io_threads_cpu_s"] else ""),
+              v] + ([r["baseline_cpu_s"].get(k, ""), ""] if b else []) for k, v in r["cpu_s"].items()]
     if b:
         rows.append(["CPU s baseline server", "", r["baseline_cpu_s"]["baseline"], ""])
     rows += [[f"peak RSS MB {k}", v] + (["", ""] if b else []) for k, v in r["peak_rss_mb"].items()]
