@@ -44,6 +44,7 @@ class BrokerCore:
     """Sessions and client request handling: no sockets, no clock (``now`` is passed in).
 
     Effects go through ``out``: ``reply(ident, msg)``, ``push(ident, packed)``,
+    ``push_many(idents, packed)``,
     ``to_logic(channel, msg, callback, timeout=None)``, ``to_router(uin, msg,
     callback, timeout=None)``.
     """
@@ -334,18 +335,20 @@ class BrokerCore:
     def deliver(self, packed: bytes, to, sender_uin: int, sender_device: int) -> int:
         """Push one message (packed once by logic) to its recipients' sessions here,
         except the device that sent it; return how many pushes."""
-        pushed = 0
+        idents = []
         by_uin = self.sessions.by_uin
         for uin in to:
             sessions = by_uin.get(uin)
             if not sessions:
                 continue
-            for ident, session in sessions.items():
-                if uin != sender_uin or session.device != sender_device:
-                    self.out.push(ident, packed)
-                    pushed += 1
-        self.counts["deliveries"] += pushed
-        return pushed
+            if uin != sender_uin:
+                idents.extend(sessions)
+            else:
+                idents.extend(ident for ident, session in sessions.items() if session.device != sender_device)
+        if idents:
+            self.out.push_many(idents, packed)
+        self.counts["deliveries"] += len(idents)
+        return len(idents)
 
 
 class BrokerNode(Node):
@@ -379,6 +382,9 @@ class BrokerNode(Node):
 
     def push(self, ident, packed):
         self.queue_packed(self.client, ident, packed)
+
+    def push_many(self, idents, packed):
+        self.outbox.put_many(self.client, idents, packed)
 
     def to_logic(self, owner, msg, callback, timeout=None):
         self.requests.send(self.logics[owner], msg, callback, timeout)

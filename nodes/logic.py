@@ -71,10 +71,11 @@ def push_of(channel: str, msg_id: int, record: list) -> dict:
 
 class ChannelState:
     __slots__ = ("name", "members", "member_array", "ring", "leases", "next_id", "last_id",
-                 "waiting", "alloc_inflight", "lifetime", "fanout", "fanout_version")
+                 "waiting", "alloc_inflight", "lifetime", "fanout", "fanout_version", "prefix")
 
     def __init__(self, name: str, members, queue: int, lifetime=None):
         self.name = name
+        self.prefix = keys.channel_prefix(name)     # its message keys: prefix + id (built per message)
         self.lifetime = lifetime              # seconds; None: the topology's default
         self.set_members(members)
         self.ring = IdRing(queue)             # newest ids of the channel (its queue)
@@ -439,18 +440,20 @@ class LogicCore:
         for ch in self.dirty:
             leases_before = len(ch.leases)           # within assign leases only get used up
             last_before = ch.last_id
+            stime = int(now * 1000)
+            expiry = now + (ch.lifetime or self.lifetime)
+            expiry_ms = int(expiry * 1000)
+            put = self.store.put
             while ch.waiting:
                 msg_id = ch.take_id()
                 if msg_id is None:
                     break
                 rec = ch.waiting.popleft()
                 self.waiting_total -= 1
-                rec.id, rec.stime = msg_id, int(now * 1000)
-                rec.expiry = now + (ch.lifetime or self.lifetime)
-                self.store.put(keys.message_key(ch.name, msg_id), keys.encode(rec.record()))
-                self.store.put(keys.sent_key(rec.uin, rec.device, rec.ctime), keys.sent_value(ch.name, msg_id))
-                self.store.put(keys.sent_expiry_key(int(rec.expiry * 1000), rec.uin, rec.device, rec.ctime),
-                               b"")
+                rec.id, rec.stime, rec.expiry = msg_id, stime, expiry
+                put(ch.prefix + keys.pack_u64(msg_id), keys.encode(rec.record()))
+                put(keys.sent_key(rec.uin, rec.device, rec.ctime), keys.sent_value(ch.name, msg_id))
+                put(keys.sent_expiry_key(expiry_ms, rec.uin, rec.device, rec.ctime), b"")
                 self._queue(ch, msg_id)
                 if self._newest_from_device(rec, staged):
                     self.store.put(keys.dedup_key(rec.uin, rec.device),
