@@ -291,10 +291,15 @@ def _measure_mesh(args, tmp: str) -> dict:
         if args.attach:
             ensure_channels(admin, args)
         endpoints = [curve.client_endpoint(topo, b) for b in topo.ids("broker")]
-        results, wall, cpu, rss, io = load(
-            args, endpoints, topo.read_secret(),
-            lambda: {n: (mesh.procs[n].pid if mesh else admin.status(n)["pid"]) for n in topo.nodes},
-            lambda: wait_presence(admin, topo, args.users))
+        turns0 = {}
+
+        def pids_of():
+            statuses = {n: admin.status(n) or {} for n in topo.nodes}
+            turns0.update({n: st.get("turns", 0) for n, st in statuses.items()})
+            return {n: (mesh.procs[n].pid if mesh else statuses[n]["pid"]) for n in topo.nodes}
+        results, wall, cpu, rss, io = load(args, endpoints, topo.read_secret(), pids_of,
+                                           lambda: wait_presence(admin, topo, args.users))
+        turns = {n: (admin.status(n) or {}).get("turns", 0) - turns0.get(n, 0) for n in topo.nodes}
     finally:
         if mesh is not None:
             mesh.close()
@@ -306,6 +311,11 @@ def _measure_mesh(args, tmp: str) -> dict:
         io_type[spec.type] = round(io_type.get(spec.type, 0.0) + io[n], 3)
         rss_type[spec.type] = round(max(rss_type.get(spec.type, 0.0), rss[n]), 1)
     result = summarize(args, results, wall, by_type, rss_type, io_type)
+    turns_type = {}
+    for n, spec in topo.nodes.items():
+        turns_type[spec.type] = turns_type.get(spec.type, 0) + turns[n]
+    # loop turns per acked message: each turn has fixed costs (poll, one store write, frames out)
+    result["turns_per_msg"] = {k: round(v / max(1, result["acked"]), 3) for k, v in turns_type.items()}
     result["topology"] = {"attach": args.attach, "brokers": len(topo.ids("broker")),
                           "logic": len(topo.ids("logic")), "router": len(topo.ids("router")),
                           "counter": len(topo.ids("counter")), "curve": topo.curve,
