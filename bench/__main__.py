@@ -10,6 +10,7 @@
     bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
     bin/bench relay [--sizes-mib 1,50] [--repeats 3] [--window 16] [--json FILE]
+    bin/bench sessions [--sessions 10000 --core 10000,50000 --processes 4 --repeats 3] [--json FILE]
     bin/bench sweep [--messages 100000] [--channels 100] [--lifetime 20] [--json FILE]
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"fastpath": "bench.fastpath", "heartbeat": "bench.heartbeat",
                 "sweep": "bench.sweep", "e2e": "bench.e2e",
-                "relay": "bench.relay", "chaos": "bench.chaos", "fanout": "bench.fanout"}
+                "relay": "bench.relay", "chaos": "bench.chaos", "fanout": "bench.fanout",
+                "sessions": "bench.sessions"}
     if argv and argv[0] == "--version":
         from nodes.cli.common import prog_name
         from nodes import __version__

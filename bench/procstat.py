@@ -52,3 +52,12 @@ def io_thread_cpu_seconds(pid: int) -> float:
             continue                         # the thread ended meanwhile
         total += (int(fields[11]) + int(fields[12])) / TICK
     return total
+
+
+def rss_kb(pid: int | str = "self") -> int:
+    """Resident memory of a process now (VmRSS), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
