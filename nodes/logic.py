@@ -610,7 +610,9 @@ class LogicCore:
         """One PUB frame per broker for all the messages of this turn, in id order."""
         outbox, self.outbox = self.outbox, {}
         for broker, items in outbox.items():
-            self.out.publish(broker, {"t": "msgs", "items": items})
+            # "logic": a broker counts the frame as a sign of life, like a tick (deliveries
+            # queued behind each other must not make it think this node is down)
+            self.out.publish(broker, {"t": "msgs", "items": items, "logic": self.id})
 
 
 class LogicNode(Node):

@@ -172,7 +172,7 @@ class Out:
 
     def publish(self, broker, msg):
         """Unfold a turn's frame into (broker, push with its recipients) per message."""
-        assert msg["t"] == "msgs"
+        assert msg["t"] == "msgs" and msg["logic"] == "l1"     # brokers take it as a sign of life
         for packed, to, uin, device in msg["items"]:
             push = wire.unpack(packed)
             assert (push["uin"], push["device"]) == (uin, device)
