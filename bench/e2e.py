@@ -10,6 +10,12 @@ and runs in ``--processes`` processes; its CPU is reported apart from the
 nodes'.  Every receiver checks every (sender, seq) it gets, so ``lost`` and
 ``duplicates`` are counted, not assumed.
 
+``--client asyncio`` swaps in the generator real applications resemble (one
+zmq.asyncio DEALER and coroutine per user, bench/agen.py); ``--baseline``
+runs the same generator against bench/baseline.py's in-memory fan-out server
+too, interleaved with the imesh runs (``--repeat`` runs of each, medians),
+and reports imesh / baseline for acked/s, server CPU and ack p99.
+
 ``--curve on|off`` (default on, as in every topology) switches CurveZMQ on the
 node-to-node sockets; ``--client-curve on`` encrypts the client sessions too:
 run both ways to see what encryption costs.
