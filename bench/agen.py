@@ -13,6 +13,7 @@ point (the server sees one small frame at a time per connection).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 
 import zmq
@@ -35,11 +36,7 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 def loop_name() -> str:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 
 class AsyncWorker:
