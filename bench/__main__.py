@@ -4,11 +4,14 @@
                      --processes 2 --brokers 2 --logic 2 --hb 2 --timeout 3 --drain 60] [--json FILE]
     bin/bench e2e [--users 1000 --channels 100 --members 10 --messages 20 --size 100 --window 1
                    --processes 2 --brokers 2 --logic 2 --replication 1 --shards 64] [--curve on|off]
-                  [--client-curve on|off] [--transport zmq|ws] [--attach CONFIG] [--json FILE]
+                  [--client-curve on|off] [--transport zmq|ws] [--client lean|asyncio] [--baseline]
+                  [--repeat 1] [--attach CONFIG] [--json FILE]
     bin/bench failover [--kills 10] [--senders 4] [--shards 4] [--wipe] [--stop] [--json FILE]
+    bin/bench fanout [--members 10000 --brokers 4 --messages 2000 --churn 1 --repeats 3] [--json FILE]
     bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
     bin/bench relay [--sizes-mib 1,50] [--repeats 3] [--window 16] [--json FILE]
+    bin/bench sessions [--sessions 10000 --core 10000,50000 --processes 4 --repeats 3] [--json FILE]
     bin/bench sweep [--messages 100000] [--channels 100] [--lifetime 20] [--json FILE]
     bin/bench websessions [--sessions 10000] [--processes 2] [--repeats 3] [--json FILE]
 """
@@ -22,7 +25,7 @@ def main(argv=None) -> int:
     commands = {"fastpath": "bench.fastpath", "heartbeat": "bench.heartbeat",
                 "sweep": "bench.sweep", "e2e": "bench.e2e",
                 "relay": "bench.relay", "chaos": "bench.chaos", "websessions": "bench.websessions",
-                "failover": "bench.failover"}
+                "failover": "bench.failover", "fanout": "bench.fanout", "sessions": "bench.sessions"}
     if argv and argv[0] == "--version":
         from nodes.cli.common import prog_name
         from nodes import __version__

@@ -45,6 +45,7 @@ class BrokerCore:
     """Sessions and client request handling: no sockets, no clock (``now`` is passed in).
 
     Effects go through ``out``: ``reply(ident, msg)``, ``push(ident, packed)``,
+    ``push_many(idents, packed)``,
     ``to_logic(channel, msg, callback, timeout=None)``, ``to_router(uin, msg,
     callback, timeout=None)``.
     """
@@ -271,6 +272,11 @@ class BrokerCore:
         return wire.reply("bye", msg["rid"])
 
     # --- owners --------------------------------------------------------------
+    def alive(self, logic_id, now) -> None:
+        """A frame from the logic node (not a tick: says nothing of the shards it leads)."""
+        if self.heard.get(logic_id) != float("-inf"):          # one that said it stops stays down
+            self.heard[logic_id] = now
+
     def on_tick(self, logic_id, now, leads=(), stopping=False) -> None:
         self.heard[logic_id] = float("-inf") if stopping else now      # stopping: down at once
         if self.topo.replicated:
@@ -394,18 +400,20 @@ class BrokerCore:
     def deliver(self, packed: bytes, to, sender_uin: int, sender_device: int) -> int:
         """Push one message (packed once by logic) to its recipients' sessions here,
         except the device that sent it; return how many pushes."""
-        pushed = 0
+        idents = []
         by_uin = self.sessions.by_uin
         for uin in to:
             sessions = by_uin.get(uin)
             if not sessions:
                 continue
-            for ident, session in sessions.items():
-                if uin != sender_uin or session.device != sender_device:
-                    self.out.push(ident, packed)
-                    pushed += 1
-        self.counts["deliveries"] += pushed
-        return pushed
+            if uin != sender_uin:
+                idents.extend(sessions)
+            else:
+                idents.extend(ident for ident, session in sessions.items() if session.device != sender_device)
+        if idents:
+            self.out.push_many(idents, packed)
+        self.counts["deliveries"] += len(idents)
+        return len(idents)
 
 
 class BrokerNode(Node):
@@ -456,6 +464,9 @@ class BrokerNode(Node):
         self.clients.frame(ident, frame, self.clock(), self.reply, int(self.topo.limits["max_frame"]),
                            MAX_PIPELINED)
 
+    def push_many(self, idents, packed):
+        self.outbox.put_many(self.client, idents, packed)
+
     def to_logic(self, owner, msg, callback, timeout=None):
         self.requests.send(self.logics[owner], msg, callback, timeout)
 
@@ -492,6 +503,8 @@ class BrokerNode(Node):
             deliver = self.core.deliver
             for packed, to, uin, device in msg["items"]:
                 deliver(packed, to, uin, device)
+            if "logic" in msg:             # proof of life: under a backlog ticks come late
+                self.core.alive(msg["logic"], self.clock())
         elif msg.get("t") == "tick":
             stopping = msg.get("stopping") is True
             self.core.on_tick(msg.get("logic"), self.clock(), msg.get("leads") or (), stopping)

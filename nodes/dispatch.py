@@ -44,20 +44,21 @@ class FailureLog:
 
 
 class Dispatcher:
-    def __init__(self, schemas: dict, handlers: dict, guard=None):
+    def __init__(self, schemas: dict, handlers: dict, guard=None, decode=wire.unpack_many):
         missing = set(schemas) - set(handlers)
         if missing:
             raise ValueError(f"no handler for {sorted(missing)}")
         self.schemas = schemas
         self.handlers = handlers
         self.guard = guard                      # (ident, t, msg, now) -> ctx, or raises ProtocolError
+        self.decode = decode                    # (frame, max_len, max_items) -> [map], or ProtocolError
         self.failures = FailureLog()
         self.requests = collections.Counter()   # served, by type (a metric)
 
     def frame(self, ident, frame: bytes, now: float, reply, max_len: int, max_items: int = 1024) -> None:
         """Serve every request of one frame; ``reply(ident, map)`` gets each answer."""
         try:
-            msgs = wire.unpack_many(frame, max_len, max_items)
+            msgs = self.decode(frame, max_len, max_items)
         except wire.ProtocolError as exc:
             reply(ident, wire.error_from(None, exc))
             return

@@ -74,10 +74,11 @@ def push_of(channel: str, msg_id: int, record: list) -> dict:
 
 class ChannelState:
     __slots__ = ("name", "members", "member_array", "ring", "leases", "next_id", "last_id", "visible",
-                 "waiting", "alloc_inflight", "lifetime", "fanout", "fanout_version")
+                 "waiting", "alloc_inflight", "lifetime", "fanout", "fanout_version", "prefix")
 
     def __init__(self, name: str, members, queue: int, lifetime=None):
         self.name = name
+        self.prefix = keys.channel_prefix(name)     # its message keys: prefix + id (built per message)
         self.lifetime = lifetime              # seconds; None: the topology's default
         self.set_members(members)
         self.ring = IdRing(queue)             # newest ids of the channel (its queue)
@@ -159,6 +160,7 @@ class LogicCore:
         self.lifetime = topo.limits["message_lifetime"]
         self.max_waiting = int(topo.limits["max_pending"])
         self.channels = {}                    # name -> ChannelState
+        self.member_of = {}                   # uin -> {ChannelState}: whose fan-out plans a presence change patches
         self.queue = int(topo.limits["channel_queue"])
         self.dedup = DedupTable()             # (uin, device) -> (ctime, msg id)
         self.dedup_loaded = False
@@ -172,6 +174,7 @@ class LogicCore:
         self.dedup_cursor = None              # where prune_dedup goes on
         self.sent_cursor = None               # the last ``x`` row prune_sent deleted (rows before it are gone)
         self.stats = collections.Counter()
+        replica.on_change = self._presence_changed
 
     # --- start ---------------------------------------------------------------
     def load(self, wanted=None) -> None:
@@ -184,6 +187,7 @@ class LogicCore:
                 loaded[name] = ChannelState(name, row["members"], self.queue, row.get("lifetime"))
         self.channels.update(loaded)
         for name, ch in loaded.items():
+            self._index_members(ch, ())
             for key in self.store.last_keys(keys.channel_prefix(name), self.queue):
                 ch.ring.push(keys.unpack_u64(key[-8:]))
             raw = self.store.get(keys.last_id_key(name))
@@ -209,6 +213,7 @@ class LogicCore:
 
     def _create(self, name, members, lifetime=None):
         ch = self.channels[name] = ChannelState(name, members, self.queue, lifetime)
+        self._index_members(ch, ())
         ch.next_id = 1
         self._save_members(ch)
         return ch
@@ -382,14 +387,14 @@ class LogicCore:
         ch = self._admin(msg)
         members = set(msg["members"]) | ch.members
         self._check_members(members)
-        ch.set_members(members)
+        self._set_members(ch, members)
         self._save_members(ch)
         events.admin("add", ch.name, members=len(msg["members"]))
         return self._members_reply(msg, ch)
 
     def channel_remove(self, msg, _now=None):
         ch = self._admin(msg)
-        ch.set_members(ch.members - set(msg["members"]))
+        self._set_members(ch, ch.members - set(msg["members"]))
         self._save_members(ch)
         events.admin("remove", ch.name, members=len(msg["members"]))
         return self._members_reply(msg, ch)
@@ -401,6 +406,45 @@ class LogicCore:
     def _members_reply(msg, ch):
         return wire.reply("channel", msg["rid"], channel=ch.name, members=sorted(ch.members),
                           last=ch.visible, lifetime=ch.lifetime)
+
+    def _set_members(self, ch, members) -> None:
+        old = ch.members
+        ch.set_members(members)
+        self._index_members(ch, old)
+
+    def _index_members(self, ch, old) -> None:
+        """Keep ``member_of`` in step with a channel's members (``old``: before the change)."""
+        for uin in set(old) - ch.members:
+            chans = self.member_of.get(uin)
+            if chans is not None:
+                chans.discard(ch)
+                if not chans:
+                    del self.member_of[uin]
+        for uin in ch.members.difference(old):
+            self.member_of.setdefault(uin, set()).add(ch)
+
+    # --- fan-out plans ---------------------------------------------------------
+    def _presence_changed(self, uin, before: set, after: set) -> None:
+        """A uin's brokers changed: patch the plans of its channels (a plan is not
+        recomputed over all members because one of them logged in or out).  Edited in
+        place: fan-out items referring to a plan's lists are packed and published within
+        ``commit``, which no presence change interrupts."""
+        for ch in self.member_of.get(uin, ()):
+            plan = ch.fanout
+            if plan is None:
+                continue
+            for broker in before - after:
+                uins = plan.get(broker)
+                if uins is None:
+                    continue
+                try:
+                    uins.remove(uin)
+                except ValueError:
+                    continue
+                if not uins:
+                    del plan[broker]
+            for broker in after - before:
+                plan.setdefault(broker, []).append(uin)
 
     # --- ids -----------------------------------------------------------------
     def on_ids(self, channel: str, start: int, end: int) -> None:
@@ -438,19 +482,21 @@ class LogicCore:
         for ch in self.dirty:
             leases_before = len(ch.leases)           # within assign leases only get used up
             last_before = ch.last_id
+            stime = int(now * 1000)
+            expiry = now + (ch.lifetime or self.lifetime)
+            expiry_ms = int(expiry * 1000)
+            put = self.store.put
             while ch.waiting:
                 msg_id = ch.take_id()
                 if msg_id is None:
                     break
                 rec = ch.waiting.popleft()
                 self.waiting_total -= 1
-                rec.id, rec.stime = msg_id, int(now * 1000)
-                rec.expiry = now + (ch.lifetime or self.lifetime)
-                self.store.put(keys.message_key(ch.name, msg_id), keys.encode(rec.record()))
-                self.store.put(keys.sent_key(rec.uin, rec.device, rec.ctime),
-                               keys.sent_value(ch.name, msg_id, keys.text_digest(rec.text)))
-                self.store.put(keys.sent_expiry_key(int(rec.expiry * 1000), rec.uin, rec.device, rec.ctime),
-                               b"")
+                rec.id, rec.stime, rec.expiry = msg_id, stime, expiry
+                put(ch.prefix + keys.pack_u64(msg_id), keys.encode(rec.record()))
+                put(keys.sent_key(rec.uin, rec.device, rec.ctime),
+                    keys.sent_value(ch.name, msg_id, keys.text_digest(rec.text)))
+                put(keys.sent_expiry_key(expiry_ms, rec.uin, rec.device, rec.ctime), b"")
                 self._queue(ch, msg_id)
                 if self._newest_from_device(rec, staged):
                     self.store.put(keys.dedup_key(rec.uin, rec.device),
@@ -639,7 +685,9 @@ class LogicCore:
         """One PUB frame per broker for all the messages of this turn, in id order."""
         outbox, self.outbox = self.outbox, {}
         for broker, items in outbox.items():
-            self.out.publish(broker, {"t": "msgs", "items": items})
+            # "logic": a broker counts the frame as a sign of life, like a tick (deliveries
+            # queued behind each other must not make it think this node is down)
+            self.out.publish(broker, {"t": "msgs", "items": items, "logic": self.id})
 
 
 class LogicNode(Node):

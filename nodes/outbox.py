@@ -32,6 +32,16 @@ class Outbox:
         else:
             batch.append(packed)
 
+    def put_many(self, sock, keys, packed: bytes) -> None:
+        """The same packed message for several peers (a broker's deliveries of one message)."""
+        queued = self.queued
+        for key in keys:
+            batch = queued.get((sock, key))
+            if batch is None:
+                queued[(sock, key)] = [packed]
+            else:
+                batch.append(packed)
+
     def flush(self) -> int:
         """Send everything queued; return the number of frames sent."""
         queued, self.queued = self.queued, {}

@@ -31,7 +31,8 @@ class PresenceReplica:
     def __init__(self, router_ids, request_snapshot):
         self.views = {r: _RouterView() for r in router_ids}
         self.online = {}                        # uin -> {device: broker}
-        self.version = 0                        # bumped on every change: fan-out caches key on it
+        self.version = 0                        # bumped when caches cannot be patched: fan-out plans key on it
+        self.on_change = None                   # (uin, brokers before, brokers after) for one delta
         self.bitmap = OnlineBitmap()            # uins in self.online, for batch filtering
         self.request_snapshot = request_snapshot
         self.snapshots = 0
@@ -104,8 +105,12 @@ class PresenceReplica:
             self.request_snapshot(router_id)
 
     def _apply(self, view, delta) -> None:
+        """One delta.  The brokers a uin is reachable on before and after it go to
+        ``on_change`` (fan-out plans are patched for that uin alone); without a listener
+        the version is bumped and every cache keyed on it starts over."""
         uin, device, broker = delta["uin"], delta["device"], delta["broker"]
-        self.version += 1
+        devices = self.online.get(uin)
+        before = set(devices.values()) if devices else set()
         if broker is None:
             devices = view.online.get(uin)
             if devices is not None:
@@ -116,6 +121,13 @@ class PresenceReplica:
             view.online.setdefault(uin, {})[device] = broker
         self._merge(uin)
         view.seq = delta["seq"]
+        if self.on_change is None:
+            self.version += 1
+            return
+        devices = self.online.get(uin)
+        after = set(devices.values()) if devices else set()
+        if after != before:
+            self.on_change(uin, before, after)
 
     def _merge(self, uin) -> None:
         """A uin's devices: the union of what the routers holding it say."""

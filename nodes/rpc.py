@@ -34,7 +34,7 @@ class Requests:
 
     def on_reply(self, frames: list) -> None:
         try:
-            msgs = wire.unpack_many(frames[-1], self.max_len, 1 << 20)
+            msgs = wire.unpack_internal(frames[-1], self.max_len, 1 << 20)
         except wire.ProtocolError as exc:
             log.warning("bad reply from a peer: %s", exc)
             return

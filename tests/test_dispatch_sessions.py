@@ -77,6 +77,10 @@ class Out:
     def push(self, ident, packed):
         self.pushes.append((ident, wire.unpack(packed)))
 
+    def push_many(self, idents, packed):
+        for ident in idents:
+            self.push(ident, packed)
+
     def to_logic(self, owner, msg, callback, timeout=None):
         self.logic.append((owner, msg, callback, timeout))
 
@@ -158,3 +162,15 @@ def test_one_session_cannot_take_every_pending_slot_of_a_broker(tmp_path):
     assert d.one(b"c2", {"t": "sync", "rid": 1, "sid": sid2, "channel": "room", "after": 0}, 1.0) is None
     out.logic[0][2]({"t": "sync", "rid": 1})                           # one reply frees one slot
     assert d.one(b"c1", {"t": "sync", "rid": 1000, "sid": sid, "channel": "room", "after": 0}, 1.0) is None
+
+
+def test_broker_core_delivers_to_every_session_of_the_recipients_but_the_sending_device(tmp_path):
+    core, out, secret = broker_core(tmp_path)
+    login(core, out, secret, ident=b"a0", uin=1, device=0)
+    login(core, out, secret, ident=b"a1", uin=1, device=1)
+    login(core, out, secret, ident=b"b0", uin=2, device=0)
+    packed = wire.pack({"t": "msg", "channel": "room", "id": 1, "uin": 1, "device": 0, "text": "x"})
+    assert core.deliver(packed, [1, 2, 3], 1, 0) == 2           # uin 3 has no session here
+    assert sorted(ident for ident, _m in out.pushes) == [b"a1", b"b0"]
+    assert core.deliver(packed, [1], 2, 0) == 2                   # another sender: both devices of 1
+    assert core.counts["deliveries"] == 4
