@@ -171,16 +171,20 @@ class Worker:
                     for msg in wire.unpack_many(frame, 1 << 24, 1 << 16):
                         self.on_message(s, msg, now)
             progress.value = self.acked
-        wall = time.monotonic() - t0
-        return {"acked": self.acked, "errors": self.errors, "deliveries": self.deliveries,
-                "duplicates": self.dups, "expected_deliveries": expected_deliveries,
-                "ack_ms": self.ack_ms, "deliver_ms": self.deliver_ms,
-                "cpu_s": self_cpu_seconds() - cpu0, "wall_s": wall}
+        return tally(self, expected_deliveries, cpu0, time.monotonic() - t0)
 
     def close(self):
         for s in self.socks:
             s.close(0)
         self.ctx.term()
+
+
+def tally(w, expected_deliveries: int, cpu0: float, wall: float) -> dict:
+    """What one generator process reports (lean or asyncio): counts, latencies, its own CPU."""
+    return {"acked": w.acked, "errors": w.errors, "deliveries": w.deliveries,
+            "duplicates": w.dups, "expected_deliveries": expected_deliveries,
+            "ack_ms": w.ack_ms, "deliver_ms": w.deliver_ms,
+            "cpu_s": self_cpu_seconds() - cpu0, "wall_s": wall}
 
 
 def make_worker(args, indexes, endpoints, secret):
