@@ -465,6 +465,14 @@ class BrokerNode(Node):
                            MAX_PIPELINED)
 
     def push_many(self, idents, packed):
+        """One message to many sessions: ZeroMQ ones through the outbox in one call, web ones
+        (WebSocket / HTTP) through their gate."""
+        if self.web is not None:
+            web = [i for i in idents if WebGate.owns(i)]
+            if web:
+                for ident in web:
+                    self.web.put(ident, packed)
+                idents = [i for i in idents if not WebGate.owns(i)]
         self.outbox.put_many(self.client, idents, packed)
 
     def to_logic(self, owner, msg, callback, timeout=None):
