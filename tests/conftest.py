@@ -15,7 +15,7 @@ import pytest
 from nodes import auth, curve
 from nodes.client import Client
 from nodes.localtopo import free_ports, write_topology  # noqa: F401  (tests import them from here)
-from nodes.mesh import Mesh
+from nodes.mesh import Mesh, MeshError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,17 +70,31 @@ class MeshHarness:
         return self.topo.logic_for(channel)
 
 
+def start_mesh(directory, started: list, **kwargs) -> MeshHarness:
+    """Write a topology on free ports and start it; ``started`` gets every harness made.
+
+    Free ports are picked at random and released before the nodes bind them, so
+    another process (a parallel test run) can take one in between: a node that
+    exits because its port is taken means new ports and another try, not a failure.
+    """
+    for attempt in range(3):
+        harness = MeshHarness(write_topology(directory, **kwargs))
+        started.append(harness)
+        try:
+            return harness.start()
+        except MeshError:
+            harness.close()
+            logs = "".join(open(harness.mesh.log_path(n), errors="replace").read()
+                           for n in harness.topo.nodes if os.path.exists(harness.mesh.log_path(n)))
+            if "Address already in use" not in logs or attempt == 2:
+                raise
+
+
 @pytest.fixture
 def make_mesh(tmp_path_factory):
     """Factory: start a mesh from write_topology(**kwargs); closed after the test."""
     started = []
-
-    def make(**kwargs) -> MeshHarness:
-        directory = tmp_path_factory.mktemp("mesh")
-        harness = MeshHarness(write_topology(directory, **kwargs))
-        started.append(harness)
-        return harness.start()
-    yield make
+    yield lambda **kwargs: start_mesh(tmp_path_factory.mktemp("mesh"), started, **kwargs)
     for harness in started:
         harness.close()
 
@@ -88,12 +102,12 @@ def make_mesh(tmp_path_factory):
 @contextlib.contextmanager
 def running_mesh(tmp_path_factory, name: str, **kwargs):
     """A mesh from write_topology(**kwargs) in a fresh temp dir, closed on the way out."""
-    harness = MeshHarness(write_topology(tmp_path_factory.mktemp(name), **kwargs))
+    started = []
     try:
-        harness.start()
-        yield harness
+        yield start_mesh(tmp_path_factory.mktemp(name), started, **kwargs)
     finally:
-        harness.close()
+        for harness in started:
+            harness.close()
 
 
 @pytest.fixture(scope="module")
