@@ -25,6 +25,7 @@ from . import auth
 from . import wire
 from .heartbeat import initial_interval
 from .limits import FragmentGroups, TokenBuckets
+from .linkwatch import on_link_down
 from .logs import events
 from .node import INTERNAL_MAX_FRAME, Node
 from .rpc import Requests
@@ -360,7 +361,7 @@ class BrokerCore:
                 keep.add(session)               # told recently enough; look again next round
                 continue
             session.touched = now
-            for router in self.topo.routers_for(session.uin):
+            for router in self.topo.routers_for(session.uin, self.idc):
                 out.setdefault(router, []).append([session.uin, session.device])
         self.active = keep
         return out
@@ -397,6 +398,7 @@ class BrokerNode(Node):
         super().__init__(topo, node_id)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
         self.logics = self.peers("logic")
+        on_link_down(self, self.logics, self.on_logic_link_down)
         self.routers = self.peers("router")
         self.core = BrokerCore(node_id, topo, topo.read_secret(), self, self.clock(), self.spec.idc)
         self.sub = self.subscribe("logic", wire.topic(node_id), self.on_delivery)
@@ -439,7 +441,7 @@ class BrokerNode(Node):
         self.requests.send(self.logics[owner], msg, callback, timeout)
 
     def to_router(self, uin, msg, callback, timeout=None):
-        routers = self.topo.routers_for(uin)
+        routers = self.topo.routers_for(uin, self.spec.idc)
         if len(routers) == 1:
             self.requests.send(self.routers[routers[0]], msg, callback, timeout)
             return
@@ -476,6 +478,12 @@ class BrokerNode(Node):
             self.core.on_tick(msg.get("logic"), self.clock(), msg.get("leads") or (), stopping)
             if stopping and msg.get("logic") in self.logics:      # its answers will not come
                 self.requests.fail_peer(self.logics[msg["logic"]], f"logic {msg['logic']} is stopping; retry")
+
+    def on_logic_link_down(self, logic_id):
+        """A heartbeat timed out on the link to a logic node (cut WAN, frozen peer): it is down
+        until its next tick arrives; what waits on it is answered UNAVAILABLE now."""
+        self.core.heard[logic_id] = float("-inf")
+        self.requests.fail_peer(self.logics[logic_id], f"lost the link to logic {logic_id}; retry")
 
     def on_router_notice(self, msg):
         if msg.get("t") == "kick":

@@ -25,6 +25,22 @@ log = logging.getLogger(__name__)
 
 INTERNAL_MAX_FRAME = 64 * 1024 * 1024     # what we accept from our own nodes (replies, PUB)
 
+# ZMTP heartbeats on every node-to-node connection (docs/ha.md "Partitions"): a PING every
+# HEARTBEAT_IVL; no traffic for HEARTBEAT_TIMEOUT drops the connection, so a cut link is noticed
+# in under a second (not after TCP's retransmission timeouts) and the connecting side reconnects
+# every RECONNECT_IVL_MAX at most, so a healed link carries traffic again within about a second.
+HEARTBEAT_IVL_MS = 200
+HEARTBEAT_TIMEOUT_MS = 600
+HEARTBEAT_TTL_MS = 1000       # what we ask the peer to wait for our traffic (sent in our PINGs)
+
+
+def node_heartbeats(sock: zmq.Socket) -> None:
+    """Turn on ZMTP heartbeats on a node-to-node socket (client-facing sockets keep their own
+    session heartbeats: a mobile client must not pay for 5 PINGs a second)."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+
 
 class Node:
     type = "node"
@@ -49,6 +65,7 @@ class Node:
         self.outbox = Outbox(self.on_send_failed)   # replies, pushes, requests: sent after the batch
         self.loop.on_turn_end(self._end_turn)
         self.dispatchers = []
+        self.linked = set()        # sockets watched by nodes/linkwatch.py (peerwatch skips them)
         from . import metrics                 # Prometheus /metrics if the topology gives this node one
         self.metrics = metrics.serve(self)
 
@@ -64,7 +81,10 @@ class Node:
             sock.setsockopt(zmq.ROUTER_MANDATORY, int(mandatory))
         if kind != zmq.PUB:
             sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize or int(self.topo.limits["max_internal_frame"]))
-        self.security.as_server(sock, client_facing=endpoint == self.spec.endpoints.get("client"))
+        client_facing = endpoint == self.spec.endpoints.get("client")
+        if not client_facing:
+            node_heartbeats(sock)
+        self.security.as_server(sock, client_facing=client_facing)
         sock.bind(endpoint)
         return sock
 
@@ -75,6 +95,7 @@ class Node:
         sock.setsockopt(zmq.RCVHWM, 100000)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)      # peers on a LAN: come back quickly
+        node_heartbeats(sock)
         if identity:
             sock.setsockopt(zmq.IDENTITY, identity)
         self.security.connect(sock, endpoint)           # a CURVE client of the node bound there
@@ -102,6 +123,9 @@ class Node:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100000)
         sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.setsockopt(zmq.RECONNECT_IVL, 100)
+        sub.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        node_heartbeats(sub)
         for n in self.topo.of_type(node_type):
             self.security.connect(sub, n.endpoint("pub"))
         self.loop.add(sub, on_frames)
