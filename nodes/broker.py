@@ -25,6 +25,7 @@ from . import auth
 from . import wire
 from .heartbeat import initial_interval
 from .limits import FragmentGroups, TokenBuckets
+from . import idcfanout
 from .linkwatch import on_link_down
 from .logs import events
 from .node import INTERNAL_MAX_FRAME, Node
@@ -412,7 +413,11 @@ class BrokerNode(Node):
         ws = self.spec.endpoints.get("ws")
         self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same dispatcher
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
-        self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
+        self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status, "fwd": self.handle_fwd})
+        self.idc_peers = {b.id: self.connect(zmq.DEALER, b.endpoint("rpc")) for b in topo.of_type("broker")
+                          if b.idc == self.spec.idc and b.id != node_id}     # to pass on msgs_idc
+        for sock in self.idc_peers.values():
+            self.loop.add(sock, self.requests.on_reply)
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
         self.loop.every(TOUCH_INTERVAL, self.touch_routers)
         for sock in self.routers.values():
@@ -473,11 +478,32 @@ class BrokerNode(Node):
             deliver = self.core.deliver
             for packed, to, uin, device in msg["items"]:
                 deliver(packed, to, uin, device)
+        elif msg.get("t") == "msgs_idc":
+            self.on_idc_delivery(msg)
         elif msg.get("t") == "tick":
             stopping = msg.get("stopping") is True
             self.core.on_tick(msg.get("logic"), self.clock(), msg.get("leads") or (), stopping)
             if stopping and msg.get("logic") in self.logics:      # its answers will not come
                 self.requests.fail_peer(self.logics[msg["logic"]], f"logic {msg['logic']} is stopping; retry")
+
+    def on_idc_delivery(self, msg):
+        """This broker is its IDC's gateway for a remote logic node's turn: deliver its own part,
+        pass the rest on to the other brokers of this IDC (the WAN was crossed once)."""
+        try:
+            parts = idcfanout.split(msg)
+        except wire.ProtocolError as exc:
+            log.warning("bad msgs_idc frame: %s", exc.msg)
+            return
+        for broker, items in parts.items():
+            if broker == self.id:
+                self.on_delivery({"t": "msgs", "items": items})
+            elif broker in self.idc_peers:
+                self.requests.send(self.idc_peers[broker], {"t": "fwd", "items": items}, lambda _reply: None)
+
+    def handle_fwd(self, _ident, msg, _now=None):
+        items = idcfanout.check_items(msg.get("items"))
+        self.on_delivery({"t": "msgs", "items": items})
+        return wire.reply("ok", msg["rid"], n=len(items))
 
     def on_logic_link_down(self, logic_id):
         """A heartbeat timed out on the link to a logic node (cut WAN, frozen peer): it is down

@@ -214,7 +214,8 @@ REPLICATION_REQUESTS = {
 }
 
 # broker's internal endpoint
-BROKER_REQUESTS = {"status": {"rid": "u64"}}
+BROKER_REQUESTS = {"status": {"rid": "u64"},
+                   "fwd": {"rid": "u64"}}     # deliveries a gateway broker passes on in its IDC (nodes/idcfanout.py)
 
 # client -> relay (after the same login as at a broker)
 RELAY_REQUESTS = {

@@ -1,7 +1,7 @@
 """Two IDCs 20 ms apart (bench/wanbed.py): placement by home IDC, and cuts that heal fast.
 
-One bed and one mesh for the module: east and west each have a broker, a
-logic node, a router and a counter; channel ``eroom`` is homed in east,
+One bed and one mesh for the module: east and west each have a logic node,
+a router and a counter, east one broker and west two; channel ``eroom`` is homed in east,
 ``wroom`` in west (members 1-20 each).  Clients run as subprocesses
 (bench/idcprobe.py) in client namespaces of each IDC.  CURVE is off here so
 the forwarder can count how many copies of one message text cross the WAN
@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(wanbed.available() is not None, reason=str(wanbed.available()))]
 
 CHANNELS = {"eroom": {"members": "1-20", "idc": "east"}, "wroom": {"members": "1-20", "idc": "west"}}
-LAYOUT = {idc: {"brokers": 1, "logics": 1, "routers": 1, "counters": 1} for idc in ("east", "west")}
+LAYOUT = {"east": {"brokers": 1, "logics": 1, "routers": 1, "counters": 1},
+          "west": {"brokers": 2, "logics": 1, "routers": 1, "counters": 1}}
 
 
 class Bed:
@@ -123,6 +124,21 @@ def test_a_cross_idc_delivery_crosses_once(idc):
     for rx in (rx_west, rx_east):
         assert [m["id"] for m in collect(rx)] == [sent[0]["id"]]
     assert idc.bed.link.crossed(mark) == 1                  # one copy to the west broker
+
+
+def test_fan_out_crosses_once_per_remote_idc_with_several_brokers_there(idc):
+    """Members online on both west brokers: one copy crosses (to a gateway broker, which passes
+    it on inside west), and every receiver gets the message once."""
+    mark = uuid.uuid4().hex.encode()
+    idc.bed.link.watch(mark)
+    rxs = [idc.receiver("west-client", "west-b1", 3, count=5), idc.receiver("west-client", "west-b2", 4, count=5),
+           idc.receiver("east-client", "east-b1", 2, count=5)]
+    sent = idc.probe("east-client", "sends", "east-b1", 1, "--channel", "eroom", "--count", "5",
+                     "--text", mark.decode())
+    ids = sorted(s["id"] for s in sent)
+    for rx in rxs:
+        assert sorted(m["id"] for m in collect(rx)) == ids
+    assert idc.bed.link.crossed(mark) == 5                  # 5 messages, one copy each
 
 
 def test_a_cut_keeps_each_idc_serving_its_own_and_heals_fast(idc, tmp_path):

@@ -79,3 +79,28 @@ def test_a_counter_new_to_a_channel_starts_at_the_writers_ids(tmp_path):
         assert core.alloc("fresh", 10, have=1) == (1, 11)
     finally:
         store.close()
+
+
+def test_fan_out_plan_sends_each_message_once_per_remote_idc():
+    from nodes import idcfanout, wire
+    t = parse({"local": True, "idcs": {
+        "east": {"brokers": [{"id": "e-b1", "client": "tcp://127.0.0.1:7001", "rpc": "tcp://127.0.0.1:7002"}],
+                 "logics": [{"id": "e-l1", "rpc": "tcp://127.0.0.1:7003", "pub": "tcp://127.0.0.1:7004"}],
+                 "routers": [{"id": "e-r1", "rpc": "tcp://127.0.0.1:7005", "pub": "tcp://127.0.0.1:7006"}],
+                 "counters": [{"id": "e-c1", "rpc": "tcp://127.0.0.1:7007"}]},
+        "west": {"brokers": [{"id": f"w-b{i}", "client": f"tcp://127.0.0.1:71{i}1", "rpc": f"tcp://127.0.0.1:71{i}2"}
+                             for i in (1, 2, 3)]}}}, "/tmp/t.yaml")
+    p1, p2 = b"message one", b"message two"
+    outbox = {"e-b1": [[p1, [1], 9, 0]], "w-b1": [[p1, [2], 9, 0], [p2, [2], 9, 0]],
+              "w-b2": [[p1, [3, 4], 9, 0]], "w-b3": [[p2, [5], 9, 0]]}
+    frames = idcfanout.plan(outbox, t, "east", "e-l1")
+    assert [(b, m["t"]) for b, m in frames if b == "e-b1"] == [("e-b1", "msgs")]
+    remote = [(b, m) for b, m in frames if m["t"] == "msgs_idc"]
+    assert len(frames) == 2 and len(remote) == 1 and remote[0][0].startswith("w-b")
+    gateway_msg = wire.unpack(wire.pack(remote[0][1]))
+    assert sorted(gateway_msg["packs"]) == [p1, p2]                 # each message once
+    assert idcfanout.split(gateway_msg) == {b: outbox[b] for b in ("w-b1", "w-b2", "w-b3")}
+    with pytest.raises(wire.ProtocolError):
+        idcfanout.split({"t": "msgs_idc", "packs": [p1], "to": {"w-b1": [[5, [1], 9, 0]]}})
+    with pytest.raises(wire.ProtocolError):
+        idcfanout.check_items([[p1, ["x"], 9, 0]])
