@@ -413,7 +413,7 @@ class BrokerNode(Node):
         ws = self.spec.endpoints.get("ws")
         self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same dispatcher
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
-        self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status, "fwd": self.handle_fwd})
+        self.serve(rpc, wire.BROKER_RPC, {"status": self.handle_status, "fwd": self.handle_fwd})
         self.idc_peers = {b.id: self.connect(zmq.DEALER, b.endpoint("rpc")) for b in topo.of_type("broker")
                           if b.idc == self.spec.idc and b.id != node_id}     # to pass on msgs_idc
         for sock in self.idc_peers.values():
