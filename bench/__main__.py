@@ -7,6 +7,7 @@
                   [--client-curve on|off] [--transport zmq|ws] [--attach CONFIG] [--json FILE]
     bin/bench failover [--kills 10] [--senders 4] [--shards 4] [--wipe] [--stop] [--json FILE]
     bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
+    bin/bench idc [--messages 200 --repeats 3 --delay-ms 20] [--json FILE]      (root: WAN bed)
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
     bin/bench relay [--sizes-mib 1,50] [--repeats 3] [--window 16] [--json FILE]
     bin/bench sweep [--messages 100000] [--channels 100] [--lifetime 20] [--json FILE]
@@ -22,7 +23,7 @@ def main(argv=None) -> int:
     commands = {"fastpath": "bench.fastpath", "heartbeat": "bench.heartbeat",
                 "sweep": "bench.sweep", "e2e": "bench.e2e",
                 "relay": "bench.relay", "chaos": "bench.chaos", "websessions": "bench.websessions",
-                "failover": "bench.failover"}
+                "failover": "bench.failover", "idc": "bench.idc"}
     if argv and argv[0] == "--version":
         from nodes.cli.common import prog_name
         from nodes import __version__

@@ -1,93 +1,32 @@
 """Two IDCs 20 ms apart (bench/wanbed.py): placement by home IDC, and cuts that heal fast.
 
-One bed and one mesh for the module: east and west each have a logic node,
-a router and a counter, east one broker and west two; channel ``eroom`` is homed in east,
-``wroom`` in west (members 1-20 each).  Clients run as subprocesses
-(bench/idcprobe.py) in client namespaces of each IDC.  CURVE is off here so
-the forwarder can count how many copies of one message text cross the WAN
-(``WanLink.watch``); everything else (ZMTP heartbeats, ticks) crosses too and
-is not what is counted.  Needs root; marked slow.
+One bed and one mesh for the module (bench/idcbed.py: ``eroom`` homed in
+east, ``wroom`` in west; west has two brokers).  Clients run as
+subprocesses (bench/idcprobe.py) in client namespaces of each IDC.  CURVE is
+off so the forwarder can count how many copies of one message text cross
+the WAN (``WanLink.watch``); everything else (ZMTP heartbeats, ticks)
+crosses too and is not what is counted.  Needs root; marked slow.
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 
 from bench import wanbed
-from nodes.mesh import Mesh
-from nodes.topology import load
-
-from conftest import ROOT
+from bench.idcbed import IdcMesh, collect
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(wanbed.available() is not None, reason=str(wanbed.available()))]
 
-CHANNELS = {"eroom": {"members": "1-20", "idc": "east"}, "wroom": {"members": "1-20", "idc": "west"}}
-LAYOUT = {"east": {"brokers": 1, "logics": 1, "routers": 1, "counters": 1},
-          "west": {"brokers": 2, "logics": 1, "routers": 1, "counters": 1}}
-
-
-class Bed:
-    def __init__(self, bed, cfg, mesh):
-        self.bed, self.cfg, self.mesh = bed, cfg, mesh
-        self.topo = load(cfg)
-        bed.host("east-client", "east")
-        bed.host("west-client", "west")
-
-    def probe(self, host, mode, broker, uin, *args, timeout=60):
-        """Run bench/idcprobe.py on ``host``; its JSON lines."""
-        run = self.bed.run(host, [sys.executable, "-m", "bench.idcprobe", mode, self.cfg, broker, str(uin),
-                                  *args], capture_output=True, text=True, timeout=timeout,
-                           env=dict(os.environ, PYTHONPATH=ROOT))
-        assert run.returncode == 0, run.stderr
-        return [json.loads(line) for line in run.stdout.splitlines()]
-
-    def receiver(self, host, broker, uin, count, seconds=30):
-        """A probe in ``recv`` mode, started and logged in (it printed ready)."""
-        proc = subprocess.Popen(self.bed.wrap(host) + [
-            sys.executable, "-m", "bench.idcprobe", "recv", self.cfg, broker, str(uin), "--count", str(count),
-            "--seconds", str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=dict(os.environ, PYTHONPATH=ROOT))
-        line = proc.stdout.readline()
-        if not line:
-            proc.wait()
-            pytest.fail(f"receiver did not start: {proc.stderr.read()}")
-        assert json.loads(line) == {"ready": True}
-        return proc
-
 
 @pytest.fixture(scope="module")
-def idc(tmp_path_factory):
-    bed = wanbed.WanBed(delay=0.020).start()
-    mesh = None
-    try:
-        directory = str(tmp_path_factory.mktemp("idc"))
-        cfg = wanbed.write_wan_topology(bed, directory, LAYOUT, channels=CHANNELS, curve=False)
-        mesh = Mesh(cfg, wrap={node_id: bed.wrap(node_id) for node_id in bed.hosts})
-        mesh.start()
-        mesh.wait_ready(60)
-        yield Bed(bed, cfg, mesh)
-    finally:
-        if mesh is not None:
-            mesh.close()
-        bed.close()
-
-
-def collect(proc, timeout=60):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    return [json.loads(line) for line in (out or "").splitlines()]
+def idc():
+    with IdcMesh(delay=0.020) as mesh:
+        yield mesh
 
 
 def test_placement_follows_the_home_idc(idc):
@@ -147,10 +86,9 @@ def test_a_cut_keeps_each_idc_serving_its_own_and_heals_fast(idc, tmp_path):
     cross-IDC path works within 5 s."""
     bed = idc.bed
     outs = {host: open(tmp_path / f"{host}.jsonl", "w+") for host in ("east-client", "west-client")}
-    loads = {host: subprocess.Popen(bed.wrap(host) + [    # output to a file: a full pipe would stall it
-        sys.executable, "-m", "bench.idcprobe", "load", idc.cfg, broker, str(uin), "--channel", "eroom",
-        "--channel", "wroom", "--seconds", "16", "--timeout", "3"], stdout=outs[host],
-        stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    loads = {host: subprocess.Popen(      # output to a file: a full pipe would stall it
+        idc.argv(host, "load", broker, uin, "--channel", "eroom", "--channel", "wroom", "--seconds", 16,
+                 "--timeout", 3), stdout=outs[host], stderr=subprocess.PIPE, text=True, env=idc.env())
         for host, broker, uin in (("east-client", "east-b1", 5), ("west-client", "west-b1", 6))}
     try:
         time.sleep(3)                       # the load's own pace: it runs 16 s whatever we do
