@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import uuid
 
@@ -123,3 +124,21 @@ def test_a_cut_keeps_each_idc_serving_its_own_and_heals_fast(idc, tmp_path):
               f"after the heal; longest home-channel request {max(x['ms'] for x in mine):.0f} ms")
         after = [x for x in other if x["t"] > healed + 5]
         assert after and all("id" in x for x in after), (host, after)
+
+
+def test_channel_create_idc_homes_a_runtime_channel(idc):
+    """bin/mesh channel create team --idc west: the channel is team@west, served by west's logic
+    node; a west user's sends to it cross no WAN link."""
+    run = subprocess.run([sys.executable, "-m", "nodes.cli.mesh", "channel", "create", "team", "--idc", "west",
+                  "--members", "1,2,3", "-c", idc.cfg], capture_output=True, text=True, timeout=60, env=idc.env())
+    assert run.returncode == 0, run.stderr
+    shown = json.loads(run.stdout)
+    assert (shown["channel"], shown["idc"], shown["members"]) == ("team@west", "west", [1, 2, 3])
+    bad = subprocess.run([sys.executable, "-m", "nodes.cli.mesh", "channel", "create", "team", "--idc", "north",
+                  "-c", idc.cfg], capture_output=True, text=True, timeout=60, env=idc.env())
+    assert bad.returncode != 0 and "north" in bad.stderr
+    mark = uuid.uuid4().hex
+    idc.bed.link.watch(mark.encode())
+    sent = idc.probe("west-client", "sends", "west-b2", 1, "--channel", "team@west", "--count", 3, "--text", mark)
+    assert [s["id"] for s in sent] == [1, 2, 3]
+    assert idc.bed.link.crossed(mark.encode()) == 0
