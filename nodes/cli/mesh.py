@@ -350,6 +350,12 @@ def cmd_channel(args) -> int:
     return 0
 
 
+def cmd_reshard(args) -> int:
+    """Move channels to their owners under a new topology (logic nodes stopped; nodes/reshard.py)."""
+    from . import reshard_cli
+    return reshard_cli.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Run and manage an imesh mesh.")
     add_version_arg(parser)
@@ -415,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "an IDC chosen by hashing the name")
     p.add_argument("--json", action="store_true", help="the output is always one JSON line (accepted for symmetry)")
     p.set_defaults(fn=cmd_channel)
+    p = sub.add_parser("reshard", help="move channels (members, messages, dedup rows, ids) to their owners "
+                       "under a topology with other logic nodes; every logic node stopped")
+    add_config_arg(p)
+    p.add_argument("--from", dest="old", required=True, metavar="OLD",
+                   help="the topology the logic nodes last ran with")
+    p.add_argument("--dry-run", action="store_true", help="print what would move, move nothing")
+    p.add_argument("--json", action="store_true", help="one JSON line instead of text")
+    p.set_defaults(fn=cmd_reshard)
     return parser
 
 
