@@ -42,8 +42,13 @@ def stored_channels(store) -> list:
     return [key[1:].decode() for key, _raw in store.scan(b"c")]
 
 
-def move(old_topo, new_topo, dry_run: bool = False) -> list:
-    """Move what the new topology places elsewhere; return the moves [(channel, from, to, rows)]."""
+class Moves(list):
+    """[(channel, from, to)], with ``rows``: how many rows moved."""
+    rows = 0
+
+
+def move(old_topo, new_topo, dry_run: bool = False) -> "Moves":
+    """Move what the new topology places elsewhere; return the moves."""
     for topo in (old_topo, new_topo):
         if topo.replicated:
             raise ReshardError(f"{topo.path}: replication {topo.replication}: replicated shards move by "
@@ -61,10 +66,13 @@ def move(old_topo, new_topo, dry_run: bool = False) -> list:
                 raise ReshardError(f"cannot open the store of {node_id} ({exc}): stop every logic "
                                    "node before a reshard") from None
         moves = plan({n: stored_channels(s) for n, s in stores.items()}, new_topo)
-        done = []
+        groups = {}
         for name, src, dst in moves:
-            rows = list(shards.channel_rows(stores[src], lambda n, name=name: n == name))
-            done.append((name, src, dst, len(rows)))
+            groups.setdefault((src, dst), set()).add(name)
+        rows_moved = 0
+        for (src, dst), names in sorted(groups.items()):
+            rows = list(shards.channel_rows(stores[src], names.__contains__))    # one scan per pair
+            rows_moved += len(rows)
             if dry_run:
                 continue
             for key, value in rows:
@@ -74,6 +82,8 @@ def move(old_topo, new_topo, dry_run: bool = False) -> list:
             for key, _value in rows:
                 stores[src].delete(key)
             stores[src].flush()
+        done = Moves(moves)
+        done.rows = rows_moved
         return done
     finally:
         for store in stores.values():

@@ -20,10 +20,11 @@ def run(args) -> int:
     seconds = time.monotonic() - started
     verb = "would move" if args.dry_run else "moved"
     if args.json:
-        print(json.dumps({"moved": [{"channel": c, "from": a, "to": b, "rows": n} for c, a, b, n in moves],
-                          "dry_run": args.dry_run, "seconds": round(seconds, 3)}))
+        print(json.dumps({"moved": [{"channel": c, "from": a, "to": b} for c, a, b in moves],
+                          "rows": moves.rows, "dry_run": args.dry_run, "seconds": round(seconds, 3)}))
         return 0
-    for channel, src, dst, rows in moves:
-        print(f"{verb} {channel}: {src} -> {dst} ({rows} rows)")
-    print(f"{len(moves)} channel(s) {verb} in {seconds:.2f} s; start the nodes with {args.config}")
+    for channel, src, dst in moves:
+        print(f"{verb} {channel}: {src} -> {dst}")
+    print(f"{len(moves)} channel(s) {verb} ({moves.rows} rows) in {seconds:.2f} s; "
+          f"start the nodes with {args.config}")
     return 0
