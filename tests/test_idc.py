@@ -106,6 +106,9 @@ def test_a_cut_keeps_each_idc_serving_its_own_and_heals_fast(idc, tmp_path):
         results = {host: [json.loads(line) for line in f] for host, f in outs.items()}
         for f in outs.values():
             f.close()
+    rx = idc.receiver("west-client", "west-b1", 7, count=1)          # deliveries cross again too
+    sent = idc.probe("east-client", "sends", "east-b1", 8, "--channel", "eroom", "--count", 1)
+    assert [m["id"] for m in collect(rx)] == [sent[0]["id"]]
     home = {"east-client": "eroom", "west-client": "wroom"}
     for host, lines in results.items():
         sends = [x for x in lines if "channel" in x]
