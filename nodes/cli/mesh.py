@@ -13,6 +13,7 @@
     bin/mesh channel add NAME UIN...
     bin/mesh channel remove NAME UIN...
     bin/mesh channel show NAME
+    bin/mesh reshard -c NEW --from OLD [--dry-run]   move channels to new owners (logic nodes stopped)
 """
 from __future__ import annotations
 
