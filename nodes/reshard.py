@@ -1,8 +1,9 @@
 """Move channels between logic nodes' stores when the logic nodes of a topology change.
 
 ``bin/mesh reshard -c NEW.yaml --from OLD.yaml`` (nodes/cli/mesh.py), with
-every logic node of both topologies **stopped** (each store is opened
-here; a running node holds its store's lock and the move is refused): for
+the logic nodes of the IDCs whose logic nodes change **stopped** (each of
+their stores is opened here; a running node holds its store's lock and
+the move is refused; other IDCs keep running): for
 every channel stored on a logic node that does not own it under the new
 topology, its whole state -- members, newest id, leased id blocks,
 messages, the ``e``/``x`` rows of its sends -- is written to its new owner's
@@ -42,6 +43,21 @@ def stored_channels(store) -> list:
     return [key[1:].decode() for key, _raw in store.scan(b"c")]
 
 
+def affected_logic_nodes(old_topo, new_topo) -> list:
+    """The logic nodes whose stores a change can touch: those of the IDCs whose logic nodes
+    differ (a channel stays in its home IDC), or every one when the IDCs with logic nodes
+    differ (names without a home are hashed over them)."""
+    def by_idc(topo):
+        out = {}
+        for spec in topo.of_type("logic"):
+            out.setdefault(spec.idc, set()).add(spec.id)
+        return out
+    old, new = by_idc(old_topo), by_idc(new_topo)
+    if set(old) != set(new):
+        return sorted(set(old_topo.ids("logic")) | set(new_topo.ids("logic")))
+    return sorted(n for idc in old if old[idc] != new[idc] for n in old[idc] | new[idc])
+
+
 class Moves(list):
     """[(channel, from, to)], with ``rows``: how many rows moved."""
     rows = 0
@@ -56,7 +72,7 @@ def move(old_topo, new_topo, dry_run: bool = False) -> "Moves":
     if old_topo.data_dir != new_topo.data_dir:
         raise ReshardError(f"data_dir differs ({old_topo.data_dir} vs {new_topo.data_dir}): run reshard "
                            "where the logic nodes' data directories are")
-    ids = sorted(set(old_topo.ids("logic")) | set(new_topo.ids("logic")))
+    ids = affected_logic_nodes(old_topo, new_topo)
     stores = {}
     try:
         for node_id in ids:

@@ -104,3 +104,11 @@ def test_fan_out_plan_sends_each_message_once_per_remote_idc():
         idcfanout.split({"t": "msgs_idc", "packs": [p1], "to": {"w-b1": [[5, [1], 9, 0]]}})
     with pytest.raises(wire.ProtocolError):
         idcfanout.check_items([[p1, ["x"], 9, 0]])
+
+
+def test_reshard_touches_only_the_idcs_whose_logic_nodes_change():
+    from nodes.reshard import affected_logic_nodes
+    before, after = topo(logics=(2, 1)), topo(logics=(2, 2))
+    assert affected_logic_nodes(before, after) == ["west-l1", "west-l2"]     # east keeps running
+    assert affected_logic_nodes(after, before) == ["west-l1", "west-l2"]
+    assert affected_logic_nodes(before, before) == []
