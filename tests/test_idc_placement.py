@@ -112,3 +112,12 @@ def test_reshard_touches_only_the_idcs_whose_logic_nodes_change():
     assert affected_logic_nodes(before, after) == ["west-l1", "west-l2"]     # east keeps running
     assert affected_logic_nodes(after, before) == ["west-l1", "west-l2"]
     assert affected_logic_nodes(before, before) == []
+
+
+def test_bench_idc_help_lists_its_options():
+    import subprocess
+    import sys
+    from conftest import ROOT
+    run = subprocess.run([sys.executable, "-m", "bench", "idc", "--help"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert run.returncode == 0 and "--reshard-channels" in run.stdout and "(default: 200)" in run.stdout
