@@ -399,7 +399,8 @@ class BrokerNode(Node):
         super().__init__(topo, node_id)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
         self.logics = self.peers("logic")
-        on_link_down(self, self.logics, self.on_logic_link_down)
+        on_link_down(self, {n: sock for n, sock in self.logics.items()      # the WAN ones: heartbeats
+                            if topo.node(n).idc != self.spec.idc}, self.on_logic_link_down)
         self.routers = self.peers("router")
         self.core = BrokerCore(node_id, topo, topo.read_secret(), self, self.clock(), self.spec.idc)
         self.sub = self.subscribe("logic", wire.topic(node_id), self.on_delivery)
@@ -506,8 +507,10 @@ class BrokerNode(Node):
         return wire.reply("ok", msg["rid"], n=len(items))
 
     def on_logic_link_down(self, logic_id):
-        """A heartbeat timed out on the link to a logic node (cut WAN, frozen peer): it is down
-        until its next tick arrives; what waits on it is answered UNAVAILABLE now."""
+        """A heartbeat timed out on the link to a logic node of another IDC (cut WAN, frozen
+        peer): it is down until its next tick arrives; what waits on it is answered UNAVAILABLE
+        now.  (Inside an IDC a link drops when the node dies: its ticks stop, or it said it
+        stops; a reconnect flap there must not fail requests.)"""
         self.core.heard[logic_id] = float("-inf")
         self.requests.fail_peer(self.logics[logic_id], f"lost the link to logic {logic_id}; retry")
 
