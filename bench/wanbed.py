@@ -86,6 +86,7 @@ class WanLink:
         self.delay = delay
         self.cut = False
         self.counts = collections.Counter()       # frames, data_frames, bytes, dropped (per direction)
+        self.marks = collections.Counter()        # watched byte string -> times seen crossing
         self._queues = {fd_a: collections.deque(), fd_b: collections.deque()}   # to fd: (due, frame)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wanlink", daemon=True)
@@ -100,6 +101,17 @@ class WanLink:
 
     def reset(self) -> None:
         self.counts.clear()
+        for mark in self.marks:
+            self.marks[mark] = 0
+
+    def watch(self, mark: bytes) -> None:
+        """Count how often ``mark`` crosses (in any frame, either way): with CURVE off and a
+        unique text, how many copies of one message crossed, whatever else (heartbeats,
+        ticks) shares the link."""
+        self.marks[mark] = 0
+
+    def crossed(self, mark: bytes) -> int:
+        return self.marks[mark]
 
     def data_frames(self) -> int:
         return self.counts["a>b data_frames"] + self.counts["b>a data_frames"]
@@ -130,6 +142,8 @@ class WanLink:
                     self.counts[f"{way} bytes"] += len(frame)
                     if carries_tcp_data(frame):
                         self.counts[f"{way} data_frames"] += 1
+                        for mark in list(self.marks):
+                            self.marks[mark] += frame.count(mark)
                     self._queues[other[fd]].append((now + self.delay, frame))
             for fd, queue in self._queues.items():
                 while queue and queue[0][0] <= now:
@@ -238,12 +252,14 @@ class WanBed:
 ENDPOINT_PORTS = {"client": 7101, "rpc": 7111, "pub": 7211, "ws": 7601}
 
 
-def write_wan_topology(bed: WanBed, directory: str, layout: dict, limits=None, channels=None) -> str:
+def write_wan_topology(bed: WanBed, directory: str, layout: dict, limits=None, channels=None,
+                       **extra) -> str:
     """A local topology whose nodes each live on their own host of ``bed``.
 
     ``layout``: {idc: {"brokers": n, "logics": n, "routers": n, "counters": n}}; node ids are
     ``<idc>-<type letter><n>`` (e.g. east-b1).  Every host has its own address, so every node
-    uses the same ports.  Returns the topology's path.
+    uses the same ports.  ``extra``: more top-level keys (e.g. ``curve=False``).  Returns the
+    topology's path.
     """
     import yaml                                    # noqa: PLC0415  (bench code, loaded on use)
     from nodes import auth
@@ -264,7 +280,7 @@ def write_wan_topology(bed: WanBed, directory: str, layout: dict, limits=None, c
     raw = {"cluster": f"wan-{bed.tag}", "local": True, "secret_file": "secret", "data_dir": "data",
            "limits": {"rate": 10000.0, "burst": 10000, "session_inflight": 10000, **(limits or {})},
            "channels": channels if channels is not None else {"lobby": {"members": "1-100"}},
-           "idcs": idcs}
+           "idcs": idcs, **extra}
     path = os.path.join(directory, "topology.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(raw, f)

@@ -25,6 +25,8 @@ from . import auth
 from . import wire
 from .heartbeat import initial_interval
 from .limits import FragmentGroups, TokenBuckets
+from . import idcfanout
+from .linkwatch import on_link_down
 from .logs import events
 from .node import INTERNAL_MAX_FRAME, Node
 from .rpc import Requests
@@ -385,7 +387,7 @@ class BrokerCore:
                 keep.add(session)               # told recently enough; look again next round
                 continue
             session.touched = now
-            for router in self.topo.routers_for(session.uin):
+            for router in self.topo.routers_for(session.uin, self.idc):
                 out.setdefault(router, []).append([session.uin, session.device])
         self.active = keep
         return out
@@ -424,6 +426,8 @@ class BrokerNode(Node):
         super().__init__(topo, node_id)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
         self.logics = self.peers("logic")
+        on_link_down(self, {n: sock for n, sock in self.logics.items()      # the WAN ones: heartbeats
+                            if topo.node(n).idc != self.spec.idc}, self.on_logic_link_down)
         self.routers = self.peers("router")
         self.core = BrokerCore(node_id, topo, topo.read_secret(), self, self.clock(), self.spec.idc)
         self.sub = self.subscribe("logic", wire.topic(node_id), self.on_delivery)
@@ -439,7 +443,11 @@ class BrokerNode(Node):
         ws = self.spec.endpoints.get("ws")
         self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same dispatcher
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
-        self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
+        self.serve(rpc, wire.BROKER_RPC, {"status": self.handle_status, "fwd": self.handle_fwd})
+        self.idc_peers = {b.id: self.connect(zmq.DEALER, b.endpoint("rpc")) for b in topo.of_type("broker")
+                          if b.idc == self.spec.idc and b.id != node_id}     # to pass on msgs_idc
+        for sock in self.idc_peers.values():
+            self.loop.add(sock, self.requests.on_reply)
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
         self.loop.every(TOUCH_INTERVAL, self.touch_routers)
         for sock in self.routers.values():
@@ -479,7 +487,7 @@ class BrokerNode(Node):
         self.requests.send(self.logics[owner], msg, callback, timeout)
 
     def to_router(self, uin, msg, callback, timeout=None):
-        routers = self.topo.routers_for(uin)
+        routers = self.topo.routers_for(uin, self.spec.idc)
         if len(routers) == 1:
             self.requests.send(self.routers[routers[0]], msg, callback, timeout)
             return
@@ -513,11 +521,42 @@ class BrokerNode(Node):
                 deliver(packed, to, uin, device)
             if "logic" in msg:             # proof of life: under a backlog ticks come late
                 self.core.alive(msg["logic"], self.clock())
+        elif msg.get("t") == "msgs_idc":
+            self.on_idc_delivery(msg)
+            if "logic" in msg:
+                self.core.alive(msg["logic"], self.clock())
         elif msg.get("t") == "tick":
             stopping = msg.get("stopping") is True
             self.core.on_tick(msg.get("logic"), self.clock(), msg.get("leads") or (), stopping)
             if stopping and msg.get("logic") in self.logics:      # its answers will not come
                 self.requests.fail_peer(self.logics[msg["logic"]], f"logic {msg['logic']} is stopping; retry")
+
+    def on_idc_delivery(self, msg):
+        """This broker is its IDC's gateway for a remote logic node's turn: deliver its own part,
+        pass the rest on to the other brokers of this IDC (the WAN was crossed once)."""
+        try:
+            parts = idcfanout.split(msg)
+        except wire.ProtocolError as exc:
+            log.warning("bad msgs_idc frame: %s", exc.msg)
+            return
+        for broker, items in parts.items():
+            if broker == self.id:
+                self.on_delivery({"t": "msgs", "items": items})
+            elif broker in self.idc_peers:
+                self.requests.send(self.idc_peers[broker], {"t": "fwd", "items": items}, lambda _reply: None)
+
+    def handle_fwd(self, _ident, msg, _now=None):
+        items = idcfanout.check_items(msg.get("items"))
+        self.on_delivery({"t": "msgs", "items": items})
+        return wire.reply("ok", msg["rid"], n=len(items))
+
+    def on_logic_link_down(self, logic_id):
+        """A heartbeat timed out on the link to a logic node of another IDC (cut WAN, frozen
+        peer): it is down until its next tick arrives; what waits on it is answered UNAVAILABLE
+        now.  (Inside an IDC a link drops when the node dies: its ticks stop, or it said it
+        stops; a reconnect flap there must not fail requests.)"""
+        self.core.heard[logic_id] = float("-inf")
+        self.requests.fail_peer(self.logics[logic_id], f"lost the link to logic {logic_id}; retry")
 
     def on_router_notice(self, msg):
         if msg.get("t") == "kick":

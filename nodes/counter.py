@@ -9,7 +9,10 @@ never reissues an id.
 not hold).  A channel has one writer, so when ``have`` is the start of the
 last block issued for the channel, that block's answer was lost (the logic
 node crashed before it stored the lease): the counter answers the same
-block again instead of a new one, and no id is skipped.
+block again instead of a new one, and no id is skipped.  A ``have`` beyond
+the counter's own mark (a counter added to the topology, or a channel's
+counter that became its home IDC's) starts the block there: ids never go
+backwards when a channel changes counter.
 
 With ``replication`` > 1 the high-water marks live in etcd instead
 (nodes/coordinator.py EtcdHighWater): any counter serves any channel, and
@@ -55,6 +58,8 @@ class CounterCore:
         if have is not None and last is not None and have == last < start:
             self.resent += 1
             return last, start                     # the writer never got this block: answer it again
+        if have is not None and have > start:
+            start = have        # a counter new to the channel (one added, or its home IDC's): never reissue
         end = start + n
         if end > wire.U64_MAX:
             raise wire.ProtocolError(wire.Err.INTERNAL, "id space of the channel exhausted")

@@ -31,6 +31,7 @@ from . import store as keys
 from . import wire
 from .node import INTERNAL_MAX_FRAME, Node
 from .logs import events
+from . import idcfanout
 from .presence import PresenceReplica
 from .replication import Replication
 from .router import PRESENCE_TOPIC
@@ -682,12 +683,15 @@ class LogicCore:
             self.outbox.setdefault(broker, []).append([packed, uins, rec.uin, rec.device])
 
     def publish_turn(self) -> None:
-        """One PUB frame per broker for all the messages of this turn, in id order."""
+        """One PUB frame per broker of this IDC for all the messages of this turn, in id order;
+        one per remote IDC (nodes/idcfanout.py)."""
         outbox, self.outbox = self.outbox, {}
-        for broker, items in outbox.items():
-            # "logic": a broker counts the frame as a sign of life, like a tick (deliveries
-            # queued behind each other must not make it think this node is down)
-            self.out.publish(broker, {"t": "msgs", "items": items, "logic": self.id})
+        if outbox:
+            # "logic" in each frame: a broker counts it as a sign of life, like a tick
+            # (deliveries queued behind each other must not make it think this node is down)
+            spec = self.topo.nodes.get(self.id)
+            for broker, msg in idcfanout.plan(outbox, self.topo, spec.idc if spec else None, self.id):
+                self.out.publish(broker, msg)
 
 
 class LogicNode(Node):

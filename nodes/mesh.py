@@ -166,7 +166,7 @@ class Mesh:
             served = set()
             for node_id in self.topo.ids("logic"):
                 served.update((self.admin.status(node_id, timeout=1.0) or {}).get("shards", {}))
-            missing = sorted(set(range(self.topo.shards)) - {int(s) for s in served})
+            missing = sorted(set(self.topo.all_shards()) - {int(s) for s in served})
             if not missing:
                 return
             if time.monotonic() > deadline:

@@ -25,6 +25,26 @@ log = logging.getLogger(__name__)
 
 INTERNAL_MAX_FRAME = 64 * 1024 * 1024     # what we accept from our own nodes (replies, PUB)
 
+# ZMTP heartbeats on every connection to a node of another IDC (docs/ha.md "Partitions heal
+# fast"): a PING every HEARTBEAT_IVL; no traffic for HEARTBEAT_TIMEOUT drops the connection, so a
+# cut WAN link is noticed in under a second (not after TCP's retransmission timeouts) and the
+# connecting side reconnects every RECONNECT_IVL_MAX at most, so a healed link carries traffic
+# again within about a second.  Not inside an IDC: there a heartbeat-dropped connection in the
+# middle of a follower's catch-up left it stuck after a partition (tests/test_ha_partition.py;
+# docs/ha.md "Known limits"), while TCP kept the connection through the cut.
+HEARTBEAT_IVL_MS = 200
+HEARTBEAT_TIMEOUT_MS = 600
+HEARTBEAT_TTL_MS = 1000       # what we ask the peer to wait for our traffic (sent in our PINGs)
+
+
+def node_heartbeats(sock: zmq.Socket) -> None:
+    """Turn on ZMTP heartbeats on a socket connecting to a node of another IDC (client-facing
+    sockets keep their own session heartbeats: a mobile client must not pay for 5 PINGs a
+    second)."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+
 
 class Node:
     type = "node"
@@ -50,6 +70,8 @@ class Node:
         self.loop.on_turn_end(self._end_turn)
         self.dispatchers = []
         self.client_facing = set()            # sockets clients connect to: strict msgpack decoding
+        self.linked = set()        # sockets watched by nodes/linkwatch.py (peerwatch skips them)
+        self._idc_of = None        # endpoint -> IDC of the node bound there
         from . import metrics                 # Prometheus /metrics if the topology gives this node one
         self.metrics = metrics.serve(self)
 
@@ -79,10 +101,18 @@ class Node:
         sock.setsockopt(zmq.RCVHWM, 100000)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)      # peers on a LAN: come back quickly
+        if self.across_idcs(endpoint):
+            node_heartbeats(sock)
         if identity:
             sock.setsockopt(zmq.IDENTITY, identity)
         self.security.connect(sock, endpoint)           # a CURVE client of the node bound there
         return sock
+
+    def across_idcs(self, endpoint: str) -> bool:
+        """Is the node bound at ``endpoint`` in another IDC than this one?"""
+        if self._idc_of is None:
+            self._idc_of = {ep: spec.idc for spec in self.topo.nodes.values() for ep in spec.endpoints.values()}
+        return self._idc_of.get(endpoint, self.spec.idc) != self.spec.idc
 
     def peers(self, node_type: str) -> dict:
         """A DEALER to the rpc endpoint of every node of a type; replies go to self.requests."""
@@ -106,6 +136,10 @@ class Node:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100000)
         sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.setsockopt(zmq.RECONNECT_IVL, 100)
+        sub.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        if any(n.idc != self.spec.idc for n in self.topo.of_type(node_type)):
+            node_heartbeats(sub)       # one SUB for every publisher: on when one is in another IDC
         for n in self.topo.of_type(node_type):
             self.security.connect(sub, n.endpoint("pub"))
         self.loop.add(sub, on_frames)

@@ -26,7 +26,8 @@ def watch_peers(node) -> list:
     """Attach monitors to the node's connecting sockets; the monitor sockets."""
     owners = endpoint_owners(node.topo)
     monitors = [sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-                for sock in list(node.loop.handlers) if sock.type in (zmq.DEALER, zmq.SUB)]
+                for sock in list(node.loop.handlers) if sock.type in (zmq.DEALER, zmq.SUB)
+                and sock not in node.linked]                # nodes/linkwatch.py has its own
 
     def drain():
         for mon in monitors:

@@ -180,28 +180,34 @@ class RouterNode(Node):
         """Presence deltas and ticks to logic nodes; with ``broker``, a notice to that broker."""
         self.queue_packed(self.pub, PRESENCE_TOPIC if broker is None else wire.topic(broker), wire.pack(msg))
 
-    def _check_owner(self, uin):
-        if self.id not in self.topo.routers_for(uin):
+    def _broker_idc(self, broker) -> str | None:
+        """Presence lives in the IDC of the user's broker (docs/ha.md "Home IDC")."""
+        spec = self.topo.nodes.get(broker)
+        return spec.idc if spec is not None else None
+
+    def _check_owner(self, uin, broker=None):
+        if self.id not in self.topo.routers_for(uin, self._broker_idc(broker)):
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"router {self.id} does not own uin {uin}")
 
     def handle_online(self, _ident, msg, now):
-        self._check_owner(msg["uin"])
+        self._check_owner(msg["uin"], msg["broker"])
         interval = self.core.set_online(msg["uin"], msg["device"], msg["broker"], msg.get("net"), now)
         return wire.reply("ok", msg["rid"], seq=self.core.seq, interval=interval)
 
     def handle_hb(self, _ident, msg, now):
-        self._check_owner(msg["uin"])
+        self._check_owner(msg["uin"], msg["broker"])
         interval = self.core.heartbeat(msg["uin"], msg["device"], msg["broker"], msg.get("net"), now)
         if interval is None:
             return wire.reply("hb", msg["rid"], moved=True)
         return wire.reply("hb", msg["rid"], interval=interval)
 
     def handle_touch(self, _ident, msg, now):
-        mine = [s for s in msg["sessions"] if self.id in self.topo.routers_for(s[0])]
+        idc = self._broker_idc(msg["broker"])
+        mine = [s for s in msg["sessions"] if self.id in self.topo.routers_for(s[0], idc)]
         return wire.reply("touched", msg["rid"], moved=self.core.touch(msg["broker"], mine, now))
 
     def handle_offline(self, _ident, msg, _now):
-        self._check_owner(msg["uin"])
+        self._check_owner(msg["uin"], msg["broker"])
         changed = self.core.set_offline(msg["uin"], msg["device"], msg["broker"])
         return wire.reply("ok", msg["rid"], seq=self.core.seq, changed=changed)
 

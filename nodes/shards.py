@@ -66,10 +66,16 @@ def put_position(store, shard: int, position) -> None:
 
 def _shard_rows(store, shard: int, shard_of):
     """(key, value) of every row of the shard but ``d`` rows."""
+    return channel_rows(store, lambda name: shard_of(name) == shard)
+
+
+def channel_rows(store, wanted):
+    """(key, value) of every row of the channels ``wanted(name)`` accepts but ``d`` rows:
+    members, newest id, leases, messages, and the ``e``/``x`` rows of their sends."""
     channels = []
     for key, raw in store.scan(b"c"):
         name = key[1:].decode()
-        if shard_of(name) == shard:
+        if wanted(name):
             channels.append(name)
             yield key, raw
     for name in channels:
@@ -80,7 +86,7 @@ def _shard_rows(store, shard: int, shard_of):
         yield from store.scan(keys.channel_prefix(name))
     sent = set()
     for key, raw in store.scan(b"e"):
-        if shard_of(keys.sent_of_value(raw)[0]) == shard:
+        if wanted(keys.sent_of_value(raw)[0]):
             sent.add(key)
             yield key, raw
     for key, raw in store.scan(b"x"):
@@ -91,8 +97,12 @@ def _shard_rows(store, shard: int, shard_of):
 def snapshot(store, shard: int, shard_of) -> list:
     """Every row of a shard, plus every ``d`` row: [[key, value], ...]."""
     rows = [[k, v] for k, v in _shard_rows(store, shard, shard_of)]
-    rows += [[k, v] for k, v in store.scan(b"d")]
-    return rows
+    return rows + dedup_rows(store)
+
+
+def dedup_rows(store) -> list:
+    """Every ``d`` row (per device, not per channel): [[key, value], ...]."""
+    return [[k, v] for k, v in store.scan(b"d")]
 
 
 def pages(rows, page_bytes: int) -> list:

@@ -124,40 +124,72 @@ class Topology:
             raise TopologyError(f"{self.path}: no node with id {node_id!r} "
                                 f"(known: {', '.join(self.nodes)})") from None
 
+    # --- placement by IDC (docs/ha.md "Home IDC") --------------------------
+    def idcs_with(self, node_type: str) -> list[str]:
+        """The IDCs that have nodes of a type, in file order."""
+        return list(dict.fromkeys(n.idc for n in self.of_type(node_type)))
+
+    def home_of(self, channel: str) -> str:
+        """A channel's home IDC, known from its name alone wherever routing happens: the
+        ``idc`` the topology gives it, else the suffix after its last ``@`` when that names an
+        IDC with logic nodes (``bin/mesh channel create team --idc west`` creates
+        ``team@west``), else an IDC chosen by rendezvous hashing (the only one, in a one-IDC
+        topology)."""
+        homes = self._owners.setdefault("home", {})
+        home = homes.get(channel)
+        if home is None:
+            if len(homes) > OWNER_CACHE:
+                homes.clear()
+            idcs = self.idcs_with("logic")
+            declared = self.channels.get(channel, {}).get("idc")
+            suffix = channel.rpartition("@")[2] if "@" in channel else None
+            home = homes[channel] = (declared if declared in idcs else suffix if suffix in idcs
+                                     else rendezvous.owner(idcs, channel))
+        return home
+
+    def ids_in(self, node_type: str, idc: str | None) -> list[str]:
+        """Node ids of a type in ``idc``; every one of the type when the IDC has none."""
+        ids = [n.id for n in self.of_type(node_type) if n.idc == idc]
+        return ids or self.ids(node_type)
+
     def logic_for(self, channel: str) -> str:
-        return self._owner("logic", channel)
+        return self._owner("logic", channel, self.home_of(channel))
 
     def counter_for(self, channel: str) -> str:
-        return self._owner("counter", channel)
+        return self._owner("counter", channel, self.home_of(channel))
 
-    def router_for(self, uin: int) -> str:
-        return self._owner("router", uin)
+    def router_for(self, uin: int, idc: str | None = None) -> str:
+        """The router keeping a uin's presence for sessions on brokers of ``idc``."""
+        return self._owner("router", uin, idc)
 
-    def routers_for(self, uin: int) -> list[str]:
-        """Where a uin's presence lives: its router, and with replication also the router of
-        second-highest weight (presence is soft state held twice; docs/ha.md)."""
+    def routers_for(self, uin: int, idc: str | None = None) -> list[str]:
+        """Where a uin's presence lives for sessions on brokers of ``idc``: its router of that
+        IDC, and with replication also the IDC's router of second-highest weight (presence is
+        soft state held twice; docs/ha.md).  ``idc`` None: over every router."""
         if not self.replicated:
-            return [self.router_for(uin)]
-        cache = self._owners.setdefault("routers", {})
+            return [self.router_for(uin, idc)]
+        cache = self._owners.setdefault(("routers", idc), {})
         routers = cache.get(uin)
         if routers is None:
             if len(cache) > OWNER_CACHE:
                 cache.clear()
             key = rendezvous.uin_key(uin)
-            ranked = sorted(self.ids("router"), key=lambda n: (rendezvous.weight(n, key), n), reverse=True)
+            ranked = sorted(self.ids_in("router", idc) if idc else self.ids("router"),
+                            key=lambda n: (rendezvous.weight(n, key), n), reverse=True)
             routers = cache[uin] = ranked[:2]
         return routers
 
-    def _owner(self, node_type: str, key) -> str:
-        """Rendezvous owner of a channel (str) or uin (int), memoised: asked on every request."""
-        cache = self._owners.get(node_type)
+    def _owner(self, node_type: str, key, idc: str | None = None) -> str:
+        """Rendezvous owner of a channel (str) or uin (int) among a type's nodes of ``idc``
+        (all of them when None), memoised: asked on every request."""
+        cache = self._owners.get((node_type, idc))
         if cache is None:
-            cache = self._owners[node_type] = {}
+            cache = self._owners[(node_type, idc)] = {}
         owner = cache.get(key)
         if owner is None:
             if len(cache) > OWNER_CACHE:
                 cache.clear()
-            ids = self.ids(node_type)
+            ids = self.ids_in(node_type, idc) if idc else self.ids(node_type)
             owner = cache[key] = rendezvous.owner(ids, rendezvous.uin_key(key) if isinstance(key, int) else key)
         return owner
 
@@ -167,28 +199,38 @@ class Topology:
         return self.replication > 1
 
     def shard_of(self, channel: str) -> int:
+        """Per-IDC shard spaces: the k-th IDC with logic nodes owns shards k*shards ..
+        (k+1)*shards-1 (in a one-IDC topology: 0 .. shards-1, as before)."""
         cache = self._owners.setdefault("shard", {})
         shard = cache.get(channel)
         if shard is None:
             if len(cache) > OWNER_CACHE:
                 cache.clear()
             digest = hashlib.blake2b(channel.encode(), digest_size=8).digest()
-            shard = cache[channel] = int.from_bytes(digest, "big") % self.shards
+            base = self.idcs_with("logic").index(self.home_of(channel)) * self.shards
+            shard = cache[channel] = base + int.from_bytes(digest, "big") % self.shards
         return shard
 
+    def all_shards(self) -> range:
+        return range(len(self.idcs_with("logic")) * self.shards)
+
+    def shard_idc(self, shard: int) -> str:
+        return self.idcs_with("logic")[shard // self.shards]
+
     def replicas_of(self, shard: int) -> list[str]:
-        """The shard's replica set: the N highest rendezvous weights among the logic nodes;
-        the first is the preferred leader."""
+        """The shard's replica set: the N highest rendezvous weights among the logic nodes of
+        the shard's IDC; the first is the preferred leader."""
         cache = self._owners.setdefault("replicas", {})
         replicas = cache.get(shard)
         if replicas is None:
             key = b"shard:" + shard.to_bytes(4, "big")
-            ranked = sorted(self.ids("logic"), key=lambda n: (rendezvous.weight(n, key), n), reverse=True)
+            ranked = sorted(self.ids_in("logic", self.shard_idc(shard)),
+                            key=lambda n: (rendezvous.weight(n, key), n), reverse=True)
             replicas = cache[shard] = ranked[:self.replication]
         return replicas
 
     def shards_of(self, node_id: str) -> list[int]:
-        return [s for s in range(self.shards) if node_id in self.replicas_of(s)]
+        return [s for s in self.all_shards() if node_id in self.replicas_of(s)]
 
     def etcd_endpoints(self) -> list[str]:
         """The topology's ``etcd`` list, else the one ``bin/mesh up`` wrote for a local etcd."""
@@ -412,9 +454,9 @@ def parse(raw: Any, path: str) -> Topology:
     for name, spec in (raw.get("channels") or {}).items():
         if not isinstance(spec, dict) or "members" not in spec:
             _fail(path, f"channels.{name}", "needs 'members'")
-        extra = set(spec) - {"members", "lifetime"}
+        extra = set(spec) - {"members", "lifetime", "idc"}
         if extra:
-            _fail(path, f"channels.{name}.{sorted(extra)[0]}", "unknown key (known: members, lifetime)")
+            _fail(path, f"channels.{name}.{sorted(extra)[0]}", "unknown key (known: members, lifetime, idc)")
         lifetime = spec.get("lifetime")
         if lifetime is not None and (isinstance(lifetime, bool) or not isinstance(lifetime, (int, float))
                                      or lifetime <= 0):
@@ -426,6 +468,8 @@ def parse(raw: Any, path: str) -> Topology:
             _fail(path, f"channels.{name}", exc.msg)
         channels[str(name)] = {"members": _parse_members(path, f"channels.{name}.members", spec["members"]),
                                "lifetime": lifetime}
+        if "idc" in spec:
+            channels[str(name)]["idc"] = spec["idc"]
 
     local = raw.get("local", False)
     if not isinstance(local, bool):
@@ -438,10 +482,16 @@ def parse(raw: Any, path: str) -> Topology:
     for name in RESERVED_KEY_NAMES:
         if name in nodes:
             _fail(path, "idcs", f"node id {name!r} is reserved for the operator's key")
-    logics = sum(1 for n in nodes.values() if n.type == "logic")
-    if replication > logics:
-        _fail(path, "replication", f"{replication} replicas need at least {replication} logic nodes, "
-              f"the topology has {logics}")
+    for idc in dict.fromkeys(n.idc for n in nodes.values() if n.type == "logic"):
+        logics = sum(1 for n in nodes.values() if n.type == "logic" and n.idc == idc)
+        if replication > logics:       # a shard's replicas are in its home IDC (docs/ha.md)
+            _fail(path, "replication", f"{replication} replicas need at least {replication} logic nodes "
+                  f"in every IDC with logic nodes, IDC {idc!r} has {logics}")
+    logic_idcs = {n.idc for n in nodes.values() if n.type == "logic"}
+    for name, spec in channels.items():
+        if "idc" in spec and spec["idc"] not in logic_idcs:
+            _fail(path, f"channels.{name}.idc", f"must name an IDC with logic nodes "
+                  f"({', '.join(sorted(logic_idcs))}), got {spec['idc']!r}")
     secret_file = rel("secret_file", "secret")
     return Topology(
         path=os.path.abspath(path),

@@ -216,6 +216,8 @@ REPLICATION_REQUESTS = {
 
 # broker's internal endpoint
 BROKER_REQUESTS = {"status": {"rid": "u64"}}
+BROKER_RPC = {**BROKER_REQUESTS,            # a broker's rpc: also deliveries a gateway broker
+              "fwd": {"rid": "u64"}}        # passes on in its IDC (nodes/idcfanout.py)
 
 # client -> relay (after the same login as at a broker)
 RELAY_REQUESTS = {

@@ -9,10 +9,11 @@
     bin/mesh secret -c FILE                      create the secret file of a topology
     bin/mesh keys [-c CONFIG]                    create missing CURVE keypairs, say what goes where
     bin/mesh token --uin U [--lifetime S]        print a login token
-    bin/mesh channel create NAME --members 1,2,3 [--lifetime S]
+    bin/mesh channel create NAME --members 1,2,3 [--lifetime S] [--idc IDC]
     bin/mesh channel add NAME UIN...
     bin/mesh channel remove NAME UIN...
     bin/mesh channel show NAME
+    bin/mesh reshard -c NEW --from OLD [--dry-run]   move channels to new owners (logic nodes stopped)
 """
 from __future__ import annotations
 
@@ -308,6 +309,19 @@ def _members(text: str) -> list[int]:
     return [uin_arg(x) for x in text.split(",") if x.strip()]
 
 
+def homed_name(topo, name: str, idc: str) -> str:
+    """``NAME@IDC``: the channel's home IDC is part of its name, so every node routes it
+    without a lookup (docs/ha.md "Home IDC")."""
+    idcs = topo.idcs_with("logic")
+    if idc not in idcs:
+        fail(f"--idc {idc!r}: no such IDC with logic nodes in {topo.path} (known: {', '.join(idcs)})")
+    if "@" in name and name.rpartition("@")[2] in idcs:
+        if name.rpartition("@")[2] != idc:
+            fail(f"channel {name!r} is homed in {name.rpartition('@')[2]!r} by its name, not {idc!r}")
+        return name
+    return f"{name}@{idc}"
+
+
 def cmd_channel(args) -> int:
     topo = load_topology(args.config)
     members = []
@@ -317,18 +331,30 @@ def cmd_channel(args) -> int:
         if not args.uins:
             fail(f"channel {args.op} needs at least one UIN")
         members = args.uins
+    name = args.name
+    if args.idc is not None:
+        if args.op != "create":
+            fail("--idc applies to channel create only (a channel's home is part of its name)")
+        name = homed_name(topo, name, args.idc)
     try:
         if args.lifetime is not None and args.op != "create":
             fail("--lifetime applies to channel create only")
-        reply = Admin(topo).channel(args.op, args.name, members, args.lifetime)
+        reply = Admin(topo).channel(args.op, name, members, args.lifetime)
     except (AdminError, ProtocolError) as exc:
         print(f"error: {exc.code}: {exc.msg}", file=sys.stderr)
         return 1
     shown = {"channel": reply["channel"], "members": reply["members"],
              "last_id": reply["last"], "lifetime": reply.get("lifetime")}
     shown.update({k: reply[k] for k in ("shard", "replicas", "leader", "epoch") if k in reply})
+    shown["idc"] = topo.home_of(reply["channel"])
     print(json.dumps(shown))
     return 0
+
+
+def cmd_reshard(args) -> int:
+    """Move channels to their owners under a new topology (logic nodes stopped; nodes/reshard.py)."""
+    from . import reshard_cli
+    return reshard_cli.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -391,8 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", type=_members, help="for create: comma-separated uins")
     p.add_argument("--lifetime", type=float, help="for create: seconds its messages live "
                    "(default: the topology's message_lifetime)")
+    p.add_argument("--idc", help="for create: the channel's home IDC (its shard's replicas and counter "
+                   "are there); the channel is named NAME@IDC. Default: a suffix @IDC in NAME, else "
+                   "an IDC chosen by hashing the name")
     p.add_argument("--json", action="store_true", help="the output is always one JSON line (accepted for symmetry)")
     p.set_defaults(fn=cmd_channel)
+    p = sub.add_parser("reshard", help="move channels (members, messages, dedup rows, ids) to their owners "
+                       "under a topology with other logic nodes; every logic node stopped")
+    add_config_arg(p)
+    p.add_argument("--from", dest="old", required=True, metavar="OLD",
+                   help="the topology the logic nodes last ran with")
+    p.add_argument("--dry-run", action="store_true", help="print what would move, move nothing")
+    p.add_argument("--json", action="store_true", help="one JSON line instead of text")
+    p.set_defaults(fn=cmd_reshard)
     return parser
 
 
