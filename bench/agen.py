@@ -22,6 +22,7 @@ import zmq.asyncio
 from nodes import auth, curve, wire
 
 from .procstat import self_cpu_seconds
+from .tally import Tally
 
 QUIET_TIMEOUT = 15.0          # seconds without progress before a run gives up
 MAX_LEN = 1 << 24
@@ -39,10 +40,11 @@ def loop_name() -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 
-class AsyncWorker:
+class AsyncWorker(Tally):
     """One generator process: its users, one DEALER and one coroutine each."""
 
     def __init__(self, args, indexes, endpoints, secret, channel_of):
+        super().__init__()
         self.args = args
         self.indexes = indexes
         self.channel_of = channel_of
@@ -111,24 +113,10 @@ class AsyncWorker:
             for msg in wire.unpack_many(frame, MAX_LEN, 1 << 16):
                 t = msg.get("t")
                 if t == "msg":
-                    sender, mseq, sent, _ = msg["text"].split(":", 3)
-                    key = (int(sender), int(mseq))
-                    if key in got:
-                        self.dups += 1
-                    else:
-                        got.add(key)
-                        delivered += 1
-                        self.deliveries += 1
-                        self.deliver_ms.append((now - int(sent)) / 1e6)
+                    delivered += self.delivered(got, msg, now)
                 elif t == "ack" or t == "err":
                     answered += 1
-                    sent = self.sent_at.pop((i, msg.get("rid")), None)
-                    if t == "ack":
-                        self.acked += 1
-                        if sent is not None:
-                            self.ack_ms.append((now - sent) / 1e6)
-                    else:
-                        self.errors += 1
+                    self.answered(i, msg, now)
                     if seq < a.messages:
                         await s.send(self._frame(k, seq))
                         seq += 1
@@ -152,13 +140,11 @@ class AsyncWorker:
 
     def run(self, progress) -> dict:
         a = self.args
-        self.sent_at, self.ack_ms, self.deliver_ms = {}, [], []
-        self.acked = self.errors = self.dups = self.deliveries = 0
+        Tally.__init__(self)
         expected_deliveries = len(self.socks) * (a.members - 1) * a.messages
         cpu0, t0 = self_cpu_seconds(), time.monotonic()
         self.loop.run_until_complete(self._run(progress))
-        from .e2e import tally                          # e2e imports this module on use
-        return tally(self, expected_deliveries, cpu0, time.monotonic() - t0)
+        return self.result(expected_deliveries, cpu0, time.monotonic() - t0)
 
     def close(self):
         for s in self.socks:

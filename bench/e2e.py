@@ -41,6 +41,7 @@ from .agen import loop_name
 from .baseline import serve_main
 from .procstat import cpu_seconds, io_thread_cpu_seconds, peak_rss_mb, self_cpu_seconds
 from .report import machine, parser as bench_parser, scratch, table, write_json
+from .tally import Tally
 from .wssock import WsSock
 
 QUIET_TIMEOUT = 15.0          # seconds without progress before a run gives up
@@ -57,10 +58,11 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-class Worker:
+class Worker(Tally):
     """One generator process: its share of the users, their sockets and their bookkeeping."""
 
     def __init__(self, args, indexes, endpoints, secret):
+        super().__init__()
         self.args = args
         self.indexes = indexes
         self.ctx = zmq.Context()
@@ -121,33 +123,18 @@ class Worker:
         """Account one message from the broker: a delivery, an ack or an error."""
         t = msg["t"]
         if t == "msg":
-            sender, seq, sent, _ = msg["text"].split(":", 3)
-            key = (int(sender), int(seq))
-            got = self.received.setdefault(self.user_of[s], set())
-            if key in got:
-                self.dups += 1
-            else:
-                got.add(key)
-                self.deliveries += 1
-                self.deliver_ms.append((now - int(sent)) / 1e6)
+            self.delivered(self.received.setdefault(self.user_of[s], set()), msg, now)
         elif t == "ack" or t == "err":
-            sent = self.sent_at.pop((self.user_of[s], msg["rid"]), None)
-            if t == "ack":
-                self.acked += 1
-                if sent is not None:
-                    self.ack_ms.append((now - sent) / 1e6)
-            else:
-                self.errors += 1
+            self.answered(self.user_of[s], msg, now)
             if self.next_seq[s] < self.args.messages:
                 self.send(s, self.next_seq[s])
                 self.next_seq[s] += 1
 
     def run(self, progress) -> dict:
         a = self.args
-        self.sent_at, self.ack_ms, self.deliver_ms = {}, [], []
+        Tally.__init__(self)
         self.received = {}                     # receiver index -> set of (sender, seq)
         self.next_seq = {s: 0 for s in self.socks}
-        self.acked = self.errors = self.dups = self.deliveries = 0
         expected_acks = len(self.socks) * a.messages
         expected_deliveries = len(self.socks) * (a.members - 1) * a.messages
         cpu0, t0 = self_cpu_seconds(), time.monotonic()
@@ -171,20 +158,12 @@ class Worker:
                     for msg in wire.unpack_many(frame, 1 << 24, 1 << 16):
                         self.on_message(s, msg, now)
             progress.value = self.acked
-        return tally(self, expected_deliveries, cpu0, time.monotonic() - t0)
+        return self.result(expected_deliveries, cpu0, time.monotonic() - t0)
 
     def close(self):
         for s in self.socks:
             s.close(0)
         self.ctx.term()
-
-
-def tally(w, expected_deliveries: int, cpu0: float, wall: float) -> dict:
-    """What one generator process reports (lean or asyncio): counts, latencies, its own CPU."""
-    return {"acked": w.acked, "errors": w.errors, "deliveries": w.deliveries,
-            "duplicates": w.dups, "expected_deliveries": expected_deliveries,
-            "ack_ms": w.ack_ms, "deliver_ms": w.deliver_ms,
-            "cpu_s": self_cpu_seconds() - cpu0, "wall_s": wall}
 
 
 def make_worker(args, indexes, endpoints, secret):
