@@ -191,7 +191,7 @@ class BrokerCore:
             if reply.get("t") == "ack":
                 self.counts["acks"] += 1
             reply["rid"] = rid
-            if reply.get("code") == wire.Err.WRONG_OWNER and self.topo.replicated:
+            if reply.get("code") == wire.Err.WRONG_OWNER:
                 reply = self._moved(request["channel"], reply)
             self.out.reply(ident, reply)
         self.out.to_logic(owner, request, done, self.send_timeout)
@@ -256,6 +256,7 @@ class BrokerCore:
                         ack[key].update(reply.get(key, {}))
                     ack["more"] += reply["more"]
                     ack["not_member"] += reply["not_member"]
+                    ack["unavailable"] += reply.get("unavailable", ())
                     msgs.extend(reply["msgs"])
                 else:
                     ack["unavailable"] += list(wanted)
@@ -308,7 +309,11 @@ class BrokerCore:
         return known[1] if known else self.topo.replicas_of(shard)[0]
 
     def _moved(self, channel, reply) -> dict:
-        """WRONG_OWNER from a replica: remember the leader it names; the client retries (same ctime)."""
+        """WRONG_OWNER from a replica (remember the leader it names) or from a logic node that
+        handed the channel over in a live reshard: the client retries (same ctime)."""
+        if not self.topo.replicated:
+            return wire.error(reply.get("rid"), wire.Err.UNAVAILABLE, f"channel {channel!r} is moving to "
+                              "another logic node; retry with the same ctime")
         shard, leader = self.topo.shard_of(channel), reply.get("leader")
         if leader in self.topo.nodes:
             known = self.leaders.get(shard)
@@ -549,6 +554,13 @@ class BrokerNode(Node):
         items = idcfanout.check_items(msg.get("items"))
         self.on_delivery({"t": "msgs", "items": items})
         return wire.reply("ok", msg["rid"], n=len(items))
+
+    def on_topology(self, old, new):
+        """A live reshard (nodes/topochange.py): route by the new topology, talk to its logic nodes."""
+        self.core.topo = new
+        self.refresh_peers(self.logics, "logic")
+        self.resubscribe(self.sub, old, "logic")
+        return None
 
     def on_logic_link_down(self, logic_id):
         """A heartbeat timed out on the link to a logic node of another IDC (cut WAN, frozen

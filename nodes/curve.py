@@ -226,6 +226,17 @@ class NodeSecurity(Identity):
         sock.curve_publickey, sock.curve_secretkey = self.public, self.secret
         sock.zap_domain = (CLIENT if client_facing else INTERNAL).encode()
 
+    def admit(self, topo: Topology) -> None:
+        """Admit the keys of a newer topology as well (before its new nodes connect)."""
+        if topo.curve:
+            self.allowed = {**self.allowed, **admitted(topo)}
+
+    def adopt(self, topo: Topology) -> None:
+        """Run by a newer topology: its keys only, its nodes' server keys and endpoints."""
+        allowed = admitted(topo) if topo.curve else {}      # a missing key file fails before anything changes
+        self.topo, self.allowed = topo, allowed
+        self._servers, self._bound_at = {}, None
+
     def check_internal(self, key: bytes) -> bool:
         """ZAP verdict for an internal socket (runs in the authenticator's thread)."""
         if key in self.allowed:

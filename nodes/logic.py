@@ -31,7 +31,8 @@ from . import store as keys
 from . import wire
 from .node import INTERNAL_MAX_FRAME, Node
 from .logs import events
-from . import idcfanout
+from . import idcfanout, topochange
+from .handoff import Handoff
 from .presence import PresenceReplica
 from .replication import Replication
 from .router import PRESENCE_TOPIC
@@ -203,14 +204,51 @@ class LogicCore:
                 ch.next_id = max(ch.next_id, ch.leases[0][0])
             self._watch_expiry(ch)
         for key, raw in (self.store.scan(b"d") if not self.dedup_loaded else ()):
-            uin, device = int.from_bytes(key[1:5], "big"), int.from_bytes(key[5:9], "big")
-            ctime, _channel, msg_id = keys.decode(raw)[:3]
-            self.dedup.commit(uin, device, ctime, msg_id)
+            self.note_dedup_row(key, raw)
         self.dedup_loaded = True             # once: later d rows reach the table as they are written
         for name, spec in self.topo.channels.items():
             if name not in self.channels and (self.placement.owns(name) if wanted is None else wanted(name)):
                 self._create(name, spec["members"], spec.get("lifetime"))
         self.store.flush()
+
+    def note_dedup_row(self, key: bytes, raw: bytes) -> None:
+        """A device's newest send (a ``d`` row) into the dedup table, unless it knows a newer one."""
+        uin, device = int.from_bytes(key[1:5], "big"), int.from_bytes(key[5:9], "big")
+        ctime, _channel, msg_id = keys.decode(raw)[:3]
+        recorded = self.dedup.get(uin, device)
+        if recorded is None or recorded[0] < ctime:
+            self.dedup.commit(uin, device, ctime, msg_id)
+
+    # --- live topology changes (nodes/handoff.py) ------------------------------
+    def adopt(self, topo) -> dict:
+        """Serve by a newer topology: channels it places elsewhere stop being served here
+        (their waiting sends are answered UNAVAILABLE, never stored: the client retries with
+        the same ctime at the new owner).  Returns {channel: new owner} of those held here."""
+        self.topo = topo
+        self.placement = StaticPlacement(topo, self.id)
+        return self.leaving()
+
+    def leaving(self) -> dict:
+        """{channel: its owner} of the channels held here that this node does not serve."""
+        out = {}
+        for name, ch in self.channels.items():
+            if not self.placement.owns(name):
+                out[name] = self.placement.leader(name)
+                if ch.waiting:
+                    self.dirty.discard(ch)
+                    self.waiting_total -= len(ch.waiting)
+                    self.abandon(ch.waiting, f"channel {name!r} is moving to another logic node; retry")
+                    ch.waiting.clear()
+        return out
+
+    def forget(self, names) -> None:
+        """Drop these channels from memory (handed over, or about to be replaced by a copy)."""
+        for name in names:
+            ch = self.channels.get(name)
+            if ch is not None:
+                self.drop([name], f"channel {name!r} moved; retry")
+                members, ch.members = ch.members, set()
+                self._index_members(ch, members)
 
     def _create(self, name, members, lifetime=None):
         ch = self.channels[name] = ChannelState(name, members, self.queue, lifetime)
@@ -337,10 +375,13 @@ class LogicCore:
         """For a heartbeat: the newest id of each listed channel, and one page of
         what the client is missing across them (SYNC_PAGE messages in all)."""
         uin, budget = msg["uin"], wire.SYNC_PAGE
-        heads, firsts, uptos, msgs, more, not_member = {}, {}, {}, [], [], []
+        heads, firsts, uptos, msgs, more, not_member, unavailable = {}, {}, {}, [], [], [], []
         for name, have in msg["channels"].items():
+            if not self.placement.owns(name):
+                unavailable.append(name)               # moving to (or served by) another node
+                continue
             ch = self.channels.get(name)
-            if ch is None or uin not in ch.members or not self.placement.owns(name):
+            if ch is None or uin not in ch.members:
                 not_member.append(name)
                 continue
             page, firsts[name], cut, uptos[name] = self._page(ch, have, budget, now)
@@ -350,7 +391,7 @@ class LogicCore:
             if cut:
                 more.append(name)
         return wire.reply("heads", msg["rid"], heads=heads, first=firsts, upto=uptos, msgs=msgs,
-                          more=more, not_member=not_member)
+                          more=more, not_member=not_member, unavailable=unavailable)
 
     # --- membership ----------------------------------------------------------
     def member(self, msg, _now=None) -> dict:
@@ -699,6 +740,7 @@ class LogicNode(Node):
     clock = staticmethod(time.time)            # expiries and stored times are wall-clock
 
     def __init__(self, topo, node_id):
+        topo = topochange.newest(topo, node_id)    # a topology adopted while running wins over an older file
         super().__init__(topo, node_id)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox,
                                  on_late=self.on_late_reply)
@@ -735,6 +777,10 @@ class LogicNode(Node):
         if self.repl is not None:
             handlers.update(self.repl.handlers())
             schemas = dict(schemas, **wire.REPLICATION_REQUESTS)
+        else:                                  # live reshard (replicated shards move by leadership)
+            self.handoff = Handoff(self.core, self.store)
+            handlers.update(self.handoff.handlers())
+            schemas = dict(schemas, **wire.HANDOFF_REQUESTS)
         self.serve(rpc, schemas, handlers)
         self.broker_topics = [wire.topic(b.id) for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)
@@ -783,6 +829,19 @@ class LogicNode(Node):
         if self.repl is not None:
             reply.update(self.repl.describe(msg["channel"]))
         return reply
+
+    def on_admit(self, new):
+        """What a live reshard to ``new`` would move away from here (its dry run)."""
+        if self.repl is not None:
+            return None
+        return {"would_leave": {n: new.logic_for(n) for n in self.core.channels if new.logic_for(n) != self.id}}
+
+    def on_topology(self, old, new):
+        """A live reshard: stop serving what moves away; the broker topics stay (brokers don't
+        change in a live change)."""
+        if new is not old:
+            self.core.adopt(new)
+        return {"leaving": self.core.leaving()}
 
     # --- out (what the core asks for) ----------------------------------------
     def reply(self, ident, msg):

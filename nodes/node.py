@@ -14,11 +14,11 @@ import time
 
 import zmq
 
-from . import curve, wire
+from . import auth, curve, topochange, wire
 from .dispatch import Dispatcher
 from .loop import Loop
 from .store import Store
-from .topology import Topology
+from .topology import Topology, TopologyError
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,9 @@ class Node:
         wire.unpack_internal.  Frames from a routing id ``refuse_ident`` says yes to are
         dropped unanswered.
         """
+        if sock not in self.client_facing:      # every internal endpoint takes a live topology change
+            schemas = dict(schemas, **wire.TOPOLOGY_REQUESTS)
+            handlers = dict(handlers, topology=self.handle_topology)
         dispatcher = Dispatcher(schemas, handlers, guard,
                                 wire.unpack_many if sock in self.client_facing else wire.unpack_internal)
         self.dispatchers.append(dispatcher)
@@ -197,11 +200,76 @@ class Node:
     def after_flush(self) -> None:
         """Hook: queue what may only leave after the durable write (acks, fan-out)."""
 
+    # --- live topology changes (nodes/topochange.py) ----------------------------
+    def handle_topology(self, _ident, msg, _now=None) -> dict:
+        """``admit``: take the keys of a newer topology too; ``adopt``: run by it from now on.
+        Sending the running version again is answered as done (the operator may re-run)."""
+        auth.verify(self.topo.read_secret(), msg["auth"], scope="admin")
+        if msg["phase"] not in topochange.PHASES:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, f"phase must be one of {', '.join(topochange.PHASES)}")
+        try:
+            new = topochange.parse_sent(msg["yaml"], self.topo)
+            if new.version != self.topo.version:
+                topochange.check_change(self.topo, new)
+        except TopologyError as exc:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, str(exc)) from None
+        if new.version == self.topo.version and new.text != self.topo.text:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, f"this node runs another topology with version "
+                                     f"{new.version}; bump the version of {msg.get('path', 'the new file')}")
+        extra = {}
+        if msg["phase"] == "admit":
+            self.security.admit(new)
+            extra = self.on_admit(new) or {}
+        elif new.version > self.topo.version:
+            old = self.topo
+            self.security.adopt(new)
+            self.topo, self._idc_of = new, None
+            if self.store is not None:
+                topochange.keep(new, self.id)
+            log.info("%s %s runs topology version %d now (was %d)", self.type, self.id, new.version, old.version)
+            extra = self.on_topology(old, new) or {}
+        else:
+            extra = self.on_topology(self.topo, self.topo) or {}      # again: say where things stand
+        return wire.reply("topology", msg["rid"], version=self.topo.version, **extra)
+
+    def on_admit(self, new: Topology) -> dict | None:
+        """Hook: extra reply fields for ``admit`` (what would change under ``new``)."""
+        return None
+
+    def on_topology(self, old: Topology, new: Topology) -> dict | None:
+        """Hook: the node runs by ``new`` now (``old`` is ``new`` when asked again); extra
+        reply fields."""
+        return None
+
+    def refresh_peers(self, socks: dict, node_type: str) -> None:
+        """After a topology change: a DEALER to each new node of a type; those gone leave
+        ``socks`` (what waits on them is answered UNAVAILABLE; the socket idles until exit,
+        since it may be in the poll results being served right now)."""
+        wanted = {n.id: n for n in self.topo.of_type(node_type)}
+        for node_id in [n for n in socks if n not in wanted]:
+            self.requests.fail_peer(socks.pop(node_id), f"{node_type} {node_id} left the topology")
+        for node_id, spec in wanted.items():
+            if node_id not in socks:
+                sock = socks[node_id] = self.connect(zmq.DEALER, spec.endpoint("rpc"))
+                self.loop.add(sock, self.requests.on_reply)
+
+    def resubscribe(self, sub: zmq.Socket, old: Topology, node_type: str) -> None:
+        """After a topology change: ``sub`` (from ``subscribe``) follows the publishers of a type."""
+        before = {n.endpoint("pub") for n in old.of_type(node_type)}
+        after = {n.endpoint("pub") for n in self.topo.of_type(node_type)}
+        for endpoint in before - after:
+            sub.disconnect(endpoint)
+        for endpoint in sorted(after - before):
+            if self.across_idcs(endpoint):
+                node_heartbeats(sub)
+            self.security.connect(sub, endpoint)
+
     # --- status --------------------------------------------------------------
     def status(self) -> dict:
         return {"id": self.id, "type": self.type, "pid": os.getpid(),
                 "uptime": round(time.time() - self.started, 3),
                 "max_turn_ms": round(self.loop.max_turn * 1000, 3), "turns": self.loop.turns,
+                "topology_version": self.topo.version,
                 "refused_keys": self.security.refused}
 
     def handle_status(self, _ident, msg, _now=None) -> dict:

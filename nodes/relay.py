@@ -259,6 +259,11 @@ class RelayNode(Node):
         self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
 
+    def on_topology(self, old, new):
+        """A live reshard: ask the new owners about membership."""
+        self.refresh_peers(self.logics, "logic")
+        return None
+
     # --- sessions --------------------------------------------------------------
     def guard(self, ident, t, msg, now):
         return ident if t in wire.SESSIONLESS else self.sessions.check(ident, msg.get("sid"), now)

@@ -67,7 +67,7 @@ OWNER_CACHE = 1_000_000      # memoised owners per node type before the cache st
 
 _TOP_KEYS = {"cluster", "secret_file", "data_dir", "local", "limits", "heartbeat",
              "storage", "idcs", "channels", "curve", "client_curve", "keys_dir", "public_keys",
-             "replication", "shards", "etcd"}
+             "replication", "shards", "etcd", "version"}
 RESERVED_KEY_NAMES = ("admin",)    # keys of the operator's tools (bin/mesh), not node ids
 DEFAULT_SHARDS = 64          # channel -> shard is fixed for the life of a cluster (docs/ha.md)
 
@@ -108,6 +108,8 @@ class Topology:
     replication: int = 1   # replicas per shard; 1 = one owner per channel, no etcd (docs/ha.md)
     shards: int = DEFAULT_SHARDS
     etcd: list = dataclasses.field(default_factory=list)   # endpoints; empty + local: bin/mesh starts one
+    version: int = 1       # bumped by the operator for a live change (bin/mesh reshard, nodes/topochange.py)
+    text: str = ""         # the YAML this was read from: what a live change sends to running nodes
     _owners: dict = dataclasses.field(default_factory=dict, repr=False)
 
     # --- lookups ---------------------------------------------------------
@@ -428,12 +430,22 @@ def load(path: str) -> Topology:
     """Read and validate a topology file; relative paths in it are relative to the file."""
     try:
         with open(path, encoding="utf-8") as f:
-            raw: Any = yaml.safe_load(f)
+            text = f.read()
     except OSError as exc:
         raise TopologyError(f"{path}: cannot read: {exc.strerror}") from None
+    return from_text(text, path)
+
+
+def from_text(text: str, path: str) -> Topology:
+    """Parse a topology's YAML text as if it were the file at ``path`` (relative paths resolve
+    from there): how a running node reads a topology sent to it."""
+    try:
+        raw: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise TopologyError(f"{path}: not valid YAML: {exc}") from None
-    return parse(raw, path)
+    topo = parse(raw, path)
+    topo.text = text
+    return topo
 
 
 def parse(raw: Any, path: str) -> Topology:
@@ -478,6 +490,9 @@ def parse(raw: Any, path: str) -> Topology:
     if not isinstance(cluster, str):
         _fail(path, "cluster", "must be a string")
     replication, shards, etcd = _parse_replication(path, raw)
+    version = raw.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        _fail(path, "version", f"must be a whole number from 1 (bump it for bin/mesh reshard), got {version!r}")
     nodes = _parse_nodes(path, raw.get("idcs"))
     for name in RESERVED_KEY_NAMES:
         if name in nodes:
@@ -511,6 +526,7 @@ def parse(raw: Any, path: str) -> Topology:
         replication=replication,
         shards=shards,
         etcd=etcd,
+        version=version,
     )
 
 

@@ -214,6 +214,18 @@ REPLICATION_REQUESTS = {
     "snap_req": {"rid": "u64", "shard": "u32", "epoch": "u64"},
 }
 
+# admin -> every node's internal endpoint: a live topology change (nodes/topochange.py;
+# ``phase`` is admit or adopt, ``yaml`` the new topology's text)
+TOPOLOGY_REQUESTS = {"topology": {"rid": "u64", "auth": "str", "phase": "str", "yaml": "str"}}
+
+# admin -> logic: channels handed over to their new owner in a live reshard (nodes/handoff.py;
+# ``channels`` and ``rows`` are checked by the handlers)
+HANDOFF_REQUESTS = {
+    "handoff": {"rid": "u64", "auth": "str", "to": "str", "after": "u64"},
+    "take": {"rid": "u64", "auth": "str"},
+    "handoff_done": {"rid": "u64", "auth": "str", "to": "str"},
+}
+
 # broker's internal endpoint
 BROKER_REQUESTS = {"status": {"rid": "u64"}}
 BROKER_RPC = {**BROKER_REQUESTS,            # a broker's rpc: also deliveries a gateway broker

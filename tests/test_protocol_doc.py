@@ -60,7 +60,8 @@ def test_every_client_request_and_field_is_documented(doc, t):
 
 
 @pytest.mark.parametrize("table", ["LOGIC_REQUESTS", "ROUTER_REQUESTS", "COUNTER_REQUESTS",
-                                   "REPLICATION_REQUESTS", "BROKER_RPC"])
+                                   "REPLICATION_REQUESTS", "BROKER_RPC", "TOPOLOGY_REQUESTS",
+                                   "HANDOFF_REQUESTS"])
 def test_every_internal_request_type_is_documented(doc, table):
     text = section(doc, "Internal protocol (between nodes)")
     for t in getattr(wire, table):

@@ -13,7 +13,8 @@
     bin/mesh channel add NAME UIN...
     bin/mesh channel remove NAME UIN...
     bin/mesh channel show NAME
-    bin/mesh reshard -c NEW --from OLD [--dry-run]   move channels to new owners (logic nodes stopped)
+    bin/mesh reshard -c NEW --from OLD [--dry-run]   move channels to new owners: live while the mesh
+                                                 runs (NEW has a higher version), else offline
 """
 from __future__ import annotations
 
@@ -423,10 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the output is always one JSON line (accepted for symmetry)")
     p.set_defaults(fn=cmd_channel)
     p = sub.add_parser("reshard", help="move channels (members, messages, dedup rows, ids) to their owners "
-                       "under a topology with other logic nodes; every logic node stopped")
+                       "under a topology with other logic nodes: live while the logic nodes run (NEW's "
+                       "version must be higher; start added logic nodes with NEW when told; exit 3 until "
+                       "they run), offline when every logic node is stopped")
     add_config_arg(p)
     p.add_argument("--from", dest="old", required=True, metavar="OLD",
-                   help="the topology the logic nodes last ran with")
+                   help="the topology the mesh runs (or last ran) with")
     p.add_argument("--dry-run", action="store_true", help="print what would move, move nothing")
     p.add_argument("--json", action="store_true", help="one JSON line instead of text")
     p.set_defaults(fn=cmd_reshard)

@@ -1,0 +1,107 @@
+"""A running mesh moves to a newer topology: which changes are allowed, and what a node keeps.
+
+``bin/mesh reshard -c NEW.yaml --from OLD.yaml`` on a running mesh
+(nodes/cli/reshard_cli.py) sends NEW's text to every node in two phases
+(the ``topology`` request every internal endpoint serves, nodes/node.py):
+
+- ``admit``: the node's CURVE allow-list takes NEW's keys too, so a node
+  added by NEW can connect before anyone routes to it (libzmq does not retry
+  a connection whose handshake was refused: a new node started before its
+  key is admitted would stay cut off from that peer);
+- ``adopt``: the node routes, places and admits by NEW from now on.
+
+Only the logic nodes may differ between OLD and NEW (channels move between
+logic nodes of their home IDC; brokers, routers, counters and relays stay),
+``version`` must grow, and only with ``replication: 1`` (replicated shards
+move by etcd leadership and snapshots).  A logic node keeps the topology it
+adopted in its data directory and starts from it while it is newer than
+its config file, so a restart with the old file cannot make it serve, or
+seed empty, a channel it handed over.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from . import topology
+from .topology import Topology, TopologyError
+
+log = logging.getLogger(__name__)
+
+PHASES = ("admit", "adopt")
+KEPT_NAME = "topology.yaml"
+
+
+def _same_nodes(old: Topology, new: Topology, node_type: str) -> bool:
+    def of(topo):
+        return {n.id: (n.idc, tuple(sorted(n.endpoints.items()))) for n in topo.of_type(node_type)}
+    return of(old) == of(new)
+
+
+def check_change(old: Topology, new: Topology) -> None:
+    """Raise TopologyError unless a running mesh on ``old`` may move to ``new``."""
+    where = new.path
+    if new.version <= old.version:
+        raise TopologyError(f"{where}: version {new.version} must be greater than the running "
+                            f"topology's ({old.version}): set `version: {old.version + 1}`")
+    if new.cluster != old.cluster:
+        raise TopologyError(f"{where}: cluster {new.cluster!r} is not the running one ({old.cluster!r})")
+    if new.replicated or old.replicated:
+        raise TopologyError(f"{where}: replication {max(new.replication, old.replication)}: replicated "
+                            "shards move by etcd leadership and snapshots, not by reshard")
+    for node_type in ("broker", "router", "counter", "relay"):
+        if not _same_nodes(old, new, node_type):
+            raise TopologyError(f"{where}: the {node_type}s differ from the running topology's; a live "
+                                "change adds or removes logic nodes only (restart the mesh for others)")
+    if not new.of_type("logic"):
+        raise TopologyError(f"{where}: no logic node left")
+    for spec in new.of_type("logic"):
+        was = old.nodes.get(spec.id)
+        if was is not None and (was.type != "logic" or was.endpoints != spec.endpoints or was.idc != spec.idc):
+            raise TopologyError(f"{where}: logic node {spec.id} changed its endpoints or IDC; add it "
+                                "under a new id instead")
+    for name in set(old.channels) & set(new.channels):
+        if old.home_of(name) != new.home_of(name):
+            raise TopologyError(f"{where}: channel {name!r} would change its home IDC; a channel "
+                                "stays in its IDC")
+
+
+def parse_sent(text: str, running: Topology) -> Topology:
+    """The topology a node was sent, read as if it were its own config file."""
+    return topology.from_text(text, running.path)
+
+
+def kept_path(topo: Topology, node_id: str) -> str:
+    return os.path.join(topo.node_dir(node_id), KEPT_NAME)
+
+
+def keep(topo: Topology, node_id: str) -> None:
+    """Write the adopted topology into the node's data directory (atomically)."""
+    path = kept_path(topo, node_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".new"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(topo.text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def newest(topo: Topology, node_id: str) -> Topology:
+    """``topo``, or the topology this node adopted later if that one is newer."""
+    path = kept_path(topo, node_id)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return topo
+    try:
+        kept = topology.from_text(text, topo.path)
+    except TopologyError as exc:
+        log.error("ignoring %s: %s", path, exc)
+        return topo
+    if kept.version <= topo.version:
+        return topo
+    log.warning("%s: starting from the topology version %d adopted while running (%s has version %d); "
+                "replace that file with it", node_id, kept.version, topo.path, topo.version)
+    return kept

@@ -1,0 +1,149 @@
+"""A live reshard: a logic node is added, then removed, while users send (issue 14).
+
+A one-logic mesh serves channels made at runtime and a YAML one; eight
+users send to them in a closed loop, retrying unknown outcomes with the same
+ctime (bench/failover.py Sender).  ``bin/mesh reshard -c NEW --from OLD``
+first says the new node is not running (exit 3), the node is started with
+NEW, the command is run again and moves the channels NEW gives it; later a
+third topology removes the node again.  Then: every acked message is stored
+exactly once with its acked id, each user's ids only grow, members are
+intact, and a retry of a send acked before the moves gets its original id.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+from bench.failover import Sender
+from conftest import ROOT, MeshHarness, free_ports, write_topology
+from nodes import topology
+from nodes.admin import Admin
+from nodes.mesh import Mesh, wait_for
+
+CHANNELS = [f"room{i}" for i in range(12)]
+USERS = range(1, 9)
+LIMITS = {"rate": 100000, "burst": 100000, "channel_queue": 100000}
+
+
+def reshard(new, old, *extra):
+    return subprocess.run([sys.executable, "-m", "nodes.cli.mesh", "reshard", "-c", new, "--from", old, *extra],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def variant(path, name, version, add_logic=None, drop_logic=None) -> str:
+    raw = yaml.safe_load(open(path))
+    logics = raw["idcs"]["test"]["logics"]
+    if add_logic:
+        rpc, pub = free_ports(2)
+        logics.append({"id": add_logic, "rpc": f"tcp://127.0.0.1:{rpc}", "pub": f"tcp://127.0.0.1:{pub}"})
+    if drop_logic:
+        raw["idcs"]["test"]["logics"] = [n for n in logics if n["id"] != drop_logic]
+    raw["version"] = version
+    out = os.path.join(os.path.dirname(path), name)
+    with open(out, "w") as f:
+        yaml.safe_dump(raw, f)
+    return out
+
+
+def stored(client, channel) -> list:
+    """Every stored message of a channel, by paging sync."""
+    out, after = [], 0
+    while True:
+        page = client.sync(channel, after)
+        out += page["msgs"]
+        if not page["msgs"]:
+            return out
+        after = page["msgs"][-1]["id"]
+
+
+def wait_acks(senders, more: int) -> None:
+    """Until every sender has ``more`` acks beyond what it has now (the load goes on)."""
+    marks = {s: len(s.acked) for s in senders}
+    wait_for(lambda: all(len(s.acked) >= marks[s] + more for s in senders) or any(s.errors for s in senders),
+             60, f"{more} more acks per sender")
+    assert not [e for s in senders for e in s.errors]
+
+
+def test_add_then_remove_a_logic_node_under_load(tmp_path):
+    one = write_topology(tmp_path, brokers=2, logics=1, limits=LIMITS,
+                         channels={"lobby": {"members": list(USERS)}})
+    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
+    three = variant(two, "topology-3.yaml", 3, drop_logic="l2")
+    mesh = MeshHarness(one).start()
+    added = Mesh(two)
+    senders = []
+    try:
+        for name in CHANNELS:
+            mesh.admin.channel("create", name, list(USERS))
+        names = CHANNELS + ["lobby"]
+        moving = sorted(n for n in names if added.topo.logic_for(n) == "l2")
+        staying = [n for n in names if n not in moving]
+        assert moving and staying                                      # some move, not all
+        for uin in USERS:                                              # half on moving channels
+            channel = moving[uin % len(moving)] if uin % 2 else staying[uin % len(staying)]
+            senders.append(Sender(mesh.broker(uin % 2), mesh.token(uin), uin, channel))
+        for s in senders:
+            s.start()
+        wait_acks(senders, 20)
+        before = {s.uin: min(s.acked.items()) for s in senders}
+
+        first = reshard(two, one)                                      # l2 is not running yet
+        assert first.returncode == 3, first.stderr
+        assert "--id l2" in first.stderr
+        added.start(["l2"])
+        added.wait_ready(30, ["l2"])
+        run = reshard(two, one, "--json")
+        assert run.returncode == 0, run.stderr
+        report = json.loads(run.stdout)
+        assert report["live"] is True and report["version"] == 2
+        assert sorted(m["channel"] for m in report["moved"]) == moving
+        assert {(m["from"], m["to"]) for m in report["moved"]} == {("l1", "l2")}
+        wait_acks(senders, 20)                                         # l2 serves the moved ones
+        served = Admin(topology.load(two)).status("l2")
+        assert served["channels"] == len(moving) and served["stored"] > 0
+        mesh.mesh.restart("l1")               # with the old file: it keeps to the version it adopted
+        assert Admin(topology.load(two)).status("l1")["topology_version"] == 2
+        wait_acks(senders, 20)
+
+        back = reshard(three, two, "--json")                           # remove l2, still under load
+        assert back.returncode == 0, back.stderr
+        report = json.loads(back.stdout)
+        assert sorted(m["channel"] for m in report["moved"]) == moving
+        assert {(m["from"], m["to"]) for m in report["moved"]} == {("l2", "l1")}
+        assert Admin(topology.load(two)).status("l2")["channels"] == 0
+        added.close()                                                  # it serves nothing: stop it
+        wait_acks(senders, 20)
+        for s in senders:
+            s.stop.set()
+        for s in senders:
+            s.join(40)
+        check(Admin(topology.load(three)), senders, before, names)
+    finally:
+        for s in senders:
+            s.close()
+        added.close()
+        mesh.close()
+
+
+def check(admin, senders, before, names) -> None:
+    """Exactly once, ids only growing, members intact, a retry gets its original id."""
+    assert not [e for s in senders for e in s.errors]
+    for name in names:
+        assert admin.channel("show", name)["members"] == list(USERS), name
+    for s in senders:
+        mine = [m for m in stored(s.client, s.channel) if m["uin"] == s.uin]
+        texts = [m["text"] for m in mine]
+        assert len(texts) == len(set(texts)), f"uin {s.uin}: a message stored twice"
+        by_text = {m["text"]: m["id"] for m in mine}
+        acked = sorted(s.acked.items())
+        ids = [msg_id for _ctime, msg_id in acked]
+        assert ids == sorted(set(ids)), f"uin {s.uin}: ids went backwards"
+        for n, (_ctime, msg_id) in enumerate(acked, 1):
+            assert by_text.get(f"{s.uin}:{n}") == msg_id, (s.uin, n, msg_id)     # acked = stored
+        ctime, msg_id = before[s.uin]                                  # acked before both moves
+        again = s.client.request({"t": "send", "channel": s.channel, "ctime": ctime, "text": f"{s.uin}:1"})
+        assert again["id"] == msg_id

@@ -1,0 +1,110 @@
+"""Which live topology changes a running mesh takes (nodes/topochange.py), and what a node refuses."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from conftest import MeshHarness, write_topology
+from nodes import auth, topochange, topology, wire
+from nodes.topology import TopologyError
+
+
+def edit(path, name, change) -> str:
+    raw = yaml.safe_load(open(path))
+    change(raw)
+    out = os.path.join(os.path.dirname(path), name)
+    with open(out, "w") as f:
+        yaml.safe_dump(raw, f)
+    return out
+
+
+def add_logic(raw, node_id="l9", port=1):
+    raw["idcs"]["test"]["logics"].append({"id": node_id, "rpc": f"tcp://127.0.0.1:{port}",
+                                          "pub": f"tcp://127.0.0.1:{port + 1}"})
+
+
+@pytest.fixture
+def base(tmp_path):
+    return write_topology(tmp_path, brokers=1, logics=1, channels={"lobby": {"members": [1]}})
+
+
+def bumped(raw, version=2):
+    raw["version"] = version
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda raw: add_logic(raw), "must be greater"),                               # no version bump
+    (lambda raw: (bumped(raw), raw.update(cluster="other")), "cluster"),
+    (lambda raw: (bumped(raw), raw["idcs"]["test"]["brokers"][0].update(client="tcp://127.0.0.1:2")),
+     "brokers differ"),
+    (lambda raw: (bumped(raw), raw["idcs"]["test"]["routers"].append(
+        {"id": "r9", "rpc": "tcp://127.0.0.1:3", "pub": "tcp://127.0.0.1:4"})), "routers differ"),
+    (lambda raw: (bumped(raw), raw["idcs"]["test"]["logics"][0].update(rpc="tcp://127.0.0.1:5")),
+     "changed its endpoints"),
+    (lambda raw: (bumped(raw), raw.update(replication=2), add_logic(raw)), "replication 2"),
+    (lambda raw: (bumped(raw), raw["idcs"]["test"].update(logics=[])), "logic"),
+])
+def test_a_live_change_may_only_add_or_remove_logic_nodes(base, change, why):
+    old = topology.load(base)
+    try:
+        new = topology.load(edit(base, "new.yaml", change))
+    except TopologyError as exc:                     # refused when read already: as good
+        assert why.split()[0] in str(exc) or "logic" in str(exc)
+        return
+    with pytest.raises(TopologyError, match=why):
+        topochange.check_change(old, new)
+
+
+def test_adding_and_removing_a_logic_node_with_a_higher_version_is_allowed(base):
+    old = topology.load(base)
+    new = topology.load(edit(base, "two.yaml", lambda raw: (bumped(raw), add_logic(raw))))
+    topochange.check_change(old, new)
+    back = topology.load(edit(base, "three.yaml", lambda raw: bumped(raw, 3)))
+    topochange.check_change(new, back)
+
+
+def test_the_version_is_a_whole_number_from_one(base):
+    for bad in (0, -1, "2", True, 1.5):
+        with pytest.raises(TopologyError, match="version"):
+            topology.load(edit(base, "bad.yaml", lambda raw: raw.update(version=bad)))
+
+
+def test_a_logic_node_starts_from_the_topology_it_adopted_when_newer(base, tmp_path):
+    old = topology.load(base)
+    new = topology.load(edit(base, "two.yaml", lambda raw: (bumped(raw), add_logic(raw))))
+    assert topochange.newest(old, "l1") is old                      # nothing kept yet
+    topochange.keep(new, "l1")
+    kept = topochange.newest(old, "l1")
+    assert kept.version == 2 and "l9" in kept.nodes and kept.path == old.path
+    later = topology.load(edit(base, "three.yaml", lambda raw: bumped(raw, 3)))
+    assert topochange.newest(later, "l1") is later                  # the file is newer: it wins
+
+
+def test_a_node_refuses_bad_topology_requests_and_keeps_serving(base):
+    mesh = MeshHarness(base).start()
+    try:
+        admin = mesh.admin
+        secret = mesh.topo.read_secret()
+        good = auth.mint(secret, 0, 300, scope="admin")
+        text = open(base).read()
+
+        def ask(node, **fields):
+            msg = dict({"t": "topology", "auth": good, "phase": "adopt", "yaml": text}, **fields)
+            return admin.call(node, msg)
+        assert ask("b1", auth=auth.mint(secret, 1, 300))["code"] == wire.Err.AUTH_FAILED      # user token
+        assert ask("b1", phase="swap")["code"] == wire.Err.BAD_FIELD
+        assert "not valid YAML" in ask("r1", yaml="{")["msg"]
+        other = text + "\n# another file with the same version\n"
+        assert "bump the version" in ask("l1", yaml=other)["msg"]
+        older = yaml.safe_dump(dict(yaml.safe_load(text), version=1, cluster="x"))
+        assert ask("c1", yaml=older)["code"] == wire.Err.BAD_FIELD
+        same = ask("l1")                                            # the running one again: done
+        assert same["t"] == "topology" and same["version"] == 1 and same["leaving"] == {}
+        for node in ("b1", "l1", "r1", "c1"):
+            assert admin.status(node)["topology_version"] == 1
+        client = mesh.client(1, wait_online=False)
+        assert client.request({"t": "send", "channel": "lobby", "ctime": 1, "text": "hi"})["id"] == 1
+    finally:
+        mesh.close()
