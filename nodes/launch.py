@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from . import logs, peerwatch, topology
+from . import logs, peerwatch, topochange, topology
 from .logs import events
 
 PR_SET_PDEATHSIG = 1
@@ -70,7 +70,8 @@ def main(argv=None, node_type: str | None = None, prog: str | None = None) -> in
         args.type = node_type
     logs.setup(args.log_level, args.log_format, args.id)
     try:
-        topo = topology.load(args.config)
+        # a topology adopted while running (bin/mesh reshard) wins over an older file
+        topo = topochange.newest(topology.load(args.config), args.id)
         spec = topo.node(args.id)
     except topology.TopologyError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,7 +31,7 @@ from . import store as keys
 from . import wire
 from .node import INTERNAL_MAX_FRAME, Node
 from .logs import events
-from . import idcfanout, topochange
+from . import idcfanout
 from .handoff import Handoff
 from .presence import PresenceReplica
 from .replication import Replication
@@ -740,7 +740,6 @@ class LogicNode(Node):
     clock = staticmethod(time.time)            # expiries and stored times are wall-clock
 
     def __init__(self, topo, node_id):
-        topo = topochange.newest(topo, node_id)    # a topology adopted while running wins over an older file
         super().__init__(topo, node_id)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox,
                                  on_late=self.on_late_reply)

@@ -224,8 +224,7 @@ class Node:
             old = self.topo
             self.security.adopt(new)
             self.topo, self._idc_of = new, None
-            if self.store is not None:
-                topochange.keep(new, self.id)
+            topochange.keep(new, self.id)      # a restart with the old file starts from this
             log.info("%s %s runs topology version %d now (was %d)", self.type, self.id, new.version, old.version)
             extra = self.on_topology(old, new) or {}
         else:

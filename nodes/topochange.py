@@ -13,10 +13,12 @@
 Only the logic nodes may differ between OLD and NEW (channels move between
 logic nodes of their home IDC; brokers, routers, counters and relays stay),
 ``version`` must grow, and only with ``replication: 1`` (replicated shards
-move by etcd leadership and snapshots).  A logic node keeps the topology it
+move by etcd leadership and snapshots).  Every node keeps the topology it
 adopted in its data directory and starts from it while it is newer than
-its config file, so a restart with the old file cannot make it serve, or
-seed empty, a channel it handed over.
+its config file (nodes/launch.py): a restart with the old file (by the
+supervisor, say) cannot make a logic node serve, or seed empty, a channel it
+handed over, a broker route to the old owner, or a router refuse the key of
+a logic node added since.
 """
 from __future__ import annotations
 
