@@ -1,0 +1,112 @@
+"""The logic node's side of a live reshard on the cores alone (no sockets): adopt, page out,
+take in, delete (nodes/handoff.py)."""
+from __future__ import annotations
+
+import pytest
+
+from nodes import auth, handoff, topology, wire
+from nodes.logic import LogicCore
+from nodes.store import Store
+from test_cores import OnlineAll, Out, send, turn
+
+SECRET = b"secret-secret-secret"
+
+
+def topo_with(tmp_path, logics, version):
+    ep = iter(range(20000, 20100))
+    raw = {"local": True, "data_dir": str(tmp_path), "version": version,
+           "channels": {"lobby": {"members": [1, 2, 3]}},
+           "idcs": {"a": {"brokers": [{"id": "b1", "client": "tcp://127.0.0.1:1", "rpc": "tcp://127.0.0.1:2"}],
+                          "logics": [{"id": n, "rpc": f"tcp://127.0.0.1:{next(ep)}",
+                                      "pub": f"tcp://127.0.0.1:{next(ep)}"} for n in logics],
+                          "routers": [{"id": "r", "rpc": "tcp://127.0.0.1:5", "pub": "tcp://127.0.0.1:6"}],
+                          "counters": [{"id": "c", "rpc": "tcp://127.0.0.1:7"}]}}}
+    return topology.parse(raw, str(tmp_path / "t.yaml"))
+
+
+def core_of(tmp_path, node_id, topo):
+    out, store = Out(), Store(str(tmp_path / node_id))
+    core = LogicCore(node_id, topo, store, OnlineAll(), out, SECRET)
+    core.load()
+    return core, out, store
+
+
+def admin(**fields):
+    return dict({"rid": 1, "auth": auth.mint(SECRET, 0, 300, scope="admin")}, **fields)
+
+
+def test_a_channel_moves_with_its_ids_dedup_and_members(tmp_path, monkeypatch):
+    one, two = topo_with(tmp_path, ["l1"], 1), topo_with(tmp_path, ["l1", "l2"], 2)
+    name = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2")
+    stay = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l1")
+    src, src_out, src_store = core_of(tmp_path, "l1", one)
+    for channel in (name, stay):
+        src.channel_create(admin(channel=channel, members=[1, 2]))
+        src.on_ids(channel, 1, 1001)
+    for n in range(1, 31):
+        send(src, 1, 100 + n, f"m{n}", channel=name, rid=n)
+    turn(src, src_store)
+    assert [m["id"] for _i, m in src_out.replies][-1] == 30
+    assert send(src, 2, 500, "waiting", channel=name, rid=99) is None     # not stored yet
+
+    dst, dst_out, dst_store = core_of(tmp_path, "l2", two)
+    leaving = src.adopt(two)
+    assert leaving[name] == "l2" and stay not in leaving
+    moving = sorted(leaving)
+    assert src_out.replies[-1][1]["code"] == wire.Err.UNAVAILABLE          # the waiting send: unknown
+    with pytest.raises(wire.ProtocolError) as exc:
+        send(src, 1, 101, "m1", channel=name)
+    assert exc.value.code == wire.Err.WRONG_OWNER
+    heads = src.heads({"rid": 1, "uin": 1, "channels": {name: 0, stay: 0}}, 0.0)
+    assert heads["unavailable"] == [name] and stay in heads["heads"]
+    assert send(src, 1, 900, "still", channel=stay) is None                # the others are served
+    turn(src, src_store)
+    assert src_out.replies[-1][1]["t"] == "ack"
+
+    monkeypatch.setattr(handoff, "PAGE_BYTES", 200)                        # several pages
+    out_side, in_side = handoff.Handoff(src, src_store), handoff.Handoff(dst, dst_store)
+    after, first, pages = 0, True, 0
+    while True:
+        page = out_side.handle_handoff(b"", admin(to="l2", after=after))
+        assert page["channels"] == moving
+        last = page["next"] == 0
+        in_side.handle_take(b"", admin(channels=moving, rows=page["rows"], first=first, last=last))
+        dst_store.flush()
+        first, after, pages = False, page["next"], pages + 1
+        if last:
+            break
+    assert pages > 2
+    done = out_side.handle_done(b"", admin(to="l2", channels=moving))
+    src_store.flush()
+    assert done["channels"] == len(moving) and name not in src.channels and src.leaving() == {}
+    held = {k[2:2 + k[1]].decode() for k, _v in src_store.scan(b"m")}
+    assert held == {stay}                                                  # its messages are gone here
+
+    assert dst.channels[name].members == {1, 2}
+    assert send(dst, 1, 105, "m5", channel=name)["id"] == 5                 # a retry: its original id
+    assert send(dst, 2, 500, "waiting", channel=name, rid=7) is None        # never stored: new
+    turn(dst, dst_store)
+    assert dst_out.replies[-1][1]["id"] == 31                              # ids go on from 30
+    sync = dst.sync({"rid": 1, "uin": 1, "channel": name, "after": 0}, 0.0)
+    assert [m["id"] for m in sync["msgs"]] == list(range(1, 32))
+
+
+def test_take_refuses_what_is_not_its_own_and_bad_rows(tmp_path):
+    two = topo_with(tmp_path, ["l1", "l2"], 2)
+    dst, _out, dst_store = core_of(tmp_path, "l2", two)
+    side = handoff.Handoff(dst, dst_store)
+    theirs = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l1")
+    with pytest.raises(wire.ProtocolError) as exc:
+        side.handle_take(b"", admin(channels=[theirs], rows=[], first=True, last=True))
+    assert exc.value.code == wire.Err.WRONG_OWNER
+    mine = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2")
+    for rows in ([["k", "v"]], [[b"", b"v"]], [[b"zz", b"v"]], "rows"):
+        with pytest.raises(wire.ProtocolError) as exc:
+            side.handle_take(b"", admin(channels=[mine], rows=rows))
+        assert exc.value.code == wire.Err.BAD_FIELD
+    with pytest.raises(wire.ProtocolError) as exc:
+        side.handle_take(b"", admin(channels=["bad name!"], rows=[]))
+    assert exc.value.code == wire.Err.BAD_CHANNEL
+    with pytest.raises(wire.ProtocolError) as exc:
+        side.handle_take(b"", {"rid": 1, "auth": auth.mint(SECRET, 5, 300), "channels": [mine]})
+    assert exc.value.code == wire.Err.AUTH_FAILED
