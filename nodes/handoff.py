@@ -21,6 +21,8 @@ from its old owner only after its new owner loaded it.
 """
 from __future__ import annotations
 
+import itertools
+
 from . import auth, shards, wire
 
 PAGE_BYTES = 1 << 20
@@ -46,12 +48,43 @@ def _rows(value) -> list:
     return value
 
 
+class Outgoing:
+    """The rows of the channels going to one new owner, read page by page."""
+
+    def __init__(self, store, names):
+        self.names, self.position, self.done = names, 0, not names
+        wanted = set(names).__contains__
+        self._rows = itertools.chain(shards.channel_rows(store, wanted), store.scan(b"d")) if names else iter(())
+        self._next = None
+        self._advance()
+
+    def _advance(self) -> None:
+        self._next = next(self._rows, None)
+        if self._next is None:
+            self.done = True
+
+    def skip(self, n: int) -> None:
+        while n > self.position and not self.done:
+            self.position += 1
+            self._advance()
+
+    def page(self, page_bytes: int) -> list:
+        rows, size = [], 0
+        while not self.done and size < page_bytes:
+            key, value = self._next
+            rows.append([key, value])
+            size += len(key) + len(value)
+            self.position += 1
+            self._advance()
+        return rows
+
+
 class Handoff:
     """Pages out the channels this node no longer serves; takes in those it now serves."""
 
     def __init__(self, core, store):
         self.core, self.store = core, store
-        self.outgoing = {}                    # new owner -> (channel names, rows), built on page 0
+        self.outgoing = {}                    # new owner -> Outgoing
 
     def handlers(self) -> dict:
         return {"handoff": self.handle_handoff, "take": self.handle_take, "handoff_done": self.handle_done}
@@ -60,21 +93,18 @@ class Handoff:
         auth.verify(self.core.secret, msg["auth"], scope="admin")
 
     def handle_handoff(self, _ident, msg, _now=None) -> dict:
-        """A page of the rows going to ``to``: {channels, rows, next (0: the last page)}."""
+        """A page of the rows going to ``to``: {channels, rows, next (0: the last page)}.  The
+        rows are read by one iterator kept between pages (memory: one page, not the move)."""
         self._verify(msg)
         to, after = msg["to"], msg["after"]
-        if after == 0 or to not in self.outgoing:
-            names = sorted(n for n, owner in self.core.leaving().items() if owner == to)
-            wanted = set(names).__contains__
-            rows = [[k, v] for k, v in shards.channel_rows(self.store, wanted)] if names else []
-            self.outgoing[to] = (names, rows + (shards.dedup_rows(self.store) if names else []))
-        names, rows = self.outgoing[to]
-        page, size, end = [], 0, after
-        while end < len(rows) and size < PAGE_BYTES:
-            page.append(rows[end])
-            size += len(rows[end][0]) + len(rows[end][1])
-            end += 1
-        return wire.reply("handoff", msg["rid"], channels=names, rows=page, next=end if end < len(rows) else 0)
+        out = self.outgoing.get(to)
+        if out is None or after == 0 or out.position != after:
+            out = self.outgoing[to] = Outgoing(self.store, sorted(
+                n for n, owner in self.core.leaving().items() if owner == to))
+            out.skip(after)                    # a page asked again: start over and skip to it
+        page = out.page(PAGE_BYTES)
+        return wire.reply("handoff", msg["rid"], channels=out.names, rows=page,
+                          next=0 if out.done else out.position)
 
     def handle_take(self, _ident, msg, _now=None) -> dict:
         """Rows of channels this node serves now.  ``first``: what it held of them is cleared;
