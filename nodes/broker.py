@@ -431,8 +431,7 @@ class BrokerNode(Node):
         super().__init__(topo, node_id)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
         self.logics = self.peers("logic")
-        on_link_down(self, {n: sock for n, sock in self.logics.items()      # the WAN ones: heartbeats
-                            if topo.node(n).idc != self.spec.idc}, self.on_logic_link_down)
+        self._watch_logic_links(self.logics)
         self.routers = self.peers("router")
         self.core = BrokerCore(node_id, topo, topo.read_secret(), self, self.clock(), self.spec.idc)
         self.sub = self.subscribe("logic", wire.topic(node_id), self.on_delivery)
@@ -555,10 +554,17 @@ class BrokerNode(Node):
         self.on_delivery({"t": "msgs", "items": items})
         return wire.reply("ok", msg["rid"], n=len(items))
 
+    def _watch_logic_links(self, socks: dict) -> None:
+        """Fail requests at once when the link to one of these logic nodes drops."""
+        on_link_down(self, {n: sock for n, sock in socks.items()        # the WAN ones: heartbeats
+                            if self.topo.node(n).idc != self.spec.idc}, self.on_logic_link_down)
+
     def on_topology(self, old, new):
         """A live reshard (nodes/topochange.py): route by the new topology, talk to its logic nodes."""
         self.core.topo = new
+        before = dict(self.logics)
         self.refresh_peers(self.logics, "logic")
+        self._watch_logic_links({n: s for n, s in self.logics.items() if n not in before})
         self.resubscribe(self.sub, old, "logic")
         return None
 
@@ -567,6 +573,8 @@ class BrokerNode(Node):
         peer): it is down until its next tick arrives; what waits on it is answered UNAVAILABLE
         now.  (Inside an IDC a link drops when the node dies: its ticks stop, or it said it
         stops; a reconnect flap there must not fail requests.)"""
+        if logic_id not in self.logics:
+            return                             # left the topology (a live reshard)
         self.core.heard[logic_id] = float("-inf")
         self.requests.fail_peer(self.logics[logic_id], f"lost the link to logic {logic_id}; retry")
 
