@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from . import logs, peerwatch, topochange, topology
 from .logs import events
@@ -89,7 +90,9 @@ def main(argv=None, node_type: str | None = None, prog: str | None = None) -> in
     profile_dir = os.environ.get("IMESH_PROFILE")
     if profile_dir:                            # bin/bench e2e --profile: where the CPU goes
         import cProfile
-        profiler = cProfile.Profile()
+        # the main thread's CPU, not wall time: on a busy machine a send that wakes libzmq's I/O
+        # thread is often preempted, and wall time would charge that wait to the send
+        profiler = cProfile.Profile(time.thread_time)
         try:
             profiler.runcall(node.run)
         finally:
