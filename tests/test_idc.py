@@ -50,7 +50,9 @@ def test_same_idc_chat_crosses_no_wan_and_acks_fast(idc):
     assert sorted(m["id"] for m in got) == sorted(s["id"] for s in sends)
     assert idc.bed.link.crossed(mark) == 0                  # not one copy crossed the WAN
     acks = sorted(s["ms"] for s in sends)
-    assert acks[len(acks) // 2] < 5.0, acks                 # p50 ack in the home IDC
+    # no WAN round trip in the ack path (one is 40 ms here); the figure itself (about 1 ms) is
+    # bin/bench idc's same_idc_ack_p50_ms: timings are measured in benchmarks, not asserted
+    assert acks[len(acks) // 2] < 2 * 1000 * idc.bed.delay, acks
 
 
 def test_a_cross_idc_delivery_crosses_once(idc):
