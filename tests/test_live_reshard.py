@@ -108,6 +108,9 @@ def test_add_then_remove_a_logic_node_under_load(tmp_path):
         for node in ("l1", "b1", "r1"):       # restarted with the old file: they keep to version 2
             mesh.mesh.restart(node)
             assert Admin(topology.load(two)).status(node)["topology_version"] == 2
+        status = subprocess.run([sys.executable, "-m", "nodes.cli.mesh", "status", "-c", one], text=True,
+                                capture_output=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+        assert "topology version 2 (this file: 1)" in status.stdout, status.stdout
         wait_acks(senders, 20)
 
         back = reshard(three, two, "--json")                           # remove l2, still under load

@@ -211,6 +211,9 @@ def cmd_status(args) -> int:
             extra = f"pid {row['pid']}" if row["up"] else ""
             if row.get("restarts"):
                 extra += f"  restarts {row['restarts']} (last exit {row['last_exit']})"
+            version = (row["status"] or {}).get("topology_version", topo.version)
+            if version != topo.version:           # a live reshard this file does not have (yet)
+                extra += f"  topology version {version} (this file: {topo.version})"
             print(f"{state} {row['type']:8} {row['id']:12} {extra}".rstrip())
             for shard, info in ((row["status"] or {}).get("shards") or {}).items():
                 print(f"       shard {shard:>5} leader {info['leader']} epoch {info['epoch']} "
