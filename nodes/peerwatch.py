@@ -1,20 +1,105 @@
-"""Log node-to-node connection changes: a ZeroMQ socket monitor on every outgoing socket.
+"""Node-to-node connections: log their changes, and connect again where libzmq gave one up.
 
 A node's DEALER and SUB sockets connect to other nodes; libzmq reports on a
 monitor socket when such a connection comes up or goes down.  The monitors
 are drained by a loop timer (twice a second), not on the message path, and
 every change is logged through the sampled ``events.peer`` with the peer's
 node id from the topology.
+
+libzmq reconnects a dropped connection by itself: EVENT_CONNECT_RETRIED
+follows EVENT_DISCONNECTED at once.  Not after a protocol error in the
+handshake: a CURVE client whose peer answered something that is not ZMTP 3
+has its session ended for good -- no retry, no pipe to that endpoint any more,
+every NOBLOCK send on a DEALER with no other peer raises EAGAIN, forever, and
+a SUB hears nothing from that publisher again.  Measured (tests/test_ha_partition.py
+with ZMTP heartbeats inside the IDC): the heartbeat dropped the connection
+during the cut, the reconnect went out by the default route (the cut link's
+subnet route was gone) to a proxy that answered "HTTP/1.1 400", and after
+the heal the new leader could never reach the old one.  Anything on a node's
+port that is not a node (a port reused while it was down, a middlebox) does
+the same.  ``Relinker`` sees a disconnect that no retry followed and
+connects that endpoint again, as long as it takes.
 """
 from __future__ import annotations
+
+import logging
+import socket
+import time
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from .logs import events
 
+log = logging.getLogger(__name__)
+
 EVENTS = {zmq.EVENT_CONNECTED: "up", zmq.EVENT_DISCONNECTED: "down"}
+MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 DRAIN_EVERY = 0.5          # seconds
+GIVEN_UP = 1.0             # seconds after a disconnect that no retry followed: libzmq gave up
+
+
+class Relinker:
+    """Connect again every (socket, endpoint) libzmq stopped reconnecting (see the module doc)."""
+
+    def __init__(self, security):
+        self.security = security            # connects as a CURVE client of the node bound there
+        self.endpoints = {}                 # socket -> endpoints it was connected to
+        self.dropped = {}                   # (socket, endpoint) -> when it dropped, until retried
+        self.relinked = 0                   # connections made again (status, tests)
+
+    def connect(self, sock: zmq.Socket, endpoint: str) -> None:
+        """Connect ``sock`` to a node's endpoint, and remember it for connecting again."""
+        self.security.connect(sock, endpoint)
+        self.endpoints.setdefault(sock, []).append(endpoint)
+
+    def event(self, sock: zmq.Socket, event: int, reported: str, now: float) -> None:
+        """A monitor event of ``sock`` about the endpoint libzmq reports as ``reported``."""
+        endpoint = self._connected_as(sock, reported)
+        if endpoint is None:
+            return
+        if event == zmq.EVENT_DISCONNECTED:
+            self.dropped[(sock, endpoint)] = now
+        elif event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECTED):
+            self.dropped.pop((sock, endpoint), None)
+
+    def check(self, now: float) -> int:
+        """Connect again what dropped ``GIVEN_UP`` ago with no retry since; how many."""
+        given_up = [key for key, when in self.dropped.items() if now - when >= GIVEN_UP]
+        for sock, endpoint in given_up:
+            del self.dropped[(sock, endpoint)]
+            if sock.closed:
+                continue
+            log.warning("libzmq gave up the connection to %s (handshake protocol error: not a node "
+                        "answered there); connecting again", endpoint)
+            try:
+                sock.disconnect(endpoint)       # forget the ended session, or connect would add a second
+            except zmq.ZMQError:
+                pass
+            self.security.connect(sock, endpoint)
+            self.relinked += 1
+        return len(given_up)
+
+    def _connected_as(self, sock, reported: str):
+        """The endpoint ``sock`` was connected with that libzmq reports as ``reported`` (it
+        reports host names resolved); None if it is not one of them."""
+        endpoints = self.endpoints.get(sock, ())
+        if reported in endpoints:
+            return reported
+        for endpoint in endpoints:
+            host, _, port = endpoint.rpartition(":")
+            if reported.endswith(":" + port) and _resolved(host) == reported.rpartition(":")[0]:
+                return endpoint
+        return None
+
+
+def _resolved(host: str) -> str:
+    """``tcp://name`` as ``tcp://address`` (as monitor events report it)."""
+    scheme, _, name = host.rpartition("//")
+    try:
+        return f"{scheme}//{socket.gethostbyname(name)}"
+    except OSError:
+        return host
 
 
 def endpoint_owners(topo) -> dict:
@@ -22,27 +107,34 @@ def endpoint_owners(topo) -> dict:
     return {ep: spec.id for spec in topo.nodes.values() for ep in spec.endpoints.values()}
 
 
+def on_event(node, sock, frames, owners: dict) -> str | None:
+    """One monitor message of ``sock``: logged and told to the node's Relinker; the state it
+    reports ("up", "down") or None."""
+    event = parse_monitor_message(frames)
+    endpoint = event["endpoint"].decode(errors="replace")
+    node.relinker.event(sock, event["event"], endpoint, time.monotonic())
+    state = EVENTS.get(event["event"])
+    if state is not None:
+        events.peer(owners.get(endpoint, endpoint), state, node=node.id, endpoint=endpoint)
+    return state
+
+
 def watch_peers(node) -> list:
-    """Attach monitors to the node's connecting sockets; the monitor sockets."""
+    """Attach monitors to the node's connecting sockets; the monitor sockets.  The same timer
+    connects again what libzmq gave up, on these sockets and on nodes/linkwatch.py's."""
     owners = endpoint_owners(node.topo)
-    monitors = [sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-                for sock in list(node.loop.handlers) if sock.type in (zmq.DEALER, zmq.SUB)
-                and sock not in node.linked]                # nodes/linkwatch.py has its own
+    watched = [sock for sock in list(node.loop.handlers) if sock.type in (zmq.DEALER, zmq.SUB)
+               and sock not in node.linked]                # nodes/linkwatch.py has its own
+    monitors = [(sock, sock.get_monitor_socket(MONITORED)) for sock in watched]
 
     def drain():
-        for mon in monitors:
+        for sock, mon in monitors:
             while True:
                 try:
                     frames = mon.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                event = parse_monitor_message(frames)
-                state = EVENTS.get(event["event"])
-                if state is None:
-                    continue
-                endpoint = event["endpoint"].decode(errors="replace")
-                peer = owners.get(endpoint, endpoint)
-                events.peer(peer, state, node=node.id, endpoint=endpoint)
-    if monitors:
-        node.loop.every(DRAIN_EVERY, drain)
-    return monitors
+                on_event(node, sock, frames, owners)
+        node.relinker.check(time.monotonic())
+    node.loop.every(DRAIN_EVERY, drain)
+    return [mon for _sock, mon in monitors]
