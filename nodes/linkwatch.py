@@ -10,17 +10,17 @@ its request timeout or for the peer's ticks to go stale.
 """
 from __future__ import annotations
 
-from .peerwatch import MONITORED, endpoint_owners, on_event
+from .peerwatch import endpoint_owners, on_event
 
 
 def on_link_down(node, socks: dict, down) -> list:
-    """Watch ``socks`` ({peer id: connected socket}); ``down(peer id)`` on each disconnect.
-    These sockets' changes are logged, and told to the node's Relinker, here (nodes/peerwatch.py
-    skips them: a socket has one monitor)."""
+    """Watch ``socks`` ({peer id: socket connected by the node's Relinker}); ``down(peer id)`` on
+    each disconnect.  These sockets' monitors are drained here, in the poll loop, and their
+    changes logged and told to the Relinker (nodes/peerwatch.py skips them)."""
     owners = endpoint_owners(node.topo)
     monitors = []
     for peer, sock in socks.items():
-        mon = sock.get_monitor_socket(MONITORED)
+        mon = node.relinker.monitors[sock]
         node.linked.add(sock)
 
         def on_frames(frames, peer=peer, sock=sock):

@@ -1,10 +1,12 @@
 """Node-to-node connections: log their changes, and connect again where libzmq gave one up.
 
 A node's DEALER and SUB sockets connect to other nodes; libzmq reports on a
-monitor socket when such a connection comes up or goes down.  The monitors
-are drained by a loop timer (twice a second), not on the message path, and
-every change is logged through the sampled ``events.peer`` with the peer's
-node id from the topology.
+monitor socket when such a connection comes up or goes down.  The monitor
+is put on before the first connect (``Relinker.connect``: events of a
+connection made before it would be lost); ``watch_peers`` drains them with a
+loop timer (twice a second), not on the message path, and every change is
+logged through the sampled ``events.peer`` with the peer's node id from the
+topology.
 
 libzmq reconnects a dropped connection by itself: EVENT_CONNECT_RETRIED
 follows EVENT_DISCONNECTED at once.  Not after a protocol error in the
@@ -45,11 +47,14 @@ class Relinker:
     def __init__(self, security):
         self.security = security            # connects as a CURVE client of the node bound there
         self.endpoints = {}                 # socket -> endpoints it was connected to
+        self.monitors = {}                  # socket -> its monitor socket (a socket has one)
         self.dropped = {}                   # (socket, endpoint) -> when it dropped, until retried
         self.relinked = 0                   # connections made again (status, tests)
 
     def connect(self, sock: zmq.Socket, endpoint: str) -> None:
         """Connect ``sock`` to a node's endpoint, and remember it for connecting again."""
+        if sock not in self.monitors:
+            self.monitors[sock] = sock.get_monitor_socket(MONITORED)
         self.security.connect(sock, endpoint)
         self.endpoints.setdefault(sock, []).append(endpoint)
 
@@ -120,12 +125,11 @@ def on_event(node, sock, frames, owners: dict) -> str | None:
 
 
 def watch_peers(node) -> list:
-    """Attach monitors to the node's connecting sockets; the monitor sockets.  The same timer
+    """Drain the monitors of the node's connecting sockets; the monitor sockets.  The same timer
     connects again what libzmq gave up, on these sockets and on nodes/linkwatch.py's."""
     owners = endpoint_owners(node.topo)
-    watched = [sock for sock in list(node.loop.handlers) if sock.type in (zmq.DEALER, zmq.SUB)
-               and sock not in node.linked]                # nodes/linkwatch.py has its own
-    monitors = [(sock, sock.get_monitor_socket(MONITORED)) for sock in watched]
+    monitors = [(sock, mon) for sock, mon in node.relinker.monitors.items()
+                if sock not in node.linked]                # nodes/linkwatch.py drains its own
 
     def drain():
         for sock, mon in monitors:
