@@ -11,6 +11,9 @@ test_a_connection_that_reached_no_node_is_made_again: the other way libzmq
 stops reconnecting (nodes/peerwatch.py): a node's first connections reach
 something that answers HTTP instead of ZMTP; once the real node binds there,
 the mesh works.  Loopback only, no root.
+
+The last test is one node object in this process: a request that cannot
+leave fails at once.
 """
 from __future__ import annotations
 
@@ -20,12 +23,15 @@ import time
 
 import pytest
 import yaml
+import zmq
 
 from conftest import MeshHarness
 from netcut import ip, netns  # noqa: F401  (netns: the fixture)
 from nodes.client import Client, ClientError
 from nodes.localtopo import write_topology
 from nodes.mesh import wait_for
+from nodes.node import Node
+from nodes.rpc import Requests
 from nodes.topology import load
 from nodes import wire
 
@@ -155,3 +161,33 @@ def test_a_connection_that_reached_no_node_is_made_again(tmp_path):
         for fake in fakes:
             fake.close()
         h.close()
+
+
+def test_a_request_that_cannot_leave_fails_at_once_and_its_answer_leaves_in_the_same_flush(tmp_path):
+    """A DEALER no connection takes a frame from (libzmq gave it up): the request waiting on it
+    is answered UNAVAILABLE when the send fails, not at its timeout, and what that answer queues
+    (a client's reply, here on a PAIR) is sent by the same flush."""
+    topo = load(write_topology(tmp_path, brokers=1, logics=1, curve=False))
+
+    class Probe(Node):
+        type = "counter"
+        needs_store = False
+    node = Probe(topo, "c1")
+    try:
+        node.requests = Requests(60.0, 1 << 20, node.outbox)
+        nowhere = node.ctx.socket(zmq.DEALER)          # no pipe: every NOBLOCK send raises EAGAIN
+        client_end, answers = node.ctx.socket(zmq.PAIR), node.ctx.socket(zmq.PAIR)
+        answers.bind("inproc://answers")
+        client_end.connect("inproc://answers")
+        got = []
+
+        def on_reply(reply):
+            got.append(reply)
+            node.outbox.put(client_end, None, wire.pack(reply))
+        node.requests.send(nowhere, {"t": "send"}, on_reply)
+        node.outbox.flush()
+        assert [r.get("code") for r in got] == [wire.Err.UNAVAILABLE] and len(node.requests) == 0
+        assert answers.poll(1000), "the answer waited for another flush"
+        assert wire.unpack_many(answers.recv(), 1 << 20, 16)[0]["code"] == wire.Err.UNAVAILABLE
+    finally:
+        node.close()
