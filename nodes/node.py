@@ -15,6 +15,7 @@ import time
 import zmq
 
 from . import curve, wire
+from .logs import events
 from .dispatch import Dispatcher
 from .loop import Loop
 from .store import Store
@@ -186,7 +187,7 @@ class Node:
         failed = 0
         if key is None and self.requests is not None:
             failed = self.requests.fail_peer(sock, "could not send to the owning node (no connection); retry")
-        log.warning("send to a peer failed (%s); message(s) dropped, %d request(s) failed", exc, failed)
+        events.emit("send_failed", exc.errno, logging.WARNING, error=str(exc), requests_failed=failed)
 
     def _end_turn(self) -> None:
         self.before_flush()

@@ -33,7 +33,6 @@ from zmq.utils.monitor import parse_monitor_message
 
 from .logs import events
 
-log = logging.getLogger(__name__)
 
 EVENTS = {zmq.EVENT_CONNECTED: "up", zmq.EVENT_DISCONNECTED: "down"}
 MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
@@ -49,7 +48,8 @@ class Relinker:
         self.endpoints = {}                 # socket -> endpoints it was connected to
         self.monitors = {}                  # socket -> its monitor socket (a socket has one)
         self.dropped = {}                   # (socket, endpoint) -> when it dropped, until retried
-        self.relinked = 0                   # connections made again (status, tests)
+        self.relinked = 0                   # connections made again
+        self._addresses = {}                # endpoint -> the same with its host resolved (once)
 
     def connect(self, sock: zmq.Socket, endpoint: str) -> None:
         """Connect ``sock`` to a node's endpoint, and remember it for connecting again."""
@@ -75,8 +75,8 @@ class Relinker:
             del self.dropped[(sock, endpoint)]
             if sock.closed:
                 continue
-            log.warning("libzmq gave up the connection to %s (handshake protocol error: not a node "
-                        "answered there); connecting again", endpoint)
+            events.emit("relink", endpoint, logging.WARNING, endpoint=endpoint,     # sampled: may repeat
+                        why="no reconnect after a disconnect (a handshake failed for good: not a node there?)")
             try:
                 sock.disconnect(endpoint)       # forget the ended session, or connect would add a second
             except zmq.ZMQError:
@@ -92,19 +92,21 @@ class Relinker:
         if reported in endpoints:
             return reported
         for endpoint in endpoints:
-            host, _, port = endpoint.rpartition(":")
-            if reported.endswith(":" + port) and _resolved(host) == reported.rpartition(":")[0]:
+            if endpoint not in self._addresses:
+                self._addresses[endpoint] = _resolved(endpoint)
+            if self._addresses[endpoint] == reported:
                 return endpoint
         return None
 
 
-def _resolved(host: str) -> str:
-    """``tcp://name`` as ``tcp://address`` (as monitor events report it)."""
-    scheme, _, name = host.rpartition("//")
+def _resolved(endpoint: str) -> str:
+    """``tcp://name:port`` as ``tcp://address:port`` (as monitor events report it)."""
+    scheme, _, rest = endpoint.partition("://")
+    name, _, port = rest.rpartition(":")
     try:
-        return f"{scheme}//{socket.gethostbyname(name)}"
+        return f"{scheme}://{socket.gethostbyname(name)}:{port}"
     except OSError:
-        return host
+        return endpoint
 
 
 def endpoint_owners(topo) -> dict:
