@@ -10,29 +10,22 @@ its request timeout or for the peer's ticks to go stale.
 """
 from __future__ import annotations
 
-import zmq
-from zmq.utils.monitor import parse_monitor_message
-
-from .logs import events
-from .peerwatch import EVENTS
+from .peerwatch import endpoint_owners, on_event
 
 
 def on_link_down(node, socks: dict, down) -> list:
-    """Watch ``socks`` ({peer id: connected socket}); ``down(peer id)`` on each disconnect.
-    These sockets' changes are logged here (nodes/peerwatch.py skips them: one monitor each)."""
+    """Watch ``socks`` ({peer id: socket connected by the node's Relinker}); ``down(peer id)`` on
+    each disconnect.  These sockets' monitors are drained here, in the poll loop, and their
+    changes logged and told to the Relinker (nodes/peerwatch.py skips them)."""
+    owners = endpoint_owners(node.topo)
     monitors = []
     for peer, sock in socks.items():
-        mon = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        mon = node.relinker.monitors[sock]
         node.linked.add(sock)
 
-        def on_event(frames, peer=peer):
-            event = parse_monitor_message(frames)
-            state = EVENTS.get(event["event"])
-            if state is None:
-                return
-            events.peer(peer, state, node=node.id, endpoint=event["endpoint"].decode(errors="replace"))
-            if state == "down":
+        def on_frames(frames, peer=peer, sock=sock):
+            if on_event(node, sock, frames, owners) == "down":
                 down(peer)
-        node.loop.add(mon, on_event)
+        node.loop.add(mon, on_frames)
         monitors.append(mon)
     return monitors

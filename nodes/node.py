@@ -15,30 +15,34 @@ import time
 import zmq
 
 from . import auth, curve, topochange, wire
+from .logs import events
 from .dispatch import Dispatcher
 from .loop import Loop
 from .store import Store
 from .topology import Topology, TopologyError
 from .outbox import Outbox
+from .peerwatch import Relinker
 
 log = logging.getLogger(__name__)
 
 INTERNAL_MAX_FRAME = 64 * 1024 * 1024     # what we accept from our own nodes (replies, PUB)
 
-# ZMTP heartbeats on every connection to a node of another IDC (docs/ha.md "Partitions heal
+# ZMTP heartbeats on every node-to-node connection, both ends (docs/ha.md "Partitions heal
 # fast"): a PING every HEARTBEAT_IVL; no traffic for HEARTBEAT_TIMEOUT drops the connection, so a
-# cut WAN link is noticed in under a second (not after TCP's retransmission timeouts) and the
-# connecting side reconnects every RECONNECT_IVL_MAX at most, so a healed link carries traffic
-# again within about a second.  Not inside an IDC: there a heartbeat-dropped connection in the
-# middle of a follower's catch-up left it stuck after a partition (tests/test_ha_partition.py;
-# docs/ha.md "Known limits"), while TCP kept the connection through the cut.
+# cut link or a frozen peer is noticed in under a second (not after TCP's retransmission timeouts,
+# and by the bound ROUTER/PUB too, which drops the dead peer's pipe) and the connecting side
+# reconnects every RECONNECT_IVL_MAX at most, so a healed link carries traffic again within about
+# a second.  A dropped DEALER keeps its queue (ZMQ_IMMEDIATE off): a reconnect flap loses at most
+# the frame on the wire.  A reconnect that reaches something that is not a node ends libzmq's
+# session for good; nodes/peerwatch.py's Relinker connects again (that was why heartbeats inside
+# an IDC once left a healed follower unreachable: tests/test_ha_partition.py).
 HEARTBEAT_IVL_MS = 200
 HEARTBEAT_TIMEOUT_MS = 600
 HEARTBEAT_TTL_MS = 1000       # what we ask the peer to wait for our traffic (sent in our PINGs)
 
 
 def node_heartbeats(sock: zmq.Socket) -> None:
-    """Turn on ZMTP heartbeats on a socket connecting to a node of another IDC (client-facing
+    """Turn on ZMTP heartbeats on a node-to-node socket, connecting or bound (client-facing
     sockets keep their own session heartbeats: a mobile client must not pay for 5 PINGs a
     second)."""
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
@@ -71,7 +75,8 @@ class Node:
         self.dispatchers = []
         self.client_facing = set()            # sockets clients connect to: strict msgpack decoding
         self.linked = set()        # sockets watched by nodes/linkwatch.py (peerwatch skips them)
-        self._idc_of = None        # endpoint -> IDC of the node bound there
+        self.relinker = Relinker(self.security)   # connects node sockets, and again when libzmq gives up
+        self.requests = None       # the node's rpc.Requests, if it sends requests
         from . import metrics                 # Prometheus /metrics if the topology gives this node one
         self.metrics = metrics.serve(self)
 
@@ -90,6 +95,8 @@ class Node:
         client_facing = endpoint == self.spec.endpoints.get("client")
         if client_facing:
             self.client_facing.add(sock)
+        else:
+            node_heartbeats(sock)          # a dead peer's pipe (and what is queued to it) is dropped
         self.security.as_server(sock, client_facing=client_facing)
         sock.bind(endpoint)
         return sock
@@ -101,18 +108,11 @@ class Node:
         sock.setsockopt(zmq.RCVHWM, 100000)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)      # peers on a LAN: come back quickly
-        if self.across_idcs(endpoint):
-            node_heartbeats(sock)
+        node_heartbeats(sock)
         if identity:
             sock.setsockopt(zmq.IDENTITY, identity)
-        self.security.connect(sock, endpoint)           # a CURVE client of the node bound there
+        self.relinker.connect(sock, endpoint)           # a CURVE client of the node bound there
         return sock
-
-    def across_idcs(self, endpoint: str) -> bool:
-        """Is the node bound at ``endpoint`` in another IDC than this one?"""
-        if self._idc_of is None:
-            self._idc_of = {ep: spec.idc for spec in self.topo.nodes.values() for ep in spec.endpoints.values()}
-        return self._idc_of.get(endpoint, self.spec.idc) != self.spec.idc
 
     def peers(self, node_type: str) -> dict:
         """A DEALER to the rpc endpoint of every node of a type; replies go to self.requests."""
@@ -138,10 +138,9 @@ class Node:
         sub.setsockopt(zmq.SUBSCRIBE, topic)
         sub.setsockopt(zmq.RECONNECT_IVL, 100)
         sub.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-        if any(n.idc != self.spec.idc for n in self.topo.of_type(node_type)):
-            node_heartbeats(sub)       # one SUB for every publisher: on when one is in another IDC
+        node_heartbeats(sub)
         for n in self.topo.of_type(node_type):
-            self.security.connect(sub, n.endpoint("pub"))
+            self.relinker.connect(sub, n.endpoint("pub"))
         self.loop.add(sub, on_frames)
         return sub
 
@@ -184,8 +183,14 @@ class Node:
         self.outbox.put(sock, key, packed)
 
     def on_send_failed(self, sock, key, exc) -> None:
-        """Hook: a peer's queue was full (zmq.Again) or the peer is gone (EHOSTUNREACH)."""
-        log.warning("send to a peer failed (%s); message(s) dropped", exc)
+        """Hook: a peer's queue was full (zmq.Again) or the peer is gone (EHOSTUNREACH).  On a
+        DEALER (key None) that means no connection takes the frame -- libzmq gave it up, or
+        its queue is full -- so every request waiting on that peer fails now (UNAVAILABLE:
+        the caller retries) instead of at its timeout."""
+        failed = 0
+        if key is None and self.requests is not None:
+            failed = self.requests.fail_peer(sock, "could not send to the owning node (no connection); retry")
+        events.emit("send_failed", exc.errno, logging.WARNING, error=str(exc), requests_failed=failed)
 
     def _end_turn(self) -> None:
         self.before_flush()
@@ -223,7 +228,7 @@ class Node:
         elif new.version > self.topo.version:
             old = self.topo
             self.security.adopt(new)
-            self.topo, self._idc_of = new, None
+            self.topo = new
             topochange.keep(new, self.id)      # a restart with the old file starts from this
             log.info("%s %s runs topology version %d now (was %d)", self.type, self.id, new.version, old.version)
             extra = self.on_topology(old, new) or {}
@@ -246,7 +251,9 @@ class Node:
         since it may be in the poll results being served right now)."""
         wanted = {n.id: n for n in self.topo.of_type(node_type)}
         for node_id in [n for n in socks if n not in wanted]:
-            self.requests.fail_peer(socks.pop(node_id), f"{node_type} {node_id} left the topology")
+            sock = socks.pop(node_id)
+            self.requests.fail_peer(sock, f"{node_type} {node_id} left the topology")
+            self.relinker.disconnect(sock)
         for node_id, spec in wanted.items():
             if node_id not in socks:
                 sock = socks[node_id] = self.connect(zmq.DEALER, spec.endpoint("rpc"))
@@ -257,11 +264,9 @@ class Node:
         before = {n.endpoint("pub") for n in old.of_type(node_type)}
         after = {n.endpoint("pub") for n in self.topo.of_type(node_type)}
         for endpoint in before - after:
-            sub.disconnect(endpoint)
+            self.relinker.disconnect(sub, endpoint)
         for endpoint in sorted(after - before):
-            if self.across_idcs(endpoint):
-                node_heartbeats(sub)
-            self.security.connect(sub, endpoint)
+            self.relinker.connect(sub, endpoint)
 
     # --- status --------------------------------------------------------------
     def status(self) -> dict:

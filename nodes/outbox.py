@@ -18,6 +18,7 @@ from .zio import send_one, send_pair
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 128                   # messages per frame at most
+PASSES = 2                        # flush passes: the second sends what failure callbacks queued
 
 
 class Outbox:
@@ -43,9 +44,21 @@ class Outbox:
                 batch.append(packed)
 
     def flush(self) -> int:
-        """Send everything queued; return the number of frames sent."""
-        queued, self.queued = self.queued, {}
+        """Send everything queued; return the number of frames sent.  A failed send's callback
+        may queue more (a request that could not leave is answered UNAVAILABLE to its client at
+        once): that leaves in a second pass, not a loop turn later."""
         frames = 0
+        for _ in range(PASSES):
+            queued, self.queued = self.queued, {}
+            sent, failed = self._send(queued)
+            frames += sent
+            if not (failed and self.queued):
+                break
+        return frames
+
+    def _send(self, queued: dict) -> tuple[int, bool]:
+        """(frames sent, whether a send failed)."""
+        frames, failed = 0, False
         for (sock, key), items in queued.items():
             for i in range(0, len(items), MAX_BATCH):
                 chunk = items[i:i + MAX_BATCH]
@@ -57,9 +70,10 @@ class Outbox:
                         send_pair(sock, key, frame)
                     frames += 1
                 except zmq.ZMQError as exc:
+                    failed = True
                     if self.on_failed is None:
                         log.warning("send failed, %d message(s) dropped: %s", len(chunk), exc)
                     else:
                         self.on_failed(sock, key, exc)
                     break                 # the rest for this peer would fail the same way
-        return frames
+        return frames, failed

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from conftest import ROOT  # noqa: E402
 from nodes.etcdserver import LocalEtcd  # noqa: E402
 from nodes.localtopo import free_ports  # noqa: E402
 from conftest import MeshHarness  # noqa: E402
+from netcut import ip, netns  # noqa: E402,F401  (netns: the fixture)
 from bench.failover import caught_up  # noqa: E402
 from test_ha import (HA_LIMITS, check_every_replica, leader_of, start_senders, stop_senders,  # noqa: E402
                      wait_for)
@@ -82,38 +82,6 @@ def stop_inside(proc, after):
     """Once every inside sender has an ack after ``after``: what they saw."""
     out, _ = proc.communicate(f"{after}\n", timeout=60)
     return [Reported(row) for row in json.loads(out.strip().splitlines()[-1])]
-
-
-def ip(*args):
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-@pytest.fixture
-def netns():
-    """A namespace joined to this one by a veth pair: (namespace, host-side ip, ns-side ip, link)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root for ip netns (network namespaces and veth pairs)")
-    tag = f"ha{os.getpid() % 100000}"
-    net = random.randrange(1, 250)
-    ns, host_if, ns_if = f"imesh-{tag}", f"vh{tag}", f"vn{tag}"
-    host_ip, ns_ip = f"10.213.{net}.1", f"10.213.{net}.2"
-    try:
-        ip("netns", "add", ns)
-        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-        ip("link", "set", ns_if, "netns", ns)
-        ip("addr", "add", f"{host_ip}/24", "dev", host_if)
-        ip("link", "set", host_if, "up")
-        ip("-n", ns, "addr", "add", f"{ns_ip}/24", "dev", ns_if)
-        ip("-n", ns, "link", "set", ns_if, "up")
-        ip("-n", ns, "link", "set", "lo", "up")
-    except (subprocess.CalledProcessError, OSError) as exc:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        pytest.skip(f"cannot build a network namespace here: {exc}")
-    try:
-        yield ns, host_ip, ns_ip, host_if
-    finally:
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def write_split_topology(directory, host_ip, ns_ip, etcd, inside):
