@@ -172,3 +172,27 @@ def test_only_names_without_a_home_are_measured():
             "routers": [{"id": "r1", "rpc": "tcp://127.0.0.1:7005", "pub": "tcp://127.0.0.1:7006"}],
             "counters": [{"id": "c1", "rpc": "tcp://127.0.0.1:7007"}]}}}, "/tmp/t.yaml")
     assert mesh_cli.measured_home(one, NoMeasuring(), "team") is None
+
+
+def test_a_tie_over_a_wan_is_measured_again():
+    """West measured slow for a moment (a busy machine): 38 vs 52 ms look tied, so it measures
+    again and keeps each node's best; a tie on one LAN (< 1 ms) is settled by the hash at once."""
+    class Passes:
+        def __init__(self, *passes):
+            self.passes, self.calls = list(passes), 0
+
+        def round_trips(self, ids, rounds=3):
+            self.calls += 1
+            return self.passes.pop(0)
+
+    t = topo()
+    busy = {"east-l1": 0.052, "east-l2": 0.055, "west-l1": 0.038, "west-l2": 0.060}
+    calm = {"east-l1": 0.041, "east-l2": 0.041, "west-l1": 0.0004, "west-l2": None}
+    admin = Passes(busy, calm)
+    home = mesh_cli.measured_home(t, admin, "team")
+    assert admin.calls == 2 and (home["idc"], home["by"], home["logic"]) == ("west", "nearest", "west-l1")
+    assert home["rtt_ms"] == {"east-l1": 41.0, "east-l2": 41.0, "west-l1": 0.4, "west-l2": 60.0}
+    stays = Passes(busy, busy, busy, calm)                        # at most 2 more passes
+    assert mesh_cli.measured_home(t, stays, "team")["by"] == "nearest_tie" and stays.calls == 3
+    lan = Passes({"east-l1": 0.0003, "east-l2": 0.0003, "west-l1": 0.0004, "west-l2": 0.0003}, calm)
+    assert mesh_cli.measured_home(t, lan, "team")["by"] == "nearest_tie" and lan.calls == 1
