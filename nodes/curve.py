@@ -319,11 +319,13 @@ def deployment_guide(topo: Topology, created: list[str]) -> str:
         lines.append("local topology: `bin/mesh up` uses these as they are; nothing to copy.")
     else:
         lines += [
-            "Copy to the machine of each node, into its keys_dir (mode 0700):",
-            "  <id>.key_secret   its own private key only (mode 0600; refused if others may read it)",
+            "Copy to the machine of each node, into its keys_dir (mode 0700, owned by the user the nodes",
+            "run as, e.g. imesh for deploy/*.service):",
+            "  <id>.key_secret   its own private key only (mode 0600, same owner; refused if others may read it)",
             "  *.key             the public keys of every node and of admin",
             "                    (or publish them in the topology with the public_keys: block below)",
-            "The operator's machine (bin/mesh status, channel ...) needs admin.key_secret and the *.key files.",
+            "The operator's machine (bin/mesh status, channel ...) needs admin.key_secret, the *.key files",
+            "and the secret file (tokens and channel commands are minted from it).",
         ]
     if topo.client_curve:
         lines.append("client_curve: clients need the public keys of the brokers and relays (public_keys: below);"
