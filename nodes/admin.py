@@ -16,8 +16,9 @@ import time
 
 import zmq
 
-from . import auth, curve, wire
+from . import auth, curve, rendezvous, wire
 from .logs import events
+from .nearest import SLACK, STICKY
 from .node import INTERNAL_MAX_FRAME
 from .topology import Topology
 
@@ -71,12 +72,26 @@ class Admin:
         ``timeout`` together, so one busy node is not reported down because
         the nodes asked before it were slow.
         """
+        return {n: reply for n, (reply, _rtts) in self._status_rounds(node_ids, 1, timeout).items()}
+
+    def round_trips(self, node_ids, rounds: int = 3, timeout: float | None = None) -> dict:
+        """{id: best round trip of ``rounds`` status requests in seconds, or None if no answer}.
+
+        Every node is measured at the same time (one socket each, its next
+        request sent when the last is answered), so measuring a far IDC does
+        not delay the near one; the best of the rounds drops the first
+        round's connection set-up and a busy loop turn."""
+        return {n: min(rtts) if rtts else None
+                for n, (_reply, rtts) in self._status_rounds(node_ids, rounds, timeout).items()}
+
+    def _status_rounds(self, node_ids, rounds: int, timeout: float | None) -> dict:
+        """{id: (last status map or None, [round trip of each answered request])}, in parallel."""
         timeout = self.timeout if timeout is None else timeout
         identity = self.identity              # a missing admin key is an error even if all are down
         ids = list(node_ids)
-        out = dict.fromkeys(ids)
+        out = {n: (None, []) for n in ids}
         listening = probe_tcp({n: self.topo.node(n).endpoint("rpc") for n in ids}, min(timeout, 2.0))
-        socks, poller = {}, zmq.Poller()
+        socks, poller, sent = {}, zmq.Poller(), {}
         try:
             for node_id in ids:
                 if not listening.get(node_id):
@@ -84,7 +99,7 @@ class Admin:
                 sock = socks[node_id] = self.ctx.socket(zmq.DEALER)
                 sock.setsockopt(zmq.LINGER, 0)
                 identity.connect(sock, self.topo.node(node_id).endpoint("rpc"))
-                sock.send(wire.pack({"t": "status", "rid": next(self._rids)}))
+                sent[node_id] = self._send_status(sock)
                 poller.register(sock, zmq.POLLIN)
             by_sock = {s: n for n, s in socks.items()}
             deadline = time.monotonic() + timeout
@@ -99,13 +114,26 @@ class Admin:
                         reply = wire.unpack(sock.recv(zmq.NOBLOCK), INTERNAL_MAX_FRAME)
                     except (zmq.Again, wire.ProtocolError):
                         continue
+                    rid, t0 = sent[node_id]
+                    if reply.get("rid") not in (None, rid):      # a late answer to an earlier round
+                        continue
+                    last, rtts = out[node_id]
                     if reply.get("t") == "status":
-                        out[node_id] = reply
-                    pending.discard(node_id)
+                        out[node_id] = (reply, rtts + [time.monotonic() - t0])
+                    if reply.get("t") != "status" or len(out[node_id][1]) >= rounds:
+                        pending.discard(node_id)
+                    else:
+                        sent[node_id] = self._send_status(sock)
         finally:
             for sock in socks.values():
                 sock.close(0)
         return out
+
+    def _send_status(self, sock) -> tuple[int, float]:
+        rid = next(self._rids)
+        t0 = time.monotonic()
+        sock.send(wire.pack({"t": "status", "rid": rid}))
+        return rid, t0
 
     def channel(self, op: str, name: str, members=(), lifetime: float | None = None) -> dict:
         """create/add/remove/show on the logic node owning the channel (``lifetime``: create only)."""
@@ -147,6 +175,39 @@ class Admin:
             reply = self.call(node_id, {"t": "presence", "uin": uin})
             out[node_id] = None if reply is None else {int(d): b for d, b in reply["devices"].items()}
         return out
+
+
+def nearest_home(topo: Topology, name: str, rtts: dict) -> dict:
+    """The home IDC of a new channel: the IDC of the nearest logic node (``rtts``: {logic id:
+    best status round trip in seconds, None if it did not answer}).
+
+    Logic nodes about as near as the best (rtt <= STICKY x best + SLACK, the broker choice's
+    noise bound, nodes/nearest.py) tie: on one LAN, or a mesh on loopback, the differences are
+    noise, so among their IDCs the name's rendezvous hash decides and the same name gets the
+    same home on every try.  Returns {"idc", "logic", "by", "why", "rtt_ms"};
+    raises AdminError(UNAVAILABLE) when no logic node answered."""
+    answered = {n: rtt for n, rtt in rtts.items() if rtt is not None}
+    rtt_ms = {n: None if rtt is None else round(rtt * 1000, 3) for n, rtt in sorted(rtts.items())}
+    if not answered:
+        raise AdminError(wire.Err.UNAVAILABLE, f"no logic node answered a status request "
+                         f"({', '.join(sorted(rtts)) or 'none in the topology'}): give --idc IDC")
+    best = min(answered.values())
+    near = sorted((n for n, rtt in answered.items() if rtt <= STICKY * best + SLACK),
+                  key=lambda n: (answered[n], n))
+    idcs = list(dict.fromkeys(topo.node(n).idc for n in near))
+    idc = idcs[0] if len(idcs) == 1 else rendezvous.owner(idcs, name)
+    logic = next(n for n in near if topo.node(n).idc == idc)
+    others = "; ".join(f"{n} {_ms(rtt)}" for n, rtt in sorted(rtts.items()) if n != logic)
+    if len(idcs) == 1:
+        by, why = "nearest", f"nearest logic node {logic} ({_ms(answered[logic])}; {others})"
+    else:
+        by, why = "nearest_tie", (f"logic nodes of {', '.join(idcs)} about as near ({logic} "
+                                  f"{_ms(answered[logic])}; {others}): {idc} by hashing the name")
+    return {"idc": idc, "logic": logic, "by": by, "why": why, "rtt_ms": rtt_ms}
+
+
+def _ms(rtt: float | None) -> str:
+    return "no answer" if rtt is None else f"{rtt * 1000:.1f} ms"
 
 
 def probe_tcp(endpoints: dict, timeout: float) -> dict:

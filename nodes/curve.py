@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import shutil
 import stat
 import tempfile
@@ -91,12 +92,26 @@ def ensure_keys(topo: Topology) -> list[str]:
 
 
 def _read(path: str, what: str, hint: str) -> tuple[bytes, bytes | None]:
-    if not os.path.exists(path):
-        raise CurveError(f"{path}: missing {what} ({hint})")
     try:
+        os.stat(path)                      # load_certificate says "invalid" for missing and unreadable
         return zmq.auth.load_certificate(path)
+    except FileNotFoundError:
+        raise CurveError(f"{path}: missing {what} ({hint})") from None
+    except PermissionError:
+        # os.path.exists() is False for a file in a folder this user may not search: "missing"
+        # would send the operator to copy a file that is there (a node running as its own user
+        # with keys copied by root)
+        raise CurveError(f"{path}: cannot read {what}: permission denied to user {_user()} "
+                         f"(the node's user must own {os.path.dirname(path)} and its .key_secret)") from None
     except (OSError, ValueError) as exc:
         raise CurveError(f"{path}: cannot read {what}: {exc}") from None
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 def check_private_mode(path: str) -> None:
@@ -315,11 +330,13 @@ def deployment_guide(topo: Topology, created: list[str]) -> str:
         lines.append("local topology: `bin/mesh up` uses these as they are; nothing to copy.")
     else:
         lines += [
-            "Copy to the machine of each node, into its keys_dir (mode 0700):",
-            "  <id>.key_secret   its own private key only (mode 0600; refused if others may read it)",
+            "Copy to the machine of each node, into its keys_dir (mode 0700, owned by the user the nodes",
+            "run as, e.g. imesh for deploy/*.service):",
+            "  <id>.key_secret   its own private key only (mode 0600, same owner; refused if others may read it)",
             "  *.key             the public keys of every node and of admin",
             "                    (or publish them in the topology with the public_keys: block below)",
-            "The operator's machine (bin/mesh status, channel ...) needs admin.key_secret and the *.key files.",
+            "The operator's machine (bin/mesh status, channel ...) needs admin.key_secret, the *.key files",
+            "and the secret file (tokens and channel commands are minted from it).",
         ]
     if topo.client_curve:
         lines.append("client_curve: clients need the public keys of the brokers and relays (public_keys: below);"

@@ -109,6 +109,9 @@ def serve(node):
                       buckets=TURN_BUCKETS, registry=registry).labels(node.id, node.type)
     node.loop.watch_turns(turns.observe)
     host, port = where
-    server = start_http_server(port, addr=host, registry=registry)
+    try:
+        server = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:                 # name the endpoint: the node has several to check
+        raise OSError(exc.errno, f"{exc.strerror} (metrics endpoint http://{host}:{port})") from None
     log.info("metrics on http://%s:%d/metrics", host, port)
     return server

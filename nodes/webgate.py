@@ -98,7 +98,11 @@ class WebGate:
         host, port = parse_ws_endpoint(endpoint)
         self.listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((host, port))
+        try:
+            self.listener.bind((host, port))
+        except OSError as exc:             # name the endpoint: the node has several to check
+            self.listener.close()
+            raise OSError(exc.errno, f"{exc.strerror} (ws endpoint {endpoint})") from None
         self.listener.listen(1024)
         self.listener.setblocking(False)
         self.loop.add_fd(self.listener.fileno(), self._accept)

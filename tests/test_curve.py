@@ -259,6 +259,54 @@ def test_node_refuses_a_private_key_others_can_read(tmp_path):
     assert not os.path.exists(topo.node_dir("c1"))          # refused before opening its store
 
 
+def as_nobody(fn) -> str:
+    """Run ``fn`` in a forked child that became user nobody; the CurveError it raised, as text."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                          # the child: no pytest from here on
+        said = "no error"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            fn()
+        except curve.CurveError as exc:
+            said = str(exc)
+        except BaseException as exc:                      # noqa: BLE001  (reported to the parent)
+            said = f"unexpected {exc!r}"
+        os.write(write_end, said.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        said = f.read().decode()
+    os.waitpid(pid, 0)
+    return said
+
+
+def test_a_key_the_node_user_may_not_read_is_named_unreadable_not_missing():
+    """Keys copied by root into a 0700 keys_dir, a node run as its own user (deploy/*.service):
+    the error says permission denied for that user, not "missing" (the file is there)."""
+    import shutil
+    import tempfile
+    directory = tempfile.mkdtemp(prefix="imesh-keyperm-")
+    try:
+        topo = topology.load(write_topology(directory))
+        curve.ensure_keys(topo)                                  # keys_dir mode 0700, owner: us
+        private = curve.key_files(topo, "c1")[1]
+        if os.geteuid() == 0:                                    # root reads anything: be nobody
+            said = as_nobody(lambda: curve.load_pair(topo, "c1"))
+        else:
+            os.chmod(topo.keys_dir, 0)
+            try:
+                with pytest.raises(curve.CurveError) as refused:
+                    curve.load_pair(topo, "c1")
+                said = str(refused.value)
+            finally:
+                os.chmod(topo.keys_dir, 0o700)
+        assert private in said and "permission denied to user" in said and "missing" not in said, said
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def non_local_topology(directory):
     """A test topology marked as a real deployment: nothing makes its keys by itself."""
     path = write_topology(directory)

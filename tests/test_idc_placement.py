@@ -121,3 +121,78 @@ def test_bench_idc_help_lists_its_options():
     run = subprocess.run([sys.executable, "-m", "bench", "idc", "--help"], capture_output=True, text=True,
                          timeout=60, cwd=ROOT)
     assert run.returncode == 0 and "--reshard-channels" in run.stdout and "(default: 200)" in run.stdout
+
+
+def test_a_new_channel_is_homed_at_the_nearest_logic_node():
+    """bin/mesh channel create NAME (no --idc): the IDC of the logic node with the best status
+    round trip; near-equal ones (one LAN, loopback) are decided by the name's hash, so the
+    same name gets the same home on every try; no answer at all is a clear error."""
+    from nodes.admin import AdminError, nearest_home
+    t = topo()
+    west = nearest_home(t, "team", {"east-l1": 0.0412, "east-l2": 0.0409, "west-l1": 0.0004, "west-l2": 0.0011})
+    assert (west["idc"], west["logic"], west["by"]) == ("west", "west-l1", "nearest")
+    assert "west-l1 (0.4 ms" in west["why"] and "east-l2 40.9 ms" in west["why"]
+    assert west["rtt_ms"] == {"east-l1": 41.2, "east-l2": 40.9, "west-l1": 0.4, "west-l2": 1.1}
+    east = nearest_home(t, "team", {"east-l1": 0.0003, "east-l2": None, "west-l1": 0.041, "west-l2": None})
+    assert (east["idc"], east["logic"]) == ("east", "east-l1") and "west-l2 no answer" in east["why"]
+    assert east["rtt_ms"]["west-l2"] is None
+    # a cut link: only the own IDC answers
+    assert nearest_home(t, "team", {"east-l1": None, "east-l2": None, "west-l1": 0.002, "west-l2": 0.003})["idc"] == "west"
+    # loopback: every node about as near -> the name's hash among the tied IDCs, stable
+    flat = {"east-l1": 0.00031, "east-l2": 0.00035, "west-l1": 0.00029, "west-l2": 0.0004}
+    homes = {name: nearest_home(t, name, flat) for name in (f"room{i}" for i in range(20))}
+    assert {h["idc"] for h in homes.values()} == {"east", "west"}
+    for name, home in homes.items():
+        assert home["by"] == "nearest_tie" and home["idc"] == t.home_of(name)
+        assert nearest_home(t, name, {**flat, "west-l1": 0.00033})["idc"] == home["idc"]
+    with pytest.raises(AdminError, match="UNAVAILABLE.*--idc"):
+        nearest_home(t, "team", dict.fromkeys(flat))
+
+
+def test_only_names_without_a_home_are_measured():
+    """Which creates measure: a multi-IDC topology and a name with no @IDC suffix that is not a
+    topology channel; a one-IDC topology never does (its names get no suffix)."""
+    class NoMeasuring:
+        def round_trips(self, ids, rounds=3):
+            raise AssertionError("measured")
+
+    class Measuring:
+        def round_trips(self, ids, rounds=3):
+            assert rounds == 3 and sorted(ids) == ["east-l1", "east-l2", "west-l1", "west-l2"]
+            return {"east-l1": 0.04, "east-l2": 0.04, "west-l1": 0.0005, "west-l2": None}
+
+    t = topo(channels={"lobby": {"members": [1]}, "hall": {"members": [1], "idc": "east"}})
+    for name in ("team@east", "team@west", "lobby", "hall"):
+        assert mesh_cli.measured_home(t, NoMeasuring(), name) is None
+    assert mesh_cli.measured_home(t, Measuring(), "team")["idc"] == "west"
+    assert mesh_cli.measured_home(t, Measuring(), "team@nowhere")["idc"] == "west"   # not an IDC: no home yet
+    one = parse({"local": True, "idcs": {"east": {
+            "brokers": [{"id": "b1", "client": "tcp://127.0.0.1:7001", "rpc": "tcp://127.0.0.1:7002"}],
+            "logics": [{"id": "l1", "rpc": "tcp://127.0.0.1:7003", "pub": "tcp://127.0.0.1:7004"}],
+            "routers": [{"id": "r1", "rpc": "tcp://127.0.0.1:7005", "pub": "tcp://127.0.0.1:7006"}],
+            "counters": [{"id": "c1", "rpc": "tcp://127.0.0.1:7007"}]}}}, "/tmp/t.yaml")
+    assert mesh_cli.measured_home(one, NoMeasuring(), "team") is None
+
+
+def test_a_tie_over_a_wan_is_measured_again():
+    """West measured slow for a moment (a busy machine): 38 vs 52 ms look tied, so it measures
+    again and keeps each node's best; a tie on one LAN (< 1 ms) is settled by the hash at once."""
+    class Passes:
+        def __init__(self, *passes):
+            self.passes, self.calls = list(passes), 0
+
+        def round_trips(self, ids, rounds=3):
+            self.calls += 1
+            return self.passes.pop(0)
+
+    t = topo()
+    busy = {"east-l1": 0.052, "east-l2": 0.055, "west-l1": 0.038, "west-l2": 0.060}
+    calm = {"east-l1": 0.041, "east-l2": 0.041, "west-l1": 0.0004, "west-l2": None}
+    admin = Passes(busy, calm)
+    home = mesh_cli.measured_home(t, admin, "team")
+    assert admin.calls == 2 and (home["idc"], home["by"], home["logic"]) == ("west", "nearest", "west-l1")
+    assert home["rtt_ms"] == {"east-l1": 41.0, "east-l2": 41.0, "west-l1": 0.4, "west-l2": 60.0}
+    stays = Passes(busy, busy, busy, calm)                        # at most 2 more passes
+    assert mesh_cli.measured_home(t, stays, "team")["by"] == "nearest_tie" and stays.calls == 3
+    lan = Passes({"east-l1": 0.0003, "east-l2": 0.0003, "west-l1": 0.0004, "west-l2": 0.0003}, calm)
+    assert mesh_cli.measured_home(t, lan, "team")["by"] == "nearest_tie" and lan.calls == 1

@@ -9,7 +9,7 @@
     bin/mesh secret -c FILE                      create the secret file of a topology
     bin/mesh keys [-c CONFIG]                    create missing CURVE keypairs, say what goes where
     bin/mesh token --uin U [--lifetime S]        print a login token
-    bin/mesh channel create NAME --members 1,2,3 [--lifetime S] [--idc IDC]
+    bin/mesh channel create NAME --members 1,2,3 [--lifetime S] [--idc IDC]   (default home: nearest IDC)
     bin/mesh channel add NAME UIN...
     bin/mesh channel remove NAME UIN...
     bin/mesh channel show NAME
@@ -26,8 +26,8 @@ import subprocess
 import sys
 import time
 
-from .. import auth, curve, logs, supervisor, topology
-from ..admin import Admin, AdminError
+from .. import auth, curve, logs, supervisor, topology, wire
+from ..admin import Admin, AdminError, nearest_home
 from ..mesh import Mesh, MeshError, child_env
 from ..supervisor import Supervisor
 from ..wire import ProtocolError
@@ -326,6 +326,30 @@ def homed_name(topo, name: str, idc: str) -> str:
     return f"{name}@{idc}"
 
 
+def measured_home(topo, admin: Admin, name: str) -> dict | None:
+    """For ``channel create NAME`` without --idc: in a topology with logic nodes in more than
+    one IDC, a NAME with no home yet (no ``@IDC`` suffix, not a topology channel) is homed in
+    the IDC of the nearest logic node, measured from here (nodes/admin.py ``nearest_home``);
+    None when the name already has its home or there is one IDC."""
+    idcs = topo.idcs_with("logic")
+    if len(idcs) < 2 or name in topo.channels or name.rpartition("@")[2] in idcs:
+        return None
+    logics = topo.ids("logic")
+    rtts = admin.round_trips(logics, rounds=3)
+    home = nearest_home(topo, name, rtts)
+    for _ in range(MORE_PASSES):
+        if home["by"] != "nearest_tie" or min(r for r in rtts.values() if r is not None) < LAN_RTT:
+            break                            # a clear choice, or a LAN/loopback tie the hash settles
+        again = admin.round_trips(logics, rounds=3)        # tied over a WAN: a busy moment? once more
+        rtts = {n: min((r for r in (rtts[n], again[n]) if r is not None), default=None) for n in logics}
+        home = nearest_home(topo, name, rtts)
+    return home
+
+
+MORE_PASSES = 2      # best of 3 more round trips, twice at most, while IDCs far apart look tied
+LAN_RTT = 0.001      # seconds: a best round trip below this is one LAN (or loopback): a tie is real
+
+
 def cmd_channel(args) -> int:
     topo = load_topology(args.config)
     members = []
@@ -335,15 +359,22 @@ def cmd_channel(args) -> int:
         if not args.uins:
             fail(f"channel {args.op} needs at least one UIN")
         members = args.uins
-    name = args.name
+    name, home = args.name, None
     if args.idc is not None:
         if args.op != "create":
             fail("--idc applies to channel create only (a channel's home is part of its name)")
         name = homed_name(topo, name, args.idc)
+    admin = Admin(topo)
     try:
         if args.lifetime is not None and args.op != "create":
             fail("--lifetime applies to channel create only")
-        reply = Admin(topo).channel(args.op, name, members, args.lifetime)
+        if args.op == "create" and args.idc is None:
+            wire.check_channel_name(name)
+            home = measured_home(topo, admin, name)
+            if home is not None:
+                name = homed_name(topo, name, home["idc"])
+                print(f"home IDC {home['idc']}: {home['why']}; the channel is {name}", file=sys.stderr)
+        reply = admin.channel(args.op, name, members, args.lifetime)
     except (AdminError, ProtocolError) as exc:
         print(f"error: {exc.code}: {exc.msg}", file=sys.stderr)
         return 1
@@ -351,6 +382,8 @@ def cmd_channel(args) -> int:
              "last_id": reply["last"], "lifetime": reply.get("lifetime")}
     shown.update({k: reply[k] for k in ("shard", "replicas", "leader", "epoch") if k in reply})
     shown["idc"] = topo.home_of(reply["channel"])
+    if home is not None:
+        shown["home"] = {k: home[k] for k in ("by", "logic", "why", "rtt_ms")}
     print(json.dumps(shown))
     return 0
 
@@ -422,8 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lifetime", type=float, help="for create: seconds its messages live "
                    "(default: the topology's message_lifetime)")
     p.add_argument("--idc", help="for create: the channel's home IDC (its shard's replicas and counter "
-                   "are there); the channel is named NAME@IDC. Default: a suffix @IDC in NAME, else "
-                   "an IDC chosen by hashing the name")
+                   "are there); the channel is named NAME@IDC. Default: a suffix @IDC in NAME; else, with "
+                   "logic nodes in several IDCs, the IDC of the logic node nearest to where the command "
+                   "runs (best of 3 status round trips to each, in parallel; near-equal IDCs: the name's "
+                   "hash decides) -- it prints the choice and why on stderr and as \"home\" in the JSON; "
+                   "one IDC: no suffix")
     p.add_argument("--json", action="store_true", help="the output is always one JSON line (accepted for symmetry)")
     p.set_defaults(fn=cmd_channel)
     p = sub.add_parser("reshard", help="move channels (members, messages, dedup rows, ids) to their owners "
