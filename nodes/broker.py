@@ -76,6 +76,7 @@ class BrokerCore:
         self.sessions = SessionTable(float(topo.heartbeat["session_timeout_factor"]))
         self.active = set()                     # sessions with requests since the last touch round
         self.heard = {}                         # logic id -> time of its last tick
+        self.unlinked = set()                   # logic ids whose (WAN) link dropped, until it is back
         self.leaders = {}                       # shard -> (epoch, logic id), from ticks (replication)
         self.handlers = {"login": self.login, "ping": self.ping, "send": self.send, "sync": self.sync,
                          "hb": self.heartbeat, "logout": self.logout}
@@ -324,6 +325,8 @@ class BrokerCore:
                           "retry with the same ctime", leader=leader)
 
     def logic_up(self, logic_id, now) -> bool:
+        if logic_id in self.unlinked:          # a tick read late from the SUB must not undo a link drop
+            return False
         heard = self.heard.get(logic_id)
         if heard is None:
             return now - self.started < START_GRACE
@@ -557,7 +560,8 @@ class BrokerNode(Node):
     def _watch_logic_links(self, socks: dict) -> None:
         """Fail requests at once when the link to one of these logic nodes drops."""
         on_link_down(self, {n: sock for n, sock in socks.items()        # the WAN ones: heartbeats
-                            if self.topo.node(n).idc != self.spec.idc}, self.on_logic_link_down)
+                            if self.topo.node(n).idc != self.spec.idc}, self.on_logic_link_down,
+                     self.on_logic_link_up)
 
     def on_topology(self, old, new):
         """A live reshard (nodes/topochange.py): route by the new topology, talk to its logic nodes."""
@@ -570,13 +574,17 @@ class BrokerNode(Node):
 
     def on_logic_link_down(self, logic_id):
         """A heartbeat timed out on the link to a logic node of another IDC (cut WAN, frozen
-        peer): it is down until its next tick arrives; what waits on it is answered UNAVAILABLE
-        now.  (Inside an IDC a link drops when the node dies: its ticks stop, or it said it
+        peer): it is down until the link is back and its next tick arrives (a tick read late
+        from the SUB does not count); what waits on it is answered UNAVAILABLE now.  (Inside an IDC a link drops when the node dies: its ticks stop, or it said it
         stops; a reconnect flap there must not fail requests.)"""
         if logic_id not in self.logics:
             return                             # left the topology (a live reshard)
+        self.core.unlinked.add(logic_id)
         self.core.heard[logic_id] = float("-inf")
         self.requests.fail_peer(self.logics[logic_id], f"lost the link to logic {logic_id}; retry")
+
+    def on_logic_link_up(self, logic_id):
+        self.core.unlinked.discard(logic_id)   # its ticks count again
 
     def on_router_notice(self, msg):
         if msg.get("t") == "kick":

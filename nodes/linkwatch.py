@@ -13,10 +13,11 @@ from __future__ import annotations
 from .peerwatch import endpoint_owners, on_event
 
 
-def on_link_down(node, socks: dict, down) -> list:
+def on_link_down(node, socks: dict, down, up=None) -> list:
     """Watch ``socks`` ({peer id: socket connected by the node's Relinker}); ``down(peer id)`` on
-    each disconnect.  These sockets' monitors are drained here, in the poll loop, and their
-    changes logged and told to the Relinker (nodes/peerwatch.py skips them)."""
+    each disconnect, ``up(peer id)`` when connected again.  These sockets' monitors are drained
+    here, in the poll loop, and their changes logged and told to the Relinker
+    (nodes/peerwatch.py skips them)."""
     owners = endpoint_owners(node.topo)
     monitors = []
     for peer, sock in socks.items():
@@ -24,8 +25,11 @@ def on_link_down(node, socks: dict, down) -> list:
         node.linked.add(sock)
 
         def on_frames(frames, peer=peer, sock=sock):
-            if on_event(node, sock, frames, owners) == "down":
+            state = on_event(node, sock, frames, owners)
+            if state == "down":
                 down(peer)
+            elif state == "up" and up is not None:
+                up(peer)
         node.loop.add(mon, on_frames)
         monitors.append(mon)
     return monitors

@@ -174,3 +174,18 @@ def test_broker_core_delivers_to_every_session_of_the_recipients_but_the_sending
     assert sorted(ident for ident, _m in out.pushes) == [b"a1", b"b0"]
     assert core.deliver(packed, [1], 2, 0) == 2                   # another sender: both devices of 1
     assert core.counts["deliveries"] == 4
+
+
+def test_a_dropped_link_keeps_its_logic_node_down_until_the_link_is_back(tmp_path):
+    """A tick read late from the SUB after the link dropped must not make the owner look up
+    again: a send would then wait for the request timeout instead of failing at once."""
+    core, _out, _secret = broker_core(tmp_path)
+    core.on_tick("l1", now=10.0)
+    assert core.logic_up("l1", 10.1)
+    core.unlinked.add("l1")                    # BrokerNode.on_logic_link_down
+    core.heard["l1"] = float("-inf")
+    core.on_tick("l1", now=10.2)               # queued before the cut, read after the drop
+    assert not core.logic_up("l1", 10.3)
+    core.unlinked.discard("l1")                # the link is back (monitor: connected)
+    assert core.logic_up("l1", 10.4)           # its ticks count again
+    assert not core.logic_up("l1", 12.0)       # ... while they keep coming
