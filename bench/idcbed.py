@@ -9,7 +9,7 @@ Everything is removed by ``close()``, also when starting failed.
 
 A live reshard on the bed (tests/test_idc_reshard.py, ``bin/bench idc``):
 ``variant`` writes a newer topology with a logic node added (on a host of
-its own in its IDC) or dropped, ``add_logic``/``remove_logic`` run
+its own in its IDC) or dropped, ``start_logic``/``move``/``remove_logic`` run
 ``bin/mesh reshard`` from the root namespace (it reaches every node without
 crossing the WAN) the way an operator does, starting the new node in
 between.
@@ -108,7 +108,6 @@ class IdcMesh:
             raise ProbeError(f"receiver did not start: {err}")
         return proc
 
-
     # --- live reshard -------------------------------------------------------------
     def variant(self, base: str, version: int, add=None, drop=None) -> str:
         """A copy of topology ``base`` with ``version``; ``add`` (node id, idc): a logic node on a
@@ -133,9 +132,10 @@ class IdcMesh:
         return subprocess.run([sys.executable, "-m", "nodes.cli.mesh", "reshard", "-c", new, "--from", old,
                                "--json"], capture_output=True, text=True, timeout=timeout, env=self.env())
 
-    def add_logic(self, old: str, node_id: str, idc: str, version: int) -> tuple[str, dict]:
-        """Add a logic node live: the command admits its key and exits 3 (start it), the node is
-        started on its own host with NEW, the command moves its channels.  (NEW, the report)."""
+    def start_logic(self, old: str, node_id: str, idc: str, version: int) -> str:
+        """The first half of adding a logic node live: the command admits its key and exits 3
+        (start it), and the node is started on its own host with NEW.  ``move`` does the rest.
+        Returns NEW's path."""
         new = self.variant(old, version, add=(node_id, idc))
         first = self.reshard(new, old)
         if first.returncode != 3 or f"--id {node_id}" not in first.stderr:
@@ -143,16 +143,17 @@ class IdcMesh:
         mesh = self.added[node_id] = Mesh(new, wrap={node_id: self.bed.wrap(node_id)})
         mesh.start([node_id])
         mesh.wait_ready(60, [node_id])
-        return new, self._moved(new, old)
+        return new
 
     def remove_logic(self, old: str, node_id: str, version: int) -> tuple[str, dict]:
         """Remove a logic node live: its channels go back, then it is stopped.  (NEW, the report)."""
         new = self.variant(old, version, drop=node_id)
-        report = self._moved(new, old)
+        report = self.move(new, old)
         self.added.pop(node_id).close()
         return new, report
 
-    def _moved(self, new: str, old: str) -> dict:
+    def move(self, new: str, old: str) -> dict:
+        """The command that moves the channels (every logic node of NEW runs); its JSON report."""
         run = self.reshard(new, old)
         if run.returncode != 0:
             raise ProbeError(f"reshard -c {new}: exit {run.returncode}: {run.stderr}")

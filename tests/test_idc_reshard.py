@@ -71,7 +71,7 @@ def test_add_then_remove_an_east_logic_node_under_load_from_both_idcs():
         west = [n for n in names if idc.topo.home_of(n) == "west"]
         assert {idc.topo.logic_for(n) for n in east} == {"east-l1"}
         assert {idc.topo.logic_for(n) for n in west} == {"west-l1"}
-        planned = topology.load(idc.variant(one, 2, add=("east-l2", "east")))    # add_logic writes it again
+        planned = topology.load(idc.variant(one, 2, add=("east-l2", "east")))    # start_logic writes it again
         moving = sorted(n for n in east if planned.logic_for(n) == "east-l2")
         staying = [n for n in east if n not in moving]
         assert len(moving) >= 2 and staying                              # some move, not all
@@ -92,8 +92,9 @@ def test_add_then_remove_an_east_logic_node_under_load_from_both_idcs():
             before = {s.uin: min(s.acked.items()) for s in senders}
             west_held = admin.status("west-l1")["channels"]
 
+            two = idc.start_logic(one, "east-l2", "east", 2)       # the command exits 3 until it runs
             t0 = time.monotonic()
-            two, added = idc.add_logic(one, "east-l2", "east", 2)
+            added = idc.move(two, one)
             t1 = time.monotonic()
             assert added["live"] is True and added["version"] == 2
             assert sorted(m["channel"] for m in added["moved"]) == moving       # only east's, and those
@@ -102,7 +103,7 @@ def test_add_then_remove_an_east_logic_node_under_load_from_both_idcs():
             now = Admin(topology.load(two))
             assert now.status("east-l2")["channels"] == len(moving)
             assert now.status("west-l1")["channels"] == west_held      # west untouched
-            assert all(acks_between(s, t0, t1) > 0 for s in westerners), "west's users stalled"
+            assert all(acks_between(s, t0, t1) > 0 for s in westerners), "west's users stalled during the move"
 
             t2 = time.monotonic()
             three, back = idc.remove_logic(two, "east-l2", 3)          # east-l2 stopped after the move
@@ -117,7 +118,7 @@ def test_add_then_remove_an_east_logic_node_under_load_from_both_idcs():
             final = Admin(topology.load(three))
             assert final.status("west-l1")["channels"] == west_held
             assert final.status("east-l1")["channels"] == len(east)
-            assert all(acks_between(s, t2, t3) > 0 for s in westerners), "west's users stalled"
+            assert all(acks_between(s, t2, t3) > 0 for s in westerners), "west's users stalled during the move"
             assert not [r for s in westerners for r in s.retried], "west's users had to retry"
             check(final, senders, before, names)
             print(f"moved {len(moving)} of {len(east)} east channels there in {added['seconds']} s and back in "
