@@ -122,7 +122,7 @@ def test_add_then_remove_an_east_logic_node_under_load_from_both_idcs():
             assert not [r for s in westerners for r in s.retried], "west's users had to retry"
             check(final, senders, before, names)
             print(f"moved {len(moving)} of {len(east)} east channels there in {added['seconds']} s and back in "
-                  f"{back['seconds']} s; acks: {sum(len(s.acked) for s in senders)}; retried (uin: codes): "
+                  f"{back['seconds']} s; acks: {sum(len(s.acked) for s in senders)}; retries per uin: "
                   f"{ {s.uin: len(s.retried) for s in senders if s.retried} }")
         finally:
             for s in senders:
