@@ -18,6 +18,16 @@ then, with members online on every broker:
   stopped, and ``bin/mesh reshard`` (nodes/reshard.py) moves them to their
   owners under the same topology plus a second logic node and back; the
   seconds of the two moves (medians over the repeats), per 1000 channels.
+- ``live_reshard_s_per_1000_channels``: on the bed, with the mesh running,
+  east gets ``--reshard-channels`` more channels (homed in east, two
+  messages each); a logic node is added in east by the live reshard
+  (nodes/livereshard.py: ``bin/mesh reshard`` exits 3, the node is started,
+  the command is run again) and the seconds of the run that moves the
+  channels (its JSON ``seconds``) are taken per 1000 of those channels; the
+  node is removed again (live) before the next repeat.  Medians.
+- ``live_reshard_unavailable_s``: meanwhile a user sends to one moving
+  channel in a closed loop (retrying unknown outcomes, bench/failover.py
+  Sender): the longest gap between its acks from the start of that run.
 
 Needs root (network namespaces).
 """
@@ -32,13 +42,14 @@ import time
 import yaml
 
 from bench import wanbed
+from bench.failover import Sender
 from bench.idcbed import IdcMesh, collect
 from bench.report import machine, parser, scratch, table, write_json
 from nodes import auth, reshard
 from nodes.client import Client
 from nodes.curve import client_endpoint
 from nodes.localtopo import free_ports, write_topology
-from nodes.mesh import Mesh
+from nodes.mesh import Mesh, wait_for
 from nodes.topology import load
 
 
@@ -109,6 +120,55 @@ def reshard_times(n: int, repeats: int) -> dict:
             "reshard_channels": n, "reshard_moved": moved}
 
 
+def fill(mesh: IdcMesh, names: list, messages: int) -> None:
+    """Create ``names`` (members 1 and 2) and send ``messages`` to each as user 1 via east-b1."""
+    for name in names:
+        mesh.mesh.admin.channel("create", name, [1, 2])
+    client = Client(client_endpoint(mesh.topo, "east-b1"), timeout=10)
+    try:
+        client.login(auth.mint(mesh.topo.read_secret(), 1))
+        for k in range(messages):
+            for name in names:
+                client.send(name, f"message {k}")
+    finally:
+        client.close()
+
+
+def timed_move(mesh: IdcMesh, new: str, old: str, channel: str) -> tuple[dict, float]:
+    """Run the move while user 2 sends to ``channel`` in a closed loop: (the command's report,
+    the longest gap between that user's acks from the start of the move on)."""
+    sender = Sender(client_endpoint(mesh.topo, "east-b1"), auth.mint(mesh.topo.read_secret(), 2, 3600), 2,
+                    channel)
+    sender.start()
+    try:
+        wait_for(lambda: len(sender.acked) >= 20 or sender.errors, 60, "acks before the move")
+        t0 = time.monotonic()
+        report = mesh.move(new, old)
+        wait_for(lambda: sender.acks_after(t0) >= 20 or sender.errors, 60, "acks after the move")
+    finally:
+        sender.close()
+    if sender.errors:
+        raise RuntimeError(f"the sender to {channel} failed: {sender.errors[0]}")
+    return report, sender.longest_stall_after(t0)
+
+
+def live_reshard(mesh: IdcMesh, n: int, repeats: int) -> dict:
+    """Add a logic node in east live (then remove it), ``repeats`` times, with ``n`` east channels."""
+    names = [f"live{i}@east" for i in range(n)]
+    fill(mesh, names, 2)
+    old, seconds, gaps, moved = mesh.cfg, [], [], 0
+    for k in range(repeats):
+        new = mesh.start_logic(old, "east-l2", "east", 2 + 2 * k)
+        channel = next(name for name in names if load(new).logic_for(name) == "east-l2")
+        report, gap = timed_move(mesh, new, old, channel)
+        seconds.append(report["seconds"])
+        gaps.append(gap)
+        moved = len(report["moved"])
+        old, _back = mesh.remove_logic(new, "east-l2", 3 + 2 * k)
+    return {"live_reshard_s_per_1000_channels": round(statistics.median(seconds) * 1000 / n, 3),
+            "live_reshard_unavailable_s": round(statistics.median(gaps), 3), "live_reshard_moved": moved}
+
+
 def run(args) -> dict:
     reason = wanbed.available()
     if reason:
@@ -116,9 +176,10 @@ def run(args) -> dict:
     with IdcMesh(delay=args.delay_ms / 1000) as mesh:
         mesh.probe("east-client", "sends", "east-b1", 1, "--channel", "eroom", "--count", 5)   # warm up
         runs = [run_once(mesh, args.messages) for _ in range(args.repeats)]
+        live = live_reshard(mesh, args.reshard_channels, args.repeats)
     out = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key not in ("lost", "errors")}
     out.update(lost=sum(r["lost"] for r in runs), errors=sum(r["errors"] for r in runs),
-               **reshard_times(args.reshard_channels, args.repeats), delay_ms_one_way=args.delay_ms,
+               **reshard_times(args.reshard_channels, args.repeats), **live, delay_ms_one_way=args.delay_ms,
                messages=args.messages,
                repeats=args.repeats, machine=machine())
     return out
@@ -133,7 +194,10 @@ def render(r: dict) -> str:
             + f"\n\nWAN copies per message (one remote IDC, members on 2 brokers there): "
               f"{r['wan_frames_per_message']}\nlost deliveries: {r['lost']}, failed sends: {r['errors']}\n"
               f"reshard: {r['reshard_s_per_1000_channels']} s per 1000 channels ({r['reshard_moved']} of "
-              f"{r['reshard_channels']} channels moved to a new logic node, and back)\n{r['delay_ms_one_way']} ms one way, medians of {r['repeats']} runs of "
+              f"{r['reshard_channels']} channels moved to a new logic node, and back)\n"
+              f"live reshard on the bed: {r['live_reshard_s_per_1000_channels']} s per 1000 channels "
+              f"({r['live_reshard_moved']} of {r['reshard_channels']} east channels moved to a new east logic "
+              f"node); a moving channel unavailable {r['live_reshard_unavailable_s']} s\n{r['delay_ms_one_way']} ms one way, medians of {r['repeats']} runs of "
               f"{r['messages']} messages; {r['machine']}")
 
 

@@ -6,6 +6,13 @@ west (members 1-20).  CURVE is off so the forwarder can count how many
 copies of a message text cross (``WanLink.watch``).  Clients run
 bench/idcprobe.py in the hosts ``east-client`` and ``west-client``.
 Everything is removed by ``close()``, also when starting failed.
+
+A live reshard on the bed (tests/test_idc_reshard.py, ``bin/bench idc``):
+``variant`` writes a newer topology with a logic node added (on a host of
+its own in its IDC) or dropped, ``start_logic``/``move``/``remove_logic`` run
+``bin/mesh reshard`` from the root namespace (it reaches every node without
+crossing the WAN) the way an operator does, starting the new node in
+between.
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import shutil
+
+import yaml
 
 from bench import wanbed
 from nodes.mesh import Mesh
@@ -31,15 +40,19 @@ class ProbeError(RuntimeError):
 
 
 class IdcMesh:
-    def __init__(self, delay: float = 0.020):
+    def __init__(self, delay: float = 0.020, channels=None, limits=None):
         self.delay = delay
+        self.channels = CHANNELS if channels is None else channels
+        self.limits = limits
         self.bed = self.mesh = self.cfg = self.topo = None
+        self.added = {}                       # logic node id -> the Mesh that started it (live reshard)
         self.dir = tempfile.mkdtemp(prefix="imesh-idc-")
 
     def start(self, ready_timeout: float = 60) -> "IdcMesh":
         try:
             self.bed = wanbed.WanBed(delay=self.delay).start()
-            self.cfg = wanbed.write_wan_topology(self.bed, self.dir, LAYOUT, channels=CHANNELS, curve=False)
+            self.cfg = wanbed.write_wan_topology(self.bed, self.dir, LAYOUT, channels=self.channels,
+                                                limits=self.limits, curve=False)
             self.topo = load(self.cfg)
             self.mesh = Mesh(self.cfg, wrap={node_id: self.bed.wrap(node_id) for node_id in self.bed.hosts})
             self.mesh.start()
@@ -53,6 +66,8 @@ class IdcMesh:
 
     def close(self) -> None:
         try:
+            for mesh in self.added.values():
+                mesh.close()
             if self.mesh is not None:
                 self.mesh.close()
         finally:
@@ -92,6 +107,57 @@ class IdcMesh:
             _out, err = proc.communicate()
             raise ProbeError(f"receiver did not start: {err}")
         return proc
+
+    # --- live reshard -------------------------------------------------------------
+    def variant(self, base: str, version: int, add=None, drop=None) -> str:
+        """A copy of topology ``base`` with ``version``; ``add`` (node id, idc): a logic node on a
+        new host of the bed; ``drop``: a logic node id left out.  Returns its path."""
+        raw = yaml.safe_load(open(base))
+        if add:
+            node_id, idc = add
+            address = self.bed.host(node_id, idc)
+            raw["idcs"][idc]["logics"].append({"id": node_id, **{
+                name: f"tcp://{address}:{wanbed.ENDPOINT_PORTS[name]}" for name in ("rpc", "pub")}})
+        if drop:
+            for groups in raw["idcs"].values():
+                groups["logics"] = [n for n in groups.get("logics", []) if n["id"] != drop]
+        raw["version"] = version
+        path = os.path.join(self.dir, f"topology-{version}.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(raw, f)
+        return path
+
+    def reshard(self, new: str, old: str, timeout=600) -> subprocess.CompletedProcess:
+        """``bin/mesh reshard -c NEW --from OLD --json``, run from the root namespace."""
+        return subprocess.run([sys.executable, "-m", "nodes.cli.mesh", "reshard", "-c", new, "--from", old,
+                               "--json"], capture_output=True, text=True, timeout=timeout, env=self.env())
+
+    def start_logic(self, old: str, node_id: str, idc: str, version: int) -> str:
+        """The first half of adding a logic node live: the command admits its key and exits 3
+        (start it), and the node is started on its own host with NEW.  ``move`` does the rest.
+        Returns NEW's path."""
+        new = self.variant(old, version, add=(node_id, idc))
+        first = self.reshard(new, old)
+        if first.returncode != 3 or f"--id {node_id}" not in first.stderr:
+            raise ProbeError(f"reshard before {node_id} runs: exit {first.returncode}: {first.stderr}")
+        mesh = self.added[node_id] = Mesh(new, wrap={node_id: self.bed.wrap(node_id)})
+        mesh.start([node_id])
+        mesh.wait_ready(60, [node_id])
+        return new
+
+    def remove_logic(self, old: str, node_id: str, version: int) -> tuple[str, dict]:
+        """Remove a logic node live: its channels go back, then it is stopped.  (NEW, the report)."""
+        new = self.variant(old, version, drop=node_id)
+        report = self.move(new, old)
+        self.added.pop(node_id).close()
+        return new, report
+
+    def move(self, new: str, old: str) -> dict:
+        """The command that moves the channels (every logic node of NEW runs); its JSON report."""
+        run = self.reshard(new, old)
+        if run.returncode != 0:
+            raise ProbeError(f"reshard -c {new}: exit {run.returncode}: {run.stderr}")
+        return json.loads(run.stdout)
 
 
 def collect(proc, timeout=60) -> list:

@@ -23,6 +23,7 @@ import collections
 import fcntl
 import os
 import random
+import re
 import select
 import shutil
 import struct
@@ -54,6 +55,17 @@ def ip(*args: str) -> None:
     run = subprocess.run(["ip", *args], capture_output=True, text=True)
     if run.returncode != 0:
         raise WanError(f"ip {' '.join(args)}: {run.stderr.strip()}")
+
+
+def free_net() -> int:
+    """A second octet (100-199) no address of the root namespace uses yet: two beds on one machine
+    (tests of parallel runs) sharing 10.<net> would route each other's hosts away."""
+    shown = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    used = {int(n) for n in re.findall(r"inet 10\.(\d+)\.", shown)}
+    free = [n for n in range(100, 200) if n not in used]
+    if not free:
+        raise WanError("every 10.100-199 network is in use by other beds")
+    return random.choice(free)
 
 
 def open_tap(name: str) -> int:
@@ -161,7 +173,7 @@ class WanBed:
         if len(idcs) != 2:
             raise WanError("the bed joins exactly two IDCs")
         self.tag = f"{random.getrandbits(16):04x}"
-        self.net = 100 + random.randrange(100)
+        self.net = None                            # 10.<net>.*: a free one, chosen by start()
         self.idcs = list(idcs)
         self.delay = delay
         self.hosts = {}                            # host name -> (namespace, address, idc)
@@ -174,6 +186,7 @@ class WanBed:
         if reason:
             raise WanError(reason)
         try:
+            self.net = free_net()
             for i, idc in enumerate(self.idcs, start=1):
                 bridge = f"imb{self.tag}{i}"
                 ip("link", "add", bridge, "type", "bridge")
