@@ -569,7 +569,13 @@ class BrokerNode(Node):
         before = dict(self.logics)
         self.refresh_peers(self.logics, "logic")
         self._watch_logic_links({n: s for n, s in self.logics.items() if n not in before})
-        self.resubscribe(self.sub, old, "logic")
+        self.resubscribe(self.sub, new, "logic")
+        return None
+
+    def on_admit(self, new):
+        """Hear the ticks of logic nodes a live reshard adds before routing to them, so a
+        moved channel is served as soon as the brokers adopt (not a tick interval later)."""
+        self.resubscribe(self.sub, new, "logic", keep=True)
         return None
 
     def on_logic_link_down(self, logic_id):

@@ -175,6 +175,7 @@ class Identity:
                                  f"for {name} under public_keys: in {topo.path}; peers would refuse it")
         self._servers = {}
         self._bound_at = None                  # endpoint -> node id, built on first use
+        self.coming = None                     # a newer topology admitted (its nodes' keys known too)
 
     @classmethod
     def admin(cls, topo: Topology) -> "Identity":
@@ -189,7 +190,8 @@ class Identity:
     def server_key(self, node_id: str) -> bytes:
         key = self._servers.get(node_id)
         if key is None:
-            key = self._servers[node_id] = public_key(self.topo, node_id)
+            topo = self.topo if node_id in self.topo.nodes or self.coming is None else self.coming
+            key = self._servers[node_id] = public_key(topo, node_id)
         return key
 
     def as_client(self, sock: zmq.Socket, node_id: str) -> None:
@@ -202,7 +204,8 @@ class Identity:
         apply per connect, so one SUB may connect to several publishers this way); any
         other endpoint (a client endpoint: see ``connect_client``) is connected as it is."""
         if self._bound_at is None:
-            self._bound_at = {ep: n.id for n in self.topo.nodes.values()
+            nodes = list(self.coming.nodes.values()) if self.coming is not None else []
+            self._bound_at = {ep: n.id for n in nodes + list(self.topo.nodes.values())
                               for name, ep in n.endpoints.items() if name != "client"}
         node_id = self._bound_at.get(endpoint)
         if node_id is not None:
@@ -245,12 +248,13 @@ class NodeSecurity(Identity):
         """Admit the keys of a newer topology as well (before its new nodes connect)."""
         if topo.curve:
             self.allowed = {**self.allowed, **admitted(topo)}
+        self.coming, self._bound_at = topo, None     # its new nodes may be connected to already
 
     def adopt(self, topo: Topology) -> None:
         """Run by a newer topology: its keys only, its nodes' server keys and endpoints."""
         allowed = admitted(topo) if topo.curve else {}      # a missing key file fails before anything changes
         self.topo, self.allowed = topo, allowed
-        self._servers, self._bound_at = {}, None
+        self._servers, self._bound_at, self.coming = {}, None, None
 
     def check_internal(self, key: bytes) -> bool:
         """ZAP verdict for an internal socket (runs in the authenticator's thread)."""

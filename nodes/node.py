@@ -263,11 +263,12 @@ class Node:
                 sock = socks[node_id] = self.connect(zmq.DEALER, spec.endpoint("rpc"))
                 self.loop.add(sock, self.requests.on_reply)
 
-    def resubscribe(self, sub: zmq.Socket, old: Topology, node_type: str) -> None:
-        """After a topology change: ``sub`` (from ``subscribe``) follows the publishers of a type."""
-        before = {n.endpoint("pub") for n in old.of_type(node_type)}
-        after = {n.endpoint("pub") for n in self.topo.of_type(node_type)}
-        for endpoint in before - after:
+    def resubscribe(self, sub: zmq.Socket, topo: Topology, node_type: str, keep: bool = False) -> None:
+        """``sub`` (from ``subscribe``) follows the publishers of a type in ``topo``; ``keep``:
+        connect to its new ones but leave no old one yet (at ``admit``)."""
+        before = set(self.relinker.endpoints.get(sub, ()))
+        after = {n.endpoint("pub") for n in topo.of_type(node_type)}
+        for endpoint in () if keep else before - after:
             self.relinker.disconnect(sub, endpoint)
         for endpoint in sorted(after - before):
             self.relinker.connect(sub, endpoint)
