@@ -13,7 +13,7 @@ import time
 import pytest
 
 from nodes import auth, curve
-from nodes.client import Client
+from nodes.client import Client, ClientError
 from nodes.localtopo import free_ports, write_topology  # noqa: F401  (tests import them from here)
 from nodes.mesh import Mesh, MeshError
 
@@ -68,6 +68,20 @@ class MeshHarness:
 
     def owner_of(self, channel: str) -> str:
         return self.topo.logic_for(channel)
+
+
+def served(request, timeout: float = 10.0):
+    """``request()``'s answer, asked again while it is UNAVAILABLE: the outcome the contract
+    tells a client to retry (a broker may learn that a restarted logic node is back only from
+    its next tick, after the harness saw both ready)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return request()
+        except ClientError as exc:
+            if exc.code != "UNAVAILABLE" or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
 
 
 def start_mesh(directory, started: list, **kwargs) -> MeshHarness:

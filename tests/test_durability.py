@@ -5,6 +5,7 @@ import signal
 
 import pytest
 
+from conftest import served
 from nodes.client import ClientError
 
 
@@ -36,7 +37,7 @@ def test_sigkill_of_logic_after_ack_loses_nothing(make_mesh):
     m.mesh.signal(logic, signal.SIGKILL)
     m.mesh.start([logic])
     m.mesh.wait_ready(15)
-    page = sender.sync("lobby", 0)
+    page = served(lambda: sender.sync("lobby", 0))
     assert [(msg["ctime"], msg["id"]) for msg in page["msgs"]] == sorted(acked.items())
     assert [msg["text"] for msg in page["msgs"]] == [f"durable {i}" for i in range(50)]
     # the dedup record survived too: the last send retried is acked with its original id

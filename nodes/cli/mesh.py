@@ -135,9 +135,11 @@ def cmd_stop(args) -> int:
             print(f"stopped {args.node} (exit {reply['exit']}); the supervisor keeps it down until "
                   f"`{PROG} start {args.node}`")
             return 0
+        sup_pid = supervisor.read_pid(topo.data_dir)
         deadline = time.monotonic() + 30
-        while supervisor.read_pid(topo.data_dir) and time.monotonic() < deadline:
-            time.sleep(0.1)                   # the supervisor removes its pid file when all are down
+        while (supervisor.read_pid(topo.data_dir) or (sup_pid and supervisor.alive(sup_pid))) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)       # it removes its pid file when all are down, then exits: wait for both
         print("mesh stopped")
         return 0
     ids = [args.node] if args.node else list(topo.nodes)
