@@ -31,6 +31,10 @@ from .topology import Topology, TopologyError
 log = logging.getLogger(__name__)
 
 PHASES = ("admit", "adopt")
+# what a running node took from its file once (its store, secret, keys, limits): a live change
+# that altered them would be half applied, and undone by the next restart
+UNCHANGED = ("data_dir", "secret_file", "keys_dir", "curve", "client_curve", "local", "limits",
+             "heartbeat", "storage", "shards")
 KEPT_NAME = "topology.yaml"
 
 
@@ -55,8 +59,16 @@ def check_change(old: Topology, new: Topology) -> None:
         if not _same_nodes(old, new, node_type):
             raise TopologyError(f"{where}: the {node_type}s differ from the running topology's; a live "
                                 "change adds or removes logic nodes only (restart the mesh for others)")
+    for field in UNCHANGED:
+        if getattr(new, field) != getattr(old, field):
+            raise TopologyError(f"{where}: {field} differs from the running topology's; a live change "
+                                "adds or removes logic nodes only (restart the mesh for others)")
     if not new.of_type("logic"):
         raise TopologyError(f"{where}: no logic node left")
+    if set(new.idcs_with("logic")) != set(old.idcs_with("logic")):
+        raise TopologyError(f"{where}: the IDCs with logic nodes would change from "
+                            f"{sorted(old.idcs_with('logic'))} to {sorted(new.idcs_with('logic'))}: "
+                            "channels homed by them would change their home IDC; a channel stays in its IDC")
     for spec in new.of_type("logic"):
         was = old.nodes.get(spec.id)
         if was is not None and (was.type != "logic" or was.endpoints != spec.endpoints or was.idc != spec.idc):
