@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nodes import auth, handoff, topology, wire
+from nodes import store as keys
 from nodes.logic import LogicCore
 from nodes.store import Store
 from test_cores import OnlineAll, Out, send, turn
@@ -113,3 +114,34 @@ def test_take_refuses_what_is_not_its_own_and_bad_rows(tmp_path):
     with pytest.raises(wire.ProtocolError) as exc:
         side.handle_take(b"", {"rid": 1, "auth": auth.mint(SECRET, 5, 300), "channels": [mine]})
     assert exc.value.code == wire.Err.AUTH_FAILED
+
+
+def test_take_stores_only_rows_of_the_channels_it_names(tmp_path):
+    """``take`` names its channels, and its rows are written as they come: a row of another
+    channel (one this node serves, say) or one that cannot be read would overwrite live
+    state, or stop the node at the load and at every restart after it.  Refused, nothing
+    written."""
+    two = topo_with(tmp_path, ["l1", "l2"], 2)
+    dst, _out, dst_store = core_of(tmp_path, "l2", two)
+    mine = [f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2"]
+    moving, served = mine[0], mine[1]
+    dst.channel_create(admin(channel=served, members=[1, 2]))
+    dst_store.flush()
+    side = handoff.Handoff(dst, dst_store)
+    stored = dict(dst_store.scan(b"c"))
+    forged = keys.encode({"members": [9], "lifetime": None})
+    bad = {"another channel's members": [[keys.channel_key(served), forged]],
+           "another channel's messages": [[keys.message_key(served, 1), keys.encode([9, 0, 1, 0, 1e12, "x", None])]],
+           "another channel's send index": [[keys.sent_key(9, 0, 1), keys.sent_value(served, 1, 0)]],
+           "members that cannot be read": [[keys.channel_key(moving), b"\xc1"]],
+           "a dedup row that cannot be read": [[keys.dedup_key(9, 0), b"\xc1"]]}
+    for what, rows in bad.items():
+        with pytest.raises(wire.ProtocolError) as exc:
+            side.handle_take(b"", admin(channels=[moving], rows=rows, first=True, last=True))
+        assert exc.value.code == wire.Err.BAD_FIELD, what
+        dst_store.flush()
+        assert dict(dst_store.scan(b"c")) == stored, what
+        assert dst.channels[served].members == {1, 2}, what
+    reopened = LogicCore("l2", two, dst_store, OnlineAll(), Out(), SECRET)
+    reopened.load()                                                    # a restart still starts
+    assert reopened.channels[served].members == {1, 2}
