@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 
 from . import auth, shards, wire
+from . import store as keys
 
 PAGE_BYTES = 1 << 20
 
@@ -38,14 +39,54 @@ def _names(value, field="channels") -> list:
     return value
 
 
-def _rows(value) -> list:
+def _rows(value, names, store) -> list:
+    """The rows of a ``take``: each one readable, and of a channel it names (a ``d`` row is a
+    device's, not a channel's), so a bad page cannot overwrite a channel served here or leave
+    a row that stops the node at its next load."""
     if type(value) is not list or not all(type(r) is list and len(r) == 2 and type(r[0]) is bytes
                                           and type(r[1]) is bytes and r[0] for r in value):
         raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'rows' must be a list of [key, value] byte pairs")
-    for key, _value in value:
+    named, sent = set(names), set()
+    for key, raw in value:
         if key[:1] not in b"mcilexd":
             raise wire.ProtocolError(wire.Err.BAD_FIELD, f"row key kind {key[:1]!r} is not channel state")
+        try:
+            channel = _channel_of_row(key, raw, store, sent)
+        except Exception:                      # noqa: BLE001 -- any malformed key or value
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, f"row {key[:40]!r} cannot be read") from None
+        if channel is not None and channel not in named:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, f"row {key[:40]!r} belongs to channel {channel!r}, "
+                                     "which this take does not name")
     return value
+
+
+def _channel_of_row(key: bytes, raw: bytes, store, sent: set):
+    """The channel a row belongs to (None: a device's ``d`` row, or an ``x`` row whose send
+    is not stored here); raises when the key or value cannot be read."""
+    kind = key[:1]
+    if kind == b"d":
+        ctime, channel, msg_id = keys.decode(raw)[:3]
+        if type(ctime) is not int or type(channel) is not str or type(msg_id) is not int:
+            raise ValueError("not a dedup row")
+        return None
+    if kind == b"e":
+        if len(raw) < 12:
+            raise ValueError("short send-index row")
+        sent.add(key)
+        return keys.sent_of_value(raw)[0]
+    if kind == b"x":
+        _expiry, send = keys.sent_of_expiry_key(key)
+        known = None if send in sent else store.get(send)
+        return None if known is None else keys.sent_of_value(known)[0]
+    channel = shards.channel_of_key(key)
+    if kind == b"i":
+        keys.unpack_u64(raw)
+    elif kind == b"c":
+        if type(keys.decode(raw)["members"]) is not list:
+            raise ValueError("no member list")
+    else:
+        keys.decode(raw)
+    return channel
 
 
 class Outgoing:
@@ -110,7 +151,8 @@ class Handoff:
         """Rows of channels this node serves now.  ``first``: what it held of them is cleared;
         ``last``: they are loaded and served."""
         self._verify(msg)
-        names, rows = _names(msg.get("channels")), _rows(msg.get("rows", []))
+        names = _names(msg.get("channels"))
+        rows = _rows(msg.get("rows", []), names, self.store)
         not_mine = [n for n in names if not self.core.placement.owns(n)]
         if not_mine:
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"this node does not serve {not_mine[0]!r} under "
