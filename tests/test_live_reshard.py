@@ -20,7 +20,7 @@ import yaml
 
 from bench.failover import Sender
 from conftest import ROOT, MeshHarness, free_ports, write_topology
-from nodes import topology
+from nodes import topochange, topology
 from nodes.admin import Admin
 from nodes.mesh import Mesh, wait_for
 
@@ -151,3 +151,36 @@ def check(admin, senders, before, names) -> None:
         ctime, msg_id = before[s.uin]                                  # acked before both moves
         again = s.client.request({"t": "send", "channel": s.channel, "ctime": ctime, "text": f"{s.uin}:1"})
         assert again["id"] == msg_id
+
+
+def test_a_reshard_that_failed_while_a_logic_node_adopted_moves_everything_when_run_again(tmp_path):
+    """A logic node that cannot keep the new topology (full or read-only data directory:
+    here a directory where the file goes) refuses the adopt; the command says so.  Run again
+    once that is fixed, it must still hand over every channel the node no longer serves --
+    not find the node on the new version already and move nothing (the channel would be
+    stranded: NO_CHANNEL at its new owner, its messages left on the old one)."""
+    one = write_topology(tmp_path, brokers=1, logics=1, limits=LIMITS)
+    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
+    mesh = MeshHarness(one).start()
+    added = Mesh(two)
+    try:
+        name = next(n for n in CHANNELS if added.topo.logic_for(n) == "l2")
+        mesh.admin.channel("create", name, [1])
+        client = mesh.client(1, wait_online=False)
+        assert client.request({"t": "send", "channel": name, "ctime": 1, "text": "before"})["id"] == 1
+        assert reshard(two, one).returncode == 3                       # admits l2's key: start it now
+        added.start(["l2"])
+        added.wait_ready(30, ["l2"])
+        blocker = topochange.kept_path(mesh.topo, "l1") + ".new"
+        os.makedirs(blocker)
+        failed = reshard(two, one)
+        assert failed.returncode != 0 and "l1" in failed.stderr, failed.stderr
+        os.rmdir(blocker)
+        run = reshard(two, one, "--json")
+        assert run.returncode == 0, run.stderr
+        assert [m["channel"] for m in json.loads(run.stdout)["moved"]] == [name]
+        assert [m["text"] for m in stored(client, name)] == ["before"]
+        assert client.request({"t": "send", "channel": name, "ctime": 2, "text": "after"})["id"] == 2
+    finally:
+        added.close()
+        mesh.close()
