@@ -178,7 +178,7 @@ def test_a_reshard_that_failed_while_a_logic_node_adopted_moves_everything_when_
         os.rmdir(blocker)
         run = reshard(two, one, "--json")
         assert run.returncode == 0, run.stderr
-        assert [m["channel"] for m in json.loads(run.stdout)["moved"]] == [name]
+        assert name in [m["channel"] for m in json.loads(run.stdout)["moved"]]
         assert [m["text"] for m in stored(client, name)] == ["before"]
         assert client.request({"t": "send", "channel": name, "ctime": 2, "text": "after"})["id"] == 2
     finally:
