@@ -184,3 +184,33 @@ def test_a_reshard_that_failed_while_a_logic_node_adopted_moves_everything_when_
     finally:
         added.close()
         mesh.close()
+
+
+def test_a_reshard_from_a_file_older_than_what_the_mesh_runs_is_refused(tmp_path):
+    """After a reshard the nodes keep running (and restart with) the topology they adopted,
+    whatever file their supervisor names.  ``--from`` the original file then describes a
+    mesh that no longer exists: a change from it that drops the added logic node must not
+    skip that node (never asked to adopt or hand over, its channels stranded: NO_CHANNEL at
+    their new owner) -- it is refused, naming the version the mesh runs."""
+    one = write_topology(tmp_path, brokers=1, logics=1, limits=LIMITS)
+    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
+    three = variant(two, "topology-3.yaml", 3, drop_logic="l2")
+    mesh = MeshHarness(one).start()
+    added = Mesh(two)
+    try:
+        name = next(n for n in CHANNELS if added.topo.logic_for(n) == "l2")
+        mesh.admin.channel("create", name, [1])
+        client = mesh.client(1, wait_online=False)
+        assert client.request({"t": "send", "channel": name, "ctime": 1, "text": "before"})["id"] == 1
+        assert reshard(two, one).returncode == 3
+        added.start(["l2"])
+        added.wait_ready(30, ["l2"])
+        assert reshard(two, one).returncode == 0
+        stale = reshard(three, one)                                    # the mesh runs version 2
+        assert stale.returncode != 0 and "version 2" in stale.stderr, (stale.stdout, stale.stderr)
+        assert [m["text"] for m in stored(client, name)] == ["before"]     # still served by l2
+        assert reshard(three, two).returncode == 0                     # from the right file: done
+        assert [m["text"] for m in stored(client, name)] == ["before"]
+    finally:
+        added.close()
+        mesh.close()
