@@ -68,8 +68,15 @@ class LiveReshard:
         old_logic = self.old.ids("logic")
         for node_id in self.old.nodes:                                   # 1. admit
             required = node_id in old_logic
-            if self.topology(node_id, "admit", required) is None:
+            reply = self.topology(node_id, "admit", required)
+            if reply is None:
                 self.say(f"warning: {node_id} is down: start it with {self.new.path}")
+            elif reply.get("version") not in (self.old.version, self.new.version):
+                # OLD does not describe the running mesh: nodes only it lacks would be left out
+                raise LiveError(f"{node_id} runs topology version {reply.get('version')}, not "
+                                f"{self.old.path}'s ({self.old.version}): give --from the file of "
+                                f"version {reply.get('version')} (each node keeps it in its data directory, "
+                                f"{topochange.KEPT_NAME})")
         added = [n for n in self.new.ids("logic") if n not in self.old.nodes]
         self._check_started(added)                                       # 2.
         if dry_run:
