@@ -101,21 +101,37 @@ def keep(topo: Topology, node_id: str) -> None:
     os.replace(tmp, path)
 
 
-def newest(topo: Topology, node_id: str) -> Topology:
-    """``topo``, or the topology this node adopted later if that one is newer."""
+def kept(topo: Topology, node_id: str) -> Topology | None:
+    """The topology this node adopted while running (read as if it were ``topo``'s file), if any."""
     path = kept_path(topo, node_id)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        return topo
+        return None
     try:
-        kept = topology.from_text(text, topo.path)
+        return topology.from_text(text, topo.path)
     except TopologyError as exc:
         log.error("ignoring %s: %s", path, exc)
-        return topo
-    if kept.version <= topo.version:
+        return None
+
+
+def newest(topo: Topology, node_id: str) -> Topology:
+    """``topo``, or the topology this node adopted later if that one is newer."""
+    adopted = kept(topo, node_id)
+    if adopted is None or adopted.version <= topo.version:
         return topo
     log.warning("%s: starting from the topology version %d adopted while running (%s has version %d); "
-                "replace that file with it", node_id, kept.version, topo.path, topo.version)
-    return kept
+                "replace that file with it", node_id, adopted.version, topo.path, topo.version)
+    return adopted
+
+
+def check_offline(old: Topology, new: Topology) -> None:
+    """Raise TopologyError if nodes keep a newer topology than ``new`` (offline reshard): they
+    would start from it, not from ``new``, and serve by another layout than the stores'."""
+    for node_id in dict.fromkeys([*old.nodes, *new.nodes]):
+        adopted = kept(new, node_id)
+        if adopted is not None and adopted.version > new.version:
+            raise TopologyError(f"{new.path}: {node_id} keeps topology version {adopted.version} from a live "
+                                f"change ({kept_path(new, node_id)}) and would start from it: set "
+                                f"`version: {adopted.version + 1}` in {new.path}")
