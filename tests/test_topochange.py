@@ -110,7 +110,7 @@ def test_a_node_refuses_bad_topology_requests_and_keeps_serving(base):
         mesh.close()
 
 
-def two_idcs(tmp_path, logics, version):
+def two_idcs(tmp_path, logics, version, channels=None):
     """Two IDCs, each with a broker, router and counter; ``logics`` = {idc: [logic ids]}, each
     logic node at the same endpoints in every version."""
     ports = iter(range(21000, 21100))
@@ -126,7 +126,8 @@ def two_idcs(tmp_path, logics, version):
                   "counters": [{"id": f"c-{idc}", "rpc": ep()}],
                   **({"logics": [logic(n) for n in logics[idc]]} if idc in logics else {})}
             for idc in ("west", "east")}
-    raw = {"local": True, "data_dir": str(tmp_path), "version": version, "curve": False, "idcs": idcs}
+    raw = {"local": True, "data_dir": str(tmp_path), "version": version, "curve": False, "idcs": idcs,
+           "channels": channels or {}}
     return topology.parse(raw, str(tmp_path / "t.yaml"))
 
 
@@ -159,3 +160,18 @@ def test_a_live_change_refuses_changes_beyond_the_logic_nodes(base, change):
     new = topology.load(edit(base, "new.yaml", lambda raw: (bumped(raw), add_logic(raw), change(raw))))
     with pytest.raises(TopologyError):
         topochange.check_change(old, new)
+
+
+def test_dropping_or_adding_a_yaml_channel_cannot_move_it_to_another_idc(tmp_path):
+    """A YAML channel's declared ``idc`` is its home; a new file without the entry (or with a
+    new entry for a name that exists at runtime) would hash it over the IDCs instead."""
+    logics = {"west": ["w1"], "east": ["e1", "e2"]}
+    name = next(f"ops{i}" for i in range(100)
+                if two_idcs(tmp_path, logics, 1).home_of(f"ops{i}") == "west")
+    declared = {name: {"members": [1], "idc": "east"}}
+    grown = dict(logics, east=["e1", "e2", "e3"])
+    for before, after in ((declared, {}), ({}, declared)):
+        old, new = two_idcs(tmp_path, logics, 1, before), two_idcs(tmp_path, grown, 2, after)
+        assert old.home_of(name) != new.home_of(name)
+        with pytest.raises(TopologyError, match="home IDC"):
+            topochange.check_change(old, new)
