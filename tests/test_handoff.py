@@ -145,3 +145,32 @@ def test_take_stores_only_rows_of_the_channels_it_names(tmp_path):
     reopened = LogicCore("l2", two, dst_store, OnlineAll(), Out(), SECRET)
     reopened.load()                                                    # a restart still starts
     assert reopened.channels[served].members == {1, 2}
+
+
+def test_a_channel_being_taken_in_is_not_served_until_it_is_loaded(tmp_path):
+    """Between the first and the last page the new owner holds part of a channel.  An admin
+    request reaching it then (bin/mesh follows the old owner's WRONG_OWNER to the new owner)
+    must be answered UNAVAILABLE, not served on nothing: a ``channel_create`` would be acked
+    and its members would replace the moved ones when the channel is loaded."""
+    one, two = topo_with(tmp_path, ["l1"], 1), topo_with(tmp_path, ["l1", "l2"], 2)
+    name = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2")
+    src, _out, src_store = core_of(tmp_path, "l1", one)
+    src.channel_create(admin(channel=name, members=[1, 2]))
+    src.on_ids(name, 1, 1001)
+    send(src, 1, 100, "m1", channel=name)
+    turn(src, src_store)
+    dst, _dst_out, dst_store = core_of(tmp_path, "l2", two)
+    src.adopt(two)
+    page = handoff.Handoff(src, src_store).handle_handoff(b"", admin(to="l2", after=0))
+    side = handoff.Handoff(dst, dst_store)
+    side.handle_take(b"", admin(channels=page["channels"], rows=page["rows"], first=True, last=False))
+    dst_store.flush()
+    for request in (lambda: dst.channel_create(admin(channel=name, members=[9])),
+                    lambda: dst.channel_add(admin(channel=name, members=[9]))):
+        with pytest.raises(wire.ProtocolError) as exc:
+            request()
+        assert exc.value.code == wire.Err.UNAVAILABLE
+    dst_store.flush()
+    side.handle_take(b"", admin(channels=page["channels"], rows=[], first=False, last=True))
+    assert dst.channels[name].members == {1, 2}
+    assert dst.channel_add(admin(channel=name, members=[9]))["members"] == [1, 2, 9]   # served now
