@@ -158,6 +158,7 @@ class Handoff:
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"this node does not serve {not_mine[0]!r} under "
                                      f"topology version {self.core.topo.version}: adopt the new one first")
         if msg.get("first") is True:
+            self.core.incoming.update(names)   # until the last page: not served (requests: UNAVAILABLE)
             self.core.forget(names)
             for key, _value in list(shards.channel_rows(self.store, set(names).__contains__)):
                 self.store.delete(key)
@@ -169,6 +170,7 @@ class Handoff:
             self.store.flush()                 # load reads the store, not the staged batch
             self.core.forget(names)
             self.core.load(set(names).__contains__)
+            self.core.incoming.difference_update(names)
             self.core.sent_cursor = None       # moved ``x`` rows may sort before where pruning was
         return wire.reply("take", msg["rid"], n=len(rows), loaded=len(names) if msg.get("last") is True else 0)
 
