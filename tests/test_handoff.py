@@ -174,3 +174,39 @@ def test_a_channel_being_taken_in_is_not_served_until_it_is_loaded(tmp_path):
     side.handle_take(b"", admin(channels=page["channels"], rows=[], first=False, last=True))
     assert dst.channels[name].members == {1, 2}
     assert dst.channel_add(admin(channel=name, members=[9]))["members"] == [1, 2, 9]   # served now
+
+
+def test_a_take_cut_short_leaves_no_partial_channel_that_a_restart_serves_or_hands_on(tmp_path, monkeypatch):
+    """The new owner dies between the first and the last page (the moving channel's members
+    and some of its messages arrived).  Restarted, it must not load that partial copy: the
+    operator may then remove the node again (the old owner, which still holds the whole
+    channel, serves it once more), and a partial copy the restarted node held would be
+    handed back over the whole one -- messages lost, ids back."""
+    one, two, three = (topo_with(tmp_path, ["l1"], 1), topo_with(tmp_path, ["l1", "l2"], 2),
+                       topo_with(tmp_path, ["l1"], 3))
+    name = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2")
+    src, _out, src_store = core_of(tmp_path, "l1", one)
+    src.channel_create(admin(channel=name, members=[1, 2]))
+    src.on_ids(name, 1, 1001)
+    for n in range(1, 31):
+        send(src, 1, 100 + n, f"m{n}", channel=name, rid=n)
+    turn(src, src_store)
+    dst, _dst_out, dst_store = core_of(tmp_path, "l2", two)
+    src.adopt(two)
+    monkeypatch.setattr(handoff, "PAGE_BYTES", 200)
+    page = handoff.Handoff(src, src_store).handle_handoff(b"", admin(to="l2", after=0))
+    assert page["next"] != 0
+    handoff.Handoff(dst, dst_store).handle_take(b"", admin(channels=page["channels"], rows=page["rows"],
+                                                           first=True, last=False))
+    dst_store.flush()                                                  # ... and l2 dies here
+
+    restarted = LogicCore("l2", two, dst_store, OnlineAll(), Out(), SECRET)
+    restarted.load()
+    assert name not in restarted.channels                              # not served, not handed on
+    with pytest.raises(wire.ProtocolError) as exc:
+        send(restarted, 1, 500, "new", channel=name)
+    assert exc.value.code == wire.Err.UNAVAILABLE
+    src.adopt(three)                                                   # the node is removed again
+    assert src.leaving() == {} and restarted.adopt(three) == {}
+    sync = src.sync({"rid": 1, "uin": 1, "channel": name, "after": 0}, 0.0)
+    assert [m["id"] for m in sync["msgs"]] == list(range(1, 31))
