@@ -158,7 +158,9 @@ class Handoff:
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"this node does not serve {not_mine[0]!r} under "
                                      f"topology version {self.core.topo.version}: adopt the new one first")
         if msg.get("first") is True:
-            self.core.incoming.update(names)   # until the last page: not served (requests: UNAVAILABLE)
+            self.core.incoming.update(names)   # until the last page: not served (requests: UNAVAILABLE),
+            for name in names:                 # nor loaded by a restart (nodes/logic.py load)
+                self.store.put(keys.taking_key(name), b"")
             self.core.forget(names)
             for key, _value in list(shards.channel_rows(self.store, set(names).__contains__)):
                 self.store.delete(key)
@@ -167,10 +169,12 @@ class Handoff:
             if key[:1] == b"d":
                 self.core.note_dedup_row(key, value)
         if msg.get("last") is True:
+            for name in names:
+                self.store.delete(keys.taking_key(name))
             self.store.flush()                 # load reads the store, not the staged batch
             self.core.forget(names)
-            self.core.load(set(names).__contains__)
             self.core.incoming.difference_update(names)
+            self.core.load(set(names).__contains__)
             self.core.sent_cursor = None       # moved ``x`` rows may sort before where pruning was
         return wire.reply("take", msg["rid"], n=len(rows), loaded=len(names) if msg.get("last") is True else 0)
 

@@ -184,9 +184,13 @@ class LogicCore:
         """Load the stored channels (those ``wanted(name)`` accepts, if given) and create the
         topology's channels this node serves that are not stored yet."""
         loaded = {}
+        # a take cut short (nodes/handoff.py): part of a channel only, neither served nor seeded
+        # until a take ends
+        self.incoming.update(n for n in (key[1:].decode() for key, _raw in self.store.scan(b"t"))
+                             if wanted is None or wanted(n))
         for key, raw in self.store.scan(b"c"):
             name, row = key[1:].decode(), keys.decode(raw)
-            if wanted is None or wanted(name):
+            if (wanted is None or wanted(name)) and name not in self.incoming:
                 loaded[name] = ChannelState(name, row["members"], self.queue, row.get("lifetime"))
         self.channels.update(loaded)
         for name, ch in loaded.items():
@@ -208,7 +212,8 @@ class LogicCore:
             self.note_dedup_row(key, raw)
         self.dedup_loaded = True             # once: later d rows reach the table as they are written
         for name, spec in self.topo.channels.items():
-            if name not in self.channels and (self.placement.owns(name) if wanted is None else wanted(name)):
+            if name not in self.channels and name not in self.incoming and (
+                    self.placement.owns(name) if wanted is None else wanted(name)):
                 self._create(name, spec["members"], spec.get("lifetime"))
         self.store.flush()
 
