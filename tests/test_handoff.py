@@ -210,3 +210,53 @@ def test_a_take_cut_short_leaves_no_partial_channel_that_a_restart_serves_or_han
     assert src.leaving() == {} and restarted.adopt(three) == {}
     sync = src.sync({"rid": 1, "uin": 1, "channel": name, "after": 0}, 0.0)
     assert [m["id"] for m in sync["msgs"]] == list(range(1, 31))
+
+
+def hand_over(src, src_store, dst, dst_store, to):
+    """What bin/mesh reshard does for one old and new owner (nodes/livereshard.py): pages,
+    then done.  Returns the last take reply."""
+    out_side, in_side = handoff.Handoff(src, src_store), handoff.Handoff(dst, dst_store)
+    after, first = 0, True
+    while True:
+        page = out_side.handle_handoff(b"", admin(to=to, after=after))
+        last = page["next"] == 0
+        took = in_side.handle_take(b"", admin(channels=page["channels"], rows=page["rows"], first=first,
+                                              last=last, boundaries=page.get("boundaries", {})))
+        dst_store.flush()
+        first, after = False, page["next"]
+        if last:
+            break
+    out_side.handle_done(b"", admin(to=to, channels=page["channels"]))
+    src_store.flush()
+    return took
+
+
+def test_a_stale_copy_never_replaces_the_newer_channel_its_new_owner_holds(tmp_path):
+    """A logic node added live seeds the YAML channels it will own (empty) when it starts.
+    If the operator then removes it again before ``lobby`` was handed to it (the move failed
+    half way, say), the removal hands its empty ``lobby`` back to the old owner -- which still
+    holds the real one and serves it again.  That copy is behind (ids would go back, messages
+    and members vanish): the new owner keeps its own, and the stale copy is deleted."""
+    one, two, three = (topo_with(tmp_path, ["l1"], 1), topo_with(tmp_path, ["l1", "l2"], 2),
+                       topo_with(tmp_path, ["l1"], 3))
+    assert two.logic_for("lobby") == "l2"
+    l1, l1_out, l1_store = core_of(tmp_path, "l1", one)
+    l1.on_ids("lobby", 1, 1001)
+    l1.channel_add(admin(channel="lobby", members=[4]))
+    for n in range(1, 6):
+        send(l1, 1, 100 + n, f"m{n}", channel="lobby", rid=n)
+    turn(l1, l1_store)
+    l2, _out2, l2_store = core_of(tmp_path, "l2", two)             # started with the new file
+    assert l2.channels["lobby"].last_id == 0                        # its seeded, empty lobby
+    l1.adopt(two)                                                   # ... and the move stops here
+    l1.adopt(three)
+    assert l2.adopt(three) == {"lobby": "l1"}
+    took = hand_over(l2, l2_store, l1, l1_store, "l1")
+    sync = l1.sync({"rid": 1, "uin": 1, "channel": "lobby", "after": 0}, 0.0)
+    assert [m["id"] for m in sync["msgs"]] == [1, 2, 3, 4, 5]
+    assert l1.channels["lobby"].members == {1, 2, 3, 4}
+    assert took["kept"] == ["lobby"]
+    assert send(l1, 1, 200, "next", channel="lobby") is None
+    turn(l1, l1_store)
+    assert l1_out.replies[-1][1]["id"] == 6                        # ids go on, never back
+    assert "lobby" not in l2.channels and l2.leaving() == {}        # the stale copy is gone
