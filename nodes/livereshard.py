@@ -128,13 +128,18 @@ class LiveReshard:
             if not names:
                 return
             last = page["next"] == 0
-            self.call(dst, {"t": "take", "channels": names, "rows": page["rows"], "first": first, "last": last})
+            took = self.call(dst, {"t": "take", "channels": names, "rows": page["rows"], "first": first,
+                                   "last": last, "boundaries": page.get("boundaries", {}) if first else None})
             self.rows += len(page["rows"])
             first, after = False, page["next"]
             if last:
                 break
         self.call(src, {"t": "handoff_done", "to": dst, "channels": names})
+        kept = set(took.get("kept", ()))
         for name in names:
+            if name in kept:
+                self.say(f"kept {name} at {dst}: its ids go beyond {src}'s copy, which is deleted")
+                continue
             self.moves.append((name, src, dst))
             self.say(f"moved {name}: {src} -> {dst}")
 
