@@ -21,7 +21,7 @@ import yaml
 
 from bench.failover import Sender
 from conftest import ROOT, MeshHarness, free_ports, write_topology
-from nodes import topochange, topology
+from nodes import livereshard, topochange, topology
 from nodes.admin import Admin, AdminError
 from nodes.mesh import Mesh, wait_for
 
@@ -244,6 +244,37 @@ def test_a_membership_change_acked_before_the_move_is_kept(tmp_path):
         assert reshard(two, one).returncode == 0
         members = new.channel("show", "lobby")["members"]
         assert (4242 in members) == added_ok, members
+    finally:
+        added.close()
+        mesh.close()
+
+
+def test_an_added_node_given_up_half_way_is_removed_without_loss(tmp_path):
+    """A run that stopped after the logic nodes adopted (brokers still on the old version,
+    nothing handed over yet; here the adopts are sent by hand), then the operator removes
+    the added node instead of running again: the channels stay with their old owner, whole
+    -- the added node's seeded, empty lobby is not loaded over the real one."""
+    one = write_topology(tmp_path, brokers=1, logics=1, limits=LIMITS)
+    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
+    three = variant(two, "topology-3.yaml", 3, drop_logic="l2")
+    mesh = MeshHarness(one).start()
+    added = Mesh(two)
+    try:
+        assert added.topo.logic_for("lobby") == "l2"
+        client = mesh.client(1, wait_online=False)
+        acked = [client.request({"t": "send", "channel": "lobby", "ctime": n, "text": f"m{n}"})["id"]
+                 for n in range(1, 4)]
+        assert reshard(two, one).returncode == 3
+        added.start(["l2"])
+        added.wait_ready(30, ["l2"])
+        change = livereshard.LiveReshard(topology.load(one), topology.load(two), say=lambda _line: None)
+        assert change.topology("l1", "adopt")["leaving"]["lobby"] == "l2"
+        change.topology("l2", "adopt")                                 # ... and the run stops here
+        run = reshard(three, two, "--json")
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["moved"] == []
+        assert [m["id"] for m in stored(client, "lobby")] == acked
+        assert client.request({"t": "send", "channel": "lobby", "ctime": 9, "text": "after"})["id"] == 4
     finally:
         added.close()
         mesh.close()
