@@ -71,8 +71,9 @@ class LiveReshard:
             reply = self.topology(node_id, "admit", required)
             if reply is None:
                 self.say(f"warning: {node_id} is down: start it with {self.new.path}")
-            elif reply.get("version") not in (self.old.version, self.new.version):
-                # OLD does not describe the running mesh: nodes only it lacks would be left out
+            elif reply.get("version", 0) > self.old.version and reply.get("version") != self.new.version:
+                # the node adopted a topology newer than OLD: OLD may lack logic nodes that hold
+                # channels, and they would be left out (nodes behind OLD: a run cut short, fine)
                 raise LiveError(f"{node_id} runs topology version {reply.get('version')}, not "
                                 f"{self.old.path}'s ({self.old.version}): give --from the file of "
                                 f"version {reply.get('version')} (each node keeps it in its data directory, "
