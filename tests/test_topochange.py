@@ -175,3 +175,18 @@ def test_dropping_or_adding_a_yaml_channel_cannot_move_it_to_another_idc(tmp_pat
         assert old.home_of(name) != new.home_of(name)
         with pytest.raises(TopologyError, match="home IDC"):
             topochange.check_change(old, new)
+
+
+def test_a_topology_whose_keys_are_missing_is_neither_adopted_nor_kept(base):
+    """A node must never keep (and so restart from) a topology it cannot run: a new logic
+    node's public key file missing here is refused before anything is written."""
+    mesh = MeshHarness(base).start()
+    try:
+        text = open(edit(base, "two.yaml", lambda raw: (bumped(raw), add_logic(raw, "l9", 29000)))).read()
+        token = auth.mint(mesh.topo.read_secret(), 0, 300, scope="admin")
+        reply = mesh.admin.call("b1", {"t": "topology", "auth": token, "phase": "adopt", "yaml": text})
+        assert reply["t"] == "err", reply
+        assert not os.path.exists(topochange.kept_path(mesh.topo, "b1"))
+        assert mesh.admin.status("b1")["topology_version"] == 1
+    finally:
+        mesh.close()
