@@ -223,7 +223,9 @@ class Node:
         elif new.version > self.topo.version:
             old = self.topo
             # kept first: a node that cannot keep it stays on the old one (a run again adopts it
-            # whole), never on the new one with its hooks not run
+            # whole), never on the new one with its hooks not run; a missing key file fails
+            # before that (admit), so nothing is kept that the node could not start from
+            self.security.admit(new)
             topochange.keep(new, self.id)      # a restart with the old file starts from this
             self.security.adopt(new)
             self.topo, self._idc_of = new, None
