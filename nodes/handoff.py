@@ -178,8 +178,8 @@ class Handoff:
                                      f"topology version {self.core.topo.version}: adopt the new one first")
         if msg.get("first") is True:
             held = self.core.channels
-            self.kept = {n for n in names if boundaries is not None and n in held and n not in self.core.incoming
-                         and held[n].boundary() > boundaries.get(n, 0)}
+            self.kept = {n for n in names if n in held and n in (boundaries or ())   # not said: replaced
+                         and held[n].boundary() > boundaries[n]}
             fresh = [n for n in names if n not in self.kept]
             self.core.incoming.update(fresh)   # until the last page: not served (requests: UNAVAILABLE),
             for name in fresh:                 # nor loaded by a restart (nodes/logic.py load)
