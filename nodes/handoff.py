@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 
 from . import auth, shards, wire
+from . import store as keys
 
 PAGE_BYTES = 1 << 20
 
@@ -38,13 +39,64 @@ def _names(value, field="channels") -> list:
     return value
 
 
-def _rows(value) -> list:
+def _rows(value, names, store) -> list:
+    """The rows of a ``take`` as (key, value, channel or None): each one readable, and of a
+    channel it names (a ``d`` row is a device's, not a channel's), so a bad page cannot
+    overwrite a channel served here or leave a row that stops the node at its next load."""
     if type(value) is not list or not all(type(r) is list and len(r) == 2 and type(r[0]) is bytes
                                           and type(r[1]) is bytes and r[0] for r in value):
         raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'rows' must be a list of [key, value] byte pairs")
-    for key, _value in value:
+    named, sent, out = set(names), {}, []
+    for key, raw in value:
         if key[:1] not in b"mcilexd":
             raise wire.ProtocolError(wire.Err.BAD_FIELD, f"row key kind {key[:1]!r} is not channel state")
+        try:
+            channel = _channel_of_row(key, raw, store, sent)
+        except Exception:                      # noqa: BLE001 -- any malformed key or value
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, f"row {key[:40]!r} cannot be read") from None
+        if channel is not None and channel not in named:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, f"row {key[:40]!r} belongs to channel {channel!r}, "
+                                     "which this take does not name")
+        out.append((key, raw, channel))
+    return out
+
+
+def _channel_of_row(key: bytes, raw: bytes, store, sent: dict):
+    """The channel a row belongs to (None: a device's ``d`` row, or an ``x`` row whose send
+    is not stored here); raises when the key or value cannot be read."""
+    kind = key[:1]
+    if kind == b"d":
+        ctime, channel, msg_id = keys.decode(raw)[:3]
+        if type(ctime) is not int or type(channel) is not str or type(msg_id) is not int:
+            raise ValueError("not a dedup row")
+        return None
+    if kind == b"e":
+        if len(raw) < 12:
+            raise ValueError("short send-index row")
+        channel = sent[key] = keys.sent_of_value(raw)[0]
+        return channel
+    if kind == b"x":
+        _expiry, send = keys.sent_of_expiry_key(key)
+        if send in sent:
+            return sent[send]
+        known = store.get(send)
+        return None if known is None else keys.sent_of_value(known)[0]
+    channel = shards.channel_of_key(key)
+    if kind == b"i":
+        keys.unpack_u64(raw)
+    elif kind == b"c":
+        if type(keys.decode(raw)["members"]) is not list:
+            raise ValueError("no member list")
+    else:
+        keys.decode(raw)
+    return channel
+
+
+def _boundaries(value) -> dict | None:
+    if value is None:
+        return None
+    if type(value) is not dict or not all(type(k) is str and type(v) is int for k, v in value.items()):
+        raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'boundaries' must map channel names to ids")
     return value
 
 
@@ -85,6 +137,7 @@ class Handoff:
     def __init__(self, core, store):
         self.core, self.store = core, store
         self.outgoing = {}                    # new owner -> Outgoing
+        self.kept = set()                     # channels of the take going on that stay as held here
 
     def handlers(self) -> dict:
         return {"handoff": self.handle_handoff, "take": self.handle_take, "handoff_done": self.handle_done}
@@ -103,32 +156,54 @@ class Handoff:
                 n for n, owner in self.core.leaving().items() if owner == to))
             out.skip(after)                    # a page asked again: start over and skip to it
         page = out.page(PAGE_BYTES)
+        extra = {}
+        if after == 0:                         # where each channel's ids end here (take keeps a newer copy)
+            extra["boundaries"] = {n: self.core.channels[n].boundary() for n in out.names
+                                   if n in self.core.channels}
         return wire.reply("handoff", msg["rid"], channels=out.names, rows=page,
-                          next=0 if out.done else out.position)
+                          next=0 if out.done else out.position, **extra)
 
     def handle_take(self, _ident, msg, _now=None) -> dict:
         """Rows of channels this node serves now.  ``first``: what it held of them is cleared;
-        ``last``: they are loaded and served."""
+        ``last``: they are loaded and served.  A channel held here whose ids go beyond the
+        copy's (``boundaries``, from the old owner's first page) stays as it is: the copy is
+        stale (an added node's seeded YAML channel handed back, say) and would move ids back."""
         self._verify(msg)
-        names, rows = _names(msg.get("channels")), _rows(msg.get("rows", []))
+        names = _names(msg.get("channels"))
+        checked = _rows(msg.get("rows", []), names, self.store)
+        boundaries = _boundaries(msg.get("boundaries"))
         not_mine = [n for n in names if not self.core.placement.owns(n)]
         if not_mine:
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"this node does not serve {not_mine[0]!r} under "
                                      f"topology version {self.core.topo.version}: adopt the new one first")
         if msg.get("first") is True:
-            self.core.forget(names)
-            for key, _value in list(shards.channel_rows(self.store, set(names).__contains__)):
+            held = self.core.channels
+            self.kept = {n for n in names if n in held and n in (boundaries or ())   # not said: replaced
+                         and held[n].boundary() > boundaries[n]}
+            fresh = [n for n in names if n not in self.kept]
+            self.core.incoming.update(fresh)   # until the last page: not served (requests: UNAVAILABLE),
+            for name in fresh:                 # nor loaded by a restart (nodes/logic.py load)
+                self.store.put(keys.taking_key(name), b"")
+            self.core.forget(fresh)
+            for key, _value in list(shards.channel_rows(self.store, set(fresh).__contains__)):
                 self.store.delete(key)
+        rows = [[key, value] for key, value, channel in checked if channel not in self.kept]
         shards.put_rows(self.store, rows)
         for key, value in rows:
             if key[:1] == b"d":
                 self.core.note_dedup_row(key, value)
+        kept, loaded = sorted(self.kept), []
         if msg.get("last") is True:
+            loaded = [n for n in names if n not in self.kept]
+            for name in loaded:
+                self.store.delete(keys.taking_key(name))
             self.store.flush()                 # load reads the store, not the staged batch
-            self.core.forget(names)
-            self.core.load(set(names).__contains__)
+            self.core.forget(loaded)
+            self.core.incoming.difference_update(loaded)
+            self.core.load(set(loaded).__contains__)
             self.core.sent_cursor = None       # moved ``x`` rows may sort before where pruning was
-        return wire.reply("take", msg["rid"], n=len(rows), loaded=len(names) if msg.get("last") is True else 0)
+            self.kept = set()
+        return wire.reply("take", msg["rid"], n=len(rows), loaded=len(loaded), kept=kept)
 
     def handle_done(self, _ident, msg, _now=None) -> dict:
         """The new owner loaded them: delete them here."""

@@ -68,8 +68,16 @@ class LiveReshard:
         old_logic = self.old.ids("logic")
         for node_id in self.old.nodes:                                   # 1. admit
             required = node_id in old_logic
-            if self.topology(node_id, "admit", required) is None:
+            reply = self.topology(node_id, "admit", required)
+            if reply is None:
                 self.say(f"warning: {node_id} is down: start it with {self.new.path}")
+            elif reply.get("version", 0) > self.old.version and reply.get("version") != self.new.version:
+                # the node adopted a topology newer than OLD: OLD may lack logic nodes that hold
+                # channels, and they would be left out (nodes behind OLD: a run cut short, fine)
+                raise LiveError(f"{node_id} runs topology version {reply.get('version')}, not "
+                                f"{self.old.path}'s ({self.old.version}): give --from the file of "
+                                f"version {reply.get('version')} (each node keeps it in its data directory, "
+                                f"{topochange.KEPT_NAME})")
         added = [n for n in self.new.ids("logic") if n not in self.old.nodes]
         self._check_started(added)                                       # 2.
         if dry_run:
@@ -121,13 +129,18 @@ class LiveReshard:
             if not names:
                 return
             last = page["next"] == 0
-            self.call(dst, {"t": "take", "channels": names, "rows": page["rows"], "first": first, "last": last})
+            took = self.call(dst, {"t": "take", "channels": names, "rows": page["rows"], "first": first,
+                                   "last": last, "boundaries": page.get("boundaries", {}) if first else None})
             self.rows += len(page["rows"])
             first, after = False, page["next"]
             if last:
                 break
         self.call(src, {"t": "handoff_done", "to": dst, "channels": names})
+        kept = set(took.get("kept", ()))
         for name in names:
+            if name in kept:
+                self.say(f"kept {name} at {dst}: its ids go beyond {src}'s copy, which is deleted")
+                continue
             self.moves.append((name, src, dst))
             self.say(f"moved {name}: {src} -> {dst}")
 

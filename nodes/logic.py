@@ -175,6 +175,7 @@ class LogicCore:
         self.sweep_seconds = self.sweep_max = 0.0
         self.dedup_cursor = None              # where prune_dedup goes on
         self.sent_cursor = None               # the last ``x`` row prune_sent deleted (rows before it are gone)
+        self.incoming = set()                 # channels being taken in (nodes/handoff.py): not served yet
         self.stats = collections.Counter()
         replica.on_change = self._presence_changed
 
@@ -183,9 +184,13 @@ class LogicCore:
         """Load the stored channels (those ``wanted(name)`` accepts, if given) and create the
         topology's channels this node serves that are not stored yet."""
         loaded = {}
+        # a take cut short (nodes/handoff.py): part of a channel only, neither served nor seeded
+        # until a take ends
+        self.incoming.update(n for n in (key[1:].decode() for key, _raw in self.store.scan(b"t"))
+                             if wanted is None or wanted(n))
         for key, raw in self.store.scan(b"c"):
             name, row = key[1:].decode(), keys.decode(raw)
-            if wanted is None or wanted(name):
+            if (wanted is None or wanted(name)) and name not in self.incoming:
                 loaded[name] = ChannelState(name, row["members"], self.queue, row.get("lifetime"))
         self.channels.update(loaded)
         for name, ch in loaded.items():
@@ -207,7 +212,8 @@ class LogicCore:
             self.note_dedup_row(key, raw)
         self.dedup_loaded = True             # once: later d rows reach the table as they are written
         for name, spec in self.topo.channels.items():
-            if name not in self.channels and (self.placement.owns(name) if wanted is None else wanted(name)):
+            if name not in self.channels and name not in self.incoming and (
+                    self.placement.owns(name) if wanted is None else wanted(name)):
                 self._create(name, spec["members"], spec.get("lifetime"))
         self.store.flush()
 
@@ -265,13 +271,19 @@ class LogicCore:
         self.store.put(keys.lease_key(ch.name), keys.encode([list(x) for x in ch.leases]))
 
     # --- requests ------------------------------------------------------------
+    def _check_served(self, name: str) -> None:
+        """WRONG_OWNER if another node serves the channel; UNAVAILABLE while it is moving here."""
+        if not self.placement.owns(name):
+            raise self._wrong_owner(name)
+        if name in self.incoming:
+            raise wire.ProtocolError(wire.Err.UNAVAILABLE, f"channel {name!r} is moving to this node; retry")
+
     def _wrong_owner(self, name: str) -> wire.ProtocolError:
         return wire.ProtocolError(wire.Err.WRONG_OWNER, f"logic {self.id} does not serve channel {name!r}",
                                   leader=self.placement.leader(name))
 
     def _owned(self, name: str) -> ChannelState:
-        if not self.placement.owns(name):
-            raise self._wrong_owner(name)
+        self._check_served(name)
         ch = self.channels.get(name)
         if ch is None:
             raise wire.ProtocolError(wire.Err.NO_CHANNEL, f"no channel {name!r}")
@@ -377,8 +389,8 @@ class LogicCore:
         uin, budget = msg["uin"], wire.SYNC_PAGE
         heads, firsts, uptos, msgs, more, not_member, unavailable = {}, {}, {}, [], [], [], []
         for name, have in msg["channels"].items():
-            if not self.placement.owns(name):
-                unavailable.append(name)               # moving to (or served by) another node
+            if not self.placement.owns(name) or name in self.incoming:
+                unavailable.append(name)               # moving to (or served by) another node, or here
                 continue
             ch = self.channels.get(name)
             if ch is None or uin not in ch.members:
@@ -405,8 +417,7 @@ class LogicCore:
         name = msg["channel"]
         if must_exist:
             return self._owned(name)
-        if not self.placement.owns(name):
-            raise self._wrong_owner(name)
+        self._check_served(name)
         return None
 
     def _check_members(self, members):

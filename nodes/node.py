@@ -231,9 +231,13 @@ class Node:
             extra = self.on_admit(new) or {}
         elif new.version > self.topo.version:
             old = self.topo
+            # kept first: a node that cannot keep it stays on the old one (a run again adopts it
+            # whole), never on the new one with its hooks not run; a missing key file fails
+            # before that (admit), so nothing is kept that the node could not start from
+            self.security.admit(new)
+            topochange.keep(new, self.id)      # a restart with the old file starts from this
             self.security.adopt(new)
             self.topo = new
-            topochange.keep(new, self.id)      # a restart with the old file starts from this
             log.info("%s %s runs topology version %d now (was %d)", self.type, self.id, new.version, old.version)
             extra = self.on_topology(old, new) or {}
         else:

@@ -15,6 +15,8 @@ Keys are big-endian binary so that iteration order is id order:
 - ``l`` + channel                                -> msgpack [[start, end], ...] (leased id blocks, logic)
 - ``h`` + channel                                -> end:u64 (counter high-water mark)
 - ``b`` + channel                                -> start:u64 of the last block issued (counter)
+- ``t`` + channel                                -> empty: a live reshard is taking the channel in
+                                                   (logic, nodes/handoff.py): not loaded until its last page
 - ``r`` + shard:u32                              -> msgpack [epoch, seq]: the replication log position
                                                    a replica's shard state reflects (docs/ha.md)
 
@@ -94,6 +96,10 @@ def channel_key(channel: str) -> bytes:
 
 def lease_key(channel: str) -> bytes:
     return b"l" + channel.encode()
+
+
+def taking_key(channel: str) -> bytes:
+    return b"t" + channel.encode()
 
 
 def highwater_key(channel: str) -> bytes:

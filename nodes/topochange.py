@@ -31,6 +31,10 @@ from .topology import Topology, TopologyError
 log = logging.getLogger(__name__)
 
 PHASES = ("admit", "adopt")
+# what a running node took from its file once (its store, secret, keys, limits): a live change
+# that altered them would be half applied, and undone by the next restart
+UNCHANGED = ("data_dir", "secret_file", "keys_dir", "curve", "client_curve", "local", "limits",
+             "heartbeat", "storage", "shards")
 KEPT_NAME = "topology.yaml"
 
 
@@ -55,14 +59,22 @@ def check_change(old: Topology, new: Topology) -> None:
         if not _same_nodes(old, new, node_type):
             raise TopologyError(f"{where}: the {node_type}s differ from the running topology's; a live "
                                 "change adds or removes logic nodes only (restart the mesh for others)")
+    for field in UNCHANGED:
+        if getattr(new, field) != getattr(old, field):
+            raise TopologyError(f"{where}: {field} differs from the running topology's; a live change "
+                                "adds or removes logic nodes only (restart the mesh for others)")
     if not new.of_type("logic"):
         raise TopologyError(f"{where}: no logic node left")
+    if set(new.idcs_with("logic")) != set(old.idcs_with("logic")):
+        raise TopologyError(f"{where}: the IDCs with logic nodes would change from "
+                            f"{sorted(old.idcs_with('logic'))} to {sorted(new.idcs_with('logic'))}: "
+                            "channels homed by them would change their home IDC; a channel stays in its IDC")
     for spec in new.of_type("logic"):
         was = old.nodes.get(spec.id)
         if was is not None and (was.type != "logic" or was.endpoints != spec.endpoints or was.idc != spec.idc):
             raise TopologyError(f"{where}: logic node {spec.id} changed its endpoints or IDC; add it "
                                 "under a new id instead")
-    for name in set(old.channels) & set(new.channels):
+    for name in set(old.channels) | set(new.channels):      # declared in one file only: hashed in the other
         if old.home_of(name) != new.home_of(name):
             raise TopologyError(f"{where}: channel {name!r} would change its home IDC; a channel "
                                 "stays in its IDC")
@@ -89,21 +101,37 @@ def keep(topo: Topology, node_id: str) -> None:
     os.replace(tmp, path)
 
 
-def newest(topo: Topology, node_id: str) -> Topology:
-    """``topo``, or the topology this node adopted later if that one is newer."""
+def kept(topo: Topology, node_id: str) -> Topology | None:
+    """The topology this node adopted while running (read as if it were ``topo``'s file), if any."""
     path = kept_path(topo, node_id)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        return topo
+        return None
     try:
-        kept = topology.from_text(text, topo.path)
+        return topology.from_text(text, topo.path)
     except TopologyError as exc:
         log.error("ignoring %s: %s", path, exc)
-        return topo
-    if kept.version <= topo.version:
+        return None
+
+
+def newest(topo: Topology, node_id: str) -> Topology:
+    """``topo``, or the topology this node adopted later if that one is newer."""
+    adopted = kept(topo, node_id)
+    if adopted is None or adopted.version <= topo.version:
         return topo
     log.warning("%s: starting from the topology version %d adopted while running (%s has version %d); "
-                "replace that file with it", node_id, kept.version, topo.path, topo.version)
-    return kept
+                "replace that file with it", node_id, adopted.version, topo.path, topo.version)
+    return adopted
+
+
+def check_offline(old: Topology, new: Topology) -> None:
+    """Raise TopologyError if nodes keep a newer topology than ``new`` (offline reshard): they
+    would start from it, not from ``new``, and serve by another layout than the stores'."""
+    for node_id in dict.fromkeys([*old.nodes, *new.nodes]):
+        adopted = kept(new, node_id)
+        if adopted is not None and adopted.version > new.version:
+            raise TopologyError(f"{new.path}: {node_id} keeps topology version {adopted.version} from a live "
+                                f"change ({kept_path(new, node_id)}) and would start from it: set "
+                                f"`version: {adopted.version + 1}` in {new.path}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nodes import auth, handoff, topology, wire
+from nodes import store as keys
 from nodes.logic import LogicCore
 from nodes.store import Store
 from test_cores import OnlineAll, Out, send, turn
@@ -113,3 +114,149 @@ def test_take_refuses_what_is_not_its_own_and_bad_rows(tmp_path):
     with pytest.raises(wire.ProtocolError) as exc:
         side.handle_take(b"", {"rid": 1, "auth": auth.mint(SECRET, 5, 300), "channels": [mine]})
     assert exc.value.code == wire.Err.AUTH_FAILED
+
+
+def test_take_stores_only_rows_of_the_channels_it_names(tmp_path):
+    """``take`` names its channels, and its rows are written as they come: a row of another
+    channel (one this node serves, say) or one that cannot be read would overwrite live
+    state, or stop the node at the load and at every restart after it.  Refused, nothing
+    written."""
+    two = topo_with(tmp_path, ["l1", "l2"], 2)
+    dst, _out, dst_store = core_of(tmp_path, "l2", two)
+    mine = [f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2"]
+    moving, served = mine[0], mine[1]
+    dst.channel_create(admin(channel=served, members=[1, 2]))
+    dst_store.flush()
+    side = handoff.Handoff(dst, dst_store)
+    stored = dict(dst_store.scan(b"c"))
+    forged = keys.encode({"members": [9], "lifetime": None})
+    bad = {"another channel's members": [[keys.channel_key(served), forged]],
+           "another channel's messages": [[keys.message_key(served, 1), keys.encode([9, 0, 1, 0, 1e12, "x", None])]],
+           "another channel's send index": [[keys.sent_key(9, 0, 1), keys.sent_value(served, 1, 0)]],
+           "members that cannot be read": [[keys.channel_key(moving), b"\xc1"]],
+           "a dedup row that cannot be read": [[keys.dedup_key(9, 0), b"\xc1"]]}
+    for what, rows in bad.items():
+        with pytest.raises(wire.ProtocolError) as exc:
+            side.handle_take(b"", admin(channels=[moving], rows=rows, first=True, last=True))
+        assert exc.value.code == wire.Err.BAD_FIELD, what
+        dst_store.flush()
+        assert dict(dst_store.scan(b"c")) == stored, what
+        assert dst.channels[served].members == {1, 2}, what
+    reopened = LogicCore("l2", two, dst_store, OnlineAll(), Out(), SECRET)
+    reopened.load()                                                    # a restart still starts
+    assert reopened.channels[served].members == {1, 2}
+
+
+def test_a_channel_being_taken_in_is_not_served_until_it_is_loaded(tmp_path):
+    """Between the first and the last page the new owner holds part of a channel.  An admin
+    request reaching it then (bin/mesh follows the old owner's WRONG_OWNER to the new owner)
+    must be answered UNAVAILABLE, not served on nothing: a ``channel_create`` would be acked
+    and its members would replace the moved ones when the channel is loaded."""
+    one, two = topo_with(tmp_path, ["l1"], 1), topo_with(tmp_path, ["l1", "l2"], 2)
+    name = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2")
+    src, _out, src_store = core_of(tmp_path, "l1", one)
+    src.channel_create(admin(channel=name, members=[1, 2]))
+    src.on_ids(name, 1, 1001)
+    send(src, 1, 100, "m1", channel=name)
+    turn(src, src_store)
+    dst, _dst_out, dst_store = core_of(tmp_path, "l2", two)
+    src.adopt(two)
+    page = handoff.Handoff(src, src_store).handle_handoff(b"", admin(to="l2", after=0))
+    side = handoff.Handoff(dst, dst_store)
+    side.handle_take(b"", admin(channels=page["channels"], rows=page["rows"], first=True, last=False))
+    dst_store.flush()
+    for request in (lambda: dst.channel_create(admin(channel=name, members=[9])),
+                    lambda: dst.channel_add(admin(channel=name, members=[9]))):
+        with pytest.raises(wire.ProtocolError) as exc:
+            request()
+        assert exc.value.code == wire.Err.UNAVAILABLE
+    dst_store.flush()
+    side.handle_take(b"", admin(channels=page["channels"], rows=[], first=False, last=True))
+    assert dst.channels[name].members == {1, 2}
+    assert dst.channel_add(admin(channel=name, members=[9]))["members"] == [1, 2, 9]   # served now
+
+
+def test_a_take_cut_short_leaves_no_partial_channel_that_a_restart_serves_or_hands_on(tmp_path, monkeypatch):
+    """The new owner dies between the first and the last page (the moving channel's members
+    and some of its messages arrived).  Restarted, it must not load that partial copy: the
+    operator may then remove the node again (the old owner, which still holds the whole
+    channel, serves it once more), and a partial copy the restarted node held would be
+    handed back over the whole one -- messages lost, ids back."""
+    one, two, three = (topo_with(tmp_path, ["l1"], 1), topo_with(tmp_path, ["l1", "l2"], 2),
+                       topo_with(tmp_path, ["l1"], 3))
+    name = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2")
+    src, _out, src_store = core_of(tmp_path, "l1", one)
+    src.channel_create(admin(channel=name, members=[1, 2]))
+    src.on_ids(name, 1, 1001)
+    for n in range(1, 31):
+        send(src, 1, 100 + n, f"m{n}", channel=name, rid=n)
+    turn(src, src_store)
+    dst, _dst_out, dst_store = core_of(tmp_path, "l2", two)
+    src.adopt(two)
+    monkeypatch.setattr(handoff, "PAGE_BYTES", 200)
+    page = handoff.Handoff(src, src_store).handle_handoff(b"", admin(to="l2", after=0))
+    assert page["next"] != 0
+    handoff.Handoff(dst, dst_store).handle_take(b"", admin(channels=page["channels"], rows=page["rows"],
+                                                           first=True, last=False))
+    dst_store.flush()                                                  # ... and l2 dies here
+
+    restarted = LogicCore("l2", two, dst_store, OnlineAll(), Out(), SECRET)
+    restarted.load()
+    assert name not in restarted.channels                              # not served, not handed on
+    with pytest.raises(wire.ProtocolError) as exc:
+        send(restarted, 1, 500, "new", channel=name)
+    assert exc.value.code == wire.Err.UNAVAILABLE
+    src.adopt(three)                                                   # the node is removed again
+    assert src.leaving() == {} and restarted.adopt(three) == {}
+    sync = src.sync({"rid": 1, "uin": 1, "channel": name, "after": 0}, 0.0)
+    assert [m["id"] for m in sync["msgs"]] == list(range(1, 31))
+
+
+def hand_over(src, src_store, dst, dst_store, to):
+    """What bin/mesh reshard does for one old and new owner (nodes/livereshard.py): pages,
+    then done.  Returns the last take reply."""
+    out_side, in_side = handoff.Handoff(src, src_store), handoff.Handoff(dst, dst_store)
+    after, first = 0, True
+    while True:
+        page = out_side.handle_handoff(b"", admin(to=to, after=after))
+        last = page["next"] == 0
+        took = in_side.handle_take(b"", admin(channels=page["channels"], rows=page["rows"], first=first,
+                                              last=last, boundaries=page.get("boundaries", {})))
+        dst_store.flush()
+        first, after = False, page["next"]
+        if last:
+            break
+    out_side.handle_done(b"", admin(to=to, channels=page["channels"]))
+    src_store.flush()
+    return took
+
+
+def test_a_stale_copy_never_replaces_the_newer_channel_its_new_owner_holds(tmp_path):
+    """A logic node added live seeds the YAML channels it will own (empty) when it starts.
+    If the operator then removes it again before ``lobby`` was handed to it (the move failed
+    half way, say), the removal hands its empty ``lobby`` back to the old owner -- which still
+    holds the real one and serves it again.  That copy is behind (ids would go back, messages
+    and members vanish): the new owner keeps its own, and the stale copy is deleted."""
+    one, two, three = (topo_with(tmp_path, ["l1"], 1), topo_with(tmp_path, ["l1", "l2"], 2),
+                       topo_with(tmp_path, ["l1"], 3))
+    assert two.logic_for("lobby") == "l2"
+    l1, l1_out, l1_store = core_of(tmp_path, "l1", one)
+    l1.on_ids("lobby", 1, 1001)
+    l1.channel_add(admin(channel="lobby", members=[4]))
+    for n in range(1, 6):
+        send(l1, 1, 100 + n, f"m{n}", channel="lobby", rid=n)
+    turn(l1, l1_store)
+    l2, _out2, l2_store = core_of(tmp_path, "l2", two)             # started with the new file
+    assert l2.channels["lobby"].last_id == 0                        # its seeded, empty lobby
+    l1.adopt(two)                                                   # ... and the move stops here
+    l1.adopt(three)
+    assert l2.adopt(three) == {"lobby": "l1"}
+    took = hand_over(l2, l2_store, l1, l1_store, "l1")
+    sync = l1.sync({"rid": 1, "uin": 1, "channel": "lobby", "after": 0}, 0.0)
+    assert [m["id"] for m in sync["msgs"]] == [1, 2, 3, 4, 5]
+    assert l1.channels["lobby"].members == {1, 2, 3, 4}
+    assert took["kept"] == ["lobby"]
+    assert send(l1, 1, 200, "next", channel="lobby") is None
+    turn(l1, l1_store)
+    assert l1_out.replies[-1][1]["id"] == 6                        # ids go on, never back
+    assert "lobby" not in l2.channels and l2.leaving() == {}        # the stale copy is gone

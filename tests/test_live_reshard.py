@@ -16,12 +16,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from bench.failover import Sender
 from conftest import ROOT, MeshHarness, free_ports, write_topology
-from nodes import topology
-from nodes.admin import Admin
+from nodes import livereshard, topochange, topology
+from nodes.admin import Admin, AdminError
 from nodes.mesh import Mesh, wait_for
 
 CHANNELS = [f"room{i}" for i in range(12)]
@@ -151,3 +152,129 @@ def check(admin, senders, before, names) -> None:
         ctime, msg_id = before[s.uin]                                  # acked before both moves
         again = s.client.request({"t": "send", "channel": s.channel, "ctime": ctime, "text": f"{s.uin}:1"})
         assert again["id"] == msg_id
+
+
+def test_a_reshard_that_failed_while_a_logic_node_adopted_moves_everything_when_run_again(tmp_path):
+    """A logic node that cannot keep the new topology (full or read-only data directory:
+    here a directory where the file goes) refuses the adopt; the command says so.  Run again
+    once that is fixed, it must still hand over every channel the node no longer serves --
+    not find the node on the new version already and move nothing (the channel would be
+    stranded: NO_CHANNEL at its new owner, its messages left on the old one)."""
+    one = write_topology(tmp_path, brokers=1, logics=1, limits=LIMITS)
+    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
+    mesh = MeshHarness(one).start()
+    added = Mesh(two)
+    try:
+        name = next(n for n in CHANNELS if added.topo.logic_for(n) == "l2")
+        mesh.admin.channel("create", name, [1])
+        client = mesh.client(1, wait_online=False)
+        assert client.request({"t": "send", "channel": name, "ctime": 1, "text": "before"})["id"] == 1
+        assert reshard(two, one).returncode == 3                       # admits l2's key: start it now
+        added.start(["l2"])
+        added.wait_ready(30, ["l2"])
+        blocker = topochange.kept_path(mesh.topo, "l1") + ".new"
+        os.makedirs(blocker)
+        failed = reshard(two, one)
+        assert failed.returncode != 0 and "l1" in failed.stderr, failed.stderr
+        os.rmdir(blocker)
+        run = reshard(two, one, "--json")
+        assert run.returncode == 0, run.stderr
+        assert name in [m["channel"] for m in json.loads(run.stdout)["moved"]]
+        assert [m["text"] for m in stored(client, name)] == ["before"]
+        assert client.request({"t": "send", "channel": name, "ctime": 2, "text": "after"})["id"] == 2
+    finally:
+        added.close()
+        mesh.close()
+
+
+def test_a_reshard_from_a_file_older_than_what_the_mesh_runs_is_refused(tmp_path):
+    """After a reshard the nodes keep running (and restart with) the topology they adopted,
+    whatever file their supervisor names.  ``--from`` the original file then describes a
+    mesh that no longer exists: a change from it that drops the added logic node must not
+    skip that node (never asked to adopt or hand over, its channels stranded: NO_CHANNEL at
+    their new owner) -- it is refused, naming the version the mesh runs."""
+    one = write_topology(tmp_path, brokers=1, logics=1, limits=LIMITS)
+    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
+    three = variant(two, "topology-3.yaml", 3, drop_logic="l2")
+    mesh = MeshHarness(one).start()
+    added = Mesh(two)
+    try:
+        name = next(n for n in CHANNELS if added.topo.logic_for(n) == "l2")
+        mesh.admin.channel("create", name, [1])
+        client = mesh.client(1, wait_online=False)
+        assert client.request({"t": "send", "channel": name, "ctime": 1, "text": "before"})["id"] == 1
+        assert reshard(two, one).returncode == 3
+        added.start(["l2"])
+        added.wait_ready(30, ["l2"])
+        assert reshard(two, one).returncode == 0
+        stale = reshard(three, one)                                    # the mesh runs version 2
+        assert stale.returncode != 0 and "version 2" in stale.stderr, (stale.stdout, stale.stderr)
+        assert [m["text"] for m in stored(client, name)] == ["before"]     # still served by l2
+        assert reshard(three, two).returncode == 0                     # from the right file: done
+        assert [m["text"] for m in stored(client, name)] == ["before"]
+    finally:
+        added.close()
+        mesh.close()
+
+
+@pytest.mark.xfail(strict=True, reason="review finding, not fixed: a logic node added by a live change "
+                   "seeds an empty copy of each YAML channel it will receive and serves membership "
+                   "changes on it before the hand-over, which then replaces that copy")
+def test_a_membership_change_acked_before_the_move_is_kept(tmp_path):
+    """deploy.md edits the topology file in place, so between the first run (exit 3) and the
+    second one ``imesh-mesh channel add`` already routes by the new file -- to the added
+    node, which seeded an empty ``lobby`` at its start.  An acked change must survive the
+    move (or be refused)."""
+    one = write_topology(tmp_path, brokers=1, logics=1, limits=LIMITS)
+    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
+    mesh = MeshHarness(one).start()
+    added = Mesh(two)
+    try:
+        assert added.topo.logic_for("lobby") == "l2"
+        assert reshard(two, one).returncode == 3
+        added.start(["l2"])
+        added.wait_ready(30, ["l2"])
+        new = Admin(topology.load(two))
+        try:
+            new.channel("add", "lobby", [4242])
+        except AdminError:
+            added_ok = False                                           # refused: as good
+        else:
+            added_ok = True
+        assert reshard(two, one).returncode == 0
+        members = new.channel("show", "lobby")["members"]
+        assert (4242 in members) == added_ok, members
+    finally:
+        added.close()
+        mesh.close()
+
+
+def test_an_added_node_given_up_half_way_is_removed_without_loss(tmp_path):
+    """A run that stopped after the logic nodes adopted (brokers still on the old version,
+    nothing handed over yet; here the adopts are sent by hand), then the operator removes
+    the added node instead of running again: the channels stay with their old owner, whole
+    -- the added node's seeded, empty lobby is not loaded over the real one."""
+    one = write_topology(tmp_path, brokers=1, logics=1, limits=LIMITS)
+    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
+    three = variant(two, "topology-3.yaml", 3, drop_logic="l2")
+    mesh = MeshHarness(one).start()
+    added = Mesh(two)
+    try:
+        assert added.topo.logic_for("lobby") == "l2"
+        client = mesh.client(1, wait_online=False)
+        acked = [client.request({"t": "send", "channel": "lobby", "ctime": n, "text": f"m{n}"})["id"]
+                 for n in range(1, 4)]
+        assert reshard(two, one).returncode == 3
+        added.start(["l2"])
+        added.wait_ready(30, ["l2"])
+        change = livereshard.LiveReshard(topology.load(one), topology.load(two), say=lambda _line: None)
+        assert change.topology("l1", "adopt")["leaving"]["lobby"] == "l2"
+        change.topology("l2", "adopt")                                 # ... and the run stops here
+        run = reshard(three, two, "--json")
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["moved"] == []
+        assert [m["id"] for m in stored(client, "lobby")] == acked
+        assert client.request({"t": "send", "channel": "lobby", "ctime": 9, "text": "after"})["id"] == 4
+    finally:
+        added.close()
+        mesh.close()

@@ -106,3 +106,24 @@ def test_a_running_mesh_needs_a_higher_version_and_keeps_running(tmp_path):
         assert send(client, "after", 7, "still served") == 1
     finally:
         mesh.close()
+
+
+def test_an_offline_reshard_is_refused_below_a_version_the_nodes_kept(tmp_path):
+    """Nodes that adopted a topology live keep it and start from it while it is newer than
+    their file (nodes/topochange.py).  An offline reshard to a file with a lower version
+    (deploy.md: that path needs no version bump) would move the stores by that file while the
+    restarted nodes route and serve by the kept one: every moved channel stranded.  Refused,
+    naming the version to give."""
+    from nodes import topochange, topology
+    from test_live_reshard import variant
+    one = write_topology(tmp_path, brokers=1, logics=1)
+    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
+    for node_id in topology.load(two).nodes:                       # a live reshard to 2 happened
+        topochange.keep(topology.load(two), node_id)
+    back = variant(one, "topology-back.yaml", 1)                   # the original file: one logic node
+    run = reshard(back, two)
+    assert run.returncode != 0 and "version 2" in run.stderr, (run.stdout, run.stderr)
+    assert topochange.newest(topology.load(back), "l1").version == 2      # what a restart would run
+    three = variant(back, "topology-3.yaml", 3)
+    assert reshard(three, two).returncode == 0, "with a version above the kept one it goes on"
+    assert topochange.newest(topology.load(three), "l1").version == 3

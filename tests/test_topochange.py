@@ -108,3 +108,85 @@ def test_a_node_refuses_bad_topology_requests_and_keeps_serving(base):
         assert client.request({"t": "send", "channel": "lobby", "ctime": 1, "text": "hi"})["id"] == 1
     finally:
         mesh.close()
+
+
+def two_idcs(tmp_path, logics, version, channels=None):
+    """Two IDCs, each with a broker, router and counter; ``logics`` = {idc: [logic ids]}, each
+    logic node at the same endpoints in every version."""
+    ports = iter(range(21000, 21100))
+
+    def ep():
+        return f"tcp://127.0.0.1:{next(ports)}"
+
+    def logic(node_id):
+        port = 21200 + 2 * sum(map(ord, node_id))
+        return {"id": node_id, "rpc": f"tcp://127.0.0.1:{port}", "pub": f"tcp://127.0.0.1:{port + 1}"}
+    idcs = {idc: {"brokers": [{"id": f"b-{idc}", "client": ep(), "rpc": ep()}],
+                  "routers": [{"id": f"r-{idc}", "rpc": ep(), "pub": ep()}],
+                  "counters": [{"id": f"c-{idc}", "rpc": ep()}],
+                  **({"logics": [logic(n) for n in logics[idc]]} if idc in logics else {})}
+            for idc in ("west", "east")}
+    raw = {"local": True, "data_dir": str(tmp_path), "version": version, "curve": False, "idcs": idcs,
+           "channels": channels or {}}
+    return topology.parse(raw, str(tmp_path / "t.yaml"))
+
+
+@pytest.mark.parametrize("before, after", [
+    ({"west": ["w1"], "east": ["e1"]}, {"west": ["w1"]}),                 # east's last logic node goes
+    ({"west": ["w1"]}, {"west": ["w1"], "east": ["e1"]}),                 # east gets its first one
+])
+def test_a_live_change_keeps_every_channel_in_its_home_idc(tmp_path, before, after):
+    """The IDCs that have logic nodes decide the home of every channel made at runtime
+    (``team@east``, or a name hashed over those IDCs): a change of that set would move
+    channels to another IDC, which a live reshard must refuse (issue 14: a channel stays in
+    its home IDC)."""
+    old, new = two_idcs(tmp_path, before, 1), two_idcs(tmp_path, after, 2)
+    rehomed = [n for n in ["team@east", "team@west"] + [f"room{i}" for i in range(50)]
+               if old.home_of(n) != new.home_of(n)]
+    assert rehomed                                                      # what the change would do
+    with pytest.raises(TopologyError, match="IDC"):
+        topochange.check_change(old, new)
+
+
+@pytest.mark.parametrize("change", [
+    lambda raw: raw.update(data_dir="elsewhere"),          # the adopted file kept where no restart looks
+    lambda raw: raw.update(secret_file="other.secret"),     # tokens checked against two secrets
+    lambda raw: raw.update(curve=not raw.get("curve", True)),
+    lambda raw: raw.update(limits={"message_lifetime": 5}),  # half applied until a restart
+])
+def test_a_live_change_refuses_changes_beyond_the_logic_nodes(base, change):
+    """topochange's contract: only the logic nodes (and the version) may differ."""
+    old = topology.load(base)
+    new = topology.load(edit(base, "new.yaml", lambda raw: (bumped(raw), add_logic(raw), change(raw))))
+    with pytest.raises(TopologyError):
+        topochange.check_change(old, new)
+
+
+def test_dropping_or_adding_a_yaml_channel_cannot_move_it_to_another_idc(tmp_path):
+    """A YAML channel's declared ``idc`` is its home; a new file without the entry (or with a
+    new entry for a name that exists at runtime) would hash it over the IDCs instead."""
+    logics = {"west": ["w1"], "east": ["e1", "e2"]}
+    name = next(f"ops{i}" for i in range(100)
+                if two_idcs(tmp_path, logics, 1).home_of(f"ops{i}") == "west")
+    declared = {name: {"members": [1], "idc": "east"}}
+    grown = dict(logics, east=["e1", "e2", "e3"])
+    for before, after in ((declared, {}), ({}, declared)):
+        old, new = two_idcs(tmp_path, logics, 1, before), two_idcs(tmp_path, grown, 2, after)
+        assert old.home_of(name) != new.home_of(name)
+        with pytest.raises(TopologyError, match="home IDC"):
+            topochange.check_change(old, new)
+
+
+def test_a_topology_whose_keys_are_missing_is_neither_adopted_nor_kept(base):
+    """A node must never keep (and so restart from) a topology it cannot run: a new logic
+    node's public key file missing here is refused before anything is written."""
+    mesh = MeshHarness(base).start()
+    try:
+        text = open(edit(base, "two.yaml", lambda raw: (bumped(raw), add_logic(raw, "l9", 29000)))).read()
+        token = auth.mint(mesh.topo.read_secret(), 0, 300, scope="admin")
+        reply = mesh.admin.call("b1", {"t": "topology", "auth": token, "phase": "adopt", "yaml": text})
+        assert reply["t"] == "err", reply
+        assert not os.path.exists(topochange.kept_path(mesh.topo, "b1"))
+        assert mesh.admin.status("b1")["topology_version"] == 1
+    finally:
+        mesh.close()

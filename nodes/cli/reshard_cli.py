@@ -6,7 +6,8 @@ import json
 import sys
 import time
 
-from .. import livereshard, reshard
+from .. import livereshard, reshard, topochange
+from ..topology import TopologyError
 from .common import load_topology
 
 
@@ -26,12 +27,13 @@ def run(args) -> int:
             change = livereshard.LiveReshard(old, new, say=say)
             moves, rows = change.run(dry_run=args.dry_run), change.rows
         else:
+            topochange.check_offline(old, new)
             moves = reshard.move(old, new, dry_run=args.dry_run)
             rows = moves.rows
     except livereshard.LiveError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    except reshard.ReshardError as exc:
+    except (reshard.ReshardError, TopologyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     seconds = time.monotonic() - started
