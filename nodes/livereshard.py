@@ -12,7 +12,11 @@ command again after an interruption finishes the job:
 4. each such channel's rows go from its old owner to its new one in pages
    (nodes/handoff.py), are loaded there, then deleted from the old owner;
 5. brokers, routers, counters and relays adopt NEW: requests reach the new
-   owners, and the command waits until every broker hears every logic node.
+   owners, and the command waits until every broker hears every logic node;
+6. the logic nodes settle: an added one, which found the others on an older
+   version when it started and so seeded and served no channel it did not
+   hold (nodes/logic.py ``_joins_running_mesh``), seeds the topology's new
+   channels and serves as any node.
 
 A logic node NEW removes holds nothing after step 4: stop it then.
 """
@@ -92,6 +96,8 @@ class LiveReshard:
             if self.new.nodes[node_id].type != "logic" and self.topology(node_id, "adopt", False) is None:
                 self.say(f"warning: {node_id} is down: start it with {self.new.path}")
         self._wait_linked()
+        for node_id in self.new.ids("logic"):                            # 6. settled
+            self.topology(node_id, "settle")
         return self.moves
 
     def _check_started(self, added) -> None:

@@ -45,6 +45,7 @@ SWEEP_INTERVAL = 0.05                 # expired messages are deleted in slices o
 DEDUP_PRUNE_INTERVAL = 1.0            # 500 dedup rows looked at per second
 SENT_PRUNE_BUDGET = 2000              # expired send-index rows deleted per sweep call at most
 REPLICATION_PROBE = 0.1               # followers left behind are caught up this often
+JOIN_PROBE = 1.0                      # seconds a starting logic node asks the others their topology version
 ALLOC_FAILOVER = 0.5                  # replicated: a counter silent this long, the next one is asked
 
 
@@ -176,6 +177,7 @@ class LogicCore:
         self.dedup_cursor = None              # where prune_dedup goes on
         self.sent_cursor = None               # the last ``x`` row prune_sent deleted (rows before it are gone)
         self.incoming = set()                 # channels being taken in (nodes/handoff.py): not served yet
+        self.joining = False                  # added to a running mesh: channels come by hand-over (settle)
         self.stats = collections.Counter()
         replica.on_change = self._presence_changed
 
@@ -211,11 +213,27 @@ class LogicCore:
         for key, raw in (self.store.scan(b"d") if not self.dedup_loaded else ()):
             self.note_dedup_row(key, raw)
         self.dedup_loaded = True             # once: later d rows reach the table as they are written
+        if not self.joining:
+            self._seed(wanted)
+        self.store.flush()
+
+    def _seed(self, wanted=None) -> list:
+        """Create the topology's channels this node serves that no node holds yet (a node
+        joining a running mesh waits: they may hold them, and a hand-over brings them)."""
+        made = []
         for name, spec in self.topo.channels.items():
             if name not in self.channels and name not in self.incoming and (
                     self.placement.owns(name) if wanted is None else wanted(name)):
                 self._create(name, spec["members"], spec.get("lifetime"))
+                made.append(name)
+        return made
+
+    def settle(self) -> list:
+        """The live change that added this node is over: serve as any node, seed what is new."""
+        self.joining = False
+        made = self._seed()
         self.store.flush()
+        return made
 
     def note_dedup_row(self, key: bytes, raw: bytes) -> None:
         """A device's newest send (a ``d`` row) into the dedup table, unless it knows a newer one."""
@@ -277,6 +295,9 @@ class LogicCore:
             raise self._wrong_owner(name)
         if name in self.incoming:
             raise wire.ProtocolError(wire.Err.UNAVAILABLE, f"channel {name!r} is moving to this node; retry")
+        if self.joining and name not in self.channels:
+            raise wire.ProtocolError(wire.Err.UNAVAILABLE, f"logic {self.id} joins a running mesh: channel "
+                                     f"{name!r} may arrive by bin/mesh reshard; retry after it")
 
     def _wrong_owner(self, name: str) -> wire.ProtocolError:
         return wire.ProtocolError(wire.Err.WRONG_OWNER, f"logic {self.id} does not serve channel {name!r}",
@@ -389,7 +410,8 @@ class LogicCore:
         uin, budget = msg["uin"], wire.SYNC_PAGE
         heads, firsts, uptos, msgs, more, not_member, unavailable = {}, {}, {}, [], [], [], []
         for name, have in msg["channels"].items():
-            if not self.placement.owns(name) or name in self.incoming:
+            if not self.placement.owns(name) or name in self.incoming or (
+                    self.joining and name not in self.channels):
                 unavailable.append(name)               # moving to (or served by) another node, or here
                 continue
             ch = self.channels.get(name)
@@ -765,6 +787,7 @@ class LogicNode(Node):
         if topo.replicated:
             self._start_replication()          # channels load per shard, when this node leads it
         else:
+            self.core.joining = self._joins_running_mesh()
             self.core.load()
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.rpc = rpc
@@ -839,6 +862,45 @@ class LogicNode(Node):
         if self.repl is not None:
             reply.update(self.repl.describe(msg["channel"]))
         return reply
+
+    def _joins_running_mesh(self, timeout: float = JOIN_PROBE) -> bool:
+        """Does another logic node run an older topology version?  Then this node was added
+        by a live change still under way (docs/deploy.md): the channels it will serve are held
+        elsewhere and come by hand-over, so it seeds none and serves only what it holds until
+        ``settle``.  Nobody answering (a mesh starting up) or all on this version: not joining."""
+        others = [n for n in self.topo.of_type("logic") if n.id != self.id]
+        socks, poller = [], zmq.Poller()
+        try:
+            for spec in others:
+                sock = self.ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                self.security.connect(sock, spec.endpoint("rpc"))
+                sock.send(wire.pack({"t": "status", "rid": 1}))
+                poller.register(sock, zmq.POLLIN)
+                socks.append(sock)
+            deadline = time.monotonic() + timeout
+            left = len(socks)
+            while left and time.monotonic() < deadline:
+                for sock, _event in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+                    left -= 1
+                    poller.unregister(sock)
+                    try:
+                        reply = wire.unpack_internal(sock.recv(zmq.NOBLOCK), INTERNAL_MAX_FRAME)[0]
+                    except (zmq.ZMQError, wire.ProtocolError, IndexError):
+                        continue
+                    if reply.get("topology_version", self.topo.version) < self.topo.version:
+                        log.warning("%s joins a running mesh (%s runs topology version %s): it serves "
+                                    "the channels it is handed until bin/mesh reshard ends", self.id,
+                                    reply.get("id"), reply.get("topology_version"))
+                        return True
+            return False
+        finally:
+            for sock in socks:
+                sock.close(0)
+
+    def on_settle(self):
+        seeded = self.core.settle() if self.repl is None else []
+        return {"seeded": seeded}
 
     def on_admit(self, new):
         """What a live reshard to ``new`` would move away from here (its dry run)."""
@@ -922,6 +984,7 @@ class LogicNode(Node):
     def status(self):
         c = self.core
         return dict(super().status(), channels=len(c.channels), presence_synced=self.replica.synced(),
+                    joining=c.joining,
                     online=len(self.replica.online), stored=c.stats["stored"],
                     expired=c.stats["expired"], trimmed=c.stats["trimmed"], waiting=c.waiting_total,
                     acks=c.stats["acks"], deliveries=c.stats["deliveries"], id_blocks=c.stats["id_blocks"],

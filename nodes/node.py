@@ -226,7 +226,12 @@ class Node:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, f"this node runs another topology with version "
                                      f"{new.version}; bump the version of {msg.get('path', 'the new file')}")
         extra = {}
-        if msg["phase"] == "admit":
+        if msg["phase"] == "settle":
+            if new.version != self.topo.version:
+                raise wire.ProtocolError(wire.Err.BAD_FIELD, f"settle needs the running version "
+                                         f"({self.topo.version}), not {new.version}: adopt it first")
+            extra = self.on_settle() or {}
+        elif msg["phase"] == "admit":
             self.security.admit(new)
             extra = self.on_admit(new) or {}
         elif new.version > self.topo.version:
@@ -243,6 +248,10 @@ class Node:
         else:
             extra = self.on_topology(self.topo, self.topo) or {}      # again: say where things stand
         return wire.reply("topology", msg["rid"], version=self.topo.version, **extra)
+
+    def on_settle(self) -> dict | None:
+        """Hook: the live change to the running version is over (every node adopted it)."""
+        return None
 
     def on_admit(self, new: Topology) -> dict | None:
         """Hook: extra reply fields for ``admit`` (what would change under ``new``)."""

@@ -30,7 +30,7 @@ from .topology import Topology, TopologyError
 
 log = logging.getLogger(__name__)
 
-PHASES = ("admit", "adopt")
+PHASES = ("admit", "adopt", "settle")
 # what a running node took from its file once (its store, secret, keys, limits): a live change
 # that altered them would be half applied, and undone by the next restart
 UNCHANGED = ("data_dir", "secret_file", "keys_dir", "curve", "client_curve", "local", "limits",
