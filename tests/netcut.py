@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 
 import pytest
@@ -25,7 +26,9 @@ def netns():
     if os.geteuid() != 0:
         pytest.skip("needs root for ip netns (network namespaces and veth pairs)")
     tag = f"ha{os.getpid() % 100000}"
-    net = random.randrange(1, 250)
+    shown = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    used = {int(n) for n in re.findall(r"inet 10\.213\.(\d+)\.", shown)}     # a parallel run's
+    net = random.choice([n for n in range(1, 250) if n not in used])
     ns, host_if, ns_if = f"imesh-{tag}", f"vh{tag}", f"vn{tag}"
     host_ip, ns_ip = f"10.213.{net}.1", f"10.213.{net}.2"
     try:
