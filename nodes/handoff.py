@@ -22,11 +22,14 @@ from its old owner only after its new owner loaded it.
 from __future__ import annotations
 
 import itertools
+import time
 
 from . import auth, shards, wire
 from . import store as keys
 
 PAGE_BYTES = 1 << 20
+PAGE_SECONDS = 0.02            # reading a page stops after this (scans of other channels' send rows)
+PAUSE_EVERY = 512              # send rows scanned between looks at the clock
 
 
 def _names(value, field="channels") -> list:
@@ -106,28 +109,45 @@ class Outgoing:
     def __init__(self, store, names):
         self.names, self.position, self.done = names, 0, not names
         wanted = set(names).__contains__
-        self._rows = itertools.chain(shards.channel_rows(store, wanted), store.scan(b"d")) if names else iter(())
+        self._rows = itertools.chain(shards.channel_rows(store, wanted, pause_every=PAUSE_EVERY),
+                                     store.scan(b"d")) if names else iter(())
         self._next = None
         self._advance()
 
-    def _advance(self) -> None:
-        self._next = next(self._rows, None)
-        if self._next is None:
-            self.done = True
+    def _advance(self, deadline: float = float("inf")) -> bool:
+        """The next row into ``_next``; False if the time ran out first (scanning send rows of
+        other channels), to go on at the next page."""
+        while True:
+            row = next(self._rows, StopIteration)
+            if row is StopIteration:
+                self._next, self.done = None, True
+                return True
+            if row is not None:
+                self._next = row
+                return True
+            if time.monotonic() > deadline:
+                self._next = None
+                return False
 
     def skip(self, n: int) -> None:
         while n > self.position and not self.done:
             self.position += 1
             self._advance()
 
-    def page(self, page_bytes: int) -> list:
+    def page(self, page_bytes: int, seconds: float) -> list:
+        """Rows up to ``page_bytes``, read for about ``seconds`` at most (a page may be short,
+        or empty and not the last: the node's loop is not blocked by a big store)."""
+        deadline = time.monotonic() + seconds
+        if self._next is None and not self.done and not self._advance(deadline):
+            return []
         rows, size = [], 0
         while not self.done and size < page_bytes:
             key, value = self._next
             rows.append([key, value])
             size += len(key) + len(value)
             self.position += 1
-            self._advance()
+            if not self._advance(deadline):
+                break
         return rows
 
 
@@ -155,7 +175,7 @@ class Handoff:
             out = self.outgoing[to] = Outgoing(self.store, sorted(
                 n for n, owner in self.core.leaving().items() if owner == to))
             out.skip(after)                    # a page asked again: start over and skip to it
-        page = out.page(PAGE_BYTES)
+        page = out.page(PAGE_BYTES, PAGE_SECONDS)
         extra = {}
         if after == 0:                         # where each channel's ids end here (take keeps a newer copy)
             extra["boundaries"] = {n: self.core.channels[n].boundary() for n in out.names
@@ -185,8 +205,8 @@ class Handoff:
             for name in fresh:                 # nor loaded by a restart (nodes/logic.py load)
                 self.store.put(keys.taking_key(name), b"")
             self.core.forget(fresh)
-            for key, _value in list(shards.channel_rows(self.store, set(fresh).__contains__)):
-                self.store.delete(key)
+            for key, _value in list(shards.channel_rows(self.store, set(fresh).__contains__, sends=False)):
+                self.store.delete(key)             # send rows: see handle_done
         rows = [[key, value] for key, value, channel in checked if channel not in self.kept]
         shards.put_rows(self.store, rows)
         for key, value in rows:
@@ -213,7 +233,11 @@ class Handoff:
         kept = [n for n in names if leaving.get(n) != msg["to"]]
         if kept:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, f"channel {kept[0]!r} is not moving to {msg['to']}")
-        rows = list(shards.channel_rows(self.store, set(names).__contains__))
+        # a channel's ``e``/``x`` send rows stay: finding them scans every send row of the store
+        # (a long stall of this node's loop), and they are facts that never change -- (uin,
+        # device, ctime) was stored as this id -- pruned by time like every send row; while
+        # another node serves the channel they are never read here (WRONG_OWNER comes first)
+        rows = list(shards.channel_rows(self.store, set(names).__contains__, sends=False))
         for key, _value in rows:
             self.store.delete(key)
         self.core.forget(names)

@@ -69,9 +69,13 @@ def _shard_rows(store, shard: int, shard_of):
     return channel_rows(store, lambda name: shard_of(name) == shard)
 
 
-def channel_rows(store, wanted):
+def channel_rows(store, wanted, sends: bool = True, pause_every: int = 0):
     """(key, value) of every row of the channels ``wanted(name)`` accepts but ``d`` rows:
-    members, newest id, leases, messages, and the ``e``/``x`` rows of their sends."""
+    members, newest id, leases, messages, and (``sends``) the ``e``/``x`` rows of their sends.
+
+    The send rows are found by scanning every ``e`` and ``x`` row of the store (they are keyed
+    by device, not channel); ``pause_every``: yield None after that many rows scanned there, so
+    a caller reading in slices can stop between them instead of blocking its loop."""
     channels = []
     for key, raw in store.scan(b"c"):
         name = key[1:].decode()
@@ -84,14 +88,20 @@ def channel_rows(store, wanted):
             if raw is not None:
                 yield key, raw
         yield from store.scan(keys.channel_prefix(name))
+    if not sends:
+        return
     sent = set()
-    for key, raw in store.scan(b"e"):
+    for n, (key, raw) in enumerate(store.scan(b"e"), 1):
         if wanted(keys.sent_of_value(raw)[0]):
             sent.add(key)
             yield key, raw
-    for key, raw in store.scan(b"x"):
+        elif pause_every and n % pause_every == 0:
+            yield None
+    for n, (key, raw) in enumerate(store.scan(b"x"), 1):
         if keys.sent_of_expiry_key(key)[1] in sent:
             yield key, raw
+        elif pause_every and n % pause_every == 0:
+            yield None
 
 
 def snapshot(store, shard: int, shard_of) -> list:

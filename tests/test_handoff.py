@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodes import auth, handoff, topology, wire
+from nodes import auth, handoff, shards, topology, wire
 from nodes import store as keys
 from nodes.logic import LogicCore
 from nodes.store import Store
@@ -260,3 +260,35 @@ def test_a_stale_copy_never_replaces_the_newer_channel_its_new_owner_holds(tmp_p
     turn(l1, l1_store)
     assert l1_out.replies[-1][1]["id"] == 6                        # ids go on, never back
     assert "lobby" not in l2.channels and l2.leaving() == {}        # the stale copy is gone
+
+
+def test_pages_read_in_time_slices_still_carry_every_row(tmp_path, monkeypatch):
+    """Reading a page stops when its time is up (here: at once, and the send rows of other
+    channels are looked at one by one), so pages may be short or empty; together they are
+    still every row of the move, in order, and the last one says so."""
+    one, two = topo_with(tmp_path, ["l1"], 1), topo_with(tmp_path, ["l1", "l2"], 2)
+    name = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2")
+    stay = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l1")
+    src, _out, src_store = core_of(tmp_path, "l1", one)
+    for channel in (name, stay):
+        src.channel_create(admin(channel=channel, members=[1, 2]))
+        src.on_ids(channel, 1, 1001)
+    for n in range(1, 201):                                    # other channels' sends to scan past
+        send(src, 2, 5000 + n, f"s{n}", channel=stay, rid=n)
+        if n % 20 == 0:
+            send(src, 1, 100 + n, f"m{n}", channel=name, rid=n)
+    turn(src, src_store)
+    leaving = sorted(src.adopt(two))
+    expected = [[k, v] for k, v in shards.channel_rows(src_store, set(leaving).__contains__)]
+    expected += [[k, v] for k, v in src_store.scan(b"d")]
+    monkeypatch.setattr(handoff, "PAGE_SECONDS", 0.0)
+    monkeypatch.setattr(handoff, "PAUSE_EVERY", 1)
+    side, got, after, empty = handoff.Handoff(src, src_store), [], 0, 0
+    for _ in range(10000):
+        page = side.handle_handoff(b"", admin(to="l2", after=after))
+        got += page["rows"]
+        empty += not page["rows"]
+        if page["next"] == 0:
+            break
+        after = page["next"]
+    assert got == expected and empty > 0
