@@ -36,14 +36,21 @@ def admin(**fields):
     return dict({"rid": 1, "auth": auth.mint(SECRET, 0, 300, scope="admin")}, **fields)
 
 
-def test_a_channel_moves_with_its_ids_dedup_and_members(tmp_path, monkeypatch):
+def moving_and_staying(tmp_path):
+    """l1's core on a one-logic topology with two channels (ids leased): ``name`` moves to l2
+    under the second topology, ``stay`` does not."""
     one, two = topo_with(tmp_path, ["l1"], 1), topo_with(tmp_path, ["l1", "l2"], 2)
     name = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2")
     stay = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l1")
-    src, src_out, src_store = core_of(tmp_path, "l1", one)
+    core = core_of(tmp_path, "l1", one)
     for channel in (name, stay):
-        src.channel_create(admin(channel=channel, members=[1, 2]))
-        src.on_ids(channel, 1, 1001)
+        core[0].channel_create(admin(channel=channel, members=[1, 2]))
+        core[0].on_ids(channel, 1, 1001)
+    return one, two, name, stay, core
+
+
+def test_a_channel_moves_with_its_ids_dedup_and_members(tmp_path, monkeypatch):
+    one, two, name, stay, (src, src_out, src_store) = moving_and_staying(tmp_path)
     for n in range(1, 31):
         send(src, 1, 100 + n, f"m{n}", channel=name, rid=n)
     turn(src, src_store)
@@ -266,13 +273,7 @@ def test_pages_read_in_time_slices_still_carry_every_row(tmp_path, monkeypatch):
     """Reading a page stops when its time is up (here: at once, and the send rows of other
     channels are looked at one by one), so pages may be short or empty; together they are
     still every row of the move, in order, and the last one says so."""
-    one, two = topo_with(tmp_path, ["l1"], 1), topo_with(tmp_path, ["l1", "l2"], 2)
-    name = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2")
-    stay = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l1")
-    src, _out, src_store = core_of(tmp_path, "l1", one)
-    for channel in (name, stay):
-        src.channel_create(admin(channel=channel, members=[1, 2]))
-        src.on_ids(channel, 1, 1001)
+    one, two, name, stay, (src, _out, src_store) = moving_and_staying(tmp_path)
     for n in range(1, 201):                                    # other channels' sends to scan past
         send(src, 2, 5000 + n, f"s{n}", channel=stay, rid=n)
         if n % 20 == 0:

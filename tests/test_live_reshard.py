@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 from bench.failover import Sender
@@ -48,6 +47,29 @@ def variant(path, name, version, add_logic=None, drop_logic=None) -> str:
     with open(out, "w") as f:
         yaml.safe_dump(raw, f)
     return out
+
+
+def one_logic_and_l2_coming(tmp_path):
+    """A running one-logic mesh, its topology, one that adds l2, and l2's (unstarted) Mesh."""
+    one = write_topology(tmp_path, brokers=1, logics=1, limits=LIMITS)
+    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
+    return one, two, MeshHarness(one).start(), Mesh(two)
+
+
+def channel_for_l2(mesh, added):
+    """A channel l2 will own, created with one message ("before", id 1); its name and client."""
+    name = next(n for n in CHANNELS if added.topo.logic_for(n) == "l2")
+    mesh.admin.channel("create", name, [1])
+    client = mesh.client(1, wait_online=False)
+    assert client.request({"t": "send", "channel": name, "ctime": 1, "text": "before"})["id"] == 1
+    return name, client
+
+
+def start_l2(one, two, added):
+    """The first run admits l2's key and says to start it (exit 3); then it is started."""
+    assert reshard(two, one).returncode == 3
+    added.start(["l2"])
+    added.wait_ready(30, ["l2"])
 
 
 def stored(client, channel) -> list:
@@ -160,18 +182,10 @@ def test_a_reshard_that_failed_while_a_logic_node_adopted_moves_everything_when_
     once that is fixed, it must still hand over every channel the node no longer serves --
     not find the node on the new version already and move nothing (the channel would be
     stranded: NO_CHANNEL at its new owner, its messages left on the old one)."""
-    one = write_topology(tmp_path, brokers=1, logics=1, limits=LIMITS)
-    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
-    mesh = MeshHarness(one).start()
-    added = Mesh(two)
+    one, two, mesh, added = one_logic_and_l2_coming(tmp_path)
     try:
-        name = next(n for n in CHANNELS if added.topo.logic_for(n) == "l2")
-        mesh.admin.channel("create", name, [1])
-        client = mesh.client(1, wait_online=False)
-        assert client.request({"t": "send", "channel": name, "ctime": 1, "text": "before"})["id"] == 1
-        assert reshard(two, one).returncode == 3                       # admits l2's key: start it now
-        added.start(["l2"])
-        added.wait_ready(30, ["l2"])
+        name, client = channel_for_l2(mesh, added)
+        start_l2(one, two, added)
         blocker = topochange.kept_path(mesh.topo, "l1") + ".new"
         os.makedirs(blocker)
         failed = reshard(two, one)
@@ -193,19 +207,11 @@ def test_a_reshard_from_a_file_older_than_what_the_mesh_runs_is_refused(tmp_path
     mesh that no longer exists: a change from it that drops the added logic node must not
     skip that node (never asked to adopt or hand over, its channels stranded: NO_CHANNEL at
     their new owner) -- it is refused, naming the version the mesh runs."""
-    one = write_topology(tmp_path, brokers=1, logics=1, limits=LIMITS)
-    two = variant(one, "topology-2.yaml", 2, add_logic="l2")
+    one, two, mesh, added = one_logic_and_l2_coming(tmp_path)
     three = variant(two, "topology-3.yaml", 3, drop_logic="l2")
-    mesh = MeshHarness(one).start()
-    added = Mesh(two)
     try:
-        name = next(n for n in CHANNELS if added.topo.logic_for(n) == "l2")
-        mesh.admin.channel("create", name, [1])
-        client = mesh.client(1, wait_online=False)
-        assert client.request({"t": "send", "channel": name, "ctime": 1, "text": "before"})["id"] == 1
-        assert reshard(two, one).returncode == 3
-        added.start(["l2"])
-        added.wait_ready(30, ["l2"])
+        name, client = channel_for_l2(mesh, added)
+        start_l2(one, two, added)
         assert reshard(two, one).returncode == 0
         stale = reshard(three, one)                                    # the mesh runs version 2
         assert stale.returncode != 0 and "version 2" in stale.stderr, (stale.stdout, stale.stderr)
