@@ -82,10 +82,10 @@ class LiveReshard:
                                 f"{self.old.path}'s ({self.old.version}): give --from the file of "
                                 f"version {reply.get('version')} (each node keeps it in its data directory, "
                                 f"{topochange.KEPT_NAME})")
+        if dry_run:                            # what would move: the new nodes need not run yet
+            return self._plan()
         added = [n for n in self.new.ids("logic") if n not in self.old.nodes]
         self._check_started(added)                                       # 2.
-        if dry_run:
-            return self._plan()
         leaving = {}
         for node_id in dict.fromkeys(old_logic + self.new.ids("logic")):   # 3. adopt
             leaving[node_id] = self.topology(node_id, "adopt")["leaving"]

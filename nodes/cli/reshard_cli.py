@@ -46,6 +46,10 @@ def run(args) -> int:
     if not live or args.dry_run:
         for channel, src, dst in moves:
             print(f"{verb} {channel}: {src} -> {dst}")
+    if live and args.dry_run:
+        print(f"{len(moves)} channel(s) {verb}; the mesh still runs version {old.version} (every node "
+              f"admits the keys of {args.config} now)")
+        return 0
     print(f"{len(moves)} channel(s) {verb} ({rows} rows) in {seconds:.2f} s", end="")
     if live:
         gone = [n for n in old.ids("logic") if n not in new.nodes]
