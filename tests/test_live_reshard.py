@@ -114,6 +114,10 @@ def test_add_then_remove_a_logic_node_under_load(tmp_path):
         wait_acks(senders, 20)
         before = {s.uin: min(s.acked.items()) for s in senders}
 
+        dry = reshard(two, one, "--dry-run", "--json")                 # l2 need not run for a dry run
+        assert dry.returncode == 0, dry.stderr
+        assert sorted(m["channel"] for m in json.loads(dry.stdout)["moved"]) == moving
+        assert mesh.admin.status("l1")["topology_version"] == 1        # nothing adopted
         first = reshard(two, one)                                      # l2 is not running yet
         assert first.returncode == 3, first.stderr
         assert "--id l2" in first.stderr
