@@ -32,12 +32,15 @@ class AdminError(Exception):
 
 
 class Admin:
-    def __init__(self, topo: Topology, timeout: float = 3.0, ctx: zmq.Context | None = None):
+    def __init__(self, topo: Topology, timeout: float = 3.0, ctx: zmq.Context | None = None,
+                 identity: curve.Identity | None = None):
+        """``identity``: whose keys to ask with (a node asking its peers passes its own);
+        default the operator's ``admin`` keypair."""
         self.topo = topo
         self.timeout = timeout
         self.ctx = ctx or zmq.Context.instance()
         self._rids = itertools.count(1)
-        self._identity = None
+        self._identity = identity
 
     @property
     def identity(self) -> curve.Identity:

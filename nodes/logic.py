@@ -32,6 +32,7 @@ from . import wire
 from .node import INTERNAL_MAX_FRAME, Node
 from .logs import events
 from . import idcfanout
+from .admin import Admin
 from .handoff import Handoff
 from .presence import PresenceReplica
 from .replication import Replication
@@ -868,35 +869,15 @@ class LogicNode(Node):
         by a live change still under way (docs/deploy.md): the channels it will serve are held
         elsewhere and come by hand-over, so it seeds none and serves only what it holds until
         ``settle``.  Nobody answering (a mesh starting up) or all on this version: not joining."""
-        others = [n for n in self.topo.of_type("logic") if n.id != self.id]
-        socks, poller = [], zmq.Poller()
-        try:
-            for spec in others:
-                sock = self.ctx.socket(zmq.DEALER)
-                sock.setsockopt(zmq.LINGER, 0)
-                self.security.connect(sock, spec.endpoint("rpc"))
-                sock.send(wire.pack({"t": "status", "rid": 1}))
-                poller.register(sock, zmq.POLLIN)
-                socks.append(sock)
-            deadline = time.monotonic() + timeout
-            left = len(socks)
-            while left and time.monotonic() < deadline:
-                for sock, _event in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-                    left -= 1
-                    poller.unregister(sock)
-                    try:
-                        reply = wire.unpack_internal(sock.recv(zmq.NOBLOCK), INTERNAL_MAX_FRAME)[0]
-                    except (zmq.ZMQError, wire.ProtocolError, IndexError):
-                        continue
-                    if reply.get("topology_version", self.topo.version) < self.topo.version:
-                        log.warning("%s joins a running mesh (%s runs topology version %s): it serves "
-                                    "the channels it is handed until bin/mesh reshard ends", self.id,
-                                    reply.get("id"), reply.get("topology_version"))
-                        return True
-            return False
-        finally:
-            for sock in socks:
-                sock.close(0)
+        others = [n for n in self.topo.ids("logic") if n != self.id]
+        answers = Admin(self.topo, ctx=self.ctx, identity=self.security).status_all(others, timeout)   # own keys
+        for peer, status in answers.items():
+            if status is not None and status.get("topology_version", self.topo.version) < self.topo.version:
+                log.warning("%s joins a running mesh (%s runs topology version %s): it serves the "
+                            "channels it is handed until bin/mesh reshard ends", self.id, peer,
+                            status.get("topology_version"))
+                return True
+        return False
 
     def on_settle(self):
         seeded = self.core.settle() if self.repl is None else []
