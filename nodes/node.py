@@ -264,8 +264,8 @@ class Node:
 
     def refresh_peers(self, socks: dict, node_type: str) -> None:
         """After a topology change: a DEALER to each new node of a type; those gone leave
-        ``socks`` (what waits on them is answered UNAVAILABLE; the socket idles until exit,
-        since it may be in the poll results being served right now)."""
+        ``socks`` (what waits on them is answered UNAVAILABLE) and are disconnected, not closed:
+        the socket may be in the poll results being served right now."""
         wanted = {n.id: n for n in self.topo.of_type(node_type)}
         for node_id in [n for n in socks if n not in wanted]:
             sock = socks.pop(node_id)
