@@ -40,7 +40,7 @@ from nodes.mesh import Mesh
 from .agen import loop_name
 from .baseline import serve_main
 from .procstat import cpu_seconds, io_thread_cpu_seconds, peak_rss_mb, self_cpu_seconds
-from .report import machine, parser as bench_parser, scratch, table, write_json
+from .report import machine, parser as bench_parser, percentile, scratch, table, write_json
 from .tally import Tally
 from .wssock import WsSock
 
@@ -49,13 +49,6 @@ QUIET_TIMEOUT = 15.0          # seconds without progress before a run gives up
 
 def channel_of(index: int, members: int) -> str:
     return f"g{index // members}"
-
-
-def percentile(values, p):
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 class Worker(Tally):

@@ -24,7 +24,7 @@ from nodes.client import Client, ClientError
 from nodes.localtopo import write_topology
 from nodes.mesh import Mesh, wait_for
 
-from .report import machine, parser as bench_parser, table, write_json
+from .report import machine, parser as bench_parser, percentile, table, write_json
 
 UNKNOWN = ("UNAVAILABLE", "BUSY", "INTERNAL", "TIMEOUT")
 
@@ -101,11 +101,6 @@ def caught_up(admin, topo, shard, node) -> bool:
         if info is not None:
             return info["leader"] == node or info["lag"].get(node) == 0
     return False
-
-
-def percentile(values, p):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def run(args) -> dict:
