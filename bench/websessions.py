@@ -8,7 +8,6 @@ median reported.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing as mp
 import statistics
@@ -23,7 +22,7 @@ from nodes.localtopo import write_topology
 from nodes.mesh import Mesh
 
 from .procstat import reap
-from .report import machine, table, write_json
+from .report import machine, parser as bench_parser, table, write_json
 
 
 def rss_mb(pid: int) -> float:
@@ -91,11 +90,11 @@ def run_once(sessions: int, processes: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bin/bench websessions", description=__doc__)
+    ap = bench_parser("websessions", __doc__)
     ap.add_argument("--sessions", type=int, default=10000)
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json")
+    ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
     runs = [run_once(args.sessions, args.processes) for _ in range(args.repeats)]
     for r in runs:
