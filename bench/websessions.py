@@ -21,16 +21,8 @@ from nodes import auth, wire
 from nodes.localtopo import write_topology
 from nodes.mesh import Mesh
 
-from .procstat import reap
+from .procstat import reap, rss_kb
 from .report import machine, parser as bench_parser, table, write_json
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def worker(uins, url, secret, ready, done) -> None:
@@ -67,7 +59,7 @@ def run_once(sessions: int, processes: int) -> dict:
             statuses = mesh.wait_ready(30)
             broker = mesh.topo.of_type("broker")[0]
             pid = statuses[broker.id]["pid"]
-            before = rss_mb(pid)
+            before = rss_kb(pid) / 1024
             ready = mp.Queue()
             per = [list(range(1 + i, sessions + 1, processes)) for i in range(processes)]
             t0 = time.monotonic()
@@ -78,7 +70,7 @@ def run_once(sessions: int, processes: int) -> dict:
                 procs.append(p)
             logged = sum(ready.get(timeout=300) for _ in procs)
             took = time.monotonic() - t0
-            after = rss_mb(pid)
+            after = rss_kb(pid) / 1024
             status = mesh.admin.status(broker.id)
             return {"sessions": logged, "broker_sessions": status["sessions"], "rss_before_mb": round(before, 1),
                     "rss_after_mb": round(after, 1), "kib_per_session": round((after - before) * 1024 / logged, 2),
