@@ -9,7 +9,7 @@
     bin/bench failover [--kills 10] [--senders 4] [--shards 4] [--wipe] [--stop] [--json FILE]
     bin/bench fanout [--members 10000 --brokers 4 --messages 2000 --churn 1 --repeats 3] [--json FILE]
     bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
-    bin/bench idc [--messages 200 --repeats 3 --delay-ms 20] [--json FILE]      (root: WAN bed)
+    bin/bench idc [--messages 200 --repeats 3 --delay-ms 20 --reshard-channels 1000] [--json FILE]   (root: WAN bed)
     bin/bench handoff [--sends 20000,200000] [--repeats 3] [--json FILE]
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
     bin/bench relay [--sizes-mib 1,50] [--repeats 3] [--window 16] [--json FILE]

@@ -23,7 +23,6 @@ reconnected more than 3 times per kill.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import multiprocessing as mp
@@ -46,7 +45,7 @@ from nodes.mesh import Mesh
 
 from .e2e import channel_of, wait_presence
 from .procstat import reap
-from .report import machine, table, write_json
+from .report import machine, parser as bench_parser, table, write_json
 
 KINDS = ("broker", "logic", "router", "counter")
 
@@ -301,8 +300,7 @@ def passed(r: dict) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bin/bench chaos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser("chaos", __doc__)
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=30.0)

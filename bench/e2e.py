@@ -39,8 +39,8 @@ from nodes.mesh import Mesh
 
 from .agen import loop_name
 from .baseline import serve_main
-from .procstat import cpu_seconds, io_thread_cpu_seconds, peak_rss_mb, self_cpu_seconds
-from .report import machine, parser as bench_parser, scratch, table, write_json
+from .procstat import cpu_seconds, io_thread_cpu_seconds, peak_rss_mb, reap, self_cpu_seconds
+from .report import machine, parser as bench_parser, percentile, scratch, table, write_json
 from .tally import Tally
 from .wssock import WsSock
 
@@ -49,13 +49,6 @@ QUIET_TIMEOUT = 15.0          # seconds without progress before a run gives up
 
 def channel_of(index: int, members: int) -> str:
     return f"g{index // members}"
-
-
-def percentile(values, p):
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 class Worker(Tally):
@@ -272,10 +265,7 @@ def load(args, endpoints, secret, pids_of, after_login=None):
         io = {n: io_thread_cpu_seconds(p) - io0[n] for n, p in pids.items()}
         rss = {n: peak_rss_mb(p) for n, p in pids.items()}
     finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+        reap(procs, 10)
     return results, wall, cpu, rss, io
 
 

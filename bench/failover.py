@@ -14,7 +14,6 @@ round is its slowest sender's.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import signal
 import tempfile
@@ -25,7 +24,7 @@ from nodes.client import Client, ClientError
 from nodes.localtopo import write_topology
 from nodes.mesh import Mesh, wait_for
 
-from .report import machine, table, write_json
+from .report import machine, parser as bench_parser, percentile, table, write_json
 
 UNKNOWN = ("UNAVAILABLE", "BUSY", "INTERNAL", "TIMEOUT")
 
@@ -104,11 +103,6 @@ def caught_up(admin, topo, shard, node) -> bool:
     return False
 
 
-def percentile(values, p):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
 def run(args) -> dict:
     directory = tempfile.mkdtemp(prefix="imesh-failover-")
     mesh = Mesh(write_topology(directory, logics=3, replication=3, shards=args.shards,
@@ -168,8 +162,7 @@ def render(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bin/bench failover", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser("failover", __doc__)
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--shards", type=int, default=4)

@@ -17,7 +17,7 @@ from nodes import auth, wire
 from nodes.localtopo import write_topology
 from nodes.mesh import Mesh
 
-from .procstat import cpu_seconds, self_cpu_seconds
+from .procstat import cpu_seconds, reap, self_cpu_seconds
 from .report import machine, parser as bench_parser, scratch, table, write_json
 
 
@@ -153,8 +153,5 @@ def measure(args, tmp: str) -> int:
             write_json(args.json, result)
         return 0
     finally:
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
+        reap(procs, 5)
         mesh.close()

@@ -30,7 +30,7 @@ from nodes import auth, wire
 from nodes.localtopo import write_topology
 from nodes.mesh import Mesh
 
-from .procstat import rss_kb
+from .procstat import reap, rss_kb
 from .report import machine, parser as bench_parser, scratch, table, write_json
 
 
@@ -109,10 +109,7 @@ def measure_mesh(sessions: int, processes: int, tmp: str) -> dict:
                 "kb_per_session": round((after - before) / sessions, 2)}
     finally:
         done.set()
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
+        reap(procs, 30)
         mesh.close()
 
 

@@ -8,7 +8,6 @@ median reported.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing as mp
 import statistics
@@ -22,15 +21,8 @@ from nodes import auth, wire
 from nodes.localtopo import write_topology
 from nodes.mesh import Mesh
 
-from .report import machine, table, write_json
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from .procstat import reap, rss_kb
+from .report import machine, parser as bench_parser, table, write_json
 
 
 def worker(uins, url, secret, ready, done) -> None:
@@ -61,41 +53,40 @@ def run_once(sessions: int, processes: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         mesh = Mesh(write_topology(d, brokers=1, logics=1, ws=True,
                                    heartbeat={"wired": 600.0, "max": 600.0}))
-        mesh.start()
+        procs, done = [], mp.Event()
         try:
+            mesh.start()                 # inside the try: a start cut short still closes what it started
             statuses = mesh.wait_ready(30)
             broker = mesh.topo.of_type("broker")[0]
             pid = statuses[broker.id]["pid"]
-            before = rss_mb(pid)
-            ready, done = mp.Queue(), mp.Event()
+            before = rss_kb(pid) / 1024
+            ready = mp.Queue()
             per = [list(range(1 + i, sessions + 1, processes)) for i in range(processes)]
-            procs = [mp.Process(target=worker, args=(u, broker.endpoints["ws"] + "/ws", mesh.topo.read_secret(),
-                                                      ready, done)) for u in per]
             t0 = time.monotonic()
-            for p in procs:
+            for u in per:                # only started workers are in procs: the finally reaps them
+                p = mp.Process(target=worker, args=(u, broker.endpoints["ws"] + "/ws", mesh.topo.read_secret(),
+                                                    ready, done))
                 p.start()
+                procs.append(p)
             logged = sum(ready.get(timeout=300) for _ in procs)
             took = time.monotonic() - t0
-            after = rss_mb(pid)
+            after = rss_kb(pid) / 1024
             status = mesh.admin.status(broker.id)
-            done.set()
-            for p in procs:
-                p.join(30)
-                if p.is_alive():
-                    p.kill()
             return {"sessions": logged, "broker_sessions": status["sessions"], "rss_before_mb": round(before, 1),
                     "rss_after_mb": round(after, 1), "kib_per_session": round((after - before) * 1024 / logged, 2),
                     "login_seconds": round(took, 1)}
         finally:
+            done.set()                   # also when a login or status failed: no worker holds its sockets on
+            reap(procs, 30)
             mesh.close()
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bin/bench websessions", description=__doc__)
+    ap = bench_parser("websessions", __doc__)
     ap.add_argument("--sessions", type=int, default=10000)
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json")
+    ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
     runs = [run_once(args.sessions, args.processes) for _ in range(args.repeats)]
     for r in runs:
