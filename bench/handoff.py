@@ -14,13 +14,13 @@ measures, medians of ``--repeats``:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench import report
 from nodes import auth, handoff, shards, topology
 from nodes.logic import LogicCore
 from nodes.store import Store
@@ -111,7 +111,7 @@ def run_once(sends: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="bin/bench handoff", description=__doc__.split("\n")[0])
+    p = report.parser("handoff", __doc__)
     p.add_argument("--sends", default="20000,200000", help="stored sends of other channels (comma list)")
     p.add_argument("--repeats", type=int, default=3, help="runs per size (figures are medians)")
     p.add_argument("--json", metavar="FILE")
