@@ -65,6 +65,7 @@ class MeshHarness:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"presence of {uin}/{device} not {present} everywhere: {views}")
+            time.sleep(0.02)                    # a poll interval: not a spin of requests at every logic node
 
     def owner_of(self, channel: str) -> str:
         return self.topo.logic_for(channel)
