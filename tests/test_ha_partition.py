@@ -126,9 +126,10 @@ def etcd_leader(endpoint, cluster="part"):
 
 def test_a_cut_off_leader_acks_nothing_after_the_new_leaders_first_ack_and_rejoins(tmp_path, netns):
     ns, host_ip, ns_ip, link = netns
-    etcd = LocalEtcd(str(tmp_path / "etcd"), 1, host=host_ip).start()
+    etcd = LocalEtcd(str(tmp_path / "etcd"), 1, host=host_ip)
     h, inside_proc, host_senders = None, None, []
     try:
+        etcd.start()                       # in the try: a member that never gets healthy is stopped too
         # the preferred replica of the one shard runs inside with broker b2; it starts first and wins
         from nodes.topology import parse
         probe = parse({"replication": 3, "shards": 1, "etcd": etcd.endpoints, "idcs": {"x": {
