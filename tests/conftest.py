@@ -30,8 +30,14 @@ class MeshHarness:
         self.clients = []
 
     def start(self):
-        self.mesh.start()
-        self.mesh.wait_ready(30)
+        """Every node started and ready.  A start that fails stops what it started: callers
+        that write ``h = MeshHarness(cfg).start()`` never get the harness to close."""
+        try:
+            self.mesh.start()
+            self.mesh.wait_ready(30)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self):
@@ -65,6 +71,7 @@ class MeshHarness:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"presence of {uin}/{device} not {present} everywhere: {views}")
+            time.sleep(0.02)                    # a poll interval: not a spin of requests at every logic node
 
     def owner_of(self, channel: str) -> str:
         return self.topo.logic_for(channel)
@@ -96,8 +103,7 @@ def start_mesh(directory, started: list, **kwargs) -> MeshHarness:
         started.append(harness)
         try:
             return harness.start()
-        except MeshError:
-            harness.close()
+        except MeshError:                  # start() has stopped its nodes
             logs = "".join(open(harness.mesh.log_path(n), errors="replace").read()
                            for n in harness.topo.nodes if os.path.exists(harness.mesh.log_path(n)))
             if "Address already in use" not in logs or attempt == 2:

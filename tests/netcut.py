@@ -41,10 +41,15 @@ def netns():
         ip("-n", ns, "link", "set", ns_if, "up")
         ip("-n", ns, "link", "set", "lo", "up")
     except (subprocess.CalledProcessError, OSError) as exc:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        remove(ns, host_if)                # what the steps before the failed one made
         pytest.skip(f"cannot build a network namespace here: {exc}")
     try:
         yield ns, host_ip, ns_ip, host_if
     finally:
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        remove(ns, host_if)
+
+
+def remove(ns, host_if):
+    """The veth pair (both ends go with the host side) and the namespace, whichever exist."""
+    subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)

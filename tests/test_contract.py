@@ -145,6 +145,7 @@ def _send_retrying(client, channel, text, timeout=15.0):
             if time.monotonic() > deadline or exc.code not in wire.UNKNOWN_OUTCOME + (
                     "TIMEOUT", wire.Err.NOT_LOGGED_IN):
                 raise
+        time.sleep(0.05)                   # an immediate UNAVAILABLE: retry soon, not in a spin
 
 
 def test_a_sigkill_of_the_logic_node_leaves_no_gap_in_ids(make_mesh):

@@ -209,6 +209,13 @@ def make_logic(tmp_path, **limits):
     return core, out, store
 
 
+def leased_logic(tmp_path, **limits):
+    """make_logic() with the room's first block of ids (1000) already granted."""
+    core, out, store = make_logic(tmp_path, **limits)
+    core.on_ids("room", 1, 1001)
+    return core, out, store
+
+
 def turn(core, store):
     core.assign(time.time())
     store.flush()
@@ -218,6 +225,13 @@ def turn(core, store):
 def send(core, uin, ctime, text="x", channel="room", device=0, rid=1, ident=b"b"):
     return core.send(ident, {"rid": rid, "uin": uin, "device": device, "channel": channel,
                              "ctime": ctime, "text": text})
+
+
+def sent(core, store, count, texts=False):
+    """``count`` sends of uin 1 at client times 100.. (texts "t0".. or all "x"), then a turn."""
+    for i in range(count):
+        send(core, 1, 100 + i, text=f"t{i}" if texts else "x")
+    turn(core, store)
 
 
 def test_sends_wait_for_the_first_lease_then_ack_in_order(tmp_path):
@@ -235,8 +249,7 @@ def test_sends_wait_for_the_first_lease_then_ack_in_order(tmp_path):
 
 
 def test_retry_stale_and_inflight_retry(tmp_path):
-    core, out, store = make_logic(tmp_path)
-    core.on_ids("room", 1, 1001)
+    core, out, store = leased_logic(tmp_path)
     send(core, 1, 100, rid=1)
     assert send(core, 1, 100, rid=2) is None                       # retry while in flight
     turn(core, store)
@@ -260,9 +273,7 @@ def test_restart_continues_the_lease_and_keeps_dedup(tmp_path):
     core, out, store = make_logic(tmp_path, id_block=10)
     core.on_ids("room", 1, 11)
     core.on_ids("room", 11, 21)                                    # a prefetched second block
-    for i in range(12):
-        send(core, 1, 100 + i)
-    turn(core, store)
+    sent(core, store, 12)
     store.close()
     core2, out2, store2 = make_logic(tmp_path, id_block=10)
     assert send(core2, 1, 111)["id"] == 12                          # dedup row survived
@@ -281,11 +292,8 @@ def test_leases_older_than_what_was_used_are_refused(tmp_path):
 
 
 def test_sync_pages_and_reports_first_and_last(tmp_path):
-    core, out, store = make_logic(tmp_path)
-    core.on_ids("room", 1, 1001)
-    for i in range(wire.SYNC_PAGE + 5):
-        send(core, 1, 100 + i, text=f"t{i}")
-    turn(core, store)
+    core, out, store = leased_logic(tmp_path)
+    sent(core, store, wire.SYNC_PAGE + 5, texts=True)
     page = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0}, time.time())
     assert len(page["msgs"]) == wire.SYNC_PAGE and page["more"] is True
     assert page["first"] == 1 and page["last"] == wire.SYNC_PAGE + 5
@@ -297,8 +305,7 @@ def test_sync_pages_and_reports_first_and_last(tmp_path):
 
 
 def test_message_rows_use_the_documented_key_layout(tmp_path):
-    core, out, store = make_logic(tmp_path)
-    core.on_ids("room", 1, 1001)
+    core, out, store = leased_logic(tmp_path)
     send(core, 3, 77, text="layout", device=4)
     turn(core, store)
     raw = store.get(b"m" + bytes([4]) + b"room" + (1).to_bytes(8, "big"))
@@ -342,8 +349,7 @@ def test_dedup_keeps_the_newest_when_pipelined_sends_finish_out_of_order(tmp_pat
 
 
 def test_the_channel_queue_bounds_what_sync_returns(tmp_path):
-    core, out, store = make_logic(tmp_path, channel_queue=5)
-    core.on_ids("room", 1, 1001)
+    core, out, store = leased_logic(tmp_path, channel_queue=5)
     for i in range(8):
         send(core, 1, 100 + i)
         turn(core, store)
@@ -355,8 +361,7 @@ def test_the_channel_queue_bounds_what_sync_returns(tmp_path):
 
 
 def test_dedup_rows_of_devices_silent_past_the_lifetime_are_pruned(tmp_path):
-    core, out, store = make_logic(tmp_path)
-    core.on_ids("room", 1, 1001)
+    core, out, store = leased_logic(tmp_path)
     send(core, 1, 100, device=1)
     send(core, 2, 100, device=1)
     turn(core, store)
@@ -377,8 +382,7 @@ def test_dedup_rows_of_devices_silent_past_the_lifetime_are_pruned(tmp_path):
 def test_a_client_time_reused_for_another_text_is_stale_not_a_retry(tmp_path):
     """Found in review: a reused client time (a clock stepped back, a reinstalled device) was
     acked with another message's id and the new text was never stored."""
-    core, out, store = make_logic(tmp_path)
-    core.on_ids("room", 1, 1001)
+    core, out, store = leased_logic(tmp_path)
     send(core, 1, 100, text="first")
     with pytest.raises(wire.ProtocolError) as exc:
         send(core, 1, 100, text="other, while in flight")
@@ -391,11 +395,8 @@ def test_a_client_time_reused_for_another_text_is_stale_not_a_retry(tmp_path):
 
 
 def test_send_index_rows_go_with_the_message_lifetime_in_slices(tmp_path):
-    core, out, store = make_logic(tmp_path, message_lifetime=60)
-    core.on_ids("room", 1, 1001)
-    for i in range(5):
-        send(core, 1, 100 + i, text=f"t{i}")
-    turn(core, store)
+    core, out, store = leased_logic(tmp_path, message_lifetime=60)
+    sent(core, store, 5, texts=True)
     now = time.time()
     assert core.prune_sent(now) == 0                                  # all alive
     assert core.prune_sent(now + 61, budget=2) == 2 and core.prune_sent(now + 61, budget=2) == 2

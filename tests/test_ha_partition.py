@@ -74,7 +74,12 @@ def start_inside(ns, config, uins):
     proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", INSIDE_SENDERS, config,
                              ",".join(map(str, uins))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, env=env)
-    assert proc.stdout.readline().strip() == "acked"
+    try:
+        assert proc.stdout.readline().strip() == "acked"
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
     return proc
 
 
@@ -121,9 +126,10 @@ def etcd_leader(endpoint, cluster="part"):
 
 def test_a_cut_off_leader_acks_nothing_after_the_new_leaders_first_ack_and_rejoins(tmp_path, netns):
     ns, host_ip, ns_ip, link = netns
-    etcd = LocalEtcd(str(tmp_path / "etcd"), 1, host=host_ip).start()
-    h = None
+    etcd = LocalEtcd(str(tmp_path / "etcd"), 1, host=host_ip)
+    h, inside_proc, host_senders = None, None, []
     try:
+        etcd.start()                       # in the try: a member that never gets healthy is stopped too
         # the preferred replica of the one shard runs inside with broker b2; it starts first and wins
         from nodes.topology import parse
         probe = parse({"replication": 3, "shards": 1, "etcd": etcd.endpoints, "idcs": {"x": {
@@ -144,7 +150,7 @@ def test_a_cut_off_leader_acks_nothing_after_the_new_leaders_first_ack_and_rejoi
         assert leader_of(h, "lobby")["leader"] == old
         host_senders = start_senders(h, "lobby", 2)        # uins 1, 2: on b2 and b1
         outside = [s for s in host_senders if s.uin % 2 == 0]   # b1's: the new leader's side
-        inside = start_inside(ns, h.mesh.config, [11, 13, 15])
+        inside_proc = start_inside(ns, h.mesh.config, [11, 13, 15])
         wait_for(lambda: all(len(s.acked) >= 20 for s in outside), 30, "acks before the cut")
 
         cut_at = time.monotonic()
@@ -161,7 +167,7 @@ def test_a_cut_off_leader_acks_nothing_after_the_new_leaders_first_ack_and_rejoi
         ip("link", "set", link, "up")                      # heal: the old leader must follow
         healed = time.monotonic()
         wait_for(lambda: all(s.acks_after(healed) >= 10 for s in outside), 30, "acks after the heal")
-        senders = stop_inside(inside, healed)
+        senders = stop_inside(inside_proc, healed)
         acked_inside_before_cut = [t for s in senders for t in s.ack_times if t < cut_at]
         assert acked_inside_before_cut, "the inside senders never got an ack before the cut"
         late = [t for s in senders for t in s.ack_times if first_new_ack <= t < healed]
@@ -173,6 +179,11 @@ def test_a_cut_off_leader_acks_nothing_after_the_new_leaders_first_ack_and_rejoi
         wait_for(lambda: caught_up(h.admin, h.topo, 0, old), 20, f"{old} following {new}")
         check_every_replica(h, host_senders + senders, "lobby")
     finally:
+        for s in host_senders:             # a failed test: no sender keeps going after it
+            s.stop.set()
+        if inside_proc is not None and inside_proc.poll() is None:
+            inside_proc.kill()
+            inside_proc.communicate()
         if h is not None:
             h.close()
         etcd.stop()

@@ -5,7 +5,10 @@ import asyncio
 import signal
 import time
 
+import pytest
+
 from nodes.aclient import AsyncClient
+from nodes.client import ClientError
 
 FAST_HB = {"wired": 0.4, "min": 0.2, "max": 1.0, "session_timeout_factor": 3}
 
@@ -162,18 +165,13 @@ def test_heartbeat_bad_input(make_mesh):
     assert sorted(ack["not_member"]) == ["nowhere", "private"]
     assert ack["heads"]["lobby"] == 0 and ack["more"] == []               # id beyond newest: no sync
     too_many = {f"c{i}": 0 for i in range(4)}
-    err = None
-    try:
+    with pytest.raises(ClientError) as err:
         c.request({"t": "hb", "channels": too_many})
-    except Exception as exc:
-        err = exc
-    assert err.code == "TOO_MANY" and err.reply["limit"] == 3
+    assert err.value.code == "TOO_MANY" and err.value.reply["limit"] == 3
     for bad in ({"lobby": -1}, {"bad name": 1}, [1, 2]):
-        try:
+        with pytest.raises(ClientError) as err:
             c.request({"t": "hb", "channels": bad})
-            raise AssertionError("accepted")
-        except Exception as exc:
-            assert getattr(exc, "code", None) in ("BAD_FIELD", "BAD_CHANNEL")
+        assert err.value.code in ("BAD_FIELD", "BAD_CHANNEL"), bad
     assert c.heartbeat()["t"] == "hb_ack"                                  # session kept
 
 

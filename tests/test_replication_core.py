@@ -103,10 +103,23 @@ class Cluster:
         assert leader.repl.owns("room"), "the winner does not serve the shard"
         return leader
 
+    def lead(self, node_id, epoch):
+        """``node_id`` elected, holding the room's first block of ids (100)."""
+        leader = self.elect(node_id, epoch)
+        leader.core.on_ids("room", 1, 101)
+        return leader
+
 
 def send(node, uin, ctime, rid):
     return node.core.send(b"client", {"rid": rid, "uin": uin, "device": 0, "channel": "room",
                                       "ctime": ctime, "text": f"{uin}:{ctime}"})
+
+
+def stored(node, uin, ctime, rid):
+    """send() and the end of the node's loop turn (the send is stored, its record sent)."""
+    reply = send(node, uin, ctime, rid)
+    node.turn_end()
+    return reply
 
 
 def room_rows(node):
@@ -115,22 +128,19 @@ def room_rows(node):
 
 def test_acked_only_when_a_follower_holds_the_record_and_followers_hold_the_same_rows(tmp_path):
     c = Cluster(tmp_path)
-    leader = c.elect("l1", 5)
-    leader.core.on_ids("room", 1, 101)
+    leader = c.lead("l1", 5)
     assert send(leader, 1, 10, rid=1) is None
     leader.turn_end()                               # stored on the leader, record not yet answered
     assert leader.acks() == []
     c.pump()                                        # a follower holds it: acked
     assert [(a["rid"], a["id"]) for a in leader.acks()] == [(1, 1)]
     for i in range(5):
-        send(leader, 2, 20 + i, rid=10 + i)
-        leader.turn_end()
+        stored(leader, 2, 20 + i, rid=10 + i)
         c.pump()
     assert len(leader.acks()) == 6
     assert room_rows(c.nodes["l2"]) == room_rows(leader) == room_rows(c.nodes["l3"])
     # reads on the leader never show what is not acked: a stored but unanswered send
-    send(leader, 3, 99, rid=99)
-    leader.turn_end()
+    stored(leader, 3, 99, rid=99)
     sync = leader.core.sync({"rid": 1, "uin": 1, "channel": "room", "after": 0}, time.time())
     assert [m["id"] for m in sync["msgs"]] == [1, 2, 3, 4, 5, 6] and sync["upto"] == 6
 
@@ -138,19 +148,16 @@ def test_acked_only_when_a_follower_holds_the_record_and_followers_hold_the_same
 def test_a_wiped_follower_is_refilled_from_the_log_or_by_a_snapshot(tmp_path, monkeypatch):
     monkeypatch.setattr(replication, "SNAP_PAGE", 300)              # several pages per snapshot
     c = Cluster(tmp_path)
-    first = c.elect("l1", 5)
-    first.core.on_ids("room", 1, 101)
+    first = c.lead("l1", 5)
     for i in range(4):
-        send(first, 1, 10 + i, rid=i)
-        first.turn_end()
+        stored(first, 1, 10 + i, rid=i)
         c.pump()
 
     def wipe_and_send(node_id, leader, ctime):
         c.nodes[node_id].store.close()
         c.nodes[node_id] = Replica(c, node_id, str(tmp_path / f"{node_id}-{ctime}"))   # empty store
         c.nodes[node_id].repl.on_coordinator({"t": "leaders", "map": {0: [leader.id, leader.repl.lead[0].epoch]}})
-        send(leader, 1, ctime, rid=ctime)
-        leader.turn_end()
+        stored(leader, 1, ctime, rid=ctime)
         for _ in range(3):
             c.pump()
         assert room_rows(c.nodes[node_id]) == room_rows(leader)
@@ -168,18 +175,15 @@ def test_a_wiped_follower_is_refilled_from_the_log_or_by_a_snapshot(tmp_path, mo
 
 def test_a_replica_that_promised_a_newer_epoch_refuses_the_old_leader(tmp_path):
     c = Cluster(tmp_path)
-    old = c.elect("l1", 5)
-    old.core.on_ids("room", 1, 101)
-    send(old, 1, 10, rid=1)
-    old.turn_end()
+    old = c.lead("l1", 5)
+    stored(old, 1, 10, rid=1)
     c.pump()
     assert len(old.acks()) == 1
     # a new leader's position request reaches both followers (the old leader did not see etcd yet)
     for f in ("l2", "l3"):
         reply = c.nodes[f].repl.on_rep_pos(b"x", {"rid": 0, "shard": 0, "epoch": 9})
         assert reply["t"] == "pos"
-    send(old, 2, 20, rid=2)
-    old.turn_end()
+    stored(old, 2, 20, rid=2)
     c.pump()                                        # rep_no from both: it stops leading
     assert not old.repl.owns("room")
     replies = [m for _i, m in old.out.replies if m.get("rid") == 2]
@@ -191,12 +195,10 @@ def test_a_replica_that_promised_a_newer_epoch_refuses_the_old_leader(tmp_path):
 def test_a_winner_behind_the_majority_takes_the_shard_from_the_replica_ahead(tmp_path, monkeypatch):
     monkeypatch.setattr(replication, "SNAP_PAGE", 300)
     c = Cluster(tmp_path)
-    first = c.elect("l1", 5)
-    first.core.on_ids("room", 1, 101)
+    first = c.lead("l1", 5)
     c.down.add("l3")                                # l3 misses these records
     for i in range(5):
-        send(first, 1, 10 + i, rid=i)
-        first.turn_end()
+        stored(first, 1, 10 + i, rid=i)
         c.pump()
     assert len(first.acks()) == 5                   # l1 + l2 are a majority
     c.down.clear()
@@ -205,18 +207,15 @@ def test_a_winner_behind_the_majority_takes_the_shard_from_the_replica_ahead(tmp
     winner = c.elect("l3", 9)                       # l3 wins etcd's campaign although behind
     assert winner is behind and winner.repl.stats["snapshots_installed"] == 1
     assert room_rows(winner) == room_rows(c.nodes["l1"])
-    send(winner, 2, 99, rid=99)
-    winner.turn_end()
+    stored(winner, 2, 99, rid=99)
     c.pump()
     assert [a["id"] for a in winner.acks()] == [6]  # ids go on after every acked one
 
 
 def test_a_leader_whose_lease_ran_out_acks_nothing_even_with_a_follower_holding_the_record(tmp_path):
     c = Cluster(tmp_path)
-    leader = c.elect("l1", 5)
-    leader.core.on_ids("room", 1, 101)
-    send(leader, 1, 10, rid=1)
-    leader.turn_end()
+    leader = c.lead("l1", 5)
+    stored(leader, 1, 10, rid=1)
     leader.repl.on_coordinator({"t": "lease", "until": time.monotonic() - 0.001})   # no renewal in time
     c.pump()                                        # the followers hold the record ...
     assert c.nodes["l2"].repl.pos[0] == leader.repl.pos[0]
