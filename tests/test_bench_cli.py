@@ -22,6 +22,15 @@ def test_bench_help_shows_defaults_and_version():
     assert run("bench", "--version").stdout.startswith("bin/bench (imesh) ")
 
 
+def test_every_benchmark_answers_version_as_the_usage_promises():
+    import bench.__main__ as usage
+    commands = [line.split()[1] for line in usage.__doc__.splitlines() if line.startswith("    bin/bench ")]
+    assert len(commands) >= 12 and "handoff" in commands
+    for name in commands:
+        r = run("bench", name, "--version")
+        assert r.returncode == 0 and r.stdout.startswith(f"bin/bench {name} (imesh) "), (name, r.stdout, r.stderr)
+
+
 def test_e2e_asyncio_with_baseline_reports_both_and_their_ratios(tmp_path, monkeypatch):
     """The asyncio generator speaks protocol 2 to a real mesh and to the baseline server in one
     run; every message reaches every member once and the JSON carries both sets of figures."""
