@@ -235,11 +235,13 @@ class Replication:
             return
         for lead in list(self.lead.values()):
             upto = lead.commit_index(self.majority)
-            for record in lead.log:
-                if record.seq <= lead.released:
-                    continue
-                if record.seq > upto:
-                    break
+            # seqs in the log are contiguous: start at the first unreleased record instead of
+            # walking past the (up to RETAINED) released ones kept for followers, every turn
+            records = lead.log
+            at = max(0, lead.released + 1 - records[0].seq) if records else 0
+            while at < len(records) and records[at].seq <= upto:
+                record = records[at]
+                at += 1
                 lead.released = record.seq
                 if record.recs:
                     self.core.commit(record.recs)
