@@ -233,7 +233,8 @@ class Replication:
             if self.lead:
                 self.reconcile()
             return
-        for lead in list(self.lead.values()):
+        released = []                          # sends of every record released now: one commit, so
+        for lead in list(self.lead.values()):  # their deliveries leave in one PUB frame per broker
             upto = lead.commit_index(self.majority)
             # seqs in the log are contiguous: start at the first unreleased record instead of
             # walking past the (up to RETAINED) released ones kept for followers, every turn
@@ -244,7 +245,7 @@ class Replication:
                 at += 1
                 lead.released = record.seq
                 if record.recs:
-                    self.core.commit(record.recs)
+                    released.extend(record.recs)
                 for ident, reply in record.replies:
                     self.node.reply(ident, reply)
                 record.recs = record.replies = None
@@ -254,6 +255,8 @@ class Replication:
                 self.node.announce()
             while len(lead.log) > RETAINED and lead.log[0].seq <= lead.released:
                 del lead.log[0]
+        if released:
+            self.core.commit(released)
 
     def _catch_up(self, lead: Lead, f: str) -> None:
         """A live follower behind gets the next records it lacks, in order and in chunks, as
