@@ -36,8 +36,8 @@ import zmq
 import zmq.asyncio
 
 from . import wire
-from .client import ClientClock, ClientError
-from .connection import Link, backoff, login_request
+from .client import ClientClock, ClientError, login_request
+from .connection import Link, backoff
 from .fragments import Assembler, BadFragment, new_group_id, split_utf8
 from .mailbox import UNKNOWN, Mailbox
 from .nearest import Brokers

@@ -476,18 +476,19 @@ class BrokerNode(Node):
 
     def web_frame(self, ident, frame):
         """A frame from a WebSocket or HTTP client (nodes/webgate.py): the ZeroMQ clients' dispatcher."""
-        self.clients.frame(ident, frame, self.clock(), self.reply, int(self.topo.limits["max_frame"]),
-                           MAX_PIPELINED)
+        self.clients.frame(ident, frame, self.clock(), self.reply, self.core.max_frame, MAX_PIPELINED)
 
     def push_many(self, idents, packed):
         """One message to many sessions: ZeroMQ ones through the outbox in one call, web ones
         (WebSocket / HTTP) through their gate."""
         if self.web is not None:
-            web = [i for i in idents if WebGate.owns(i)]
-            if web:
-                for ident in web:
+            zmq_idents = []
+            for ident in idents:                # one pass: each ident is looked at once
+                if WebGate.owns(ident):
                     self.web.put(ident, packed)
-                idents = [i for i in idents if not WebGate.owns(i)]
+                else:
+                    zmq_idents.append(ident)
+            idents = zmq_idents
         self.outbox.put_many(self.client, idents, packed)
 
     def to_logic(self, owner, msg, callback, timeout=None):

@@ -40,6 +40,11 @@ class ClientClock:
         return self.last
 
 
+def login_request(token: str, device: int, net: str) -> dict:
+    """The login map (brokers and relays take the same; nodes/connection.py's Link sends it too)."""
+    return {"t": "login", "v": wire.PROTOCOL_VERSION, "token": token, "device": device, "net": net}
+
+
 class ClientError(Exception):
     """The server answered with an error code (``code``), or did not answer at all."""
 
@@ -95,8 +100,7 @@ class Client:
 
     # --- API -----------------------------------------------------------------
     def login(self, token: str, device: int = 0, net: str = "wired") -> dict:
-        reply = self.request({"t": "login", "v": wire.PROTOCOL_VERSION, "token": token,
-                              "device": device, "net": net})
+        reply = self.request(login_request(token, device, net))
         self.uin, self.device, self.interval = reply["uin"], reply["device"], reply["hb"]
         self.sid = reply.get("sid")
         return reply

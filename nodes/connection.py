@@ -51,11 +51,6 @@ STABLE = 2.0            # seconds a login must last for the next reconnect to st
 OWN_ECHO = 30.0         # seconds an abandoned login of ours may still replace the session we have
 
 
-def login_request(token: str, device: int, net: str) -> dict:
-    """The login map (brokers and relays take the same)."""
-    return {"t": "login", "v": wire.PROTOCOL_VERSION, "token": token, "device": device, "net": net}
-
-
 class _Replaced(Exception):
     """The connection a request was waiting on was closed (internal: the request is sent again)."""
 

@@ -72,10 +72,16 @@ class LocalEtcd:
         return etcd
 
     def start(self, timeout: float = 30.0) -> "LocalEtcd":
+        """Start every member and wait until all are healthy; on failure the members started
+        are stopped again (``with LocalEtcd(...)`` never reaches ``__exit__`` when this raises)."""
         cluster = ",".join(f"{n}={p}" for n, p in zip(self.names, self.peers))
-        for name, client, peer in zip(self.names, self.clients, self.peers):
-            self._start_member(name, client, peer, cluster)
-        self.wait_healthy(timeout)
+        try:
+            for name, client, peer in zip(self.names, self.clients, self.peers):
+                self._start_member(name, client, peer, cluster)
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _start_member(self, name, client, peer, cluster) -> None:

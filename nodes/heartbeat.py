@@ -30,7 +30,7 @@ def next_interval(cfg: dict, net, times) -> float:
 class Beat:
     """Heartbeat state of one (uin, device) session at the router."""
 
-    __slots__ = ("broker", "net", "times", "interval", "deadline")
+    __slots__ = ("broker", "net", "times", "interval", "deadline", "due")
 
     def __init__(self, broker: str, net, now: float, cfg: dict):
         self.broker = broker
@@ -38,6 +38,7 @@ class Beat:
         self.times = collections.deque([now], maxlen=4)
         self.interval = initial_interval(cfg, net)
         self.deadline = now + cfg["session_timeout_factor"] * self.interval
+        self.due = None                         # the router's live heap entry for it (RouterCore)
 
     def beat(self, now: float, net, cfg: dict) -> float:
         if net != self.net:                     # a new network starts the adaptation over

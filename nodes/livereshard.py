@@ -42,7 +42,7 @@ class LiveError(Exception):
 class LiveReshard:
     def __init__(self, old, new, say=print, timeout: float = 10.0):
         self.old, self.new, self.say = old, new, say
-        self.admins = {"old": Admin(old, timeout=timeout), "new": Admin(new, ctx=None, timeout=timeout)}
+        self.admins = {"old": Admin(old, timeout=timeout), "new": Admin(new, timeout=timeout)}
         self.token = auth.mint(new.read_secret(), 0, lifetime=3600, scope="admin")
         self.moves = []                        # (channel, from, to)
         self.rows = 0

@@ -290,15 +290,22 @@ class LogicCore:
         self.store.put(keys.lease_key(ch.name), keys.encode([list(x) for x in ch.leases]))
 
     # --- requests ------------------------------------------------------------
-    def _check_served(self, name: str) -> None:
-        """WRONG_OWNER if another node serves the channel; UNAVAILABLE while it is moving here."""
+    def _unserved(self, name: str) -> wire.ProtocolError | None:
+        """Why this node does not serve the channel now, or None: WRONG_OWNER if another node
+        serves it; UNAVAILABLE while it is moving here (one rule for requests and heartbeats)."""
         if not self.placement.owns(name):
-            raise self._wrong_owner(name)
+            return self._wrong_owner(name)
         if name in self.incoming:
-            raise wire.ProtocolError(wire.Err.UNAVAILABLE, f"channel {name!r} is moving to this node; retry")
+            return wire.ProtocolError(wire.Err.UNAVAILABLE, f"channel {name!r} is moving to this node; retry")
         if self.joining and name not in self.channels:
-            raise wire.ProtocolError(wire.Err.UNAVAILABLE, f"logic {self.id} joins a running mesh: channel "
-                                     f"{name!r} may arrive by bin/mesh reshard; retry after it")
+            return wire.ProtocolError(wire.Err.UNAVAILABLE, f"logic {self.id} joins a running mesh: channel "
+                                      f"{name!r} may arrive by bin/mesh reshard; retry after it")
+        return None
+
+    def _check_served(self, name: str) -> None:
+        why = self._unserved(name)
+        if why is not None:
+            raise why
 
     def _wrong_owner(self, name: str) -> wire.ProtocolError:
         return wire.ProtocolError(wire.Err.WRONG_OWNER, f"logic {self.id} does not serve channel {name!r}",
@@ -411,8 +418,7 @@ class LogicCore:
         uin, budget = msg["uin"], wire.SYNC_PAGE
         heads, firsts, uptos, msgs, more, not_member, unavailable = {}, {}, {}, [], [], [], []
         for name, have in msg["channels"].items():
-            if not self.placement.owns(name) or name in self.incoming or (
-                    self.joining and name not in self.channels):
+            if self._unserved(name) is not None:
                 unavailable.append(name)               # moving to (or served by) another node, or here
                 continue
             ch = self.channels.get(name)

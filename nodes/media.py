@@ -14,8 +14,8 @@ import logging
 import os
 
 from . import wire
-from .client import ClientError
-from .connection import Link, login_request
+from .client import ClientError, login_request
+from .connection import Link
 from .nearest import Brokers
 
 DEFAULT_CHUNK = 256 * 1024

@@ -233,16 +233,19 @@ class Replication:
             if self.lead:
                 self.reconcile()
             return
-        for lead in list(self.lead.values()):
+        released = []                          # sends of every record released now: one commit, so
+        for lead in list(self.lead.values()):  # their deliveries leave in one PUB frame per broker
             upto = lead.commit_index(self.majority)
-            for record in lead.log:
-                if record.seq <= lead.released:
-                    continue
-                if record.seq > upto:
-                    break
+            # seqs in the log are contiguous: start at the first unreleased record instead of
+            # walking past the (up to RETAINED) released ones kept for followers, every turn
+            records = lead.log
+            at = max(0, lead.released + 1 - records[0].seq) if records else 0
+            while at < len(records) and records[at].seq <= upto:
+                record = records[at]
+                at += 1
                 lead.released = record.seq
                 if record.recs:
-                    self.core.commit(record.recs)
+                    released.extend(record.recs)
                 for ident, reply in record.replies:
                     self.node.reply(ident, reply)
                 record.recs = record.replies = None
@@ -252,6 +255,8 @@ class Replication:
                 self.node.announce()
             while len(lead.log) > RETAINED and lead.log[0].seq <= lead.released:
                 del lead.log[0]
+        if released:
+            self.core.commit(released)
 
     def _catch_up(self, lead: Lead, f: str) -> None:
         """A live follower behind gets the next records it lacks, in order and in chunks, as

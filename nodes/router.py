@@ -49,7 +49,8 @@ class RouterCore:
         self.online = {}                      # uin -> {device: broker}
         self.bitmap = OnlineBitmap()          # uins with at least one device online
         self.beats = {}                       # (uin, device) -> Beat
-        self._deadlines = []                  # heap of (deadline, uin, device); stale entries skipped
+        self._deadlines = []                  # heap of (deadline, uin, device): one live entry per
+        #                                       session (its Beat's ``due``); superseded ones are skipped
         self.hb_cfg = hb_cfg or DEFAULT_HEARTBEAT
         self.publish = publish
         self.expired = 0
@@ -60,7 +61,12 @@ class RouterCore:
                       "seq": self.seq, "uin": uin, "device": device, "broker": broker})
 
     def _track(self, uin, device, beat):
-        heapq.heappush(self._deadlines, (beat.deadline, uin, device))
+        """Make sure the heap looks at the session by its deadline: a new entry only when the
+        deadline moved earlier (a later one is found when the live entry comes due), so a
+        heartbeat or touch does not add an entry per session each time."""
+        if beat.due is None or beat.deadline < beat.due:
+            beat.due = beat.deadline
+            heapq.heappush(self._deadlines, (beat.due, uin, device))
 
     def _backstop(self, beat, now) -> None:
         beat.deadline = now + (self.hb_cfg["session_timeout_factor"] + 1) * beat.interval + self.BACKSTOP_SLACK
@@ -130,11 +136,16 @@ class RouterCore:
         gone = 0
         heap = self._deadlines
         while heap and heap[0][0] <= now and budget > 0:
-            deadline, uin, device = heapq.heappop(heap)
+            due, uin, device = heapq.heappop(heap)
             budget -= 1
             beat = self.beats.get((uin, device))
-            if beat is not None and beat.deadline == deadline:
+            if beat is None or beat.due != due:
+                continue                      # gone, or superseded by an earlier entry
+            if beat.deadline <= now:
                 gone += self.set_offline(uin, device, beat.broker)
+            else:                             # active since: look again at its new deadline
+                beat.due = beat.deadline
+                heapq.heappush(heap, (beat.due, uin, device))
         self.expired += gone
         return gone
 

@@ -23,7 +23,7 @@ REMEMBER_GONE = 10_000          # ended sessions whose reason a late request can
 
 class Session:
     __slots__ = ("ident", "uin", "device", "net", "interval", "sid", "last_seen", "touched",
-                 "groups", "ended", "inflight")
+                 "groups", "ended", "inflight", "due")
 
     def __init__(self, ident, uin, device, net, interval, now):
         self.ident, self.uin, self.device, self.net = ident, uin, device, net
@@ -33,6 +33,7 @@ class Session:
         self.groups = None                      # the broker's fragment groups, made on first use
         self.ended = None                       # why the session ended, once it has
         self.inflight = 0                       # its requests waiting for other nodes (bounded)
+        self.due = None                         # the deadline of its live heap entry (SessionTable)
 
 
 class SessionTable:
@@ -43,7 +44,8 @@ class SessionTable:
         self.by_uin = {}                        # uin -> {ident: Session}
         self.gone = collections.OrderedDict()   # ident -> reason, newest last
         self.ended = collections.Counter()      # reason -> sessions ended for it
-        self._deadlines = []                    # heap of (deadline, seq, session); stale entries skipped
+        self._deadlines = []                    # heap of (deadline, seq, session): one live entry per
+        #                                         session (its ``due``); superseded ones are skipped
         self._seq = 0
 
     def __len__(self) -> int:
@@ -96,17 +98,18 @@ class SessionTable:
 
     def _schedule(self, session: Session) -> None:
         self._seq += 1
-        heapq.heappush(self._deadlines, (self.deadline(session), self._seq, session))
+        session.due = self.deadline(session)
+        heapq.heappush(self._deadlines, (session.due, self._seq, session))
 
     def expired(self, now: float, budget: int = 5000) -> list:
         """Sessions silent past their deadline (looked at from the heap, at most ``budget``)."""
         out = []
         heap = self._deadlines
         while heap and heap[0][0] <= now and budget > 0:
-            _due, _seq, session = heapq.heappop(heap)
+            due, _seq, session = heapq.heappop(heap)
             budget -= 1
-            if self.by_ident.get(session.ident) is not session:
-                continue
+            if self.by_ident.get(session.ident) is not session or due != session.due:
+                continue                                # ended, or superseded by an earlier entry
             if self.deadline(session) <= now:
                 out.append(session)
             else:
@@ -114,5 +117,8 @@ class SessionTable:
         return out
 
     def reschedule(self, session: Session) -> None:
-        """The interval changed: make sure the heap looks at the session in time."""
-        self._schedule(session)
+        """The interval changed: make sure the heap looks at the session in time.  Only a
+        deadline that moved earlier needs a new entry (a later one is found when the live entry
+        comes due), so a heartbeat does not add an entry per session each time."""
+        if self.deadline(session) < session.due:
+            self._schedule(session)

@@ -39,6 +39,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from . import wire
+from .outbox import MAX_BATCH
 from .webroutes import Routes
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,8 @@ class WebGate:
         ws = target.ws
         if ws.state is not State.OPEN:
             return                                 # closing: the client said goodbye or was told to
-        for i in range(0, len(items), 128):
-            chunk = items[i:i + 128]
+        for i in range(0, len(items), MAX_BATCH):          # frames as the ZeroMQ outbox joins them
+            chunk = items[i:i + MAX_BATCH]
             ws.send_binary(chunk[0] if len(chunk) == 1 else wire.array_of_packed(chunk))
         if end:
             ws.send_close(*end)

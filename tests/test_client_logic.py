@@ -46,6 +46,19 @@ def test_router_sweep_takes_silent_sessions_offline_in_bounded_steps():
                           "uin": 7, "device": 0, "broker": None}
 
 
+def test_router_touches_and_heartbeats_keep_one_deadline_entry_per_session():
+    r = RouterCore("r1", lambda m, broker=None: None, HB)
+    r.set_online(7, 0, "b1", "wired", now=0.0)
+    for t in range(1, 200):                                  # an active session, touched and beating
+        assert r.touch("b1", [[7, 0]], now=float(t)) == []
+        if t % 10 == 0:
+            r.heartbeat(7, 0, "b1", "wired", now=float(t))
+    assert len(r._deadlines) == 1                            # not one heap entry per report
+    backstop = (HB["session_timeout_factor"] + 1) * r.beats[(7, 0)].interval + RouterCore.BACKSTOP_SLACK
+    assert r.sweep(now=199.0 + backstop - 0.5) == 0
+    assert r.sweep(now=199.0 + backstop + 0.5) == 1
+
+
 def test_a_login_on_another_broker_moves_the_session_and_the_old_one_cannot_take_it_back():
     deltas, kicks = [], []
     r = RouterCore("r1", lambda m, broker=None: (deltas if broker is None else kicks).append(m), HB)

@@ -189,3 +189,16 @@ def test_a_dropped_link_keeps_its_logic_node_down_until_the_link_is_back(tmp_pat
     core.unlinked.discard("l1")                # the link is back (monitor: connected)
     assert core.logic_up("l1", 10.4)           # its ticks count again
     assert not core.logic_up("l1", 12.0)       # ... while they keep coming
+
+
+def test_heartbeats_keep_one_deadline_entry_per_session_and_a_shorter_interval_still_expires_in_time():
+    t = SessionTable(factor=3)
+    s = t.open(b"c1", 1, 0, "wired", 10.0, now=0.0)
+    for beat in range(1, 101):                       # heartbeats: refreshed, interval confirmed
+        t.check(b"c1", s.sid, now=float(beat))
+        t.reschedule(s)
+    assert len(t._deadlines) == 1                    # not one entry per heartbeat
+    s.interval = 1.0                                 # the router asked for a shorter one
+    t.reschedule(s)
+    assert t.expired(now=102.0) == []                # 100 + 3 * 1 > 102
+    assert t.expired(now=103.5) == [s]

@@ -73,3 +73,17 @@ def test_the_cluster_serves_with_one_member_of_three_gone(etcd):
                     assert asyncio.get_running_loop().time() < deadline, "etcd never recovered"
             assert (await c.get(b"/t/alive")).value == b"yes"
     asyncio.run(main())
+
+
+def test_a_start_that_fails_stops_the_members_it_started(tmp_path):
+    """``with LocalEtcd(...)`` never reaches ``__exit__`` when start raises: start itself must
+    not leave etcd processes behind (a timeout of 0 fails before any member is healthy)."""
+    from nodes.etcdserver import EtcdError
+    cluster = LocalEtcd(str(tmp_path / "etcd"), members=2)
+    try:
+        with pytest.raises(EtcdError):
+            cluster.start(timeout=0.0)
+        assert len(cluster.procs) == 2
+        assert all(proc.poll() is not None for proc in cluster.procs.values())
+    finally:
+        cluster.stop()

@@ -54,7 +54,7 @@ def run(args) -> int:
     if live:
         gone = [n for n in old.ids("logic") if n not in new.nodes]
         print(f"; the mesh runs topology version {new.version}" + (f"; {', '.join(gone)} serve(s) nothing "
-              "now: stop them" if gone and not args.dry_run else "") + f"; use {args.config} from now on")
+              "now: stop them" if gone else "") + f"; use {args.config} from now on")
     else:
         print(f"; start the nodes with {args.config}")
     return 0
