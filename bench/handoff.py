@@ -48,15 +48,16 @@ class _Everyone:
         return {"b1": list(uins)}
 
 
-def _topology(directory: Path, logics, version: int):
+def topology_with(directory, logics, version: int, channels=None):
+    """A one-IDC topology (no sockets are bound from it) with these logic nodes."""
     ports = iter(range(30000, 30100))
-    raw = {"local": True, "data_dir": str(directory), "version": version,
+    raw = {"local": True, "data_dir": str(directory), "version": version, "channels": channels or {},
            "idcs": {"a": {"brokers": [{"id": "b1", "client": "tcp://127.0.0.1:1", "rpc": "tcp://127.0.0.1:2"}],
                           "logics": [{"id": n, "rpc": f"tcp://127.0.0.1:{next(ports)}",
                                       "pub": f"tcp://127.0.0.1:{next(ports)}"} for n in logics],
                           "routers": [{"id": "r", "rpc": "tcp://127.0.0.1:5", "pub": "tcp://127.0.0.1:6"}],
                           "counters": [{"id": "c", "rpc": "tcp://127.0.0.1:7"}]}}}
-    return topology.parse(raw, str(directory / "t.yaml"))
+    return topology.parse(raw, str(Path(directory) / "t.yaml"))
 
 
 def _admin(**fields) -> dict:
@@ -72,7 +73,7 @@ def _turn(core, store) -> None:
 def run_once(sends: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         directory = Path(d)
-        one, two = _topology(directory, ["l1"], 1), _topology(directory, ["l1", "l2"], 2)
+        one, two = topology_with(directory, ["l1"], 1), topology_with(directory, ["l1", "l2"], 2)
         stay = [f"s{i}" for i in range(400) if two.logic_for(f"s{i}") == "l1"][:20]
         moving = next(f"m{i}" for i in range(400) if two.logic_for(f"m{i}") == "l2")
         store = Store(str(directory / "l1"))

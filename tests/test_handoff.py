@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodes import auth, handoff, shards, topology, wire
+from bench.handoff import topology_with
+from nodes import auth, handoff, shards, wire
 from nodes import store as keys
 from nodes.logic import LogicCore
 from nodes.store import Store
@@ -14,15 +15,7 @@ SECRET = b"secret-secret-secret"
 
 
 def topo_with(tmp_path, logics, version):
-    ep = iter(range(20000, 20100))
-    raw = {"local": True, "data_dir": str(tmp_path), "version": version,
-           "channels": {"lobby": {"members": [1, 2, 3]}},
-           "idcs": {"a": {"brokers": [{"id": "b1", "client": "tcp://127.0.0.1:1", "rpc": "tcp://127.0.0.1:2"}],
-                          "logics": [{"id": n, "rpc": f"tcp://127.0.0.1:{next(ep)}",
-                                      "pub": f"tcp://127.0.0.1:{next(ep)}"} for n in logics],
-                          "routers": [{"id": "r", "rpc": "tcp://127.0.0.1:5", "pub": "tcp://127.0.0.1:6"}],
-                          "counters": [{"id": "c", "rpc": "tcp://127.0.0.1:7"}]}}}
-    return topology.parse(raw, str(tmp_path / "t.yaml"))
+    return topology_with(tmp_path, logics, version, channels={"lobby": {"members": [1, 2, 3]}})
 
 
 def core_of(tmp_path, node_id, topo):
