@@ -1,6 +1,6 @@
 """The asyncio load generator of ``bin/bench e2e --client asyncio``: the shape real clients have.
 
-One ``zmq.asyncio`` DEALER per user (the shape of nodes/aclient.py), on
+One ``zmq.asyncio`` DEALER per user (the shape of nodes/client/aclient.py), on
 uvloop when it is installed (``pip install imesh[bench]``), else on the
 default loop.  Each user is one coroutine: it logs in (protocol 2: ``v``
 and then the ``sid`` on every request), then sends closed-loop -- the next
@@ -19,7 +19,9 @@ import time
 import zmq
 import zmq.asyncio
 
-from nodes import auth, curve, wire
+from nodes.protocol import auth, wire
+
+from nodes.runtime import curve
 
 from .procstat import self_cpu_seconds
 from .tally import Tally

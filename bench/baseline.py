@@ -17,7 +17,7 @@ import secrets
 import msgpack
 import zmq
 
-from nodes import auth, wire
+from nodes.protocol import auth, wire
 
 
 class FanoutServer:

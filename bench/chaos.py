@@ -36,12 +36,12 @@ import time
 
 import zmq.asyncio
 
-from nodes import auth
-from nodes.admin import Admin
-from nodes.aclient import AsyncClient
-from nodes.client import ClientError
-from nodes.localtopo import write_topology
-from nodes.mesh import Mesh
+from nodes.protocol import auth
+from nodes.ops.admin import Admin
+from nodes.client.aclient import AsyncClient
+from nodes.client.blocking import ClientError
+from nodes.ops.localtopo import write_topology
+from nodes.ops.mesh import Mesh
 
 from .e2e import channel_of, wait_presence
 from .procstat import reap

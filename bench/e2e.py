@@ -32,10 +32,14 @@ import time
 
 import zmq
 
-from nodes import auth, curve, topology, wire
-from nodes.admin import Admin, AdminError
-from nodes.localtopo import free_ports, write_topology
-from nodes.mesh import Mesh
+from nodes.protocol import auth, wire
+
+from nodes.runtime import curve
+
+from nodes.cluster import topology
+from nodes.ops.admin import Admin, AdminError
+from nodes.ops.localtopo import free_ports, write_topology
+from nodes.ops.mesh import Mesh
 
 from .agen import loop_name
 from .baseline import serve_main

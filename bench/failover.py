@@ -20,9 +20,9 @@ import tempfile
 import threading
 import time
 
-from nodes.client import Client, ClientError
-from nodes.localtopo import write_topology
-from nodes.mesh import Mesh, wait_for
+from nodes.client.blocking import Client, ClientError
+from nodes.ops.localtopo import write_topology
+from nodes.ops.mesh import Mesh, wait_for
 
 from .report import machine, parser as bench_parser, percentile, table, write_json
 
@@ -112,7 +112,7 @@ def run(args) -> dict:
         mesh.start()
         mesh.wait_ready(60)
         topo, admin = mesh.topo, mesh.admin
-        from nodes import auth
+        from nodes.protocol import auth
         secret = topo.read_secret()
         brokers = [b.endpoint("client") for b in topo.of_type("broker")]
         senders = [Sender(brokers[u % len(brokers)], auth.mint(secret, u, 3600), u, "lobby")

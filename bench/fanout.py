@@ -15,11 +15,11 @@ from __future__ import annotations
 import statistics
 import time
 
-from nodes import topology
-from nodes.logic import LogicCore
-from nodes.presence import PresenceReplica
+from nodes.cluster import topology
+from nodes.logic.node import LogicCore
+from nodes.logic.presence import PresenceReplica
 from nodes.router import RouterCore
-from nodes.store import Store
+from nodes.storage.store import Store
 
 from .report import machine, parser as bench_parser, scratch, table, write_json
 

@@ -2,7 +2,7 @@
 
 A real ``LogicCore`` on a real RocksDB store holds ``--sends`` messages of
 channels that stay and one channel that moves to a new logic node
-(nodes/handoff.py).  Finding a moving channel's send-index rows means
+(nodes/logic/handoff.py).  Finding a moving channel's send-index rows means
 scanning every send row of the store (they are keyed by device); this
 measures, medians of ``--repeats``:
 
@@ -21,9 +21,12 @@ import time
 from pathlib import Path
 
 from bench import report
-from nodes import auth, handoff, shards, topology
-from nodes.logic import LogicCore
-from nodes.store import Store
+from nodes.protocol import auth
+from nodes.logic import handoff
+from nodes.storage import shards
+from nodes.cluster import topology
+from nodes.logic.node import LogicCore
+from nodes.storage.store import Store
 
 SECRET = b"bench-secret-bench-secret"
 

@@ -15,13 +15,13 @@ then, with members online on every broker:
 
 - ``reshard_s_per_1000_channels``: a local one-logic mesh (loopback, no
   WAN) gets ``--reshard-channels`` channels with one message each, is
-  stopped, and ``bin/mesh reshard`` (nodes/reshard.py) moves them to their
+  stopped, and ``bin/mesh reshard`` (nodes/ops/reshard.py) moves them to their
   owners under the same topology plus a second logic node and back; the
   seconds of the two moves (medians over the repeats), per 1000 channels.
 - ``live_reshard_s_per_1000_channels``: on the bed, with the mesh running,
   east gets ``--reshard-channels`` more channels (homed in east, two
   messages each); a logic node is added in east by the live reshard
-  (nodes/livereshard.py: ``bin/mesh reshard`` exits 3, the node is started,
+  (nodes/ops/livereshard.py: ``bin/mesh reshard`` exits 3, the node is started,
   the command is run again) and the seconds of the run that moves the
   channels (its JSON ``seconds``) are taken per 1000 of those channels; the
   node is removed again (live) before the next repeat.  Medians.
@@ -45,12 +45,13 @@ from bench import wanbed
 from bench.failover import Sender
 from bench.idcbed import IdcMesh, collect
 from bench.report import machine, parser, scratch, table, write_json
-from nodes import auth, reshard
-from nodes.client import Client
-from nodes.curve import client_endpoint
-from nodes.localtopo import free_ports, write_topology
-from nodes.mesh import Mesh, wait_for
-from nodes.topology import load
+from nodes.protocol import auth
+from nodes.ops import reshard
+from nodes.client.blocking import Client
+from nodes.runtime.curve import client_endpoint
+from nodes.ops.localtopo import free_ports, write_topology
+from nodes.ops.mesh import Mesh, wait_for
+from nodes.cluster.topology import load
 
 
 def pct(values, q: float) -> float:

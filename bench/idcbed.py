@@ -26,8 +26,8 @@ import shutil
 import yaml
 
 from bench import wanbed
-from nodes.mesh import Mesh
-from nodes.topology import load
+from nodes.ops.mesh import Mesh
+from nodes.cluster.topology import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANNELS = {"eroom": {"members": "1-20", "idc": "east"}, "wroom": {"members": "1-20", "idc": "west"}}

@@ -21,10 +21,10 @@ import json
 import sys
 import time
 
-from nodes import auth
-from nodes.client import Client, ClientError
-from nodes.curve import client_endpoint
-from nodes.topology import load
+from nodes.protocol import auth
+from nodes.client.blocking import Client, ClientError
+from nodes.runtime.curve import client_endpoint
+from nodes.cluster.topology import load
 
 
 def say(**fields) -> None:

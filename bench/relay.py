@@ -2,7 +2,7 @@
 
 Starts a mesh with one relay, then uploads and downloads 1 MiB and 50 MiB
 files (random bytes, 256 KiB chunks) --repeats times each, with the media
-client of nodes.media (parallel chunks, sha256 computed and verified on the
+client of nodes.client.media (parallel chunks, sha256 computed and verified on the
 client side, every chunk stored in the relay's RocksDB before it is acked).
 Reports the median MB/s (MB = 10**6 bytes) of each.
 """
@@ -14,10 +14,10 @@ import statistics
 import sys
 import time
 
-from nodes import auth
-from nodes.localtopo import write_topology
-from nodes.media import MediaClient
-from nodes.mesh import Mesh
+from nodes.protocol import auth
+from nodes.ops.localtopo import write_topology
+from nodes.client.media import MediaClient
+from nodes.ops.mesh import Mesh
 
 from .procstat import cpu_seconds
 from .report import machine, parser as bench_parser, scratch, table, write_json

@@ -26,9 +26,9 @@ import time
 
 import zmq
 
-from nodes import auth, wire
-from nodes.localtopo import write_topology
-from nodes.mesh import Mesh
+from nodes.protocol import auth, wire
+from nodes.ops.localtopo import write_topology
+from nodes.ops.mesh import Mesh
 
 from .procstat import reap, rss_kb
 from .report import machine, parser as bench_parser, scratch, table, write_json
@@ -133,9 +133,9 @@ class _Out:
 
 
 def core_main(sessions: int, tmp: str, out) -> None:
-    from nodes import topology
-    from nodes.broker import BrokerCore
-    from nodes.dispatch import Dispatcher
+    from nodes.cluster import topology
+    from nodes.broker.node import BrokerCore
+    from nodes.protocol.dispatch import Dispatcher
     cfg = write_topology(tmp, brokers=1, logics=1, channels={})
     topo = topology.load(cfg)
     secret = topo.read_secret()

@@ -275,8 +275,8 @@ def write_wan_topology(bed: WanBed, directory: str, layout: dict, limits=None, c
     topology's path.
     """
     import yaml                                    # noqa: PLC0415  (bench code, loaded on use)
-    from nodes import auth
-    from nodes.topology import ENDPOINTS
+    from nodes.protocol import auth
+    from nodes.cluster.topology import ENDPOINTS
     idcs = {}
     for idc, counts in layout.items():
         groups = {}

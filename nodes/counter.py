@@ -15,16 +15,16 @@ counter that became its home IDC's) starts the block there: ids never go
 backwards when a channel changes counter.
 
 With ``replication`` > 1 the high-water marks live in etcd instead
-(nodes/coordinator.py EtcdHighWater): any counter serves any channel, and
+(nodes/cluster/coordinator.py EtcdHighWater): any counter serves any channel, and
 logic nodes move to the next counter when one does not answer.
 """
 from __future__ import annotations
 
 import zmq
 
-from . import store as keys
-from . import wire
-from .node import Node
+from nodes.storage import store as keys
+from nodes.protocol import wire
+from nodes.runtime.node import Node
 
 MAX_ALLOC = 1_000_000
 
@@ -78,7 +78,7 @@ class CounterNode(Node):
         self.core = CounterCore(self.store)
         self.highwater = None
         if topo.replicated:
-            from .coordinator import EtcdHighWater
+            from nodes.cluster.coordinator import EtcdHighWater
             self.highwater = EtcdHighWater(topo.etcd_endpoints(), topo.cluster)
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, wire.COUNTER_REQUESTS, {"alloc": self.handle_alloc,

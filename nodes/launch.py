@@ -13,15 +13,17 @@ import signal
 import sys
 import time
 
-from . import logs, peerwatch, topochange, topology
-from .logs import events
+from nodes.runtime import logs, links as peerwatch
+
+from nodes.cluster import topochange, topology
+from nodes.runtime.logs import events
 
 PR_SET_PDEATHSIG = 1
 SLOW_TURN = 0.1          # seconds: a loop turn this long is logged (sampled) as slow_turn
 
 NODE_CLASSES = {
-    "broker": ("nodes.broker", "BrokerNode"),
-    "logic": ("nodes.logic", "LogicNode"),
+    "broker": ("nodes.broker.node", "BrokerNode"),
+    "logic": ("nodes.logic.node", "LogicNode"),
     "router": ("nodes.router", "RouterNode"),
     "counter": ("nodes.counter", "CounterNode"),
     "relay": ("nodes.relay", "RelayNode"),
@@ -56,7 +58,7 @@ def die_with_parent() -> None:
 def main(argv=None, node_type: str | None = None, prog: str | None = None) -> int:
     """Start the node ``--id``; ``node_type`` is set by the per-type commands (imesh-broker ...)."""
     die_with_parent()
-    from .cli.common import add_version_arg, prog_name
+    from nodes.cli.common import add_version_arg, prog_name
     prog = prog or prog_name("node" if node_type is None else node_type)
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     if node_type is None:

@@ -25,12 +25,12 @@ import time
 
 import zmq
 
-from . import auth
-from . import store as keys
-from . import wire
-from .node import INTERNAL_MAX_FRAME, Node
-from .rpc import Requests
-from .sessions import SessionTable
+from nodes.protocol import auth
+from nodes.storage import store as keys
+from nodes.protocol import wire
+from nodes.runtime.node import INTERNAL_MAX_FRAME, Node
+from nodes.runtime.rpc import Requests
+from nodes.runtime.sessions import SessionTable
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import zmq
 
 from fastpath import OnlineBitmap
 
-from . import wire
-from .heartbeat import Beat
-from .node import Node
-from .topology import DEFAULT_HEARTBEAT
+from nodes.protocol import wire
+from nodes.protocol.heartbeat import Beat
+from nodes.runtime.node import Node
+from nodes.cluster.topology import DEFAULT_HEARTBEAT
 
 PRESENCE_TOPIC = b"presence"
 TICK_INTERVAL = 0.5

@@ -7,7 +7,9 @@ import os
 import pytest
 import yaml
 
-from nodes import auth, rendezvous, topology, wire
+from nodes.protocol import auth, wire
+
+from nodes.cluster import rendezvous, topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = b"0123456789abcdef-test"

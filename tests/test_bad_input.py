@@ -6,7 +6,9 @@ import msgpack
 import pytest
 import zmq
 
-from nodes import auth, curve, wire
+from nodes.protocol import auth, wire
+
+from nodes.runtime import curve
 
 
 class Raw:

@@ -11,12 +11,12 @@ import time
 import zmq
 import zmq.asyncio
 
-from nodes import wire
-from nodes.aclient import AsyncClient, page_upto
-from nodes.client import ClientError
-from nodes.localtopo import free_ports
-from nodes.mailbox import Mailbox
-from nodes.nearest import Brokers
+from nodes.protocol import wire
+from nodes.client.aclient import AsyncClient, page_upto
+from nodes.client.blocking import ClientError
+from nodes.ops.localtopo import free_ports
+from nodes.client.mailbox import Mailbox
+from nodes.client.nearest import Brokers
 
 from test_heartbeat_sync import collect, endpoints, run
 
@@ -406,8 +406,8 @@ def test_mailbox_entries_past_the_lifetime_expire_and_the_app_can_cancel(make_me
 
 
 def test_brokers_come_with_their_idc_from_a_topology(tmp_path):
-    from nodes import topology
-    from nodes.localtopo import write_topology
+    from nodes.cluster import topology
+    from nodes.ops.localtopo import write_topology
     topo = topology.load(write_topology(tmp_path, brokers=2))
     b = Brokers(topo)
     assert b.endpoints == [s.endpoint("client") for s in topo.of_type("broker")]

@@ -20,9 +20,9 @@ import time
 import pytest
 import zmq
 
-from nodes import auth, wire
-from nodes.client import Client, ClientError
-from nodes.mesh import wait_for
+from nodes.protocol import auth, wire
+from nodes.client.blocking import Client, ClientError
+from nodes.ops.mesh import wait_for
 
 
 def drain(client, timeout=1.0):

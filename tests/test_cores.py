@@ -11,13 +11,14 @@ from array import array
 
 import pytest
 
-from nodes import store as keys
-from nodes import topology, wire
+from nodes.storage import store as keys
+from nodes.cluster import topology
+from nodes.protocol import wire
 from nodes.counter import CounterCore
-from nodes.logic import LogicCore
-from nodes.presence import PresenceReplica
+from nodes.logic.node import LogicCore
+from nodes.logic.presence import PresenceReplica
 from nodes.router import RouterCore
-from nodes.store import Store
+from nodes.storage.store import Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

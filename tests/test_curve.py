@@ -25,9 +25,11 @@ from zmq.utils.monitor import recv_monitor_message
 from conftest import ROOT, MeshHarness, write_topology
 from test_cli import run as run_tool
 from test_heartbeat_sync import run as run_async
-from nodes import curve, topology, wire
-from nodes.aclient import AsyncClient
-from nodes.client import Client, ClientError
+from nodes.runtime import curve
+from nodes.cluster import topology
+from nodes.protocol import wire
+from nodes.client.aclient import AsyncClient
+from nodes.client.blocking import Client, ClientError
 
 # the monitor events that end each outsider's handshake: libzmq reports a NULL peer of a CURVE
 # server as a protocol error or without detail; a key refused by ZAP as an auth failure

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from nodes import auth, wire
-from nodes.broker import OWNER_DOWN_AFTER, START_GRACE, BrokerCore
-from nodes.dispatch import Dispatcher
-from nodes.sessions import SessionTable
+from nodes.protocol import auth, wire
+from nodes.broker.node import OWNER_DOWN_AFTER, START_GRACE, BrokerCore
+from nodes.protocol.dispatch import Dispatcher
+from nodes.runtime.sessions import SessionTable
 
 from test_cores import one_logic_topology
 

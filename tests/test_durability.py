@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from conftest import served
-from nodes.client import ClientError
+from nodes.client.blocking import ClientError
 
 
 def test_counter_restart_does_not_reissue_ids(make_mesh):

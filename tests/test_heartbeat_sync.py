@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from nodes.aclient import AsyncClient
-from nodes.client import ClientError
+from nodes.client.aclient import AsyncClient
+from nodes.client.blocking import ClientError
 
 FAST_HB = {"wired": 0.4, "min": 0.2, "max": 1.0, "session_timeout_factor": 3}
 

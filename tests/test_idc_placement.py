@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from nodes.cli import mesh as mesh_cli
-from nodes.topology import TopologyError, parse
+from nodes.cluster.topology import TopologyError, parse
 
 
 def topo(replication=1, channels=None, logics=(2, 2)):
@@ -69,7 +69,7 @@ def test_channel_create_idc_names_the_home():
 def test_a_counter_new_to_a_channel_starts_at_the_writers_ids(tmp_path):
     """A channel whose counter changed (a counter added to its home IDC) gets no id twice."""
     from nodes.counter import CounterCore
-    from nodes.store import Store
+    from nodes.storage.store import Store
     store = Store(str(tmp_path / "c"), sync=False)
     try:
         core = CounterCore(store)
@@ -82,7 +82,8 @@ def test_a_counter_new_to_a_channel_starts_at_the_writers_ids(tmp_path):
 
 
 def test_fan_out_plan_sends_each_message_once_per_remote_idc():
-    from nodes import idcfanout, wire
+    from nodes.cluster import idcfanout
+    from nodes.protocol import wire
     t = parse({"local": True, "idcs": {
         "east": {"brokers": [{"id": "e-b1", "client": "tcp://127.0.0.1:7001", "rpc": "tcp://127.0.0.1:7002"}],
                  "logics": [{"id": "e-l1", "rpc": "tcp://127.0.0.1:7003", "pub": "tcp://127.0.0.1:7004"}],
@@ -107,7 +108,7 @@ def test_fan_out_plan_sends_each_message_once_per_remote_idc():
 
 
 def test_reshard_touches_only_the_idcs_whose_logic_nodes_change():
-    from nodes.reshard import affected_logic_nodes
+    from nodes.ops.reshard import affected_logic_nodes
     before, after = topo(logics=(2, 1)), topo(logics=(2, 2))
     assert affected_logic_nodes(before, after) == ["west-l1", "west-l2"]     # east keeps running
     assert affected_logic_nodes(after, before) == ["west-l1", "west-l2"]
@@ -127,7 +128,7 @@ def test_a_new_channel_is_homed_at_the_nearest_logic_node():
     """bin/mesh channel create NAME (no --idc): the IDC of the logic node with the best status
     round trip; near-equal ones (one LAN, loopback) are decided by the name's hash, so the
     same name gets the same home on every try; no answer at all is a clear error."""
-    from nodes.admin import AdminError, nearest_home
+    from nodes.ops.admin import AdminError, nearest_home
     t = topo()
     west = nearest_home(t, "team", {"east-l1": 0.0412, "east-l2": 0.0409, "west-l1": 0.0004, "west-l2": 0.0011})
     assert (west["idc"], west["logic"], west["by"]) == ("west", "west-l1", "nearest")

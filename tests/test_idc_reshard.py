@@ -26,10 +26,11 @@ import pytest
 from bench import wanbed
 from bench.failover import Sender
 from bench.idcbed import IdcMesh
-from nodes import auth, topology
-from nodes.admin import Admin
-from nodes.client import ClientError
-from nodes.curve import client_endpoint
+from nodes.protocol import auth
+from nodes.cluster import topology
+from nodes.ops.admin import Admin
+from nodes.client.blocking import ClientError
+from nodes.runtime.curve import client_endpoint
 from test_live_reshard import USERS, check, wait_acks
 
 pytestmark = [pytest.mark.slow,

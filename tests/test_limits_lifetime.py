@@ -6,10 +6,10 @@ import time
 import pytest
 from rocksdict import AccessType, Options, Rdict
 
-from nodes import store as keys
-from nodes import wire
-from nodes.aclient import AsyncClient
-from nodes.client import ClientError
+from nodes.storage import store as keys
+from nodes.protocol import wire
+from nodes.client.aclient import AsyncClient
+from nodes.client.blocking import ClientError
 
 from test_heartbeat_sync import collect, endpoints, run
 

@@ -8,7 +8,7 @@ again (a send is acked: broker -> logic, logic -> counter; it is delivered:
 logic PUB -> broker SUB) within 5 s.
 
 test_a_connection_that_reached_no_node_is_made_again: the other way libzmq
-stops reconnecting (nodes/peerwatch.py): a node's first connections reach
+stops reconnecting (nodes/runtime/links.py): a node's first connections reach
 something that answers HTTP instead of ZMTP; once the real node binds there,
 the mesh works.  Loopback only, no root.
 
@@ -27,13 +27,13 @@ import zmq
 
 from conftest import MeshHarness
 from netcut import ip, netns  # noqa: F401  (netns: the fixture)
-from nodes.client import Client, ClientError
-from nodes.localtopo import write_topology
-from nodes.mesh import wait_for
-from nodes.node import Node
-from nodes.rpc import Requests
-from nodes.topology import load
-from nodes import wire
+from nodes.client.blocking import Client, ClientError
+from nodes.ops.localtopo import write_topology
+from nodes.ops.mesh import wait_for
+from nodes.runtime.node import Node
+from nodes.runtime.rpc import Requests
+from nodes.cluster.topology import load
+from nodes.protocol import wire
 
 CHANNELS = {f"room{i}": {"members": "1-100"} for i in range(12)}
 

@@ -21,9 +21,10 @@ import yaml
 
 from bench.failover import Sender
 from conftest import ROOT, MeshHarness, free_ports, write_topology
-from nodes import livereshard, topochange, topology
-from nodes.admin import Admin, AdminError
-from nodes.mesh import Mesh, wait_for
+from nodes.ops import livereshard
+from nodes.cluster import topochange, topology
+from nodes.ops.admin import Admin, AdminError
+from nodes.ops.mesh import Mesh, wait_for
 
 CHANNELS = [f"room{i}" for i in range(12)]
 USERS = range(1, 9)

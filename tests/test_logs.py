@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from nodes import logs
+from nodes.runtime import logs
 
 
 class Clock:

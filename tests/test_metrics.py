@@ -6,7 +6,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodes import metrics, topology
+from nodes.runtime import metrics
+
+from nodes.cluster import topology
 from test_cli import run
 
 

@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 
 from conftest import ROOT, write_topology
-from nodes.supervisor import read_pid
+from nodes.ops.supervisor import read_pid
 
 IGNORE = shutil.ignore_patterns(".git", "build", "dist", "var", "*.egg-info", "__pycache__", "*.so",
                                 "fastpath/*.c", ".venv", ".hypothesis", "*.prof")

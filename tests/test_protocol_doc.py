@@ -1,4 +1,4 @@
-"""docs/protocol.md against nodes/wire.py: the doc a third-party client is written from cannot drift.
+"""docs/protocol.md against nodes/protocol/wire.py: the doc a third-party client is written from cannot drift.
 
 Checked: the protocol version, the table of error codes, the lists of refused
 and unknown send outcomes, every client request type with each of its
@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from nodes import wire
+from nodes.protocol import wire
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
 

@@ -8,9 +8,9 @@ import signal
 
 import pytest
 
-from nodes import wire
-from nodes.client import ClientError
-from nodes.media import MediaClient
+from nodes.protocol import wire
+from nodes.client.blocking import ClientError
+from nodes.client.media import MediaClient
 
 from test_heartbeat_sync import run
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 
-from nodes import store as keys
-from nodes import topology, wire
-from nodes.logic import LogicCore
-from nodes import replication
-from nodes.replication import Replication
-from nodes.store import Store
+from nodes.storage import store as keys
+from nodes.cluster import topology
+from nodes.protocol import wire
+from nodes.logic.node import LogicCore
+from nodes.logic import replication
+from nodes.logic.replication import Replication
+from nodes.storage.store import Store
 
 from test_cores import OnlineAll, Out
 

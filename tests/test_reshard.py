@@ -110,11 +110,11 @@ def test_a_running_mesh_needs_a_higher_version_and_keeps_running(tmp_path):
 
 def test_an_offline_reshard_is_refused_below_a_version_the_nodes_kept(tmp_path):
     """Nodes that adopted a topology live keep it and start from it while it is newer than
-    their file (nodes/topochange.py).  An offline reshard to a file with a lower version
+    their file (nodes/cluster/topochange.py).  An offline reshard to a file with a lower version
     (deploy.md: that path needs no version bump) would move the stores by that file while the
     restarted nodes route and serve by the kept one: every moved channel stranded.  Refused,
     naming the version to give."""
-    from nodes import topochange, topology
+    from nodes.cluster import topochange, topology
     from test_live_reshard import variant
     one = write_topology(tmp_path, brokers=1, logics=1)
     two = variant(one, "topology-2.yaml", 2, add_logic="l2")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from nodes import wire
-from nodes.client import Client, ClientError
+from nodes.protocol import wire
+from nodes.client.blocking import Client, ClientError
 
 from conftest import free_ports
 

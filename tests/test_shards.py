@@ -1,4 +1,4 @@
-"""Shard attribution of a turn's writes and snapshot install (nodes/shards.py), on real stores.
+"""Shard attribution of a turn's writes and snapshot install (nodes/storage/shards.py), on real stores.
 
 A logic core runs real sends into a capturing store; the captured writes
 must land in the channel's shard, pruning deletes must stay local, and a
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from nodes import shards
-from nodes import store as keys
-from nodes.store import Store
+from nodes.storage import shards
+from nodes.storage import store as keys
+from nodes.storage.store import Store
 
 from test_cores import make_logic, send, turn
 

@@ -13,10 +13,11 @@ import time
 import zmq
 
 from conftest import write_topology
-from nodes import topology, wire
-from nodes.admin import Admin
-from nodes.client import Client
-from nodes.supervisor import Backoff, alive, read_pid
+from nodes.cluster import topology
+from nodes.protocol import wire
+from nodes.ops.admin import Admin
+from nodes.client.blocking import Client
+from nodes.ops.supervisor import Backoff, alive, read_pid
 from test_cli import kill_group, run, start
 
 
@@ -35,7 +36,7 @@ def status_rows(cfg) -> dict:
 
 
 def send_ok(topo, broker: str, uin: int, secret: bytes) -> int:
-    from nodes import auth
+    from nodes.protocol import auth
     c = Client(topo.node(broker).endpoint("client"), timeout=2.0)
     try:
         c.login(auth.mint(secret, uin, 600), device=9)

@@ -1,4 +1,4 @@
-"""Which live topology changes a running mesh takes (nodes/topochange.py), and what a node refuses."""
+"""Which live topology changes a running mesh takes (nodes/cluster/topochange.py), and what a node refuses."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from conftest import MeshHarness, write_topology
-from nodes import auth, topochange, topology, wire
-from nodes.topology import TopologyError
+from nodes.protocol import auth, wire
+from nodes.cluster import topochange, topology
+from nodes.cluster.topology import TopologyError
 
 
 def edit(path, name, change) -> str:

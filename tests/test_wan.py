@@ -16,7 +16,7 @@ import time
 import pytest
 
 from bench import wanbed
-from nodes.mesh import Mesh
+from nodes.ops.mesh import Mesh
 
 from conftest import ROOT
 

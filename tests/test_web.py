@@ -1,4 +1,4 @@
-"""The brokers' web endpoint (nodes/webgate.py): WebSocket and HTTP long-poll clients share
+"""The brokers' web endpoint (nodes/broker/webgate.py): WebSocket and HTTP long-poll clients share
 the ZeroMQ clients' sessions; every bad input gets a clear answer and the broker keeps serving.
 Also runs the JavaScript client's node tests (clients/js/test) from this suite."""
 from __future__ import annotations
@@ -24,8 +24,9 @@ from websockets.sync.client import connect
 
 from bench.wssock import WsSock
 from conftest import ROOT, running_mesh
-from nodes import topology, wire
-from nodes.webroutes import Routes
+from nodes.cluster import topology
+from nodes.protocol import wire
+from nodes.broker.webroutes import Routes
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +257,7 @@ def test_bad_http_input_gets_clear_errors(web_mesh):
     conn = http_of(web_mesh)
     status, body = call(conn, "GET", "/ws")                       # no upgrade
     assert status == 404 and b"WebSocket" in body
-    assert call(conn, "GET", "/web/../../nodes/auth.py")[0] == 404
+    assert call(conn, "GET", "/web/../../nodes/protocol/auth.py")[0] == 404
     assert call(conn, "GET", "/js/src/../../../secret")[0] == 404
     status, body = call(conn, "POST", "/h/send?c=unknown", body=b"\x80")
     assert status == 404 and b"/h/open" in body
@@ -368,7 +369,7 @@ def test_http_fallback_is_a_session_with_pushes(web_mesh):
 def test_http_channels_opened_without_a_login_are_closed(web_mesh):
     """Found in review: opening a channel needs no login, so idle unlogged channels could fill
     the broker's channel table for everyone; they now go after LOGIN_GRACE seconds."""
-    from nodes.webroutes import LOGIN_GRACE
+    from nodes.broker.webroutes import LOGIN_GRACE
     conn = http_of(web_mesh)
     broker = web_mesh.topo.ids("broker")[0]
     before = web_mesh.admin.status(broker)["web"]["http_channels"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from nodes.windows import Windows
+from nodes.client.windows import Windows
 
 CH = "a"
 

@@ -5,7 +5,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from nodes import wire
+from nodes.protocol import wire
 
 
 def test_every_schema_field_kind_is_known():

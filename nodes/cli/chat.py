@@ -32,12 +32,11 @@ import signal
 import sys
 import time
 
-from ..aclient import AsyncClient
-from ..client import ClientError
-from ..mailbox import Mailbox
-from ..media import MediaClient, save
-from .common import (add_config_arg, add_version_arg, broker_endpoint, client_endpoint, fail, load_topology,
-                     prog_name, token_for, uin_arg)
+from nodes.client.aclient import AsyncClient
+from nodes.client.blocking import ClientError
+from nodes.client.mailbox import Mailbox
+from nodes.client.media import MediaClient, save
+from nodes.cli.common import add_config_arg, add_version_arg, broker_endpoint, client_endpoint, fail, load_topology, prog_name, token_for, uin_arg
 
 PROG = prog_name("chat")
 
@@ -288,7 +287,7 @@ async def chat_who(state: ChatState, _rest: str) -> None:
     if state.channel is None:
         print("pick a channel first: /join CHANNEL", flush=True)
         return
-    from ..admin import Admin, AdminError
+    from nodes.ops.admin import Admin, AdminError
     topo = load_topology(state.args.config)
     if not topo.local:
         print("/who needs the cluster secret: ask an operator (`bin/mesh channel show`)", flush=True)

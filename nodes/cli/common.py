@@ -4,7 +4,13 @@ from __future__ import annotations
 import os
 import sys
 
-from .. import __version__, auth, curve, topology
+from nodes import __version__
+
+from nodes.protocol import auth
+
+from nodes.runtime import curve
+
+from nodes.cluster import topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECKOUT_CONFIG = os.path.join(ROOT, "config", "local.yaml")

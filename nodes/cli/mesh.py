@@ -26,13 +26,18 @@ import subprocess
 import sys
 import time
 
-from .. import auth, curve, logs, supervisor, topology, wire
-from ..admin import Admin, AdminError, nearest_home
-from ..mesh import Mesh, MeshError, child_env
-from ..supervisor import Supervisor
-from ..wire import ProtocolError
-from .common import (add_config_arg, add_version_arg, ensure_default_config, fail, load_topology, prog_name,
-                     uin_arg)
+from nodes.protocol import auth, wire
+
+from nodes.runtime import curve, logs
+
+from nodes.ops import supervisor
+
+from nodes.cluster import topology
+from nodes.ops.admin import Admin, AdminError, nearest_home
+from nodes.ops.mesh import Mesh, MeshError, child_env
+from nodes.ops.supervisor import Supervisor
+from nodes.protocol.wire import ProtocolError
+from nodes.cli.common import add_config_arg, add_version_arg, ensure_default_config, fail, load_topology, prog_name, uin_arg
 
 PROG = prog_name("mesh")
 
@@ -224,7 +229,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_top(args) -> int:
-    from . import top
+    from nodes.cli import top
     return top.run(load_topology(args.config), args.interval, args.count, args.timeout)
 
 
@@ -331,7 +336,7 @@ def homed_name(topo, name: str, idc: str) -> str:
 def measured_home(topo, admin: Admin, name: str) -> dict | None:
     """For ``channel create NAME`` without --idc: in a topology with logic nodes in more than
     one IDC, a NAME with no home yet (no ``@IDC`` suffix, not a topology channel) is homed in
-    the IDC of the nearest logic node, measured from here (nodes/admin.py ``nearest_home``);
+    the IDC of the nearest logic node, measured from here (nodes/ops/admin.py ``nearest_home``);
     None when the name already has its home or there is one IDC."""
     idcs = topo.idcs_with("logic")
     if len(idcs) < 2 or name in topo.channels or name.rpartition("@")[2] in idcs:
@@ -391,8 +396,8 @@ def cmd_channel(args) -> int:
 
 
 def cmd_reshard(args) -> int:
-    """Move channels to their owners under a new topology (logic nodes stopped; nodes/reshard.py)."""
-    from . import reshard_cli
+    """Move channels to their owners under a new topology (logic nodes stopped; nodes/ops/reshard.py)."""
+    from nodes.cli import reshard_cli
     return reshard_cli.run(args)
 
 

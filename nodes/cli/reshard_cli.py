@@ -1,14 +1,16 @@
-"""bin/mesh reshard: move channels between logic nodes, live (mesh running: nodes/livereshard.py)
-or offline (logic nodes stopped: nodes/reshard.py), and print what moved."""
+"""bin/mesh reshard: move channels between logic nodes, live (mesh running: nodes/ops/livereshard.py)
+or offline (logic nodes stopped: nodes/ops/reshard.py), and print what moved."""
 from __future__ import annotations
 
 import json
 import sys
 import time
 
-from .. import livereshard, reshard, topochange
-from ..topology import TopologyError
-from .common import load_topology
+from nodes.ops import livereshard, reshard
+
+from nodes.cluster import topochange
+from nodes.cluster.topology import TopologyError
+from nodes.cli.common import load_topology
 
 
 def run(args) -> int:

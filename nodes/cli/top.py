@@ -2,15 +2,15 @@
 
 Reads the nodes' status replies over their rpc endpoints (asked in
 parallel), so it works without metrics endpoints; the counters it turns
-into per-second rates are the ones nodes/metrics.py exports as counters.
+into per-second rates are the ones nodes/runtime/metrics.py exports as counters.
 """
 from __future__ import annotations
 
 import sys
 import time
 
-from ..admin import Admin
-from ..metrics import COUNTERS
+from nodes.ops.admin import Admin
+from nodes.runtime.metrics import COUNTERS
 
 # rate columns: (header, status key) — sums over a map (refused by code) count as one figure
 RATES = (("turns/s", "turns"), ("stored/s", "stored"), ("refused/s", "refused"),

@@ -1,4 +1,4 @@
-// Long texts (a port of nodes/fragments.py): cut into pieces of at most `limit` bytes of UTF-8,
+// Long texts (a port of nodes/client/fragments.py): cut into pieces of at most `limit` bytes of UTF-8,
 // only between characters; receivers join a group's pieces when all arrived.
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder();

@@ -1,4 +1,4 @@
-// Receive-side bookkeeping (a port of nodes/windows.py): per channel, the newest contiguous id
+// Receive-side bookkeeping (a port of nodes/client/windows.py): per channel, the newest contiguous id
 // held.  A message is handed on only when it is the next id of its channel; later ids wait until
 // the gap is filled by a sync or the SERVER says the missing ids are gone (sync/hb `first` or
 // `upto`).  Ids at or below the window, or already waiting, are duplicates and dropped.

@@ -1,0 +1,1 @@
+"""Operator tools: admin client, local mesh supervision, local etcd, resharding."""

@@ -1,0 +1,1 @@
+"""The wire protocol: frame encoding and schemas (wire), the one dispatcher, tokens (auth), heartbeat intervals."""

@@ -1,0 +1,88 @@
+"""The one request dispatcher every node uses: decode, validate, route by table, contain failures.
+
+A frame holds one request map or an array of them.  Each request's type
+is looked up, it passes the optional ``guard`` (the broker's and relay's
+session check), its fields are validated against the schema table
+(nodes/protocol/wire.py), and it is handed
+to ``handlers[t](ctx, msg, now)``; the handler returns a reply map, or
+None when the reply comes later.  *Any* exception a handler raises becomes
+an error reply for that request alone -- ``ProtocolError`` its own code,
+anything else ``INTERNAL`` -- and the rest of the frame is still served.
+Tracebacks are logged at most once a minute per (type, exception class),
+so a client repeating a request that trips a bug cannot flood the log.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+
+from nodes.protocol import wire
+from nodes.runtime.logs import events
+
+log = logging.getLogger(__name__)
+
+TRACE_EVERY = 60.0             # seconds between two tracebacks of the same failure
+
+
+class FailureLog:
+    """Log the first traceback of each failure kind per window; count the rest."""
+
+    def __init__(self, every: float = TRACE_EVERY):
+        self.every = every
+        self.last = {}                          # key -> (time logged, suppressed since)
+        self.total = 0
+
+    def failed(self, key, now: float) -> None:
+        self.total += 1
+        logged, suppressed = self.last.get(key, (None, 0))
+        if logged is None or now - logged >= self.every:
+            more = f" ({suppressed} more since the last report)" if suppressed else ""
+            log.exception("request %s failed%s", key[0], more)
+            self.last[key] = (now, 0)
+        else:
+            self.last[key] = (logged, suppressed + 1)
+
+
+class Dispatcher:
+    def __init__(self, schemas: dict, handlers: dict, guard=None, decode=wire.unpack_many):
+        missing = set(schemas) - set(handlers)
+        if missing:
+            raise ValueError(f"no handler for {sorted(missing)}")
+        self.schemas = schemas
+        self.handlers = handlers
+        self.guard = guard                      # (ident, t, msg, now) -> ctx, or raises ProtocolError
+        self.decode = decode                    # (frame, max_len, max_items) -> [map], or ProtocolError
+        self.failures = FailureLog()
+        self.requests = collections.Counter()   # served, by type (a metric)
+
+    def frame(self, ident, frame: bytes, now: float, reply, max_len: int, max_items: int = 1024) -> None:
+        """Serve every request of one frame; ``reply(ident, map)`` gets each answer."""
+        try:
+            msgs = self.decode(frame, max_len, max_items)
+        except wire.ProtocolError as exc:
+            reply(ident, wire.error_from(None, exc))
+            return
+        for msg in msgs:
+            result = self.one(ident, msg, now)
+            if result is not None:
+                reply(ident, result)
+
+    def one(self, ident, msg: dict, now: float):
+        """Serve one decoded request: its reply map, or None (answered later)."""
+        rid = wire.request_rid(msg)
+        t = msg.get("t")
+        try:
+            if type(t) is not str or t not in self.schemas:
+                raise wire.ProtocolError(wire.Err.BAD_TYPE, f"unknown message type {t!r}")
+            # the session first: a request without a valid sid is NOT_LOGGED_IN, whatever else it lacks
+            ctx = ident if self.guard is None else self.guard(ident, t, msg, now)
+            wire.validate(msg, self.schemas)
+            self.requests[t] += 1
+            return self.handlers[t](ctx, msg, now)
+        except wire.ProtocolError as exc:
+            events.refused(exc.code, t=t if type(t) is str else "?")
+            return wire.error_from(rid, exc)
+        except Exception as exc:                                   # a bug: contain it
+            self.failures.failed((t if type(t) is str else "?", type(exc).__name__), now)
+            return wire.error(rid, wire.Err.INTERNAL, "internal error; the outcome is unknown, "
+                              "retry with the same ctime")

@@ -1,0 +1,393 @@
+"""The wire protocol: one msgpack map per ZeroMQ frame, shared by every node and client.
+
+Every message is a msgpack map with string keys.  Key ``t`` (str) names the
+message type; requests carry ``rid`` (uint, chosen by the sender and echoed in
+the reply) so replies can be matched on an asynchronous DEALER.  Deliveries on
+PUB sockets are two frames: ``[topic, map]``.  docs/protocol.md is the
+reference for client authors; this module is its executable form: the
+message schemas, the error codes, the decode limits.
+
+Nothing here touches a socket, so every rule can be tested on bytes alone.
+"""
+from __future__ import annotations
+
+import msgpack
+import msgspec
+
+PROTOCOL_VERSION = 2
+
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+
+# Decode limits: enforced by msgpack before anything is allocated.
+MAX_FRAME = 64 * 1024          # client-facing ZMQ_MAXMSGSIZE default
+MAX_CHANNEL_BYTES = 64
+MAX_TEXT_BYTES = 1440          # default; the topology may lower or raise it
+
+
+class Err:
+    """Error codes carried in ``{"t": "err", "code": ..., "msg": ...}`` replies."""
+
+    BAD_FRAME = "BAD_FRAME"            # not msgpack, or not a map, or trailing bytes
+    BAD_TYPE = "BAD_TYPE"              # unknown or missing "t"
+    BAD_FIELD = "BAD_FIELD"            # missing field or wrong msgpack type / range
+    BAD_VERSION = "BAD_VERSION"        # login with a protocol version we do not speak
+    NOT_LOGGED_IN = "NOT_LOGGED_IN"    # anything but login before login
+    AUTH_FAILED = "AUTH_FAILED"        # forged or malformed token
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"    # token past its expiry
+    BAD_CHANNEL = "BAD_CHANNEL"        # channel name empty, too long or bad characters
+    NO_CHANNEL = "NO_CHANNEL"          # channel does not exist
+    CHANNEL_EXISTS = "CHANNEL_EXISTS"  # create of an existing channel
+    NOT_MEMBER = "NOT_MEMBER"          # sender is not a member of the channel
+    STALE = "STALE"                    # client time older than the last one seen
+    TOO_LONG = "TOO_LONG"              # text over the length limit ("limit" in reply)
+    TOO_MANY = "TOO_MANY"              # a list over its limit (e.g. heartbeat channels; "limit")
+    EMPTY_TEXT = "EMPTY_TEXT"          # text of zero bytes
+    BAD_FRAGMENT = "BAD_FRAGMENT"      # fragment header contradicts itself or its group
+    RATE_LIMITED = "RATE_LIMITED"      # over the per-user send rate ("retry_after" seconds)
+    WRONG_OWNER = "WRONG_OWNER"        # request reached a node that does not own the key
+    UNAVAILABLE = "UNAVAILABLE"        # owning node did not answer in time
+    BUSY = "BUSY"                      # too many requests in flight: retry later
+    TOO_BIG = "TOO_BIG"                # media file or chunk over its limit ("limit")
+    BAD_CHUNK = "BAD_CHUNK"            # chunk index out of range or chunk of the wrong size
+    SHA_MISMATCH = "SHA_MISMATCH"      # assembled file does not match its sha256; upload discarded
+    NO_MEDIA = "NO_MEDIA"              # unknown, expired or unfinished media id
+    INTERNAL = "INTERNAL"              # bug or storage failure; nothing was stored
+
+    @classmethod
+    def all(cls) -> list[str]:
+        return [v for k, v in vars(cls).items() if k.isupper()]
+
+
+# What a send's error reply tells the client about the message (docs/protocol.md, "Send outcomes").
+# Refused: guaranteed not stored; the client must not retry as is.
+REFUSED_OUTCOME = (Err.BAD_FRAME, Err.BAD_TYPE, Err.BAD_FIELD, Err.BAD_CHANNEL, Err.NO_CHANNEL,
+                   Err.NOT_MEMBER, Err.TOO_LONG, Err.EMPTY_TEXT, Err.BAD_FRAGMENT, Err.RATE_LIMITED,
+                   Err.STALE, Err.NOT_LOGGED_IN, Err.AUTH_FAILED, Err.TOKEN_EXPIRED, Err.TOO_MANY,
+                   Err.BAD_VERSION)
+# Unknown: it may have been stored; only a retry with the same ctime learns the outcome.
+UNKNOWN_OUTCOME = (Err.UNAVAILABLE, Err.BUSY, Err.INTERNAL)
+
+# Why a broker ends a session by itself: the "reason" of a {"t": "kicked"} notice.
+KICK_REASONS = ("replaced", "too_slow", "expired")
+
+
+class ProtocolError(Exception):
+    """A request that gets an error reply instead of being served."""
+
+    def __init__(self, code: str, msg: str, **extra):
+        super().__init__(f"{code}: {msg}")
+        self.code = code
+        self.msg = msg
+        self.extra = extra
+
+
+# --- field kinds -----------------------------------------------------------
+
+def _check_uint(value, bits, name):
+    if type(value) is not int or isinstance(value, bool):
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be an unsigned integer")
+    if value < 0 or value >= 1 << bits:
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' out of range for uint{bits}")
+
+
+def _kind_u32(v, name):
+    _check_uint(v, 32, name)
+
+
+def _kind_u64(v, name):
+    _check_uint(v, 64, name)
+
+
+def _kind_str(v, name):
+    if type(v) is not str:
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be a string")
+
+
+def _kind_channel(v, name):
+    _kind_str(v, name)
+    check_channel_name(v)
+
+
+def _kind_u32_list(v, name):
+    if type(v) is not list:
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be an array of uint32")
+    for item in v:
+        _check_uint(item, 32, name + "[]")
+
+
+def _kind_windows(v, name):
+    """{channel: uint64} -- the newest id a client holds per channel."""
+    if type(v) is not dict:
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be a map of channel -> uint64")
+    for channel, last in v.items():
+        _kind_channel(channel, name + " key")
+        _check_uint(last, 64, f"{name}[{channel}]")
+
+
+def _kind_bin(v, name):
+    if type(v) is not bytes:
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be msgpack bin")
+
+
+def _kind_sha(v, name):
+    if type(v) is not str or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be a sha256 as 64 lowercase hex digits")
+
+
+def _kind_pairs(v, name):
+    """[[uint32, uint32], ...] -- (uin, device) sessions."""
+    if type(v) is not list or any(type(p) is not list or len(p) != 2 for p in v):
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be an array of [uint32, uint32]")
+    for uin, device in v:
+        _check_uint(uin, 32, name + "[][0]")
+        _check_uint(device, 32, name + "[][1]")
+
+
+KINDS = {"pairs": _kind_pairs, "bin": _kind_bin, "sha256": _kind_sha, "windows": _kind_windows, "u32": _kind_u32, "u64": _kind_u64, "str": _kind_str,
+         "channel": _kind_channel, "u32list": _kind_u32_list}
+
+_CHANNEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:@#")
+
+
+def check_channel_name(name: str) -> None:
+    """Channel names: 1..64 ASCII letters, digits and ``_-.:@#``."""
+    if not name or len(name) > MAX_CHANNEL_BYTES or not _CHANNEL_CHARS.issuperset(name):
+        raise ProtocolError(Err.BAD_CHANNEL,
+                            f"channel name must be 1..{MAX_CHANNEL_BYTES} characters of "
+                            "letters, digits and _-.:@#")
+
+
+# --- schemas: message type -> {field: kind}; every listed field is required ----
+
+CLIENT_REQUESTS = {
+    "login": {"rid": "u64", "v": "u32", "token": "str", "device": "u32"},
+    "ping": {"rid": "u64"},
+    "send": {"rid": "u64", "sid": "u64", "channel": "channel", "ctime": "u64", "text": "str"},
+    "sync": {"rid": "u64", "sid": "u64", "channel": "channel", "after": "u64"},
+    "hb": {"rid": "u64", "sid": "u64"},
+    "logout": {"rid": "u64", "sid": "u64"},
+}
+# Served without a session (everything else needs the login's ``sid``).
+SESSIONLESS = frozenset(("login", "ping"))
+
+SYNC_PAGE = 200                # messages per sync reply at most
+
+# broker -> logic, admin -> logic
+LOGIC_REQUESTS = {
+    "send": {"rid": "u64", "uin": "u32", "device": "u32", "channel": "channel",
+             "ctime": "u64", "text": "str"},
+    "sync": {"rid": "u64", "uin": "u32", "channel": "channel", "after": "u64"},
+    "heads": {"rid": "u64", "uin": "u32", "channels": "windows"},
+    "status": {"rid": "u64"},
+    "channel_create": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
+    "channel_add": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
+    "channel_remove": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
+    "channel_show": {"rid": "u64", "auth": "str", "channel": "channel"},
+    "presence": {"rid": "u64", "uin": "u32"},
+    "member": {"rid": "u64", "uin": "u32", "channel": "channel"},
+}
+
+# broker -> router, logic -> router
+ROUTER_REQUESTS = {
+    "online": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
+    "hb": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
+    "touch": {"rid": "u64", "broker": "str", "sessions": "pairs"},
+    "offline": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
+    "broker_reset": {"rid": "u64", "broker": "str"},
+    "snapshot": {"rid": "u64"},
+    "status": {"rid": "u64"},
+}
+
+# logic -> counter
+COUNTER_REQUESTS = {
+    "alloc": {"rid": "u64", "channel": "channel", "n": "u32", "have": "u64"},
+    "status": {"rid": "u64"},
+}
+
+# logic -> logic, replicated topologies (nodes/logic/replication.py; ``prev``, ``ops``, ``pos`` and
+# ``rows`` are checked by the handlers)
+REPLICATION_REQUESTS = {
+    "rep": {"rid": "u64", "shard": "u32", "epoch": "u64", "seq": "u64"},
+    "rep_pos": {"rid": "u64", "shard": "u32", "epoch": "u64"},
+    "snap": {"rid": "u64", "shard": "u32", "epoch": "u64", "seq": "u64"},
+    "snap_req": {"rid": "u64", "shard": "u32", "epoch": "u64"},
+}
+
+# admin -> every node's internal endpoint: a live topology change (nodes/cluster/topochange.py;
+# ``phase`` is admit or adopt, ``yaml`` the new topology's text)
+TOPOLOGY_REQUESTS = {"topology": {"rid": "u64", "auth": "str", "phase": "str", "yaml": "str"}}
+
+# admin -> logic: channels handed over to their new owner in a live reshard (nodes/logic/handoff.py;
+# ``channels`` and ``rows`` are checked by the handlers)
+HANDOFF_REQUESTS = {
+    "handoff": {"rid": "u64", "auth": "str", "to": "str", "after": "u64"},
+    "take": {"rid": "u64", "auth": "str"},
+    "handoff_done": {"rid": "u64", "auth": "str", "to": "str"},
+}
+
+# broker's internal endpoint
+BROKER_REQUESTS = {"status": {"rid": "u64"}}
+BROKER_RPC = {**BROKER_REQUESTS,            # a broker's rpc: also deliveries a gateway broker
+              "fwd": {"rid": "u64"}}        # passes on in its IDC (nodes/cluster/idcfanout.py)
+
+# client -> relay (after the same login as at a broker)
+RELAY_REQUESTS = {
+    "login": CLIENT_REQUESTS["login"],
+    "ping": CLIENT_REQUESTS["ping"],
+    "logout": {"rid": "u64", "sid": "u64"},
+    "up_begin": {"rid": "u64", "sid": "u64", "size": "u64", "chunk_size": "u32", "chunks": "u32", "sha256": "sha256",
+                 "mime": "str", "channel": "channel"},
+    "up_chunk": {"rid": "u64", "sid": "u64", "media": "str", "index": "u32", "data": "bin"},
+    "up_end": {"rid": "u64", "sid": "u64", "media": "str"},
+    "down_info": {"rid": "u64", "sid": "u64", "ref": "str"},
+    "down": {"rid": "u64", "sid": "u64", "media": "str", "index": "u32"},
+}
+
+
+# --- encode / decode ---------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()        # same msgpack bytes as msgpack's Packer, ~2x faster
+_internal = msgspec.msgpack.Decoder()        # ~4x faster than msgpack.unpackb on our frames
+
+
+def pack(msg: dict) -> bytes:
+    """Encode one message (a dict) to a frame."""
+    return _encoder.encode(msg)
+
+
+def _decode(frame: bytes, max_len: int):
+    if len(frame) > max_len:
+        raise ProtocolError(Err.BAD_FRAME, f"frame of {len(frame)} bytes exceeds {max_len}")
+    try:
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, max_str_len=max_len,
+                               max_bin_len=max_len, max_array_len=max_len, max_map_len=1024,
+                               max_ext_len=0)
+    except UnicodeDecodeError:
+        raise ProtocolError(Err.BAD_FRAME, "a string is not valid UTF-8") from None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ProtocolError(Err.BAD_FRAME, f"not a msgpack frame: {type(exc).__name__}") from None
+
+
+def unpack(frame: bytes, max_len: int = MAX_FRAME) -> dict:
+    """Decode a frame that holds exactly one map; ProtocolError(BAD_FRAME) otherwise."""
+    msg = _decode(frame, max_len)
+    if type(msg) is not dict:
+        raise ProtocolError(Err.BAD_FRAME, "frame must be a msgpack map")
+    return msg
+
+
+def unpack_many(frame: bytes, max_len: int = MAX_FRAME, max_items: int = 1024) -> list[dict]:
+    """A frame holds one map, or an array of maps (several messages, in order): the maps."""
+    return _maps(_decode(frame, max_len), max_items)
+
+
+def unpack_internal(frame: bytes, max_len: int = MAX_FRAME, max_items: int = 1024) -> list[dict]:
+    """``unpack_many`` for frames between our own nodes (replies, PUB frames, node rpc
+    requests), decoded by msgspec: the same shape rules and BAD_FRAME on anything
+    undecodable, but none of the client-facing hardening limits (per-string lengths,
+    string-only map keys, no ext types) -- the schemas still validate every field."""
+    if len(frame) > max_len:
+        raise ProtocolError(Err.BAD_FRAME, f"frame of {len(frame)} bytes exceeds {max_len}")
+    try:
+        value = _internal.decode(frame)
+    except (msgspec.DecodeError, ValueError, TypeError) as exc:
+        raise ProtocolError(Err.BAD_FRAME, f"not a msgpack frame: {type(exc).__name__}") from None
+    return _maps(value, max_items)
+
+
+def _maps(value, max_items: int) -> list[dict]:
+    if type(value) is dict:
+        return [value]
+    if type(value) is not list or not value or len(value) > max_items \
+            or not all(type(m) is dict for m in value):
+        raise ProtocolError(Err.BAD_FRAME, f"frame must be a msgpack map or an array of 1..{max_items} maps")
+    return value
+
+
+def array_of_packed(packed: list[bytes]) -> bytes:
+    """A msgpack array frame made of already packed items (no repacking)."""
+    n = len(packed)
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n < 65536:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(packed)
+
+
+def topic(node_id: str) -> bytes:
+    """The PUB topic addressing one node.  Subscriptions match prefixes, so the id is
+    terminated: "b1" must not receive what is published for "b10"."""
+    return node_id.encode() + b"\x00"
+
+
+def request_rid(msg: dict):
+    """The request id to echo, if the message carries a usable one."""
+    rid = msg.get("rid")
+    return rid if type(rid) is int and 0 <= rid <= U64_MAX else None
+
+
+_INT_LIMITS = {"u32": 1 << 32, "u64": 1 << 64}      # kinds with a fast path: a valid value in one test
+_compiled = {}                                      # id(schema) -> (schema, ((name, limit, check), ...))
+
+
+def _fields(schema: dict) -> tuple:
+    """A schema's fields as (name, int limit or None for str or 0 for neither, full check)."""
+    entry = _compiled.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        fields = tuple((name, _INT_LIMITS.get(kind, None if kind == "str" else 0), KINDS[kind])
+                       for name, kind in schema.items())
+        entry = _compiled[id(schema)] = (schema, fields)
+    return entry[1]
+
+
+def validate(msg: dict, schemas: dict) -> str:
+    """Check a decoded request against a schema table; return its type.
+
+    Extra fields are ignored (forward compatibility); missing or mistyped
+    required fields raise ProtocolError(BAD_FIELD); an unknown type BAD_TYPE.
+    Valid integers and strings pass in one inline test (this runs for every
+    request on every node); anything else goes through the kind's full check,
+    which also words the error.
+    """
+    t = msg.get("t")
+    schema = schemas.get(t) if type(t) is str else None
+    if schema is None:
+        raise ProtocolError(Err.BAD_TYPE, f"unknown message type {t!r}")
+    for name, limit, check in _fields(schema):
+        try:
+            value = msg[name]
+        except KeyError:
+            raise ProtocolError(Err.BAD_FIELD, f"missing field '{name}' in '{t}'") from None
+        if limit is None:
+            if type(value) is str:
+                continue
+        elif limit and type(value) is int and 0 <= value < limit:
+            continue
+        check(value, name)
+    return t
+
+
+def decode_request(frame: bytes, schemas: dict, max_len: int = MAX_FRAME) -> tuple[str, dict]:
+    """unpack + validate: (type, message) or ProtocolError."""
+    msg = unpack(frame, max_len)
+    return validate(msg, schemas), msg
+
+
+def error(rid, code: str, text: str, **extra) -> dict:
+    """The one error reply envelope."""
+    reply = {"t": "err", "rid": rid, "code": code, "msg": text}
+    reply.update(extra)
+    return reply
+
+
+def error_from(rid, exc: ProtocolError) -> dict:
+    return error(rid, exc.code, exc.msg, **exc.extra)
+
+
+def reply(t: str, rid, **fields) -> dict:
+    msg = {"t": t, "rid": rid}
+    msg.update(fields)
+    return msg

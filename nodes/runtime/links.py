@@ -1,0 +1,156 @@
+"""Node-to-node connections: log their changes, and connect again where libzmq gave one up.
+
+A node's DEALER and SUB sockets connect to other nodes; libzmq reports on a
+monitor socket when such a connection comes up or goes down.  The monitor
+is put on before the first connect (``Relinker.connect``: events of a
+connection made before it would be lost); ``watch_peers`` drains them with a
+loop timer (twice a second), not on the message path, and every change is
+logged through the sampled ``events.peer`` with the peer's node id from the
+topology.
+
+libzmq reconnects a dropped connection by itself: EVENT_CONNECT_RETRIED
+follows EVENT_DISCONNECTED at once.  Not after a protocol error in the
+handshake: a CURVE client whose peer answered something that is not ZMTP 3
+has its session ended for good -- no retry, no pipe to that endpoint any more,
+every NOBLOCK send on a DEALER with no other peer raises EAGAIN, forever, and
+a SUB hears nothing from that publisher again.  Measured (tests/test_ha_partition.py
+with ZMTP heartbeats inside the IDC): the heartbeat dropped the connection
+during the cut, the reconnect went out by the default route (the cut link's
+subnet route was gone) to a proxy that answered "HTTP/1.1 400", and after
+the heal the new leader could never reach the old one.  Anything on a node's
+port that is not a node (a port reused while it was down, a middlebox) does
+the same.  ``Relinker`` sees a disconnect that no retry followed and
+connects that endpoint again, as long as it takes.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from nodes.runtime.logs import events
+
+
+EVENTS = {zmq.EVENT_CONNECTED: "up", zmq.EVENT_DISCONNECTED: "down"}
+MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+DRAIN_EVERY = 0.5          # seconds
+GIVEN_UP = 1.0             # seconds after a disconnect that no retry followed: libzmq gave up
+
+
+class Relinker:
+    """Connect again every (socket, endpoint) libzmq stopped reconnecting (see the module doc)."""
+
+    def __init__(self, security):
+        self.security = security            # connects as a CURVE client of the node bound there
+        self.endpoints = {}                 # socket -> endpoints it was connected to
+        self.monitors = {}                  # socket -> its monitor socket (a socket has one)
+        self.dropped = {}                   # (socket, endpoint) -> when it dropped, until retried
+        self.relinked = 0                   # connections made again
+        self._addresses = {}                # endpoint -> the same with its host resolved (once)
+
+    def connect(self, sock: zmq.Socket, endpoint: str) -> None:
+        """Connect ``sock`` to a node's endpoint, and remember it for connecting again."""
+        if sock not in self.monitors:
+            self.monitors[sock] = sock.get_monitor_socket(MONITORED)
+        self.security.connect(sock, endpoint)
+        self.endpoints.setdefault(sock, []).append(endpoint)
+
+    def disconnect(self, sock: zmq.Socket, endpoint: str | None = None) -> None:
+        """Stop connecting ``sock`` to ``endpoint`` (every endpoint when None): its node left
+        the topology (a live reshard)."""
+        for ep in [e for e in self.endpoints.get(sock, ()) if endpoint in (None, e)]:
+            self.endpoints[sock].remove(ep)
+            self.dropped.pop((sock, ep), None)
+            try:
+                sock.disconnect(ep)
+            except zmq.ZMQError:
+                pass
+
+    def event(self, sock: zmq.Socket, event: int, reported: str, now: float) -> None:
+        """A monitor event of ``sock`` about the endpoint libzmq reports as ``reported``."""
+        endpoint = self._connected_as(sock, reported)
+        if endpoint is None:
+            return
+        if event == zmq.EVENT_DISCONNECTED:
+            self.dropped[(sock, endpoint)] = now
+        elif event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECTED):
+            self.dropped.pop((sock, endpoint), None)
+
+    def check(self, now: float) -> int:
+        """Connect again what dropped ``GIVEN_UP`` ago with no retry since; how many."""
+        given_up = [key for key, when in self.dropped.items() if now - when >= GIVEN_UP]
+        for sock, endpoint in given_up:
+            del self.dropped[(sock, endpoint)]
+            if sock.closed:
+                continue
+            events.emit("relink", endpoint, logging.WARNING, endpoint=endpoint,     # sampled: may repeat
+                        why="no reconnect after a disconnect (a handshake failed for good: not a node there?)")
+            try:
+                sock.disconnect(endpoint)       # forget the ended session, or connect would add a second
+            except zmq.ZMQError:
+                pass
+            self.security.connect(sock, endpoint)
+            self.relinked += 1
+        return len(given_up)
+
+    def _connected_as(self, sock, reported: str):
+        """The endpoint ``sock`` was connected with that libzmq reports as ``reported`` (it
+        reports host names resolved); None if it is not one of them."""
+        endpoints = self.endpoints.get(sock, ())
+        if reported in endpoints:
+            return reported
+        for endpoint in endpoints:
+            if endpoint not in self._addresses:
+                self._addresses[endpoint] = _resolved(endpoint)
+            if self._addresses[endpoint] == reported:
+                return endpoint
+        return None
+
+
+def _resolved(endpoint: str) -> str:
+    """``tcp://name:port`` as ``tcp://address:port`` (as monitor events report it)."""
+    scheme, _, rest = endpoint.partition("://")
+    name, _, port = rest.rpartition(":")
+    try:
+        return f"{scheme}://{socket.gethostbyname(name)}:{port}"
+    except OSError:
+        return endpoint
+
+
+def endpoint_owners(topo) -> dict:
+    """{endpoint: node id} over every endpoint of the topology."""
+    return {ep: spec.id for spec in topo.nodes.values() for ep in spec.endpoints.values()}
+
+
+def on_event(node, sock, frames, owners: dict) -> str | None:
+    """One monitor message of ``sock``: logged and told to the node's Relinker; the state it
+    reports ("up", "down") or None."""
+    event = parse_monitor_message(frames)
+    endpoint = event["endpoint"].decode(errors="replace")
+    node.relinker.event(sock, event["event"], endpoint, time.monotonic())
+    state = EVENTS.get(event["event"])
+    if state is not None:
+        events.peer(owners.get(endpoint, endpoint), state, node=node.id, endpoint=endpoint)
+    return state
+
+
+def watch_peers(node) -> list:
+    """Drain the monitors of the node's connecting sockets; the monitor sockets.  The same timer
+    connects again what libzmq gave up, on these sockets and on nodes/runtime/linkwatch.py's."""
+    def drain():
+        owners = endpoint_owners(node.topo)                 # a live reshard may change them
+        for sock, mon in list(node.relinker.monitors.items()):
+            if sock in node.linked:
+                continue                                    # nodes/runtime/linkwatch.py drains its own
+            while True:
+                try:
+                    frames = mon.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                on_event(node, sock, frames, owners)
+        node.relinker.check(time.monotonic())
+    node.loop.every(DRAIN_EVERY, drain)
+    return [mon for sock, mon in node.relinker.monitors.items() if sock not in node.linked]

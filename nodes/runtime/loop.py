@@ -1,0 +1,122 @@
+"""The event loop every node runs: poll, drain each ready socket in a batch, end the turn.
+
+Polling for readiness and then draining with NOBLOCK until EAGAIN is several
+times faster than awaiting one message at a time (see STACK-NOTES).  After
+each turn the ``turn_end`` hooks run: that is where a node writes its one
+RocksDB batch and only then sends the replies that promise durability.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import signal
+import time
+
+import zmq
+
+from nodes.runtime.zio import reader
+
+log = logging.getLogger(__name__)
+
+
+class Loop:
+    def __init__(self, batch: int = 512, max_wait: float = 0.1):
+        self.poller = zmq.Poller()
+        self.handlers = {}              # ZeroMQ socket -> (reader, handler)
+        self.fd_handlers = {}           # plain fd (add_fd) -> handler(events)
+        self.batch = batch
+        self.max_wait = max_wait
+        self._timers = []               # heap of (due, seq, interval, fn)
+        self._seq = itertools.count()
+        self._turn_end = []
+        self.running = False
+        self.max_turn = 0.0                 # longest turn seen (seconds): how long the loop was blocked
+        self.turns = 0
+        self._turn_watchers = []            # fn(seconds) after every turn: histogram, slow-turn log
+
+    def add(self, sock: zmq.Socket, handler) -> None:
+        """Call ``handler(frames)`` for every multipart message arriving on sock."""
+        self.handlers[sock] = (reader(sock.type), handler)
+        self.poller.register(sock, zmq.POLLIN)
+
+    def add_fd(self, fd: int, handler, events: int = zmq.POLLIN) -> None:
+        """Call ``handler(events)`` when a plain OS socket is ready (non-ZeroMQ transports);
+        calling it again for the same fd changes the events polled for."""
+        self.fd_handlers[fd] = handler
+        self.poller.register(fd, events)
+
+    def remove_fd(self, fd: int) -> None:
+        self.fd_handlers.pop(fd, None)
+        self.poller.unregister(fd)
+
+    def every(self, interval: float, fn, first: float | None = None) -> None:
+        due = time.monotonic() + (interval if first is None else first)
+        heapq.heappush(self._timers, (due, next(self._seq), interval, fn))
+
+    def on_turn_end(self, fn) -> None:
+        self._turn_end.append(fn)
+
+    def watch_turns(self, fn) -> None:
+        """Call ``fn(seconds)`` with the length of every turn (metrics, slow-turn logging)."""
+        self._turn_watchers.append(fn)
+
+    def stop(self, *_args) -> None:
+        self.running = False
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def _timeout_ms(self) -> int:
+        wait = self.max_wait
+        if self._timers:
+            wait = min(wait, max(0.0, self._timers[0][0] - time.monotonic()))
+        return int(wait * 1000)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _due, _seq, interval, fn = heapq.heappop(self._timers)
+            try:
+                fn()
+            except Exception:
+                log.exception("timer %s failed", getattr(fn, "__name__", fn))
+            heapq.heappush(self._timers, (now + interval, next(self._seq), interval, fn))
+
+    def turn(self, timeout_ms: int | None = None) -> None:
+        ready = self.poller.poll(self._timeout_ms() if timeout_ms is None else timeout_ms)
+        started = time.monotonic()
+        for sock, event in ready:
+            entry = self.handlers.get(sock)
+            if entry is None:
+                handler = self.fd_handlers.get(sock)      # a plain fd (add_fd): the handler reads it
+                if handler is not None:
+                    try:
+                        handler(event)
+                    except Exception:
+                        log.exception("fd handler failed")
+                continue
+            read, handler = entry
+            for _ in range(self.batch):
+                try:
+                    frames = read(sock)
+                except zmq.Again:
+                    break
+                try:
+                    handler(frames)
+                except Exception:
+                    log.exception("handler failed on a message; dropped")
+        self._run_timers()
+        for fn in self._turn_end:
+            fn()
+        self.turns += 1
+        took = time.monotonic() - started
+        self.max_turn = max(self.max_turn, took)
+        for fn in self._turn_watchers:
+            fn(took)
+
+    def run(self) -> None:
+        self.running = True
+        while self.running:
+            self.turn()

@@ -1,0 +1,323 @@
+"""What every node process shares: sockets, the loop, request serving, status.
+
+A node type subclasses ``Node``, declares its request schemas and handlers
+(a dispatch table, not an if/elif chain), and keeps its protocol logic in a
+core object that never touches a socket.  Replies are queued during a loop
+turn and sent in ``turn_end`` after the store's batch is written, so a reply
+never promises something that is not on disk yet.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import zmq
+
+from nodes.protocol import auth, wire
+
+from nodes.runtime import curve
+
+from nodes.cluster import topochange
+from nodes.runtime.logs import events
+from nodes.protocol.dispatch import Dispatcher
+from nodes.runtime.loop import Loop
+from nodes.storage.store import Store
+from nodes.cluster.topology import Topology, TopologyError
+from nodes.runtime.outbox import Outbox
+from nodes.runtime.links import Relinker
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MAX_FRAME = 64 * 1024 * 1024     # what we accept from our own nodes (replies, PUB)
+
+# ZMTP heartbeats on every node-to-node connection, both ends (docs/ha.md "Partitions heal
+# fast"): a PING every HEARTBEAT_IVL; no traffic for HEARTBEAT_TIMEOUT drops the connection, so a
+# cut link or a frozen peer is noticed in under a second (not after TCP's retransmission timeouts,
+# and by the bound ROUTER/PUB too, which drops the dead peer's pipe) and the connecting side
+# reconnects every RECONNECT_IVL_MAX at most, so a healed link carries traffic again within about
+# a second.  A dropped DEALER keeps its queue (ZMQ_IMMEDIATE off): a reconnect flap loses at most
+# the frame on the wire.  A reconnect that reaches something that is not a node ends libzmq's
+# session for good; nodes/runtime/links.py's Relinker connects again (that was why heartbeats inside
+# an IDC once left a healed follower unreachable: tests/test_ha_partition.py).
+HEARTBEAT_IVL_MS = 200
+HEARTBEAT_TIMEOUT_MS = 600
+HEARTBEAT_TTL_MS = 1000       # what we ask the peer to wait for our traffic (sent in our PINGs)
+CONNECT_TIMEOUT_MS = 1000     # a connect attempt that gets no answer is given up and tried again
+
+
+def node_heartbeats(sock: zmq.Socket) -> None:
+    """Turn on ZMTP heartbeats on a node-to-node socket, connecting or bound (client-facing
+    sockets keep their own session heartbeats: a mobile client must not pay for 5 PINGs a
+    second)."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+    # a connect tried while a link is cut gets no SYN-ACK: without a bound it waits for TCP's SYN
+    # retries (1, 3, 7 s ...), so a healed link was used again only ~7 s later; with it, ~2 s
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+
+
+class Node:
+    type = "node"
+    needs_store = True      # brokers and routers keep only in-memory state
+    clock = staticmethod(time.monotonic)      # the ``now`` handlers get; stores use wall time
+
+    def __init__(self, topo: Topology, node_id: str, store_sync: bool | None = None):
+        self.topo = topo
+        self.spec = topo.node(node_id)
+        if self.spec.type != self.type:
+            raise ValueError(f"node {node_id!r} is a {self.spec.type} in {topo.path}, not a {self.type}")
+        self.id = node_id
+        self.started = time.time()
+        self.ctx = zmq.Context()
+        self.ctx.setsockopt(zmq.LINGER, 0)
+        self.security = curve.NodeSecurity(topo, node_id, self.ctx)   # reads every key, or refuses
+        self.loop = Loop()
+        self.store = None
+        if self.needs_store:
+            self.store = Store(topo.node_dir(node_id),
+                               sync=topo.storage["sync"] if store_sync is None else store_sync)
+        self.outbox = Outbox(self.on_send_failed)   # replies, pushes, requests: sent after the batch
+        self.loop.on_turn_end(self._end_turn)
+        self.dispatchers = []
+        self.client_facing = set()            # sockets clients connect to: strict msgpack decoding
+        self.linked = set()        # sockets watched by nodes/runtime/linkwatch.py (peerwatch skips them)
+        self.relinker = Relinker(self.security)   # connects node sockets, and again when libzmq gives up
+        self.requests = None       # the node's rpc.Requests, if it sends requests
+        from nodes.runtime import metrics                 # Prometheus /metrics if the topology gives this node one
+        self.metrics = metrics.serve(self)
+
+    # --- sockets -------------------------------------------------------------
+    def bind(self, kind: int, endpoint: str, maxmsgsize: int | None = None,
+             sndhwm: int = 100000, mandatory: bool = False) -> zmq.Socket:
+        """A bound socket; anyone may connect, so frames are capped (internal limit by default)."""
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, sndhwm)
+        sock.setsockopt(zmq.RCVHWM, 100000)
+        if kind == zmq.ROUTER:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, int(mandatory))
+        if kind != zmq.PUB:
+            sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize or int(self.topo.limits["max_internal_frame"]))
+        client_facing = endpoint == self.spec.endpoints.get("client")
+        if client_facing:
+            self.client_facing.add(sock)
+        else:
+            node_heartbeats(sock)          # a dead peer's pipe (and what is queued to it) is dropped
+        self.security.as_server(sock, client_facing=client_facing)
+        sock.bind(endpoint)
+        return sock
+
+    def connect(self, kind: int, endpoint: str, identity: bytes | None = None) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100000)
+        sock.setsockopt(zmq.RCVHWM, 100000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)      # peers on a LAN: come back quickly
+        node_heartbeats(sock)
+        if identity:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        self.relinker.connect(sock, endpoint)           # a CURVE client of the node bound there
+        return sock
+
+    def peers(self, node_type: str) -> dict:
+        """A DEALER to the rpc endpoint of every node of a type; replies go to self.requests."""
+        socks = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in self.topo.of_type(node_type)}
+        for sock in socks.values():
+            self.loop.add(sock, self.requests.on_reply)
+        return socks
+
+    def subscribe(self, node_type: str, topic: bytes, on_message) -> zmq.Socket:
+        """A SUB connected to the pub endpoint of every node of a type, filtered on ``topic``;
+        ``on_message(map)`` gets every message published there."""
+        def on_frames(frames):
+            try:
+                msgs = wire.unpack_internal(frames[-1], INTERNAL_MAX_FRAME, 1 << 20)
+            except wire.ProtocolError as exc:
+                log.warning("bad frame from a %s: %s", node_type, exc)
+                return
+            for msg in msgs:
+                on_message(msg)
+        sub = self.ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 100000)
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.setsockopt(zmq.RECONNECT_IVL, 100)
+        sub.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        node_heartbeats(sub)
+        for n in self.topo.of_type(node_type):
+            self.relinker.connect(sub, n.endpoint("pub"))
+        self.loop.add(sub, on_frames)
+        return sub
+
+    def serve(self, sock: zmq.Socket, schemas: dict, handlers: dict, max_len: int | None = None,
+              guard=None, max_items: int = 1024, refuse_ident=None) -> Dispatcher:
+        """Serve requests on a ROUTER through one Dispatcher (nodes/protocol/dispatch.py).
+
+        A handler gets (identity or the guard's context, message, now) and
+        returns a reply map, or None when the reply is sent later.  Client-facing
+        sockets decode with wire.unpack_many's hardening, the others with the faster
+        wire.unpack_internal.  Frames from a routing id ``refuse_ident`` says yes to are
+        dropped unanswered.
+        """
+        if sock not in self.client_facing:      # every internal endpoint takes a live topology change
+            schemas = dict(schemas, **wire.TOPOLOGY_REQUESTS)
+            handlers = dict(handlers, topology=self.handle_topology)
+        dispatcher = Dispatcher(schemas, handlers, guard,
+                                wire.unpack_many if sock in self.client_facing else wire.unpack_internal)
+        self.dispatchers.append(dispatcher)
+        limit = max_len or int(self.topo.limits["max_internal_frame"])
+
+        def reply(ident, msg):
+            self.queue_reply(sock, ident, msg)
+
+        def on_request(frames):
+            if refuse_ident is not None and refuse_ident(frames[0]):
+                return                         # a routing id this socket must not serve: drop, no reply
+            if len(frames) != 2:
+                reply(frames[0], wire.error(None, wire.Err.BAD_FRAME, "send exactly one frame per message"))
+                return
+            dispatcher.frame(frames[0], frames[1], self.clock(), reply, limit, max_items)
+        self.loop.add(sock, on_request)
+        return dispatcher
+
+    def queue_reply(self, sock: zmq.Socket, ident: bytes, msg: dict) -> None:
+        self.outbox.put(sock, ident, wire.pack(msg))
+
+    def queue_packed(self, sock: zmq.Socket, key: bytes, packed: bytes) -> None:
+        """Queue an already packed message for a ROUTER identity or a PUB topic."""
+        self.outbox.put(sock, key, packed)
+
+    def on_send_failed(self, sock, key, exc) -> None:
+        """Hook: a peer's queue was full (zmq.Again) or the peer is gone (EHOSTUNREACH).  On a
+        DEALER (key None) that means no connection takes the frame -- libzmq gave it up, or
+        its queue is full -- so every request waiting on that peer fails now (UNAVAILABLE:
+        the caller retries) instead of at its timeout."""
+        failed = 0
+        if key is None and self.requests is not None:
+            failed = self.requests.fail_peer(sock, "could not send to the owning node (no connection); retry")
+        events.emit("send_failed", exc.errno, logging.WARNING, error=str(exc), requests_failed=failed)
+
+    def _end_turn(self) -> None:
+        self.before_flush()
+        if self.store is not None:
+            self.store.flush()
+        self.after_flush()
+        self.outbox.flush()
+
+    def before_flush(self) -> None:
+        """Hook: stage this turn's writes."""
+
+    def after_flush(self) -> None:
+        """Hook: queue what may only leave after the durable write (acks, fan-out)."""
+
+    # --- live topology changes (nodes/cluster/topochange.py) ----------------------------
+    def handle_topology(self, _ident, msg, _now=None) -> dict:
+        """``admit``: take the keys of a newer topology too; ``adopt``: run by it from now on.
+        Sending the running version again is answered as done (the operator may re-run)."""
+        auth.verify(self.topo.read_secret(), msg["auth"], scope="admin")
+        if msg["phase"] not in topochange.PHASES:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, f"phase must be one of {', '.join(topochange.PHASES)}")
+        try:
+            new = topochange.parse_sent(msg["yaml"], self.topo)
+            if new.version != self.topo.version:
+                topochange.check_change(self.topo, new)
+        except TopologyError as exc:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, str(exc)) from None
+        if new.version == self.topo.version and new.text != self.topo.text:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, f"this node runs another topology with version "
+                                     f"{new.version}; bump the version of {msg.get('path', 'the new file')}")
+        extra = {}
+        if msg["phase"] == "settle":
+            if new.version != self.topo.version:
+                raise wire.ProtocolError(wire.Err.BAD_FIELD, f"settle needs the running version "
+                                         f"({self.topo.version}), not {new.version}: adopt it first")
+            extra = self.on_settle() or {}
+        elif msg["phase"] == "admit":
+            self.security.admit(new)
+            extra = self.on_admit(new) or {}
+        elif new.version > self.topo.version:
+            old = self.topo
+            # kept first: a node that cannot keep it stays on the old one (a run again adopts it
+            # whole), never on the new one with its hooks not run; a missing key file fails
+            # before that (admit), so nothing is kept that the node could not start from
+            self.security.admit(new)
+            topochange.keep(new, self.id)      # a restart with the old file starts from this
+            self.security.adopt(new)
+            self.topo = new
+            log.info("%s %s runs topology version %d now (was %d)", self.type, self.id, new.version, old.version)
+            extra = self.on_topology(old, new) or {}
+        else:
+            extra = self.on_topology(self.topo, self.topo) or {}      # again: say where things stand
+        return wire.reply("topology", msg["rid"], version=self.topo.version, **extra)
+
+    def on_settle(self) -> dict | None:
+        """Hook: the live change to the running version is over (every node adopted it)."""
+        return None
+
+    def on_admit(self, new: Topology) -> dict | None:
+        """Hook: extra reply fields for ``admit`` (what would change under ``new``)."""
+        return None
+
+    def on_topology(self, old: Topology, new: Topology) -> dict | None:
+        """Hook: the node runs by ``new`` now (``old`` is ``new`` when asked again); extra
+        reply fields."""
+        return None
+
+    def refresh_peers(self, socks: dict, node_type: str) -> None:
+        """After a topology change: a DEALER to each new node of a type; those gone leave
+        ``socks`` (what waits on them is answered UNAVAILABLE) and are disconnected, not closed:
+        the socket may be in the poll results being served right now."""
+        wanted = {n.id: n for n in self.topo.of_type(node_type)}
+        for node_id in [n for n in socks if n not in wanted]:
+            sock = socks.pop(node_id)
+            self.requests.fail_peer(sock, f"{node_type} {node_id} left the topology")
+            self.relinker.disconnect(sock)
+        for node_id, spec in wanted.items():
+            if node_id not in socks:
+                sock = socks[node_id] = self.connect(zmq.DEALER, spec.endpoint("rpc"))
+                self.loop.add(sock, self.requests.on_reply)
+
+    def resubscribe(self, sub: zmq.Socket, topo: Topology, node_type: str, keep: bool = False) -> None:
+        """``sub`` (from ``subscribe``) follows the publishers of a type in ``topo``; ``keep``:
+        connect to its new ones but leave no old one yet (at ``admit``)."""
+        before = set(self.relinker.endpoints.get(sub, ()))
+        after = {n.endpoint("pub") for n in topo.of_type(node_type)}
+        for endpoint in () if keep else before - after:
+            self.relinker.disconnect(sub, endpoint)
+        for endpoint in sorted(after - before):
+            self.relinker.connect(sub, endpoint)
+
+    # --- status --------------------------------------------------------------
+    def status(self) -> dict:
+        return {"id": self.id, "type": self.type, "pid": os.getpid(),
+                "uptime": round(time.time() - self.started, 3),
+                "max_turn_ms": round(self.loop.max_turn * 1000, 3), "turns": self.loop.turns,
+                "topology_version": self.topo.version,
+                "refused_keys": self.security.refused}
+
+    def handle_status(self, _ident, msg, _now=None) -> dict:
+        reply = wire.reply("status", msg["rid"], **self.status())
+        if msg.get("reset_max") is True:           # start a new measurement window
+            self.loop.max_turn = 0.0
+        return reply
+
+    # --- lifetime ------------------------------------------------------------
+    def run(self) -> None:
+        self.loop.install_signal_handlers()
+        log.info("%s %s up (pid %d)", self.type, self.id, os.getpid())
+        try:
+            self.loop.run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            if self.store is not None:
+                self.store.close()
+        finally:
+            self.security.stop()
+            self.ctx.destroy(linger=0)
+        log.info("%s %s stopped", self.type, self.id)

@@ -1,0 +1,79 @@
+"""What a node sends during one loop turn, sent at the turn's end: one frame per peer.
+
+Messages for the same peer (a ROUTER identity, a PUB topic, or a DEALER's
+one peer) are joined into one msgpack array frame, in the order they were
+queued, so a turn that answers ten requests of one broker costs one ZeroMQ
+message instead of ten.  Receivers accept a frame holding one map or an
+array of maps (wire.unpack_many).
+"""
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from nodes.protocol.wire import array_of_packed
+from nodes.runtime.zio import send_one, send_pair
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 128                   # messages per frame at most
+PASSES = 2                        # flush passes: the second sends what failure callbacks queued
+
+
+class Outbox:
+    def __init__(self, on_failed=None):
+        self.queued = {}          # (sock, key or None) -> [packed message, ...]
+        self.on_failed = on_failed   # (sock, key, exc): a full or vanished peer (ROUTER_MANDATORY)
+
+    def put(self, sock, key, packed: bytes) -> None:
+        batch = self.queued.get((sock, key))
+        if batch is None:
+            self.queued[(sock, key)] = [packed]
+        else:
+            batch.append(packed)
+
+    def put_many(self, sock, keys, packed: bytes) -> None:
+        """The same packed message for several peers (a broker's deliveries of one message)."""
+        queued = self.queued
+        for key in keys:
+            batch = queued.get((sock, key))
+            if batch is None:
+                queued[(sock, key)] = [packed]
+            else:
+                batch.append(packed)
+
+    def flush(self) -> int:
+        """Send everything queued; return the number of frames sent.  A failed send's callback
+        may queue more (a request that could not leave is answered UNAVAILABLE to its client at
+        once): that leaves in a second pass, not a loop turn later."""
+        frames = 0
+        for _ in range(PASSES):
+            queued, self.queued = self.queued, {}
+            sent, failed = self._send(queued)
+            frames += sent
+            if not (failed and self.queued):
+                break
+        return frames
+
+    def _send(self, queued: dict) -> tuple[int, bool]:
+        """(frames sent, whether a send failed)."""
+        frames, failed = 0, False
+        for (sock, key), items in queued.items():
+            for i in range(0, len(items), MAX_BATCH):
+                chunk = items[i:i + MAX_BATCH]
+                frame = chunk[0] if len(chunk) == 1 else array_of_packed(chunk)
+                try:
+                    if key is None:
+                        send_one(sock, frame)
+                    else:
+                        send_pair(sock, key, frame)
+                    frames += 1
+                except zmq.ZMQError as exc:
+                    failed = True
+                    if self.on_failed is None:
+                        log.warning("send failed, %d message(s) dropped: %s", len(chunk), exc)
+                    else:
+                        self.on_failed(sock, key, exc)
+                    break                 # the rest for this peer would fail the same way
+        return frames, failed

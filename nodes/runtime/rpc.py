@@ -1,0 +1,70 @@
+"""Outgoing requests over DEALER sockets, matched to replies by ``rid``, with timeouts.
+
+One ``Requests`` table per node: every request gets exactly one callback,
+either with the peer's reply or with an UNAVAILABLE error when the peer
+does not answer in time.  Requests are queued in the node's outbox and
+leave, batched per peer, at the end of the loop turn.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+
+from nodes.protocol import wire
+
+log = logging.getLogger(__name__)
+
+
+class Requests:
+    def __init__(self, timeout: float, max_len: int, outbox, on_late=None):
+        self.timeout = timeout
+        self.outbox = outbox                 # requests leave at the end of the loop turn
+        self.on_late = on_late               # gets replies whose request already timed out
+        self.max_len = max_len
+        self.pending = {}                    # rid -> (deadline, callback, socket)
+        self._rids = itertools.count(1)
+
+    def send(self, sock, msg: dict, callback, timeout: float | None = None) -> int:
+        rid = next(self._rids)
+        msg["rid"] = rid
+        self.outbox.put(sock, None, wire.pack(msg))
+        self.pending[rid] = (time.monotonic() + (timeout or self.timeout), callback, sock)
+        return rid
+
+    def on_reply(self, frames: list) -> None:
+        try:
+            msgs = wire.unpack_internal(frames[-1], self.max_len, 1 << 20)
+        except wire.ProtocolError as exc:
+            log.warning("bad reply from a peer: %s", exc)
+            return
+        for msg in msgs:
+            entry = self.pending.pop(wire.request_rid(msg), None)
+            try:
+                if entry is None:
+                    if self.on_late is not None:
+                        self.on_late(msg)
+                    continue
+                entry[1](msg)
+            except Exception:                  # one failing callback must not drop the rest of the batch
+                log.exception("reply handling failed (t=%r)", msg.get("t"))
+
+    def expire(self) -> int:
+        """Fail the requests whose deadline passed; return how many."""
+        now = time.monotonic()
+        late = [rid for rid, entry in self.pending.items() if entry[0] <= now]
+        for rid in late:
+            callback = self.pending.pop(rid)[1]
+            callback(wire.error(rid, wire.Err.UNAVAILABLE, "owning node did not answer in time"))
+        return len(late)
+
+    def fail_peer(self, sock, why: str) -> int:
+        """Fail now every request waiting on ``sock``'s peer (it said it is stopping)."""
+        gone = [rid for rid, entry in self.pending.items() if entry[2] is sock]
+        for rid in gone:
+            callback = self.pending.pop(rid)[1]
+            callback(wire.error(rid, wire.Err.UNAVAILABLE, why))
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(self.pending)

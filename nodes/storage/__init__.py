@@ -1,0 +1,1 @@
+"""RocksDB storage: the key layout (store) and shard rows (shards)."""
