@@ -20,13 +20,14 @@ import secrets
 import time
 from urllib.parse import parse_qs, urlsplit
 
+from nodes import PACKAGE_DIR
 from nodes.protocol import auth, wire
 
 POLL_WAIT = 20.0               # seconds a long poll is held when nothing is queued
 CHANNEL_IDLE = 60.0            # seconds without a poll or send before a channel is closed
 LOGIN_GRACE = 5.0              # seconds an open channel may stay without a session (opening is free)
 MAX_CHANNELS = 20000           # open HTTP channels per broker
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_HERE = PACKAGE_DIR
 # installed: nodes/clients (package data); in a checkout: clients/ beside nodes/
 CLIENTS_DIR = next((d for d in (os.path.join(_HERE, "clients"), os.path.join(os.path.dirname(_HERE), "clients"))
                     if os.path.isdir(os.path.join(d, "web"))), os.path.join(os.path.dirname(_HERE), "clients"))

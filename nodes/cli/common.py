@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from nodes import __version__
+from nodes import PACKAGE_DIR, __version__
 
 from nodes.protocol import auth
 
@@ -12,10 +12,9 @@ from nodes.runtime import curve
 
 from nodes.cluster import topology
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(PACKAGE_DIR)
 CHECKOUT_CONFIG = os.path.join(ROOT, "config", "local.yaml")
-PACKAGED_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "config", "local.yaml")
+PACKAGED_CONFIG = os.path.join(PACKAGE_DIR, "config", "local.yaml")
 
 
 def data_home() -> str:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from nodes import PACKAGE_DIR
 from nodes.protocol import auth
 
 from nodes.runtime import curve
@@ -30,7 +31,7 @@ from nodes.ops.processes import stop_all
 def child_env() -> dict:
     """This environment, with the directory holding this package first on PYTHONPATH."""
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(PACKAGE_DIR)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
