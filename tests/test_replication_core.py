@@ -16,7 +16,8 @@ from nodes.cluster import topology
 from nodes.protocol import wire
 from nodes.logic.core import LogicCore
 from nodes.logic import replication
-from nodes.logic.replication import Replication, ShardPlacement
+from nodes.logic.placement import ShardPlacement
+from nodes.logic.replication import Replication
 from nodes.storage.store import Store
 
 from test_cores import OnlineAll, Out

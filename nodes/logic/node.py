@@ -24,7 +24,8 @@ from nodes.runtime.rpc import Requests
 from nodes.logic.core import LogicCore
 from nodes.logic.handoff import Handoff
 from nodes.logic.presence import PresenceReplica
-from nodes.logic.replication import Replication, ShardPlacement
+from nodes.logic.placement import ShardPlacement
+from nodes.logic.replication import Replication
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ import time
 
 from nodes.storage import shards
 from nodes.protocol import wire
+from nodes.logic.placement import ShardPlacement
 
 log = logging.getLogger(__name__)
 
@@ -78,29 +79,6 @@ class Lead:
         return self.seq if need <= 0 else held[need - 1]
 
 
-class ShardPlacement:
-    """Who serves a channel with replication: its shard's leader.  The core is given this at
-    construction; Replication, the only writer, tells it who leads (etcd, via the
-    coordinator) and which shards this node serves (led, and its epoch's first record on a
-    majority)."""
-
-    def __init__(self, topo):
-        self.topo = topo
-        self.leaders = {}                     # shard -> (node, epoch), from etcd via the coordinator
-        self.serving = {}                     # shard -> epoch: the shards this node serves now
-
-    def owns(self, name: str) -> bool:
-        return self.topo.shard_of(name) in self.serving
-
-    def leader(self, name: str):
-        leader = self.leaders.get(self.topo.shard_of(name))
-        return leader[0] if leader else None
-
-    def leading(self) -> dict:
-        """{shard: epoch} of the shards served here (published in ticks to brokers)."""
-        return dict(self.serving)
-
-
 class Replication:
     """Every shard this logic node replicates; plugs into the node loop through small hooks.
 
@@ -127,7 +105,7 @@ class Replication:
         self.receiving = {}                   # shard -> next snapshot page expected
         self.stats = {"records": 0, "applied": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                       "refused": 0}
-        self.store.capture = []
+        self.store.start_capture()            # each turn's writes become records (stage)
 
     # --- from the coordinator -------------------------------------------------
     def on_coordinator(self, msg: dict) -> None:
@@ -165,7 +143,7 @@ class Replication:
 
     def stage(self) -> None:
         """Turn end, before the batch is written: this turn's writes become records."""
-        ops, self.store.capture = self.store.capture, []
+        ops = self.store.take_captured()
         committed = self.core.take_committed()
         by_shard = shards.split(ops, self.topo.shard_of)
         recs = {}
@@ -447,12 +425,9 @@ class Replication:
         return wire.reply("rep_gap", msg["rid"], shard=s, pos=list(pos))
 
     def _apply(self, s: int, ops, position) -> None:
-        capture, self.store.capture = self.store.capture, None     # applied rows are not re-shipped
-        try:
+        with self.store.uncaptured():             # applied rows are not re-shipped
             self._write(ops)
             shards.put_position(self.store, s, position)
-        finally:
-            self.store.capture = capture
         self.pos[s] = position
         self.stats["applied"] += 1
 
@@ -484,8 +459,7 @@ class Replication:
         if type(part) is not int or type(parts) is not int or not 0 <= part < parts \
                 or not isinstance(pos, list) or len(pos) != 2:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, "snap needs part < parts and pos [epoch, seq]")
-        capture, self.store.capture = self.store.capture, None     # installed rows are not re-shipped
-        try:
+        with self.store.uncaptured():             # installed rows are not re-shipped
             if part == 0:
                 shards.clear(self.store, s, self.topo.shard_of)
                 self.pos[s] = (0, 0)
@@ -499,8 +473,6 @@ class Replication:
             del self.receiving[s]
             shards.put_position(self.store, s, pos)
             self.store.flush()                     # a promoting node loads the shard from it next
-        finally:
-            self.store.capture = capture
         self.pos[s] = tuple(pos)
         self.stats["snapshots_installed"] += 1
         log.info("shard %d: installed a snapshot (%d pages) at %s", s, parts, self.pos[s])
