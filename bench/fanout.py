@@ -16,7 +16,7 @@ import statistics
 import time
 
 from nodes.cluster import topology
-from nodes.logic.node import LogicCore
+from nodes.logic.core import LogicCore
 from nodes.logic.presence import PresenceReplica
 from nodes.router import RouterCore
 from nodes.storage.store import Store
@@ -58,7 +58,7 @@ def measure(args, tmp: str, churn: int) -> float:
     store = Store(f"{tmp}/l1-{churn}")
     core = LogicCore("l1", _topology(tmp, args.members, args.brokers), store, replica, _Out(), b"s" * 32)
     core.load()
-    core.on_ids("big", 1, 1 << 40)
+    core.ids.on_ids("big", 1, 1 << 40)
     for uin in range(1, args.members + 1):
         router.set_online(uin, 0, f"b{uin % args.brokers}")
     replica.start()
@@ -75,11 +75,11 @@ def measure(args, tmp: str, churn: int) -> float:
         for d in deltas:
             replica.on_message(d)
         deltas.clear()
-        core.send(b"b0", {"rid": n, "uin": 1, "device": 1, "channel": "big", "ctime": n + 1, "text": "x" * 100},
+        core.sends.send(b"b0", {"rid": n, "uin": 1, "device": 1, "channel": "big", "ctime": n + 1, "text": "x" * 100},
                   None)
         core.assign(time.time())
         store.flush()
-        core.commit()
+        core.commit(core.take_committed())
         spent += time.process_time() - started
     store.close()
     return 1e6 * spent / args.messages

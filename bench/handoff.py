@@ -25,7 +25,7 @@ from nodes.protocol import auth
 from nodes.logic import handoff
 from nodes.storage import shards
 from nodes.cluster import topology
-from nodes.logic.node import LogicCore
+from nodes.logic.core import LogicCore
 from nodes.storage.store import Store
 
 SECRET = b"bench-secret-bench-secret"
@@ -70,7 +70,7 @@ def _admin(**fields) -> dict:
 def _turn(core, store) -> None:
     core.assign(time.time())
     store.flush()
-    core.commit()
+    core.commit(core.take_committed())
 
 
 def run_once(sends: int) -> dict:
@@ -83,14 +83,14 @@ def run_once(sends: int) -> dict:
         core = LogicCore("l1", one, store, _Everyone(), _Out(), SECRET)
         core.load()
         for name in stay + [moving]:
-            core.channel_create(_admin(channel=name, members=[1]))
-            core.on_ids(name, 1, 10**9)
+            core.members.channel_create(_admin(channel=name, members=[1]))
+            core.ids.on_ids(name, 1, 10**9)
         for k in range(sends):
-            core.send(b"", {"rid": k, "uin": 1, "device": 0, "channel": stay[k % len(stay)],
+            core.sends.send(b"", {"rid": k, "uin": 1, "device": 0, "channel": stay[k % len(stay)],
                             "ctime": k + 1, "text": "x" * 20})
             if k % 1000 == 999:
                 _turn(core, store)
-        core.send(b"", {"rid": 0, "uin": 1, "device": 0, "channel": moving, "ctime": sends + 1, "text": "m"})
+        core.sends.send(b"", {"rid": 0, "uin": 1, "device": 0, "channel": moving, "ctime": sends + 1, "text": "m"})
         _turn(core, store)
         names = sorted(core.adopt(two))
         started = time.perf_counter()

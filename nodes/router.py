@@ -24,11 +24,11 @@ import zmq
 from fastpath import OnlineBitmap
 
 from nodes.protocol import wire
+from nodes.protocol.wire import PRESENCE_TOPIC
 from nodes.protocol.heartbeat import Beat
 from nodes.runtime.node import Node
 from nodes.cluster.topology import DEFAULT_HEARTBEAT
 
-PRESENCE_TOPIC = b"presence"
 TICK_INTERVAL = 0.5
 SWEEP_INTERVAL = 0.2
 

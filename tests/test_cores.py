@@ -15,7 +15,7 @@ from nodes.storage import store as keys
 from nodes.cluster import topology
 from nodes.protocol import wire
 from nodes.counter import CounterCore
-from nodes.logic.node import LogicCore
+from nodes.logic.core import LogicCore
 from nodes.logic.presence import PresenceReplica
 from nodes.router import RouterCore
 from nodes.storage.store import Store
@@ -56,7 +56,7 @@ def test_logic_asks_for_ids_beyond_what_it_holds(tmp_path):
     send(core, 1, 100)
     turn(core, store)
     assert out.haves == [1]
-    core.on_ids("room", 1, 11)
+    core.ids.on_ids("room", 1, 11)
     for i in range(6):
         send(core, 1, 200 + i)
     turn(core, store)
@@ -213,18 +213,18 @@ def make_logic(tmp_path, **limits):
 def leased_logic(tmp_path, **limits):
     """make_logic() with the room's first block of ids (1000) already granted."""
     core, out, store = make_logic(tmp_path, **limits)
-    core.on_ids("room", 1, 1001)
+    core.ids.on_ids("room", 1, 1001)
     return core, out, store
 
 
 def turn(core, store):
     core.assign(time.time())
     store.flush()
-    core.commit()
+    core.commit(core.take_committed())
 
 
 def send(core, uin, ctime, text="x", channel="room", device=0, rid=1, ident=b"b"):
-    return core.send(ident, {"rid": rid, "uin": uin, "device": device, "channel": channel,
+    return core.sends.send(ident, {"rid": rid, "uin": uin, "device": device, "channel": channel,
                              "ctime": ctime, "text": text})
 
 
@@ -241,7 +241,7 @@ def test_sends_wait_for_the_first_lease_then_ack_in_order(tmp_path):
     assert send(core, 2, 10, "b", rid=2) is None
     turn(core, store)
     assert out.allocs == [("room", 4)] and out.replies == []       # no ids yet: nothing acked
-    core.on_ids("room", 1, 5)
+    core.ids.on_ids("room", 1, 5)
     turn(core, store)
     assert [(m["rid"], m["id"]) for _i, m in out.replies] == [(1, 1), (2, 2)]
     assert [m["id"] for _b, m in out.published] == [1, 2]
@@ -272,8 +272,8 @@ def test_retry_stale_and_inflight_retry(tmp_path):
 
 def test_restart_continues_the_lease_and_keeps_dedup(tmp_path):
     core, out, store = make_logic(tmp_path, id_block=10)
-    core.on_ids("room", 1, 11)
-    core.on_ids("room", 11, 21)                                    # a prefetched second block
+    core.ids.on_ids("room", 1, 11)
+    core.ids.on_ids("room", 11, 21)                                    # a prefetched second block
     sent(core, store, 12)
     store.close()
     core2, out2, store2 = make_logic(tmp_path, id_block=10)
@@ -286,22 +286,22 @@ def test_restart_continues_the_lease_and_keeps_dedup(tmp_path):
 
 def test_leases_older_than_what_was_used_are_refused(tmp_path):
     core, out, store = make_logic(tmp_path)
-    core.on_ids("room", 1, 1001)
-    core.on_ids("room", 1001, 2001)
-    core.on_ids("room", 500, 600)                                  # overlaps: ignored
+    core.ids.on_ids("room", 1, 1001)
+    core.ids.on_ids("room", 1001, 2001)
+    core.ids.on_ids("room", 500, 600)                                  # overlaps: ignored
     assert list(core.channels["room"].leases) == [(1, 1001), (1001, 2001)]
 
 
 def test_sync_pages_and_reports_first_and_last(tmp_path):
     core, out, store = leased_logic(tmp_path)
     sent(core, store, wire.SYNC_PAGE + 5, texts=True)
-    page = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0}, time.time())
+    page = core.reads.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0}, time.time())
     assert len(page["msgs"]) == wire.SYNC_PAGE and page["more"] is True
     assert page["first"] == 1 and page["last"] == wire.SYNC_PAGE + 5
-    rest = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": page["msgs"][-1]["id"]}, time.time())
+    rest = core.reads.sync({"rid": 1, "uin": 2, "channel": "room", "after": page["msgs"][-1]["id"]}, time.time())
     assert [m["text"] for m in rest["msgs"]] == [f"t{i}" for i in range(wire.SYNC_PAGE, wire.SYNC_PAGE + 5)]
     assert rest["more"] is False
-    beyond = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 10**9}, time.time())
+    beyond = core.reads.sync({"rid": 1, "uin": 2, "channel": "room", "after": 10**9}, time.time())
     assert beyond["msgs"] == [] and beyond["last"] == wire.SYNC_PAGE + 5
 
 
@@ -319,29 +319,29 @@ def test_message_rows_use_the_documented_key_layout(tmp_path):
 
 def two_channel_logic(tmp_path, **limits):
     core, out, store = make_logic(tmp_path, **limits)
-    core._create("room2", [1, 2])
+    core.members.create("room2", [1, 2])
     return core, out, store
 
 
 def test_a_client_time_reused_for_another_channel_is_stale_not_a_retry(tmp_path):
     core, out, store = two_channel_logic(tmp_path)
-    core.on_ids("room", 1, 1001)
-    core.on_ids("room2", 1, 1001)
+    core.ids.on_ids("room", 1, 1001)
+    core.ids.on_ids("room2", 1, 1001)
     send(core, 1, 100, channel="room")
     turn(core, store)
     with pytest.raises(wire.ProtocolError) as exc:
         send(core, 1, 100, channel="room2", text="different")
     assert exc.value.code == wire.Err.STALE
-    assert core.sync({"rid": 1, "uin": 1, "channel": "room2", "after": 0}, time.time())["msgs"] == []
+    assert core.reads.sync({"rid": 1, "uin": 1, "channel": "room2", "after": 0}, time.time())["msgs"] == []
 
 
 def test_dedup_keeps_the_newest_when_pipelined_sends_finish_out_of_order(tmp_path):
     core, out, store = two_channel_logic(tmp_path)
-    core.on_ids("room", 1, 1001)                     # room2 has no ids yet
+    core.ids.on_ids("room", 1, 1001)                     # room2 has no ids yet
     send(core, 1, 200, channel="room2", rid=1)
     send(core, 1, 300, channel="room", rid=2)
     turn(core, store)
-    core.on_ids("room2", 1, 1001)
+    core.ids.on_ids("room2", 1, 1001)
     turn(core, store)
     assert sorted(m["rid"] for _i, m in out.replies) == [1, 2]
     assert core.dedup.get(1, 0)[0] == 300
@@ -354,7 +354,7 @@ def test_the_channel_queue_bounds_what_sync_returns(tmp_path):
     for i in range(8):
         send(core, 1, 100 + i)
         turn(core, store)
-    page = core.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0}, time.time())
+    page = core.reads.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0}, time.time())
     assert [m["id"] for m in page["msgs"]] == [4, 5, 6, 7, 8] and page["first"] == 4
     store.close()
     core2, _out, _store = make_logic(tmp_path, channel_queue=5)
@@ -367,14 +367,14 @@ def test_dedup_rows_of_devices_silent_past_the_lifetime_are_pruned(tmp_path):
     send(core, 2, 100, device=1)
     turn(core, store)
     now = time.time()
-    assert core.prune_dedup(now) == 0                       # fresh: kept
+    assert core.retention.prune_dedup(now) == 0                       # fresh: kept
     send(core, 2, 200, device=1)                            # device 2/1 stays active
     turn(core, store)
-    later = now + max(core.lifetime, 3600) + 1
+    later = now + max(core.retention.lifetime, 3600) + 1
     core.store.put(keys.dedup_key(2, 1), keys.encode([200, "room", 3, int(later * 1000)]))
     core.store.flush()
-    assert core.prune_dedup(later, budget=1) == 1           # one row per call at this budget
-    assert core.prune_dedup(later, budget=1) == 0 and core.dedup_cursor is None
+    assert core.retention.prune_dedup(later, budget=1) == 1           # one row per call at this budget
+    assert core.retention.prune_dedup(later, budget=1) == 0 and core.retention.dedup_cursor is None
     store.flush()
     assert core.dedup.get(1, 1) is None and store.get(keys.dedup_key(1, 1)) is None
     assert core.dedup.get(2, 1) == (200, 3)
@@ -399,10 +399,10 @@ def test_send_index_rows_go_with_the_message_lifetime_in_slices(tmp_path):
     core, out, store = leased_logic(tmp_path, message_lifetime=60)
     sent(core, store, 5, texts=True)
     now = time.time()
-    assert core.prune_sent(now) == 0                                  # all alive
-    assert core.prune_sent(now + 61, budget=2) == 2 and core.prune_sent(now + 61, budget=2) == 2
+    assert core.retention.prune_sent(now) == 0                                  # all alive
+    assert core.retention.prune_sent(now + 61, budget=2) == 2 and core.retention.prune_sent(now + 61, budget=2) == 2
     store.flush()                                                     # a turn ends between calls
-    assert core.prune_sent(now + 61) == 1 and core.prune_sent(now + 61) == 0
+    assert core.retention.prune_sent(now + 61) == 1 and core.retention.prune_sent(now + 61) == 0
     store.flush()
     assert store.get(keys.sent_key(1, 0, 100)) is None
     assert list(store.scan(b"x")) == [] and list(store.scan(b"e")) == []
@@ -419,9 +419,9 @@ def test_fanout_plans_follow_presence_deltas_per_uin(tmp_path):
     w.router.publish = lambda m, *_to: w.deltas.append(m) if m["t"] == "delta" else None   # moves kick
     core = LogicCore("l1", topo, store, w.replica, out, b"secret-secret-secret")
     core.load()
-    core.on_ids("room", 1, 10**6)
-    core._create("other", [3, 4])
-    core.on_ids("other", 1, 10**6)
+    core.ids.on_ids("room", 1, 10**6)
+    core.members.create("other", [3, 4])
+    core.ids.on_ids("other", 1, 10**6)
     w.replica.start()
     w.answer_snapshot()
     room, other = core.channels["room"], core.channels["other"]

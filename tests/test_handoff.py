@@ -9,7 +9,7 @@ from nodes.protocol import auth, wire
 from nodes.logic import handoff
 from nodes.storage import shards
 from nodes.storage import store as keys
-from nodes.logic.node import LogicCore
+from nodes.logic.core import LogicCore
 from nodes.storage.store import Store
 from test_cores import OnlineAll, Out, send, turn
 
@@ -39,8 +39,8 @@ def moving_and_staying(tmp_path):
     stay = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l1")
     core = core_of(tmp_path, "l1", one)
     for channel in (name, stay):
-        core[0].channel_create(admin(channel=channel, members=[1, 2]))
-        core[0].on_ids(channel, 1, 1001)
+        core[0].members.channel_create(admin(channel=channel, members=[1, 2]))
+        core[0].ids.on_ids(channel, 1, 1001)
     return one, two, name, stay, core
 
 
@@ -60,7 +60,7 @@ def test_a_channel_moves_with_its_ids_dedup_and_members(tmp_path, monkeypatch):
     with pytest.raises(wire.ProtocolError) as exc:
         send(src, 1, 101, "m1", channel=name)
     assert exc.value.code == wire.Err.WRONG_OWNER
-    heads = src.heads({"rid": 1, "uin": 1, "channels": {name: 0, stay: 0}}, 0.0)
+    heads = src.reads.heads({"rid": 1, "uin": 1, "channels": {name: 0, stay: 0}}, 0.0)
     assert heads["unavailable"] == [name] and stay in heads["heads"]
     assert send(src, 1, 900, "still", channel=stay) is None                # the others are served
     turn(src, src_store)
@@ -93,7 +93,7 @@ def test_a_channel_moves_with_its_ids_dedup_and_members(tmp_path, monkeypatch):
     assert send(dst, 2, 500, "waiting", channel=name, rid=7) is None        # never stored: new
     turn(dst, dst_store)
     assert dst_out.replies[-1][1]["id"] == 31                              # ids go on from 30
-    sync = dst.sync({"rid": 1, "uin": 1, "channel": name, "after": 0}, 0.0)
+    sync = dst.reads.sync({"rid": 1, "uin": 1, "channel": name, "after": 0}, 0.0)
     assert [m["id"] for m in sync["msgs"]] == list(range(1, 32))
 
 
@@ -127,7 +127,7 @@ def test_take_stores_only_rows_of_the_channels_it_names(tmp_path):
     dst, _out, dst_store = core_of(tmp_path, "l2", two)
     mine = [f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2"]
     moving, served = mine[0], mine[1]
-    dst.channel_create(admin(channel=served, members=[1, 2]))
+    dst.members.channel_create(admin(channel=served, members=[1, 2]))
     dst_store.flush()
     side = handoff.Handoff(dst, dst_store)
     stored = dict(dst_store.scan(b"c"))
@@ -157,8 +157,8 @@ def test_a_channel_being_taken_in_is_not_served_until_it_is_loaded(tmp_path):
     one, two = topo_with(tmp_path, ["l1"], 1), topo_with(tmp_path, ["l1", "l2"], 2)
     name = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2")
     src, _out, src_store = core_of(tmp_path, "l1", one)
-    src.channel_create(admin(channel=name, members=[1, 2]))
-    src.on_ids(name, 1, 1001)
+    src.members.channel_create(admin(channel=name, members=[1, 2]))
+    src.ids.on_ids(name, 1, 1001)
     send(src, 1, 100, "m1", channel=name)
     turn(src, src_store)
     dst, _dst_out, dst_store = core_of(tmp_path, "l2", two)
@@ -167,15 +167,15 @@ def test_a_channel_being_taken_in_is_not_served_until_it_is_loaded(tmp_path):
     side = handoff.Handoff(dst, dst_store)
     side.handle_take(b"", admin(channels=page["channels"], rows=page["rows"], first=True, last=False))
     dst_store.flush()
-    for request in (lambda: dst.channel_create(admin(channel=name, members=[9])),
-                    lambda: dst.channel_add(admin(channel=name, members=[9]))):
+    for request in (lambda: dst.members.channel_create(admin(channel=name, members=[9])),
+                    lambda: dst.members.channel_add(admin(channel=name, members=[9]))):
         with pytest.raises(wire.ProtocolError) as exc:
             request()
         assert exc.value.code == wire.Err.UNAVAILABLE
     dst_store.flush()
     side.handle_take(b"", admin(channels=page["channels"], rows=[], first=False, last=True))
     assert dst.channels[name].members == {1, 2}
-    assert dst.channel_add(admin(channel=name, members=[9]))["members"] == [1, 2, 9]   # served now
+    assert dst.members.channel_add(admin(channel=name, members=[9]))["members"] == [1, 2, 9]   # served now
 
 
 def test_a_take_cut_short_leaves_no_partial_channel_that_a_restart_serves_or_hands_on(tmp_path, monkeypatch):
@@ -188,8 +188,8 @@ def test_a_take_cut_short_leaves_no_partial_channel_that_a_restart_serves_or_han
                        topo_with(tmp_path, ["l1"], 3))
     name = next(f"room{i}" for i in range(100) if two.logic_for(f"room{i}") == "l2")
     src, _out, src_store = core_of(tmp_path, "l1", one)
-    src.channel_create(admin(channel=name, members=[1, 2]))
-    src.on_ids(name, 1, 1001)
+    src.members.channel_create(admin(channel=name, members=[1, 2]))
+    src.ids.on_ids(name, 1, 1001)
     for n in range(1, 31):
         send(src, 1, 100 + n, f"m{n}", channel=name, rid=n)
     turn(src, src_store)
@@ -210,7 +210,7 @@ def test_a_take_cut_short_leaves_no_partial_channel_that_a_restart_serves_or_han
     assert exc.value.code == wire.Err.UNAVAILABLE
     src.adopt(three)                                                   # the node is removed again
     assert src.leaving() == {} and restarted.adopt(three) == {}
-    sync = src.sync({"rid": 1, "uin": 1, "channel": name, "after": 0}, 0.0)
+    sync = src.reads.sync({"rid": 1, "uin": 1, "channel": name, "after": 0}, 0.0)
     assert [m["id"] for m in sync["msgs"]] == list(range(1, 31))
 
 
@@ -243,8 +243,8 @@ def test_a_stale_copy_never_replaces_the_newer_channel_its_new_owner_holds(tmp_p
                        topo_with(tmp_path, ["l1"], 3))
     assert two.logic_for("lobby") == "l2"
     l1, l1_out, l1_store = core_of(tmp_path, "l1", one)
-    l1.on_ids("lobby", 1, 1001)
-    l1.channel_add(admin(channel="lobby", members=[4]))
+    l1.ids.on_ids("lobby", 1, 1001)
+    l1.members.channel_add(admin(channel="lobby", members=[4]))
     for n in range(1, 6):
         send(l1, 1, 100 + n, f"m{n}", channel="lobby", rid=n)
     turn(l1, l1_store)
@@ -254,7 +254,7 @@ def test_a_stale_copy_never_replaces_the_newer_channel_its_new_owner_holds(tmp_p
     l1.adopt(three)
     assert l2.adopt(three) == {"lobby": "l1"}
     took = hand_over(l2, l2_store, l1, l1_store, "l1")
-    sync = l1.sync({"rid": 1, "uin": 1, "channel": "lobby", "after": 0}, 0.0)
+    sync = l1.reads.sync({"rid": 1, "uin": 1, "channel": "lobby", "after": 0}, 0.0)
     assert [m["id"] for m in sync["msgs"]] == [1, 2, 3, 4, 5]
     assert l1.channels["lobby"].members == {1, 2, 3, 4}
     assert took["kept"] == ["lobby"]

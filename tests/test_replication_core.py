@@ -14,8 +14,9 @@ import time
 from nodes.storage import store as keys
 from nodes.cluster import topology
 from nodes.protocol import wire
-from nodes.logic.node import LogicCore
+from nodes.logic.core import LogicCore
 from nodes.logic import replication
+from nodes.logic.placement import ShardPlacement
 from nodes.logic.replication import Replication
 from nodes.storage.store import Store
 
@@ -44,8 +45,10 @@ class Replica:
         self.cluster, self.id = cluster, node_id
         self.store = Store(path)
         self.out = Out()
-        self.core = LogicCore(node_id, cluster.topo, self.store, OnlineAll(), self.out, b"secret-secret-secret")
-        self.repl = Replication(node_id, cluster.topo, self)
+        placement = ShardPlacement(cluster.topo)
+        self.core = LogicCore(node_id, cluster.topo, self.store, OnlineAll(), self.out, b"secret-secret-secret",
+                              placement)
+        self.repl = Replication(node_id, cluster.topo, self, placement)
         self.announced = 0
 
     # what Replication asks of its node
@@ -63,8 +66,7 @@ class Replica:
         self.core.assign(time.time())
         self.repl.stage()
         self.store.flush()
-        self.repl.release()
-        self.core.commit()
+        self.core.commit(self.repl.release())
 
     def acks(self):
         return [m for _i, m in self.out.replies if m.get("t") == "ack"]
@@ -101,18 +103,18 @@ class Cluster:
         for _ in range(3):
             self.pump()
         leader = self.nodes[node_id]
-        assert leader.repl.owns("room"), "the winner does not serve the shard"
+        assert leader.core.placement.owns("room"), "the winner does not serve the shard"
         return leader
 
     def lead(self, node_id, epoch):
         """``node_id`` elected, holding the room's first block of ids (100)."""
         leader = self.elect(node_id, epoch)
-        leader.core.on_ids("room", 1, 101)
+        leader.core.ids.on_ids("room", 1, 101)
         return leader
 
 
 def send(node, uin, ctime, rid):
-    return node.core.send(b"client", {"rid": rid, "uin": uin, "device": 0, "channel": "room",
+    return node.core.sends.send(b"client", {"rid": rid, "uin": uin, "device": 0, "channel": "room",
                                       "ctime": ctime, "text": f"{uin}:{ctime}"})
 
 
@@ -142,7 +144,7 @@ def test_acked_only_when_a_follower_holds_the_record_and_followers_hold_the_same
     assert room_rows(c.nodes["l2"]) == room_rows(leader) == room_rows(c.nodes["l3"])
     # reads on the leader never show what is not acked: a stored but unanswered send
     stored(leader, 3, 99, rid=99)
-    sync = leader.core.sync({"rid": 1, "uin": 1, "channel": "room", "after": 0}, time.time())
+    sync = leader.core.reads.sync({"rid": 1, "uin": 1, "channel": "room", "after": 0}, time.time())
     assert [m["id"] for m in sync["msgs"]] == [1, 2, 3, 4, 5, 6] and sync["upto"] == 6
 
 
@@ -186,7 +188,7 @@ def test_a_replica_that_promised_a_newer_epoch_refuses_the_old_leader(tmp_path):
         assert reply["t"] == "pos"
     stored(old, 2, 20, rid=2)
     c.pump()                                        # rep_no from both: it stops leading
-    assert not old.repl.owns("room")
+    assert not old.core.placement.owns("room")
     replies = [m for _i, m in old.out.replies if m.get("rid") == 2]
     assert replies and replies[0]["t"] == "err" and replies[0]["code"] == "UNAVAILABLE"
     assert [a["rid"] for a in old.acks()] == [1]
@@ -221,6 +223,6 @@ def test_a_leader_whose_lease_ran_out_acks_nothing_even_with_a_follower_holding_
     c.pump()                                        # the followers hold the record ...
     assert c.nodes["l2"].repl.pos[0] == leader.repl.pos[0]
     assert leader.acks() == []                      # ... but it is not acked
-    assert not leader.repl.owns("room")
+    assert not leader.core.placement.owns("room")
     replies = [m for _i, m in leader.out.replies if m.get("rid") == 1]
     assert replies and replies[0]["code"] == "UNAVAILABLE"     # outcome unknown: the retry finds it

@@ -28,12 +28,12 @@ def rows(store, prefix=b""):
 
 def test_a_turn_of_sends_is_one_shard_s_writes_and_pruning_stays_local(tmp_path):
     core, _out, store = make_logic(tmp_path, id_block=10)
-    store.capture = []
-    core.on_ids("room", 1, 11)                                  # the lease row is written here
+    store.start_capture()
+    core.ids.on_ids("room", 1, 11)                                  # the lease row is written here
     for i in range(3):
         send(core, 1 + i, 100 + i, rid=i)
     core.assign(time.time())
-    ops = store.capture
+    ops = store.take_captured()
     by_shard = shards.split(ops, shard_of)
     assert list(by_shard) == [7]
     kinds = sorted({k[:1] for k, _v in by_shard[7]})
@@ -48,7 +48,7 @@ def test_a_turn_of_sends_is_one_shard_s_writes_and_pruning_stays_local(tmp_path)
 
 def test_a_snapshot_replaces_a_diverged_replica_s_shard_and_keeps_the_rest(tmp_path):
     core, _out, leader = make_logic(tmp_path / "a", id_block=10)
-    core.on_ids("room", 1, 11)
+    core.ids.on_ids("room", 1, 11)
     for i in range(3):
         send(core, 1, 100 + i, rid=i)
     turn(core, leader)

@@ -2,7 +2,7 @@
 
 ``bin/mesh reshard`` on a running mesh (nodes/cli/reshard_cli.py) first makes
 every logic node adopt the new topology (nodes/cluster/topochange.py): a channel it
-places elsewhere stops being served here at once (LogicCore.leaving).  Then,
+places elsewhere stops being served here at once (nodes/logic/core.py, LogicCore.leaving).  Then,
 for each old owner and new owner, the operator's tool pages the channels'
 rows out of the old owner (``handoff``), into the new owner (``take``; the
 first page clears whatever the new owner held of them, the last one loads
@@ -203,10 +203,7 @@ class Handoff:
             self.kept = {n for n in names if n in held and n in (boundaries or ())   # not said: replaced
                          and held[n].boundary() > boundaries[n]}
             fresh = [n for n in names if n not in self.kept]
-            self.core.incoming.update(fresh)   # until the last page: not served (requests: UNAVAILABLE),
-            for name in fresh:                 # nor loaded by a restart (nodes/logic/node.py load)
-                self.store.put(keys.taking_key(name), b"")
-            self.core.forget(fresh)
+            self.core.begin_take(fresh)        # until the last page: not served, nor loaded by a restart
             for key, _value in list(shards.channel_rows(self.store, set(fresh).__contains__, sends=False)):
                 self.store.delete(key)             # send rows: see handle_done
         rows = [[key, value] for key, value, channel in checked if channel not in self.kept]
@@ -217,13 +214,7 @@ class Handoff:
         kept, loaded = sorted(self.kept), []
         if msg.get("last") is True:
             loaded = [n for n in names if n not in self.kept]
-            for name in loaded:
-                self.store.delete(keys.taking_key(name))
-            self.store.flush()                 # load reads the store, not the staged batch
-            self.core.forget(loaded)
-            self.core.incoming.difference_update(loaded)
-            self.core.load(set(loaded).__contains__)
-            self.core.sent_cursor = None       # moved ``x`` rows may sort before where pruning was
+            self.core.end_take(loaded)
             self.kept = set()
         return wire.reply("take", msg["rid"], n=len(rows), loaded=len(loaded), kept=kept)
 

@@ -27,8 +27,8 @@ import logging
 import time
 
 from nodes.storage import shards
-from nodes.storage import store as keys
 from nodes.protocol import wire
+from nodes.logic.placement import ShardPlacement
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Lead:
         self.snapping = set()                 # followers being sent a snapshot
         self.checked = {}                     # follower -> when it was last asked for its position
         self.first = None                     # seq of the epoch's first record: serving starts once it
-        self.ready = False                    # is on a majority (then everything before it is too)
+        #                                       is on a majority (then everything before it is too)
 
     @property
     def seq(self) -> int:
@@ -83,20 +83,21 @@ class Replication:
     """Every shard this logic node replicates; plugs into the node loop through small hooks.
 
     ``node`` provides ``to_logic(peer, msg, callback, timeout)``, ``reply(ident, msg)``,
-    ``announce()`` (tell brokers who leads what, now) and ``store``/``core``.
+    ``announce()`` (tell brokers who leads what, now) and ``store``/``core``; ``placement``
+    is the ShardPlacement the core was built with (this class keeps it up to date).
     """
 
-    def __init__(self, node_id, topo, node):
+    def __init__(self, node_id, topo, node, placement: ShardPlacement):
         self.id = node_id
         self.topo = topo
         self.node = node
         self.store = node.store
         self.core = node.core
+        self.placement = placement
         self.shards = set(topo.shards_of(node_id))
         self.majority = topo.replication // 2 + 1
         self.pos = {s: shards.get_position(self.store, s) for s in self.shards}
         self.known = {s: self.pos[s][0] for s in self.shards}    # newest epoch heard per shard: the fence
-        self.leaders = {}                     # shard -> (node, epoch), from etcd via the coordinator
         self.lease_until = 0.0                # monotonic: acks only before this
         self.lead = {}                        # shard -> Lead, shards this node serves
         self.promoting = {}                   # shard -> {"epoch", "answers", "asked"}
@@ -104,29 +105,15 @@ class Replication:
         self.receiving = {}                   # shard -> next snapshot page expected
         self.stats = {"records": 0, "applied": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                       "refused": 0}
-        self.store.capture = []
-        self.core.placement = self
-
-    # --- placement (asked by the core) ---------------------------------------
-    def owns(self, name: str) -> bool:
-        lead = self.lead.get(self.topo.shard_of(name))
-        return lead is not None and lead.ready
-
-    def leader(self, name: str):
-        leader = self.leaders.get(self.topo.shard_of(name))
-        return leader[0] if leader else None
-
-    def leading(self) -> dict:
-        """{shard: epoch} of the shards served here (published in ticks to brokers)."""
-        return {s: lead.epoch for s, lead in self.lead.items() if lead.ready}
+        self.store.start_capture()            # each turn's writes become records (stage)
 
     # --- from the coordinator -------------------------------------------------
     def on_coordinator(self, msg: dict) -> None:
         if msg.get("t") == "lease":
             self.lease_until = msg["until"]
         elif msg.get("t") == "leaders":
-            self.leaders = {int(s): (v[0], v[1]) for s, v in msg["map"].items()}
-            for s, (_node, epoch) in self.leaders.items():
+            self.placement.leaders = {int(s): (v[0], v[1]) for s, v in msg["map"].items()}
+            for s, (_node, epoch) in self.placement.leaders.items():
                 if s in self.known:
                     self.known[s] = max(self.known[s], epoch)
         self.reconcile()
@@ -138,7 +125,7 @@ class Replication:
         """Lead exactly the shards etcd says are ours, while the lease holds."""
         valid = self.lease_valid()
         for s in self.shards:
-            node, epoch = self.leaders.get(s, (None, 0))
+            node, epoch = self.placement.leaders.get(s, (None, 0))
             mine = valid and node == self.id
             lead = self.lead.get(s)
             if lead is not None and (not mine or lead.epoch != epoch):
@@ -156,8 +143,8 @@ class Replication:
 
     def stage(self) -> None:
         """Turn end, before the batch is written: this turn's writes become records."""
-        ops, self.store.capture = self.store.capture, []
-        committed, self.core.committed = self.core.committed, []
+        ops = self.store.take_captured()
+        committed = self.core.take_committed()
         by_shard = shards.split(ops, self.topo.shard_of)
         recs = {}
         for rec in committed:
@@ -227,12 +214,13 @@ class Replication:
                 return
         self._send_snapshot(lead, f)
 
-    def release(self) -> None:
-        """After the batch is written: ack what a majority holds, in seq order, while the lease holds."""
+    def release(self) -> list:
+        """After the batch is written: the sends a majority holds now, in seq order, while the
+        lease holds (the node passes them to the core's commit); admin replies leave here."""
         if not self.lease_valid():
             if self.lead:
                 self.reconcile()
-            return
+            return []
         released = []                          # sends of every record released now: one commit, so
         for lead in list(self.lead.values()):  # their deliveries leave in one PUB frame per broker
             upto = lead.commit_index(self.majority)
@@ -249,14 +237,13 @@ class Replication:
                 for ident, reply in record.replies:
                     self.node.reply(ident, reply)
                 record.recs = record.replies = None
-            if not lead.ready and lead.released >= lead.first:
-                lead.ready = True
+            if lead.shard not in self.placement.serving and lead.released >= lead.first:
+                self.placement.serving[lead.shard] = lead.epoch
                 log.info("shard %d: serving at epoch %d", lead.shard, lead.epoch)
                 self.node.announce()
             while len(lead.log) > RETAINED and lead.log[0].seq <= lead.released:
                 del lead.log[0]
-        if released:
-            self.core.commit(released)
+        return released
 
     def _catch_up(self, lead: Lead, f: str) -> None:
         """A live follower behind gets the next records it lacks, in order and in chunks, as
@@ -365,6 +352,7 @@ class Replication:
 
     def _activate(self, s: int, epoch: int) -> None:
         self.promoting.pop(s, None)
+        self.placement.serving.pop(s, None)        # served once the epoch's first record is on a majority
         lead = self.lead[s] = Lead(s, epoch, self.pos[s], self._others(s))
         self.core.load(lambda name: self.topo.shard_of(name) == s)
         self._append(lead, [], [], [])             # the first record of the epoch: followers adopt it
@@ -376,6 +364,7 @@ class Replication:
         lead = self.lead.pop(s, None)
         if lead is None:
             return
+        self.placement.serving.pop(s, None)
         log.warning("shard %d: no longer leading (%s)", s, why)
         for record in lead.log:
             if record.seq > lead.released and record.recs is not None:
@@ -436,12 +425,9 @@ class Replication:
         return wire.reply("rep_gap", msg["rid"], shard=s, pos=list(pos))
 
     def _apply(self, s: int, ops, position) -> None:
-        capture, self.store.capture = self.store.capture, None     # applied rows are not re-shipped
-        try:
+        with self.store.uncaptured():             # applied rows are not re-shipped
             self._write(ops)
             shards.put_position(self.store, s, position)
-        finally:
-            self.store.capture = capture
         self.pos[s] = position
         self.stats["applied"] += 1
 
@@ -457,11 +443,7 @@ class Replication:
         """A device's newest client time over every shard held here; the core's table follows."""
         if not shards.newer_dedup(self.store, key, value):
             return False
-        ctime, _channel, msg_id = keys.decode(value)[:3]
-        uin, device = int.from_bytes(key[1:5], "big"), int.from_bytes(key[5:9], "big")
-        recorded = self.core.dedup.get(uin, device)
-        if recorded is None or recorded[0] < ctime:
-            self.core.dedup.commit(uin, device, ctime, msg_id)
+        self.core.note_dedup_row(key, value)
         return True
 
     def on_snap(self, _ident, msg, _now=None) -> dict:
@@ -477,8 +459,7 @@ class Replication:
         if type(part) is not int or type(parts) is not int or not 0 <= part < parts \
                 or not isinstance(pos, list) or len(pos) != 2:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, "snap needs part < parts and pos [epoch, seq]")
-        capture, self.store.capture = self.store.capture, None     # installed rows are not re-shipped
-        try:
+        with self.store.uncaptured():             # installed rows are not re-shipped
             if part == 0:
                 shards.clear(self.store, s, self.topo.shard_of)
                 self.pos[s] = (0, 0)
@@ -492,8 +473,6 @@ class Replication:
             del self.receiving[s]
             shards.put_position(self.store, s, pos)
             self.store.flush()                     # a promoting node loads the shard from it next
-        finally:
-            self.store.capture = capture
         self.pos[s] = tuple(pos)
         self.stats["snapshots_installed"] += 1
         log.info("shard %d: installed a snapshot (%d pages) at %s", s, parts, self.pos[s])
@@ -534,7 +513,7 @@ class Replication:
     def describe(self, name: str) -> dict:
         """What ``bin/mesh channel show`` adds: shard, replicas, leader, epoch."""
         s = self.topo.shard_of(name)
-        leader, epoch = self.leaders.get(s, (None, 0))
+        leader, epoch = self.placement.leaders.get(s, (None, 0))
         return {"shard": s, "replicas": self.topo.replicas_of(s), "leader": leader, "epoch": epoch}
 
 

@@ -8,17 +8,13 @@ topology's CURVE keys: these requests go out with the ``admin`` keypair
 """
 from __future__ import annotations
 
-import errno
 import itertools
-import select
-import socket
-import time
 
 import zmq
 
 from nodes.protocol import auth, wire
 
-from nodes.runtime import curve
+from nodes.runtime import curve, statusprobe
 
 from nodes.cluster import rendezvous
 from nodes.runtime.logs import events
@@ -72,13 +68,9 @@ class Admin:
         return reply if reply and reply.get("t") == "status" else None
 
     def status_all(self, node_ids, timeout: float | None = None) -> dict:
-        """Ask many nodes for their status at once: {id: status map or None}.
-
-        A node whose rpc port refuses the TCP connection is down at once (a
-        stopped mesh answers in milliseconds); the others get the whole
-        ``timeout`` together, so one busy node is not reported down because
-        the nodes asked before it were slow.
-        """
+        """Ask many nodes for their status at once: {id: status map or None}
+        (nodes/runtime/statusprobe.py: a refused port is down at once, the rest share
+        ``timeout``)."""
         return {n: reply for n, (reply, _rtts) in self._status_rounds(node_ids, 1, timeout).items()}
 
     def round_trips(self, node_ids, rounds: int = 3, timeout: float | None = None) -> dict:
@@ -93,54 +85,9 @@ class Admin:
 
     def _status_rounds(self, node_ids, rounds: int, timeout: float | None) -> dict:
         """{id: (last status map or None, [round trip of each answered request])}, in parallel."""
-        timeout = self.timeout if timeout is None else timeout
         identity = self.identity              # a missing admin key is an error even if all are down
-        ids = list(node_ids)
-        out = {n: (None, []) for n in ids}
-        listening = probe_tcp({n: self.topo.node(n).endpoint("rpc") for n in ids}, min(timeout, 2.0))
-        socks, poller, sent = {}, zmq.Poller(), {}
-        try:
-            for node_id in ids:
-                if not listening.get(node_id):
-                    continue
-                sock = socks[node_id] = self.ctx.socket(zmq.DEALER)
-                sock.setsockopt(zmq.LINGER, 0)
-                identity.connect(sock, self.topo.node(node_id).endpoint("rpc"))
-                sent[node_id] = self._send_status(sock)
-                poller.register(sock, zmq.POLLIN)
-            by_sock = {s: n for n, s in socks.items()}
-            deadline = time.monotonic() + timeout
-            pending = set(socks)
-            while pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                for sock, _ in poller.poll(int(left * 1000) + 1):
-                    node_id = by_sock[sock]
-                    try:
-                        reply = wire.unpack(sock.recv(zmq.NOBLOCK), INTERNAL_MAX_FRAME)
-                    except (zmq.Again, wire.ProtocolError):
-                        continue
-                    rid, t0 = sent[node_id]
-                    if reply.get("rid") not in (None, rid):      # a late answer to an earlier round
-                        continue
-                    last, rtts = out[node_id]
-                    if reply.get("t") == "status":
-                        out[node_id] = (reply, rtts + [time.monotonic() - t0])
-                    if reply.get("t") != "status" or len(out[node_id][1]) >= rounds:
-                        pending.discard(node_id)
-                    else:
-                        sent[node_id] = self._send_status(sock)
-        finally:
-            for sock in socks.values():
-                sock.close(0)
-        return out
-
-    def _send_status(self, sock) -> tuple[int, float]:
-        rid = next(self._rids)
-        t0 = time.monotonic()
-        sock.send(wire.pack({"t": "status", "rid": rid}))
-        return rid, t0
+        return statusprobe.status_rounds(self.ctx, identity, {n: self.topo.node(n).endpoint("rpc") for n in node_ids},
+                                         rounds, self.timeout if timeout is None else timeout, self._rids)
 
     def channel(self, op: str, name: str, members=(), lifetime: float | None = None) -> dict:
         """create/add/remove/show on the logic node owning the channel (``lifetime``: create only)."""
@@ -215,37 +162,3 @@ def nearest_home(topo: Topology, name: str, rtts: dict) -> dict:
 
 def _ms(rtt: float | None) -> str:
     return "no answer" if rtt is None else f"{rtt * 1000:.1f} ms"
-
-
-def probe_tcp(endpoints: dict, timeout: float) -> dict:
-    """{key: True if something accepts TCP connections at the tcp:// endpoint}, all in parallel."""
-    out, pending = {}, {}
-    for key, ep in endpoints.items():
-        host, _, port = ep[len("tcp://"):].rpartition(":")
-        try:
-            family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), int(port),
-                                                              type=socket.SOCK_STREAM)[0]
-            sock = socket.socket(family, kind, proto)
-        except (OSError, ValueError):
-            out[key] = False
-            continue
-        sock.setblocking(False)
-        err = sock.connect_ex(addr)
-        if err in (0, errno.EINPROGRESS):
-            pending[sock] = key
-        else:
-            out[key] = False
-            sock.close()
-    deadline = time.monotonic() + timeout
-    while pending:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        _, writable, _ = select.select([], list(pending), [], left)
-        for sock in writable:
-            out[pending.pop(sock)] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-            sock.close()
-    for sock, key in pending.items():         # no answer in time: leave it to the rpc timeout
-        out[key] = True
-        sock.close()
-    return out

@@ -323,6 +323,11 @@ def topic(node_id: str) -> bytes:
     return node_id.encode() + b"\x00"
 
 
+# The routers' PUB topic of presence deltas, which every logic node subscribes to
+# (a broker's own topic is ``topic(broker id)``; this one has no terminator).
+PRESENCE_TOPIC = b"presence"
+
+
 def request_rid(msg: dict):
     """The request id to echo, if the message carries a usable one."""
     rid = msg.get("rid")

@@ -6,7 +6,7 @@ channels.  Replication needs two things from the key layout:
 - ``split``: a loop turn's staged writes, grouped by shard, to ship as
   records.  ``m``/``c``/``i``/``l`` rows name their channel in the key, an
   ``e`` put names it in its value, and the ``x`` and ``d`` puts that
-  ``LogicCore.assign`` stages right after a message's ``m``/``e`` puts belong
+  ``Ids.assign`` (nodes/logic/ids.py) stages right after a message's ``m``/``e`` puts belong
   to that message's shard.  Deletes of ``e``/``x``/``d`` rows (pruning of
   rows past their lifetime) stay local: every replica prunes by time itself.
 - ``snapshot`` / ``install``: every row of a shard, to bring a wiped or

@@ -25,6 +25,7 @@ another whose name starts the same.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -181,6 +182,26 @@ class Store:
             it.prev()
         out.reverse()
         return out
+
+    # --- capture (replication ships a turn's writes: nodes/logic/replication.py) --------
+    def start_capture(self) -> None:
+        """From now on every staged put and delete is also recorded, for ``take_captured``."""
+        if self.capture is None:
+            self.capture = []
+
+    def take_captured(self) -> list:
+        """The (key, value or None) staged since the last call, in order."""
+        ops, self.capture = self.capture, []
+        return ops
+
+    @contextlib.contextmanager
+    def uncaptured(self):
+        """Writes staged within are not recorded (rows applied from a leader are not re-shipped)."""
+        capture, self.capture = self.capture, None
+        try:
+            yield
+        finally:
+            self.capture = capture
 
     # --- writes --------------------------------------------------------------
     def put(self, key: bytes, value: bytes) -> None:

@@ -1,0 +1,99 @@
+"""A channel's in-memory state and the forms of a message (pending, stored, pushed).
+
+Every part of the logic core (nodes/logic/core.py) works on these: kept apart so
+that none of them owns the shape of a channel, and the shapes are read in one place.
+``ChannelState`` keeps a channel's members, its queue of newest ids, its leased
+id blocks and the sends waiting for an id; the stored record of a message is a
+list (nodes/storage/store.py keeps it as it is), pushed to clients by ``push_of``.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+from array import array
+
+from fastpath import IdRing
+
+from nodes.storage import store as keys
+
+
+class Pending:
+    """A new message waiting for its id; ``waiters`` are requests to ack."""
+
+    __slots__ = ("uin", "device", "ctime", "text", "frag", "channel", "waiters", "id", "stime", "expiry")
+
+    def __init__(self, uin, device, ctime, text, frag, channel, waiter):
+        self.uin, self.device, self.ctime, self.text, self.frag = uin, device, ctime, text, frag
+        self.channel = channel
+        self.waiters = [waiter]
+        self.id = self.stime = self.expiry = None
+
+    def record(self) -> list:
+        """The stored form: [uin, device, ctime, stime ms, expiry s, text, frag or nil]."""
+        return [self.uin, self.device, self.ctime, self.stime, self.expiry, self.text, self.frag]
+
+
+def push_of(channel: str, msg_id: int, record: list) -> dict:
+    """The pushed (and synced) form of a stored message."""
+    uin, device, ctime, stime, _expiry, text = record[:6]
+    push = {"t": "msg", "channel": channel, "id": msg_id, "uin": uin, "device": device,
+            "ctime": ctime, "stime": stime, "text": text}
+    if len(record) > 6 and record[6] is not None:
+        push["frag"] = record[6]
+    return push
+
+
+class ChannelState:
+    """One channel served here: members, id queue, leased blocks, waiting sends."""
+
+    __slots__ = ("name", "members", "member_array", "ring", "leases", "next_id", "last_id", "visible",
+                 "waiting", "alloc_inflight", "lifetime", "fanout", "fanout_version", "prefix")
+
+    def __init__(self, name: str, members, queue: int, lifetime=None):
+        self.name = name
+        self.prefix = keys.channel_prefix(name)     # its message keys: prefix + id (built per message)
+        self.lifetime = lifetime              # seconds; None: the topology's default
+        self.set_members(members)
+        self.ring = IdRing(queue)             # newest ids of the channel (its queue)
+        self.leases = collections.deque()     # [start, end) blocks not yet used up
+        self.next_id = 0                      # next id to assign (within leases[0])
+        self.last_id = 0                      # newest stored id
+        self.visible = 0                      # newest acked id: reads never show more (with replication
+        #                                       a stored message waits for its majority before that)
+        self.waiting = collections.deque()    # Pending, in arrival order
+        self.alloc_inflight = False
+
+    def set_members(self, members) -> None:
+        self.members = set(members)
+        self.member_array = array("I", sorted(self.members))   # for OnlineBitmap.filter_online
+        self.fanout, self.fanout_version = None, -1            # {broker: [uin]}, per presence version
+
+    def boundary(self) -> int:
+        """The first id this channel does not hold (used or leased): what alloc's ``have`` says."""
+        return max(self.next_id, self.last_id + 1, *(e for _s, e in self.leases))
+
+    def available(self) -> int:
+        if not self.leases:
+            return 0
+        return self.leases[0][1] - self.next_id + sum(
+            end - start for start, end in itertools.islice(self.leases, 1, None))
+
+    def take_id(self) -> int | None:
+        while self.leases and self.next_id >= self.leases[0][1]:
+            self.leases.popleft()
+            if self.leases:
+                self.next_id = self.leases[0][0]
+        if not self.leases:
+            return None
+        msg_id = self.next_id
+        self.next_id += 1
+        return msg_id
+
+    def add_lease(self, start: int, end: int) -> bool:
+        """Accept a block from the counter if it lies beyond every id we know."""
+        if start < self.boundary() or end <= start:
+            return False
+        if not self.leases:
+            self.next_id = start
+        self.leases.append((start, end))
+        return True

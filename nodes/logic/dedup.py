@@ -1,0 +1,82 @@
+"""Is a send a retry?  The newest client time per device, and the send index behind it.
+
+A send is keyed (uin, device, ctime).  Every send stored within its lifetime
+keeps an index row (``e``: key -> channel, id, text digest), so a retry learns its
+original id whatever the device sent after it.  The newest client time per device
+(the Cython ``DedupTable``, mirrored by the ``d`` rows) lets a send newer than
+anything stored skip that lookup: the common case costs no read.  Kept apart
+because the send path, the commit, retention (nodes/logic/retention.py), a
+hand-over and a replication follower all feed or read the same table.
+"""
+from __future__ import annotations
+
+from fastpath import DedupTable
+
+from nodes.storage import store as keys
+
+
+def device_of(key: bytes) -> tuple[int, int]:
+    """(uin, device) of a ``d`` row's key."""
+    return int.from_bytes(key[1:5], "big"), int.from_bytes(key[5:9], "big")
+
+
+class Dedup:
+    """State: ``table`` ((uin, device) -> (newest ctime, its id)) and ``loaded`` (the
+    stored ``d`` rows are read into it once; later rows arrive through ``note_row``)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.table = DedupTable()
+        self.loaded = False
+
+    def load(self) -> None:
+        """Read the stored ``d`` rows, once (a later load of more channels finds them known)."""
+        if self.loaded:
+            return
+        for key, raw in self.store.scan(b"d"):
+            self.note_row(key, raw)
+        self.loaded = True
+
+    def get(self, uin: int, device: int):
+        """(ctime, id) of the device's newest stored send, or None."""
+        return self.table.get(uin, device)
+
+    def note(self, uin: int, device: int, ctime: int, msg_id: int) -> None:
+        """A stored send of the device, unless the table knows a newer one."""
+        recorded = self.table.get(uin, device)
+        if recorded is None or recorded[0] < ctime:
+            self.table.commit(uin, device, ctime, msg_id)
+
+    def note_row(self, key: bytes, raw: bytes) -> None:
+        """A device's newest send (a ``d`` row) into the table, unless it knows a newer one."""
+        ctime, _channel, msg_id = keys.decode(raw)[:3]
+        self.note(*device_of(key), ctime, msg_id)
+
+    def forget(self, uin: int, device: int, ctime: int) -> bool:
+        """Drop the device if its newest send is still the one at ``ctime`` (retention)."""
+        recorded = self.table.get(uin, device)
+        if recorded is None or recorded[0] != ctime:
+            return False
+        self.table.remove(uin, device)
+        return True
+
+    def stored(self, uin, device, ctime):
+        """(channel, id, crc32 of the text) of the message stored for this (uin, device,
+        ctime), or None."""
+        newest = self.table.get(uin, device)
+        if newest is not None and ctime > newest[0]:
+            return None                                # newer than anything stored: no lookup
+        raw = self.store.get(keys.sent_key(uin, device, ctime))
+        return None if raw is None else (*keys.sent_of_value(raw), keys.sent_digest(raw))
+
+    def newest_staged(self, rec, staged: dict) -> bool:
+        """Is ``rec`` the device's newest send so far (``staged``: newest ctime per device of
+        this turn)?  Pipelined sends of one device to two channels can be stored out of
+        client-time order; the ``d`` row must keep the newest."""
+        key = (rec.uin, rec.device)
+        recorded = self.table.get(*key)
+        newest = max(staged.get(key, -1), recorded[0] if recorded else -1)
+        if rec.ctime <= newest:
+            return False
+        staged[key] = rec.ctime
+        return True

@@ -1,0 +1,96 @@
+"""Channel membership: who may send to and read a channel, changed by the operator.
+
+``channel_create``/``add``/``remove``/``show`` carry an admin token minted from the
+cluster secret (nodes/ops/admin.py); ``member`` answers a relay before it serves
+media.  A change is stored with the turn's batch and keeps the fan-out index
+(nodes/logic/fanout.py) in step.  Kept apart from the send path: it is the only
+part that writes a channel's ``c`` row and the only one that checks admin tokens
+for channels.
+"""
+from __future__ import annotations
+
+from nodes.protocol import auth, wire
+from nodes.storage import store as keys
+from nodes.runtime.logs import events
+from nodes.logic.channels import ChannelState
+
+
+class Membership:
+    """No state of its own beyond the channels' members (on each ChannelState)."""
+
+    def __init__(self, serving, store, fanout, secret: bytes, queue: int):
+        self.serving, self.store, self.fanout = serving, store, fanout
+        self.secret = secret
+        self.queue = queue                    # a new channel's queue length (channel_queue)
+
+    def create(self, name, members, lifetime=None) -> ChannelState:
+        """A new channel, held and served here from now on (its ``c`` row is staged)."""
+        ch = self.serving.channels[name] = ChannelState(name, members, self.queue, lifetime)
+        self.fanout.index(ch, ())
+        ch.next_id = 1
+        self.save(ch)
+        return ch
+
+    def save(self, ch) -> None:
+        self.store.put(keys.channel_key(ch.name), keys.encode({"members": sorted(ch.members),
+                                                               "lifetime": ch.lifetime}))
+
+    # --- membership ----------------------------------------------------------
+    def member(self, msg, _now=None) -> dict:
+        """Is the uin a member of the channel?  (Asked by relays before serving media.)"""
+        ch = self.serving.owned(msg["channel"])
+        return wire.reply("member", msg["rid"], channel=ch.name, uin=msg["uin"],
+                          member=msg["uin"] in ch.members)
+
+    def _admin(self, msg, must_exist=True):
+        auth.verify(self.secret, msg["auth"], scope="admin")
+        name = msg["channel"]
+        if must_exist:
+            return self.serving.owned(name)
+        self.serving.check(name)
+        return None
+
+    def _check_members(self, members):
+        if len(members) > self.serving.topo.limits["max_members"]:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, "too many members")
+
+    def channel_create(self, msg, _now=None):
+        self._admin(msg, must_exist=False)
+        self._check_members(msg["members"])
+        if msg["channel"] in self.serving.channels:
+            raise wire.ProtocolError(wire.Err.CHANNEL_EXISTS, f"channel {msg['channel']!r} exists")
+        lifetime = msg.get("lifetime")
+        if lifetime is not None and (type(lifetime) not in (int, float) or not 0 < lifetime < 10**9):
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, "lifetime must be a positive number of seconds")
+        ch = self.create(msg["channel"], msg["members"], lifetime)
+        events.admin("create", ch.name, members=len(ch.members))
+        return self._members_reply(msg, ch)
+
+    def channel_add(self, msg, _now=None):
+        ch = self._admin(msg)
+        members = set(msg["members"]) | ch.members
+        self._check_members(members)
+        self._set_members(ch, members)
+        self.save(ch)
+        events.admin("add", ch.name, members=len(msg["members"]))
+        return self._members_reply(msg, ch)
+
+    def channel_remove(self, msg, _now=None):
+        ch = self._admin(msg)
+        self._set_members(ch, ch.members - set(msg["members"]))
+        self.save(ch)
+        events.admin("remove", ch.name, members=len(msg["members"]))
+        return self._members_reply(msg, ch)
+
+    def channel_show(self, msg, _now=None):
+        return self._members_reply(msg, self._admin(msg))
+
+    @staticmethod
+    def _members_reply(msg, ch):
+        return wire.reply("channel", msg["rid"], channel=ch.name, members=sorted(ch.members),
+                          last=ch.visible, lifetime=ch.lifetime)
+
+    def _set_members(self, ch, members) -> None:
+        old = ch.members
+        ch.set_members(members)
+        self.fanout.index(ch, old)

@@ -1,0 +1,86 @@
+"""The send path: accept a send, and once it is stored, ack it and fan it out.
+
+Per request: membership check -> dedup by (uin, device, client time) -> queue
+for an id (nodes/logic/ids.py).  A (uin, device, ctime) seen before is a retry:
+acked with the original id, or joined to the send still being stored; anything
+else is new, whatever its order, so no client time can lock a device out.
+``commit`` is the one place sends are acked: after the turn's batch is written
+(with replication: once a majority holds it), every waiter gets its ack, the
+dedup table learns the send and the message is queued for fan-out.  A send
+whose outcome this node can no longer promise is answered UNAVAILABLE
+(``abandon``): the client retries with the same ctime wherever the channel went.
+"""
+from __future__ import annotations
+
+from nodes.protocol import wire
+from nodes.storage import store as keys
+from nodes.logic.channels import Pending
+
+
+def ack(rid, channel, device, ctime, msg_id):
+    return wire.reply("ack", rid, channel=channel, device=device, ctime=ctime, id=msg_id)
+
+
+class Sends:
+    """State: ``inflight`` ((uin, device, ctime) -> Pending not yet acked: a retry joins it)."""
+
+    def __init__(self, serving, dedup, ids, fanout, out, stats):
+        self.serving, self.dedup, self.ids, self.fanout = serving, dedup, ids, fanout
+        self.out, self.stats = out, stats
+        self.inflight: dict[tuple, Pending] = {}
+
+    def send(self, ident: bytes, msg: dict, _now=None):
+        """Accept a send; return an immediate reply (retry, error) or None (acked later)."""
+        uin, device, ctime, rid = msg["uin"], msg["device"], msg["ctime"], msg["rid"]
+        ch = self.serving.member_channel(msg["channel"], uin)
+        key = (uin, device, ctime)
+        waiter = (ident, rid)
+        pending = self.inflight.get(key)
+        if pending is not None:
+            if pending.channel != ch.name or pending.text != msg["text"]:
+                raise wire.ProtocolError(wire.Err.STALE, "client time reused for another message")
+            pending.waiters.append(waiter)           # retry of a send still being stored
+            self.stats["retries"] += 1
+            return None
+        stored = self.dedup.stored(uin, device, ctime)
+        if stored is not None:
+            channel, msg_id, digest = stored
+            if channel != ch.name:
+                raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} was used for a message "
+                                         "to another channel")
+            if digest != keys.text_digest(msg["text"]):
+                raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} was used for another "
+                                         "message (a different text): not a retry, nothing stored")
+            self.stats["retries"] += 1
+            return ack(rid, ch.name, device, ctime, msg_id)
+        rec = Pending(uin, device, ctime, msg["text"], msg.get("frag"), ch.name, waiter)
+        self.ids.enqueue(ch, rec)                    # BUSY if too many wait
+        self.inflight[key] = rec
+        return None
+
+    def commit(self, committed) -> None:
+        """These sends are stored (on disk; with replication: on a majority): record dedup,
+        ack every waiter, fan out -- all of a turn's deliveries in one frame per broker."""
+        channels = self.serving.channels
+        for rec in committed:
+            key = (rec.uin, rec.device, rec.ctime)
+            self.dedup.note(rec.uin, rec.device, rec.ctime, rec.id)   # a newer send may have won the race
+            if self.inflight.get(key) is rec:
+                del self.inflight[key]
+            self.stats["acks"] += len(rec.waiters)
+            ch = channels.get(rec.channel)
+            if ch is not None and rec.id > ch.visible:
+                ch.visible = rec.id
+            for ident, rid in rec.waiters:
+                self.out.reply(ident, ack(rid, rec.channel, rec.device, rec.ctime, rec.id))
+            self.fanout.fan_out(channels[rec.channel], rec)
+        self.stats["stored"] += len(committed)
+        self.fanout.publish_turn()
+
+    def abandon(self, recs, why: str) -> None:
+        """Sends whose outcome this node can no longer promise (it stopped leading their shard):
+        UNAVAILABLE, so the client retries with the same ctime wherever the shard went."""
+        for rec in recs:
+            self.inflight.pop((rec.uin, rec.device, rec.ctime), None)
+            for ident, rid in rec.waiters:
+                self.out.reply(ident, wire.error(rid, wire.Err.UNAVAILABLE, why))
