@@ -5,7 +5,8 @@ import pytest
 
 from nodes.protocol import auth, wire
 from nodes.broker.node import OWNER_DOWN_AFTER, START_GRACE, BrokerCore
-from nodes.protocol.dispatch import Dispatcher
+from nodes.protocol import schema
+from nodes.protocol.dispatch import Dispatcher, PubDispatcher
 from nodes.runtime.sessions import SessionTable
 
 from test_cores import one_logic_topology
@@ -47,6 +48,48 @@ def test_repeated_failures_log_one_traceback_per_window(caplog):
 def test_every_schema_needs_a_handler():
     with pytest.raises(ValueError):
         Dispatcher(SCHEMAS, {"ok": handlers()["ok"]})
+
+
+def test_a_dispatcher_with_bound_limits_refuses_by_the_schema_before_the_handler():
+    served = []
+    d = Dispatcher(schema.CLIENT_REQUESTS, {t: lambda _i, m, _n: served.append(m) for t in schema.CLIENT_REQUESTS},
+                   limits={"max_text": 4, "max_fragments": 3, "max_channels": 1})
+    send = {"t": "send", "rid": 1, "sid": 1, "channel": "a", "ctime": 1}
+    assert d.one(b"id", dict(send, text="12345"), 0.0)["code"] == wire.Err.TOO_LONG
+    assert d.one(b"id", dict(send, text="1", frag=[1, 0, 4]), 0.0)["limit"] == 3
+    assert d.one(b"id", {"t": "hb", "rid": 2, "sid": 1, "channels": {"a": 0, "b": 0}}, 0.0)["code"] == wire.Err.TOO_MANY
+    assert served == []
+    d.one(b"id", dict(send, text="1234", frag=[1, 2, 3]), 0.0)
+    assert len(served) == 1
+
+
+def test_pub_frames_are_validated_and_routed_by_kind_and_a_failure_costs_one_map(caplog):
+    got = []
+
+    def tick(msg):
+        if msg["logic"] == "bad":
+            raise RuntimeError("bug")
+        got.append(("tick", msg["logic"]))
+    pubs = PubDispatcher(wire.PUB_FRAMES["logic"], {"tick": tick, "msgs": lambda m: got.append(("msgs", len(m["items"])))},
+                         source="logic", clock=lambda: 0.0)
+    pubs.frame(wire.pack([{"t": "tick", "logic": "l1"}, {"t": "tick"}, {"t": "msgs", "items": {}},
+                          {"t": "tick", "logic": "bad"}, {"t": "msgs_idc", "packs": [], "to": {}},
+                          {"t": "msgs", "items": [[b"x", [1], 2, 3]]}]), 1 << 20)
+    assert got == [("tick", "l1"), ("msgs", 1)]
+    assert pubs.refused == {"tick": 1, "msgs": 1} and pubs.ignored == {"msgs_idc": 1}
+    assert pubs.failures.total == 1
+    pubs.frame(b"\xc1", 1 << 20)                                # undecodable: dropped, logged
+    assert "bad frame from a logic" in caplog.text
+    with pytest.raises(ValueError):
+        PubDispatcher(wire.PUB_FRAMES["router"], {"msgs": print})
+
+
+def test_a_single_callable_subscriber_gets_every_map_validated_by_kind():
+    got = []
+    pubs = PubDispatcher(wire.PUB_FRAMES["router"], {}, got.append, source="router")
+    kick = {"t": "kick", "uin": 1, "device": 2, "broker": "b1", "by": "b2"}
+    pubs.frame(wire.pack([kick, {"t": "kick", "uin": 1}, {"t": "future_kind"}]), 1 << 20)
+    assert got == [kick, {"t": "future_kind"}]
 
 
 def test_sessions_need_their_sid_end_after_silence_and_remember_why():

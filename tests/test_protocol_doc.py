@@ -1,8 +1,11 @@
 """docs/protocol.md against nodes/protocol/wire.py: the doc a third-party client is written from cannot drift.
 
 Checked: the protocol version, the table of error codes, the lists of refused
-and unknown send outcomes, every client request type with each of its
-fields, every internal and relay request type, and the kicked reasons.
+and unknown send outcomes, the "Frame reference" (every frame kind, field by
+field: type, required or optional, limit) against what nodes/protocol/schemadoc.py
+renders from nodes/protocol/schema.py, every hand-written field table of the
+client sections against the same schema (name, type, optional), every internal
+and relay request type, and the kicked reasons.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import re
 
 import pytest
 
-from nodes.protocol import wire
+from nodes.protocol import schema, schemadoc, wire
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
 
@@ -49,14 +52,49 @@ def test_the_send_outcome_lists_are_the_code_s(doc, label, codes):
     assert re.findall(r"`([A-Z_]+)`", match.group(1)) == list(codes)
 
 
-CLIENT_SECTIONS = {"login": "Login and the session"}
+def test_the_frame_reference_is_the_one_the_schema_renders(doc):
+    """Every frame kind with every field, its type, required or optional and its limit; if this
+    fails, run `python -m nodes.protocol.schemadoc --write` and commit docs/protocol.md."""
+    assert schemadoc.BEGIN in doc and schemadoc.END in doc
+    assert schemadoc.splice(doc) == doc
 
 
-@pytest.mark.parametrize("t", sorted(wire.CLIENT_REQUESTS))
-def test_every_client_request_and_field_is_documented(doc, t):
-    text = section(doc, CLIENT_SECTIONS.get(t, t if t != "hb" else "hb (heartbeat)"))
-    for field in wire.CLIENT_REQUESTS[t]:
-        assert re.search(rf'(\| {field} \||"{field}"|\b{field}\b)', text), f"{t}.{field} undocumented"
+# the field tables written by hand in the client sections: (section, frame kind) -> schema table
+HAND_TABLES = {("Login and the session", "login"): schema.CLIENT_REQUESTS,
+               ("send", "send"): schema.CLIENT_REQUESTS, ("hb (heartbeat)", "hb"): schema.CLIENT_REQUESTS,
+               ("hb (heartbeat)", "hb_ack"): schema.CLIENT_REPLIES, ("Pushed messages", "msg"): schema.PUSHES}
+OPTIONAL_MARKS = (", optional", ", only on fragments")
+
+
+def hand_tables(text: str) -> dict:
+    """{frame kind: {field: (type, optional)}} of the ``| field | type | meaning |`` tables in text."""
+    tables = {}
+    for block in re.findall(r"^\| field \| type \| meaning \|\n\|---\|---\|---\|\n((?:\|.*\n?)+)", text, re.M):
+        rows = {}
+        for line in block.strip().splitlines():
+            name, kind = (cell.strip() for cell in line.strip("|").split("|")[:2])
+            optional = kind.endswith(OPTIONAL_MARKS)
+            for mark in OPTIONAL_MARKS:
+                kind = kind.removesuffix(mark)
+            rows[name] = (kind, optional)
+        t = re.search(r'`"(\w+)"`', block).group(1)
+        rows.pop("t")
+        tables[t] = rows
+    return tables
+
+
+@pytest.mark.parametrize("heading,t", sorted(HAND_TABLES))
+def test_the_hand_written_field_tables_match_the_schema_field_by_field(doc, heading, t):
+    documented = hand_tables(section(doc, heading))[t]
+    fields = HAND_TABLES[heading, t][t]
+    assert sorted(documented) == sorted(fields), f"{t}: fields differ from nodes/protocol/schema.py"
+    for name, field in fields.items():
+        assert documented[name] == (schemadoc.TYPE_NAMES[field.kind], field.optional), f"{t}.{name}"
+
+
+def test_every_client_request_has_a_documented_section(doc):
+    for t in schema.CLIENT_REQUESTS:
+        section(doc, {"login": "Login and the session", "hb": "hb (heartbeat)"}.get(t, t))
 
 
 @pytest.mark.parametrize("table", ["LOGIC_REQUESTS", "ROUTER_REQUESTS", "COUNTER_REQUESTS",

@@ -10,11 +10,18 @@ an error reply for that request alone -- ``ProtocolError`` its own code,
 anything else ``INTERNAL`` -- and the rest of the frame is still served.
 Tracebacks are logged at most once a minute per (type, exception class),
 so a client repeating a request that trips a bug cannot flood the log.
+
+PUB frames go through the same kind of table (``PubDispatcher``): decoded,
+each map validated against its publisher's schema (nodes/protocol/schema.py
+``PUB_FRAMES``) and routed by ``t`` to ``handlers[t](msg)``; a frame that
+breaks its schema is dropped (there is no one to answer), and a handler's
+failure costs that map alone.
 """
 from __future__ import annotations
 
 import collections
 import logging
+import time
 
 from nodes.protocol import wire
 from nodes.runtime.logs import events
@@ -44,11 +51,13 @@ class FailureLog:
 
 
 class Dispatcher:
-    def __init__(self, schemas: dict, handlers: dict, guard=None, decode=wire.unpack_many):
+    def __init__(self, schemas: dict, handlers: dict, guard=None, decode=wire.unpack_many,
+                 limits: dict | None = None):
         missing = set(schemas) - set(handlers)
         if missing:
             raise ValueError(f"no handler for {sorted(missing)}")
         self.schemas = schemas
+        self.validate = wire.Validator(schemas, limits).validate    # ``limits``: the named ones bound
         self.handlers = handlers
         self.guard = guard                      # (ident, t, msg, now) -> ctx, or raises ProtocolError
         self.decode = decode                    # (frame, max_len, max_items) -> [map], or ProtocolError
@@ -76,7 +85,7 @@ class Dispatcher:
                 raise wire.ProtocolError(wire.Err.BAD_TYPE, f"unknown message type {t!r}")
             # the session first: a request without a valid sid is NOT_LOGGED_IN, whatever else it lacks
             ctx = ident if self.guard is None else self.guard(ident, t, msg, now)
-            wire.validate(msg, self.schemas)
+            self.validate(msg)
             self.requests[t] += 1
             return self.handlers[t](ctx, msg, now)
         except wire.ProtocolError as exc:
@@ -86,3 +95,61 @@ class Dispatcher:
             self.failures.failed((t if type(t) is str else "?", type(exc).__name__), now)
             return wire.error(rid, wire.Err.INTERNAL, "internal error; the outcome is unknown, "
                               "retry with the same ctime")
+
+
+class PubDispatcher:
+    """PUB frames of one publisher type: decode, validate each map by its kind, route by table.
+
+    ``handlers`` maps a kind to ``handler(msg)``; kinds without one are counted in ``ignored``
+    and skipped (a subscriber takes what it needs of a publisher's frames).  ``fallback``, when
+    given, gets every map of a kind without a handler instead -- a subscriber still written as
+    one callable; the maps of kinds in the schema are validated before it sees them too.
+    """
+
+    def __init__(self, schemas: dict, handlers: dict, fallback=None, source: str = "publisher",
+                 clock=time.monotonic):
+        unknown = set(handlers) - set(schemas)
+        if unknown:
+            raise ValueError(f"no schema for PUB frames {sorted(unknown)} of a {source}")
+        self.handlers = handlers
+        self.fallback = fallback
+        self.source = source
+        self.clock = clock                      # read only when a handler fails (the log's window)
+        self.validator = wire.Validator(schemas)
+        self.known = frozenset(schemas)
+        self.failures = FailureLog()
+        self.received = collections.Counter()   # routed, by kind (a metric)
+        self.ignored = collections.Counter()    # no handler, by kind
+        self.refused = collections.Counter()    # broke the schema, by kind
+
+    def frame(self, frame: bytes, max_len: int, max_items: int = 1 << 20) -> None:
+        try:
+            msgs = wire.unpack_internal(frame, max_len, max_items)
+        except wire.ProtocolError as exc:
+            log.warning("bad frame from a %s: %s", self.source, exc)
+            return
+        for msg in msgs:
+            self.one(msg)
+
+    def one(self, msg: dict) -> None:
+        t = msg.get("t")
+        handler = self.handlers.get(t) if type(t) is str else None
+        if handler is None:
+            if self.fallback is None:
+                self.ignored[t if type(t) is str else "?"] += 1
+                return
+            handler = self.fallback
+        try:
+            if t in self.known:
+                self.validator.validate(msg)
+        except wire.ProtocolError as exc:
+            self.refused[t] += 1
+            if self.refused[t] == 1 or self.refused[t] % 1000 == 0:
+                log.warning("PUB frame %r from a %s dropped (%d so far): %s", t, self.source,
+                            self.refused[t], exc)
+            return
+        self.received[t] += 1
+        try:
+            handler(msg)
+        except Exception as exc:                                   # a bug: contain it
+            self.failures.failed((f"PUB {t}", type(exc).__name__), self.clock())

@@ -14,6 +14,8 @@ from __future__ import annotations
 import msgpack
 import msgspec
 
+from nodes.protocol import schema
+
 PROTOCOL_VERSION = 2
 
 U32_MAX = 2**32 - 1
@@ -144,8 +146,72 @@ def _kind_pairs(v, name):
         _check_uint(device, 32, name + "[][1]")
 
 
-KINDS = {"pairs": _kind_pairs, "bin": _kind_bin, "sha256": _kind_sha, "windows": _kind_windows, "u32": _kind_u32, "u64": _kind_u64, "str": _kind_str,
-         "channel": _kind_channel, "u32list": _kind_u32_list}
+def _kind_text(v, name, limit=None):
+    """str; with a bound limit also 1..limit bytes of UTF-8 (EMPTY_TEXT, TOO_LONG)."""
+    _kind_str(v, name)
+    if limit is not None:
+        size = len(v) if v.isascii() else len(v.encode("utf-8"))     # isascii: O(1) in CPython
+        if size == 0:
+            raise ProtocolError(Err.EMPTY_TEXT, "text is empty")
+        if size > limit:
+            raise ProtocolError(Err.TOO_LONG, f"text of {size} bytes exceeds the limit of {limit}; "
+                                "split it into fragments", limit=limit)
+
+
+def _kind_windows_limited(v, name, limit=None):
+    _kind_windows(v, name)
+    if limit is not None and len(v) > limit:
+        raise ProtocolError(Err.TOO_MANY, f"'{name}' may list at most {limit} channels", limit=limit)
+
+
+def _kind_frag(v, name, limit=None):
+    """[group uint64, index uint32, count uint32], index < count, count 2..limit: BAD_FRAGMENT."""
+    if (type(v) is not list or len(v) != 3 or any(type(x) is not int or x < 0 for x in v)
+            or v[0] > U64_MAX or v[1] > U32_MAX or v[2] > U32_MAX):
+        raise ProtocolError(Err.BAD_FRAGMENT, "frag must be [group id, index, count] of unsigned integers")
+    if limit is not None and not 2 <= v[2] <= limit:
+        raise ProtocolError(Err.BAD_FRAGMENT, f"fragment count must be 2..{limit}", limit=limit)
+    if v[1] >= v[2]:
+        raise ProtocolError(Err.BAD_FRAGMENT, f"fragment index {v[1]} >= count {v[2]}")
+
+
+def _kind_seconds(v, name):
+    if type(v) not in (int, float) or not 0 < v < 10**9:
+        raise ProtocolError(Err.BAD_FIELD, f"{name} must be a positive number of seconds")
+
+
+def _of_type(*types, what):
+    def check(v, name):
+        if type(v) not in types:
+            raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be {what}")
+    return check
+
+
+def _kind_channels(v, name):
+    if type(v) is not list:
+        raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be an array of channels")
+    for item in v:
+        _kind_channel(item, name + "[]")
+
+
+def _kind_u64_or_nil(v, name):
+    if v is not None:
+        _kind_u64(v, name)
+
+
+def _kind_any(v, name):
+    """Documented, checked by the handler that uses it."""
+
+
+# kind -> check(value, name); a check with a ``limit`` keyword takes a bound limit too
+KINDS = {"pairs": _kind_pairs, "bin": _kind_bin, "sha256": _kind_sha, "windows": _kind_windows_limited,
+         "u32": _kind_u32, "u64": _kind_u64, "str": _kind_str, "channel": _kind_channel,
+         "u32list": _kind_u32_list, "text": _kind_text, "frag": _kind_frag, "seconds": _kind_seconds,
+         "channels": _kind_channels, "u64nil": _kind_u64_or_nil, "any": _kind_any,
+         "bool": _of_type(bool, what="a bool"), "number": _of_type(int, float, what="a number"),
+         "list": _of_type(list, what="an array"), "map": _of_type(dict, what="a map"),
+         "strnil": _of_type(str, type(None), what="a string or nil")}
+LIMITED = frozenset(("text", "windows", "frag"))     # kinds that take a limit
 
 _CHANNEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:@#")
 
@@ -158,91 +224,24 @@ def check_channel_name(name: str) -> None:
                             "letters, digits and _-.:@#")
 
 
-# --- schemas: message type -> {field: kind}; every listed field is required ----
+# --- schemas: nodes/protocol/schema.py holds every frame kind ---------------------
+# The tables below are its legacy projections (required fields only, schema.required_only):
+# what the nodes that still check their optional fields in their handlers are served with.
+# A node on the full table passes schema.X with its limits to its Dispatcher instead.
 
-CLIENT_REQUESTS = {
-    "login": {"rid": "u64", "v": "u32", "token": "str", "device": "u32"},
-    "ping": {"rid": "u64"},
-    "send": {"rid": "u64", "sid": "u64", "channel": "channel", "ctime": "u64", "text": "str"},
-    "sync": {"rid": "u64", "sid": "u64", "channel": "channel", "after": "u64"},
-    "hb": {"rid": "u64", "sid": "u64"},
-    "logout": {"rid": "u64", "sid": "u64"},
-}
-# Served without a session (everything else needs the login's ``sid``).
-SESSIONLESS = frozenset(("login", "ping"))
-
-SYNC_PAGE = 200                # messages per sync reply at most
-
-# broker -> logic, admin -> logic
-LOGIC_REQUESTS = {
-    "send": {"rid": "u64", "uin": "u32", "device": "u32", "channel": "channel",
-             "ctime": "u64", "text": "str"},
-    "sync": {"rid": "u64", "uin": "u32", "channel": "channel", "after": "u64"},
-    "heads": {"rid": "u64", "uin": "u32", "channels": "windows"},
-    "status": {"rid": "u64"},
-    "channel_create": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
-    "channel_add": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
-    "channel_remove": {"rid": "u64", "auth": "str", "channel": "channel", "members": "u32list"},
-    "channel_show": {"rid": "u64", "auth": "str", "channel": "channel"},
-    "presence": {"rid": "u64", "uin": "u32"},
-    "member": {"rid": "u64", "uin": "u32", "channel": "channel"},
-}
-
-# broker -> router, logic -> router
-ROUTER_REQUESTS = {
-    "online": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
-    "hb": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
-    "touch": {"rid": "u64", "broker": "str", "sessions": "pairs"},
-    "offline": {"rid": "u64", "uin": "u32", "device": "u32", "broker": "str"},
-    "broker_reset": {"rid": "u64", "broker": "str"},
-    "snapshot": {"rid": "u64"},
-    "status": {"rid": "u64"},
-}
-
-# logic -> counter
-COUNTER_REQUESTS = {
-    "alloc": {"rid": "u64", "channel": "channel", "n": "u32", "have": "u64"},
-    "status": {"rid": "u64"},
-}
-
-# logic -> logic, replicated topologies (nodes/logic/replication.py; ``prev``, ``ops``, ``pos`` and
-# ``rows`` are checked by the handlers)
-REPLICATION_REQUESTS = {
-    "rep": {"rid": "u64", "shard": "u32", "epoch": "u64", "seq": "u64"},
-    "rep_pos": {"rid": "u64", "shard": "u32", "epoch": "u64"},
-    "snap": {"rid": "u64", "shard": "u32", "epoch": "u64", "seq": "u64"},
-    "snap_req": {"rid": "u64", "shard": "u32", "epoch": "u64"},
-}
-
-# admin -> every node's internal endpoint: a live topology change (nodes/cluster/topochange.py;
-# ``phase`` is admit or adopt, ``yaml`` the new topology's text)
-TOPOLOGY_REQUESTS = {"topology": {"rid": "u64", "auth": "str", "phase": "str", "yaml": "str"}}
-
-# admin -> logic: channels handed over to their new owner in a live reshard (nodes/logic/handoff.py;
-# ``channels`` and ``rows`` are checked by the handlers)
-HANDOFF_REQUESTS = {
-    "handoff": {"rid": "u64", "auth": "str", "to": "str", "after": "u64"},
-    "take": {"rid": "u64", "auth": "str"},
-    "handoff_done": {"rid": "u64", "auth": "str", "to": "str"},
-}
-
-# broker's internal endpoint
-BROKER_REQUESTS = {"status": {"rid": "u64"}}
-BROKER_RPC = {**BROKER_REQUESTS,            # a broker's rpc: also deliveries a gateway broker
-              "fwd": {"rid": "u64"}}        # passes on in its IDC (nodes/cluster/idcfanout.py)
-
-# client -> relay (after the same login as at a broker)
-RELAY_REQUESTS = {
-    "login": CLIENT_REQUESTS["login"],
-    "ping": CLIENT_REQUESTS["ping"],
-    "logout": {"rid": "u64", "sid": "u64"},
-    "up_begin": {"rid": "u64", "sid": "u64", "size": "u64", "chunk_size": "u32", "chunks": "u32", "sha256": "sha256",
-                 "mime": "str", "channel": "channel"},
-    "up_chunk": {"rid": "u64", "sid": "u64", "media": "str", "index": "u32", "data": "bin"},
-    "up_end": {"rid": "u64", "sid": "u64", "media": "str"},
-    "down_info": {"rid": "u64", "sid": "u64", "ref": "str"},
-    "down": {"rid": "u64", "sid": "u64", "media": "str", "index": "u32"},
-}
+SESSIONLESS = schema.SESSIONLESS
+SYNC_PAGE = schema.SYNC_PAGE
+CLIENT_REQUESTS = schema.required_only(schema.CLIENT_REQUESTS)
+LOGIC_REQUESTS = schema.required_only(schema.LOGIC_REQUESTS)
+ROUTER_REQUESTS = schema.required_only(schema.ROUTER_REQUESTS)
+COUNTER_REQUESTS = schema.required_only(schema.COUNTER_REQUESTS)
+REPLICATION_REQUESTS = schema.required_only(schema.REPLICATION_REQUESTS)
+TOPOLOGY_REQUESTS = schema.required_only(schema.TOPOLOGY_REQUESTS)
+HANDOFF_REQUESTS = schema.required_only(schema.HANDOFF_REQUESTS)
+BROKER_REQUESTS = schema.required_only(schema.BROKER_REQUESTS)
+BROKER_RPC = schema.required_only(schema.BROKER_RPC)
+RELAY_REQUESTS = schema.required_only(schema.RELAY_REQUESTS)
+PUB_FRAMES = schema.PUB_FRAMES      # validated in full as they are read (nodes/runtime/node.py)
 
 
 # --- encode / decode ---------------------------------------------------------
@@ -334,45 +333,91 @@ def request_rid(msg: dict):
     return rid if type(rid) is int and 0 <= rid <= U64_MAX else None
 
 
+def _bound(check, limit: int):
+    def bound(value, name):
+        check(value, name, limit)
+    return bound
+
+
 _INT_LIMITS = {"u32": 1 << 32, "u64": 1 << 64}      # kinds with a fast path: a valid value in one test
-_compiled = {}                                      # id(schema) -> (schema, ((name, limit, check), ...))
+_MISSING = object()
 
 
-def _fields(schema: dict) -> tuple:
-    """A schema's fields as (name, int limit or None for str or 0 for neither, full check)."""
-    entry = _compiled.get(id(schema))
-    if entry is None or entry[0] is not schema:
-        fields = tuple((name, _INT_LIMITS.get(kind, None if kind == "str" else 0), KINDS[kind])
-                       for name, kind in schema.items())
-        entry = _compiled[id(schema)] = (schema, fields)
-    return entry[1]
+def _field(name: str, field, limits: dict):
+    """(name, fast-path limit, check) of one field: the fast limit is an int bound for the int
+    kinds, None for a string that needs no more than its type, 0 for neither."""
+    if type(field) is str:                               # a bare kind: required, no limit
+        field = schema.Field(field)
+    limit = field.limit
+    if type(limit) is str:
+        limit = limits.get(limit)                        # a named limit nobody bound: not checked here
+    check = KINDS[field.kind]
+    if limit is not None:
+        if field.kind not in LIMITED:
+            raise ValueError(f"kind {field.kind!r} of field {name!r} takes no limit")
+        check = _bound(check, int(limit))
+        fast = 0
+    else:
+        fast = _INT_LIMITS.get(field.kind, None if field.kind in ("str", "text") else 0)
+    return name, fast, check
 
 
-def validate(msg: dict, schemas: dict) -> str:
-    """Check a decoded request against a schema table; return its type.
+class Validator:
+    """A schema table compiled once: ``validate(msg)`` checks a decoded message, returns its type.
 
     Extra fields are ignored (forward compatibility); missing or mistyped
-    required fields raise ProtocolError(BAD_FIELD); an unknown type BAD_TYPE.
+    required fields raise ProtocolError(BAD_FIELD) (or their kind's code);
+    an unknown type BAD_TYPE; optional fields are checked when present.
     Valid integers and strings pass in one inline test (this runs for every
     request on every node); anything else goes through the kind's full check,
     which also words the error.
     """
-    t = msg.get("t")
-    schema = schemas.get(t) if type(t) is str else None
-    if schema is None:
-        raise ProtocolError(Err.BAD_TYPE, f"unknown message type {t!r}")
-    for name, limit, check in _fields(schema):
-        try:
-            value = msg[name]
-        except KeyError:
-            raise ProtocolError(Err.BAD_FIELD, f"missing field '{name}' in '{t}'") from None
-        if limit is None:
-            if type(value) is str:
+
+    def __init__(self, schemas: dict, limits: dict | None = None):
+        self.schemas = schemas
+        self.entries = {}
+        for t, fields in schemas.items():
+            required, optional = [], []
+            for name, field in fields.items():
+                if type(field) is not str and field.optional:
+                    optional.append((name, field.nil) + _field(name, field, limits or {})[2:])
+                else:
+                    required.append(_field(name, field, limits or {}))
+            self.entries[t] = (tuple(required), tuple(optional))
+
+    def validate(self, msg: dict) -> str:
+        t = msg.get("t")
+        entry = self.entries.get(t) if type(t) is str else None
+        if entry is None:
+            raise ProtocolError(Err.BAD_TYPE, f"unknown message type {t!r}")
+        required, optional = entry
+        for name, limit, check in required:
+            try:
+                value = msg[name]
+            except KeyError:
+                raise ProtocolError(Err.BAD_FIELD, f"missing field '{name}' in '{t}'") from None
+            if limit is None:
+                if type(value) is str:
+                    continue
+            elif limit and type(value) is int and 0 <= value < limit:
                 continue
-        elif limit and type(value) is int and 0 <= value < limit:
-            continue
-        check(value, name)
-    return t
+            check(value, name)
+        for name, nil, check in optional:
+            value = msg.get(name, _MISSING)
+            if value is not _MISSING and not (nil and value is None):
+                check(value, name)
+        return t
+
+
+_compiled = {}                                      # id(table) -> (table, Validator)
+
+
+def validate(msg: dict, schemas: dict) -> str:
+    """Check a decoded request against a schema table (no limits bound); return its type."""
+    entry = _compiled.get(id(schemas))
+    if entry is None or entry[0] is not schemas:
+        entry = _compiled[id(schemas)] = (schemas, Validator(schemas))
+    return entry[1].validate(msg)
 
 
 def decode_request(frame: bytes, schemas: dict, max_len: int = MAX_FRAME) -> tuple[str, dict]:

@@ -20,7 +20,7 @@ from nodes.runtime import curve
 
 from nodes.cluster import topochange
 from nodes.runtime.logs import events
-from nodes.protocol.dispatch import Dispatcher
+from nodes.protocol.dispatch import Dispatcher, PubDispatcher
 from nodes.runtime.loop import Loop
 from nodes.storage.store import Store
 from nodes.cluster.topology import Topology, TopologyError
@@ -81,6 +81,7 @@ class Node:
         self.outbox = Outbox(self.on_send_failed)   # replies, pushes, requests: sent after the batch
         self.loop.on_turn_end(self._end_turn)
         self.dispatchers = []
+        self.pub_dispatchers = []             # one per subscribe(): PUB frames by kind
         self.client_facing = set()            # sockets clients connect to: strict msgpack decoding
         self.linked = set()        # sockets watched by nodes/runtime/linkwatch.py (peerwatch skips them)
         self.relinker = Relinker(self.security)   # connects node sockets, and again when libzmq gives up
@@ -130,16 +131,17 @@ class Node:
         return socks
 
     def subscribe(self, node_type: str, topic: bytes, on_message) -> zmq.Socket:
-        """A SUB connected to the pub endpoint of every node of a type, filtered on ``topic``;
-        ``on_message(map)`` gets every message published there."""
+        """A SUB connected to the pub endpoint of every node of a type, filtered on ``topic``.
+        Frames are decoded, validated against that type's PUB schema (wire.PUB_FRAMES) and
+        routed by a PubDispatcher (nodes/protocol/dispatch.py): ``on_message`` is a table
+        {kind: handler(map)}, or one callable that gets every map."""
+        table = on_message if isinstance(on_message, dict) else {}
+        pubs = PubDispatcher(wire.PUB_FRAMES[node_type], table, None if table else on_message, node_type,
+                             self.clock)
+        self.pub_dispatchers.append(pubs)
+
         def on_frames(frames):
-            try:
-                msgs = wire.unpack_internal(frames[-1], INTERNAL_MAX_FRAME, 1 << 20)
-            except wire.ProtocolError as exc:
-                log.warning("bad frame from a %s: %s", node_type, exc)
-                return
-            for msg in msgs:
-                on_message(msg)
+            pubs.frame(frames[-1], INTERNAL_MAX_FRAME)
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100000)

@@ -1,0 +1,219 @@
+"""Every frame kind of the protocol in one place: its fields, their types, required or optional, limits.
+
+This is the one schema source.  nodes/protocol/wire.py compiles these tables
+into the validators the dispatchers run (client and internal requests at
+dispatch, PUB frames as they are read), and docs/protocol.md's "Frame
+reference" is generated from them (``python -m nodes.protocol.schemadoc``;
+tests/test_protocol_doc.py fails when the checked-in text differs).
+
+A table maps a frame kind (the ``t`` field) to its fields, in the order they
+are checked; each field is a ``Field``.  Kinds of field are named by string
+(see wire.KINDS): a value of the wrong msgpack type or range is refused with
+BAD_FIELD, except where a kind has its own code (``channel``: BAD_CHANNEL,
+``frag``: BAD_FRAGMENT).  A ``limit`` is an int, or the name of a topology
+limit the dispatcher is given when it is built (``Dispatcher(limits=...)``):
+the text's bytes (TOO_LONG / EMPTY_TEXT), a map's entries (TOO_MANY), the
+fragment count (BAD_FRAGMENT).  A named limit nobody bound is not checked
+there (the handler still checks it).  Fields not listed are ignored (forward
+compatibility).
+
+Replies and pushes are listed with the same Field type; nothing validates
+them at run time (the peer that sent the request trusts the node that
+answers), but tests and the doc do.
+"""
+from __future__ import annotations
+
+import msgspec
+
+
+class Field(msgspec.Struct, frozen=True):
+    kind: str                       # a key of wire.KINDS
+    optional: bool = False          # may be left out
+    limit: int | str | None = None  # an int, or the name of a topology limit bound at dispatch
+    nil: bool = False               # nil is taken as absent (only for optional fields)
+    doc: str = ""
+    adhoc: bool = False             # required, but checked by the handler of a node still on the
+    #                                 legacy table (see ``required_only``), not at its dispatch
+
+
+def req(kind: str, doc: str = "", limit: int | str | None = None, adhoc: bool = False) -> Field:
+    return Field(kind, False, limit, False, doc, adhoc)
+
+
+def opt(kind: str, doc: str = "", limit: int | str | None = None, nil: bool = False) -> Field:
+    return Field(kind, True, limit, nil, doc)
+
+
+RID = req("u64", "request id, echoed in the reply")
+SID = req("u64", "the session's id from login_ok")
+AUTH = req("str", "a token of scope admin")
+
+# Named limits: where a dispatcher's ``limits`` come from in a topology (docs/deploy.md).
+LIMIT_SOURCES = {
+    "max_text": "limits.max_text",
+    "max_fragments": "limits.max_fragments",
+    "max_channels": "heartbeat.max_channels",
+}
+
+
+# --- client -> broker ---------------------------------------------------------------------------
+
+LOGIN = {"rid": RID, "v": req("u32", "protocol version"), "token": req("str", "login token"),
+         "device": req("u32", "the client's device number")}
+
+CLIENT_REQUESTS = {
+    "login": dict(LOGIN, net=opt("str", "network type: picks the first heartbeat interval")),
+    "ping": {"rid": RID},
+    "send": {"rid": RID, "sid": SID, "channel": req("channel", "target channel"),
+             "ctime": req("u64", "client time, unique per (uin, device) and message"),
+             "text": req("text", "UTF-8 text", limit="max_text"),
+             "frag": opt("frag", "fragment header [group, index, count]", limit="max_fragments")},
+    "sync": {"rid": RID, "sid": SID, "channel": req("channel"), "after": req("u64", "newest id held")},
+    "hb": {"rid": RID, "sid": SID,
+           "channels": opt("windows", "per channel, the newest id the client holds", limit="max_channels"),
+           "net": opt("str", "network type now")},
+    "logout": {"rid": RID, "sid": SID},
+}
+# Served without a session (everything else needs the login's ``sid``).
+SESSIONLESS = frozenset(("login", "ping"))
+
+# broker -> client: replies (each also carries the request's ``rid``), pushes and notices
+CLIENT_REPLIES = {
+    "login_ok": {"rid": RID, "uin": req("u32"), "device": req("u32"), "sid": req("u64"),
+                 "broker": req("str"), "idc": req("strnil"),
+                 "hb": req("number", "heartbeat interval, seconds"),
+                 "limits": req("map", "max_text, max_fragments, rate, burst, message_lifetime")},
+    "pong": {"rid": RID, "broker": req("str"), "idc": req("strnil")},
+    "ack": {"rid": RID, "channel": req("str"), "device": req("u32"), "ctime": req("u64"),
+            "id": req("u64", "the message's id")},
+    "sync": {"rid": RID, "channel": req("str"), "msgs": req("list", "msg maps as pushed"),
+             "first": req("u64"), "last": req("u64"), "upto": req("u64"), "more": req("bool")},
+    "hb_ack": {"rid": RID, "interval": req("number"), "heads": req("windows"), "first": req("windows"),
+               "upto": req("windows"), "more": req("channels"), "not_member": req("channels"),
+               "unavailable": req("channels")},
+    "bye": {"rid": RID},
+    "err": {"rid": req("u64nil"), "code": req("str", "an error code"), "msg": req("str"),
+            "limit": opt("u64"), "retry_after": opt("number"), "reason": opt("str"),
+            "version": opt("u32")},
+}
+PUSHES = {
+    "msg": {"channel": req("str"), "id": req("u64"), "uin": req("u32"), "device": req("u32"),
+            "ctime": req("u64"), "stime": req("u64", "ms since the epoch"), "text": req("str"),
+            "frag": opt("frag", "only on fragments")},
+    "kicked": {"reason": req("str", "replaced, expired or too_slow"), "msg": opt("str")},
+}
+
+SYNC_PAGE = 200                # messages per sync reply at most
+
+# --- between nodes: requests, each answered on the same DEALER ----------------------------------
+
+# broker -> logic, admin -> logic, relay -> logic
+LOGIC_REQUESTS = {
+    "send": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
+             "ctime": req("u64"), "text": req("str"), "frag": opt("frag", "as the client sent it")},
+    "sync": {"rid": RID, "uin": req("u32"), "channel": req("channel"), "after": req("u64")},
+    "heads": {"rid": RID, "uin": req("u32"), "channels": req("windows")},
+    "status": {"rid": RID, "reset_max": opt("any", "true: start a new max_turn window")},
+    "channel_create": {"rid": RID, "auth": AUTH, "channel": req("channel"), "members": req("u32list"),
+                       "lifetime": opt("seconds", "message lifetime of the channel", nil=True)},
+    "channel_add": {"rid": RID, "auth": AUTH, "channel": req("channel"), "members": req("u32list")},
+    "channel_remove": {"rid": RID, "auth": AUTH, "channel": req("channel"), "members": req("u32list")},
+    "channel_show": {"rid": RID, "auth": AUTH, "channel": req("channel")},
+    "presence": {"rid": RID, "uin": req("u32")},
+    "member": {"rid": RID, "uin": req("u32"), "channel": req("channel")},
+}
+
+# broker -> router, logic -> router
+ROUTER_REQUESTS = {
+    "online": {"rid": RID, "uin": req("u32"), "device": req("u32"), "broker": req("str"),
+               "net": opt("any", "network type (the default interval when not a known str)")},
+    "hb": {"rid": RID, "uin": req("u32"), "device": req("u32"), "broker": req("str"),
+           "net": opt("any", "network type now")},
+    "touch": {"rid": RID, "broker": req("str"), "sessions": req("pairs")},
+    "offline": {"rid": RID, "uin": req("u32"), "device": req("u32"), "broker": req("str")},
+    "broker_reset": {"rid": RID, "broker": req("str")},
+    "snapshot": {"rid": RID},
+    "status": {"rid": RID},
+}
+
+# logic -> counter
+COUNTER_REQUESTS = {
+    "alloc": {"rid": RID, "channel": req("channel"), "n": req("u32"), "have": req("u64")},
+    "status": {"rid": RID},
+}
+
+# logic -> logic, replicated topologies (nodes/logic/replication.py)
+REPLICATION_REQUESTS = {
+    "rep": {"rid": RID, "shard": req("u32"), "epoch": req("u64"), "seq": req("u64"),
+            "prev": opt("any", "[epoch, seq] the record follows"), "ops": opt("any", "[[key bin, value bin or nil]]"),
+            "check": opt("any", "true: no record, does the follower hold (epoch, seq)?")},
+    "rep_pos": {"rid": RID, "shard": req("u32"), "epoch": req("u64")},
+    "snap": {"rid": RID, "shard": req("u32"), "epoch": req("u64"), "seq": req("u64"),
+             "pos": opt("any", "[epoch, seq] of the snapshot"), "rows": opt("any", "[[key bin, value bin]]"),
+             "part": opt("any", "page number (default 0)"), "parts": opt("any", "page count (default 1)")},
+    "snap_req": {"rid": RID, "shard": req("u32"), "epoch": req("u64"),
+                 "from": req("str", "the replica to send the shard to", adhoc=True)},
+}
+
+# admin -> every node's internal endpoint: a live topology change (nodes/cluster/topochange.py)
+TOPOLOGY_REQUESTS = {"topology": {"rid": RID, "auth": AUTH, "phase": req("str", "admit, adopt or settle"),
+                                  "yaml": req("str", "the new topology's text"),
+                                  "path": opt("any", "its file name, for messages")}}
+
+# admin -> logic: channels handed over to their new owner in a live reshard (nodes/logic/handoff.py)
+HANDOFF_REQUESTS = {
+    "handoff": {"rid": RID, "auth": AUTH, "to": req("str"), "after": req("u64", "row position; 0 first")},
+    "take": {"rid": RID, "auth": AUTH, "channels": opt("any", "[channel]"), "rows": opt("any", "[[key bin, value bin]]"),
+             "first": opt("any", "true: clear what is held of them"), "last": opt("any", "true: load and serve them"),
+             "boundaries": opt("any", "{channel: first id not held}")},
+    "handoff_done": {"rid": RID, "auth": AUTH, "to": req("str"), "channels": opt("any", "[channel]")},
+}
+
+# broker's internal endpoint
+BROKER_REQUESTS = {"status": {"rid": RID, "reset_max": opt("any")}}
+BROKER_RPC = {**BROKER_REQUESTS,            # a broker's rpc: also deliveries a gateway broker
+              "fwd": {"rid": RID,           # passes on in its IDC (nodes/cluster/idcfanout.py)
+                      "items": req("list", "[[packed push, [uin], sender uin, sender device]]",
+                                     adhoc=True)}}
+
+# client -> relay (after the same login as at a broker; a relay takes no ``net``)
+RELAY_REQUESTS = {
+    "login": LOGIN,
+    "ping": CLIENT_REQUESTS["ping"],
+    "logout": {"rid": RID, "sid": SID},
+    "up_begin": {"rid": RID, "sid": SID, "size": req("u64"), "chunk_size": req("u32"), "chunks": req("u32"),
+                 "sha256": req("sha256"), "mime": req("str"), "channel": req("channel")},
+    "up_chunk": {"rid": RID, "sid": SID, "media": req("str"), "index": req("u32"), "data": req("bin")},
+    "up_end": {"rid": RID, "sid": SID, "media": req("str")},
+    "down_info": {"rid": RID, "sid": SID, "ref": req("str")},
+    "down": {"rid": RID, "sid": SID, "media": req("str"), "index": req("u32")},
+}
+
+# --- PUB frames, by the type of node that publishes them (topic frame, then this map) ----------
+
+PUB_FRAMES = {
+    "logic": {
+        "msgs": {"items": req("list", "[[packed push, [uin], sender uin, sender device]]"),
+                 "logic": opt("str", "the publisher (a sign of life)")},
+        "msgs_idc": {"packs": req("list", "[packed push]"), "to": req("map", "{broker: [[pack index, [uin], uin, device]]}"),
+                     "logic": opt("str")},
+        "tick": {"logic": req("str"), "leads": opt("list", "[[shard, epoch]] led by the publisher"),
+                 "stopping": opt("any", "true: take the publisher for down now")},
+    },
+    "router": {
+        "delta": {"router": req("str"), "epoch": req("u64"), "seq": req("u64"), "uin": req("u32"),
+                  "device": req("u32"), "broker": req("strnil", "nil: offline")},
+        "tick": {"router": req("str"), "epoch": req("u64"), "seq": req("u64")},
+        "kick": {"uin": req("u32"), "device": req("u32"), "broker": req("str"), "by": req("str")},
+    },
+}
+
+
+def required_only(table: dict) -> dict:
+    """A table without its optional and ``adhoc`` fields: exactly what dispatch checked before
+    those were in the schema.  wire's legacy tables (wire.CLIENT_REQUESTS, ...) are these, for
+    the nodes whose handlers still check the rest themselves; a node moves to the full table by
+    serving it with its ``limits`` and dropping its own checks (same codes; where a frame has two
+    faults, the schema's is reported first)."""
+    return {t: {name: f for name, f in fields.items() if not (f.optional or f.adhoc)}
+            for t, fields in table.items()}
