@@ -26,6 +26,7 @@ from nodes.protocol import wire
 from nodes.protocol.heartbeat import initial_interval
 from nodes.broker.limits import FragmentGroups, TokenBuckets
 from nodes.cluster import idcfanout
+from nodes.cluster.placement import Placement
 from nodes.runtime.linkwatch import on_link_down
 from nodes.runtime.logs import events
 from nodes.runtime.node import INTERNAL_MAX_FRAME, Node
@@ -77,7 +78,7 @@ class BrokerCore:
         self.active = set()                     # sessions with requests since the last touch round
         self.heard = {}                         # logic id -> time of its last tick
         self.unlinked = set()                   # logic ids whose (WAN) link dropped, until it is back
-        self.leaders = {}                       # shard -> (epoch, logic id), from ticks (replication)
+        self.placement = Placement(topo)        # which logic node serves a channel (leaders from ticks)
         self.handlers = {"login": self.login, "ping": self.ping, "send": self.send, "sync": self.sync,
                          "hb": self.heartbeat, "logout": self.logout}
 
@@ -284,30 +285,11 @@ class BrokerCore:
     def on_tick(self, logic_id, now, leads=(), stopping=False) -> None:
         self.heard[logic_id] = float("-inf") if stopping else now      # stopping: down at once
         if self.topo.replicated:
-            self._on_leads(logic_id, leads)
+            self.placement.on_leads(logic_id, leads)
 
-    # --- shard leaders (replication, docs/ha.md) ---------------------------------
-    def _on_leads(self, logic_id, leads) -> None:
-        """A logic node's ticks list the shards it leads, with their epochs: the newest epoch
-        wins; a shard it no longer lists is forgotten."""
-        listed = set()
-        for shard, epoch in leads:
-            listed.add(shard)
-            known = self.leaders.get(shard)
-            if known is None or epoch >= known[0]:
-                self.leaders[shard] = (epoch, logic_id)
-        for shard, (_epoch, leader) in list(self.leaders.items()):
-            if leader == logic_id and shard not in listed:
-                del self.leaders[shard]
-
+    # --- placement (nodes/cluster/placement.py; replication: docs/ha.md) -------------
     def owner_of(self, channel: str) -> str:
-        """The logic node serving a channel: its owner, or its shard's leader (else the shard's
-        preferred replica, which redirects)."""
-        if not self.topo.replicated:
-            return self.topo.logic_for(channel)
-        shard = self.topo.shard_of(channel)
-        known = self.leaders.get(shard)
-        return known[1] if known else self.topo.replicas_of(shard)[0]
+        return self.placement.server(channel)
 
     def _moved(self, channel, reply) -> dict:
         """WRONG_OWNER from a replica (remember the leader it names) or from a logic node that
@@ -315,12 +297,8 @@ class BrokerCore:
         if not self.topo.replicated:
             return wire.error(reply.get("rid"), wire.Err.UNAVAILABLE, f"channel {channel!r} is moving to "
                               "another logic node; retry with the same ctime")
-        shard, leader = self.topo.shard_of(channel), reply.get("leader")
-        if leader in self.topo.nodes:
-            known = self.leaders.get(shard)
-            self.leaders[shard] = (known[0] if known else 0, leader)
-        else:
-            self.leaders.pop(shard, None)
+        leader = reply.get("leader")
+        self.placement.moved(channel, leader)
         return wire.error(reply.get("rid"), wire.Err.UNAVAILABLE, f"the leader of {channel!r} moved; "
                           "retry with the same ctime", leader=leader)
 
@@ -566,7 +544,7 @@ class BrokerNode(Node):
 
     def on_topology(self, old, new):
         """A live reshard (nodes/cluster/topochange.py): route by the new topology, talk to its logic nodes."""
-        self.core.topo = new
+        self.core.topo = self.core.placement.topo = new
         before = dict(self.logics)
         self.refresh_peers(self.logics, "logic")
         self._watch_logic_links({n: s for n, s in self.logics.items() if n not in before})

@@ -20,7 +20,7 @@ from nodes.protocol import auth, wire
 
 from nodes.runtime import curve
 
-from nodes.cluster import rendezvous
+from nodes.cluster import placement, rendezvous
 from nodes.runtime.logs import events
 from nodes.client.nearest import SLACK, STICKY
 from nodes.runtime.node import INTERNAL_MAX_FRAME
@@ -154,7 +154,7 @@ class Admin:
         if lifetime is not None:
             msg["lifetime"] = lifetime
         reply, owner = None, None
-        for owner in self._servers(name):
+        for owner in placement.servers(self.topo, name):
             reply = self.call(owner, msg)
             if reply is not None and reply.get("code") == wire.Err.WRONG_OWNER and reply.get("leader"):
                 owner = reply["leader"]                  # a replica names its shard's leader
@@ -168,12 +168,6 @@ class Admin:
             raise AdminError(reply["code"], reply["msg"])
         events.admin(op, name, members=len(msg.get("members", ())), owner=owner)
         return reply
-
-    def _servers(self, name: str) -> list[str]:
-        """Where to ask about a channel: its owner, or its shard's replicas (preferred first)."""
-        if self.topo.replicated:
-            return self.topo.replicas_of(self.topo.shard_of(name))
-        return [self.topo.logic_for(name)]
 
     def presence(self, uin: int) -> dict:
         """{logic id: {device: broker}} as each logic node's replica sees the uin."""
