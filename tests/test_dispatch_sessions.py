@@ -182,11 +182,10 @@ def test_a_dropped_link_keeps_its_logic_node_down_until_the_link_is_back(tmp_pat
     core, _out, _secret = broker_core(tmp_path)
     core.on_tick("l1", now=10.0)
     assert core.logic_up("l1", 10.1)
-    core.unlinked.add("l1")                    # BrokerNode.on_logic_link_down
-    core.heard["l1"] = float("-inf")
+    core.links.link_down("l1")                 # BrokerNode.on_logic_link_down
     core.on_tick("l1", now=10.2)               # queued before the cut, read after the drop
     assert not core.logic_up("l1", 10.3)
-    core.unlinked.discard("l1")                # the link is back (monitor: connected)
+    core.links.link_up("l1")                   # the link is back (monitor: connected)
     assert core.logic_up("l1", 10.4)           # its ticks count again
     assert not core.logic_up("l1", 12.0)       # ... while they keep coming
 

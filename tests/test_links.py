@@ -14,7 +14,7 @@ import zmq
 
 from nodes.cluster.topology import load
 from nodes.ops.localtopo import free_ports, write_topology
-from nodes.runtime.linkwatch import on_link_down
+from nodes.runtime.links import Liveness, on_link_down
 from nodes.runtime.node import Node
 
 
@@ -49,3 +49,17 @@ def test_a_watched_link_that_drops_reaches_down_and_comes_back_up(tmp_path, capl
         assert not [r for r in caplog.records if r.exc_info], "a monitor event raised in the loop"
     finally:
         node.close()
+
+
+def test_liveness_grace_silence_and_a_stop_with_a_fake_clock():
+    live = Liveness(down_after=1.5, grace=3.0, started=100.0)
+    assert live.up("l1", 102.9) and not live.up("l1", 103.0)      # never heard: up during the grace
+    live.tick("l1", 104.0)
+    assert live.known("l1") and live.up("l1", 105.4) and not live.up("l1", 105.5)
+    live.heard("l1", 105.0)                                         # any frame is proof of life
+    assert live.up("l1", 106.4)
+    live.tick("l1", 107.0, stopping=True)                          # it said it stops: down now
+    live.heard("l1", 107.1)                                         # a late delivery does not undo it
+    assert not live.up("l1", 107.2)
+    live.tick("l1", 108.0)
+    assert live.up("l1", 108.1)

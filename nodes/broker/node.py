@@ -27,7 +27,7 @@ from nodes.protocol.heartbeat import initial_interval
 from nodes.broker.limits import FragmentGroups, TokenBuckets
 from nodes.cluster import idcfanout
 from nodes.cluster.placement import Placement
-from nodes.runtime.linkwatch import on_link_down
+from nodes.runtime.links import Liveness, on_link_down
 from nodes.runtime.logs import events
 from nodes.runtime.node import INTERNAL_MAX_FRAME, Node
 from nodes.runtime.rpc import Requests
@@ -76,8 +76,7 @@ class BrokerCore:
         self.pending = 0
         self.sessions = SessionTable(float(topo.heartbeat["session_timeout_factor"]))
         self.active = set()                     # sessions with requests since the last touch round
-        self.heard = {}                         # logic id -> time of its last tick
-        self.unlinked = set()                   # logic ids whose (WAN) link dropped, until it is back
+        self.links = Liveness(OWNER_DOWN_AFTER, START_GRACE, now)       # which logic nodes are up
         self.placement = Placement(topo)        # which logic node serves a channel (leaders from ticks)
         self.handlers = {"login": self.login, "ping": self.ping, "send": self.send, "sync": self.sync,
                          "hb": self.heartbeat, "logout": self.logout}
@@ -279,11 +278,10 @@ class BrokerCore:
     # --- owners --------------------------------------------------------------
     def alive(self, logic_id, now) -> None:
         """A frame from the logic node (not a tick: says nothing of the shards it leads)."""
-        if self.heard.get(logic_id) != float("-inf"):          # one that said it stops stays down
-            self.heard[logic_id] = now
+        self.links.heard(logic_id, now)
 
     def on_tick(self, logic_id, now, leads=(), stopping=False) -> None:
-        self.heard[logic_id] = float("-inf") if stopping else now      # stopping: down at once
+        self.links.tick(logic_id, now, stopping)                       # stopping: down at once
         if self.topo.replicated:
             self.placement.on_leads(logic_id, leads)
 
@@ -303,12 +301,7 @@ class BrokerCore:
                           "retry with the same ctime", leader=leader)
 
     def logic_up(self, logic_id, now) -> bool:
-        if logic_id in self.unlinked:          # a tick read late from the SUB must not undo a link drop
-            return False
-        heard = self.heard.get(logic_id)
-        if heard is None:
-            return now - self.started < START_GRACE
-        return now - heard < OWNER_DOWN_AFTER
+        return self.links.up(logic_id, now)
 
     def _owner_up(self, channel, now) -> str:
         owner = self.owner_of(channel)
@@ -564,12 +557,11 @@ class BrokerNode(Node):
         stops; a reconnect flap there must not fail requests.)"""
         if logic_id not in self.logics:
             return                             # left the topology (a live reshard)
-        self.core.unlinked.add(logic_id)
-        self.core.heard[logic_id] = float("-inf")
+        self.core.links.link_down(logic_id)
         self.requests.fail_peer(self.logics[logic_id], f"lost the link to logic {logic_id}; retry")
 
     def on_logic_link_up(self, logic_id):
-        self.core.unlinked.discard(logic_id)   # its ticks count again
+        self.core.links.link_up(logic_id)       # its ticks count again
 
     def on_router_notice(self, msg):
         if msg.get("t") == "kick":
@@ -586,7 +578,7 @@ class BrokerNode(Node):
 
     def status(self):
         now = self.clock()
-        linked = sorted(k for k in self.logics if k in self.core.heard and self.core.logic_up(k, now))
+        linked = sorted(k for k in self.logics if self.core.links.known(k) and self.core.logic_up(k, now))
         return dict(super().status(), sessions=len(self.core.sessions), logic_links=linked,
                     ready=len(linked) == len(self.logics), refused=dict(self.core.stats),
                     kicked=dict(self.core.sessions.ended), pending=self.core.pending,

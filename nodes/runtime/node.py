@@ -82,7 +82,7 @@ class Node:
         self.loop.on_turn_end(self._end_turn)
         self.dispatchers = []
         self.client_facing = set()            # sockets clients connect to: strict msgpack decoding
-        self.linked = set()        # sockets watched by nodes/runtime/linkwatch.py (peerwatch skips them)
+        self.linked = set()        # sockets watched by links.on_link_down (links.watch_peers skips them)
         self.relinker = Relinker(self.security)   # connects node sockets, and again when libzmq gives up
         self.requests = None       # the node's rpc.Requests, if it sends requests
         from nodes.runtime import metrics                 # Prometheus /metrics if the topology gives this node one
