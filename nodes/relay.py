@@ -29,7 +29,7 @@ from nodes.protocol import auth
 from nodes.storage import store as keys
 from nodes.protocol import wire
 from nodes.cluster.placement import Placement
-from nodes.runtime.node import INTERNAL_MAX_FRAME, Node
+from nodes.runtime.node import Node
 from nodes.runtime.rpc import Requests
 from nodes.runtime.sessions import SessionTable
 
@@ -247,7 +247,7 @@ class RelayNode(Node):
         self.session_timeout = float(topo.limits["relay_session_timeout"])
         self.members = {}                       # (uin, channel) -> (is member, checked at)
         self.placement = Placement(topo)        # which logic node to ask (leaders replicas named)
-        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
+        self.requests = Requests(topo.limits["request_timeout"], self.max_internal_frame, self.outbox)
         self.logics = self.peers("logic")
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_chunk"]) + 4096)

@@ -29,7 +29,7 @@ from nodes.cluster import idcfanout
 from nodes.cluster.placement import Placement
 from nodes.runtime.links import Liveness, on_link_down
 from nodes.runtime.logs import events
-from nodes.runtime.node import INTERNAL_MAX_FRAME, Node
+from nodes.runtime.node import Node
 from nodes.runtime.rpc import Requests
 from nodes.runtime.sessions import SessionTable
 from nodes.broker.webgate import WebGate
@@ -403,7 +403,7 @@ class BrokerNode(Node):
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
-        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
+        self.requests = Requests(topo.limits["request_timeout"], self.max_internal_frame, self.outbox)
         self.logics = self.peers("logic")
         self._watch_logic_links(self.logics)
         self.routers = self.peers("router")

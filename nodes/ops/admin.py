@@ -23,7 +23,6 @@ from nodes.runtime import curve
 from nodes.cluster import placement, rendezvous
 from nodes.runtime.logs import events
 from nodes.client.nearest import SLACK, STICKY
-from nodes.runtime.node import INTERNAL_MAX_FRAME
 from nodes.cluster.topology import Topology
 
 CHANNEL_OPS = ("create", "add", "remove", "show")
@@ -53,6 +52,11 @@ class Admin:
             self._identity = curve.Identity.admin(self.topo)
         return self._identity
 
+    @property
+    def _max_frame(self) -> int:
+        """A reply is a frame between nodes: the topology's one internal limit."""
+        return int(self.topo.limits["max_internal_frame"])
+
     def call(self, node_id: str, msg: dict, timeout: float | None = None) -> dict | None:
         """One request to a node's rpc endpoint; the reply map, or None if no answer in time."""
         sock = self.ctx.socket(zmq.DEALER)
@@ -63,7 +67,7 @@ class Admin:
             sock.send(wire.pack(msg))
             if not sock.poll(int((timeout or self.timeout) * 1000)):
                 return None
-            return wire.unpack(sock.recv(), INTERNAL_MAX_FRAME)
+            return wire.unpack(sock.recv(), self._max_frame)
         finally:
             sock.close(0)
 
@@ -118,7 +122,7 @@ class Admin:
                 for sock, _ in poller.poll(int(left * 1000) + 1):
                     node_id = by_sock[sock]
                     try:
-                        reply = wire.unpack(sock.recv(zmq.NOBLOCK), INTERNAL_MAX_FRAME)
+                        reply = wire.unpack(sock.recv(zmq.NOBLOCK), self._max_frame)
                     except (zmq.Again, wire.ProtocolError):
                         continue
                     rid, t0 = sent[node_id]

@@ -23,13 +23,15 @@ from nodes.runtime.logs import events
 from nodes.protocol.dispatch import Dispatcher
 from nodes.runtime.loop import Loop
 from nodes.storage.store import Store
-from nodes.cluster.topology import Topology, TopologyError
+from nodes.cluster.topology import DEFAULT_LIMITS, Topology, TopologyError
 from nodes.runtime.outbox import Outbox
 from nodes.runtime.links import Relinker
 
 log = logging.getLogger(__name__)
 
-INTERNAL_MAX_FRAME = 64 * 1024 * 1024     # what we accept from our own nodes (replies, PUB)
+# The one internal frame limit is the topology's ``limits.max_internal_frame`` (Node.max_internal_frame).
+# This name is kept only for nodes/logic/node.py until it asks its node instead; it is the default.
+INTERNAL_MAX_FRAME = DEFAULT_LIMITS["max_internal_frame"]
 
 # ZMTP heartbeats on every node-to-node connection, both ends (docs/ha.md "Partitions heal
 # fast"): a PING every HEARTBEAT_IVL; no traffic for HEARTBEAT_TIMEOUT drops the connection, so a
@@ -88,6 +90,12 @@ class Node:
         from nodes.runtime import metrics                 # Prometheus /metrics if the topology gives this node one
         self.metrics = metrics.serve(self)
 
+    @property
+    def max_internal_frame(self) -> int:
+        """Bytes of one frame between our own nodes, both ways (ZMQ_MAXMSGSIZE on bound internal
+        sockets, requests, replies, PUB frames): the topology's ``limits.max_internal_frame``."""
+        return int(self.topo.limits["max_internal_frame"])
+
     # --- sockets -------------------------------------------------------------
     def bind(self, kind: int, endpoint: str, maxmsgsize: int | None = None,
              sndhwm: int = 100000, mandatory: bool = False) -> zmq.Socket:
@@ -99,7 +107,7 @@ class Node:
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.ROUTER_MANDATORY, int(mandatory))
         if kind != zmq.PUB:
-            sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize or int(self.topo.limits["max_internal_frame"]))
+            sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize or self.max_internal_frame)
         client_facing = endpoint == self.spec.endpoints.get("client")
         if client_facing:
             self.client_facing.add(sock)
@@ -134,7 +142,7 @@ class Node:
         ``on_message(map)`` gets every message published there."""
         def on_frames(frames):
             try:
-                msgs = wire.unpack_internal(frames[-1], INTERNAL_MAX_FRAME, 1 << 20)
+                msgs = wire.unpack_internal(frames[-1], self.max_internal_frame, 1 << 20)
             except wire.ProtocolError as exc:
                 log.warning("bad frame from a %s: %s", node_type, exc)
                 return
@@ -168,7 +176,7 @@ class Node:
         dispatcher = Dispatcher(schemas, handlers, guard,
                                 wire.unpack_many if sock in self.client_facing else wire.unpack_internal)
         self.dispatchers.append(dispatcher)
-        limit = max_len or int(self.topo.limits["max_internal_frame"])
+        limit = max_len or self.max_internal_frame
 
         def reply(ident, msg):
             self.queue_reply(sock, ident, msg)
