@@ -80,7 +80,7 @@ class Node:
         if self.needs_store:
             self.store = Store(topo.node_dir(node_id),
                                sync=topo.storage["sync"] if store_sync is None else store_sync)
-        self.outbox = Outbox(self.on_send_failed)   # replies, pushes, requests: sent after the batch
+        self.outbox = Outbox(self.on_send_failed, self.max_internal_frame)   # sent after the batch
         self.loop.on_turn_end(self._end_turn)
         self.dispatchers = []
         self.client_facing = set()            # sockets clients connect to: strict msgpack decoding
