@@ -26,10 +26,10 @@ POLL_WAIT = 20.0               # seconds a long poll is held when nothing is que
 CHANNEL_IDLE = 60.0            # seconds without a poll or send before a channel is closed
 LOGIN_GRACE = 5.0              # seconds an open channel may stay without a session (opening is free)
 MAX_CHANNELS = 20000           # open HTTP channels per broker
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_NODES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))      # this file is nodes/broker/
 # installed: nodes/clients (package data); in a checkout: clients/ beside nodes/
-CLIENTS_DIR = next((d for d in (os.path.join(_HERE, "clients"), os.path.join(os.path.dirname(_HERE), "clients"))
-                    if os.path.isdir(os.path.join(d, "web"))), os.path.join(os.path.dirname(_HERE), "clients"))
+CLIENTS_DIR = next((d for d in (os.path.join(_NODES, "clients"), os.path.join(os.path.dirname(_NODES), "clients"))
+                    if os.path.isdir(os.path.join(d, "web"))), os.path.join(os.path.dirname(_NODES), "clients"))
 STATIC = {"web": os.path.join(CLIENTS_DIR, "web"), "js": os.path.join(CLIENTS_DIR, "js")}
 STATIC_TYPES = {".html", ".js", ".mjs", ".css", ".svg", ".png", ".json"}
 
