@@ -134,7 +134,7 @@ class _Out:
 
 def core_main(sessions: int, tmp: str, out) -> None:
     from nodes.cluster import topology
-    from nodes.broker.node import BrokerCore
+    from nodes.broker.core import BrokerCore
     from nodes.protocol.dispatch import Dispatcher
     cfg = write_topology(tmp, brokers=1, logics=1, channels={})
     topo = topology.load(cfg)

@@ -28,7 +28,8 @@ import zmq
 from nodes.protocol import auth
 from nodes.storage import store as keys
 from nodes.protocol import wire
-from nodes.runtime.node import INTERNAL_MAX_FRAME, Node
+from nodes.cluster.placement import Placement
+from nodes.runtime.node import Node
 from nodes.runtime.rpc import Requests
 from nodes.runtime.sessions import SessionTable
 
@@ -245,8 +246,8 @@ class RelayNode(Node):
         self.sessions = SessionTable(1.0)
         self.session_timeout = float(topo.limits["relay_session_timeout"])
         self.members = {}                       # (uin, channel) -> (is member, checked at)
-        self.leaders = {}                       # shard -> logic id a replica named (replication)
-        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox)
+        self.placement = Placement(topo)        # which logic node to ask (leaders replicas named)
+        self.requests = Requests(topo.limits["request_timeout"], self.max_internal_frame, self.outbox)
         self.logics = self.peers("logic")
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_chunk"]) + 4096)
@@ -261,6 +262,7 @@ class RelayNode(Node):
 
     def on_topology(self, old, new):
         """A live reshard: ask the new owners about membership."""
+        self.placement.topo = new
         self.refresh_peers(self.logics, "logic")
         return None
 
@@ -304,7 +306,7 @@ class RelayNode(Node):
             def done(reply):
                 leader = reply.get("leader")
                 if reply.get("code") == wire.Err.WRONG_OWNER and follow and leader in self.logics:
-                    self.leaders[self.topo.shard_of(channel)] = leader     # replicated: its shard moved
+                    self.placement.moved(channel, leader)          # replicated: its shard moved
                     ask(leader, False)
                 elif reply.get("t") == "member":
                     self.members[(uin, channel)] = (reply["member"], now)
@@ -315,14 +317,7 @@ class RelayNode(Node):
                     self.queue_reply(self.client, ident, wire.error(rid, wire.Err.UNAVAILABLE,
                                                                     "membership check failed; retry"))
             self.requests.send(self.logics[logic], {"t": "member", "uin": uin, "channel": channel}, done)
-        ask(self._logic_of(channel), self.topo.replicated)
-
-    def _logic_of(self, channel: str) -> str:
-        """The channel's owner; replicated: the last leader a replica named, else the preferred replica."""
-        if not self.topo.replicated:
-            return self.topo.logic_for(channel)
-        shard = self.topo.shard_of(channel)
-        return self.leaders.get(shard) or self.topo.replicas_of(shard)[0]
+        ask(self.placement.server(channel), self.topo.replicated)
 
     # --- requests --------------------------------------------------------------
     def handle_begin(self, session, msg, now):

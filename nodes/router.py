@@ -15,7 +15,6 @@ restarts, so replicas know to re-snapshot.
 """
 from __future__ import annotations
 
-import heapq
 import secrets
 import time
 
@@ -26,6 +25,7 @@ from fastpath import OnlineBitmap
 from nodes.protocol import wire
 from nodes.protocol.wire import PRESENCE_TOPIC
 from nodes.protocol.heartbeat import Beat
+from nodes.runtime.deadlines import DeadlineHeap
 from nodes.runtime.node import Node
 from nodes.cluster.topology import DEFAULT_HEARTBEAT
 
@@ -49,8 +49,7 @@ class RouterCore:
         self.online = {}                      # uin -> {device: broker}
         self.bitmap = OnlineBitmap()          # uins with at least one device online
         self.beats = {}                       # (uin, device) -> Beat
-        self._deadlines = []                  # heap of (deadline, uin, device): one live entry per
-        #                                       session (its Beat's ``due``); superseded ones are skipped
+        self._deadlines = DeadlineHeap(self.beats.get, lambda beat: beat.deadline)   # by (uin, device)
         self.hb_cfg = hb_cfg or DEFAULT_HEARTBEAT
         self.publish = publish
         self.expired = 0
@@ -61,12 +60,8 @@ class RouterCore:
                       "seq": self.seq, "uin": uin, "device": device, "broker": broker})
 
     def _track(self, uin, device, beat):
-        """Make sure the heap looks at the session by its deadline: a new entry only when the
-        deadline moved earlier (a later one is found when the live entry comes due), so a
-        heartbeat or touch does not add an entry per session each time."""
-        if beat.due is None or beat.deadline < beat.due:
-            beat.due = beat.deadline
-            heapq.heappush(self._deadlines, (beat.due, uin, device))
+        """Make sure the sweep looks at the session by its deadline (nodes/runtime/deadlines.py)."""
+        self._deadlines.track((uin, device), beat)
 
     def _backstop(self, beat, now) -> None:
         beat.deadline = now + (self.hb_cfg["session_timeout_factor"] + 1) * beat.interval + self.BACKSTOP_SLACK
@@ -134,18 +129,8 @@ class RouterCore:
         """Take offline the sessions whose deadline passed; at most ``budget`` heap
         entries per call, so one sweep never stalls the loop.  Returns how many went offline."""
         gone = 0
-        heap = self._deadlines
-        while heap and heap[0][0] <= now and budget > 0:
-            due, uin, device = heapq.heappop(heap)
-            budget -= 1
-            beat = self.beats.get((uin, device))
-            if beat is None or beat.due != due:
-                continue                      # gone, or superseded by an earlier entry
-            if beat.deadline <= now:
-                gone += self.set_offline(uin, device, beat.broker)
-            else:                             # active since: look again at its new deadline
-                beat.due = beat.deadline
-                heapq.heappush(heap, (beat.due, uin, device))
+        for uin, device in self._deadlines.expired(now, budget):
+            gone += self.set_offline(uin, device, self.beats[(uin, device)].broker)
         self.expired += gone
         return gone
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from nodes.protocol import auth, wire
-from nodes.broker.node import OWNER_DOWN_AFTER, START_GRACE, BrokerCore
+from nodes.broker.core import BrokerCore
+from nodes.broker.owners import OWNER_DOWN_AFTER, START_GRACE
 from nodes.protocol import schema
 from nodes.protocol.dispatch import Dispatcher, PubDispatcher
 from nodes.runtime.sessions import SessionTable
@@ -163,7 +164,7 @@ def test_broker_core_answers_ping_without_a_session_and_refuses_requests_without
 def test_broker_core_fails_fast_for_an_owner_that_stopped_ticking(tmp_path):
     core, out, secret = broker_core(tmp_path)
     d, sid = login(core, out, secret)
-    core.on_tick("l1", 1.0)
+    core.owners.on_tick("l1", 1.0)
     later = 1.0 + OWNER_DOWN_AFTER + 0.1
     assert later > START_GRACE - 2
     reply = d.one(b"c1", {"t": "send", "rid": 2, "sid": sid, "channel": "room", "ctime": 1, "text": "x"}, later)
@@ -223,15 +224,14 @@ def test_a_dropped_link_keeps_its_logic_node_down_until_the_link_is_back(tmp_pat
     """A tick read late from the SUB after the link dropped must not make the owner look up
     again: a send would then wait for the request timeout instead of failing at once."""
     core, _out, _secret = broker_core(tmp_path)
-    core.on_tick("l1", now=10.0)
-    assert core.logic_up("l1", 10.1)
-    core.unlinked.add("l1")                    # BrokerNode.on_logic_link_down
-    core.heard["l1"] = float("-inf")
-    core.on_tick("l1", now=10.2)               # queued before the cut, read after the drop
-    assert not core.logic_up("l1", 10.3)
-    core.unlinked.discard("l1")                # the link is back (monitor: connected)
-    assert core.logic_up("l1", 10.4)           # its ticks count again
-    assert not core.logic_up("l1", 12.0)       # ... while they keep coming
+    core.owners.on_tick("l1", now=10.0)
+    assert core.owners.up("l1", 10.1)
+    core.owners.links.link_down("l1")                 # LogicFeed.link_down
+    core.owners.on_tick("l1", now=10.2)               # queued before the cut, read after the drop
+    assert not core.owners.up("l1", 10.3)
+    core.owners.links.link_up("l1")                   # the link is back (monitor: connected)
+    assert core.owners.up("l1", 10.4)           # its ticks count again
+    assert not core.owners.up("l1", 12.0)       # ... while they keep coming
 
 
 def test_heartbeats_keep_one_deadline_entry_per_session_and_a_shorter_interval_still_expires_in_time():

@@ -19,6 +19,7 @@ import pytest
 
 from bench import wanbed
 from bench.idcbed import IdcMesh, collect
+from conftest import assert_no_tracebacks
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(wanbed.available() is not None, reason=str(wanbed.available()))]
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.slow,
 def idc():
     with IdcMesh(delay=0.020) as mesh:
         yield mesh
+        assert_no_tracebacks(mesh.mesh)          # read before the mesh's directory is removed
 
 
 def test_placement_follows_the_home_idc(idc):

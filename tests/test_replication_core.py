@@ -16,7 +16,7 @@ from nodes.cluster import topology
 from nodes.protocol import wire
 from nodes.logic.core import LogicCore
 from nodes.logic import replication
-from nodes.logic.placement import ShardPlacement
+from nodes.cluster.placement import ShardPlacement
 from nodes.logic.replication import Replication
 from nodes.storage.store import Store
 

@@ -39,7 +39,8 @@ DEFAULT_LIMITS = {
     "session_inflight": 64,      # requests one session may have in flight at a broker before BUSY
     "request_timeout": 2.0,      # seconds a broker waits for an owning node (then UNAVAILABLE)
     "session_queue": 1000,       # frames queued for one client session before it is dropped as too slow
-    "max_internal_frame": 16 * 2**20,   # bytes, ZMQ_MAXMSGSIZE on internal sockets anyone may reach
+    "max_internal_frame": 16 * 2**20,   # bytes of one frame between nodes, both ways (the one limit:
+    #                                     ZMQ_MAXMSGSIZE on internal sockets anyone may reach, replies, PUB)
     "relay_session_timeout": 300.0,     # seconds a relay session lives without a request
     "id_block": 1000,            # ids leased from the counter per alloc
     "channel_queue": 1000,       # newest ids a channel keeps (older ones are trimmed)

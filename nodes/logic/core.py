@@ -26,7 +26,7 @@ from nodes.logic.dedup import Dedup
 from nodes.logic.fanout import FanOut
 from nodes.logic.ids import Ids
 from nodes.logic.members import Membership
-from nodes.logic.placement import StaticPlacement
+from nodes.cluster.placement import StaticPlacement
 from nodes.logic.reads import Reads
 from nodes.logic.retention import Retention
 from nodes.logic.sends import Sends

@@ -18,13 +18,13 @@ import zmq
 
 from nodes.protocol import wire
 from nodes.storage import store as keys
-from nodes.runtime.node import INTERNAL_MAX_FRAME, Node
+from nodes.runtime.node import Node
 from nodes.runtime import statusprobe
 from nodes.runtime.rpc import Requests
 from nodes.logic.core import LogicCore
 from nodes.logic.handoff import Handoff
 from nodes.logic.presence import PresenceReplica
-from nodes.logic.placement import ShardPlacement
+from nodes.cluster.placement import ShardPlacement
 from nodes.logic.replication import Replication
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class LogicNode(Node):
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
-        self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox,
+        self.requests = Requests(topo.limits["request_timeout"], self.max_internal_frame, self.outbox,
                                  on_late=self.on_late_reply)
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
         self.counters = self.peers("counter")
@@ -140,7 +140,7 @@ class LogicNode(Node):
         elsewhere and come by hand-over, so it seeds none and serves only what it holds until
         ``settle``.  Nobody answering (a mesh starting up) or all on this version: not joining."""
         others = {n: self.topo.node(n).endpoint("rpc") for n in self.topo.ids("logic") if n != self.id}
-        answers = statusprobe.status_all(self.ctx, self.security, others, timeout)   # own keys
+        answers = statusprobe.status_all(self.ctx, self.security, others, timeout, self.max_internal_frame)   # own keys
         for peer, status in answers.items():
             if status is not None and status.get("topology_version", self.topo.version) < self.topo.version:
                 log.warning("%s joins a running mesh (%s runs topology version %s): it serves the "

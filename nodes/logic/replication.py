@@ -28,7 +28,7 @@ import time
 
 from nodes.storage import shards
 from nodes.protocol import wire
-from nodes.logic.placement import ShardPlacement
+from nodes.cluster.placement import ShardPlacement
 
 log = logging.getLogger(__name__)
 

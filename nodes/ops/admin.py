@@ -16,10 +16,9 @@ from nodes.protocol import auth, wire
 
 from nodes.runtime import curve, statusprobe
 
-from nodes.cluster import rendezvous
+from nodes.cluster import placement, rendezvous
 from nodes.runtime.logs import events
 from nodes.client.nearest import SLACK, STICKY
-from nodes.runtime.node import INTERNAL_MAX_FRAME
 from nodes.cluster.topology import Topology
 
 CHANNEL_OPS = ("create", "add", "remove", "show")
@@ -49,6 +48,11 @@ class Admin:
             self._identity = curve.Identity.admin(self.topo)
         return self._identity
 
+    @property
+    def _max_frame(self) -> int:
+        """A reply is a frame between nodes: the topology's one internal limit."""
+        return int(self.topo.limits["max_internal_frame"])
+
     def call(self, node_id: str, msg: dict, timeout: float | None = None) -> dict | None:
         """One request to a node's rpc endpoint; the reply map, or None if no answer in time."""
         sock = self.ctx.socket(zmq.DEALER)
@@ -59,7 +63,7 @@ class Admin:
             sock.send(wire.pack(msg))
             if not sock.poll(int((timeout or self.timeout) * 1000)):
                 return None
-            return wire.unpack(sock.recv(), INTERNAL_MAX_FRAME)
+            return wire.unpack(sock.recv(), self._max_frame)
         finally:
             sock.close(0)
 
@@ -87,7 +91,8 @@ class Admin:
         """{id: (last status map or None, [round trip of each answered request])}, in parallel."""
         identity = self.identity              # a missing admin key is an error even if all are down
         return statusprobe.status_rounds(self.ctx, identity, {n: self.topo.node(n).endpoint("rpc") for n in node_ids},
-                                         rounds, self.timeout if timeout is None else timeout, self._rids)
+                                         rounds, self.timeout if timeout is None else timeout, self._max_frame,
+                                         self._rids)
 
     def channel(self, op: str, name: str, members=(), lifetime: float | None = None) -> dict:
         """create/add/remove/show on the logic node owning the channel (``lifetime``: create only)."""
@@ -101,7 +106,7 @@ class Admin:
         if lifetime is not None:
             msg["lifetime"] = lifetime
         reply, owner = None, None
-        for owner in self._servers(name):
+        for owner in placement.servers(self.topo, name):
             reply = self.call(owner, msg)
             if reply is not None and reply.get("code") == wire.Err.WRONG_OWNER and reply.get("leader"):
                 owner = reply["leader"]                  # a replica names its shard's leader
@@ -115,12 +120,6 @@ class Admin:
             raise AdminError(reply["code"], reply["msg"])
         events.admin(op, name, members=len(msg.get("members", ())), owner=owner)
         return reply
-
-    def _servers(self, name: str) -> list[str]:
-        """Where to ask about a channel: its owner, or its shard's replicas (preferred first)."""
-        if self.topo.replicated:
-            return self.topo.replicas_of(self.topo.shard_of(name))
-        return [self.topo.logic_for(name)]
 
     def presence(self, uin: int) -> dict:
         """{logic id: {device: broker}} as each logic node's replica sees the uin."""

@@ -21,6 +21,16 @@ the heal the new leader could never reach the old one.  Anything on a node's
 port that is not a node (a port reused while it was down, a middlebox) does
 the same.  ``Relinker`` sees a disconnect that no retry followed and
 connects that endpoint again, as long as it takes.
+
+Some links are watched in the poll loop instead (``on_link_down``): with
+ZMTP heartbeats on (nodes/runtime/node.py ``node_heartbeats``) libzmq closes a
+connection whose peer stays silent for HEARTBEAT_TIMEOUT -- a cut WAN link or
+a frozen peer -- and ``down(peer_id)`` is called on that disconnect, so a
+broker fails the requests waiting on that peer and answers new ones
+UNAVAILABLE without waiting for its request timeout or for the peer's ticks
+to go stale.  ``Liveness`` is the rule that combines both signals -- what a
+node heard from a peer lately, and whether its link is up -- into "is this
+peer up" (the broker's view of its logic nodes).
 """
 from __future__ import annotations
 
@@ -139,12 +149,12 @@ def on_event(node, sock, frames, owners: dict) -> str | None:
 
 def watch_peers(node) -> list:
     """Drain the monitors of the node's connecting sockets; the monitor sockets.  The same timer
-    connects again what libzmq gave up, on these sockets and on nodes/runtime/linkwatch.py's."""
+    connects again what libzmq gave up, on these sockets and on those ``on_link_down`` watches."""
     def drain():
         owners = endpoint_owners(node.topo)                 # a live reshard may change them
         for sock, mon in list(node.relinker.monitors.items()):
             if sock in node.linked:
-                continue                                    # nodes/runtime/linkwatch.py drains its own
+                continue                                    # on_link_down drains its own
             while True:
                 try:
                     frames = mon.recv_multipart(zmq.NOBLOCK)
@@ -154,3 +164,68 @@ def watch_peers(node) -> list:
         node.relinker.check(time.monotonic())
     node.loop.every(DRAIN_EVERY, drain)
     return [mon for sock, mon in node.relinker.monitors.items() if sock not in node.linked]
+
+
+def on_link_down(node, socks: dict, down, up=None) -> list:
+    """Watch ``socks`` ({peer id: socket connected by the node's Relinker}); ``down(peer id)`` on
+    each disconnect, ``up(peer id)`` when connected again.  These sockets' monitors are drained
+    in the poll loop (``watch_peers`` skips them), their changes logged and told to the
+    Relinker."""
+    owners = endpoint_owners(node.topo)
+    monitors = []
+    for peer, sock in socks.items():
+        mon = node.relinker.monitors[sock]
+        node.linked.add(sock)
+
+        def on_frames(frames, peer=peer, sock=sock):
+            state = on_event(node, sock, frames, owners)
+            if state == "down":
+                down(peer)
+            elif state == "up" and up is not None:
+                up(peer)
+        node.loop.add(mon, on_frames)
+        monitors.append(mon)
+    return monitors
+
+
+class Liveness:
+    """Is a peer up: heard from within ``down_after`` seconds and its link not dropped.  No
+    clock: callers pass ``now``.
+
+    A peer never heard from counts as up for ``grace`` seconds after ``started`` (the mesh is
+    starting).  A dropped link (``link_down``) makes it down at once, and nothing heard undoes
+    that until the link is back (``link_up``): a tick read late from a queue filled before the
+    drop must not.  A peer that says it stops (``tick(..., stopping=True)``) is down at once and
+    only a tick makes it up again (other frames do not)."""
+
+    def __init__(self, down_after: float, grace: float, started: float):
+        self.down_after, self.grace, self.started = down_after, grace, started
+        self.last = {}                          # peer -> when last heard (-inf: down until a tick)
+        self.unlinked = set()                   # peers whose link dropped, until it is back
+
+    def tick(self, peer, now: float, stopping: bool = False) -> None:
+        """A tick from ``peer`` (``stopping``: it said it stops)."""
+        self.last[peer] = float("-inf") if stopping else now
+
+    def heard(self, peer, now: float) -> None:
+        """Some other frame from ``peer``: proof of life, but one that said it stops stays down."""
+        if self.last.get(peer) != float("-inf"):
+            self.last[peer] = now
+
+    def link_down(self, peer) -> None:
+        self.unlinked.add(peer)
+        self.last[peer] = float("-inf")
+
+    def link_up(self, peer) -> None:
+        self.unlinked.discard(peer)             # its ticks count again
+
+    def known(self, peer) -> bool:
+        return peer in self.last
+
+    def up(self, peer, now: float) -> bool:
+        if peer in self.unlinked:
+            return False
+        last = self.last.get(peer)
+        if last is None:
+            return now - self.started < self.grace
+        return now - last < self.down_after

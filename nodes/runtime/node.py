@@ -29,8 +29,6 @@ from nodes.runtime.links import Relinker
 
 log = logging.getLogger(__name__)
 
-INTERNAL_MAX_FRAME = 64 * 1024 * 1024     # what we accept from our own nodes (replies, PUB)
-
 # ZMTP heartbeats on every node-to-node connection, both ends (docs/ha.md "Partitions heal
 # fast"): a PING every HEARTBEAT_IVL; no traffic for HEARTBEAT_TIMEOUT drops the connection, so a
 # cut link or a frozen peer is noticed in under a second (not after TCP's retransmission timeouts,
@@ -78,16 +76,22 @@ class Node:
         if self.needs_store:
             self.store = Store(topo.node_dir(node_id),
                                sync=topo.storage["sync"] if store_sync is None else store_sync)
-        self.outbox = Outbox(self.on_send_failed)   # replies, pushes, requests: sent after the batch
+        self.outbox = Outbox(self.on_send_failed, self.max_internal_frame)   # sent after the batch
         self.loop.on_turn_end(self._end_turn)
         self.dispatchers = []
         self.pub_dispatchers = []             # one per subscribe(): PUB frames by kind
         self.client_facing = set()            # sockets clients connect to: strict msgpack decoding
-        self.linked = set()        # sockets watched by nodes/runtime/linkwatch.py (peerwatch skips them)
+        self.linked = set()        # sockets watched by links.on_link_down (links.watch_peers skips them)
         self.relinker = Relinker(self.security)   # connects node sockets, and again when libzmq gives up
         self.requests = None       # the node's rpc.Requests, if it sends requests
         from nodes.runtime import metrics                 # Prometheus /metrics if the topology gives this node one
         self.metrics = metrics.serve(self)
+
+    @property
+    def max_internal_frame(self) -> int:
+        """Bytes of one frame between our own nodes, both ways (ZMQ_MAXMSGSIZE on bound internal
+        sockets, requests, replies, PUB frames): the topology's ``limits.max_internal_frame``."""
+        return int(self.topo.limits["max_internal_frame"])
 
     # --- sockets -------------------------------------------------------------
     def bind(self, kind: int, endpoint: str, maxmsgsize: int | None = None,
@@ -100,7 +104,7 @@ class Node:
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.ROUTER_MANDATORY, int(mandatory))
         if kind != zmq.PUB:
-            sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize or int(self.topo.limits["max_internal_frame"]))
+            sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize or self.max_internal_frame)
         client_facing = endpoint == self.spec.endpoints.get("client")
         if client_facing:
             self.client_facing.add(sock)
@@ -141,7 +145,7 @@ class Node:
         self.pub_dispatchers.append(pubs)
 
         def on_frames(frames):
-            pubs.frame(frames[-1], INTERNAL_MAX_FRAME)
+            pubs.frame(frames[-1], self.max_internal_frame)
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100000)
@@ -170,7 +174,7 @@ class Node:
         dispatcher = Dispatcher(schemas, handlers, guard,
                                 wire.unpack_many if sock in self.client_facing else wire.unpack_internal)
         self.dispatchers.append(dispatcher)
-        limit = max_len or int(self.topo.limits["max_internal_frame"])
+        limit = max_len or self.max_internal_frame
 
         def reply(ident, msg):
             self.queue_reply(sock, ident, msg)

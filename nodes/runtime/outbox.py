@@ -4,7 +4,10 @@ Messages for the same peer (a ROUTER identity, a PUB topic, or a DEALER's
 one peer) are joined into one msgpack array frame, in the order they were
 queued, so a turn that answers ten requests of one broker costs one ZeroMQ
 message instead of ten.  Receivers accept a frame holding one map or an
-array of maps (wire.unpack_many).
+array of maps (wire.unpack_many).  A joined frame stays within ``max_frame``
+bytes (the topology's one internal frame limit, which receivers enforce):
+sixty-four 290 KB sync replies of one turn leave as two frames, not one of
+18 MB that the broker would refuse.
 """
 from __future__ import annotations
 
@@ -21,10 +24,14 @@ MAX_BATCH = 128                   # messages per frame at most
 PASSES = 2                        # flush passes: the second sends what failure callbacks queued
 
 
+ARRAY_HEADER = 5                  # bytes of a msgpack array header at most
+
+
 class Outbox:
-    def __init__(self, on_failed=None):
+    def __init__(self, on_failed=None, max_frame: int | None = None):
         self.queued = {}          # (sock, key or None) -> [packed message, ...]
         self.on_failed = on_failed   # (sock, key, exc): a full or vanished peer (ROUTER_MANDATORY)
+        self.max_frame = max_frame   # bytes of one joined frame (None: no bound)
 
     def put(self, sock, key, packed: bytes) -> None:
         batch = self.queued.get((sock, key))
@@ -60,8 +67,7 @@ class Outbox:
         """(frames sent, whether a send failed)."""
         frames, failed = 0, False
         for (sock, key), items in queued.items():
-            for i in range(0, len(items), MAX_BATCH):
-                chunk = items[i:i + MAX_BATCH]
+            for chunk in (items,) if len(items) == 1 else batches(items, self.max_frame):
                 frame = chunk[0] if len(chunk) == 1 else array_of_packed(chunk)
                 try:
                     if key is None:
@@ -77,3 +83,21 @@ class Outbox:
                         self.on_failed(sock, key, exc)
                     break                 # the rest for this peer would fail the same way
         return frames, failed
+
+
+def batches(items: list, max_frame: int | None):
+    """``items`` in runs to join into one frame each: MAX_BATCH messages at most and, when
+    ``max_frame`` is given, no more bytes than that (a message larger alone is a run of one)."""
+    if max_frame is None:
+        for i in range(0, len(items), MAX_BATCH):
+            yield items[i:i + MAX_BATCH]
+        return
+    budget = max_frame - ARRAY_HEADER
+    start, size = 0, 0
+    for i, packed in enumerate(items):
+        n = len(packed)
+        if i > start and (i - start == MAX_BATCH or size + n > budget):
+            yield items[start:i]
+            start, size = i, 0
+        size += n
+    yield items[start:]

@@ -13,10 +13,10 @@ clock reads here: callers pass ``now`` (monotonic seconds).
 from __future__ import annotations
 
 import collections
-import heapq
 import secrets
 
 from nodes.protocol import wire
+from nodes.runtime.deadlines import DeadlineHeap
 
 REMEMBER_GONE = 10_000          # ended sessions whose reason a late request can still learn
 
@@ -44,9 +44,7 @@ class SessionTable:
         self.by_uin = {}                        # uin -> {ident: Session}
         self.gone = collections.OrderedDict()   # ident -> reason, newest last
         self.ended = collections.Counter()      # reason -> sessions ended for it
-        self._deadlines = []                    # heap of (deadline, seq, session): one live entry per
-        #                                         session (its ``due``); superseded ones are skipped
-        self._seq = 0
+        self._deadlines = DeadlineHeap(self._live, self.deadline)     # one live entry per session
 
     def __len__(self) -> int:
         return len(self.by_ident)
@@ -58,7 +56,7 @@ class SessionTable:
         self.by_key[(uin, device)] = session
         self.by_uin.setdefault(uin, {})[ident] = session
         self.gone.pop(ident, None)
-        self._schedule(session)
+        self._deadlines.track(session, session)
         return session
 
     def check(self, ident, sid, now) -> Session:
@@ -96,29 +94,14 @@ class SessionTable:
     def deadline(self, session: Session) -> float:
         return session.last_seen + self.factor * session.interval
 
-    def _schedule(self, session: Session) -> None:
-        self._seq += 1
-        session.due = self.deadline(session)
-        heapq.heappush(self._deadlines, (session.due, self._seq, session))
+    def _live(self, session: Session):
+        return session if self.by_ident.get(session.ident) is session else None
 
     def expired(self, now: float, budget: int = 5000) -> list:
         """Sessions silent past their deadline (looked at from the heap, at most ``budget``)."""
-        out = []
-        heap = self._deadlines
-        while heap and heap[0][0] <= now and budget > 0:
-            due, _seq, session = heapq.heappop(heap)
-            budget -= 1
-            if self.by_ident.get(session.ident) is not session or due != session.due:
-                continue                                # ended, or superseded by an earlier entry
-            if self.deadline(session) <= now:
-                out.append(session)
-            else:
-                self._schedule(session)                 # it was active since: look again later
-        return out
+        return self._deadlines.expired(now, budget)
 
     def reschedule(self, session: Session) -> None:
-        """The interval changed: make sure the heap looks at the session in time.  Only a
-        deadline that moved earlier needs a new entry (a later one is found when the live entry
-        comes due), so a heartbeat does not add an entry per session each time."""
-        if self.deadline(session) < session.due:
-            self._schedule(session)
+        """The interval changed: make sure the heap looks at the session in time (a deadline
+        that moved earlier gets a new entry, nodes/runtime/deadlines.py)."""
+        self._deadlines.track(session, session)

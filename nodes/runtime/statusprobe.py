@@ -18,16 +18,15 @@ import time
 import zmq
 
 from nodes.protocol import wire
-from nodes.runtime.node import INTERNAL_MAX_FRAME
 
 
 def status_rounds(ctx: zmq.Context, identity, endpoints: dict, rounds: int, timeout: float,
-                  rids=None) -> dict:
+                  max_frame: int, rids=None) -> dict:
     """{id: (last status map or None, [round trip of each answered request])}, in parallel.
 
     ``endpoints``: {id: rpc endpoint}; ``identity``: whose CURVE keys connect
     (nodes/runtime/curve.py); each node gets its next request when the last is
-    answered, up to ``rounds``; ``rids``: the request ids to use (an iterator)."""
+    answered, up to ``rounds``; ``max_frame``: the topology's internal frame limit; ``rids``: the request ids to use (an iterator)."""
     rids = itertools.count(1) if rids is None else rids
     ids = list(endpoints)
     out = {n: (None, []) for n in ids}
@@ -52,7 +51,7 @@ def status_rounds(ctx: zmq.Context, identity, endpoints: dict, rounds: int, time
             for sock, _ in poller.poll(int(left * 1000) + 1):
                 node_id = by_sock[sock]
                 try:
-                    reply = wire.unpack(sock.recv(zmq.NOBLOCK), INTERNAL_MAX_FRAME)
+                    reply = wire.unpack(sock.recv(zmq.NOBLOCK), max_frame)
                 except (zmq.Again, wire.ProtocolError):
                     continue
                 rid, t0 = sent[node_id]
@@ -71,9 +70,10 @@ def status_rounds(ctx: zmq.Context, identity, endpoints: dict, rounds: int, time
     return out
 
 
-def status_all(ctx: zmq.Context, identity, endpoints: dict, timeout: float, rids=None) -> dict:
+def status_all(ctx: zmq.Context, identity, endpoints: dict, timeout: float, max_frame: int, rids=None) -> dict:
     """{id: status map, or None if it did not answer within ``timeout``}."""
-    return {n: reply for n, (reply, _rtts) in status_rounds(ctx, identity, endpoints, 1, timeout, rids).items()}
+    return {n: reply for n, (reply, _rtts) in
+            status_rounds(ctx, identity, endpoints, 1, timeout, max_frame, rids).items()}
 
 
 def _send_status(sock, rids) -> tuple[int, float]:

@@ -36,17 +36,24 @@ def reader(kind: int):
     ROUTER messages are [identity, body] and anyone may connect, so extra
     frames are drained and returned (the caller refuses them).  DEALER and
     SUB sockets here only ever talk to our own nodes' ROUTER and PUB sockets,
-    whose messages have a fixed shape: one frame, or [topic, body].
+    whose messages have a fixed shape: one frame, or [topic, body].  PAIR
+    messages are read whole: a monitor's have two frames.
     """
     if kind == zmq.ROUTER:
-        def read_router(sock):
-            frames = [_recv(sock, NOBLOCK), _recv(sock, NOBLOCK)]
-            while _get(sock, RCVMORE):
-                frames.append(_recv(sock, NOBLOCK))
-            return frames
-        return read_router
+        return lambda sock: _rest(sock, [_recv(sock, NOBLOCK), _recv(sock, NOBLOCK)])
     if kind == zmq.SUB:
         return lambda sock: [_recv(sock, NOBLOCK), _recv(sock, NOBLOCK)]
-    if kind in (zmq.DEALER, zmq.PAIR):          # PAIR: a thread of the node (inproc)
+    if kind == zmq.DEALER:
         return lambda sock: [_recv(sock, NOBLOCK)]
+    if kind == zmq.PAIR:
+        # a thread of the node (inproc, one frame) or a socket monitor (two frames: event and
+        # endpoint; read one at a time, every event failed to parse -- issue 22)
+        return lambda sock: _rest(sock, [_recv(sock, NOBLOCK)])
     raise ValueError(f"no reader for socket type {kind}")
+
+
+def _rest(sock, frames: list) -> list:
+    """``frames`` with the rest of the message they began."""
+    while _get(sock, RCVMORE):
+        frames.append(_recv(sock, NOBLOCK))
+    return frames

@@ -1,0 +1,349 @@
+"""The broker's protocol core: client sessions and requests, without sockets or a clock.
+
+Checks login tokens, applies the length, fragment and rate limits, forwards
+sends and syncs to the logic node serving the channel (nodes/broker/owners.py)
+and presence to the router owning the uin, answers heartbeats from the parts
+that answered in time, and pushes the deliveries the node hands it to the
+right sessions.  Stateless beyond its sessions: a client may reconnect to any
+broker.
+
+The broker is the authority on a session's liveness: any request keeps it
+alive, silence for ``session_timeout_factor`` intervals ends it (the router
+hears of activity through batched ``touch`` requests and only expires
+sessions itself, later, when a broker died).
+"""
+from __future__ import annotations
+
+import collections
+import math
+
+from nodes.broker.limits import FragmentGroups, TokenBuckets
+from nodes.broker.owners import Owners
+from nodes.protocol import auth, wire
+from nodes.protocol.heartbeat import initial_interval
+from nodes.runtime.logs import events
+from nodes.runtime.sessions import SessionTable
+
+FAST_TIMEOUT = 1.0              # heartbeat parts (router, heads) answer within this
+
+
+class BrokerCore:
+    """Sessions and client request handling: no sockets, no clock (``now`` is passed in).
+
+    Effects go through ``out``: ``reply(ident, msg)``, ``push(ident, packed)``,
+    ``push_many(idents, packed)``,
+    ``to_logic(channel, msg, callback, timeout=None)``, ``to_router(uin, msg,
+    callback, timeout=None)``.
+    """
+
+    def __init__(self, broker_id, topo, secret, out, now: float, idc: str = ""):
+        self.id = broker_id
+        self.idc = idc
+        self.topo = topo
+        self.secret = secret
+        self.out = out
+        self.started = now
+        limits = topo.limits
+        self.max_text = int(limits["max_text"])
+        self.max_fragments = int(limits["max_fragments"])
+        self.max_frame = int(limits["max_frame"])
+        self.send_timeout = float(limits["request_timeout"])
+        self.buckets = TokenBuckets(limits["rate"], limits["burst"])
+        self.stats = collections.Counter()      # refused sends by code
+        self.counts = collections.Counter()     # logins, acks, deliveries (metrics)
+        self.client_limits = {k: limits[k] for k in ("max_text", "max_fragments", "rate", "burst",
+                                                    "message_lifetime")}
+        self.max_pending = int(limits["max_pending"])
+        self.max_session_inflight = int(limits["session_inflight"])
+        self.max_channels = int(topo.heartbeat["max_channels"])
+        self.pending = 0
+        self.sessions = SessionTable(float(topo.heartbeat["session_timeout_factor"]))
+        self.active = set()                     # sessions with requests since the last touch round
+        self.owners = Owners(topo, now)         # which logic node serves a channel, and is it up
+        self.handlers = {"login": self.login, "ping": self.ping, "send": self.send, "sync": self.sync,
+                         "hb": self.heartbeat, "logout": self.logout}
+
+    # --- the guard: every request but login/ping needs its session ------------
+    def guard(self, ident, t, msg, now):
+        if t in wire.SESSIONLESS:
+            return ident
+        session = self.sessions.check(ident, msg.get("sid"), now)
+        self.active.add(session)
+        return session
+
+    # --- requests ------------------------------------------------------------
+    def ping(self, ident, msg, now):
+        return wire.reply("pong", msg["rid"], broker=self.id, idc=self.idc)
+
+    def login(self, ident, msg, now):
+        uin = auth.check_login(self.secret, msg)
+        net = msg.get("net", "wired")
+        if type(net) is not str:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'net' must be a string")
+        device = msg["device"]
+        current = self.sessions.by_ident.get(ident)
+        if current is not None:                 # a new login on the same connection replaces it
+            self.end(current, None, notify_router=(current.uin, current.device) != (uin, device))
+        old = self.sessions.by_key.get((uin, device))
+        if old is not None:
+            self.kick(old, "replaced", "logged in again from another connection", notify_router=False)
+        interval = initial_interval(self.topo.heartbeat, net)
+        new = self.sessions.open(ident, uin, device, net, interval, now)
+        rid = msg["rid"]
+
+        def done(reply):
+            if reply.get("t") == "ok":
+                new.interval = reply.get("interval", interval)
+                self.sessions.reschedule(new)
+                self.counts["logins"] += 1
+                events.login(uin, device, broker=self.id)
+                self.out.reply(ident, wire.reply("login_ok", rid, uin=uin, device=device, sid=new.sid,
+                                                 broker=self.id, idc=self.idc, hb=new.interval,
+                                                 limits=self.client_limits))
+            else:
+                self.end(new, None, notify_router=False)
+                self.out.reply(ident, wire.error(rid, reply.get("code", wire.Err.UNAVAILABLE),
+                                                 reply.get("msg", "router unavailable")))
+        self.out.to_router(uin, {"t": "online", "uin": uin, "device": device,
+                                 "broker": self.id, "net": net}, done)
+        return None
+
+    def send(self, session, msg, now):
+        """Length, fragment and rate checks; then forward to the channel's logic node."""
+        try:
+            return self._send(session, msg, now)
+        except wire.ProtocolError as exc:
+            self.stats["refused"] += 1
+            self.stats[exc.code] += 1
+            raise
+
+    def _send(self, session, msg, now):
+        text = msg["text"]
+        size = len(text.encode("utf-8"))
+        if size == 0:
+            raise wire.ProtocolError(wire.Err.EMPTY_TEXT, "text is empty")
+        if size > self.max_text:
+            raise wire.ProtocolError(wire.Err.TOO_LONG, f"text of {size} bytes exceeds the limit "
+                                     f"of {self.max_text}; split it into fragments", limit=self.max_text)
+        owner = self.owners.serving(msg["channel"], now)
+        request = {"t": "send", "uin": session.uin, "device": session.device, "channel": msg["channel"],
+                   "ctime": msg["ctime"], "text": text}
+        charge, frag = True, None
+        if "frag" in msg:
+            frag = FragmentGroups.parse(msg["frag"], self.max_fragments)
+            if session.groups is None:
+                session.groups = FragmentGroups()
+            charge, _retry = session.groups.check(*frag, msg["ctime"])
+            request["frag"] = list(frag)
+        if charge:
+            wait = self.buckets.take(session.uin, now)
+            if wait:
+                raise wire.ProtocolError(wire.Err.RATE_LIMITED, f"over {self.buckets.rate:g} messages/s; "
+                                         f"retry in {wait:.3f} s", retry_after=math.ceil(wait * 1000) / 1000)
+        if frag is not None:
+            session.groups.accept(*frag, msg["ctime"])
+        return self._forward(session, msg, request, owner)
+
+    def sync(self, session, msg, now):
+        owner = self.owners.serving(msg["channel"], now)
+        return self._forward(session, msg, {"t": "sync", "uin": session.uin,
+                                            "channel": msg["channel"], "after": msg["after"]}, owner)
+
+    def _admit(self, session) -> None:
+        """One more request of ``session`` waits for other nodes: bounded per broker and per
+        session, so no client can take every slot (BUSY: nothing was forwarded)."""
+        if self.pending >= self.max_pending:
+            raise wire.ProtocolError(wire.Err.BUSY, "system busy; retry later")
+        if session.inflight >= self.max_session_inflight:
+            raise wire.ProtocolError(wire.Err.BUSY, f"more than {self.max_session_inflight} requests in "
+                                     "flight on this session; wait for replies", limit=self.max_session_inflight)
+        self.pending += 1
+        session.inflight += 1
+
+    def _release(self, session) -> None:
+        self.pending -= 1
+        session.inflight -= 1
+
+    def _forward(self, session, msg, request, owner):
+        """Send to the owning logic node; the reply goes back with the client's rid."""
+        self._admit(session)
+        rid, ident = msg["rid"], session.ident
+
+        def done(reply):
+            self._release(session)
+            if reply.get("t") == "ack":
+                self.counts["acks"] += 1
+            reply["rid"] = rid
+            if reply.get("code") == wire.Err.WRONG_OWNER:
+                reply = self.owners.moved(request["channel"], reply)
+            self.out.reply(ident, reply)
+        self.out.to_logic(owner, request, done, self.send_timeout)
+        return None
+
+    def heartbeat(self, session, msg, now):
+        """Router: mark alive, get the next interval.  Owning logic nodes: newest id of
+        each listed channel plus what the client is missing, pushed before the ack.
+        Answered within FAST_TIMEOUT: channels of owners that are down or slow are
+        listed in ``unavailable``."""
+        channels = msg.get("channels", {})
+        wire.KINDS["windows"](channels, "channels")
+        if len(channels) > self.max_channels:
+            raise wire.ProtocolError(wire.Err.TOO_MANY, f"a heartbeat may list at most "
+                                     f"{self.max_channels} channels", limit=self.max_channels)
+        net = msg.get("net", session.net)
+        if type(net) is not str:
+            raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'net' must be a string")
+        session.net = net
+        self._admit(session)
+        ack = wire.reply("hb_ack", msg["rid"], interval=session.interval, heads={}, first={}, upto={},
+                         more=[], not_member=[], unavailable=[])
+        groups = {}
+        for name, have in channels.items():
+            owner = self.owners.owner_of(name)
+            if self.owners.up(owner, now):
+                groups.setdefault(owner, {})[name] = have
+            else:
+                ack["unavailable"].append(name)
+        msgs = []
+        waiting = [1 + len(groups)]
+        ident = session.ident
+
+        def part_done():
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                self._release(session)
+            if waiting[0] == 0 and session.ended is None:
+                for m in msgs:
+                    self.out.push(ident, wire.pack(m))
+                self.out.reply(ident, ack)
+
+        def on_router(reply):
+            if reply.get("t") == "hb":
+                if reply.get("moved"):
+                    waiting[0] = -1                     # no ack will be sent for this heartbeat
+                    self._release(session)
+                    self.kick(session, "replaced", "logged in again on another broker", notify_router=False)
+                    self.out.reply(ident, wire.error(msg["rid"], wire.Err.NOT_LOGGED_IN, "session "
+                                                     "replaced by a login on another broker",
+                                                     reason="replaced"))
+                    return
+                session.interval = ack["interval"] = reply["interval"]
+                session.touched = now
+                self.sessions.reschedule(session)
+            part_done()
+
+        def on_logic(wanted):
+            def done(reply):
+                if reply.get("t") == "heads":
+                    for key in ("heads", "first", "upto"):
+                        ack[key].update(reply.get(key, {}))
+                    ack["more"] += reply["more"]
+                    ack["not_member"] += reply["not_member"]
+                    ack["unavailable"] += reply.get("unavailable", ())
+                    msgs.extend(reply["msgs"])
+                else:
+                    ack["unavailable"] += list(wanted)
+                part_done()
+            return done
+
+        self.out.to_router(session.uin, {"t": "hb", "uin": session.uin, "device": session.device,
+                                         "broker": self.id, "net": net}, on_router, FAST_TIMEOUT)
+        for owner, wanted in groups.items():
+            self.out.to_logic(owner, {"t": "heads", "uin": session.uin, "channels": wanted},
+                              on_logic(wanted), FAST_TIMEOUT)
+        return None
+
+    def logout(self, session, msg, now):
+        self.end(session, None, notify_router=True)
+        return wire.reply("bye", msg["rid"])
+
+    def adopt(self, topo) -> None:
+        """A live reshard (nodes/cluster/topochange.py): route by the new topology."""
+        self.topo = topo
+        self.owners.adopt(topo)
+
+    # --- sessions ------------------------------------------------------------
+    def end(self, session, reason, notify_router: bool) -> None:
+        if not self.sessions.end(session, reason):
+            return
+        self.active.discard(session)
+        if reason is None:
+            events.logout(session.uin, session.device, broker=self.id)
+        else:
+            events.kicked(session.uin, session.device, reason, broker=self.id)
+        if notify_router:
+            self.out.to_router(session.uin, {"t": "offline", "uin": session.uin,
+                                             "device": session.device, "broker": self.id},
+                               lambda _reply: None)
+
+    def kick(self, session, reason, text, notify_router: bool) -> None:
+        """End a session and tell its client why (best effort: a full queue cannot take it)."""
+        if session.ended is None:
+            self.out.reply(session.ident, {"t": "kicked", "reason": reason, "msg": text})
+        self.end(session, reason, notify_router)
+
+    def on_kick(self, msg) -> None:
+        """The router says (uin, device) logged in on another broker."""
+        session = self.sessions.by_key.get((msg.get("uin"), msg.get("device")))
+        if session is not None:
+            self.kick(session, "replaced", "logged in again on another broker", notify_router=False)
+
+    def too_slow(self, ident) -> None:
+        session = self.sessions.by_ident.get(ident)
+        if session is not None:
+            self.end(session, "too_slow", notify_router=True)
+
+    def gone(self, ident) -> None:
+        """The connection vanished (the transport said so): end its session now."""
+        session = self.sessions.by_ident.get(ident)
+        if session is not None:
+            self.end(session, "disconnected", notify_router=True)
+
+    def sweep(self, now) -> int:
+        """End sessions silent for too long; return how many."""
+        stale = self.sessions.expired(now)
+        for session in stale:
+            self.kick(session, "expired", "no request for too long; log in again", notify_router=True)
+        self.buckets.prune(now)
+        return len(stale)
+
+    def touches(self, now) -> dict:
+        """{router id: [[uin, device], ...]} of sessions active since the router last heard of them."""
+        out = {}
+        keep = set()
+        for session in self.active:
+            if session.ended is not None:
+                continue
+            if now - session.touched < session.interval / 2:
+                keep.add(session)               # told recently enough; look again next round
+                continue
+            session.touched = now
+            for router in self.topo.routers_for(session.uin, self.idc):
+                out.setdefault(router, []).append([session.uin, session.device])
+        self.active = keep
+        return out
+
+    def on_touched(self, reply) -> None:
+        for uin, device in reply.get("moved", []):
+            session = self.sessions.by_key.get((uin, device))
+            if session is not None:
+                self.kick(session, "replaced", "logged in again on another broker", notify_router=False)
+
+    # --- deliveries ----------------------------------------------------------
+    def deliver(self, packed: bytes, to, sender_uin: int, sender_device: int) -> int:
+        """Push one message (packed once by logic) to its recipients' sessions here,
+        except the device that sent it; return how many pushes."""
+        idents = []
+        by_uin = self.sessions.by_uin
+        for uin in to:
+            sessions = by_uin.get(uin)
+            if not sessions:
+                continue
+            if uin != sender_uin:
+                idents.extend(sessions)
+            else:
+                idents.extend(ident for ident, session in sessions.items() if session.device != sender_device)
+        if idents:
+            self.out.push_many(idents, packed)
+        self.counts["deliveries"] += len(idents)
+        return len(idents)
