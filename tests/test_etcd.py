@@ -58,6 +58,7 @@ def test_a_leader_key_is_won_once_and_freed_when_its_lease_expires(etcd):
     asyncio.run(main())
 
 
+@pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
 def test_the_cluster_serves_with_one_member_of_three_gone(etcd):
     etcd.kill(2)
 
@@ -75,6 +76,7 @@ def test_the_cluster_serves_with_one_member_of_three_gone(etcd):
     asyncio.run(main())
 
 
+@pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
 def test_a_start_that_fails_stops_the_members_it_started(tmp_path):
     """``with LocalEtcd(...)`` never reaches ``__exit__`` when start raises: start itself must
     not leave etcd processes behind (a timeout of 0 fails before any member is healthy)."""

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 
+import pytest
 import zmq
 
 from conftest import write_topology
@@ -98,6 +99,7 @@ def test_killing_the_supervisor_takes_every_node_down(tmp_path):
         kill_group(up)
 
 
+@pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
 def test_detach_stop_start_restart(tmp_path):
     cfg = write_topology(tmp_path)
     topo = topology.load(cfg)
