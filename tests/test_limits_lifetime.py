@@ -41,7 +41,11 @@ def test_long_text_arrives_whole_at_every_member_and_a_lost_fragment_is_synced(m
 
 
 def test_a_burst_of_20_gets_5_through_and_15_rate_limited(make_mesh):
-    m = make_mesh(brokers=1, logics=1, limits={"rate": 1.0, "burst": 5})
+    """The outcome end to end (who is refused, with what, nothing refused stored, counted).  The
+    refill is one token per 1000 s here, so no token comes back however slowly this machine
+    sends; the refill at 1/s and the retry_after it asks for are checked with a fake clock in
+    tests/test_timing_rules.py."""
+    m = make_mesh(brokers=1, logics=1, limits={"rate": 0.001, "burst": 5})
     c = m.client(1)
     accepted, refused = [], []
     for i in range(20):
@@ -51,11 +55,9 @@ def test_a_burst_of_20_gets_5_through_and_15_rate_limited(make_mesh):
             refused.append(exc)
     assert len(accepted) == 5 and len(refused) == 15
     assert {e.code for e in refused} == {wire.Err.RATE_LIMITED}
-    wait = refused[-1].reply["retry_after"]
-    assert 0 < wait <= 1.0
+    assert 0 < refused[-1].reply["retry_after"] <= 1000.0
     assert [m["id"] for m in c.sync("lobby", 0)["msgs"]] == accepted       # refused: never stored
-    time.sleep(wait + 0.05)                                 # the wait the server asked for
-    assert c.send("lobby", "patient again", retries=0) == accepted[-1] + 1
+    assert m.client(2).send("lobby", "another user", retries=0) == accepted[-1] + 1    # per user
     broker = m.topo.ids("broker")[0]
     assert m.admin.status(broker)["refused"]["RATE_LIMITED"] == 15
 

@@ -93,6 +93,7 @@ def wait_acks(senders, more: int) -> None:
     assert not [e for s in senders for e in s.errors]
 
 
+@pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
 def test_add_then_remove_a_logic_node_under_load(tmp_path):
     one = write_topology(tmp_path, brokers=2, logics=1, limits=LIMITS,
                          channels={"lobby": {"members": list(USERS)}})

@@ -74,16 +74,18 @@ def test_the_bed_delays_only_what_crosses_idcs_counts_it_and_cuts(bed):
     for name, idc in (("e1", "east"), ("e2", "east"), ("w1", "west")):
         bed.host(name, idc)
     bed.link.reset()
-    assert echo_rtt(bed, "e1", "e2") < 0.010                       # same IDC: no WAN
-    assert bed.link.data_frames() == 0
-    assert 0.040 <= echo_rtt(bed, "e1", "w1") < 0.200             # 2 x 20 ms one way
+    echo_rtt(bed, "e1", "e2")
+    assert bed.link.data_frames() == 0                              # same IDC: not through the WAN
+    # at least 2 x 20 ms one way (a floor load cannot break; the link's exact hold time, not a
+    # millisecond more, is checked with a fake clock in tests/test_timing_rules.py)
+    assert echo_rtt(bed, "e1", "w1") >= 0.040
     assert bed.link.data_frames() >= 10                             # 5 round trips each way
     bed.cut()
     run = bed.run("e1", [sys.executable, "-c", ECHO_CLIENT.format(addr=bed.hosts["w1"][1])],
                   capture_output=True, text=True, timeout=30)
     assert run.returncode != 0                                      # nothing crosses a cut link
     bed.heal()
-    assert 0.040 <= echo_rtt(bed, "e1", "w1") < 0.200
+    assert echo_rtt(bed, "e1", "w1") >= 0.040                      # through the delaying link again
 
 
 CHAT = [sys.executable, "-m", "nodes.cli.chat"]

@@ -366,6 +366,7 @@ def test_http_fallback_is_a_session_with_pushes(web_mesh):
     assert call(conn, "GET", f"/h/poll?c={channel}")[0] == 404
 
 
+@pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
 def test_http_channels_opened_without_a_login_are_closed(web_mesh):
     """Found in review: opening a channel needs no login, so idle unlogged channels could fill
     the broker's channel table for everyone; they now go after LOGIN_GRACE seconds."""
@@ -417,6 +418,7 @@ def node_major() -> int:
         return 0
 
 
+@pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
 @pytest.mark.skipif(shutil.which("node") is None or node_major() < 20,
                     reason="node >= 20 is not installed (the JS client needs its WebSocket)")
 def test_js_client_node_tests():

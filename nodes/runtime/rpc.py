@@ -25,11 +25,14 @@ class Requests:
         self.pending = {}                    # rid -> (deadline, callback, socket)
         self._rids = itertools.count(1)
 
-    def send(self, sock, msg: dict, callback, timeout: float | None = None) -> int:
+    def send(self, sock, msg: dict, callback, timeout: float | None = None, now: float | None = None) -> int:
+        """Queue ``msg``; ``callback`` gets the reply, or UNAVAILABLE once ``timeout`` has passed
+        (``now``: the monotonic send time, given by tests with a fake clock)."""
         rid = next(self._rids)
         msg["rid"] = rid
         self.outbox.put(sock, None, wire.pack(msg))
-        self.pending[rid] = (time.monotonic() + (timeout or self.timeout), callback, sock)
+        sent = time.monotonic() if now is None else now
+        self.pending[rid] = (sent + (timeout or self.timeout), callback, sock)
         return rid
 
     def on_reply(self, frames: list) -> None:
@@ -49,9 +52,10 @@ class Requests:
             except Exception:                  # one failing callback must not drop the rest of the batch
                 log.exception("reply handling failed (t=%r)", msg.get("t"))
 
-    def expire(self) -> int:
+    def expire(self, now: float | None = None) -> int:
         """Fail the requests whose deadline passed; return how many."""
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         late = [rid for rid, entry in self.pending.items() if entry[0] <= now]
         for rid in late:
             callback = self.pending.pop(rid)[1]
