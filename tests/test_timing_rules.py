@@ -36,7 +36,8 @@ import socket
 import struct
 
 from bench.wanbed import WanLink
-from nodes.broker.node import OWNER_DOWN_AFTER, BrokerCore
+from nodes.broker.core import BrokerCore
+from nodes.broker.owners import OWNER_DOWN_AFTER
 from nodes.cluster import coordinator
 from nodes.logic.node import TICK_INTERVAL
 from nodes.ops.localtopo import write_topology
@@ -78,7 +79,7 @@ def test_a_burst_at_one_instant_gets_burst_through_and_the_rest_is_refused_until
     assert send(102, 2.0)["code"] == wire.Err.RATE_LIMITED       # ... bought exactly one send
     assert core.stats[wire.Err.RATE_LIMITED] == 17
     # a quiet user's bucket fills up to the burst, not beyond
-    core.on_tick("l1", 100.0)
+    core.owners.on_tick("l1", 100.0)
     assert [send(200 + i, 100.0) for i in range(5)] == [None] * 5
     assert send(300, 100.0)["code"] == wire.Err.RATE_LIMITED
 
@@ -112,7 +113,7 @@ def test_a_broker_fails_a_dead_leaders_sends_at_once_and_routes_to_the_new_one(t
     secret = b"a-secret-of-sixteen-bytes"
     core = BrokerCore("b1", topo, secret, out, now=0.0, idc="a")
     send = sender(core, out, secret)
-    core.on_tick("l1", 0.0, leads=[(0, 5)])
+    core.owners.on_tick("l1", 0.0, leads=[(0, 5)])
     assert send(1, 0.1) is None and out.logic[-1][0] == "l1"
     # l1 is SIGKILLed right after its tick: its sends go on to it until it counts as down ...
     assert send(2, OWNER_DOWN_AFTER - 0.001) is None and out.logic[-1][0] == "l1"
@@ -121,15 +122,15 @@ def test_a_broker_fails_a_dead_leaders_sends_at_once_and_routes_to_the_new_one(t
     reply = send(3, OWNER_DOWN_AFTER)
     assert reply["code"] == wire.Err.UNAVAILABLE and len(out.logic) == before
     # the first tick of the new leader (a newer epoch) routes the very next send to it
-    core.on_tick("l2", 2.6, leads=[(0, 6)])
+    core.owners.on_tick("l2", 2.6, leads=[(0, 6)])
     assert send(4, 2.6) is None and out.logic[-1][0] == "l2"
-    core.on_tick("l1", 3.0, leads=[(0, 5)])      # the old leader back with its old epoch: ignored
+    core.owners.on_tick("l1", 3.0, leads=[(0, 5)])      # the old leader back with its old epoch: ignored
     assert send(5, 3.0) is None and out.logic[-1][0] == "l2"
     # a clean stop: the leader's last tick says so, it is down at that instant (no 1.5 s wait)
-    core.on_tick("l2", 3.5, leads=[(0, 6)], stopping=True)
+    core.owners.on_tick("l2", 3.5, leads=[(0, 6)], stopping=True)
     assert send(6, 3.5)["code"] == wire.Err.UNAVAILABLE
-    core.alive("l2", 3.6)                        # a reply read after its stopping tick: still down
-    assert not core.logic_up("l2", 3.6)
+    core.owners.alive("l2", 3.6)                        # a reply read after its stopping tick: still down
+    assert not core.owners.up("l2", 3.6)
 
 
 def test_the_failover_budget_fits_in_5_s():
