@@ -73,7 +73,7 @@ def measure(args, tmp: str, churn: int) -> float:
             router.set_online(uin, 0, f"b{(uin + moved) % args.brokers}")
         started = time.process_time()
         for d in deltas:
-            replica.on_message(d)
+            replica.on_delta(d)
         deltas.clear()
         core.sends.send(b"b0", {"rid": n, "uin": 1, "device": 1, "channel": "big", "ctime": n + 1, "text": "x" * 100},
                   None)

@@ -26,7 +26,7 @@ import time
 
 import zmq
 
-from nodes.protocol import auth, wire
+from nodes.protocol import auth, schema, wire
 from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
 
@@ -140,7 +140,7 @@ def core_main(sessions: int, tmp: str, out) -> None:
     topo = topology.load(cfg)
     secret = topo.read_secret()
     core = BrokerCore("b1", topo, secret, _Out(), now=0.0)
-    d = Dispatcher(wire.CLIENT_REQUESTS, core.handlers, core.guard)
+    d = Dispatcher(schema.CLIENT_REQUESTS, core.handlers, core.guard, limits=core.schema_limits)
     tokens = [auth.mint(secret, uin, 3600) for uin in range(1, sessions + 1)]
     idents = [b"\x00" + uin.to_bytes(4, "big") for uin in range(1, sessions + 1)]   # libzmq's 5-byte ids
     gc.collect()

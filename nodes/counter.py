@@ -23,7 +23,7 @@ from __future__ import annotations
 import zmq
 
 from nodes.storage import store as keys
-from nodes.protocol import wire
+from nodes.protocol import schema, wire
 from nodes.runtime.node import Node
 
 MAX_ALLOC = 1_000_000
@@ -81,7 +81,7 @@ class CounterNode(Node):
             from nodes.cluster.coordinator import EtcdHighWater
             self.highwater = EtcdHighWater(topo.etcd_endpoints(), topo.cluster)
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
-        self.serve(rpc, wire.COUNTER_REQUESTS, {"alloc": self.handle_alloc,
+        self.serve(rpc, schema.COUNTER_REQUESTS, {"alloc": self.handle_alloc,
                                                 "status": self.handle_status})
 
     def handle_alloc(self, _ident, msg, _now=None):

@@ -27,7 +27,7 @@ import zmq
 
 from nodes.protocol import auth
 from nodes.storage import store as keys
-from nodes.protocol import wire
+from nodes.protocol import schema, wire
 from nodes.cluster.placement import Placement
 from nodes.runtime.node import Node
 from nodes.runtime.rpc import Requests
@@ -251,13 +251,13 @@ class RelayNode(Node):
         self.logics = self.peers("logic")
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_chunk"]) + 4096)
-        self.serve(self.client, wire.RELAY_REQUESTS, {
+        self.serve(self.client, schema.RELAY_REQUESTS, {
             "login": self.handle_login, "ping": self.handle_ping, "logout": self.handle_logout,
             "up_begin": self.handle_begin, "up_chunk": self.handle_chunk, "up_end": self.handle_end,
             "down_info": self.handle_info, "down": self.handle_down},
             max_len=int(topo.limits["max_chunk"]) + 4096, guard=self.guard)
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
-        self.serve(rpc, wire.BROKER_REQUESTS, {"status": self.handle_status})
+        self.serve(rpc, schema.BROKER_REQUESTS, {"status": self.handle_status})
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
 
     def on_topology(self, old, new):

@@ -22,7 +22,7 @@ import zmq
 
 from fastpath import OnlineBitmap
 
-from nodes.protocol import wire
+from nodes.protocol import schema, wire
 from nodes.protocol.wire import PRESENCE_TOPIC
 from nodes.protocol.heartbeat import Beat
 from nodes.runtime.deadlines import DeadlineHeap
@@ -164,7 +164,7 @@ class RouterNode(Node):
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
         self.core = RouterCore(node_id, self.publish, topo.heartbeat)
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
-        self.serve(rpc, wire.ROUTER_REQUESTS, {
+        self.serve(rpc, schema.ROUTER_REQUESTS, {
             "online": self.handle_online, "offline": self.handle_offline, "hb": self.handle_hb,
             "touch": self.handle_touch,
             "broker_reset": self.handle_broker_reset, "snapshot": self.handle_snapshot,

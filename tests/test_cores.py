@@ -95,7 +95,7 @@ class Wiring:
     def deliver(self, skip=()):
         for i, d in enumerate(self.deltas):
             if i not in skip:
-                self.replica.on_message(d)
+                self.replica.on_delta(d)
         self.deltas.clear()
 
     def answer_snapshot(self):
@@ -132,7 +132,7 @@ def test_replica_resnapshots_on_a_gap_and_on_a_tick_showing_it_is_behind():
     w.router.set_online(4, 0, "b1")
     w.deliver(skip={0})                          # lost, and nothing follows ...
     assert not w.asked
-    w.replica.on_message(w.router.tick())        # ... but the tick shows seq 4
+    w.replica.on_tick(w.router.tick())           # ... but the tick shows seq 4
     assert w.asked == ["r1"]
     w.answer_snapshot()
     assert 4 in w.replica.online
@@ -145,7 +145,7 @@ def test_replica_resnapshots_when_the_router_restarts():
     w.answer_snapshot()
     w.deltas.clear()
     w.router = RouterCore("r1", w.deltas.append)  # new epoch, empty state
-    w.replica.on_message(w.router.tick())
+    w.replica.on_tick(w.router.tick())
     assert w.asked == ["r1"]
     w.answer_snapshot()
     assert w.replica.online == {}

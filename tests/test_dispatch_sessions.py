@@ -140,7 +140,7 @@ def broker_core(tmp_path):
 
 
 def login(core, out, secret, ident=b"c1", uin=1, device=0, now=0.0):
-    d = Dispatcher(wire.CLIENT_REQUESTS, core.handlers, core.guard)
+    d = Dispatcher(schema.CLIENT_REQUESTS, core.handlers, core.guard, limits=core.schema_limits)
     assert d.one(ident, {"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION,
                          "token": auth.mint(secret, uin), "device": device}, now) is None
     msg, callback, _timeout = out.router[-1]
@@ -152,7 +152,7 @@ def login(core, out, secret, ident=b"c1", uin=1, device=0, now=0.0):
 
 def test_broker_core_answers_ping_without_a_session_and_refuses_requests_without_the_sid(tmp_path):
     core, out, secret = broker_core(tmp_path)
-    d = Dispatcher(wire.CLIENT_REQUESTS, core.handlers, core.guard)
+    d = Dispatcher(schema.CLIENT_REQUESTS, core.handlers, core.guard, limits=core.schema_limits)
     assert d.one(b"x", {"t": "ping", "rid": 5}, 0.0) == {"t": "pong", "rid": 5, "broker": "b1", "idc": "a"}
     d, sid = login(core, out, secret)
     assert d.one(b"c1", {"t": "sync", "rid": 2, "channel": "room", "after": 0}, 1.0)["code"] == \

@@ -102,13 +102,13 @@ def test_every_client_request_has_a_documented_section(doc):
                                    "HANDOFF_REQUESTS"])
 def test_every_internal_request_type_is_documented(doc, table):
     text = section(doc, "Internal protocol (between nodes)")
-    for t in getattr(wire, table):
+    for t in getattr(schema, table):
         assert re.search(rf"`{t}( \{{|`)", text), f"internal request {t!r} undocumented"
 
 
 def test_every_relay_request_type_is_documented(doc):
     text = section(doc, "Media: the relay")
-    for t in wire.RELAY_REQUESTS:
+    for t in schema.RELAY_REQUESTS:
         assert f"`{t}`" in text, f"relay request {t!r} undocumented"
 
 

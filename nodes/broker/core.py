@@ -49,13 +49,15 @@ class BrokerCore:
         self.max_frame = int(limits["max_frame"])
         self.send_timeout = float(limits["request_timeout"])
         self.buckets = TokenBuckets(limits["rate"], limits["burst"])
-        self.stats = collections.Counter()      # refused sends by code
+        self.stats = collections.Counter()      # sends the handler refused, by code (the schema's: Dispatcher.invalid)
         self.counts = collections.Counter()     # logins, acks, deliveries (metrics)
         self.client_limits = {k: limits[k] for k in ("max_text", "max_fragments", "rate", "burst",
                                                     "message_lifetime")}
         self.max_pending = int(limits["max_pending"])
         self.max_session_inflight = int(limits["session_inflight"])
-        self.max_channels = int(topo.heartbeat["max_channels"])
+        # the client schema's named limits (nodes/protocol/schema.py), bound by the dispatcher
+        self.schema_limits = {"max_text": self.max_text, "max_fragments": self.max_fragments,
+                              "max_channels": int(topo.heartbeat["max_channels"])}
         self.pending = 0
         self.sessions = SessionTable(float(topo.heartbeat["session_timeout_factor"]))
         self.active = set()                     # sessions with requests since the last touch round
@@ -78,8 +80,6 @@ class BrokerCore:
     def login(self, ident, msg, now):
         uin = auth.check_login(self.secret, msg)
         net = msg.get("net", "wired")
-        if type(net) is not str:
-            raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'net' must be a string")
         device = msg["device"]
         current = self.sessions.by_ident.get(ident)
         if current is not None:                 # a new login on the same connection replaces it
@@ -118,19 +118,13 @@ class BrokerCore:
             raise
 
     def _send(self, session, msg, now):
-        text = msg["text"]
-        size = len(text.encode("utf-8"))
-        if size == 0:
-            raise wire.ProtocolError(wire.Err.EMPTY_TEXT, "text is empty")
-        if size > self.max_text:
-            raise wire.ProtocolError(wire.Err.TOO_LONG, f"text of {size} bytes exceeds the limit "
-                                     f"of {self.max_text}; split it into fragments", limit=self.max_text)
+        text = msg["text"]                     # length and ``frag`` checked by the schema at dispatch
         owner = self.owners.serving(msg["channel"], now)
         request = {"t": "send", "uin": session.uin, "device": session.device, "channel": msg["channel"],
                    "ctime": msg["ctime"], "text": text}
         charge, frag = True, None
         if "frag" in msg:
-            frag = FragmentGroups.parse(msg["frag"], self.max_fragments)
+            frag = tuple(msg["frag"])
             if session.groups is None:
                 session.groups = FragmentGroups()
             charge, _retry = session.groups.check(*frag, msg["ctime"])
@@ -185,15 +179,8 @@ class BrokerCore:
         each listed channel plus what the client is missing, pushed before the ack.
         Answered within FAST_TIMEOUT: channels of owners that are down or slow are
         listed in ``unavailable``."""
-        channels = msg.get("channels", {})
-        wire.KINDS["windows"](channels, "channels")
-        if len(channels) > self.max_channels:
-            raise wire.ProtocolError(wire.Err.TOO_MANY, f"a heartbeat may list at most "
-                                     f"{self.max_channels} channels", limit=self.max_channels)
-        net = msg.get("net", session.net)
-        if type(net) is not str:
-            raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'net' must be a string")
-        session.net = net
+        channels = msg.get("channels", {})    # shape and count checked by the schema at dispatch
+        session.net = msg.get("net", session.net)
         self._admit(session)
         ack = wire.reply("hb_ack", msg["rid"], interval=session.interval, heads={}, first={}, upto={},
                          more=[], not_member=[], unavailable=[])
@@ -247,7 +234,7 @@ class BrokerCore:
             return done
 
         self.out.to_router(session.uin, {"t": "hb", "uin": session.uin, "device": session.device,
-                                         "broker": self.id, "net": net}, on_router, FAST_TIMEOUT)
+                                         "broker": self.id, "net": session.net}, on_router, FAST_TIMEOUT)
         for owner, wanted in groups.items():
             self.out.to_logic(owner, {"t": "heads", "uin": session.uin, "channels": wanted},
                               on_logic(wanted), FAST_TIMEOUT)

@@ -28,24 +28,29 @@ class LogicFeed:
     def __init__(self, node):
         self.node = node            # BrokerNode: core, logics, requests, idc_peers, clock
 
-    # --- PUB frames -------------------------------------------------------------------
-    def on_frame(self, msg) -> None:
-        node, t = self.node, msg.get("t")
-        if t == "msgs":
-            deliver = node.core.deliver
-            for packed, to, uin, device in msg["items"]:
-                deliver(packed, to, uin, device)
-            if "logic" in msg:             # proof of life: under a backlog ticks come late
-                node.core.owners.alive(msg["logic"], node.clock())
-        elif t == "msgs_idc":
-            self.on_idc_delivery(msg)
-            if "logic" in msg:
-                node.core.owners.alive(msg["logic"], node.clock())
-        elif t == "tick":
-            stopping = msg.get("stopping") is True
-            node.core.owners.on_tick(msg.get("logic"), node.clock(), msg.get("leads") or (), stopping)
-            if stopping and msg.get("logic") in node.logics:      # its answers will not come
-                node.requests.fail_peer(node.logics[msg["logic"]], f"logic {msg['logic']} is stopping; retry")
+    # --- PUB frames (validated by their schema before they get here) --------------------
+    @property
+    def handlers(self) -> dict:
+        """The logic nodes' PUB frames by kind (Node.subscribe)."""
+        return {"msgs": self.on_msgs, "msgs_idc": self.on_idc_delivery, "tick": self.on_tick}
+
+    def on_msgs(self, msg) -> None:
+        node = self.node
+        deliver = node.core.deliver
+        for packed, to, uin, device in msg["items"]:
+            deliver(packed, to, uin, device)
+        self._alive(msg)
+
+    def _alive(self, msg) -> None:
+        if "logic" in msg:                 # proof of life: under a backlog ticks come late
+            self.node.core.owners.alive(msg["logic"], self.node.clock())
+
+    def on_tick(self, msg) -> None:
+        node = self.node
+        stopping = msg.get("stopping") is True
+        node.core.owners.on_tick(msg["logic"], node.clock(), msg.get("leads") or (), stopping)
+        if stopping and msg["logic"] in node.logics:      # its answers will not come
+            node.requests.fail_peer(node.logics[msg["logic"]], f"logic {msg['logic']} is stopping; retry")
 
     def on_idc_delivery(self, msg) -> None:
         """This broker is its IDC's gateway for a remote logic node's turn: deliver its own part,
@@ -56,16 +61,17 @@ class LogicFeed:
             log.warning("bad msgs_idc frame: %s", exc.msg)
             return
         node = self.node
+        self._alive(msg)
         for broker, items in parts.items():
             if broker == node.id:
-                self.on_frame({"t": "msgs", "items": items})
+                self.on_msgs({"t": "msgs", "items": items})
             elif broker in node.idc_peers:
                 node.requests.send(node.idc_peers[broker], {"t": "fwd", "items": items}, lambda _reply: None)
 
     def handle_fwd(self, _ident, msg, _now=None):
         """Deliveries another broker of this IDC passed on (it was the gateway)."""
         items = idcfanout.check_items(msg.get("items"))
-        self.on_frame({"t": "msgs", "items": items})
+        self.on_msgs({"t": "msgs", "items": items})
         return wire.reply("ok", msg["rid"], n=len(items))
 
     # --- links ------------------------------------------------------------------------

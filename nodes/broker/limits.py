@@ -54,22 +54,6 @@ class FragmentGroups:
     def __init__(self):
         self.open = collections.OrderedDict()  # group id -> _Group
 
-    @staticmethod
-    def parse(frag, max_fragments: int):
-        """Check the header's own shape: [group:uint64, index:uint32, count:uint32], index < count."""
-        if (type(frag) is not list or len(frag) != 3
-                or any(type(x) is not int or x < 0 for x in frag)
-                or frag[0] > wire.U64_MAX or frag[1] > wire.U32_MAX or frag[2] > wire.U32_MAX):
-            raise wire.ProtocolError(wire.Err.BAD_FRAGMENT, "frag must be [group id, index, count] "
-                                     "of unsigned integers")
-        group, index, count = frag
-        if not 2 <= count <= max_fragments:
-            raise wire.ProtocolError(wire.Err.BAD_FRAGMENT, f"fragment count must be 2..{max_fragments}",
-                                     limit=max_fragments)
-        if index >= count:
-            raise wire.ProtocolError(wire.Err.BAD_FRAGMENT, f"fragment index {index} >= count {count}")
-        return group, index, count
-
     def check(self, group: int, index: int, count: int, ctime: int) -> tuple[bool, bool]:
         """Is this fragment acceptable next? Returns (charge a token, is a retry).
 

@@ -11,12 +11,14 @@ routers.
 """
 from __future__ import annotations
 
+import collections
+
 import zmq
 
 from nodes.broker.core import BrokerCore
 from nodes.broker.feed import LogicFeed
 from nodes.broker.webgate import WebGate
-from nodes.protocol import wire
+from nodes.protocol import schema, wire
 from nodes.runtime.node import Node
 from nodes.runtime.rpc import Requests
 
@@ -37,20 +39,21 @@ class BrokerNode(Node):
         self.feed.watch(self.logics)
         self.routers = self.peers("router")
         self.core = BrokerCore(node_id, topo, topo.read_secret(), self, self.clock(), self.spec.idc)
-        self.sub = self.subscribe("logic", wire.topic(node_id), self.feed.on_frame)
-        self.kicks = self.subscribe("router", wire.topic(node_id), self.on_router_notice)
+        self.sub = self.subscribe("logic", wire.topic(node_id), self.feed.handlers)
+        self.kicks = self.subscribe("router", wire.topic(node_id), {"kick": self.core.on_kick})
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
                                 maxmsgsize=int(topo.limits["max_frame"]),
                                 sndhwm=int(topo.limits["session_queue"]), mandatory=True)
         # a ZeroMQ peer may choose its routing id -- even one that names a web connection
         # (WebGate.owns): those are refused, or replies meant for it would reach the browser
-        self.clients = self.serve(self.client, wire.CLIENT_REQUESTS, self.core.handlers,
+        self.clients = self.serve(self.client, schema.CLIENT_REQUESTS, self.core.handlers,
                                   max_len=int(topo.limits["max_frame"]), guard=self.core.guard,
-                                  max_items=MAX_PIPELINED, refuse_ident=WebGate.owns)
+                                  max_items=MAX_PIPELINED, refuse_ident=WebGate.owns,
+                                  limits=self.core.schema_limits)
         ws = self.spec.endpoints.get("ws")
         self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same dispatcher
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
-        self.serve(rpc, wire.BROKER_RPC, {"status": self.handle_status, "fwd": self.feed.handle_fwd})
+        self.serve(rpc, schema.BROKER_RPC, {"status": self.handle_status, "fwd": self.feed.handle_fwd})
         self.idc_peers = {b.id: self.connect(zmq.DEALER, b.endpoint("rpc")) for b in topo.of_type("broker")
                           if b.idc == self.spec.idc and b.id != node_id}     # to pass on msgs_idc
         for sock in self.idc_peers.values():
@@ -136,9 +139,15 @@ class BrokerNode(Node):
         self.resubscribe(self.sub, new, "logic", keep=True)
         return None
 
-    def on_router_notice(self, msg):
-        if msg.get("t") == "kick":
-            self.core.on_kick(msg)
+    def refused_sends(self) -> dict:
+        """Refused sends by code, and their total: the handler's (rate, membership...) and the
+        schema's (text length, fragments), counted where each refuses."""
+        refused = collections.Counter(self.core.stats)
+        for (t, code), n in self.clients.invalid.items():
+            if t == "send":
+                refused[code] += n
+                refused["refused"] += n
+        return dict(refused)
 
     def housekeeping(self):
         self.requests.expire()
@@ -154,7 +163,7 @@ class BrokerNode(Node):
         links = self.core.owners.links
         linked = sorted(k for k in self.logics if links.known(k) and links.up(k, now))
         return dict(super().status(), sessions=len(self.core.sessions), logic_links=linked,
-                    ready=len(linked) == len(self.logics), refused=dict(self.core.stats),
+                    ready=len(linked) == len(self.logics), refused=self.refused_sends(),
                     kicked=dict(self.core.sessions.ended), pending=self.core.pending,
                     requests=dict(self.dispatchers[0].requests), **self.core.counts,
                     **({"web": self.web.status()} if self.web is not None else {}))

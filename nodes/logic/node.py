@@ -16,7 +16,7 @@ import time
 
 import zmq
 
-from nodes.protocol import wire
+from nodes.protocol import schema, wire
 from nodes.storage import store as keys
 from nodes.runtime.node import Node
 from nodes.runtime import statusprobe
@@ -48,8 +48,8 @@ class LogicNode(Node):
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
         self.counters = self.peers("counter")
         self.routers = self.peers("router")
-        self.presence_sub = self.subscribe("router", wire.PRESENCE_TOPIC, lambda msg: self.replica.on_message(msg))
         self.replica = PresenceReplica(self.routers, self.request_snapshot)
+        self.presence_sub = self.subscribe("router", wire.PRESENCE_TOPIC, self.replica.handlers())
         self.repl = self.coordinator = None
         self.alloc_failures = 0                # replicated: rotates id requests over the counters
         if topo.replicated:                    # channels load per shard, when this node leads it
@@ -77,14 +77,14 @@ class LogicNode(Node):
             "presence": self.handle_presence,
             "member": by_msg(c.members.member),
             "status": self.handle_status}
-        schemas = wire.LOGIC_REQUESTS
+        schemas = schema.LOGIC_REQUESTS
         if self.repl is not None:
             handlers.update(self.repl.handlers())
-            schemas = dict(schemas, **wire.REPLICATION_REQUESTS)
+            schemas = dict(schemas, **schema.REPLICATION_REQUESTS)
         else:                                  # live reshard (replicated shards move by leadership)
             self.handoff = Handoff(self.core, self.store)
             handlers.update(self.handoff.handlers())
-            schemas = dict(schemas, **wire.HANDOFF_REQUESTS)
+            schemas = dict(schemas, **schema.HANDOFF_REQUESTS)
         self.serve(rpc, schemas, handlers)
         self.broker_topics = [wire.topic(b.id) for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)

@@ -42,11 +42,13 @@ class PresenceReplica:
         for router_id in self.views:
             self._resync(router_id)
 
-    def on_message(self, msg: dict) -> None:
+    def handlers(self) -> dict:
+        """The routers' PUB frames this replica follows, by kind (Node.subscribe)."""
+        return {"delta": self.on_delta, "tick": self.on_tick}
+
+    def on_delta(self, msg: dict) -> None:
         view = self.views.get(msg.get("router"))
-        if view is None:
-            return
-        if msg.get("t") == "delta":
+        if view is not None:
             if not view.synced:
                 view.buffer.append(msg)
                 self._resync(msg["router"])
@@ -57,9 +59,11 @@ class PresenceReplica:
                 self._resync(msg["router"])
             else:
                 self._apply(view, msg)
-        elif msg.get("t") == "tick" and view.synced:
-            if msg["epoch"] != view.epoch or msg["seq"] > view.seq:
-                self._resync(msg["router"])
+
+    def on_tick(self, msg: dict) -> None:
+        view = self.views.get(msg.get("router"))
+        if view is not None and view.synced and (msg["epoch"] != view.epoch or msg["seq"] > view.seq):
+            self._resync(msg["router"])
 
     def on_snapshot(self, msg: dict) -> None:
         view = self.views.get(msg.get("router"))

@@ -63,6 +63,7 @@ class Dispatcher:
         self.decode = decode                    # (frame, max_len, max_items) -> [map], or ProtocolError
         self.failures = FailureLog()
         self.requests = collections.Counter()   # served, by type (a metric)
+        self.invalid = collections.Counter()    # (type, code) -> requests that broke the schema
 
     def frame(self, ident, frame: bytes, now: float, reply, max_len: int, max_items: int = 1024) -> None:
         """Serve every request of one frame; ``reply(ident, map)`` gets each answer."""
@@ -85,7 +86,11 @@ class Dispatcher:
                 raise wire.ProtocolError(wire.Err.BAD_TYPE, f"unknown message type {t!r}")
             # the session first: a request without a valid sid is NOT_LOGGED_IN, whatever else it lacks
             ctx = ident if self.guard is None else self.guard(ident, t, msg, now)
-            self.validate(msg)
+            try:
+                self.validate(msg)
+            except wire.ProtocolError as exc:
+                self.invalid[(t, exc.code)] += 1
+                raise
             self.requests[t] += 1
             return self.handlers[t](ctx, msg, now)
         except wire.ProtocolError as exc:

@@ -32,12 +32,10 @@ class Field(msgspec.Struct, frozen=True):
     limit: int | str | None = None  # an int, or the name of a topology limit bound at dispatch
     nil: bool = False               # nil is taken as absent (only for optional fields)
     doc: str = ""
-    adhoc: bool = False             # required, but checked by the handler of a node still on the
-    #                                 legacy table (see ``required_only``), not at its dispatch
 
 
-def req(kind: str, doc: str = "", limit: int | str | None = None, adhoc: bool = False) -> Field:
-    return Field(kind, False, limit, False, doc, adhoc)
+def req(kind: str, doc: str = "", limit: int | str | None = None) -> Field:
+    return Field(kind, False, limit, False, doc)
 
 
 def opt(kind: str, doc: str = "", limit: int | str | None = None, nil: bool = False) -> Field:
@@ -152,7 +150,7 @@ REPLICATION_REQUESTS = {
              "pos": opt("any", "[epoch, seq] of the snapshot"), "rows": opt("any", "[[key bin, value bin]]"),
              "part": opt("any", "page number (default 0)"), "parts": opt("any", "page count (default 1)")},
     "snap_req": {"rid": RID, "shard": req("u32"), "epoch": req("u64"),
-                 "from": req("str", "the replica to send the shard to", adhoc=True)},
+                 "from": req("str", "the replica to send the shard to")},
 }
 
 # admin -> every node's internal endpoint: a live topology change (nodes/cluster/topochange.py)
@@ -173,8 +171,7 @@ HANDOFF_REQUESTS = {
 BROKER_REQUESTS = {"status": {"rid": RID, "reset_max": opt("any")}}
 BROKER_RPC = {**BROKER_REQUESTS,            # a broker's rpc: also deliveries a gateway broker
               "fwd": {"rid": RID,           # passes on in its IDC (nodes/cluster/idcfanout.py)
-                      "items": req("list", "[[packed push, [uin], sender uin, sender device]]",
-                                     adhoc=True)}}
+                      "items": req("list", "[[packed push, [uin], sender uin, sender device]]")}}
 
 # client -> relay (after the same login as at a broker; a relay takes no ``net``)
 RELAY_REQUESTS = {
@@ -207,13 +204,3 @@ PUB_FRAMES = {
         "kick": {"uin": req("u32"), "device": req("u32"), "broker": req("str"), "by": req("str")},
     },
 }
-
-
-def required_only(table: dict) -> dict:
-    """A table without its optional and ``adhoc`` fields: exactly what dispatch checked before
-    those were in the schema.  wire's legacy tables (wire.CLIENT_REQUESTS, ...) are these, for
-    the nodes whose handlers still check the rest themselves; a node moves to the full table by
-    serving it with its ``limits`` and dropping its own checks (same codes; where a frame has two
-    faults, the schema's is reported first)."""
-    return {t: {name: f for name, f in fields.items() if not (f.optional or f.adhoc)}
-            for t, fields in table.items()}

@@ -224,23 +224,9 @@ def check_channel_name(name: str) -> None:
                             "letters, digits and _-.:@#")
 
 
-# --- schemas: nodes/protocol/schema.py holds every frame kind ---------------------
-# The tables below are its legacy projections (required fields only, schema.required_only):
-# what the nodes that still check their optional fields in their handlers are served with.
-# A node on the full table passes schema.X with its limits to its Dispatcher instead.
-
+# --- schemas: nodes/protocol/schema.py holds every frame kind; nodes serve its tables -------
 SESSIONLESS = schema.SESSIONLESS
 SYNC_PAGE = schema.SYNC_PAGE
-CLIENT_REQUESTS = schema.required_only(schema.CLIENT_REQUESTS)
-LOGIC_REQUESTS = schema.required_only(schema.LOGIC_REQUESTS)
-ROUTER_REQUESTS = schema.required_only(schema.ROUTER_REQUESTS)
-COUNTER_REQUESTS = schema.required_only(schema.COUNTER_REQUESTS)
-REPLICATION_REQUESTS = schema.required_only(schema.REPLICATION_REQUESTS)
-TOPOLOGY_REQUESTS = schema.required_only(schema.TOPOLOGY_REQUESTS)
-HANDOFF_REQUESTS = schema.required_only(schema.HANDOFF_REQUESTS)
-BROKER_REQUESTS = schema.required_only(schema.BROKER_REQUESTS)
-BROKER_RPC = schema.required_only(schema.BROKER_RPC)
-RELAY_REQUESTS = schema.required_only(schema.RELAY_REQUESTS)
 PUB_FRAMES = schema.PUB_FRAMES      # validated in full as they are read (nodes/runtime/node.py)
 
 

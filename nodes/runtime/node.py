@@ -14,7 +14,7 @@ import time
 
 import zmq
 
-from nodes.protocol import auth, wire
+from nodes.protocol import auth, schema, wire
 
 from nodes.runtime import curve
 
@@ -159,20 +159,21 @@ class Node:
         return sub
 
     def serve(self, sock: zmq.Socket, schemas: dict, handlers: dict, max_len: int | None = None,
-              guard=None, max_items: int = 1024, refuse_ident=None) -> Dispatcher:
+              guard=None, max_items: int = 1024, refuse_ident=None, limits: dict | None = None) -> Dispatcher:
         """Serve requests on a ROUTER through one Dispatcher (nodes/protocol/dispatch.py).
 
         A handler gets (identity or the guard's context, message, now) and
         returns a reply map, or None when the reply is sent later.  Client-facing
         sockets decode with wire.unpack_many's hardening, the others with the faster
         wire.unpack_internal.  Frames from a routing id ``refuse_ident`` says yes to are
-        dropped unanswered.
+        dropped unanswered.  ``limits`` binds the schema's named limits (max_text, ...).
         """
         if sock not in self.client_facing:      # every internal endpoint takes a live topology change
-            schemas = dict(schemas, **wire.TOPOLOGY_REQUESTS)
+            schemas = dict(schemas, **schema.TOPOLOGY_REQUESTS)
             handlers = dict(handlers, topology=self.handle_topology)
         dispatcher = Dispatcher(schemas, handlers, guard,
-                                wire.unpack_many if sock in self.client_facing else wire.unpack_internal)
+                                wire.unpack_many if sock in self.client_facing else wire.unpack_internal,
+                                limits)
         self.dispatchers.append(dispatcher)
         limit = max_len or self.max_internal_frame
 
