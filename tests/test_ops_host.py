@@ -39,3 +39,22 @@ def test_keys_after_private_keys_left_the_host_keeps_their_public_keys(tmp_path)
     assert "created b1" in first, first
     assert "skipped" in r.stdout and all(n in r.stdout for n in gone), r.stdout
     assert os.path.exists(os.path.join(keys, "b1.key_secret"))
+
+
+def test_reshard_refuses_the_offline_path_when_it_reaches_no_node_and_holds_no_data(tmp_path):
+    """The ops host of deploy.md: no logic node answers from here and their data directories
+    are on their own machines.  Before: "0 channel(s) moved", exit 0.  A stopped mesh whose
+    data is here still reshards offline."""
+    from test_reshard import reshard, with_second_logic
+    from nodes.cluster import topology
+    one = write_topology(tmp_path, brokers=1, logics=1)
+    two = with_second_logic(one)
+    for extra in (("--dry-run",), ()):
+        r = reshard(two, one, *extra)
+        assert r.returncode == 1, (extra, r.stdout, r.stderr)
+        assert "moved" not in r.stdout and "would move" not in r.stdout, r.stdout
+        assert "no logic node" in r.stderr and "answers" in r.stderr and "l1" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    os.makedirs(topology.load(one).node_dir("l1"))     # the mesh ran here and is stopped
+    r = reshard(two, one, "--dry-run")
+    assert r.returncode == 0 and "0 channel(s) would move" in r.stdout, (r.stdout, r.stderr)
