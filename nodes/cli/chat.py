@@ -14,8 +14,11 @@ listed by `pending` and at the start of the interactive client, and is sent
 by the next bin/chat that logs in as the same user and device.  The last
 broker that worked is remembered beside it.
 
-Exit codes: 0 ok; 1 the server refused (code and message on stderr) or the
-timeout passed; 2 bad arguments or configuration.
+Exit codes: 0 ok (send: acked, its id printed); 1 the server refused (code
+and message on stderr; a send: not stored) or the timeout passed; 2 bad
+arguments or configuration; 3 (send, upload) no ack yet: the message is kept
+in the mailbox and the next bin/chat of this user and device sends it, stored
+once -- do not send it again (nodes/cli/outcome.py).
 
 Each tool logs in as its own device by default (interactive chat 0, send
 9001, tail 9002, upload 9003, download 9004), so a `tail` or `send` does not
@@ -36,6 +39,7 @@ from nodes.client.aclient import AsyncClient
 from nodes.client.blocking import ClientError
 from nodes.client.mailbox import Mailbox
 from nodes.client.media import MediaClient, save
+from nodes.cli import outcome
 from nodes.cli.common import add_config_arg, add_version_arg, broker_endpoint, client_endpoint, fail, load_topology, prog_name, token_for, uin_arg
 
 PROG = prog_name("chat")
@@ -67,12 +71,14 @@ def refused(exc: ClientError) -> int:
     return 1
 
 
-async def connect(args) -> AsyncClient:
+async def connect(args, reports_own: bool = False) -> AsyncClient:
+    """Log in; ``reports_own``: the command reports what became of the message it sends itself
+    (send, upload), so the mailbox lines leave that one out."""
     topo = load_topology(args.config)
     mailbox, state = client_files(topo, args)
     client = AsyncClient(broker_list(topo, args.uin, args.broker), token_for(topo, args.uin, args.token),
                          device=args.device, net=args.net, mailbox=mailbox, state_file=state,
-                         on_mail=report_mail)
+                         on_mail=outcome.MailReport(report_mail, STARTED, own_quiet=reports_own))
     await client.connect()
     return client
 
@@ -133,15 +139,6 @@ def pending_line(entry) -> str:
     return f"  pending #{entry.seq} [{entry.channel}] {when} ({entry.tries} tries{why}): {short(entry.text)}"
 
 
-async def flush_mailbox(client: AsyncClient, timeout: float) -> int:
-    """Give what the mailbox holds from earlier runs up to ``timeout`` s to go out; what is
-    left stays for the next start.  Returns how many are left."""
-    deadline = time.monotonic() + timeout
-    while client.pending() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return len(client.pending())
-
-
 async def cmd_pending(args) -> int:
     """List the mailbox without logging in."""
     topo = load_topology(args.config)
@@ -174,22 +171,11 @@ def message_line(msg: dict) -> str:
 
 
 async def cmd_send(args) -> int:
-    client = await connect(args)
-    try:
-        print(await client.send(args.channel, args.text))
-        return 0
-    except ClientError as exc:
-        kept_in_mailbox(exc)
-        raise
-    finally:
-        await flush_mailbox(client, client.timeout)
-        await client.close()
-
-
-def kept_in_mailbox(exc: ClientError) -> None:
-    if "mailbox" in exc.reply:
-        print(f"note: kept in the mailbox as #{exc.reply['mailbox']}: sent by the next bin/chat of this "
-              "user and device (`bin/chat pending` lists it)", file=sys.stderr)
+    client = await connect(args, reports_own=True)
+    code, msg_id = await outcome.send_once(client, args.channel, args.text, client.timeout)
+    if code == outcome.SENT:
+        print(msg_id)
+    return code
 
 
 async def cmd_tail(args) -> int:
@@ -458,12 +444,10 @@ async def cmd_upload(args) -> int:
     finally:
         await media.close()
     print(ref, flush=True)
-    client = await connect(args)
-    try:
-        await client.send(args.channel, f"[file] {os.path.basename(args.file)} ({size} bytes) {ref}")
-    finally:
-        await client.close()
-    return 0
+    client = await connect(args, reports_own=True)
+    code, _msg_id = await outcome.send_once(
+        client, args.channel, f"[file] {os.path.basename(args.file)} ({size} bytes) {ref}", client.timeout)
+    return code
 
 
 async def cmd_download(args) -> int:
