@@ -155,3 +155,19 @@ def test_chat_upload_sends_a_ref_and_download_writes_the_same_file(make_mesh, tm
     assert dst.read_bytes() == src.read_bytes()
     bad = run("chat", "download", "-c", cfg, "--uin", 500, ref, tmp_path / "no.bin")
     assert bad.returncode == 1 and "NOT_MEMBER" in bad.stderr and not (tmp_path / "no.bin").exists()
+
+
+def test_chat_upload_of_a_file_whose_name_is_not_utf8_sends_its_message(make_mesh, tmp_path):
+    """Issue 23 item 9: the upload went through, then building the message's text from a
+    Latin-1 file name raised UnicodeEncodeError: the file was on the relay, no message said so."""
+    m = make_mesh(brokers=1, logics=1, relays=1)
+    src = os.path.join(os.fsencode(tmp_path), b"caf\xe9.bin")
+    with open(src, "wb") as f:
+        f.write(b"x" * 1000)
+    up = subprocess.run([os.path.join(BIN, "chat").encode(), b"upload", b"-c", m.mesh.config.encode(),
+                         b"--uin", b"1", b"--channel", b"lobby", src], capture_output=True, text=True,
+                        timeout=60, env=dict(os.environ, PYTHON=sys.executable))
+    assert up.returncode == 0 and "Traceback" not in up.stderr, up.stderr
+    ref = up.stdout.strip()
+    texts = [x["text"] for x in m.client(2).sync("lobby", 0)["msgs"]]
+    assert texts == [f"[file] caf\\xe9.bin (1000 bytes) {ref}"], texts

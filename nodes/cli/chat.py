@@ -446,8 +446,14 @@ async def cmd_upload(args) -> int:
     print(ref, flush=True)
     client = await connect(args, reports_own=True)
     code, _msg_id = await outcome.send_once(
-        client, args.channel, f"[file] {os.path.basename(args.file)} ({size} bytes) {ref}", client.timeout)
+        client, args.channel, f"[file] {shown_name(args.file)} ({size} bytes) {ref}", client.timeout)
     return code
+
+
+def shown_name(path: str) -> str:
+    """The file's name as message text: a name that is not UTF-8 (Python keeps its bytes as
+    surrogates, which no message may carry) shows those bytes as \\xNN escapes."""
+    return os.path.basename(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 async def cmd_download(args) -> int:
