@@ -93,3 +93,43 @@ def test_check_validates_curve_keys(tmp_path):
     os.chmod(private, 0o644)
     r = run("mesh", "check", "-c", cfg)
     assert r.returncode == 1 and "chmod 600" in r.stderr
+
+
+def port_of(endpoint) -> int:
+    return int(str(endpoint).rpartition(":")[2])
+
+
+def test_check_refuses_a_port_used_twice_across_endpoint_kinds(tmp_path):
+    """Issue 23 item 10: a ws port equal to another node's client port, a metrics port equal
+    to an rpc port, a wildcard host against a loopback one: each is one bind that fails at up."""
+    def ws_on_client(raw):
+        brokers = raw["idcs"]["test"]["brokers"]
+        brokers[0]["ws"] = "ws://127.0.0.1:" + str(port_of(brokers[1]["client"]))
+
+    def metrics_on_rpc(raw):
+        raw["idcs"]["test"]["counters"][0]["metrics"] = port_of(raw["idcs"]["test"]["logics"][0]["rpc"])
+
+    def wildcard(raw):
+        logic = raw["idcs"]["test"]["logics"][0]
+        raw["idcs"]["test"]["routers"][0]["rpc"] = f"tcp://0.0.0.0:{port_of(logic['pub'])}"
+
+    for change, keys in ((ws_on_client, ("brokers[0].ws", "brokers[1].client")),
+                         (metrics_on_rpc, ("counters[0].metrics", "logics[0].rpc")),
+                         (wildcard, ("routers[0].rpc", "logics[0].pub"))):
+        cfg = edited(tmp_path, change)
+        r = run("mesh", "check", "-c", cfg)
+        assert r.returncode == 1, (change.__name__, r.stdout)
+        one_error_line(r, "already used by")        # the second one in file order is named
+        assert any(f"idcs.test.{k}:" in r.stderr for k in keys), r.stderr
+        r = run("mesh", "up", "-c", cfg)
+        assert r.returncode == 2 and "already used by" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_same_port_on_two_hosts_is_no_clash(tmp_path):
+    def two_hosts(raw):
+        raw["local"] = False
+        raw["idcs"]["test"]["routers"][0]["rpc"] = "tcp://10.0.0.2:" + str(
+            port_of(raw["idcs"]["test"]["logics"][0]["rpc"]))
+    cfg = edited(tmp_path, two_hosts)
+    r = run("mesh", "check", "-c", cfg)
+    assert "already used" not in r.stderr, r.stderr
