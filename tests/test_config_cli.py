@@ -133,3 +133,29 @@ def test_the_same_port_on_two_hosts_is_no_clash(tmp_path):
     cfg = edited(tmp_path, two_hosts)
     r = run("mesh", "check", "-c", cfg)
     assert "already used" not in r.stderr, r.stderr
+
+
+def bound_ports(topo) -> dict:
+    """{port: node id} of every endpoint and metrics port of a topology."""
+    out = {}
+    for spec in topo.nodes.values():
+        for ep in spec.endpoints.values():
+            out[int(ep.rstrip("/").rpartition(":")[2])] = spec.id
+        if spec.metrics:
+            out[spec.metrics[1]] = spec.id
+    return out
+
+
+def test_local_and_local_ha_run_side_by_side_and_ha_has_the_same_kinds_of_node():
+    """Issue 23 item 10: local-ha.yaml's broker client ports were local.yaml's web ports, and it
+    had no relay and no page."""
+    from nodes.cluster import topology
+    plain = topology.load(os.path.join(ROOT, "config", "local.yaml"))
+    ha = topology.load(os.path.join(ROOT, "config", "local-ha.yaml"))
+    shared = set(bound_ports(plain)) & set(bound_ports(ha))
+    assert not shared, {p: (bound_ports(plain)[p], bound_ports(ha)[p]) for p in shared}
+    assert plain.data_dir != ha.data_dir and plain.secret_file != ha.secret_file
+    assert ha.of_type("relay"), "local-ha.yaml has no relay"
+    for kind in ("ws", "metrics"):
+        if all(kind in b.endpoints or (kind == "metrics" and b.metrics) for b in plain.of_type("broker")):
+            assert all(kind in b.endpoints or (kind == "metrics" and b.metrics) for b in ha.of_type("broker")), kind
