@@ -115,6 +115,8 @@ def test_mesh_up_runs_in_the_foreground_and_stops_everything_on_ctrl_c(tmp_path)
             if "web chat: open http://127.0.0.1:" in line:        # printed right after "mesh is up"
                 break
         assert any("mesh is up" in line for line in lines), "".join(lines) + up.stderr.read()
+        hint = next(line for line in lines if "mesh is up" in line)
+        assert f"bin/chat -c {cfg} --uin 1 --channel lobby" in hint, hint      # a hint that works as given
         assert sum(" up " in f" {line}" for line in lines) >= 6
         status = run("mesh", "status", "-c", cfg, "--json")
         assert status.returncode == 0

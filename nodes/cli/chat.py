@@ -40,7 +40,9 @@ from nodes.client.blocking import ClientError
 from nodes.client.mailbox import Mailbox
 from nodes.client.media import MediaClient, save
 from nodes.cli import outcome
-from nodes.cli.common import add_config_arg, add_version_arg, broker_endpoint, client_endpoint, fail, load_topology, prog_name, token_for, uin_arg
+from nodes.cli.common import (add_config_arg, add_version_arg, broker_endpoint, client_endpoint, fail, load_topology,
+                              msg_id_arg, prog_name, seconds_arg, token_for, tool_name, uin_arg)
+from nodes.protocol.heartbeat import NETWORKS
 
 PROG = prog_name("chat")
 
@@ -60,8 +62,8 @@ def add_session_args(parser, tool: str = "chat") -> None:
                         "pending: every device)")
     parser.add_argument("--token", help="login token (minted locally on a local topology)")
     parser.add_argument("--broker", help="broker id to connect to first (default: by uin)")
-    parser.add_argument("--net", default="wired",
-                        help="network type: wired, wifi, 4g, 3g, 2g (default: %(default)s)")
+    parser.add_argument("--net", default="wired", choices=NETWORKS,
+                        help="network type, sets the first heartbeat interval (default: %(default)s)")
     parser.add_argument("--state-dir", help="where the mailbox and the broker memory live (default: "
                         "DATA_DIR/clients for a local topology, else ~/.imesh/CLUSTER; env IMESH_CLIENT_DIR)")
 
@@ -276,7 +278,7 @@ async def chat_who(state: ChatState, _rest: str) -> None:
     from nodes.ops.admin import Admin, AdminError
     topo = load_topology(state.args.config)
     if not topo.local:
-        print("/who needs the cluster secret: ask an operator (`bin/mesh channel show`)", flush=True)
+        print(f"/who needs the cluster secret: ask an operator (`{tool_name('mesh')} channel show`)", flush=True)
         return
     try:
         members = Admin(topo).channel("show", state.channel)["members"]
@@ -481,13 +483,13 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
         add_session_args(p, "tail")
         p.add_argument("--channel", required=True, help="channel to follow")
         p.add_argument("--count", type=int, required=True, help="exit after printing this many messages")
-        p.add_argument("--since", type=int, help="first fetch stored messages with id > SINCE")
-        p.add_argument("--timeout", type=float, default=30.0,
+        p.add_argument("--since", type=msg_id_arg, help="first fetch stored messages with id > SINCE")
+        p.add_argument("--timeout", type=seconds_arg, default=30.0,
                        help="seconds to wait for them; exit 1 after (default: %(default)s)")
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_tail)
     elif sub_cmd == "pending":
-        p = argparse.ArgumentParser(prog="bin/chat pending",
+        p = argparse.ArgumentParser(prog=f"{PROG} pending",
                                     description="List messages waiting in the mailbox (no login).")
         add_session_args(p, "pending")
         p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -507,7 +509,7 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
         p.add_argument("out", help="file to write (its directory must exist)")
         p.set_defaults(fn=cmd_download)
     else:
-        p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+        p = argparse.ArgumentParser(prog=PROG, description=__doc__.replace("bin/chat", PROG),
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         add_session_args(p)
         p.add_argument("--channel", help="channel to start in (or /join later)")

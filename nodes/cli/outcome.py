@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from nodes.cli.common import tool_name
 from nodes.client.blocking import ClientError
 
 SENT, REFUSED, KEPT = 0, 1, 3
@@ -86,7 +87,8 @@ async def send_once(client, channel: str, text: str, settle: float) -> tuple[int
         print(f"error: {getattr(detail, 'code', event)}: {getattr(detail, 'msg', event)} (not stored)",
               file=sys.stderr)
         return REFUSED, None
-    print(f"kept in the mailbox as #{seq}: not acked yet ({busy.code}: {busy.msg}); the next bin/chat "
-          "of this user and device sends it, stored once (`bin/chat pending` lists it): do not send it "
+    chat = tool_name("chat")
+    print(f"kept in the mailbox as #{seq}: not acked yet ({busy.code}: {busy.msg}); the next {chat} "
+          f"of this user and device sends it, stored once (`{chat} pending` lists it): do not send it "
           "again", file=sys.stderr)
     return KEPT, None
