@@ -173,3 +173,27 @@ def test_chat_upload_of_a_file_whose_name_is_not_utf8_sends_its_message(make_mes
     ref = up.stdout.strip()
     texts = [x["text"] for x in m.client(2).sync("lobby", 0)["msgs"]]
     assert texts == [f"[file] caf\\xe9.bin (1000 bytes) {ref}"], texts
+
+
+@pytest.mark.parametrize("sig,after", [(signal.SIGINT, "starting "), (signal.SIGTERM, "mesh is up")],
+                         ids=["ctrl-c-during-start", "sigterm-to-the-group-when-up"])
+def test_a_signal_to_the_whole_group_stops_the_mesh_without_calling_it_a_crash(tmp_path, sig, after):
+    """Issue 23 item 11: Ctrl-C while nodes were starting printed "node counter-1 exited with
+    code -2" (as if it had crashed), and SIGTERM to the group (what a terminal, systemd or a
+    container runtime send) printed "restarting" for nodes the signal had just stopped."""
+    cfg = write_topology(tmp_path)
+    up = start("mesh", "up", "-c", cfg)
+    try:
+        lines = []
+        for line in up.stdout:
+            lines.append(line)
+            if line.startswith(after):
+                break
+        assert lines and lines[-1].startswith(after), "".join(lines) + up.stderr.read()
+        os.killpg(up.pid, sig)                          # the terminal's Ctrl-C: every process of the group
+        out, err = up.communicate(timeout=60)
+    finally:
+        kill_group(up)
+    text = "".join(lines) + out + err
+    assert "exited with code" not in text and "restart" not in text, text
+    assert "all nodes stopped" in out and "Traceback" not in err, text

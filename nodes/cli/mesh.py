@@ -34,7 +34,7 @@ from nodes.ops import supervisor
 
 from nodes.cluster import topology
 from nodes.ops.admin import Admin, AdminError, nearest_home
-from nodes.ops.mesh import Mesh, MeshError, child_env
+from nodes.ops.mesh import Mesh, MeshError, MeshInterrupted, child_env
 from nodes.ops.supervisor import Supervisor
 from nodes.protocol.wire import ProtocolError
 from nodes.cli import preflight
@@ -75,7 +75,10 @@ def cmd_up(args) -> int:
         print(f"starting {len(topo.nodes)} nodes from {topo.path} (data and logs under {topo.data_dir})")
         sup.start_all()
         try:
-            statuses = sup.mesh.wait_ready(args.timeout)
+            statuses = sup.mesh.wait_ready(args.timeout, stop_requested=lambda: stop["now"])
+        except MeshInterrupted:
+            print("interrupted while starting: stopping ...", flush=True)
+            return 130
         except MeshError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
