@@ -89,8 +89,10 @@ def test_mesh_token_and_channel_commands(cli_mesh):
     assert r.returncode == 0 and json.loads(r.stdout)["members"] == [1, 2, 3]
     assert run("mesh", "channel", "add", "-c", cfg, "team", 4, 5).returncode == 0
     assert run("mesh", "channel", "remove", "-c", cfg, "team", 2).returncode == 0
-    shown = json.loads(run("mesh", "channel", "show", "-c", cfg, "team").stdout)
+    shown = json.loads(run("mesh", "channel", "show", "-c", cfg, "team", "--json").stdout)
     assert shown["members"] == [1, 3, 4, 5]
+    text = run("mesh", "channel", "show", "-c", cfg, "team").stdout          # for a person: no JSON
+    assert text.startswith("channel team") and "members (4): 1, 3, 4, 5" in text and "{" not in text, text
     brief = run("mesh", "channel", "create", "-c", cfg, "brief", "--members", "1", "--lifetime", 60)
     assert brief.returncode == 0 and json.loads(brief.stdout)["lifetime"] == 60
     bad = run("mesh", "channel", "create", "-c", cfg, "brief2", "--members", "1", "--lifetime", -1)

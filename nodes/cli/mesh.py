@@ -410,8 +410,22 @@ def cmd_channel(args) -> int:
     shown["idc"] = topo.home_of(reply["channel"])
     if home is not None:
         shown["home"] = {k: home[k] for k in ("by", "logic", "why", "rtt_ms")}
-    print(json.dumps(shown))
+    print(json.dumps(shown) if args.json or args.op != "show" else channel_text(shown))
     return 0
+
+
+def channel_text(shown: dict) -> str:
+    """`channel show` for a person: members, newest id, lifetime, home; replicated: its shard."""
+    members = shown["members"]
+    listed = ", ".join(map(str, members[:50])) + (f" ... ({len(members)} in all)" if len(members) > 50 else "")
+    lifetime = "the topology's default" if shown["lifetime"] is None else f"{shown['lifetime']:g} s"
+    lines = [f"channel {shown['channel']} (home IDC {shown['idc']})",
+             f"  members ({len(members)}): {listed or 'none'}",
+             f"  newest id {shown['last_id']}; messages live {lifetime}"]
+    if "shard" in shown:
+        lines.append(f"  shard {shown['shard']}: replicas {' '.join(shown.get('replicas') or [])}, "
+                     f"leader {shown.get('leader')}, epoch {shown.get('epoch')}")
+    return "\n".join(lines)
 
 
 def cmd_reshard(args) -> int:
@@ -485,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="channel name")
     p.add_argument("uins", nargs="*", type=uin_arg, help="for add/remove")
     p.add_argument("--members", type=_members, help="for create: comma-separated uins")
-    p.add_argument("--lifetime", type=seconds_arg, help="for create: seconds its messages live "
+    p.add_argument("--lifetime", type=float, help="for create: seconds its messages live "
                    "(default: the topology's message_lifetime)")
     p.add_argument("--idc", help="for create: the channel's home IDC (its shard's replicas and counter "
                    "are there); the channel is named NAME@IDC. Default: a suffix @IDC in NAME; else, with "
@@ -493,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "runs (best of 3 status round trips to each, in parallel; near-equal IDCs: the name's "
                    "hash decides) -- it prints the choice and why on stderr and as \"home\" in the JSON; "
                    "one IDC: no suffix")
-    p.add_argument("--json", action="store_true", help="the output is always one JSON line (accepted for symmetry)")
+    p.add_argument("--json", action="store_true", help="show: one JSON line instead of text (create, add and "
+                   "remove always print one JSON line)")
     p.set_defaults(fn=cmd_channel)
     p = subcommand(sub, "reshard", help="move channels (members, messages, dedup rows, ids) to their owners "
                        "under a topology with other logic nodes: live while the logic nodes run (NEW's "
