@@ -89,8 +89,10 @@ def test_mesh_token_and_channel_commands(cli_mesh):
     assert r.returncode == 0 and json.loads(r.stdout)["members"] == [1, 2, 3]
     assert run("mesh", "channel", "add", "-c", cfg, "team", 4, 5).returncode == 0
     assert run("mesh", "channel", "remove", "-c", cfg, "team", 2).returncode == 0
-    shown = json.loads(run("mesh", "channel", "show", "-c", cfg, "team").stdout)
+    shown = json.loads(run("mesh", "channel", "show", "-c", cfg, "team", "--json").stdout)
     assert shown["members"] == [1, 3, 4, 5]
+    text = run("mesh", "channel", "show", "-c", cfg, "team").stdout          # for a person: no JSON
+    assert text.startswith("channel team") and "members (4): 1, 3, 4, 5" in text and "{" not in text, text
     brief = run("mesh", "channel", "create", "-c", cfg, "brief", "--members", "1", "--lifetime", 60)
     assert brief.returncode == 0 and json.loads(brief.stdout)["lifetime"] == 60
     bad = run("mesh", "channel", "create", "-c", cfg, "brief2", "--members", "1", "--lifetime", -1)
@@ -115,6 +117,8 @@ def test_mesh_up_runs_in_the_foreground_and_stops_everything_on_ctrl_c(tmp_path)
             if "web chat: open http://127.0.0.1:" in line:        # printed right after "mesh is up"
                 break
         assert any("mesh is up" in line for line in lines), "".join(lines) + up.stderr.read()
+        hint = next(line for line in lines if "mesh is up" in line)
+        assert f"bin/chat -c {cfg} --uin 1 --channel lobby" in hint, hint      # a hint that works as given
         assert sum(" up " in f" {line}" for line in lines) >= 6
         status = run("mesh", "status", "-c", cfg, "--json")
         assert status.returncode == 0
@@ -155,3 +159,43 @@ def test_chat_upload_sends_a_ref_and_download_writes_the_same_file(make_mesh, tm
     assert dst.read_bytes() == src.read_bytes()
     bad = run("chat", "download", "-c", cfg, "--uin", 500, ref, tmp_path / "no.bin")
     assert bad.returncode == 1 and "NOT_MEMBER" in bad.stderr and not (tmp_path / "no.bin").exists()
+
+
+def test_chat_upload_of_a_file_whose_name_is_not_utf8_sends_its_message(make_mesh, tmp_path):
+    """Issue 23 item 9: the upload went through, then building the message's text from a
+    Latin-1 file name raised UnicodeEncodeError: the file was on the relay, no message said so."""
+    m = make_mesh(brokers=1, logics=1, relays=1)
+    src = os.path.join(os.fsencode(tmp_path), b"caf\xe9.bin")
+    with open(src, "wb") as f:
+        f.write(b"x" * 1000)
+    up = subprocess.run([os.path.join(BIN, "chat").encode(), b"upload", b"-c", m.mesh.config.encode(),
+                         b"--uin", b"1", b"--channel", b"lobby", src], capture_output=True, text=True,
+                        timeout=60, env=dict(os.environ, PYTHON=sys.executable))
+    assert up.returncode == 0 and "Traceback" not in up.stderr, up.stderr
+    ref = up.stdout.strip()
+    texts = [x["text"] for x in m.client(2).sync("lobby", 0)["msgs"]]
+    assert texts == [f"[file] caf\\xe9.bin (1000 bytes) {ref}"], texts
+
+
+@pytest.mark.parametrize("sig,after", [(signal.SIGINT, "starting "), (signal.SIGTERM, "mesh is up")],
+                         ids=["ctrl-c-during-start", "sigterm-to-the-group-when-up"])
+def test_a_signal_to_the_whole_group_stops_the_mesh_without_calling_it_a_crash(tmp_path, sig, after):
+    """Issue 23 item 11: Ctrl-C while nodes were starting printed "node counter-1 exited with
+    code -2" (as if it had crashed), and SIGTERM to the group (what a terminal, systemd or a
+    container runtime send) printed "restarting" for nodes the signal had just stopped."""
+    cfg = write_topology(tmp_path)
+    up = start("mesh", "up", "-c", cfg)
+    try:
+        lines = []
+        for line in up.stdout:
+            lines.append(line)
+            if line.startswith(after):
+                break
+        assert lines and lines[-1].startswith(after), "".join(lines) + up.stderr.read()
+        os.killpg(up.pid, sig)                          # the terminal's Ctrl-C: every process of the group
+        out, err = up.communicate(timeout=60)
+    finally:
+        kill_group(up)
+    text = "".join(lines) + out + err
+    assert "exited with code" not in text and "restart" not in text, text
+    assert "all nodes stopped" in out and "Traceback" not in err, text

@@ -19,6 +19,7 @@ from nodes.ops.localtopo import free_ports
 from nodes.client.mailbox import Mailbox
 from nodes.client.nearest import Brokers
 
+from conftest import served
 from test_heartbeat_sync import collect, endpoints, run
 
 HB = {"wired": 2.0, "min": 1.0, "max": 4.0, "session_timeout_factor": 3}
@@ -319,12 +320,14 @@ def test_chat_keeps_a_busy_message_lists_it_and_sends_it_on_the_next_start(make_
     cfg = m.mesh.config
     with stopped(m, m.owner_of("lobby")):
         r = run_tool("chat", "send", "-c", cfg, "--uin", 1, "--channel", "lobby", "wait for me")
-        assert r.returncode == 1 and "BUSY" in r.stderr and "kept in the mailbox" in r.stderr
+        assert r.returncode == 3 and "BUSY" in r.stderr and "kept in the mailbox" in r.stderr, r.stderr
+        assert r.stdout == "" and "do not send it again" in r.stderr
     listed = run_tool("chat", "pending", "-c", cfg, "--uin", 1, "--json")
     assert [json.loads(line)["text"] for line in listed.stdout.splitlines()] == ["wait for me"]
+    served(lambda: m.client(2).sync("lobby", 0))       # the owner serves again (it was stopped)
     r = run_tool("chat", "send", "-c", cfg, "--uin", 1, "--channel", "lobby", "next")
     assert r.returncode == 0, r.stderr
-    assert "mailbox: sent #" in r.stderr
+    assert r.stdout.strip().isdigit() and "mailbox: sent #" in r.stderr, (r.stdout, r.stderr)
     assert run_tool("chat", "pending", "-c", cfg, "--uin", 1).stdout == ""
     page = m.client(2).sync("lobby", 0)
     assert sorted(x["text"] for x in page["msgs"]) == ["next", "wait for me"]     # each once

@@ -14,8 +14,11 @@ listed by `pending` and at the start of the interactive client, and is sent
 by the next bin/chat that logs in as the same user and device.  The last
 broker that worked is remembered beside it.
 
-Exit codes: 0 ok; 1 the server refused (code and message on stderr) or the
-timeout passed; 2 bad arguments or configuration.
+Exit codes: 0 ok (send: acked, its id printed); 1 the server refused (code
+and message on stderr; a send: not stored) or the timeout passed; 2 bad
+arguments or configuration; 3 (send, upload) no ack yet: the message is kept
+in the mailbox and the next bin/chat of this user and device sends it, stored
+once -- do not send it again (nodes/cli/outcome.py).
 
 Each tool logs in as its own device by default (interactive chat 0, send
 9001, tail 9002, upload 9003, download 9004), so a `tail` or `send` does not
@@ -36,7 +39,10 @@ from nodes.client.aclient import AsyncClient
 from nodes.client.blocking import ClientError
 from nodes.client.mailbox import Mailbox
 from nodes.client.media import MediaClient, save
-from nodes.cli.common import add_config_arg, add_version_arg, broker_endpoint, client_endpoint, fail, load_topology, prog_name, token_for, uin_arg
+from nodes.cli import outcome
+from nodes.cli.common import (add_config_arg, add_version_arg, broker_endpoint, client_endpoint, fail, load_topology,
+                              msg_id_arg, prog_name, seconds_arg, token_for, tool_name, uin_arg)
+from nodes.protocol.heartbeat import NETWORKS
 
 PROG = prog_name("chat")
 
@@ -56,8 +62,8 @@ def add_session_args(parser, tool: str = "chat") -> None:
                         "pending: every device)")
     parser.add_argument("--token", help="login token (minted locally on a local topology)")
     parser.add_argument("--broker", help="broker id to connect to first (default: by uin)")
-    parser.add_argument("--net", default="wired",
-                        help="network type: wired, wifi, 4g, 3g, 2g (default: %(default)s)")
+    parser.add_argument("--net", default="wired", choices=NETWORKS,
+                        help="network type, sets the first heartbeat interval (default: %(default)s)")
     parser.add_argument("--state-dir", help="where the mailbox and the broker memory live (default: "
                         "DATA_DIR/clients for a local topology, else ~/.imesh/CLUSTER; env IMESH_CLIENT_DIR)")
 
@@ -67,12 +73,14 @@ def refused(exc: ClientError) -> int:
     return 1
 
 
-async def connect(args) -> AsyncClient:
+async def connect(args, reports_own: bool = False) -> AsyncClient:
+    """Log in; ``reports_own``: the command reports what became of the message it sends itself
+    (send, upload), so the mailbox lines leave that one out."""
     topo = load_topology(args.config)
     mailbox, state = client_files(topo, args)
     client = AsyncClient(broker_list(topo, args.uin, args.broker), token_for(topo, args.uin, args.token),
                          device=args.device, net=args.net, mailbox=mailbox, state_file=state,
-                         on_mail=report_mail)
+                         on_mail=outcome.MailReport(report_mail, STARTED, own_quiet=reports_own))
     await client.connect()
     return client
 
@@ -133,15 +141,6 @@ def pending_line(entry) -> str:
     return f"  pending #{entry.seq} [{entry.channel}] {when} ({entry.tries} tries{why}): {short(entry.text)}"
 
 
-async def flush_mailbox(client: AsyncClient, timeout: float) -> int:
-    """Give what the mailbox holds from earlier runs up to ``timeout`` s to go out; what is
-    left stays for the next start.  Returns how many are left."""
-    deadline = time.monotonic() + timeout
-    while client.pending() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return len(client.pending())
-
-
 async def cmd_pending(args) -> int:
     """List the mailbox without logging in."""
     topo = load_topology(args.config)
@@ -174,22 +173,11 @@ def message_line(msg: dict) -> str:
 
 
 async def cmd_send(args) -> int:
-    client = await connect(args)
-    try:
-        print(await client.send(args.channel, args.text))
-        return 0
-    except ClientError as exc:
-        kept_in_mailbox(exc)
-        raise
-    finally:
-        await flush_mailbox(client, client.timeout)
-        await client.close()
-
-
-def kept_in_mailbox(exc: ClientError) -> None:
-    if "mailbox" in exc.reply:
-        print(f"note: kept in the mailbox as #{exc.reply['mailbox']}: sent by the next bin/chat of this "
-              "user and device (`bin/chat pending` lists it)", file=sys.stderr)
+    client = await connect(args, reports_own=True)
+    code, msg_id = await outcome.send_once(client, args.channel, args.text, client.timeout)
+    if code == outcome.SENT:
+        print(msg_id)
+    return code
 
 
 async def cmd_tail(args) -> int:
@@ -290,7 +278,7 @@ async def chat_who(state: ChatState, _rest: str) -> None:
     from nodes.ops.admin import Admin, AdminError
     topo = load_topology(state.args.config)
     if not topo.local:
-        print("/who needs the cluster secret: ask an operator (`bin/mesh channel show`)", flush=True)
+        print(f"/who needs the cluster secret: ask an operator (`{tool_name('mesh')} channel show`)", flush=True)
         return
     try:
         members = Admin(topo).channel("show", state.channel)["members"]
@@ -458,12 +446,16 @@ async def cmd_upload(args) -> int:
     finally:
         await media.close()
     print(ref, flush=True)
-    client = await connect(args)
-    try:
-        await client.send(args.channel, f"[file] {os.path.basename(args.file)} ({size} bytes) {ref}")
-    finally:
-        await client.close()
-    return 0
+    client = await connect(args, reports_own=True)
+    code, _msg_id = await outcome.send_once(
+        client, args.channel, f"[file] {shown_name(args.file)} ({size} bytes) {ref}", client.timeout)
+    return code
+
+
+def shown_name(path: str) -> str:
+    """The file's name as message text: a name that is not UTF-8 (Python keeps its bytes as
+    surrogates, which no message may carry) shows those bytes as \\xNN escapes."""
+    return os.path.basename(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 async def cmd_download(args) -> int:
@@ -491,13 +483,13 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
         add_session_args(p, "tail")
         p.add_argument("--channel", required=True, help="channel to follow")
         p.add_argument("--count", type=int, required=True, help="exit after printing this many messages")
-        p.add_argument("--since", type=int, help="first fetch stored messages with id > SINCE")
-        p.add_argument("--timeout", type=float, default=30.0,
+        p.add_argument("--since", type=msg_id_arg, help="first fetch stored messages with id > SINCE")
+        p.add_argument("--timeout", type=seconds_arg, default=30.0,
                        help="seconds to wait for them; exit 1 after (default: %(default)s)")
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_tail)
     elif sub_cmd == "pending":
-        p = argparse.ArgumentParser(prog="bin/chat pending",
+        p = argparse.ArgumentParser(prog=f"{PROG} pending",
                                     description="List messages waiting in the mailbox (no login).")
         add_session_args(p, "pending")
         p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -517,7 +509,7 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
         p.add_argument("out", help="file to write (its directory must exist)")
         p.set_defaults(fn=cmd_download)
     else:
-        p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+        p = argparse.ArgumentParser(prog=PROG, description=__doc__.replace("bin/chat", PROG),
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         add_session_args(p)
         p.add_argument("--channel", help="channel to start in (or /join later)")

@@ -1,6 +1,8 @@
 """What the command-line tools share: the default topology, tokens, choosing a broker."""
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import sys
 
@@ -62,6 +64,13 @@ def prog_name(tool: str) -> str:
     return given or f"bin/{tool}"
 
 
+def tool_name(tool: str) -> str:
+    """How the user calls another of the tools in hints: ``imesh-TOOL`` when this one runs as a
+    wheel's console script, else ``bin/TOOL`` (a source tree)."""
+    base = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return f"imesh-{tool}" if base.startswith("imesh-") else f"bin/{tool}"
+
+
 def add_version_arg(parser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s (imesh) {__version__}")
 
@@ -86,6 +95,28 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+def seconds_arg(text: str) -> float:
+    """A number of seconds > 0 (a negative or zero wait, NaN or infinity is a typo, not a wish)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds > 0")
+    return value
+
+
+def msg_id_arg(text: str) -> int:
+    """A message id: 0 .. 2**63-1 (what the server's ids can be)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a message id") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is not a message id (0..{2**63 - 1})")
+    return value
+
+
 def uin_arg(text: str) -> int:
     value = int(text)
     if not 0 <= value < 2**32:
@@ -101,11 +132,11 @@ def token_for(topo: topology.Topology, uin: int, given: str | None) -> str:
             fail(f"--uin {uin} contradicts --token, which was minted for uin {minted_for}")
         return given
     if not topo.local:
-        fail(f"{topo.path} is not a local topology: pass --token (from `bin/mesh token`)")
+        fail(f"{topo.path} is not a local topology: pass --token (from `{tool_name('mesh')} token`)")
     try:
         return auth.mint(topo.read_secret(), uin, topo.limits["token_lifetime"])
     except topology.TopologyError as exc:
-        fail(f"{exc} (is the mesh up? `bin/mesh up` creates the secret)")
+        fail(f"{exc} (is the mesh up? `{tool_name('mesh')} up` creates the secret)")
 
 
 def token_uin(token: str) -> int | None:

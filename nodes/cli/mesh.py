@@ -34,10 +34,13 @@ from nodes.ops import supervisor
 
 from nodes.cluster import topology
 from nodes.ops.admin import Admin, AdminError, nearest_home
-from nodes.ops.mesh import Mesh, MeshError, child_env
+from nodes.ops.mesh import Mesh, MeshError, MeshInterrupted, child_env
 from nodes.ops.supervisor import Supervisor
 from nodes.protocol.wire import ProtocolError
-from nodes.cli.common import add_config_arg, add_version_arg, ensure_default_config, fail, load_topology, prog_name, uin_arg
+from nodes.cli import preflight
+from nodes.cli.common import (add_config_arg, add_version_arg, ensure_default_config, fail, load_topology,
+                              prog_name, seconds_arg, tool_name, uin_arg)
+from nodes.cli.common import DEFAULT_CONFIG
 
 PROG = prog_name("mesh")
 
@@ -48,6 +51,9 @@ def log_args(args) -> list[str]:
 
 def cmd_up(args) -> int:
     topo = load_topology(args.config)
+    found = preflight.problems(topo)
+    if found:
+        fail("\n".join(found), 1)
     pid = supervisor.read_pid(topo.data_dir)
     if pid:
         fail(f"a supervisor (pid {pid}) already runs this mesh: `{PROG} status`, `{PROG} stop`", 1)
@@ -69,7 +75,10 @@ def cmd_up(args) -> int:
         print(f"starting {len(topo.nodes)} nodes from {topo.path} (data and logs under {topo.data_dir})")
         sup.start_all()
         try:
-            statuses = sup.mesh.wait_ready(args.timeout)
+            statuses = sup.mesh.wait_ready(args.timeout, stop_requested=lambda: stop["now"])
+        except MeshInterrupted:
+            print("interrupted while starting: stopping ...", flush=True)
+            return 130
         except MeshError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -79,7 +88,7 @@ def cmd_up(args) -> int:
         for name, ch in topo.channels.items():
             print(f"channel {name!r}: {len(ch['members'])} members")
         print(f"mesh is up (supervisor pid {os.getpid()}); Ctrl-C or `{PROG} stop` stops every node.  "
-              "Try: bin/chat --uin 1   and   bin/chat --uin 2", flush=True)
+              f"Try: {chat_hint(topo, 1)}   and   {chat_hint(topo, 2)}", flush=True)
         web = web_chat_line(topo)
         if web:
             print(web, flush=True)
@@ -89,6 +98,13 @@ def cmd_up(args) -> int:
     finally:
         sup.close()
         print("all nodes stopped", flush=True)
+
+
+def chat_hint(topo, uin: int) -> str:
+    """The chat command a new user can paste: in a channel the topology makes, if it has one."""
+    channel = next(iter(topo.channels), None)
+    config = "" if os.path.abspath(topo.path) == os.path.abspath(DEFAULT_CONFIG) else f" -c {topo.path}"
+    return f"{tool_name('chat')}{config} --uin {uin}" + (f" --channel {channel}" if channel else "")
 
 
 def web_chat_line(topo) -> str | None:
@@ -132,6 +148,8 @@ def up_detached(args, topo) -> int:
 def cmd_stop(args) -> int:
     """Stop one node or the whole mesh: through the supervisor if one runs, else by pid."""
     topo = load_topology(args.config)
+    if args.node:
+        topo_node(topo, args.node)                 # an unknown id is a bad argument (2), as for restart
     reply = supervisor.control(topo.data_dir, {"cmd": "stop", "node": args.node})
     if reply is not None:
         if not reply["ok"]:
@@ -148,8 +166,6 @@ def cmd_stop(args) -> int:
         print("mesh stopped")
         return 0
     ids = [args.node] if args.node else list(topo.nodes)
-    if args.node:
-        topo.node(args.node)
     statuses = Admin(topo).status_all(ids, timeout=args.timeout)
     pids = {n: st["pid"] for n, st in statuses.items() if st and is_local(topo.node(n))}
     for node_id, pid in pids.items():
@@ -291,6 +307,9 @@ def cmd_check(args) -> int:
             fail(f"{exc} (`{PROG} secret -c {args.config}` creates one)", 1)
     secret = "present" if os.path.exists(topo.secret_file) else "created by `up` (local topology)"
     keys = check_keys(topo, args.config)
+    found = preflight.problems(topo) if topo.local else []     # elsewhere: checked on the nodes' machines
+    if found:
+        fail("\n".join(found), 1)
     counts = ", ".join(f"{len(topo.ids(t))} {t}" for t in topology.NODE_TYPES if topo.ids(t))
     print(f"{topo.path}: ok: cluster {topo.cluster!r}, {counts}; secret {topo.secret_file} {secret}; "
           f"keys {keys}; data under {topo.data_dir}")
@@ -391,8 +410,22 @@ def cmd_channel(args) -> int:
     shown["idc"] = topo.home_of(reply["channel"])
     if home is not None:
         shown["home"] = {k: home[k] for k in ("by", "logic", "why", "rtt_ms")}
-    print(json.dumps(shown))
+    print(json.dumps(shown) if args.json or args.op != "show" else channel_text(shown))
     return 0
+
+
+def channel_text(shown: dict) -> str:
+    """`channel show` for a person: members, newest id, lifetime, home; replicated: its shard."""
+    members = shown["members"]
+    listed = ", ".join(map(str, members[:50])) + (f" ... ({len(members)} in all)" if len(members) > 50 else "")
+    lifetime = "the topology's default" if shown["lifetime"] is None else f"{shown['lifetime']:g} s"
+    lines = [f"channel {shown['channel']} (home IDC {shown['idc']})",
+             f"  members ({len(members)}): {listed or 'none'}",
+             f"  newest id {shown['last_id']}; messages live {lifetime}"]
+    if "shard" in shown:
+        lines.append(f"  shard {shown['shard']}: replicas {' '.join(shown.get('replicas') or [])}, "
+                     f"leader {shown.get('leader')}, epoch {shown.get('epoch')}")
+    return "\n".join(lines)
 
 
 def cmd_reshard(args) -> int:
@@ -401,59 +434,66 @@ def cmd_reshard(args) -> int:
     return reshard_cli.run(args)
 
 
+def subcommand(sub, name: str, **kw) -> argparse.ArgumentParser:
+    """A subcommand's parser; each takes --version, as README says every command does."""
+    p = sub.add_parser(name, **kw)
+    add_version_arg(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Run and manage an imesh mesh.")
     add_version_arg(parser)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("up", help="start every node of the topology and restart the ones that die")
+    p = subcommand(sub, "up", help="start every node of the topology and restart the ones that die")
     add_config_arg(p)
-    p.add_argument("--timeout", type=float, default=30.0,
+    p.add_argument("--timeout", type=seconds_arg, default=30.0,
                    help="seconds to wait for readiness (default: %(default)s)")
     p.add_argument("--detach", action="store_true",
                    help="run the supervisor in the background (pid file and mesh.log in the data dir)")
     logs.add_log_args(p)
     p.set_defaults(fn=cmd_up)
-    p = sub.add_parser("stop", help="stop the whole mesh, or one node (the supervisor keeps it down)")
+    p = subcommand(sub, "stop", help="stop the whole mesh, or one node (the supervisor keeps it down)")
     add_config_arg(p)
     p.add_argument("node", nargs="?", help="node id (default: every node and the supervisor)")
-    p.add_argument("--timeout", type=float, default=5.0,
+    p.add_argument("--timeout", type=seconds_arg, default=5.0,
                    help="seconds to wait for status replies when no supervisor runs (default: %(default)s)")
     p.set_defaults(fn=cmd_stop)
     for name, what in (("start", "start a node stopped with `stop NODE`"),
                        ("restart", "stop and start one node, wait until it serves")):
-        p = sub.add_parser(name, help=what)
+        p = subcommand(sub, name, help=what)
         add_config_arg(p)
         p.add_argument("node", help="node id")
-        p.add_argument("--timeout", type=float, default=30.0,
+        p.add_argument("--timeout", type=seconds_arg, default=30.0,
                        help="seconds to wait for readiness (default: %(default)s)")
         p.set_defaults(fn=cmd_node)
-    p = sub.add_parser("status", help="report each node as up or down (and its restarts)")
+    p = subcommand(sub, "status", help="report each node as up or down (and its restarts)")
     add_config_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON array of rows")
-    p.add_argument("--timeout", type=float, default=5.0,
+    p.add_argument("--timeout", type=seconds_arg, default=5.0,
                    help="seconds a running node may take to answer; nodes are asked in parallel and "
                         "a closed port counts as down at once (default: %(default)s)")
     p.set_defaults(fn=cmd_status)
-    p = sub.add_parser("top", help="a refreshing table of every node's live rates")
+    p = subcommand(sub, "top", help="a refreshing table of every node's live rates")
     add_config_arg(p)
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default: %(default)s)")
+    p.add_argument("--interval", type=seconds_arg, default=2.0, help="seconds between refreshes (default: %(default)s)")
     p.add_argument("--count", type=int, help="refresh this many times, then exit (default: until Ctrl-C)")
-    p.add_argument("--timeout", type=float, default=2.0,
+    p.add_argument("--timeout", type=seconds_arg, default=2.0,
                    help="seconds a node may take to answer (default: %(default)s)")
     p.set_defaults(fn=cmd_top)
     for name, fn, text in (
             ("check", cmd_check, "validate a topology file (endpoints, ports, secret, keys); exit 1 if bad"),
             ("secret", cmd_secret, "create the topology's secret file if it does not exist"),
             ("keys", cmd_keys, "create missing CURVE keypairs and print what a deployment copies where")):
-        p = sub.add_parser(name, help=text)
+        p = subcommand(sub, name, help=text)
         add_config_arg(p)
         p.set_defaults(fn=fn)
-    p = sub.add_parser("token", help="print a login token for a uin")
+    p = subcommand(sub, "token", help="print a login token for a uin")
     add_config_arg(p)
     p.add_argument("--uin", type=uin_arg, required=True, help="user number the token is for")
-    p.add_argument("--lifetime", type=float, default=86400, help="seconds (default 1 day)")
+    p.add_argument("--lifetime", type=seconds_arg, default=86400, help="seconds (default 1 day)")
     p.set_defaults(fn=cmd_token)
-    p = sub.add_parser("channel", help="create/add/remove/show channel membership")
+    p = subcommand(sub, "channel", help="create/add/remove/show channel membership")
     add_config_arg(p)
     p.add_argument("op", choices=["create", "add", "remove", "show"], help="what to do")
     p.add_argument("name", help="channel name")
@@ -467,9 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "runs (best of 3 status round trips to each, in parallel; near-equal IDCs: the name's "
                    "hash decides) -- it prints the choice and why on stderr and as \"home\" in the JSON; "
                    "one IDC: no suffix")
-    p.add_argument("--json", action="store_true", help="the output is always one JSON line (accepted for symmetry)")
+    p.add_argument("--json", action="store_true", help="show: one JSON line instead of text (create, add and "
+                   "remove always print one JSON line)")
     p.set_defaults(fn=cmd_channel)
-    p = sub.add_parser("reshard", help="move channels (members, messages, dedup rows, ids) to their owners "
+    p = subcommand(sub, "reshard", help="move channels (members, messages, dedup rows, ids) to their owners "
                        "under a topology with other logic nodes: live while the logic nodes run (NEW's "
                        "version must be higher; start added logic nodes with NEW when told; exit 3 until "
                        "they run), offline when every logic node is stopped")

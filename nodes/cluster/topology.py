@@ -368,11 +368,37 @@ def _parse_metrics(path, key, value):
     return (host.strip("[]"), int(port))
 
 
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "*", "::"})
+
+
+class _Binds:
+    """Every (host, port) the nodes bind, whatever the endpoint kind (client, rpc, pub, ws,
+    metrics): two on one port clash when their hosts are the same or either is a wildcard, a
+    bind `check` would otherwise call ok and `up` would fail at."""
+
+    def __init__(self, path):
+        self.path = path
+        self.by_port = {}                  # port -> [(host, node id, kind, shown endpoint)]
+
+    def claim(self, key: str, shown: str, host: str, port: int, node_id: str, kind: str) -> None:
+        host = host.strip("[]").lower()
+        host = "127.0.0.1" if host == "localhost" else host
+        for other, owner, other_kind, other_shown in self.by_port.get(port, ()):
+            if other == host or other in WILDCARD_HOSTS or host in WILDCARD_HOSTS:
+                _fail(self.path, key, f"endpoint {shown} already used by {owner} "
+                      f"(its {other_kind} {other_shown}): every endpoint needs a port of its own")
+        self.by_port.setdefault(port, []).append((host, node_id, kind, shown))
+
+    def claim_url(self, key: str, url: str, node_id: str, kind: str) -> None:
+        host, _sep, port = url.split("://", 1)[1].rstrip("/").rpartition(":")
+        self.claim(key, url, host, int(port), node_id, kind)
+
+
 def _parse_nodes(path, idcs):
     if not isinstance(idcs, dict) or not idcs:
         _fail(path, "idcs", "must be a non-empty mapping of idc name -> node lists")
     nodes = {}
-    seen_endpoints = {}
+    binds = _Binds(path)
     for idc, groups in idcs.items():
         if not isinstance(groups, dict):
             _fail(path, f"idcs.{idc}", "must be a mapping of node type -> list of nodes")
@@ -396,23 +422,21 @@ def _parse_nodes(path, idcs):
                     why = _endpoint_error(ep)
                     if why:
                         _fail(path, f"{key}.{name}", f"{why}; needs an endpoint like tcp://127.0.0.1:7001")
-                    if ep in seen_endpoints:
-                        _fail(path, f"{key}.{name}", f"endpoint {ep} already used by {seen_endpoints[ep]}")
-                    seen_endpoints[ep] = node_id
+                    binds.claim_url(f"{key}.{name}", ep, node_id, name)
                     endpoints[name] = ep
                 metrics = _parse_metrics(path, f"{key}.metrics", entry.get("metrics"))
                 if metrics is not None:
-                    if metrics in seen_endpoints:
-                        _fail(path, f"{key}.metrics", f"{metrics} already used by {seen_endpoints[metrics]}")
-                    seen_endpoints[metrics] = node_id
+                    binds.claim(f"{key}.metrics", f"http://{metrics[0]}:{metrics[1]}", *metrics, node_id, "metrics")
                 optional = OPTIONAL_KEYS.get(node_type, ())
                 if "ws" in optional and entry.get("ws") is not None:
                     ep = entry["ws"]
-                    if not isinstance(ep, str) or not ep.startswith("ws://") or ":" not in ep[5:]:
+                    host, sep, port = ep[5:].rstrip("/").rpartition(":") if isinstance(ep, str) else ("", "", "")
+                    if not isinstance(ep, str) or not ep.startswith("ws://") or not sep or not host:
                         _fail(path, f"{key}.ws", "needs an endpoint like ws://127.0.0.1:7601")
-                    if ep in seen_endpoints:
-                        _fail(path, f"{key}.ws", f"endpoint {ep} already used by {seen_endpoints[ep]}")
-                    seen_endpoints[ep] = node_id
+                    why = _port_error(port)
+                    if why:
+                        _fail(path, f"{key}.ws", f"{ep!r}: {why}")
+                    binds.claim_url(f"{key}.ws", ep, node_id, "ws")
                     endpoints["ws"] = ep
                 origins = entry.get("origins", [])
                 if not isinstance(origins, list) or not all(isinstance(o, str) and o for o in origins):

@@ -40,6 +40,11 @@ class MeshError(RuntimeError):
     pass
 
 
+class MeshInterrupted(MeshError):
+    """wait_ready gave up because the caller was asked to stop (Ctrl-C, SIGTERM): the nodes
+    that exited meanwhile got the same signal; they did not fail."""
+
+
 def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
     """Poll ``predicate`` (which itself waits on a reply: a status, a leader) until it is
     truthy; its value, or MeshError after ``timeout`` seconds."""
@@ -139,14 +144,17 @@ class Mesh:
             return bool(status.get("presence_synced"))
         return True
 
-    def wait_ready(self, timeout: float = 20.0, node_ids=None) -> dict:
-        """Ask every node for its status until all are ready; raise MeshError with the laggards."""
+    def wait_ready(self, timeout: float = 20.0, node_ids=None, stop_requested=lambda: False) -> dict:
+        """Ask every node for its status until all are ready; raise MeshError with the laggards
+        (MeshInterrupted once ``stop_requested()``)."""
         waiting = set(node_ids or self.topo.nodes)
         deadline = time.monotonic() + timeout
         statuses, last = {}, {}
         while waiting:
             for node_id in sorted(waiting):
                 proc = self.procs.get(node_id)
+                if stop_requested():
+                    raise MeshInterrupted("asked to stop while the nodes were starting")
                 if proc is not None and proc.poll() is not None:
                     raise MeshError(f"node {node_id} exited with code {proc.returncode}; "
                                     f"see {self.log_path(node_id)}")

@@ -20,6 +20,8 @@ leadership and snapshots, not by this tool.  Nothing here touches sockets.
 """
 from __future__ import annotations
 
+import os
+
 from nodes.storage import shards
 from nodes.storage.store import Store
 
@@ -58,6 +60,21 @@ def affected_logic_nodes(old_topo, new_topo) -> list:
     return sorted(n for idc in old if old[idc] != new[idc] for n in old[idc] | new[idc])
 
 
+def check_data_here(old_topo, new_topo) -> None:
+    """Refuse the offline move unless the stopped logic nodes' data directories are on this
+    machine.  The offline path runs when no logic node answers: that is a stopped mesh only if their data is
+    here; otherwise the nodes are merely unreachable from this host (the operator's machine of
+    docs/deploy.md), and opening their stores here would create empty ones and "move" nothing."""
+    affected = [n for n in affected_logic_nodes(old_topo, new_topo) if n in old_topo.nodes]
+    missing = [n for n in affected if not os.path.isdir(old_topo.node_dir(n))]
+    if missing:
+        raise ReshardError(
+            f"no logic node of {old_topo.path} answers from this host ({', '.join(affected)}), and the "
+            f"data of {', '.join(missing)} is not here (no {old_topo.node_dir(missing[0])}): if the mesh "
+            "runs, run reshard where its nodes' rpc ports are reachable (a live reshard); if it is "
+            "stopped, run it on the machine that holds the logic nodes' data directories (offline)")
+
+
 class Moves(list):
     """[(channel, from, to)], with ``rows``: how many rows moved."""
     rows = 0
@@ -72,6 +89,7 @@ def move(old_topo, new_topo, dry_run: bool = False) -> "Moves":
     if old_topo.data_dir != new_topo.data_dir:
         raise ReshardError(f"data_dir differs ({old_topo.data_dir} vs {new_topo.data_dir}): run reshard "
                            "where the logic nodes' data directories are")
+    check_data_here(old_topo, new_topo)
     ids = affected_logic_nodes(old_topo, new_topo)
     stores = {}
     try:

@@ -118,6 +118,8 @@ class Supervisor:
                     log.exception("control request failed")
                     reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 self.ctl.send(json.dumps(reply).encode())
+            if self.stopping or stop_requested():
+                break        # a signal to the whole process group stopped the nodes too: no crash, no restart
             self.check(time.monotonic())
 
     # --- restarts --------------------------------------------------------------

@@ -68,13 +68,17 @@ def ensure_keys(topo: Topology) -> list[str]:
     """Create the keypairs that are missing (private files mode 0600); the names created.
 
     A pair is made in a private temporary folder and its private file linked
-    into place, so two processes doing this at once never mix two pairs.
+    into place, so two processes doing this at once never mix two pairs.  A
+    public key file without its private half is a pair made elsewhere (the
+    operator's host after docs/deploy.md step 1 deleted the other nodes'
+    private keys): replacing it would lock that node out, so it is left
+    alone (``held_elsewhere`` names them).
     """
     os.makedirs(topo.keys_dir, mode=0o700, exist_ok=True)
     created = []
     for name in key_names(topo):
         public, private = key_files(topo, name)
-        if os.path.exists(private) or name in topo.public_keys:
+        if os.path.exists(private) or os.path.exists(public) or name in topo.public_keys:
             continue                           # made here before, or made elsewhere and published
         scratch = tempfile.mkdtemp(prefix=".new-", dir=topo.keys_dir)
         try:
@@ -89,6 +93,17 @@ def ensure_keys(topo: Topology) -> list[str]:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return created
+
+
+def held_elsewhere(topo: Topology) -> list[str]:
+    """The names whose public key is here (file or inline) but whose private key is not: pairs
+    another machine holds, which `keys` must never replace."""
+    out = []
+    for name in key_names(topo):
+        public, private = key_files(topo, name)
+        if not os.path.exists(private) and (os.path.exists(public) or name in topo.public_keys):
+            out.append(name)
+    return out
 
 
 def _read(path: str, what: str, hint: str) -> tuple[bytes, bytes | None]:
@@ -325,9 +340,13 @@ def deployment_guide(topo: Topology, created: list[str]) -> str:
         private = key_files(topo, name)[1]
         if os.path.exists(private):
             check_private_mode(private)
-    present = [n for n in names if n not in created]
+    elsewhere = held_elsewhere(topo)
+    present = [n for n in names if n not in created and n not in elsewhere]
     lines = [f"keys in {topo.keys_dir}: created {', '.join(created) or 'none'}"
              + (f"; already there: {', '.join(present)}" if present else "")]
+    if elsewhere:
+        lines.append(f"skipped {', '.join(elsewhere)}: public key here, private key not (held by "
+                     "its machine); left as they are -- to replace one, delete its .key first")
     if not topo.curve and not topo.client_curve:
         lines.append(f"note: {topo.path} turns CURVE off (curve: false): the nodes will not use them")
     if topo.local:

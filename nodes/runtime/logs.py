@@ -9,7 +9,9 @@ log shipper can index events without parsing prose.
 (refusals, logins): the first record of each kind in a window is logged at
 once, repeats inside the window are only counted, and the count is logged
 when the window ends.  A client hammering a refused send costs one line per
-window, not one per request.
+window, not one per request.  State changes (a peer link up/down) are
+logged as they happen (``change``): only a subject flapping more than a few
+times in a window is held back, and the state it ends in is then logged.
 """
 from __future__ import annotations
 
@@ -78,12 +80,15 @@ class Events:
     kinds that went quiet.
     """
 
+    MAX_CHANGES = 4      # state changes of one subject logged one by one per window; more: flapping
+
     def __init__(self, logger: logging.Logger | str = "events", window: float = 10.0,
                  clock=time.monotonic):
         self.log = logging.getLogger(logger) if isinstance(logger, str) else logger
         self.window = window
         self.clock = clock
         self._open = {}                 # kind -> [window start, repeats not yet logged, level]
+        self._states = {}               # (event, subject) -> _StateWindow
 
     def emit(self, event: str, key, level: int = logging.INFO, **ctx) -> bool:
         """Log the event unless one of the same kind was logged within the window; True if logged.
@@ -106,6 +111,50 @@ class Events:
                          extra={"ev": event, "key": key, **ctx})
         return True
 
+    def change(self, event: str, subject, state: str, level: int = logging.INFO, /, **ctx) -> bool:
+        """A subject's state changed (a peer link up/down); True if logged.
+
+        Sampling by (subject, state) held a peer's "up" back for a whole window
+        when an "up" had been logged in it, so the log said "down" while the link
+        was up.  Here a state other than the last one logged is logged at once;
+        the same state again is only counted, and so is every change after
+        ``MAX_CHANGES`` in a window (a flapping link): when that window ends,
+        ``flush`` logs the state it was left in, with the count.
+        """
+        now = self.clock()
+        kind = (event, subject)
+        slot = self._states.get(kind)
+        if slot is None or now - slot.start >= self.window:
+            shown = None
+            if slot is not None:
+                self._report_state(kind, slot)
+                shown = slot.latest[0] if slot.latest is not None else slot.shown
+            slot = self._states[kind] = _StateWindow(now, shown)
+        if state != slot.shown and slot.logged < self.MAX_CHANGES:
+            slot.logged += 1
+            slot.shown, slot.latest, slot.held = state, None, 0
+            self._log(event, (subject, state), level, ctx)
+            return True
+        if state != slot.shown or slot.latest is not None:
+            slot.held += 1
+            slot.latest = (state, level, ctx)
+        return False
+
+    def _report_state(self, kind, slot) -> None:
+        if slot.latest is None:
+            return
+        event, subject = kind
+        state, level, ctx = slot.latest
+        detail = " ".join(f"{k}={v}" for k, v in ctx.items())
+        self.log.log(level, f"{event} {_text((subject, state))} {detail} (latest of {slot.held} changes in "
+                     f"{self.window:g}s not logged one by one)".replace("  ", " "),
+                     extra={"ev": event, "key": (subject, state), "changes": slot.held, **ctx})
+
+    def _log(self, event: str, key, level: int, ctx: dict) -> None:
+        if self.log.isEnabledFor(level):
+            detail = " ".join(f"{k}={v}" for k, v in ctx.items())
+            self.log.log(level, f"{event} {_text(key)} {detail}".rstrip(), extra={"ev": event, "key": key, **ctx})
+
     def flush(self) -> None:
         """Log the repeat counts of windows that have ended (and forget them)."""
         now = self.clock()
@@ -114,6 +163,12 @@ class Events:
                 if slot[1]:
                     self._report(kind, slot)
                 del self._open[kind]
+        for kind, slot in list(self._states.items()):
+            if now - slot.start >= self.window:
+                self._report_state(kind, slot)
+                if slot.latest is not None:
+                    slot.shown = slot.latest[0]
+                slot.start, slot.logged, slot.held, slot.latest = now, 0, 0, None
 
     def _report(self, kind, slot) -> None:
         event, key = kind
@@ -140,15 +195,25 @@ class Events:
         return self.emit("admin", (op, channel), logging.INFO, op=op, channel=channel, **ctx)
 
     def peer(self, peer: str, state: str, **ctx) -> bool:
-        """A node-to-node link came ``up`` or went ``down`` (a warning)."""
+        """A node-to-node link came ``up`` or went ``down`` (a warning): logged as it changes."""
         level = logging.WARNING if state == "down" else logging.INFO
-        return self.emit("peer", (peer, state), level, peer=peer, state=state, **ctx)
+        return self.change("peer", peer, state, level, peer=peer, state=state, **ctx)
 
     def slow_turn(self, ms: float, **ctx) -> bool:
         return self.emit("slow_turn", "loop", logging.WARNING, ms=round(ms, 1), **ctx)
 
     def error(self, what: str, **ctx) -> bool:
         return self.emit("error", what, logging.ERROR, **ctx)
+
+
+class _StateWindow:
+    """One subject's state changes in the current window (Events.change)."""
+    __slots__ = ("start", "shown", "logged", "held", "latest")
+
+    def __init__(self, start: float, shown):
+        self.start, self.shown = start, shown     # shown: the state the log last said
+        self.logged, self.held = 0, 0             # changes logged / counted in this window
+        self.latest = None                        # (state, level, ctx) of the newest one not logged
 
 
 def _text(key) -> str:
