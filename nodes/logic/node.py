@@ -19,6 +19,7 @@ import zmq
 from nodes.protocol import wire
 from nodes.storage import store as keys
 from nodes.runtime.node import INTERNAL_MAX_FRAME, Node
+from nodes.runtime.clock import wall_clock
 from nodes.runtime import statusprobe
 from nodes.runtime.rpc import Requests
 from nodes.logic.core import LogicCore
@@ -43,6 +44,7 @@ class LogicNode(Node):
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
+        self.clock = wall_clock(node_id)
         self.requests = Requests(topo.limits["request_timeout"], INTERNAL_MAX_FRAME, self.outbox,
                                  on_late=self.on_late_reply)
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
@@ -89,7 +91,7 @@ class LogicNode(Node):
         self.broker_topics = [wire.topic(b.id) for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)
         self.loop.every(SWEEP_INTERVAL, self.sweep)
-        self.loop.every(DEDUP_PRUNE_INTERVAL, lambda: self.core.retention.prune_dedup(time.time()))
+        self.loop.every(DEDUP_PRUNE_INTERVAL, lambda: self.core.retention.prune_dedup(self.clock()))
         self.replica.start()
         if self.coordinator is not None:
             self.coordinator.start()
@@ -214,12 +216,12 @@ class LogicNode(Node):
             self.repl.reconcile()              # a lease that ran out ends leadership even when idle
 
     def sweep(self):
-        now = time.time()
+        now = self.clock()
         self.core.retention.sweep(now)
         self.core.retention.prune_sent(now)
 
     def before_flush(self):
-        self.core.assign(time.time())
+        self.core.assign(self.clock())
         if self.repl is not None:
             self.repl.stage()
 
