@@ -38,7 +38,7 @@ def stored(m, channel) -> dict:
 def synced_ids(client, channel) -> list:
     ids, after = [], 0
     while True:
-        page = served(lambda: client.sync(channel, after))
+        page = served(lambda after=after: client.sync(channel, after))
         ids += [msg["id"] for msg in page["msgs"]]
         if page["upto"] >= page["last"]:
             return ids
