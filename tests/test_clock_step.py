@@ -9,6 +9,7 @@ its wall clock, and a -2 day step makes new ones look expired at once.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -17,6 +18,8 @@ from rocksdict import AccessType, Options, Rdict
 from nodes.runtime.clock import TEST_CLOCK_ENV
 from nodes.storage import store as keys
 from tests.conftest import served
+from tests.test_heartbeat_sync import run
+from tests.test_relay import media
 
 pytestmark = pytest.mark.slow
 
@@ -80,3 +83,23 @@ def test_a_wall_clock_step_either_way_deletes_nothing_and_keeps_lifetimes(make_m
     offset_file.write_text(str(2 * DAY))
     m.mesh.restart(logic)
     step(2 * DAY, "after a restart with a stepped clock")
+
+
+def test_a_relay_whose_clock_steps_forward_keeps_serving_its_files(make_mesh, tmp_path, monkeypatch):
+    """The relay's files expire by its expiry clock too: a +2 day step neither sweeps nor
+    refuses a file (lifetime one day) uploaded before it."""
+    monkeypatch.setenv(TEST_CLOCK_ENV, str(tmp_path))
+    m = make_mesh(brokers=1, logics=1, relays=1, channels={"lobby": {"members": "1-10"}})
+    relay = m.topo.ids("relay")[0]
+
+    async def main():
+        c = media(m, 1)
+        await c.connect()
+        ref = await c.upload(b"kept across the step", "lobby")
+        (tmp_path / relay).write_text(str(2 * DAY))
+        await asyncio.sleep(1.0)                                   # 5 sweeps (every 0.2 s)
+        assert await c.download(ref) == b"kept across the step"
+        status = m.admin.status(relay)
+        assert status["expired"] == 0 and status["clock"]["steps"] == 1   # it saw the step
+        await c.close()
+    run(main())
