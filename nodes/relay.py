@@ -21,7 +21,6 @@ import hashlib
 import heapq
 import logging
 import os
-import time
 
 import zmq
 
@@ -30,6 +29,7 @@ from nodes.storage import store as keys
 from nodes.protocol import schema, wire
 from nodes.cluster.placement import Placement
 from nodes.runtime.node import Node
+from nodes.runtime import clock as expiry_clock
 from nodes.runtime.rpc import Requests
 from nodes.runtime.sessions import SessionTable
 
@@ -234,11 +234,14 @@ class RelayCore:
 
 
 class RelayNode(Node):
+    """Sessions and the membership cache run on the monotonic clock (the ``now`` requests get);
+    file expiries on the expiry clock (nodes/runtime/clock.py), which a wall-clock step does
+    not move."""
     type = "relay"
-    clock = staticmethod(time.time)            # file expiries are wall-clock
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
+        self.expiry = expiry_clock.attach(self)
         self.secret = topo.read_secret()
         self.core = RelayCore(node_id, self.store, topo.limits)
         self.core.load()
@@ -322,35 +325,36 @@ class RelayNode(Node):
     # --- requests --------------------------------------------------------------
     def handle_begin(self, session, msg, now):
         uin = session.uin
-        self.when_member(session.ident, uin, msg["channel"], msg["rid"], now, lambda: self.core.begin(uin, msg, now))
+        self.when_member(session.ident, uin, msg["channel"], msg["rid"], now,
+                         lambda: self.core.begin(uin, msg, self.expiry.now()))
 
     def handle_chunk(self, session, msg, _now):
         return self.core.chunk(session.uin, msg)
 
     def handle_end(self, session, msg, now):
-        return self.core.end(session.uin, msg, now)
+        return self.core.end(session.uin, msg, self.expiry.now())
 
     def handle_info(self, session, msg, now):
         relay, media = parse_ref(msg["ref"])
         if relay != self.id:
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"the file is at relay {relay}")
-        meta = self.core.finished(media, now)
+        meta = self.core.finished(media, self.expiry.now())
         self.when_member(session.ident, session.uin, meta["channel"], msg["rid"], now,
                          lambda: self.core.info(msg, media, meta))
 
     def handle_down(self, session, msg, now):
         media = media_id(msg["media"])
-        meta = self.core.finished(media, now)
+        meta = self.core.finished(media, self.expiry.now())
         self.when_member(session.ident, session.uin, meta["channel"], msg["rid"], now,
                          lambda: self.core.read_chunk(msg, media, meta))
 
     def housekeeping(self):
         self.requests.expire()
-        self.core.sweep(time.time())
+        self.core.sweep(self.expiry.check())
         for session in self.sessions.expired(self.clock()):
             self.sessions.end(session, "expired")
 
     def status(self):
         c = self.core
         return dict(super().status(), open_uploads=len(c.uploads), files=c.stats["files"],
-                    expired=c.stats["expired"], sessions=len(self.sessions))
+                    expired=c.stats["expired"], sessions=len(self.sessions), clock=self.expiry.status())

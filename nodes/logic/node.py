@@ -19,6 +19,7 @@ import zmq
 from nodes.protocol import schema, wire
 from nodes.storage import store as keys
 from nodes.runtime.node import Node
+from nodes.runtime import clock as expiry_clock
 from nodes.runtime import statusprobe
 from nodes.runtime.rpc import Requests
 from nodes.logic.core import LogicCore
@@ -39,10 +40,14 @@ ALLOC_FAILOVER = 0.5                  # replicated: a counter silent this long, 
 
 class LogicNode(Node):
     type = "logic"
-    clock = staticmethod(time.time)            # expiries and stored times are wall-clock
+    clock = staticmethod(time.time)            # replaced per node by its expiry clock's ``now``
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
+        # expiries, stored times and the ``now`` of requests: wall-clock time that a step of this
+        # node's wall clock does not move (nodes/runtime/clock.py, issue 23)
+        self.expiry = expiry_clock.attach(self)
+        self.clock = self.expiry.now
         self.requests = Requests(topo.limits["request_timeout"], self.max_internal_frame, self.outbox,
                                  on_late=self.on_late_reply)
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
@@ -89,7 +94,7 @@ class LogicNode(Node):
         self.broker_topics = [wire.topic(b.id) for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)
         self.loop.every(SWEEP_INTERVAL, self.sweep)
-        self.loop.every(DEDUP_PRUNE_INTERVAL, lambda: self.core.retention.prune_dedup(time.time()))
+        self.loop.every(DEDUP_PRUNE_INTERVAL, lambda: self.core.retention.prune_dedup(self.clock()))
         self.replica.start()
         if self.coordinator is not None:
             self.coordinator.start()
@@ -214,12 +219,12 @@ class LogicNode(Node):
             self.repl.reconcile()              # a lease that ran out ends leadership even when idle
 
     def sweep(self):
-        now = time.time()
+        now = self.expiry.check()              # the only place the wall clock is read
         self.core.retention.sweep(now)
         self.core.retention.prune_sent(now)
 
     def before_flush(self):
-        self.core.assign(time.time())
+        self.core.assign(self.clock())
         if self.repl is not None:
             self.repl.stage()
 
@@ -241,7 +246,7 @@ class LogicNode(Node):
                     acks=c.stats["acks"], deliveries=c.stats["deliveries"], id_blocks=c.stats["id_blocks"],
                     requests=dict(self.dispatchers[0].requests),
                     sweep_s=round(c.retention.sweep_seconds, 3),
-                    sweep_max_ms=round(c.retention.sweep_max * 1000, 3),
+                    sweep_max_ms=round(c.retention.sweep_max * 1000, 3), clock=self.expiry.status(),
                     **({"shards": self.repl.status(), "replication": self.repl.stats} if self.repl else {}))
 
     def close(self):

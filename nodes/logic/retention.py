@@ -124,9 +124,14 @@ class Retention:
 
         Goes on from where the last call stopped: new rows always expire after now, so
         nothing is ever added before the cursor, and seeking there never steps over the
-        tombstones of everything deleted before (which a scan from the prefix would).
+        tombstones of everything deleted before (which a scan from the prefix would).  Only a
+        ``now`` earlier than the cursor (the expiry clock went back) starts over from the first row.
         """
         now_ms = int(now * 1000)
+        if self.sent_cursor is not None and keys.sent_of_expiry_key(self.sent_cursor)[0] > now_ms:
+            self.sent_cursor = None                    # the expiry clock went back (a wall-clock step it
+            #                                            believed: nodes/runtime/clock.py): new rows may sort
+            #                                            before the cursor
         gone = 0
         for key, _raw in self.store.scan(b"x", self.sent_cursor):
             if key == self.sent_cursor:

@@ -19,6 +19,9 @@ Keys are big-endian binary so that iteration order is id order:
                                                    (logic, nodes/logic/handoff.py): not loaded until its last page
 - ``r`` + shard:u32                              -> msgpack [epoch, seq]: the replication log position
                                                    a replica's shard state reflects (docs/ha.md)
+- ``T``                                          -> msgpack [time s, monotonic s, boot id]: the node's
+                                                   expiry clock (nodes/runtime/clock.py; logic, relay;
+                                                   never replicated)
 
 The length prefix keeps a prefix scan of one channel from running into
 another whose name starts the same.
@@ -122,6 +125,8 @@ def pack_u64(value: int) -> bytes:
 def unpack_u64(raw: bytes) -> int:
     return _U64.unpack(raw)[0]
 
+
+CLOCK_KEY = b"T"                           # the expiry clock's saved state (nodes/runtime/clock.py)
 
 _encoder = msgspec.msgpack.Encoder()       # the same msgpack bytes as msgpack.packb, reused
 _decoder = msgspec.msgpack.Decoder()
