@@ -219,7 +219,7 @@ def cmd_status(args) -> int:
             extra = f"pid {row['pid']}" if row["up"] else ""
             if row.get("restarts"):
                 extra += f"  restarts {row['restarts']} (last exit {row['last_exit']})"
-            if (row["status"] or {}).get("storage_error"):     # writes refused (nodes/logic/storage.py)
+            if (row["status"] or {}).get("storage_error"):     # writes refused (nodes/logic/diskfull.py)
                 extra += ("  disk full: writes refused (STORAGE_FULL) until there is room" if row["disk_full"]
                           else "  storage failed: writes refused") + f" ({row['status']['storage_error']})"
             version = (row["status"] or {}).get("topology_version", topo.version)

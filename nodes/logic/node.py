@@ -9,7 +9,7 @@ store's batch (with replication: a record per shard); ``after_flush``, once the
 batch is written, acks what is stored -- at once, or with replication what a
 majority holds (nodes/logic/replication.py) -- and fans it out.  A batch the disk
 refuses acks nothing: the node stays up and refuses writes until there is room
-again (nodes/logic/storage.py).
+again (nodes/logic/diskfull.py).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from nodes.logic.handoff import Handoff
 from nodes.logic.presence import PresenceReplica
 from nodes.logic.placement import ShardPlacement
 from nodes.logic.replication import Replication
-from nodes.logic import storage
+from nodes.logic import diskfull
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class LogicNode(Node):
             self.core = LogicCore(node_id, topo, self.store, self.replica, self, topo.read_secret(),
                                   joining=self._joins_running_mesh())
             self._load()
-        self.storage = storage.StorageState(self.store, self.core.stats)
+        self.storage = diskfull.StorageState(self.store, self.core.stats)
         self.core.sends.refusal = self.storage.refuse()      # started on a full disk: refusing
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.rpc = rpc
@@ -91,13 +91,13 @@ class LogicNode(Node):
             self.handoff = Handoff(self.core, self.store)
             handlers.update(self.handoff.handlers())
             schemas = dict(schemas, **wire.HANDOFF_REQUESTS)
-        handlers = {t: fn if t in storage.READS else self.storage.written(fn) for t, fn in handlers.items()}
+        handlers = {t: fn if t in diskfull.READS else self.storage.written(fn) for t, fn in handlers.items()}
         self.serve(rpc, schemas, handlers)
         self.broker_topics = [wire.topic(b.id) for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)
         self.loop.every(SWEEP_INTERVAL, self.sweep)
         self.loop.every(DEDUP_PRUNE_INTERVAL, self.prune_dedup)
-        self.loop.every(storage.PROBE, self.resume_writes)
+        self.loop.every(diskfull.PROBE, self.resume_writes)
         self.replica.start()
         if self.coordinator is not None:
             self.coordinator.start()
@@ -231,7 +231,7 @@ class LogicNode(Node):
         if self.store.failed is None:
             self.core.retention.prune_dedup(time.time())
 
-    # --- the disk refuses writes (nodes/logic/storage.py) ------------------------------
+    # --- the disk refuses writes (nodes/logic/diskfull.py) ------------------------------
     def _load(self):
         """Load the channels held here; on a full disk what loading would seed is not stored
         (loaded again once writes resume)."""

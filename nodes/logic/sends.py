@@ -9,7 +9,7 @@ else is new, whatever its order, so no client time can lock a device out.
 dedup table learns the send and the message is queued for fan-out.  A send
 whose outcome this node can no longer promise is answered UNAVAILABLE
 (``abandon``): the client retries with the same ctime wherever the channel went.
-While the node's disk refuses writes (nodes/logic/storage.py) ``refusal`` is set:
+While the node's disk refuses writes (nodes/logic/diskfull.py) ``refusal`` is set:
 a new send is refused with it at once (STORAGE_FULL), a retry of a stored one is
 still acked; the sends of a batch that failed are answered with it (``abandon``).
 """

@@ -13,7 +13,7 @@ figure by adding a key to its status():
   ``code``, requests by ``type``, otherwise ``key``);
 - a list becomes a gauge of its length (e.g. logic_links).
 
-A logic node whose disk refuses writes (nodes/logic/storage.py) shows it as
+A logic node whose disk refuses writes (nodes/logic/diskfull.py) shows it as
 ``imesh_disk_full`` 1 (``disk_full`` in its status) and counts what it refused in
 ``imesh_storage_refused_total``.
 
