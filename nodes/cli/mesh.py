@@ -218,7 +218,8 @@ def cmd_status(args) -> int:
     for node_id, spec in topo.nodes.items():
         status = statuses[node_id]
         row = {"id": node_id, "type": spec.type, "up": status is not None,
-               "pid": status and status.get("pid"), "status": status}
+               "pid": status and status.get("pid"), "status": status,
+               "disk_full": bool(status and status.get("disk_full"))}
         if node_id in supervised:
             info = supervised[node_id]
             row.update(supervised=True, restarts=info["restarts"], last_exit=info["last_exit"],
@@ -234,6 +235,9 @@ def cmd_status(args) -> int:
             extra = f"pid {row['pid']}" if row["up"] else ""
             if row.get("restarts"):
                 extra += f"  restarts {row['restarts']} (last exit {row['last_exit']})"
+            if (row["status"] or {}).get("storage_error"):     # writes refused (nodes/logic/diskfull.py)
+                extra += ("  disk full: writes refused (STORAGE_FULL) until there is room" if row["disk_full"]
+                          else "  storage failed: writes refused") + f" ({row['status']['storage_error']})"
             version = (row["status"] or {}).get("topology_version", topo.version)
             if version != topo.version:           # a live reshard this file does not have (yet)
                 extra += f"  topology version {version} (this file: {topo.version})"

@@ -304,8 +304,9 @@ class AsyncClient:
                 if outcome is None:
                     entry.tries = self.mailbox.tried(entry.seq, entry.error)
                     if entry.tries == max(1, busy_after):
-                        busy = ClientError(wire.Err.BUSY, f"system busy: no ack after {entry.tries} tries; "
-                                           "kept in the mailbox", {"mailbox": entry.seq})
+                        busy = ClientError(wire.Err.BUSY, f"system busy: no ack after {entry.tries} tries "
+                                           f"(last: {entry.error}); kept in the mailbox",
+                                           {"mailbox": entry.seq, "last": entry.error})
                         self._mail("busy", entry, busy)
                         _settle(fut, exc=busy)
                     await self._before_retry(entry.tries)

@@ -13,7 +13,7 @@ the server settles it:
 - **cancelled** by the application -> removed (if it was already stored,
   it stays stored: cancelling only stops the retries).
 
-Everything else (timeouts, UNAVAILABLE, BUSY, INTERNAL, no connection) is
+Everything else (timeouts, UNAVAILABLE, BUSY, INTERNAL, STORAGE_FULL, no connection) is
 *unknown*: the entry stays and is sent again with the same client time
 after a reconnect or a restart; the server acks such a retry with the
 original id, so it is stored once.  A long text is one entry with one
@@ -35,7 +35,7 @@ import time
 REFUSED = frozenset({"BAD_FRAME", "BAD_TYPE", "BAD_FIELD", "BAD_CHANNEL", "NO_CHANNEL", "NOT_MEMBER",
                      "TOO_LONG", "EMPTY_TEXT", "BAD_FRAGMENT", "RATE_LIMITED", "STALE",
                      "NOT_LOGGED_IN", "AUTH_FAILED", "TOKEN_EXPIRED", "TOO_MANY"})
-UNKNOWN = frozenset({"UNAVAILABLE", "BUSY", "INTERNAL", "TIMEOUT"})      # may have been stored
+UNKNOWN = frozenset({"UNAVAILABLE", "BUSY", "INTERNAL", "STORAGE_FULL", "TIMEOUT"})   # may be stored
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

@@ -7,7 +7,9 @@ ticks to the brokers over PUB.  Each loop turn ends with the one commit path:
 ``before_flush`` gives queued sends their ids and stages their rows in the
 store's batch (with replication: a record per shard); ``after_flush``, once the
 batch is written, acks what is stored -- at once, or with replication what a
-majority holds (nodes/logic/replication.py) -- and fans it out.
+majority holds (nodes/logic/replication.py) -- and fans it out.  A batch the disk
+refuses acks nothing: the node stays up and refuses writes until there is room
+again (nodes/logic/diskfull.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import zmq
 
 from nodes.protocol import schema, wire
 from nodes.storage import store as keys
+from nodes.storage.store import StoreError
 from nodes.runtime.node import Node
 from nodes.runtime import clock as expiry_clock
 from nodes.runtime import statusprobe
@@ -27,6 +30,7 @@ from nodes.logic.handoff import Handoff
 from nodes.logic.presence import PresenceReplica
 from nodes.cluster.placement import ShardPlacement
 from nodes.logic.replication import Replication
+from nodes.logic import diskfull
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,9 @@ class LogicNode(Node):
         else:
             self.core = LogicCore(node_id, topo, self.store, self.replica, self, topo.read_secret(),
                                   joining=self._joins_running_mesh())
-            self.core.load()
+            self._load()
+        self.storage = diskfull.StorageState(self.store, self.core.stats)
+        self.core.sends.refusal = self.storage.refuse()      # started on a full disk: refusing
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.rpc = rpc
         c = self.core
@@ -90,11 +96,13 @@ class LogicNode(Node):
             self.handoff = Handoff(self.core, self.store)
             handlers.update(self.handoff.handlers())
             schemas = dict(schemas, **schema.HANDOFF_REQUESTS)
+        handlers = {t: fn if t in diskfull.READS else self.storage.written(fn) for t, fn in handlers.items()}
         self.serve(rpc, schemas, handlers)
         self.broker_topics = [wire.topic(b.id) for b in topo.of_type("broker")]
         self.loop.every(TICK_INTERVAL, self.tick, first=0)
         self.loop.every(SWEEP_INTERVAL, self.sweep)
-        self.loop.every(DEDUP_PRUNE_INTERVAL, lambda: self.core.retention.prune_dedup(self.clock()))
+        self.loop.every(DEDUP_PRUNE_INTERVAL, self.prune_dedup)
+        self.loop.every(diskfull.PROBE, self.resume_writes)
         self.replica.start()
         if self.coordinator is not None:
             self.coordinator.start()
@@ -220,8 +228,58 @@ class LogicNode(Node):
 
     def sweep(self):
         now = self.expiry.check()              # the only place the wall clock is read
-        self.core.retention.sweep(now)
-        self.core.retention.prune_sent(now)
+        if self.store.failed is None:          # deletes need room too: they wait for it
+            self.core.retention.sweep(now)
+            self.core.retention.prune_sent(now)
+
+    def prune_dedup(self):
+        if self.store.failed is None:
+            self.core.retention.prune_dedup(self.clock())
+
+    # --- the disk refuses writes (nodes/logic/diskfull.py) ------------------------------
+    def _load(self):
+        """Load the channels held here; on a full disk what loading would seed is not stored
+        (loaded again once writes resume)."""
+        try:
+            self.core.load()
+        except StoreError as exc:
+            log.error("%s: channels loaded, but what was to be seeded is not stored: %s", self.id, exc)
+
+    def resume_writes(self):
+        """Once the disk has room: write again, and load the channels again from the store
+        (as a restart would: what the failed batches held is gone)."""
+        if not self.storage.resume():
+            return
+        self.core.sends.refusal = None
+        if self.repl is None:
+            self.core.forget(list(self.core.channels))
+            self._load()
+            self.core.retention.rewind_sent()
+
+    def _end_turn(self):
+        """The turn's one commit path (runtime Node._end_turn), and what happens when the
+        disk refuses its batch: nothing of it is acked, and writes are refused from now on."""
+        self.before_flush()
+        try:
+            self.store.flush()
+        except StoreError:
+            pass                               # the store is failed now: refuse() says so
+        held = self.storage.take_held()
+        refusal = self.storage.refuse()
+        self.core.sends.refusal = refusal
+        if refusal is None:
+            for ident, reply in held:
+                self.reply(ident, reply)
+            self.after_flush()
+        else:
+            unstored = self.core.take_committed()          # not stored: refused, never acked
+            self.core.sends.abandon(unstored, refusal[1], refusal[0])
+            for ident, reply in held:
+                self.reply(ident, wire.error(reply.get("rid"), *refusal))
+            self.core.stats["storage_refused"] += len(unstored) + len(held)
+            if self.repl is not None and self.repl.lead:
+                self.repl.resign(refusal[1])    # a leader that cannot write leads nothing
+        self.outbox.flush()
 
     def before_flush(self):
         self.core.assign(self.clock())
@@ -247,6 +305,7 @@ class LogicNode(Node):
                     requests=dict(self.dispatchers[0].requests),
                     sweep_s=round(c.retention.sweep_seconds, 3),
                     sweep_max_ms=round(c.retention.sweep_max * 1000, 3), clock=self.expiry.status(),
+                    **self.storage.status(),
                     **({"shards": self.repl.status(), "replication": self.repl.stats} if self.repl else {}))
 
     def close(self):

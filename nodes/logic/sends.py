@@ -9,6 +9,9 @@ else is new, whatever its order, so no client time can lock a device out.
 dedup table learns the send and the message is queued for fan-out.  A send
 whose outcome this node can no longer promise is answered UNAVAILABLE
 (``abandon``): the client retries with the same ctime wherever the channel went.
+While the node's disk refuses writes (nodes/logic/diskfull.py) ``refusal`` is set:
+a new send is refused with it at once (STORAGE_FULL), a retry of a stored one is
+still acked; the sends of a batch that failed are answered with it (``abandon``).
 """
 from __future__ import annotations
 
@@ -22,12 +25,14 @@ def ack(rid, channel, device, ctime, msg_id):
 
 
 class Sends:
-    """State: ``inflight`` ((uin, device, ctime) -> Pending not yet acked: a retry joins it)."""
+    """State: ``inflight`` ((uin, device, ctime) -> Pending not yet acked: a retry joins it) and
+    ``refusal`` ((code, text) for new sends while writes fail, else None)."""
 
     def __init__(self, serving, dedup, ids, fanout, out, stats):
         self.serving, self.dedup, self.ids, self.fanout = serving, dedup, ids, fanout
         self.out, self.stats = out, stats
         self.inflight: dict[tuple, Pending] = {}
+        self.refusal = None
 
     def send(self, ident: bytes, msg: dict, _now=None):
         """Accept a send; return an immediate reply (retry, error) or None (acked later)."""
@@ -53,6 +58,9 @@ class Sends:
                                          "message (a different text): not a retry, nothing stored")
             self.stats["retries"] += 1
             return ack(rid, ch.name, device, ctime, msg_id)
+        if self.refusal is not None:                 # nothing can be stored now: not queued
+            self.stats["storage_refused"] += 1
+            raise wire.ProtocolError(*self.refusal)
         rec = Pending(uin, device, ctime, msg["text"], msg.get("frag"), ch.name, waiter)
         self.ids.enqueue(ch, rec)                    # BUSY if too many wait
         self.inflight[key] = rec
@@ -77,10 +85,11 @@ class Sends:
         self.stats["stored"] += len(committed)
         self.fanout.publish_turn()
 
-    def abandon(self, recs, why: str) -> None:
-        """Sends whose outcome this node can no longer promise (it stopped leading their shard):
-        UNAVAILABLE, so the client retries with the same ctime wherever the shard went."""
+    def abandon(self, recs, why: str, code: str = wire.Err.UNAVAILABLE) -> None:
+        """Sends whose outcome this node can no longer promise (it stopped leading their shard:
+        UNAVAILABLE; their batch was not written: STORAGE_FULL), never acked: the client
+        retries with the same ctime (wherever the shard went)."""
         for rec in recs:
             self.inflight.pop((rec.uin, rec.device, rec.ctime), None)
             for ident, rid in rec.waiters:
-                self.out.reply(ident, wire.error(rid, wire.Err.UNAVAILABLE, why))
+                self.out.reply(ident, wire.error(rid, code, why))

@@ -55,6 +55,7 @@ class Err:
     SHA_MISMATCH = "SHA_MISMATCH"      # assembled file does not match its sha256; upload discarded
     NO_MEDIA = "NO_MEDIA"              # unknown, expired or unfinished media id
     INTERNAL = "INTERNAL"              # bug or storage failure; nothing was stored
+    STORAGE_FULL = "STORAGE_FULL"      # the owning node's disk is full: not stored; retry later, same ctime
 
     @classmethod
     def all(cls) -> list[str]:
@@ -68,7 +69,7 @@ REFUSED_OUTCOME = (Err.BAD_FRAME, Err.BAD_TYPE, Err.BAD_FIELD, Err.BAD_CHANNEL, 
                    Err.STALE, Err.NOT_LOGGED_IN, Err.AUTH_FAILED, Err.TOKEN_EXPIRED, Err.TOO_MANY,
                    Err.BAD_VERSION)
 # Unknown: it may have been stored; only a retry with the same ctime learns the outcome.
-UNKNOWN_OUTCOME = (Err.UNAVAILABLE, Err.BUSY, Err.INTERNAL)
+UNKNOWN_OUTCOME = (Err.UNAVAILABLE, Err.BUSY, Err.INTERNAL, Err.STORAGE_FULL)
 
 # Why a broker ends a session by itself: the "reason" of a {"t": "kicked"} notice.
 KICK_REASONS = ("replaced", "too_slow", "expired")

@@ -151,7 +151,10 @@ def load(store, node_id: str) -> ExpiryClock:
 
 
 def save(store, clock: ExpiryClock) -> None:
-    """Stage the clock's state in the store's batch (local: never replicated)."""
+    """Stage the clock's state in the store's batch (local: never replicated); not while the
+    store refuses writes (a full disk: nodes/logic/diskfull.py), it is saved again after."""
+    if store.failed is not None:
+        return
     with store.uncaptured():
         store.put(keys.CLOCK_KEY, keys.encode(clock.state()))
 

@@ -13,6 +13,10 @@ figure by adding a key to its status():
   ``code``, requests by ``type``, otherwise ``key``);
 - a list becomes a gauge of its length (e.g. logic_links).
 
+A logic node whose disk refuses writes (nodes/logic/diskfull.py) shows it as
+``imesh_disk_full`` 1 (``disk_full`` in its status) and counts what it refused in
+``imesh_storage_refused_total``.
+
 Two figures are measured rather than read: the loop-turn time histogram
 (Loop.watch_turns, one observe per turn) and the RocksDB batch writes
 (Store.writes/write_ops/write_seconds).  Every family carries the labels
@@ -27,7 +31,7 @@ log = logging.getLogger(__name__)
 # status keys that only grow (exported as counters, name + "_total")
 COUNTERS = {"turns", "stored", "expired", "trimmed", "refused", "requests", "acks", "deliveries",
             "pushed", "files", "relay_bytes_in", "relay_bytes_out", "id_blocks", "logins", "logouts",
-            "kicked", "seq"}
+            "kicked", "seq", "storage_refused"}
 LABELS = {"refused": "code", "requests": "request", "acks": "channel", "kicked": "reason"}
 SKIP = {"id", "type", "pid", "rid", "t"}
 TURN_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -62,6 +66,8 @@ def families(status: dict, store=None):
                     [({}, store.write_ops)]))
         out.append(("imesh_store_write_seconds", "counter", "seconds spent writing batches",
                     [({}, store.write_seconds)]))
+        out.append(("imesh_store_write_failures", "counter", "batches not written (a full disk: "
+                    "see imesh_disk_full)", [({}, store.write_failures)]))
     return out
 
 

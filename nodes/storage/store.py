@@ -29,14 +29,18 @@ another whose name starts the same.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import struct
 import zlib
 import time
 
 import msgspec
-from rocksdict import (BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch,
+from rocksdict import (AccessType, BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch,
                        WriteOptions)
+
+log = logging.getLogger(__name__)
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -140,19 +144,51 @@ def decode(raw: bytes):
     return _decoder.decode(raw)
 
 
+class StoreError(Exception):
+    """A batch write failed: nothing of it is stored (RocksDB drops a WAL record it could not
+    append).  ``StorageFull`` when the cause is a full disk (ENOSPC)."""
+
+
+class StorageFull(StoreError):
+    """The disk is full: the batch was not written; ``Store.reopen`` writes again once there is room."""
+
+
+# free bytes a full store waits for before it opens read-write again: RocksDB writes a new
+# MANIFEST, WAL, OPTIONS and info LOG when it opens, and a reopen that fills the disk again at
+# once would only flap
+RESUME_FREE = 4 * 1024 * 1024
+
+
+def _failure(exc: Exception, what: str) -> StoreError:
+    """The StoreError for a RocksDB exception (rocksdict raises a plain Exception with
+    RocksDB's status text, e.g. "IO error: No space left on device: While appending ...")."""
+    text = str(exc)
+    full = "No space left on device" in text or getattr(exc, "errno", None) == errno.ENOSPC
+    return (StorageFull if full else StoreError)(f"{what}: {text}")
+
+
+def free_bytes(path: str) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 class Store:
-    """One RocksDB per node data directory; writes of a loop turn go in one batch."""
+    """One RocksDB per node data directory; writes of a loop turn go in one batch.
+
+    A write that fails (a full disk) raises StoreError and discards the batch: RocksDB
+    then refuses every write until the DB is opened again (it keeps the error; there is no
+    resume in rocksdict), so the store is ``failed`` (the reason) and every later ``flush``
+    with something staged raises at once, until ``reopen`` succeeds.  Reads go on.  A store
+    opened on a full disk (RocksDB cannot write its MANIFEST) is opened read-only and failed.
+    """
 
     def __init__(self, path: str, sync: bool = False):
         os.makedirs(path, exist_ok=True)
-        opts = Options(raw_mode=True)
-        opts.create_if_missing(True)
-        opts.set_keep_log_file_num(3)
-        table = BlockBasedOptions()
-        table.set_bloom_filter(10, False)
-        opts.set_block_based_table_factory(table)
         self.path = path
-        self.db = Rdict(path, opts)
+        self.failed: StoreError | None = None   # why writes fail now (None: they don't)
+        self.write_failures = 0             # batches refused or failed: read by metrics
+        self.db = self._open()
         self._wo = WriteOptions()
         self._wo.sync = sync
         self._batch = WriteBatch(raw_mode=True)
@@ -161,6 +197,49 @@ class Store:
         self.write_ops = 0
         self.write_seconds = 0.0
         self.capture = None        # a list: every staged (key, value or None) is also appended (replication)
+
+    @staticmethod
+    def _options() -> Options:
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.set_keep_log_file_num(3)
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)
+        opts.set_block_based_table_factory(table)
+        return opts
+
+    def _open(self) -> Rdict:
+        """Open read-write; on a full disk read-only (``failed`` says why), so reads are served."""
+        try:
+            db = Rdict(self.path, self._options())
+        except Exception as exc:
+            error = _failure(exc, f"cannot open {self.path} for writing")
+            if not isinstance(error, StorageFull):
+                raise error from exc
+            try:
+                db = Rdict(self.path, self._options(), access_type=AccessType.read_only())
+            except Exception:              # nothing stored yet: nothing to serve either
+                raise error from exc
+            self.failed = error
+            log.error("%s; opened read-only until there is room", error)
+            return db
+        self.failed = None
+        return db
+
+    @property
+    def full(self) -> bool:
+        """Writes fail because the disk is full."""
+        return isinstance(self.failed, StorageFull)
+
+    def reopen(self, free: int = RESUME_FREE) -> bool:
+        """A failed store: open it again once ``free`` bytes are free; True when writable."""
+        if self.failed is None:
+            return True
+        if free_bytes(self.path) < free:
+            return False
+        self._close_db()
+        self.db = self._open()
+        return self.failed is None
 
     # --- reads ---------------------------------------------------------------
     def get(self, key: bytes):
@@ -223,18 +302,39 @@ class Store:
             self.capture.append((key, None))
 
     def flush(self) -> int:
-        """Write the staged batch (one WAL append); return how many ops it held."""
+        """Write the staged batch (one WAL append); return how many ops it held.  Raises
+        StoreError (StorageFull for a full disk) when it is not written: the batch is gone
+        then (rocksdict consumes it even when the write fails), staged ops with it."""
         n = self._pending
-        if n:
-            started = time.perf_counter()
-            self.db.write(self._batch, self._wo)
-            self.write_seconds += time.perf_counter() - started
-            self.writes += 1
-            self.write_ops += n
-            self._batch = WriteBatch(raw_mode=True)
-            self._pending = 0
+        if not n:
+            return 0
+        batch, self._batch, self._pending = self._batch, WriteBatch(raw_mode=True), 0
+        if self.failed is not None:
+            self.write_failures += 1
+            raise type(self.failed)(str(self.failed))
+        started = time.perf_counter()
+        try:
+            self.db.write(batch, self._wo)
+        except Exception as exc:
+            error = _failure(exc, f"write of {n} ops to {self.path} failed")
+            self.failed = error
+            self.write_failures += 1
+            raise error from exc
+        self.write_seconds += time.perf_counter() - started
+        self.writes += 1
+        self.write_ops += n
         return n
 
+    def _close_db(self) -> None:
+        try:
+            self.db.close()
+        except Exception as exc:           # RocksDB flushes on close: a full disk refuses that;
+            log.warning("closing %s: %s", self.path, exc)   # the WAL holds every write anyway
+
     def close(self) -> None:
-        self.flush()
-        self.db.close()
+        """Write what is staged and close; an error of that write is raised (after the DB is
+        closed), never hidden behind a second one."""
+        try:
+            self.flush()
+        finally:
+            self._close_db()

@@ -9,7 +9,8 @@ import { Windows } from "./windows.js";
 
 export const PROTOCOL_VERSION = 2;
 // outcomes that leave a send unknown (maybe stored): retried with the same ctime
-const RETRYABLE = new Set(["TIMEOUT", "UNAVAILABLE", "BUSY", "INTERNAL", "DISCONNECTED", "NOT_LOGGED_IN"]);
+const RETRYABLE = new Set(["TIMEOUT", "UNAVAILABLE", "BUSY", "INTERNAL", "STORAGE_FULL", "DISCONNECTED",
+                           "NOT_LOGGED_IN"]);
 const FATAL_LOGIN = new Set(["AUTH_FAILED", "TOKEN_EXPIRED", "BAD_VERSION", "BAD_FIELD"]);
 
 export class ClientError extends Error {
