@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from nodes.protocol import auth
 from nodes.storage import store as keys
 
 from test_replication_core import Cluster, send, stored
@@ -110,3 +111,45 @@ def test_a_send_that_reached_no_follower_is_stored_once_when_another_replica_lea
     assert answer["t"] == "ack" and answer["id"] == 2, answer
     for node in c.nodes.values():
         assert rows_of(node, 1, 10) == [2], node.id
+
+
+def test_the_dedup_row_keeps_the_newest_ctime_across_pipelined_turns_and_a_restart(tmp_path):
+    """Two sends of one device in flight at once, the newer first (turn 1, not yet released
+    when turn 2 stores the older): the leader's ``d`` row must stay at the newer ctime, or
+    the node, restarted (its table read from ``d`` rows), takes the newer's retry for new."""
+    c = Cluster(tmp_path)
+    leader = c.lead("l1", 5)
+    assert send(leader, 1, 20, rid=1) is None
+    leader.turn_end()                              # record 1 shipped, not answered yet
+    assert send(leader, 1, 15, rid=2) is None
+    leader.turn_end()
+    c.pump()
+    assert sorted((a["rid"], a["id"]) for a in leader.acks()) == [(1, 1), (2, 2)]
+    leader.store.close()                           # SIGKILL and restart of l1
+    c.nodes["l1"] = restarted = type(leader)(c, "l1", str(tmp_path / "l1"))
+    again = c.elect("l1", 7)
+    assert again is restarted
+    answer = retry(c, again, 1, 20, rid=3)
+    assert answer["t"] == "ack" and answer["id"] == 1, answer
+    for node in c.nodes.values():
+        assert rows_of(node, 1, 20) == [1], node.id
+
+
+def test_a_change_staged_in_the_turn_the_leader_stepped_down_is_not_written(tmp_path):
+    """A membership change handled, then -- in the same loop turn -- etcd names another
+    leader: no record carries the change, so it must not reach the store either (else this
+    replica holds rows its position does not account for, and leads with them later)."""
+    c = Cluster(tmp_path)
+    leader = c.lead("l1", 5)
+    before = dict(leader.store.scan(b"c"))
+    token = auth.mint(b"secret-secret-secret", 0, scope="admin")
+    reply = leader.core.members.channel_add({"rid": 7, "channel": "room", "members": [9], "auth": token},
+                                            time.time())
+    leader.repl.hold_reply("room", b"admin", reply)
+    leader.repl.on_coordinator({"t": "leaders", "map": {0: ["l2", 7]}})
+    leader.turn_end()
+    (answer,) = replies_to(leader, 7)
+    assert answer["t"] == "err" and answer["code"] == "UNAVAILABLE"
+    assert dict(leader.store.scan(b"c")) == before
+    c.elect("l1", 9)                               # leading again: the change is not there
+    assert 9 not in leader.core.channels["room"].members
