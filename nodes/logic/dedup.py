@@ -4,7 +4,12 @@ A send is keyed (uin, device, ctime).  Every send stored within its lifetime
 keeps an index row (``e``: key -> channel, id, text digest), so a retry learns its
 original id whatever the device sent after it.  The newest client time per device
 (the Cython ``DedupTable``, mirrored by the ``d`` rows) lets a send newer than
-anything stored skip that lookup: the common case costs no read.  Kept apart
+anything stored skip that lookup: the common case costs no read.  The one rule that
+makes the shortcut safe: the table never knows less than the store holds -- it learns
+a send when its rows are staged (``note_staged``), not when it is acked, and every
+``d`` row written here by someone else (a replication record, a snapshot, a
+hand-over) through ``note_row``.  Knowing more (a send that was not kept) only
+costs a lookup.  Kept apart
 because the send path, the commit, retention (nodes/logic/retention.py), a
 hand-over and a replication follower all feed or read the same table.
 """
@@ -69,14 +74,23 @@ class Dedup:
         raw = self.store.get(keys.sent_key(uin, device, ctime))
         return None if raw is None else (*keys.sent_of_value(raw), keys.sent_digest(raw))
 
-    def newest_staged(self, rec, staged: dict) -> bool:
-        """Is ``rec`` the device's newest send so far (``staged``: newest ctime per device of
-        this turn)?  Pipelined sends of one device to two channels can be stored out of
-        client-time order; the ``d`` row must keep the newest."""
-        key = (rec.uin, rec.device)
-        recorded = self.table.get(*key)
-        newest = max(staged.get(key, -1), recorded[0] if recorded else -1)
-        if rec.ctime <= newest:
+    def note_staged(self, rec) -> bool:
+        """A send whose rows are staged in this turn's batch: the table learns it now, not at
+        its ack.  True if it is the device's newest send (then its ``d`` row is written).
+
+        Why at staging: with replication a send is acked when a majority holds its record,
+        turns later -- or never by this node: a leader that steps down first (its lease ran
+        out, e.g. while etcd elects a new raft leader) answers it UNAVAILABLE although its
+        rows are written, and whoever leads next (this node again, at the same epoch or a
+        new one) may commit them with its epoch's first record.  A table that learned only
+        at the ack would call the retry's ctime newer than anything stored and give it a
+        second id.  Learned here, the table never knows less than the store holds; a send
+        that no replica keeps in the end (the old leader's copy goes with the snapshot it
+        installs) only costs a lookup.  It also keeps the ``d`` row at the newest ctime when
+        pipelined sends of one device (to channels of two shards) are stored out of
+        client-time order, across turns as within one."""
+        recorded = self.table.get(rec.uin, rec.device)
+        if recorded is not None and rec.ctime <= recorded[0]:
             return False
-        staged[key] = rec.ctime
+        self.table.commit(rec.uin, rec.device, rec.ctime, rec.id)
         return True

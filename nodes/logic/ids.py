@@ -100,7 +100,6 @@ class Ids:
     # --- turn end --------------------------------------------------------------
     def assign(self, now: float) -> None:
         """Give queued sends their ids and stage their writes (before the batch is written)."""
-        staged = {}                                    # (uin, device) -> newest ctime this turn
         for ch in self.dirty:
             leases_before = len(ch.leases)           # within assign leases only get used up
             last_before = ch.last_id
@@ -120,7 +119,7 @@ class Ids:
                     keys.sent_value(ch.name, msg_id, keys.text_digest(rec.text)))
                 put(keys.sent_expiry_key(expiry_ms, rec.uin, rec.device, rec.ctime), b"")
                 self.retention.queued(ch, msg_id)
-                if self.dedup.newest_staged(rec, staged):
+                if self.dedup.note_staged(rec):      # the table learns it now, not at the ack
                     self.store.put(keys.dedup_key(rec.uin, rec.device),
                                    keys.encode([rec.ctime, ch.name, msg_id, rec.stime]))
                 ch.last_id = msg_id

@@ -151,11 +151,25 @@ class Replication:
             recs.setdefault(self.topo.shard_of(rec.channel), []).append(rec)
         for s in set(by_shard) | set(recs) | set(self.held):
             lead = self.lead.get(s)
-            if lead is None:                 # not ours (any more): nothing may be acked
+            if lead is None:                 # not ours (any more): nothing may be acked or written
+                self._unstage(by_shard.get(s, ()))
                 self.core.abandon(recs.get(s, ()), f"logic {self.id} stopped leading shard {s}")
                 self._fail_replies(self.held.pop(s, ()))
                 continue
             self._append(lead, by_shard.get(s, []), recs.get(s, []), self.held.pop(s, []))
+
+    def _unstage(self, ops) -> None:
+        """Writes of a shard this node stopped leading during the turn (a membership change, a
+        lease block, then a newer leader or a lost lease): no record carries them, so the batch
+        puts every key back as stored.  Written, they would be rows its position does not
+        account for -- never on the other replicas, yet served when this node leads again."""
+        with self.store.uncaptured():
+            for key in dict.fromkeys(key for key, _value in ops):
+                old = self.store.get(key)
+                if old is None:
+                    self.store.delete(key)
+                else:
+                    self.store.put(key, old)
 
     def _append(self, lead: Lead, ops, recs, replies) -> None:
         seq = lead.seq + 1

@@ -5,10 +5,11 @@ for an id (nodes/logic/ids.py).  A (uin, device, ctime) seen before is a retry:
 acked with the original id, or joined to the send still being stored; anything
 else is new, whatever its order, so no client time can lock a device out.
 ``commit`` is the one place sends are acked: after the turn's batch is written
-(with replication: once a majority holds it), every waiter gets its ack, the
-dedup table learns the send and the message is queued for fan-out.  A send
-whose outcome this node can no longer promise is answered UNAVAILABLE
-(``abandon``): the client retries with the same ctime wherever the channel went.
+(with replication: once a majority holds it), every waiter gets its ack and the
+message is queued for fan-out (the dedup table learned the send when its rows
+were staged).  A send whose outcome this node can no longer promise is answered
+UNAVAILABLE (``abandon``): the client retries with the same ctime wherever the
+channel went, and the retry finds the stored send if it was kept anywhere.
 While the node's disk refuses writes (nodes/logic/diskfull.py) ``refusal`` is set:
 a new send is refused with it at once (STORAGE_FULL), a retry of a stored one is
 still acked; the sends of a batch that failed are answered with it (``abandon``).
@@ -67,12 +68,12 @@ class Sends:
         return None
 
     def commit(self, committed) -> None:
-        """These sends are stored (on disk; with replication: on a majority): record dedup,
-        ack every waiter, fan out -- all of a turn's deliveries in one frame per broker."""
+        """These sends are stored (on disk; with replication: on a majority): ack every
+        waiter, fan out -- all of a turn's deliveries in one frame per broker.  The dedup
+        table learned them when their rows were staged (Dedup.note_staged)."""
         channels = self.serving.channels
         for rec in committed:
             key = (rec.uin, rec.device, rec.ctime)
-            self.dedup.note(rec.uin, rec.device, rec.ctime, rec.id)   # a newer send may have won the race
             if self.inflight.get(key) is rec:
                 del self.inflight[key]
             self.stats["acks"] += len(rec.waiters)

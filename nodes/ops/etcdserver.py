@@ -74,7 +74,7 @@ class LocalEtcd:
     def start(self, timeout: float = 30.0) -> "LocalEtcd":
         """Start every member and wait until all are healthy; on failure the members started
         are stopped again (``with LocalEtcd(...)`` never reaches ``__exit__`` when this raises)."""
-        cluster = ",".join(f"{n}={p}" for n, p in zip(self.names, self.peers))
+        cluster = self._cluster()
         try:
             for name, client, peer in zip(self.names, self.clients, self.peers):
                 self._start_member(name, client, peer, cluster)
@@ -122,6 +122,14 @@ class LocalEtcd:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+    def restart(self, index: int, timeout: float = 30.0) -> None:
+        """Start a killed member again on its data (it rejoins the cluster) and wait until healthy."""
+        self._start_member(self.names[index], self.clients[index], self.peers[index], self._cluster())
+        self.wait_healthy(timeout)
+
+    def _cluster(self) -> str:
+        return ",".join(f"{n}={p}" for n, p in zip(self.names, self.peers))
 
     def stop(self) -> None:
         stop_all(self.procs.values())
