@@ -120,3 +120,17 @@ def test_switching_counters_any_way_never_gives_an_id_twice(tmp_path):
     finally:
         for s in stores:
             s.close()
+
+
+def test_the_multi_idc_example_gives_every_user_two_routers_and_every_channel_two_counters():
+    """config/multi-idc.yaml, the documented default of a deployment over IDCs."""
+    import os
+    from nodes.cluster.topology import load
+    t = load(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "multi-idc.yaml"))
+    assert not t.replicated
+    for idc in ("east", "west"):
+        assert all(len(set(t.routers_for(u, idc))) == 2 for u in range(1, 50))
+        assert all(r.startswith(idc + "-") for u in range(1, 50) for r in t.routers_for(u, idc))
+    for channel in ("east-lobby", "west-lobby", "team@east", "team@west"):
+        ids = counters_for(t, channel)
+        assert len(ids) == 2 and all(c.startswith(t.home_of(channel) + "-") for c in ids)
