@@ -6,10 +6,19 @@ a fake clock, and the id rule that makes any counter of the home IDC safe to ask
 """
 from __future__ import annotations
 
+import os
 import random
 
-from nodes.counter import ALLOC_FAILOVER, CounterCore, counter_to_ask, counters_for
-from nodes.cluster.topology import parse
+import pytest
+
+from nodes.cluster.topology import load, parse
+from nodes.counter import (
+    ALLOC_FAILOVER,
+    CounterCore,
+    check_serves,
+    counter_to_ask,
+    counters_for,
+)
 from nodes.logic.channels import ChannelState
 from nodes.protocol import wire
 from nodes.runtime.rpc import Requests
@@ -74,18 +83,14 @@ def test_a_silent_counter_is_left_after_500_ms_for_the_other_one():
     assert counter_to_ask(two_idcs(counters=1), "eroom", failures=1) == ("east-c1", None)
 
 
-def test_either_counter_of_the_home_idc_serves_a_channel_and_no_other(tmp_path):
-    from nodes.counter import check_serves
+def test_either_counter_of_the_home_idc_serves_a_channel_and_no_other():
     t = two_idcs()
     for counter in ("east-c1", "east-c2"):
         check_serves(t, counter, "eroom")
     for counter in ("west-c1", "west-c2"):
-        try:
+        with pytest.raises(wire.ProtocolError) as refused:
             check_serves(t, counter, "eroom")
-        except wire.ProtocolError as exc:
-            assert exc.code == wire.Err.WRONG_OWNER
-        else:
-            raise AssertionError(f"{counter} served a channel of another IDC")
+        assert refused.value.code == wire.Err.WRONG_OWNER
 
 
 def test_switching_counters_any_way_never_gives_an_id_twice(tmp_path):
@@ -124,8 +129,6 @@ def test_switching_counters_any_way_never_gives_an_id_twice(tmp_path):
 
 def test_the_multi_idc_example_gives_every_user_two_routers_and_every_channel_two_counters():
     """config/multi-idc.yaml, the documented default of a deployment over IDCs."""
-    import os
-    from nodes.cluster.topology import load
     t = load(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "multi-idc.yaml"))
     assert not t.replicated
     for idc in ("east", "west"):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import assert_no_tracebacks
 
 from bench import wanbed
 from bench.idcbed import SPARE_LAYOUT, IdcMesh, collect
-from conftest import assert_no_tracebacks
 from nodes.counter import counters_for
 
 pytestmark = [pytest.mark.slow,
