@@ -1,5 +1,5 @@
 """Two routers and two counters per IDC without replication (no etcd): a dead one costs a
-timeout, not the IDC's logins or ids (docs/ha.md "Routers", "Counters of an IDC").
+timeout, not the IDC's logins or ids (docs/ha.md "Routers and counters: two per IDC").
 
 No sockets: the topology's choices, the counter's own check, the 500 ms failover rule with
 a fake clock, and the id rule that makes any counter of the home IDC safe to ask.
