@@ -2,7 +2,9 @@
 
 east: one broker, logic node, router and counter; west: two brokers, one
 logic node, router and counter; ``eroom`` is homed in east, ``wroom`` in
-west (members 1-20).  CURVE is off so the forwarder can count how many
+west (members 1-20).  ``layout=SPARE_LAYOUT``: two routers and two counters
+in each IDC, config/multi-idc.yaml's shape (tests/test_idc_failover.py kills
+one of each).  CURVE is off so the forwarder can count how many
 copies of a message text cross (``WanLink.watch``).  Clients run
 bench/idcprobe.py in the hosts ``east-client`` and ``west-client``.
 Everything is removed by ``close()``, also when starting failed.
@@ -33,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANNELS = {"eroom": {"members": "1-20", "idc": "east"}, "wroom": {"members": "1-20", "idc": "west"}}
 LAYOUT = {"east": {"brokers": 1, "logics": 1, "routers": 1, "counters": 1},
           "west": {"brokers": 2, "logics": 1, "routers": 1, "counters": 1}}
+SPARE_LAYOUT = {idc: dict(counts, routers=2, counters=2) for idc, counts in LAYOUT.items()}
 
 
 class ProbeError(RuntimeError):
@@ -40,8 +43,9 @@ class ProbeError(RuntimeError):
 
 
 class IdcMesh:
-    def __init__(self, delay: float = 0.020, channels=None, limits=None):
+    def __init__(self, delay: float = 0.020, channels=None, limits=None, layout=None):
         self.delay = delay
+        self.layout = LAYOUT if layout is None else layout
         self.channels = CHANNELS if channels is None else channels
         self.limits = limits
         self.bed = self.mesh = self.cfg = self.topo = None
@@ -51,7 +55,7 @@ class IdcMesh:
     def start(self, ready_timeout: float = 60) -> "IdcMesh":
         try:
             self.bed = wanbed.WanBed(delay=self.delay).start()
-            self.cfg = wanbed.write_wan_topology(self.bed, self.dir, LAYOUT, channels=self.channels,
+            self.cfg = wanbed.write_wan_topology(self.bed, self.dir, self.layout, channels=self.channels,
                                                 limits=self.limits, curve=False)
             self.topo = load(self.cfg)
             self.mesh = Mesh(self.cfg, wrap={node_id: self.bed.wrap(node_id) for node_id in self.bed.hosts})

@@ -14,9 +14,15 @@ the counter's own mark (a counter added to the topology, or a channel's
 counter that became its home IDC's) starts the block there: ids never go
 backwards when a channel changes counter.
 
-With ``replication`` > 1 the high-water marks live in etcd instead
-(nodes/cluster/coordinator.py EtcdHighWater): any counter serves any channel, and
-logic nodes move to the next counter when one does not answer.
+Which counters serve a channel (``counters_for``): with ``replication`` > 1
+the high-water marks live in etcd (nodes/cluster/coordinator.py
+EtcdHighWater) and any counter serves any channel; without, any counter of
+the channel's home IDC does, each with its own marks.  That is safe because
+of ``have``: a block starts at the asker's ``have`` or beyond, and a logic
+node takes only a block beyond every id it holds (ChannelState.add_lease),
+so a second counter of the IDC answering while the first is dead (or slow,
+and answers too) never gives an id twice.  A logic node moves to the next
+counter when one did not answer within ALLOC_FAILOVER (``counter_to_ask``).
 """
 from __future__ import annotations
 
@@ -27,6 +33,33 @@ from nodes.protocol import schema, wire
 from nodes.runtime.node import Node
 
 MAX_ALLOC = 1_000_000
+ALLOC_FAILOVER = 0.5          # seconds: a counter silent this long, the logic node asks the next one
+
+
+def counters_for(topo, channel: str) -> list[str]:
+    """The counters that serve ``channel``'s id blocks, its own (``counter_for``) first: every
+    counter with replication (marks in etcd), else those of its home IDC."""
+    own = topo.counter_for(channel)
+    ids = topo.ids("counter") if topo.replicated else topo.ids_in("counter", topo.home_of(channel))
+    k = ids.index(own)
+    return ids[k:] + ids[:k]
+
+
+def counter_to_ask(topo, channel: str, failures: int) -> tuple[str, float | None]:
+    """(counter, request timeout) for a logic node's next alloc, after ``failures`` allocs that
+    got no answer: round the channel's counters, ALLOC_FAILOVER each when there is another to
+    try (None: the usual request timeout, for a lone counter)."""
+    ids = counters_for(topo, channel)
+    if len(ids) == 1:
+        return ids[0], None
+    return ids[failures % len(ids)], ALLOC_FAILOVER
+
+
+def check_serves(topo, counter_id: str, channel: str) -> None:
+    """WRONG_OWNER unless ``counter_id`` is one of the channel's counters (a logic node with a
+    stale or wrong topology must not take ids from a counter of another IDC)."""
+    if counter_id not in counters_for(topo, channel):
+        raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"counter {counter_id} does not serve this channel")
 
 
 class CounterCore:
@@ -90,8 +123,7 @@ class CounterNode(Node):
                 raise wire.ProtocolError(wire.Err.BAD_FIELD, f"n must be 1..{MAX_ALLOC}")
             start, end = self.highwater.alloc(msg["channel"], msg["n"], msg["have"])
             return wire.reply("alloc", msg["rid"], channel=msg["channel"], start=start, end=end)
-        if self.topo.counter_for(msg["channel"]) != self.id:
-            raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"counter {self.id} does not own this channel")
+        check_serves(self.topo, self.id, msg["channel"])
         start, end = self.core.alloc(msg["channel"], msg["n"], msg["have"])
         return wire.reply("alloc", msg["rid"], channel=msg["channel"], start=start, end=end)
 

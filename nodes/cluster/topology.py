@@ -167,10 +167,9 @@ class Topology:
 
     def routers_for(self, uin: int, idc: str | None = None) -> list[str]:
         """Where a uin's presence lives for sessions on brokers of ``idc``: its router of that
-        IDC, and with replication also the IDC's router of second-highest weight (presence is
-        soft state held twice; docs/ha.md).  ``idc`` None: over every router."""
-        if not self.replicated:
-            return [self.router_for(uin, idc)]
+        IDC, and also the IDC's router of second-highest weight when it has one, with or without
+        replication (presence is soft state held twice, so a dead router blocks no login;
+        docs/ha.md "Routers").  ``idc`` None: over every router."""
         cache = self._owners.setdefault(("routers", idc), {})
         routers = cache.get(uin)
         if routers is None:

@@ -23,6 +23,7 @@ from nodes.storage import store as keys
 from nodes.storage.store import StoreError
 from nodes.runtime.node import Node
 from nodes.runtime import clock as expiry_clock
+from nodes.counter import counter_to_ask
 from nodes.runtime import statusprobe
 from nodes.runtime.rpc import Requests
 from nodes.logic.core import LogicCore
@@ -39,7 +40,6 @@ SWEEP_INTERVAL = 0.05                 # expired messages are deleted in slices o
 DEDUP_PRUNE_INTERVAL = 1.0            # 500 dedup rows looked at per second
 REPLICATION_PROBE = 0.1               # followers left behind are caught up this often
 JOIN_PROBE = 1.0                      # seconds a starting logic node asks the others their topology version
-ALLOC_FAILOVER = 0.5                  # replicated: a counter silent this long, the next one is asked
 
 
 class LogicNode(Node):
@@ -60,7 +60,7 @@ class LogicNode(Node):
         self.replica = PresenceReplica(self.routers, self.request_snapshot)
         self.presence_sub = self.subscribe("router", wire.PRESENCE_TOPIC, self.replica.handlers())
         self.repl = self.coordinator = None
-        self.alloc_failures = 0                # replicated: rotates id requests over the counters
+        self.alloc_failures = 0                # rotates id requests over a channel's counters
         if topo.replicated:                    # channels load per shard, when this node leads it
             placement = ShardPlacement(topo)
             self.core = LogicCore(node_id, topo, self.store, self.replica, self, topo.read_secret(), placement)
@@ -187,11 +187,7 @@ class LogicNode(Node):
         self.queue_packed(self.pub, wire.topic(broker), wire.pack(msg))
 
     def request_ids(self, channel, n, have):
-        counter, timeout = self.topo.counter_for(channel), None
-        if self.repl is not None:              # any counter serves: the next one after a failure
-            ids = self.topo.ids("counter")
-            counter = ids[(ids.index(counter) + self.alloc_failures) % len(ids)]
-            timeout = ALLOC_FAILOVER
+        counter, timeout = counter_to_ask(self.topo, channel, self.alloc_failures)   # the next after a failure
 
         def done(reply):
             if reply.get("t") == "alloc":
