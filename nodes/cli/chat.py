@@ -223,7 +223,7 @@ class ChatState:
     def __init__(self, args, client: AsyncClient):
         self.args, self.client = args, client
         self.channel = args.channel
-        self.hidden = set()                  # channels left with /leave: their pushes are not shown
+        self.hidden: set = set()                  # channels left with /leave: their pushes are not shown
 
     def shows(self, msg: dict) -> bool:
         return msg["channel"] not in self.hidden
@@ -333,7 +333,7 @@ async def cmd_interactive(args) -> int:
           "the mailbox), /quit leaves.", flush=True)
     show_pending(client)
     loop = asyncio.get_running_loop()
-    lines = asyncio.Queue()
+    lines: asyncio.Queue = asyncio.Queue()
     watching = read_stdin(loop, lines)
 
     async def show_incoming():

@@ -5,6 +5,7 @@ import argparse
 import math
 import os
 import sys
+from typing import NoReturn
 
 from nodes import PACKAGE_DIR, __version__
 
@@ -90,7 +91,7 @@ def load_topology(path: str) -> topology.Topology:
         fail(f"{path}: cannot create the default topology: {exc.strerror}")
 
 
-def fail(message: str, code: int = 2):
+def fail(message: str, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 

@@ -32,8 +32,8 @@ class MailReport:
 
     def __init__(self, show, started: float, own_quiet: bool = False):
         self.show, self.started, self.own_quiet = show, started, own_quiet
-        self.outcomes = {}                 # mailbox seq -> (event, detail)
-        self._waiting = {}                 # mailbox seq -> Future
+        self.outcomes: dict = {}                 # mailbox seq -> (event, detail)
+        self._waiting: dict = {}                 # mailbox seq -> Future
 
     def __call__(self, event: str, entry, detail) -> None:
         if event in FINAL:

@@ -34,7 +34,8 @@ def rates(before: dict | None, after: dict | None, seconds: float) -> dict:
 
 def render(topo, statuses: dict, node_rates: dict, seconds: float) -> str:
     header = ["node", "type", "state", *(h for h, _ in RATES), *(h for h, _ in GAUGES), "max_turn_ms"]
-    rows, sums = [], {}                      # only figures some node reports get a total
+    rows: list = []
+    sums: dict = {}                                # only figures some node reports get a total
     for node_id, spec in topo.nodes.items():
         st, r = statuses.get(node_id), node_rates.get(node_id, {})
         row = [node_id, spec.type, "up" if st else "DOWN"]

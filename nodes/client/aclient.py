@@ -83,22 +83,22 @@ class AsyncClient:
         self._own_mailbox = not isinstance(mailbox, Mailbox)
         self.mailbox = Mailbox(mailbox or ":memory:") if self._own_mailbox else mailbox
         self.on_mail = on_mail
-        self.mail = collections.Counter()      # mailbox outcomes: acked, refused, busy, expired, ...
+        self.mail: collections.Counter[str] = collections.Counter()      # mailbox outcomes: acked, refused, busy, expired, ...
         self.windows = Windows()
         self.assembler = Assembler()
-        self.limits = {"max_text": wire.MAX_TEXT_BYTES, "max_fragments": 100,
+        self.limits: dict = {"max_text": wire.MAX_TEXT_BYTES, "max_fragments": 100,
                        "message_lifetime": DEFAULT_LIFETIME}
         self.clock = ClientClock()
-        self.uin = None
+        self.uin: int | None = None
         self.interval = None
-        self.not_member = set()
+        self.not_member: set = set()
         self.syncs = 0                         # sync requests sent (a figure for tests and stats)
         self.drop_push = None                  # test hook: callable(msg) -> True drops a push
-        self._incoming = asyncio.Queue()
-        self._beater = None
+        self._incoming: asyncio.Queue = asyncio.Queue()
+        self._beater: asyncio.Future | None = None
         self._beat_now = asyncio.Event()
-        self._syncing = {}                     # channel -> Task
-        self._posting = {}                     # mailbox seq -> Task delivering it
+        self._syncing: dict = {}                     # channel -> Task
+        self._posting: dict = {}                     # mailbox seq -> Task delivering it
         self._closed = False
 
     # --- connection ------------------------------------------------------------
@@ -132,7 +132,7 @@ class AsyncClient:
         self.interval = reply["hb"]
         self.limits.update(reply.get("limits", {}))
         self.assembler.lifetime = self.limits["message_lifetime"]
-        self.clock.last = max(self.clock.last, self.mailbox.newest_ctime(self.uin, self.device))
+        self.clock.last = max(self.clock.last, self.mailbox.newest_ctime(reply["uin"], self.device))
         if self.link.generation > 1:
             self._beat_now.set()
 

@@ -65,8 +65,8 @@ class Client:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         curve.connect_client(self.sock, endpoint)     # CURVE when the endpoint carries a server key
-        self.inbox = collections.deque()        # pushed messages not yet returned by recv
-        self.events = collections.deque()       # replies not yet claimed, notices (kicked, ...)
+        self.inbox: collections.deque[dict] = collections.deque()        # pushed messages not yet returned by recv
+        self.events: collections.deque[dict] = collections.deque()       # replies not yet claimed, notices (kicked, ...)
         self._rids = itertools.count(1)
         self.clock = ClientClock()
         self.uin = self.device = None

@@ -81,18 +81,19 @@ class Link:
         self.measure_timeout = measure_timeout
         self.ctx = ctx or zmq.asyncio.Context.instance()
         self.generation = 0                    # logins so far; requests are tagged with it
-        self.endpoint = None
-        self.sid = None
+        self.endpoint: str | None = None
+        self.sid: int | None = None
         self.reconnects = 0                    # logins after the first
         self.malformed = 0                     # frames or messages from the peer we could not use
-        self.fatal = None                      # ClientError that ends the link (auth, kicked, closed)
+        self.fatal: ClientError | None = None  # ClientError that ends the link (auth, kicked, closed)
         self.connected = asyncio.Event()
-        self._pending = {}                     # rid -> Future
+        self._pending: dict = {}                     # rid -> Future
         self._rids = itertools.count(1)
-        self._sock = self._monitor = None
-        self._tasks = []                       # reader and monitor of the current socket
-        self._reconnecting = None              # the one reconnect task
-        self._probing = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._tasks: list = []                       # reader and monitor of the current socket
+        self._reconnecting: asyncio.Task | None = None   # the one reconnect task
+        self._probing: asyncio.Task | None = None
         self._logged_at = -STABLE              # monotonic time of the last login
         self._streak = 0                       # reconnects in a row, each soon after the last login
         self._abandoned_at = -OWN_ECHO         # last login we gave up waiting for (it may still land)
@@ -170,6 +171,8 @@ class Link:
             out["sid"] = self.sid
         try:
             try:
+                if self._sock is None:                   # detached: a reconnect is under way
+                    raise zmq.ZMQError(zmq.ENOTSOCK)
                 await self._sock.send(wire.pack(out))
             except zmq.ZMQError as exc:                  # the socket was closed under the send
                 raise _Replaced() from exc
@@ -213,7 +216,7 @@ class Link:
                 await asyncio.sleep(backoff(self._streak))
             for attempt in itertools.count(1):
                 if same_broker and attempt == 1:
-                    order = [failed] + [ep for ep in self.brokers.failover(failed) if ep != failed]
+                    order: list = [failed] + [ep for ep in self.brokers.failover(failed) if ep != failed]
                 else:
                     await self.brokers.measure(self.ctx, self.measure_timeout, skip=(failed,))
                     order = self.brokers.failover(failed)
@@ -271,7 +274,8 @@ class Link:
                 self._sock.disable_monitor()
             except zmq.ZMQError:
                 pass
-            self._monitor.close(0)
+            if self._monitor is not None:
+                self._monitor.close(0)
             self._sock.close(0)
             self._sock = self._monitor = None
         self._fail_pending(_Replaced())

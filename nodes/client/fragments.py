@@ -61,7 +61,7 @@ class Assembler:
 
     def __init__(self, lifetime: float = 86400.0):
         self.lifetime = lifetime
-        self.groups = {}                       # key -> {"count", "parts": {index: msg}, "since"}
+        self.groups: dict = {}                       # key -> {"count", "parts": {index: msg}, "since"}
         self.dropped = 0
 
     def add(self, msg: dict, now: float):

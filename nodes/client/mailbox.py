@@ -88,11 +88,13 @@ class Mailbox:
         cur = self.db.execute("INSERT INTO outbox (uin, device, channel, text, ctimes, grp, created) "
                               "VALUES (?, ?, ?, ?, ?, ?, ?)",
                               (uin, device, channel, text, json.dumps(ctimes), group, created))
+        assert cur.lastrowid is not None             # an INSERT always has one
         return Entry(cur.lastrowid, uin, device, channel, text, list(ctimes), group, created)
 
     def pending(self, uin: int | None = None, device: int | None = None) -> list[Entry]:
         """Unsettled entries, oldest first (of one (uin, device) when given)."""
-        sql, args = "SELECT * FROM outbox", ()
+        sql: str = "SELECT * FROM outbox"
+        args: tuple = ()
         if uin is not None:
             sql, args = sql + " WHERE uin = ? AND device = ?", (uin, device or 0)
         return [self._entry(row) for row in self.db.execute(sql + " ORDER BY seq", args)]

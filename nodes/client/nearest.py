@@ -42,7 +42,8 @@ class Brokers:
     """The broker list with each broker's IDC, its measured round trip and the last good one."""
 
     def __init__(self, brokers, state_file: str | None = None):
-        self.endpoints, self.idc = [], {}
+        self.endpoints: list = []
+        self.idc: dict = {}
         for entry in self._entries(brokers):
             endpoint, idc = (entry, None) if isinstance(entry, str) else tuple(entry)
             if endpoint not in self.idc:
@@ -50,8 +51,8 @@ class Brokers:
             self.idc[endpoint] = idc
         if not self.endpoints:
             raise ValueError("at least one broker endpoint is needed")
-        self.rtt = {}                          # endpoint -> seconds (measured), absent: no answer
-        self.pong = set()                      # endpoints that answered with a real pong
+        self.rtt: dict = {}                          # endpoint -> seconds (measured), absent: no answer
+        self.pong: set = set()                      # endpoints that answered with a real pong
         self.state_file = state_file
         self.last_good = self._load()
 
@@ -91,7 +92,7 @@ class Brokers:
         for answered in (True, False):
             part = [ep for ep in ranked if (ep in self.rtt) == answered]
             order += [ep for ep in part if self.idc[ep] == home] + [ep for ep in part if self.idc[ep] != home]
-        return order + ([failed] if failed in self.idc else [])
+        return order + ([failed] if failed is not None and failed in self.idc else [])
 
     # --- memory ----------------------------------------------------------------
     def good(self, endpoint: str) -> None:

@@ -21,7 +21,8 @@ from nodes.protocol import wire
 
 def plan(outbox: dict, topo, own_idc: str | None, logic_id: str) -> list:
     """[(broker, message)] for one turn's outbox: one frame per own-IDC broker, one per remote IDC."""
-    out, remote = [], {}
+    out: list = []
+    remote: dict = {}
     for broker, items in outbox.items():
         spec = topo.nodes.get(broker)
         idc = spec.idc if spec is not None else own_idc
@@ -35,7 +36,9 @@ def plan(outbox: dict, topo, own_idc: str | None, logic_id: str) -> list:
             out.append((broker, {"t": "msgs", "items": items, "logic": logic_id}))
             continue
         gateway = rendezvous.owner(sorted(brokers), logic_id)
-        packs, index, to = [], {}, {}
+        packs: list[bytes] = []
+        index: dict[int, int] = {}
+        to: dict[str, list] = {}
         for broker, items in brokers.items():
             rows = to[broker] = []
             for packed, uins, uin, device in items:

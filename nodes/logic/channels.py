@@ -55,12 +55,12 @@ class ChannelState:
         self.lifetime = lifetime              # seconds; None: the topology's default
         self.set_members(members)
         self.ring = IdRing(queue)             # newest ids of the channel (its queue)
-        self.leases = collections.deque()     # [start, end) blocks not yet used up
+        self.leases: collections.deque[tuple[int, int]] = collections.deque()     # [start, end) blocks not yet used up
         self.next_id = 0                      # next id to assign (within leases[0])
         self.last_id = 0                      # newest stored id
         self.visible = 0                      # newest acked id: reads never show more (with replication
         #                                       a stored message waits for its majority before that)
-        self.waiting = collections.deque()    # Pending, in arrival order
+        self.waiting: collections.deque[Pending] = collections.deque()    # Pending, in arrival order
         self.alloc_inflight = False
 
     def set_members(self, members) -> None:

@@ -51,7 +51,8 @@ def _rows(value, names, store) -> list:
     if type(value) is not list or not all(type(r) is list and len(r) == 2 and type(r[0]) is bytes
                                           and type(r[1]) is bytes and r[0] for r in value):
         raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'rows' must be a list of [key, value] byte pairs")
-    named, sent, out = set(names), {}, []
+    named, out = set(names), []
+    sent: dict = {}
     for key, raw in value:
         if key[:1] not in b"mcilexd":
             raise wire.ProtocolError(wire.Err.BAD_FIELD, f"row key kind {key[:1]!r} is not channel state")
@@ -201,7 +202,7 @@ class Handoff:
         if msg.get("first") is True:
             held = self.core.channels
             self.kept = {n for n in names if n in held and n in (boundaries or ())   # not said: replaced
-                         and held[n].boundary() > boundaries[n]}
+                         and held[n].boundary() > (boundaries or {})[n]}
             fresh = [n for n in names if n not in self.kept]
             self.core.begin_take(fresh)        # until the last page: not served, nor loaded by a restart
             for key, _value in list(shards.channel_rows(self.store, set(fresh).__contains__, sends=False)):

@@ -155,7 +155,7 @@ class PresenceReplica:
 
     def brokers_for(self, members) -> dict:
         """Group the online uins among ``members`` (array('I')) by broker: {broker: [uin, ...]}."""
-        groups = {}
+        groups: dict = {}
         online = self.online
         for uin in self.bitmap.filter_online(members):
             devices = online[uin]

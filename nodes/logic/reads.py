@@ -33,7 +33,7 @@ class Reads:
         last = ch.visible
         first = min(ch.ring.first, last + 1) if len(ch.ring) else last + 1
         after = max(min(after, last), first - 1)      # nothing before the queue's head
-        msgs = []
+        msgs: list = []
         if after >= last:
             return msgs, first, False, last
         if budget <= 0:

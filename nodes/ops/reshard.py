@@ -100,7 +100,7 @@ def move(old_topo, new_topo, dry_run: bool = False) -> "Moves":
                 raise ReshardError(f"cannot open the store of {node_id} ({exc}): stop every logic "
                                    "node before a reshard") from None
         moves = plan({n: stored_channels(s) for n, s in stores.items()}, new_topo)
-        groups = {}
+        groups: dict = {}
         for name, src, dst in moves:
             groups.setdefault((src, dst), set()).add(name)
         rows_moved = 0

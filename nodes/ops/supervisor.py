@@ -67,7 +67,7 @@ class Supervisor:
         self.state = {n: NodeState() for n in mesh.topo.nodes}
         self.out = out                 # a text stream for operator lines (bin/mesh up's stdout)
         self.stopping = False
-        self.ctl = None
+        self.ctl: zmq.Socket | None = None
         self.data_dir = mesh.topo.data_dir
         self.handlers = {"status": self.do_status, "stop": self.do_stop, "start": self.do_start,
                          "restart": self.do_restart}
@@ -105,10 +105,13 @@ class Supervisor:
 
     def run(self, stop_requested=lambda: False, tick: float = 0.1) -> None:
         """Serve control requests and restart dead nodes until told to stop."""
+        ctl = self.ctl
+        if ctl is None:
+            raise RuntimeError("Supervisor.run before open()")
         while not (self.stopping or stop_requested()):
-            if self.ctl.poll(int(tick * 1000)):
+            if ctl.poll(int(tick * 1000)):
                 try:
-                    request = json.loads(self.ctl.recv())
+                    request = json.loads(ctl.recv())
                     if not isinstance(request, dict):
                         raise ValueError("a control request is a JSON object")
                     reply = self.handle(request)
@@ -117,7 +120,7 @@ class Supervisor:
                 except Exception as exc:             # one bad request must not stop the whole mesh
                     log.exception("control request failed")
                     reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-                self.ctl.send(json.dumps(reply).encode())
+                ctl.send(json.dumps(reply).encode())
             if self.stopping or stop_requested():
                 break        # a signal to the whole process group stopped the nodes too: no crash, no restart
             self.check(time.monotonic())
@@ -221,7 +224,7 @@ def control(data_dir: str, request: dict, timeout: float = 15.0) -> dict | None:
     """Send one request to the supervisor of ``data_dir``; its reply, or None if none runs."""
     if not os.path.exists(os.path.join(data_dir, "mesh.ctl")) or read_pid(data_dir) is None:
         return None                 # no supervisor, or a killed one's leftovers: answer at once
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(control_endpoint(data_dir))

@@ -188,9 +188,9 @@ class Identity:
             if published is not None and published != self.public:
                 raise CurveError(f"{key_files(topo, name)[1]}: its public key is not the one published "
                                  f"for {name} under public_keys: in {topo.path}; peers would refuse it")
-        self._servers = {}
-        self._bound_at = None                  # endpoint -> node id, built on first use
-        self.coming = None                     # a newer topology admitted (its nodes' keys known too)
+        self._servers: dict = {}
+        self._bound_at: dict[str, str] | None = None   # endpoint -> node id, built on first use
+        self.coming: Topology | None = None                     # a newer topology admitted (its nodes' keys known too)
 
     @classmethod
     def admin(cls, topo: Topology) -> "Identity":
@@ -218,11 +218,12 @@ class Identity:
         """Connect to a node's internal endpoint as a CURVE client of that node (options
         apply per connect, so one SUB may connect to several publishers this way); any
         other endpoint (a client endpoint: see ``connect_client``) is connected as it is."""
-        if self._bound_at is None:
-            nodes = list(self.coming.nodes.values()) if self.coming is not None else []
-            self._bound_at = {ep: n.id for n in nodes + list(self.topo.nodes.values())
-                              for name, ep in n.endpoints.items() if name != "client"}
-        node_id = self._bound_at.get(endpoint)
+        bound_at = self._bound_at
+        if bound_at is None:
+            nodes: list = list(self.coming.nodes.values()) if self.coming is not None else []
+            bound_at = self._bound_at = {ep: n.id for n in nodes + list(self.topo.nodes.values())
+                                         for name, ep in n.endpoints.items() if name != "client"}
+        node_id = bound_at.get(endpoint)
         if node_id is not None:
             self.as_client(sock, node_id)
         sock.connect(endpoint)
@@ -241,9 +242,9 @@ class NodeSecurity(Identity):
         super().__init__(topo, node_id, own_pair=topo.curve or serves_clients)
         self.ctx = ctx
         self.allowed = admitted(topo) if topo.curve else {}
-        self.auth = None
+        self.auth: ThreadAuthenticator | None = None
         self.refused = 0                      # handshakes with a key not in the topology
-        self._logged = set()
+        self._logged: set = set()
 
     def as_server(self, sock: zmq.Socket, client_facing: bool) -> None:
         """Before ``bind``: CURVE server on an internal socket, or on a client socket
@@ -251,10 +252,10 @@ class NodeSecurity(Identity):
         if not (self.topo.client_curve if client_facing else self.topo.curve):
             return
         if self.auth is None:
-            self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("zmq.auth"))
-            self.auth.start()
-            self.auth.configure_curve_callback(INTERNAL, _Check(self.check_internal))
-            self.auth.configure_curve_callback(CLIENT, _Check(lambda _key: True))
+            self.auth = auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("zmq.auth"))
+            auth.start()
+            auth.configure_curve_callback(INTERNAL, _Check(self.check_internal))
+            auth.configure_curve_callback(CLIENT, _Check(lambda _key: True))
         sock.curve_server = True
         sock.curve_publickey, sock.curve_secretkey = self.public, self.secret
         sock.zap_domain = (CLIENT if client_facing else INTERNAL).encode()
@@ -306,6 +307,7 @@ class Endpoint(str):
     A str, so everything that lists, compares or prints endpoints keeps working;
     ``connect_client`` reads the key.
     """
+    server_key: bytes
 
     def __new__(cls, endpoint: str, server_key: bytes):
         self = super().__new__(cls, endpoint)

@@ -44,7 +44,7 @@ from zmq.utils.monitor import parse_monitor_message
 from nodes.runtime.logs import events
 
 
-EVENTS = {zmq.EVENT_CONNECTED: "up", zmq.EVENT_DISCONNECTED: "down"}
+EVENTS: dict[int, str] = {zmq.EVENT_CONNECTED: "up", zmq.EVENT_DISCONNECTED: "down"}
 MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 DRAIN_EVERY = 0.5          # seconds
 GIVEN_UP = 1.0             # seconds after a disconnect that no retry followed: libzmq gave up
@@ -200,8 +200,8 @@ class Liveness:
 
     def __init__(self, down_after: float, grace: float, started: float):
         self.down_after, self.grace, self.started = down_after, grace, started
-        self.last = {}                          # peer -> when last heard (-inf: down until a tick)
-        self.unlinked = set()                   # peers whose link dropped, until it is back
+        self.last: dict = {}                          # peer -> when last heard (-inf: down until a tick)
+        self.unlinked: set = set()                   # peers whose link dropped, until it is back
 
     def tick(self, peer, now: float, stopping: bool = False) -> None:
         """A tick from ``peer`` (``stopping``: it said it stops)."""

@@ -87,8 +87,8 @@ class Events:
         self.log = logging.getLogger(logger) if isinstance(logger, str) else logger
         self.window = window
         self.clock = clock
-        self._open = {}                 # kind -> [window start, repeats not yet logged, level]
-        self._states = {}               # (event, subject) -> _StateWindow
+        self._open: dict = {}                 # kind -> [window start, repeats not yet logged, level]
+        self._states: dict = {}               # (event, subject) -> _StateWindow
 
     def emit(self, event: str, key, level: int = logging.INFO, **ctx) -> bool:
         """Log the event unless one of the same kind was logged within the window; True if logged.

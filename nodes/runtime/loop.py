@@ -23,21 +23,21 @@ log = logging.getLogger(__name__)
 class Loop:
     def __init__(self, batch: int = 512, max_wait: float = 0.1):
         self.poller = zmq.Poller()
-        self.handlers = {}              # ZeroMQ socket -> (reader, handler)
-        self.fd_handlers = {}           # plain fd (add_fd) -> handler(events)
+        self.handlers: dict = {}              # ZeroMQ socket -> (reader, handler)
+        self.fd_handlers: dict = {}           # plain fd (add_fd) -> handler(events)
         self.batch = batch
         self.max_wait = max_wait
-        self._timers = []               # heap of (due, seq, interval, fn)
+        self._timers: list = []               # heap of (due, seq, interval, fn)
         self._seq = itertools.count()
-        self._turn_end = []
+        self._turn_end: list = []
         self.running = False
         self.max_turn = 0.0                 # longest turn seen (seconds): how long the loop was blocked
         self.turns = 0
-        self._turn_watchers = []            # fn(seconds) after every turn: histogram, slow-turn log
+        self._turn_watchers: list = []            # fn(seconds) after every turn: histogram, slow-turn log
 
     def add(self, sock: zmq.Socket, handler) -> None:
         """Call ``handler(frames)`` for every multipart message arriving on sock."""
-        self.handlers[sock] = (reader(sock.type), handler)
+        self.handlers[sock] = (reader(int(sock.type)), handler)
         self.poller.register(sock, zmq.POLLIN)
 
     def add_fd(self, fd: int, handler, events: int = zmq.POLLIN) -> None:

@@ -29,7 +29,7 @@ def status_rounds(ctx: zmq.Context, identity, endpoints: dict, rounds: int, time
     answered, up to ``rounds``; ``max_frame``: the topology's internal frame limit; ``rids``: the request ids to use (an iterator)."""
     rids = itertools.count(1) if rids is None else rids
     ids = list(endpoints)
-    out = {n: (None, []) for n in ids}
+    out: dict[str, tuple[dict | None, list[float]]] = {n: (None, []) for n in ids}
     listening = probe_tcp(endpoints, min(timeout, 2.0))
     socks, poller, sent = {}, zmq.Poller(), {}
     try:
