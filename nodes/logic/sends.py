@@ -9,6 +9,13 @@ else is new, whatever its order, so no client time can lock a device out.
 dedup table learns the send and the message is queued for fan-out.  A send
 whose outcome this node can no longer promise is answered UNAVAILABLE
 (``abandon``): the client retries with the same ctime wherever the channel went.
+
+For the broker's rate limit (nodes/broker/limits.py) every answer to a send
+says ``newest`` (the device's newest client time stored or being stored here,
+when known) and an ack says ``retry`` when it answers a retry -- the broker
+gives the token back for those and strips both.  A send marked ``lookup`` (the
+user is over the rate) is dedup only: a retry is answered as always, anything
+else is refused RATE_LIMITED and nothing is stored.
 """
 from __future__ import annotations
 
@@ -17,17 +24,29 @@ from nodes.storage import store as keys
 from nodes.logic.channels import Pending
 
 
-def ack(rid, channel, device, ctime, msg_id):
-    return wire.reply("ack", rid, channel=channel, device=device, ctime=ctime, id=msg_id)
+def ack(rid, channel, device, ctime, msg_id, **extra):
+    return wire.reply("ack", rid, channel=channel, device=device, ctime=ctime, id=msg_id, **extra)
 
 
 class Sends:
-    """State: ``inflight`` ((uin, device, ctime) -> Pending not yet acked: a retry joins it)."""
+    """State: ``inflight`` ((uin, device, ctime) -> Pending not yet acked: a retry joins it) and
+    ``accepted`` ((uin, device) -> the newest client time in ``inflight`` when it was accepted,
+    until that send is stored: with the dedup table, the device's ``newest``)."""
 
     def __init__(self, serving, dedup, ids, fanout, out, stats):
         self.serving, self.dedup, self.ids, self.fanout = serving, dedup, ids, fanout
         self.out, self.stats = out, stats
         self.inflight: dict[tuple, Pending] = {}
+        self.accepted: dict[tuple, int] = {}
+
+    def newest(self, uin: int, device: int):
+        """The device's newest client time stored or being stored here; None if unknown (nothing
+        in the dedup table: never sent here, or its newest send expired)."""
+        stored = self.dedup.get(uin, device)
+        accepted = self.accepted.get((uin, device))
+        if stored is None:
+            return accepted
+        return stored[0] if accepted is None else max(stored[0], accepted)
 
     def send(self, ident: bytes, msg: dict, _now=None):
         """Accept a send; return an immediate reply (retry, error) or None (acked later)."""
@@ -39,7 +58,7 @@ class Sends:
         if pending is not None:
             if pending.channel != ch.name or pending.text != msg["text"]:
                 raise wire.ProtocolError(wire.Err.STALE, "client time reused for another message")
-            pending.waiters.append(waiter)           # retry of a send still being stored
+            pending.waiters.append(waiter)           # retry of a send still being stored (acked ``retry``)
             self.stats["retries"] += 1
             return None
         stored = self.dedup.stored(uin, device, ctime)
@@ -52,11 +71,21 @@ class Sends:
                 raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} was used for another "
                                          "message (a different text): not a retry, nothing stored")
             self.stats["retries"] += 1
-            return ack(rid, ch.name, device, ctime, msg_id)
+            return ack(rid, ch.name, device, ctime, msg_id, retry=True, newest=self.newest(uin, device))
+        if msg.get("lookup"):
+            self.stats["lookups_refused"] += 1
+            raise wire.ProtocolError(wire.Err.RATE_LIMITED, "over the rate and not a retry of a stored "
+                                     "message: nothing stored", **self._newest_of(uin, device))
         rec = Pending(uin, device, ctime, msg["text"], msg.get("frag"), ch.name, waiter)
         self.ids.enqueue(ch, rec)                    # BUSY if too many wait
         self.inflight[key] = rec
+        if ctime > self.accepted.get((uin, device), -1):
+            self.accepted[(uin, device)] = ctime
         return None
+
+    def _newest_of(self, uin, device) -> dict:
+        newest = self.newest(uin, device)
+        return {} if newest is None else {"newest": newest}
 
     def commit(self, committed) -> None:
         """These sends are stored (on disk; with replication: on a majority): record dedup,
@@ -67,19 +96,25 @@ class Sends:
             self.dedup.note(rec.uin, rec.device, rec.ctime, rec.id)   # a newer send may have won the race
             if self.inflight.get(key) is rec:
                 del self.inflight[key]
+            if self.accepted.get(key[:2]) == rec.ctime:
+                del self.accepted[key[:2]]                # the dedup table has it now
+            newest = self.newest(rec.uin, rec.device)
             self.stats["acks"] += len(rec.waiters)
             ch = channels.get(rec.channel)
             if ch is not None and rec.id > ch.visible:
                 ch.visible = rec.id
-            for ident, rid in rec.waiters:
-                self.out.reply(ident, ack(rid, rec.channel, rec.device, rec.ctime, rec.id))
+            for i, (ident, rid) in enumerate(rec.waiters):   # the first sent it, the others retried
+                extra = {"retry": True} if i else {}
+                self.out.reply(ident, ack(rid, rec.channel, rec.device, rec.ctime, rec.id, newest=newest, **extra))
             self.fanout.fan_out(channels[rec.channel], rec)
         self.stats["stored"] += len(committed)
         self.fanout.publish_turn()
 
     def abandon(self, recs, why: str) -> None:
         """Sends whose outcome this node can no longer promise (it stopped leading their shard):
-        UNAVAILABLE, so the client retries with the same ctime wherever the shard went."""
+        UNAVAILABLE, so the client retries with the same ctime wherever the shard went.
+        (``accepted`` keeps their client times: saying a newest too high costs a lookup,
+        too low a refused retry.)"""
         for rec in recs:
             self.inflight.pop((rec.uin, rec.device, rec.ctime), None)
             for ident, rid in rec.waiters:

@@ -108,7 +108,9 @@ SYNC_PAGE = 200                # messages per sync reply at most
 # broker -> logic, admin -> logic, relay -> logic
 LOGIC_REQUESTS = {
     "send": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
-             "ctime": req("u64"), "text": req("str"), "frag": opt("frag", "as the client sent it")},
+             "ctime": req("u64"), "text": req("str"), "frag": opt("frag", "as the client sent it"),
+             "lookup": opt("bool", "true: the user is over the rate; answer a retry, store nothing "
+                           "(else RATE_LIMITED)")},
     "sync": {"rid": RID, "uin": req("u32"), "channel": req("channel"), "after": req("u64")},
     "heads": {"rid": RID, "uin": req("u32"), "channels": req("windows")},
     "status": {"rid": RID, "reset_max": opt("any", "true: start a new max_turn window")},
