@@ -98,7 +98,8 @@ PUSHES = {
     "msg": {"channel": req("str"), "id": req("u64"), "uin": req("u32"), "device": req("u32"),
             "ctime": req("u64"), "stime": req("u64", "ms since the epoch"), "text": req("str"),
             "frag": opt("frag", "only on fragments")},
-    "kicked": {"reason": req("str", "replaced, expired or too_slow"), "msg": opt("str")},
+    "kicked": {"reason": req("str", "replaced or expired (a too_slow client gets no notice)"),
+               "msg": opt("str")},
 }
 
 SYNC_PAGE = 200                # messages per sync reply at most
