@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import math
 
-from nodes.broker.limits import FragmentGroups, TokenBuckets
+from nodes.broker.limits import FragmentGroups, RetryWindow, TokenBuckets
 from nodes.broker.owners import Owners
 from nodes.protocol import auth, wire
 from nodes.protocol.heartbeat import initial_interval
@@ -113,30 +113,49 @@ class BrokerCore:
         try:
             return self._send(session, msg, now)
         except wire.ProtocolError as exc:
-            self.stats["refused"] += 1
-            self.stats[exc.code] += 1
+            self.refused(exc.code)
             raise
 
+    def refused(self, code) -> None:
+        self.stats["refused"] += 1
+        self.stats[code] += 1
+
     def _send(self, session, msg, now):
+        """A send costs a token only if the owner stores it as a new message: the token is
+        taken when it is forwarded and given back when the owner refuses it or answers it
+        as a retry (``_forward``).  Over the rate, a send that may be a retry (RetryWindow)
+        goes to the owner as a dedup-only ``lookup`` -- the original ack, or RATE_LIMITED
+        with nothing stored; a newer client time is refused here at once."""
         text = msg["text"]                     # length and ``frag`` checked by the schema at dispatch
         owner = self.owners.serving(msg["channel"], now)
+        ctime = msg["ctime"]
         request = {"t": "send", "uin": session.uin, "device": session.device, "channel": msg["channel"],
-                   "ctime": msg["ctime"], "text": text}
+                   "ctime": ctime, "text": text}
         charge, frag = True, None
         if "frag" in msg:
             frag = tuple(msg["frag"])
             if session.groups is None:
                 session.groups = FragmentGroups()
-            charge, _retry = session.groups.check(*frag, msg["ctime"])
+            charge, _retry = session.groups.check(*frag, ctime)
             request["frag"] = list(frag)
-        if charge:
-            wait = self.buckets.take(session.uin, now)
-            if wait:
-                raise wire.ProtocolError(wire.Err.RATE_LIMITED, f"over {self.buckets.rate:g} messages/s; "
+        if session.retries is None:
+            session.retries = RetryWindow()
+        wait = self.buckets.take(session.uin, now) if charge else 0.0
+        if wait:
+            limited = wire.ProtocolError(wire.Err.RATE_LIMITED, f"over {self.buckets.rate:g} messages/s; "
                                          f"retry in {wait:.3f} s", retry_after=math.ceil(wait * 1000) / 1000)
+            if not session.retries.may_be_retry(owner, ctime):
+                raise limited                   # newer than anything the owner holds: a new message
+            request["lookup"] = True
+            return self._forward(session, msg, request, owner, limited=limited)
         if frag is not None:
-            session.groups.accept(*frag, msg["ctime"])
-        return self._forward(session, msg, request, owner)
+            session.groups.accept(*frag, ctime)
+        try:
+            return self._forward(session, msg, request, owner, charged=charge)
+        except wire.ProtocolError:
+            if charge:
+                self.buckets.refund(session.uin)    # BUSY: nothing forwarded
+            raise
 
     def sync(self, session, msg, now):
         owner = self.owners.serving(msg["channel"], now)
@@ -158,21 +177,47 @@ class BrokerCore:
         self.pending -= 1
         session.inflight -= 1
 
-    def _forward(self, session, msg, request, owner):
-        """Send to the owning logic node; the reply goes back with the client's rid."""
+    def _forward(self, session, msg, request, owner, charged=False, limited=None):
+        """Send to the owning logic node; the reply goes back with the client's rid.
+
+        A send's reply settles its token (``charged``: one was taken): given back when the
+        owner refused it or answered it as a retry (``retry``), kept when it was stored
+        new or its outcome is unknown.  A ``lookup`` the owner found nothing for becomes
+        the ``limited`` error (RATE_LIMITED with the broker's ``retry_after``); a fragment
+        index 0 found stored opens its group.  The owner's word on the device's newest
+        client time (``newest``) feeds the session's RetryWindow; ``newest`` and ``retry``
+        are the broker's, not the client's."""
         self._admit(session)
         rid, ident = msg["rid"], session.ident
+        is_send = request["t"] == "send"
+        if is_send:
+            session.retries.forwarded(owner, request["ctime"])
 
         def done(reply):
             self._release(session)
+            if is_send:
+                self._settle(session, request, owner, reply, charged)
             if reply.get("t") == "ack":
                 self.counts["acks"] += 1
+            elif limited is not None and reply.get("code") == wire.Err.RATE_LIMITED:
+                self.refused(limited.code)
+                reply = wire.error_from(rid, limited)
             reply["rid"] = rid
             if reply.get("code") == wire.Err.WRONG_OWNER:
                 reply = self.owners.moved(request["channel"], reply)
             self.out.reply(ident, reply)
         self.out.to_logic(owner, request, done, self.send_timeout)
         return None
+
+    def _settle(self, session, request, owner, reply, charged) -> None:
+        session.retries.learn(owner, reply.pop("newest", None))
+        retry = reply.pop("retry", False)
+        code = reply.get("code")
+        if charged and (retry or code in wire.REFUSED_OUTCOME or code == wire.Err.WRONG_OWNER):
+            self.buckets.refund(session.uin)
+        if request.get("lookup") and "frag" in request and request["frag"][1] == 0 \
+                and reply.get("t") == "ack" and session.groups is not None:
+            session.groups.accept(*request["frag"], request["ctime"])
 
     def heartbeat(self, session, msg, now):
         """Router: mark alive, get the next interval.  Owning logic nodes: newest id of

@@ -1,10 +1,21 @@
 """The broker's send limits, without I/O: per-user token buckets and fragment-group checks.
 
 Rate: a human sends about one message a second; each uin has a bucket of
-``burst`` tokens refilled at ``rate`` per second, one token per message.
-A long text split into fragments costs one token (for its first fragment):
-the broker tracks each session's open groups and accepts their fragments
-only in order, with the count they started with.
+``burst`` tokens refilled at ``rate`` per second, one token per message the
+owner stores: a send takes a token when it is forwarded and gets it back
+(``refund``) when the owner refuses it or answers it as a retry of a message
+already stored.  A long text split into fragments costs one token (for its
+first fragment): the broker tracks each session's open groups and accepts
+their fragments only in order, with the count they started with.
+
+A retry must never be refused for the rate (a refusal says "not stored", and
+a client that then sends the text as a new message stores it twice), but a
+flood over the rate must not reach the logic nodes.  ``RetryWindow`` tells
+them apart without knowing what is stored: a retry repeats a client time the
+device used before, so once the owner has said which client time of the
+device is its newest (stored or being stored), a send over the rate with a
+newer one is a new message, refused at once; an older one is forwarded as a
+dedup-only lookup (answered with the original ack, or refused unstored).
 """
 from __future__ import annotations
 
@@ -31,12 +42,48 @@ class TokenBuckets:
         self.buckets[uin] = [tokens, now]
         return (1.0 - tokens) / self.rate
 
+    def refund(self, uin: int) -> None:
+        """Give back a token taken for a send the owner did not store as a new message."""
+        bucket = self.buckets.get(uin)
+        if bucket is not None:                 # no bucket: already full (pruned)
+            bucket[0] = min(self.burst, bucket[0] + 1.0)
+
     def prune(self, now: float) -> int:
         """Forget full buckets (a full bucket and no bucket are the same); return how many."""
         full = [uin for uin, b in self.buckets.items() if self._level(b, now) >= self.burst]
         for uin in full:
             del self.buckets[uin]
         return len(full)
+
+
+class RetryWindow:
+    """Per session: which client times sent over the rate may be retries, by owning node.
+
+    ``said[owner]``: the device's newest client time that owner stores or is storing, as
+    it last said (absent: not said yet, so every send may be a retry); ``sent[owner]``:
+    the newest this session forwarded to it (it may not have arrived when the owner
+    answered).  One session per (uin, device) in the cluster: once the owner has
+    answered, every later send of the device goes through this session, so a client time
+    newer than both cannot be stored anywhere.
+    """
+
+    __slots__ = ("said", "sent")
+
+    def __init__(self):
+        self.said, self.sent = {}, {}
+
+    def may_be_retry(self, owner: str, ctime: int) -> bool:
+        said = self.said.get(owner)
+        return said is None or ctime <= max(said, self.sent.get(owner, said))
+
+    def forwarded(self, owner: str, ctime: int) -> None:
+        if ctime > self.sent.get(owner, -1):
+            self.sent[owner] = ctime
+
+    def learn(self, owner: str, newest) -> None:
+        """The owner answered with the device's newest client time (None: it did not say)."""
+        if newest is not None and newest > self.said.get(owner, -1):
+            self.said[owner] = newest
 
 
 class _Group:

@@ -13,6 +13,13 @@ channel went, and the retry finds the stored send if it was kept anywhere.
 While the node's disk refuses writes (nodes/logic/diskfull.py) ``refusal`` is set:
 a new send is refused with it at once (STORAGE_FULL), a retry of a stored one is
 still acked; the sends of a batch that failed are answered with it (``abandon``).
+
+For the broker's rate limit (nodes/broker/limits.py) every answer to a send
+says ``newest`` (the device's newest client time stored or being stored here,
+when known) and an ack says ``retry`` when it answers a retry -- the broker
+gives the token back for those and strips both.  A send marked ``lookup`` (the
+user is over the rate) is dedup only: a retry is answered as always, anything
+else is refused RATE_LIMITED and nothing is stored.
 """
 from __future__ import annotations
 
@@ -21,19 +28,31 @@ from nodes.storage import store as keys
 from nodes.logic.channels import Pending
 
 
-def ack(rid, channel, device, ctime, msg_id):
-    return wire.reply("ack", rid, channel=channel, device=device, ctime=ctime, id=msg_id)
+def ack(rid, channel, device, ctime, msg_id, **extra):
+    return wire.reply("ack", rid, channel=channel, device=device, ctime=ctime, id=msg_id, **extra)
 
 
 class Sends:
     """State: ``inflight`` ((uin, device, ctime) -> Pending not yet acked: a retry joins it) and
-    ``refusal`` ((code, text) for new sends while writes fail, else None)."""
+    ``refusal`` ((code, text) for new sends while writes fail, else None) and
+    ``accepted`` ((uin, device) -> the newest client time in ``inflight`` when it was accepted,
+    until that send is stored: with the dedup table, the device's ``newest``)."""
 
     def __init__(self, serving, dedup, ids, fanout, out, stats):
         self.serving, self.dedup, self.ids, self.fanout = serving, dedup, ids, fanout
         self.out, self.stats = out, stats
         self.inflight: dict[tuple, Pending] = {}
         self.refusal = None
+        self.accepted: dict[tuple, int] = {}
+
+    def newest(self, uin: int, device: int):
+        """The device's newest client time stored or being stored here; None if unknown (nothing
+        in the dedup table: never sent here, or its newest send expired)."""
+        stored = self.dedup.get(uin, device)
+        accepted = self.accepted.get((uin, device))
+        if stored is None:
+            return accepted
+        return stored[0] if accepted is None else max(stored[0], accepted)
 
     def send(self, ident: bytes, msg: dict, _now=None):
         """Accept a send; return an immediate reply (retry, error) or None (acked later)."""
@@ -45,7 +64,7 @@ class Sends:
         if pending is not None:
             if pending.channel != ch.name or pending.text != msg["text"]:
                 raise wire.ProtocolError(wire.Err.STALE, "client time reused for another message")
-            pending.waiters.append(waiter)           # retry of a send still being stored
+            pending.waiters.append(waiter)           # retry of a send still being stored (acked ``retry``)
             self.stats["retries"] += 1
             return None
         stored = self.dedup.stored(uin, device, ctime)
@@ -58,14 +77,24 @@ class Sends:
                 raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} was used for another "
                                          "message (a different text): not a retry, nothing stored")
             self.stats["retries"] += 1
-            return ack(rid, ch.name, device, ctime, msg_id)
+            return ack(rid, ch.name, device, ctime, msg_id, retry=True, newest=self.newest(uin, device))
+        if msg.get("lookup"):
+            self.stats["lookups_refused"] += 1
+            raise wire.ProtocolError(wire.Err.RATE_LIMITED, "over the rate and not a retry of a stored "
+                                     "message: nothing stored", **self._newest_of(uin, device))
         if self.refusal is not None:                 # nothing can be stored now: not queued
             self.stats["storage_refused"] += 1
             raise wire.ProtocolError(*self.refusal)
         rec = Pending(uin, device, ctime, msg["text"], msg.get("frag"), ch.name, waiter)
         self.ids.enqueue(ch, rec)                    # BUSY if too many wait
         self.inflight[key] = rec
+        if ctime > self.accepted.get((uin, device), -1):
+            self.accepted[(uin, device)] = ctime
         return None
+
+    def _newest_of(self, uin, device) -> dict:
+        newest = self.newest(uin, device)
+        return {} if newest is None else {"newest": newest}
 
     def commit(self, committed) -> None:
         """These sends are stored (on disk; with replication: on a majority): ack every
@@ -76,12 +105,16 @@ class Sends:
             key = (rec.uin, rec.device, rec.ctime)
             if self.inflight.get(key) is rec:
                 del self.inflight[key]
+            if self.accepted.get(key[:2]) == rec.ctime:
+                del self.accepted[key[:2]]                # the dedup table has it now
+            newest = self.newest(rec.uin, rec.device)
             self.stats["acks"] += len(rec.waiters)
             ch = channels.get(rec.channel)
             if ch is not None and rec.id > ch.visible:
                 ch.visible = rec.id
-            for ident, rid in rec.waiters:
-                self.out.reply(ident, ack(rid, rec.channel, rec.device, rec.ctime, rec.id))
+            for i, (ident, rid) in enumerate(rec.waiters):   # the first sent it, the others retried
+                extra = {"retry": True} if i else {}
+                self.out.reply(ident, ack(rid, rec.channel, rec.device, rec.ctime, rec.id, newest=newest, **extra))
             self.fanout.fan_out(channels[rec.channel], rec)
         self.stats["stored"] += len(committed)
         self.fanout.publish_turn()
@@ -89,7 +122,8 @@ class Sends:
     def abandon(self, recs, why: str, code: str = wire.Err.UNAVAILABLE) -> None:
         """Sends whose outcome this node can no longer promise (it stopped leading their shard:
         UNAVAILABLE; their batch was not written: STORAGE_FULL), never acked: the client
-        retries with the same ctime (wherever the shard went)."""
+        retries with the same ctime (wherever the shard went).  (``accepted`` keeps
+        their client times: saying a newest too high costs a lookup, too low a refused retry.)"""
         for rec in recs:
             self.inflight.pop((rec.uin, rec.device, rec.ctime), None)
             for ident, rid in rec.waiters:

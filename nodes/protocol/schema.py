@@ -98,7 +98,8 @@ PUSHES = {
     "msg": {"channel": req("str"), "id": req("u64"), "uin": req("u32"), "device": req("u32"),
             "ctime": req("u64"), "stime": req("u64", "ms since the epoch"), "text": req("str"),
             "frag": opt("frag", "only on fragments")},
-    "kicked": {"reason": req("str", "replaced, expired or too_slow"), "msg": opt("str")},
+    "kicked": {"reason": req("str", "replaced or expired (a too_slow client gets no notice)"),
+               "msg": opt("str")},
 }
 
 SYNC_PAGE = 200                # messages per sync reply at most
@@ -108,7 +109,9 @@ SYNC_PAGE = 200                # messages per sync reply at most
 # broker -> logic, admin -> logic, relay -> logic
 LOGIC_REQUESTS = {
     "send": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
-             "ctime": req("u64"), "text": req("str"), "frag": opt("frag", "as the client sent it")},
+             "ctime": req("u64"), "text": req("str"), "frag": opt("frag", "as the client sent it"),
+             "lookup": opt("bool", "true: the user is over the rate; answer a retry, store nothing "
+                           "(else RATE_LIMITED)")},
     "sync": {"rid": RID, "uin": req("u32"), "channel": req("channel"), "after": req("u64")},
     "heads": {"rid": RID, "uin": req("u32"), "channels": req("windows")},
     "status": {"rid": RID, "reset_max": opt("any", "true: start a new max_turn window")},

@@ -23,7 +23,7 @@ REMEMBER_GONE = 10_000          # ended sessions whose reason a late request can
 
 class Session:
     __slots__ = ("ident", "uin", "device", "net", "interval", "sid", "last_seen", "touched",
-                 "groups", "ended", "inflight", "due")
+                 "groups", "retries", "ended", "inflight", "due")
 
     def __init__(self, ident, uin, device, net, interval, now):
         self.ident, self.uin, self.device, self.net = ident, uin, device, net
@@ -31,6 +31,7 @@ class Session:
         self.sid = secrets.randbits(63) + 1
         self.last_seen = self.touched = now
         self.groups = None                      # the broker's fragment groups, made on first use
+        self.retries = None                     # the broker's RetryWindow, made on first send
         self.ended = None                       # why the session ended, once it has
         self.inflight = 0                       # its requests waiting for other nodes (bounded)
         self.due = None                         # the deadline of its live heap entry (SessionTable)
