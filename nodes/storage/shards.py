@@ -204,7 +204,7 @@ class Pager:
             rows.append([key, value])
             size += len(key) + len(value)
             self.position += 1
-            if not self._advance(deadline):
+            if not self._advance(deadline) or self.clock() > deadline:
                 break
         return rows
 
