@@ -217,8 +217,6 @@ class Clearing:
     snapshot's.  Rows are found in the live store (each scan sees what was flushed before it
     started), so a kept row may show up; anything else of the shard that was there goes."""
 
-    CLOCK_EVERY = 256                         # rows deleted between looks at the clock
-
     def __init__(self, store, shard: int, shard_of, clock=time.monotonic):
         self.store, self.clock = store, clock
         self.kept = set()
@@ -233,17 +231,15 @@ class Clearing:
     def run(self, seconds: float) -> bool:
         """Stage deletions for about ``seconds``; True once every old row is deleted."""
         deadline = self.clock() + seconds
-        n = 0
         while not self.done:
             row = next(self._rows, StopIteration)
             if row is StopIteration:
                 self.done, self.kept = True, set()
                 break
-            n += 1
             if row is not None and row[0] not in self.kept:
                 self.store.delete(row[0])
                 self.deleted += 1
-            if (row is None or n % self.CLOCK_EVERY == 0) and self.clock() > deadline:
+            if self.clock() > deadline:
                 break
         return self.done
 
