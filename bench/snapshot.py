@@ -87,7 +87,9 @@ def one_size(args, rows: int) -> dict:
         sender.start()
         for _ in range(args.repeats):
             since = time.monotonic()
-            wait_for(lambda: sender.acks_after(since) >= 20, 60, "acks before the wipe")
+            wait_for(lambda: sender.acks_after(since) >= 20 or sender.errors, 60, "acks before the wipe")
+            if sender.errors:
+                raise RuntimeError(f"the sender stopped: {sender.errors[0]!r}")
             shown = wait_for(lambda: channel_leader(admin, CHANNEL), 30, "a leader")
             leader = shown["leader"]
             victim = next(n for n in topo.replicas_of(shard) if n != leader)
