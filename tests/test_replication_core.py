@@ -15,7 +15,7 @@ from nodes.storage import store as keys
 from nodes.cluster import topology
 from nodes.protocol import wire
 from nodes.logic.core import LogicCore
-from nodes.logic import replication
+from nodes.logic import snapshots
 from nodes.cluster.placement import ShardPlacement
 from nodes.logic.replication import Replication
 from nodes.storage.store import Store
@@ -56,7 +56,11 @@ class Replica:
         self.cluster.queue.append((self, peer, dict(msg, rid=0), callback))
 
     def reply(self, ident, msg):
-        self.out.reply(ident, msg)
+        callback = self.cluster.waiting.pop(ident, None) if type(ident) is int else None
+        if callback is not None:                    # a request answered after its handler returned
+            self.cluster.later.append((callback, msg))
+        else:
+            self.out.reply(ident, msg)
 
     def announce(self):
         self.announced += 1
@@ -77,31 +81,52 @@ class Cluster:
         self.topo = three_logic_topology(tmp_path)
         self.queue = []
         self.down = set()
+        self.waiting = {}                           # request ident -> callback, answered later
+        self.later = []                             # (callback, reply) of those answered
+        self.idents = iter(range(1 << 30))
         self.nodes = {n: Replica(self, n, str(tmp_path / n)) for n in ("l1", "l2", "l3")}
 
     def pump(self):
         """Deliver every queued request in order; the peer's batch is written before it answers."""
-        while self.queue:
+        while self.queue or self.later:
+            if self.later:
+                callback, reply = self.later.pop(0)
+                callback(reply)
+                continue
             sender, peer, msg, callback = self.queue.pop(0)
             if peer in self.down:
                 callback(wire.error(0, wire.Err.UNAVAILABLE, "down"))
                 continue
-            node = self.nodes[peer]
+            node, ident = self.nodes[peer], next(self.idents)
             try:
-                reply = node.repl.handlers()[msg["t"]](b"x", msg)
+                reply = node.repl.handlers()[msg["t"]](ident, msg)
             except wire.ProtocolError as exc:
                 reply = wire.error_from(0, exc)
             node.store.flush()
-            callback(reply)
+            if reply is None:
+                self.waiting[ident] = callback
+            else:
+                callback(reply)
         for node in self.nodes.values():
             node.turn_end()
+
+    def busy(self) -> bool:
+        return bool(self.queue or self.later) or any(
+            n.repl.snaps.queued or n.repl.snaps.streams or n.repl.snaps.installs for n in self.nodes.values())
+
+    def settle(self, most: int = 10000) -> int:
+        """Pump until nothing is on the way (a snapshot streams over many turns); turns taken."""
+        for turns in range(1, most + 1):
+            self.pump()
+            if not self.busy():
+                return turns
+        raise AssertionError("the cluster did not settle")
 
     def elect(self, node_id, epoch):
         for node in self.nodes.values():
             node.repl.on_coordinator({"t": "lease", "until": time.monotonic() + 60})
             node.repl.on_coordinator({"t": "leaders", "map": {0: [node_id, epoch]}})
-        for _ in range(3):
-            self.pump()
+        self.settle()
         leader = self.nodes[node_id]
         assert leader.core.placement.owns("room"), "the winner does not serve the shard"
         return leader
@@ -149,7 +174,7 @@ def test_acked_only_when_a_follower_holds_the_record_and_followers_hold_the_same
 
 
 def test_a_wiped_follower_is_refilled_from_the_log_or_by_a_snapshot(tmp_path, monkeypatch):
-    monkeypatch.setattr(replication, "SNAP_PAGE", 300)              # several pages per snapshot
+    monkeypatch.setattr(snapshots, "SNAP_PAGE", 300)              # several pages per snapshot
     c = Cluster(tmp_path)
     first = c.lead("l1", 5)
     for i in range(4):
@@ -161,8 +186,7 @@ def test_a_wiped_follower_is_refilled_from_the_log_or_by_a_snapshot(tmp_path, mo
         c.nodes[node_id] = Replica(c, node_id, str(tmp_path / f"{node_id}-{ctime}"))   # empty store
         c.nodes[node_id].repl.on_coordinator({"t": "leaders", "map": {0: [leader.id, leader.repl.lead[0].epoch]}})
         stored(leader, 1, ctime, rid=ctime)
-        for _ in range(3):
-            c.pump()
+        c.settle()
         assert room_rows(c.nodes[node_id]) == room_rows(leader)
         assert leader.repl.status()["0"]["lag"][node_id] == 0
 
@@ -196,7 +220,7 @@ def test_a_replica_that_promised_a_newer_epoch_refuses_the_old_leader(tmp_path):
 
 
 def test_a_winner_behind_the_majority_takes_the_shard_from_the_replica_ahead(tmp_path, monkeypatch):
-    monkeypatch.setattr(replication, "SNAP_PAGE", 300)
+    monkeypatch.setattr(snapshots, "SNAP_PAGE", 300)
     c = Cluster(tmp_path)
     first = c.lead("l1", 5)
     c.down.add("l3")                                # l3 misses these records

@@ -22,7 +22,6 @@ from its old owner only after its new owner loaded it.
 from __future__ import annotations
 
 import itertools
-import time
 
 from nodes.protocol import auth, wire
 
@@ -31,7 +30,7 @@ from nodes.storage import store as keys
 
 PAGE_BYTES = 1 << 20
 PAGE_SECONDS = 0.02            # reading a page stops after this (scans of other channels' send rows)
-PAUSE_EVERY = 512              # send rows scanned between looks at the clock
+PAUSE_EVERY = shards.PAUSE_EVERY   # send rows scanned between looks at the clock
 
 
 def _names(value, field="channels") -> list:
@@ -106,52 +105,14 @@ def _boundaries(value) -> dict | None:
     return value
 
 
-class Outgoing:
+class Outgoing(shards.Pager):
     """The rows of the channels going to one new owner, read page by page."""
 
     def __init__(self, store, names):
-        self.names, self.position, self.done = names, 0, not names
+        self.names = names
         wanted = set(names).__contains__
-        self._rows = itertools.chain(shards.channel_rows(store, wanted, pause_every=PAUSE_EVERY),
-                                     store.scan(b"d")) if names else iter(())
-        self._next = None
-        self._advance()
-
-    def _advance(self, deadline: float = float("inf")) -> bool:
-        """The next row into ``_next``; False if the time ran out first (scanning send rows of
-        other channels), to go on at the next page."""
-        while True:
-            row = next(self._rows, StopIteration)
-            if row is StopIteration:
-                self._next, self.done = None, True
-                return True
-            if row is not None:
-                self._next = row
-                return True
-            if time.monotonic() > deadline:
-                self._next = None
-                return False
-
-    def skip(self, n: int) -> None:
-        while n > self.position and not self.done:
-            self.position += 1
-            self._advance()
-
-    def page(self, page_bytes: int, seconds: float) -> list:
-        """Rows up to ``page_bytes``, read for about ``seconds`` at most (a page may be short,
-        or empty and not the last: the node's loop is not blocked by a big store)."""
-        deadline = time.monotonic() + seconds
-        if self._next is None and not self.done and not self._advance(deadline):
-            return []
-        rows, size = [], 0
-        while not self.done and size < page_bytes:
-            key, value = self._next
-            rows.append([key, value])
-            size += len(key) + len(value)
-            self.position += 1
-            if not self._advance(deadline):
-                break
-        return rows
+        super().__init__(itertools.chain(shards.channel_rows(store, wanted, pause_every=PAUSE_EVERY),
+                                         store.scan(b"d")) if names else ())
 
 
 class Handoff:

@@ -10,8 +10,8 @@ the record, in seq order, and only while the node's etcd lease is valid.
 A follower applies a record only if its position equals the record's
 ``prev`` (so its shard state is always exactly the leader's at some seq),
 refuses records of an epoch older than the newest it knows (the fence), and
-answers a gap or a divergence with ``rep_gap``; the leader then sends it a
-snapshot of the shard (nodes/storage/shards.py), after which records apply again.
+answers a gap or a divergence with ``rep_gap``; the leader then streams it a
+snapshot of the shard (nodes/logic/snapshots.py), after which records apply again.
 
 Promotion (the coordinator won the shard's etcd key at epoch E): ask every
 replica for its position (which also raises their known epoch to E, so the
@@ -29,6 +29,7 @@ import time
 from nodes.storage import shards
 from nodes.protocol import wire
 from nodes.cluster.placement import ShardPlacement
+from nodes.logic.snapshots import Snapshots, checked_ops
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,7 @@ PROMOTE_TIMEOUT = 1.0        # position requests are asked again after this
 CHECK_INTERVAL = 1.0         # an idle or silent follower is asked this often where it stands
 SILENT = 1.5                 # a follower not heard from this long gets checks only, no records
 CATCH_UP_CHUNK = 32          # records shipped per catch-up step (frames stay far below the size cap)
-SNAP_PAGE = 64 * 1024        # bytes of rows per snapshot page: the outbox joins up to 128 messages
-#                              per frame, so a frame of pages stays at 8 MiB, under max_internal_frame
-SNAP_TIMEOUT = 10.0
+SNAP_TIMEOUT = 10.0          # a promoting node's snapshot request
 RETAINED = 10000             # records kept for followers that fall behind (then: snapshot)
 
 
@@ -102,9 +101,10 @@ class Replication:
         self.lead = {}                        # shard -> Lead, shards this node serves
         self.promoting = {}                   # shard -> {"epoch", "answers", "asked"}
         self.held = {}                        # shard -> [(ident, reply)] admin replies of this turn
-        self.receiving = {}                   # shard -> next snapshot page expected
         self.stats = {"records": 0, "applied": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                       "refused": 0}
+        self.snaps = Snapshots(node, self.store, topo.shard_of, self.pos.__getitem__, self._set_position,
+                               self._write, self._installed, self.stats)
         self.store.start_capture()            # each turn's writes become records (stage)
 
     # --- from the coordinator -------------------------------------------------
@@ -143,6 +143,7 @@ class Replication:
 
     def stage(self) -> None:
         """Turn end, before the batch is written: this turn's writes become records."""
+        self.snaps.before_flush()
         ops = self.store.take_captured()
         committed = self.core.take_committed()
         by_shard = shards.split(ops, self.topo.shard_of)
@@ -231,6 +232,7 @@ class Replication:
     def release(self) -> list:
         """After the batch is written: the sends a majority holds now, in seq order, while the
         lease holds (the node passes them to the core's commit); admin replies leave here."""
+        self.snaps.after_flush()
         if not self.lease_valid():
             if self.lead:
                 self.reconcile()
@@ -308,18 +310,7 @@ class Replication:
                 lead.acked[follower] = max(lead.acked[follower], reply["seq"])
                 lead.sent[follower] = reply["seq"]
                 self._catch_up(lead, follower)
-        self._push_snapshot(follower, lead.shard, lead.epoch, lead.prev, done)
-
-    def _push_snapshot(self, to: str, s: int, epoch: int, position, done) -> int:
-        """The shard's rows as of ``position``, in pages sent in order in this turn (so they are
-        consistent: nothing is written in between); ``done`` gets the answer to the last page."""
-        parts = shards.pages(shards.snapshot(self.store, s, self.topo.shard_of), SNAP_PAGE)
-        self.stats["snapshots_sent"] += 1
-        for i, page in enumerate(parts):
-            msg = {"t": "snap", "shard": s, "epoch": epoch, "seq": position[1], "pos": list(position),
-                   "rows": page, "part": i, "parts": len(parts)}
-            self.node.to_logic(to, msg, done if i == len(parts) - 1 else _ignore, SNAP_TIMEOUT)
-        return len(parts)
+        self.snaps.send(follower, lead.shard, lead.epoch, lambda: self.lead.get(lead.shard) is lead, done)
 
     # --- leader: start and stop -----------------------------------------------
     def promote(self, s: int, epoch: int) -> None:
@@ -432,7 +423,7 @@ class Replication:
                 return wire.reply("rep_ok", msg["rid"], shard=s, seq=seq)
             return wire.reply("rep_gap", msg["rid"], shard=s, pos=list(pos))
         if isinstance(prev, list) and tuple(prev) == pos and s not in self.lead:
-            self._apply(s, _checked_ops(msg.get("ops")), (msg["epoch"], seq))
+            self._apply(s, checked_ops(msg.get("ops")), (msg["epoch"], seq))
             return wire.reply("rep_ok", msg["rid"], shard=s, seq=seq)
         if pos[0] == msg["epoch"] and pos[1] >= seq:
             return wire.reply("rep_ok", msg["rid"], shard=s, seq=pos[1])     # already held
@@ -460,40 +451,23 @@ class Replication:
         self.core.note_dedup_row(key, value)
         return True
 
-    def on_snap(self, _ident, msg, _now=None) -> dict:
-        """A snapshot page.  The first clears the shard (position (0, 0) until the last page is
-        in, so a crash midway leaves a replica that asks for everything again); pages out of
-        order are refused with rep_gap (the sender starts over)."""
+    def _set_position(self, s: int, position) -> None:
+        shards.put_position(self.store, s, position)
+        self.pos[s] = tuple(position)
+
+    def _installed(self, s: int) -> None:
+        """A snapshot is in: a promotion that fetched it goes on."""
+        promo = self.promoting.get(s)
+        if promo is not None and promo.get("fetching"):
+            self._activate(s, promo["epoch"])
+
+    def on_snap(self, ident, msg, _now=None):
+        """A snapshot page (nodes/logic/snapshots.py installs it)."""
         s = self._check(msg)
         refused = self._fence(s, msg["epoch"])
         if refused is not None:
             return wire.reply(refused.pop("t"), msg["rid"], **refused)
-        part, parts, pos = msg.get("part", 0), msg.get("parts", 1), msg.get("pos")
-        rows = _checked_ops(msg.get("rows"))
-        if type(part) is not int or type(parts) is not int or not 0 <= part < parts \
-                or not isinstance(pos, list) or len(pos) != 2:
-            raise wire.ProtocolError(wire.Err.BAD_FIELD, "snap needs part < parts and pos [epoch, seq]")
-        with self.store.uncaptured():             # installed rows are not re-shipped
-            if part == 0:
-                shards.clear(self.store, s, self.topo.shard_of)
-                self.pos[s] = (0, 0)
-                self.receiving[s] = 0
-            if self.receiving.get(s) != part:
-                return wire.reply("rep_gap", msg["rid"], shard=s, pos=list(self.pos[s]))
-            self._write(rows)
-            self.receiving[s] = part + 1
-            if part < parts - 1:
-                return wire.reply("snap_part", msg["rid"], shard=s, part=part)
-            del self.receiving[s]
-            shards.put_position(self.store, s, pos)
-            self.store.flush()                     # a promoting node loads the shard from it next
-        self.pos[s] = tuple(pos)
-        self.stats["snapshots_installed"] += 1
-        log.info("shard %d: installed a snapshot (%d pages) at %s", s, parts, self.pos[s])
-        promo = self.promoting.get(s)
-        if promo is not None and promo.get("fetching"):
-            self._activate(s, promo["epoch"])
-        return wire.reply("rep_ok", msg["rid"], shard=s, seq=msg["seq"])
+        return self.snaps.receive(ident, msg, s)
 
     def on_rep_pos(self, _ident, msg, _now=None) -> dict:
         s = self._check(msg)
@@ -510,8 +484,9 @@ class Replication:
         requester = msg.get("from")
         if requester not in self._others(s):
             raise wire.ProtocolError(wire.Err.BAD_FIELD, "snap_req needs 'from': another replica of the shard")
-        parts = self._push_snapshot(requester, s, msg["epoch"], self.pos[s], _ignore)
-        return wire.reply("snap_info", msg["rid"], shard=s, pos=list(self.pos[s]), parts=parts)
+        epoch = msg["epoch"]
+        self.snaps.send(requester, s, epoch, lambda: self.known[s] == epoch, _ignore)
+        return wire.reply("snap_info", msg["rid"], shard=s, pos=list(self.pos[s]))
 
     def handlers(self) -> dict:
         return {"rep": self.on_rep, "rep_pos": self.on_rep_pos, "snap": self.on_snap,
@@ -532,12 +507,4 @@ class Replication:
 
 
 def _ignore(_reply) -> None:
-    """Answers nobody waits for (snapshot pages but the last)."""
-
-
-def _checked_ops(ops) -> list:
-    """A record's ops: [[key bytes, value bytes or nil], ...] (BAD_FIELD otherwise)."""
-    if type(ops) is not list or not all(type(op) is list and len(op) == 2 and type(op[0]) is bytes
-                                        and (op[1] is None or type(op[1]) is bytes) for op in ops):
-        raise wire.ProtocolError(wire.Err.BAD_FIELD, "field 'ops' must be an array of [bin, bin or nil]")
-    return ops
+    """An answer nobody waits for (the end of a snapshot a promoting node asked for)."""

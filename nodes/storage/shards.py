@@ -10,14 +10,24 @@ channels.  Replication needs two things from the key layout:
   to that message's shard.  Deletes of ``e``/``x``/``d`` rows (pruning of
   rows past their lifetime) stay local: every replica prunes by time itself.
 - ``snapshot`` / ``install``: every row of a shard, to bring a wiped or
-  diverged replica to the leader's state in one step.  ``d`` rows (a
-  device's newest client time) are per device, not per shard: a snapshot
-  carries all of them and a replica keeps the newer of two (``newer_dedup``),
-  which keeps the dedup fast path safe (it may only ever over-estimate).
+  diverged replica to the leader's state.  ``d`` rows (a device's newest
+  client time) are per device, not per shard: a snapshot carries all of
+  them and a replica keeps the newer of two (``newer_dedup``), which keeps
+  the dedup fast path safe (it may only ever over-estimate).
+- Reading and clearing a big shard a slice at a time (``Pinned``, ``Pager``,
+  ``Clearing``), so neither the sender's nor the receiver's loop stalls
+  (nodes/logic/snapshots.py streams a snapshot across loop turns; the live
+  reshard's nodes/logic/handoff.py pages its channels the same way).
 """
 from __future__ import annotations
 
+import time
+
+from rocksdict import ReadOptions
+
 from nodes.storage import store as keys
+
+PAUSE_EVERY = 512              # rows scanned past (other shards' send rows) between looks at the clock
 
 _CHANNEL_KEYED = frozenset(b"mcil")
 _FOLLOWS_MESSAGE = frozenset(b"xd")
@@ -64,11 +74,6 @@ def put_position(store, shard: int, position) -> None:
     store.put(keys.position_key(shard), keys.encode(list(position)))
 
 
-def _shard_rows(store, shard: int, shard_of):
-    """(key, value) of every row of the shard but ``d`` rows."""
-    return channel_rows(store, lambda name: shard_of(name) == shard)
-
-
 def channel_rows(store, wanted, sends: bool = True, pause_every: int = 0):
     """(key, value) of every row of the channels ``wanted(name)`` accepts but ``d`` rows:
     members, newest id, leases, messages, and (``sends``) the ``e``/``x`` rows of their sends.
@@ -104,36 +109,145 @@ def channel_rows(store, wanted, sends: bool = True, pause_every: int = 0):
             yield None
 
 
+def snapshot_rows(store, shard: int, shard_of, pause_every: int = 0):
+    """(key, value) of every row of a shard, then every ``d`` row; None between rows where a
+    reader may stop (``pause_every``, as in ``channel_rows``).  Give it a ``Pinned`` view to
+    read a store that is written meanwhile."""
+    yield from channel_rows(store, lambda name: shard_of(name) == shard, pause_every=pause_every)
+    yield from store.scan(b"d")
+
+
 def snapshot(store, shard: int, shard_of) -> list:
-    """Every row of a shard, plus every ``d`` row: [[key, value], ...]."""
-    rows = [[k, v] for k, v in _shard_rows(store, shard, shard_of)]
-    return rows + dedup_rows(store)
+    """Every row of a shard, plus every ``d`` row: [[key, value], ...] (all at once)."""
+    return [[k, v] for k, v in snapshot_rows(store, shard, shard_of)]
 
 
-def dedup_rows(store) -> list:
-    """Every ``d`` row (per device, not per channel): [[key, value], ...]."""
-    return [[k, v] for k, v in store.scan(b"d")]
+class Pinned:
+    """The store's rows as they are at construction, read for as long as it takes (a snapshot
+    streamed across loop turns while the node writes on).
+
+    A RocksDB iterator reads the database as of its creation (an implicit snapshot: later
+    writes, flushes and compactions do not show), and ``seek`` keeps that view; so one
+    iterator serves every scan, another every get, both made at the same moment.  Not a
+    rocksdict ``Snapshot``: in 0.3.29 its ``iter``/``items`` ignore the snapshot
+    (docs/ha.md).  Scans must not overlap (``channel_rows`` runs them one after another)."""
+
+    def __init__(self, store):
+        self._scan_it = store.db.iter(ReadOptions())
+        self._get_it = store.db.iter(ReadOptions())
+        self._scanning = False
+
+    def scan(self, prefix: bytes, start: bytes | None = None):
+        if self._scanning:
+            raise RuntimeError("Pinned: a scan started while another is unfinished")
+        self._scanning = True
+        try:
+            it = self._scan_it
+            it.seek(start if start is not None else prefix)
+            while it.valid():
+                key = it.key()
+                if not key.startswith(prefix):
+                    break
+                yield key, it.value()
+                it.next()
+        finally:
+            self._scanning = False
+
+    def get(self, key: bytes):
+        it = self._get_it
+        it.seek(key)
+        return it.value() if it.valid() and it.key() == key else None
 
 
-def pages(rows, page_bytes: int) -> list:
-    """A snapshot cut into pages of about ``page_bytes`` (at least one page, maybe empty)."""
-    out, page, size = [], [], 0
-    for row in rows:
-        page.append(row)
-        size += len(row[0]) + len(row[1])
-        if size >= page_bytes:
-            out.append(page)
-            page, size = [], 0
-    if page or not out:
-        out.append(page)
-    return out
+class Pager:
+    """Rows (and None: a place to stop, see ``channel_rows``) read page by page, each page
+    bounded in bytes and in reading time, so a big store never blocks a loop turn for long.
+    ``position``: rows handed out so far; ``done``: no row left."""
+
+    def __init__(self, rows, clock=time.monotonic):
+        self._rows = iter(rows)
+        self.clock = clock
+        self.position, self.done = 0, False
+        self._next = None                     # the row the next page starts with, once read
+
+    def _advance(self, deadline: float = float("inf")) -> bool:
+        """The next row into ``_next``; False if the time ran out first (scanning rows that are
+        not wanted), to go on at the next page."""
+        while True:
+            row = next(self._rows, StopIteration)
+            if row is StopIteration:
+                self._next, self.done = None, True
+                return True
+            if row is not None:
+                self._next = row
+                return True
+            if self.clock() > deadline:
+                self._next = None
+                return False
+
+    def skip(self, n: int) -> None:
+        if self._next is None and not self.done:
+            self._advance()
+        while n > self.position and not self.done:
+            self.position += 1
+            self._advance()
+
+    def page(self, page_bytes: int, seconds: float) -> list:
+        """Rows up to ``page_bytes``, read for about ``seconds`` at most (a page may be short,
+        or empty and not the last)."""
+        deadline = self.clock() + seconds
+        if self._next is None and not self.done and not self._advance(deadline):
+            return []
+        rows, size = [], 0
+        while not self.done and size < page_bytes:
+            key, value = self._next
+            rows.append([key, value])
+            size += len(key) + len(value)
+            self.position += 1
+            if not self._advance(deadline) or self.clock() > deadline:
+                break
+        return rows
+
+
+class Clearing:
+    """The deletion of a shard's rows (not the ``d`` rows) on a replica installing a snapshot,
+    staged a slice at a time while the snapshot's pages come in.
+
+    A row a page wrote meanwhile (``keep``) is never deleted: the page's value is the
+    snapshot's.  Rows are found in the live store (each scan sees what was flushed before it
+    started), so a kept row may show up; anything else of the shard that was there goes."""
+
+    def __init__(self, store, shard: int, shard_of, clock=time.monotonic):
+        self.store, self.clock = store, clock
+        self.kept = set()
+        self.done = False
+        self.deleted = 0
+        self._rows = channel_rows(store, lambda name: shard_of(name) == shard, pause_every=PAUSE_EVERY)
+
+    def keep(self, rows) -> None:
+        if not self.done:
+            self.kept.update(key for key, _value in rows)
+
+    def run(self, seconds: float) -> bool:
+        """Stage deletions for about ``seconds``; True once every old row is deleted."""
+        deadline = self.clock() + seconds
+        while not self.done:
+            row = next(self._rows, StopIteration)
+            if row is StopIteration:
+                self.done, self.kept = True, set()
+                break
+            if row is not None and row[0] not in self.kept:
+                self.store.delete(row[0])
+                self.deleted += 1
+            if self.clock() > deadline:
+                break
+        return self.done
 
 
 def clear(store, shard: int, shard_of) -> None:
     """Stage the deletion of the shard's rows (not the ``d`` rows) before a snapshot's pages;
     the position goes to (0, 0) until the last page is in."""
-    for key, _raw in list(_shard_rows(store, shard, shard_of)):
-        store.delete(key)
+    Clearing(store, shard, shard_of).run(float("inf"))
     put_position(store, shard, (0, 0))
 
 
