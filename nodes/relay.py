@@ -24,14 +24,13 @@ import os
 
 import zmq
 
-from nodes.protocol import auth
-from nodes.storage import store as keys
-from nodes.protocol import schema, wire
 from nodes.cluster.placement import Placement
-from nodes.runtime.node import Node
+from nodes.protocol import auth, schema, wire
 from nodes.runtime import clock as expiry_clock
+from nodes.runtime.node import Node
 from nodes.runtime.rpc import Requests
 from nodes.runtime.sessions import SessionTable
+from nodes.storage import store as keys
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import time
 
 import zmq
 
-from nodes.storage import store as keys
 from nodes.protocol import wire
+from nodes.storage import store as keys
 
 log = logging.getLogger(__name__)
 

@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import collections
 
-from nodes.storage import store as keys
+from nodes.cluster.placement import StaticPlacement
 from nodes.logic.channels import ChannelState
 from nodes.logic.dedup import Dedup
 from nodes.logic.fanout import FanOut
 from nodes.logic.ids import Ids
 from nodes.logic.members import Membership
-from nodes.cluster.placement import StaticPlacement
 from nodes.logic.reads import Reads
 from nodes.logic.retention import Retention
 from nodes.logic.sends import Sends
 from nodes.logic.serving import Serving
+from nodes.storage import store as keys
 
 
 class LogicCore:

@@ -18,20 +18,19 @@ import time
 
 import zmq
 
-from nodes.protocol import schema, wire
-from nodes.storage import store as keys
-from nodes.storage.store import StoreError
-from nodes.runtime.node import Node
-from nodes.runtime import clock as expiry_clock
+from nodes.cluster.placement import ShardPlacement
 from nodes.counter import counter_to_ask
-from nodes.runtime import statusprobe
-from nodes.runtime.rpc import Requests
+from nodes.logic import diskfull
 from nodes.logic.core import LogicCore
 from nodes.logic.handoff import Handoff
 from nodes.logic.presence import PresenceReplica
-from nodes.cluster.placement import ShardPlacement
 from nodes.logic.replication import Replication
-from nodes.logic import diskfull
+from nodes.protocol import schema, wire
+from nodes.runtime import clock as expiry_clock, statusprobe
+from nodes.runtime.node import Node
+from nodes.runtime.rpc import Requests
+from nodes.storage import store as keys
+from nodes.storage.store import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ here (``channels``) has one owner that the lifecycle (nodes/logic/core.py) edits
 """
 from __future__ import annotations
 
-from nodes.protocol import wire
 from nodes.logic.channels import ChannelState
+from nodes.protocol import wire
 
 
 class Serving:

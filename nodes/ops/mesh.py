@@ -20,13 +20,12 @@ import sys
 import time
 
 from nodes import PACKAGE_DIR
-from nodes.protocol import auth
-
-from nodes.runtime import curve
-
 from nodes.cluster import topology
 from nodes.ops.admin import Admin
 from nodes.ops.processes import stop_all
+from nodes.protocol import auth
+from nodes.runtime import curve
+
 
 def child_env() -> dict:
     """This environment, with the directory holding this package first on PYTHONPATH."""

@@ -52,7 +52,8 @@ def table(t: str, fields: dict) -> list[str]:
     rows = ["| field | type | required | limit | meaning |", "|---|---|---|---|---|"]
     for name, field in fields.items():
         need = "optional, nil = absent" if field.nil else ("optional" if field.optional else "required")
-        rows.append(f"| {name} | {TYPE_NAMES[field.kind]} | {need} | {limit_text(field)} | {field.doc} |".replace("  ", " "))
+        row = f"| {name} | {TYPE_NAMES[field.kind]} | {need} | {limit_text(field)} | {field.doc} |"
+        rows.append(row.replace("  ", " "))
     return rows
 
 

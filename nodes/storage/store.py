@@ -33,12 +33,11 @@ import errno
 import logging
 import os
 import struct
-import zlib
 import time
+import zlib
 
 import msgspec
-from rocksdict import (AccessType, BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch,
-                       WriteOptions)
+from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 log = logging.getLogger(__name__)
 
