@@ -79,7 +79,7 @@ class Upload:
 
     def __init__(self, media: bytes, meta: dict):
         self.media, self.meta = media, meta
-        self.received = set()
+        self.received: set[int] = set()
         self.hasher = hashlib.sha256()
         self.hashed = 0                       # chunks 0..hashed-1 are in the hasher
 
@@ -99,9 +99,9 @@ class RelayCore:
         self.store = store
         self.limits = limits
         self.lifetime = float(limits["message_lifetime"])
-        self.uploads = {}                     # media -> Upload (unfinished)
-        self.expiries = []                    # heap of (expiry, media)
-        self.stats = collections.Counter()
+        self.uploads: dict[bytes, Upload] = {}        # media -> Upload (unfinished)
+        self.expiries: list[tuple[float, bytes]] = []  # heap of (expiry, media)
+        self.stats: collections.Counter[str] = collections.Counter()
 
     # --- start -----------------------------------------------------------------
     def load(self) -> None:

@@ -388,7 +388,7 @@ LAN_RTT = 0.001      # seconds: a best round trip below this is one LAN (or loop
 
 def cmd_channel(args) -> int:
     topo = load_topology(args.config)
-    members = []
+    members: list[int] = []
     if args.op == "create":
         members = args.members or []
     elif args.op in ("add", "remove"):

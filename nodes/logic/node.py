@@ -122,7 +122,7 @@ class LogicNode(Node):
     def announce(self, stopping: bool = False):
         """Tell every broker now which shards this node leads (also said in every tick);
         ``stopping``: take this node for down at once."""
-        tick = {"t": "tick", "logic": self.id,
+        tick: dict[str, object] = {"t": "tick", "logic": self.id,
                 "leads": [[s, e] for s, e in self.repl.placement.leading().items()] if self.repl else []}
         if stopping:
             tick["stopping"] = True

@@ -35,7 +35,7 @@ def channel_of_key(key: bytes) -> str | None:
 
 def split(ops, shard_of) -> dict:
     """{shard: [[key, value or None], ...]} of the replicated writes among ``ops``, in order."""
-    out = {}
+    out: dict[int, list] = {}
     current = None
     for key, value in ops:
         kind = key[0]
