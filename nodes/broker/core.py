@@ -19,9 +19,11 @@ import math
 
 from nodes.broker.limits import FragmentGroups, TokenBuckets
 from nodes.broker.owners import Owners
+from nodes.cluster.topology import Topology
 from nodes.protocol import auth, wire
 from nodes.protocol.heartbeat import initial_interval
 from nodes.runtime.logs import events
+from nodes.runtime.ports import BrokerOut
 from nodes.runtime.sessions import Session, SessionTable
 
 FAST_TIMEOUT = 1.0              # heartbeat parts (router, heads) answer within this
@@ -36,7 +38,7 @@ class BrokerCore:
     callback, timeout=None)``.
     """
 
-    def __init__(self, broker_id, topo, secret, out, now: float, idc: str = ""):
+    def __init__(self, broker_id: str, topo: Topology, secret: bytes, out: BrokerOut, now: float, idc: str = ""):
         self.id = broker_id
         self.idc = idc
         self.topo = topo
@@ -50,7 +52,7 @@ class BrokerCore:
         self.send_timeout = float(limits["request_timeout"])
         self.buckets = TokenBuckets(limits["rate"], limits["burst"])
         # sends the handler refused, by code (the schema's: Dispatcher.invalid)
-        self.stats: collections.Counter[int] = collections.Counter()
+        self.stats: collections.Counter[int | str] = collections.Counter()
         self.counts: collections.Counter[str] = collections.Counter()  # logins, acks, deliveries (metrics)
         self.client_limits = {k: limits[k] for k in ("max_text", "max_fragments", "rate", "burst",
                                                     "message_lifetime")}
