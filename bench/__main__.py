@@ -32,8 +32,8 @@ def main(argv=None) -> int:
                 "idc": "bench.idc", "handoff": "bench.handoff",
                 "snapshot": "bench.snapshot"}
     if argv and argv[0] == "--version":
-        from nodes.cli.common import prog_name
         from nodes import __version__
+        from nodes.cli.common import prog_name
         print(f"{prog_name('bench')} (imesh) {__version__}")
         return 0
     if not argv or argv[0] not in commands:

@@ -20,7 +20,6 @@ import zmq
 import zmq.asyncio
 
 from nodes.protocol import auth, wire
-
 from nodes.runtime import curve
 
 from .procstat import self_cpu_seconds

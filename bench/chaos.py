@@ -36,12 +36,12 @@ import time
 
 import zmq.asyncio
 
-from nodes.protocol import auth
-from nodes.ops.admin import Admin
 from nodes.client.aclient import AsyncClient
 from nodes.client.blocking import ClientError
+from nodes.ops.admin import Admin
 from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
+from nodes.protocol import auth
 
 from .e2e import channel_of, wait_presence
 from .procstat import reap
@@ -175,7 +175,7 @@ def gather(outq, procs, kind: str, timeout: float) -> list:
             tag, value = outq.get(timeout=1.0)
         except queue.Empty:
             if time.monotonic() > deadline or not all(p.is_alive() for p in procs):
-                raise RuntimeError(f"workers did not report {kind!r} in time")
+                raise RuntimeError(f"workers did not report {kind!r} in time") from None
             continue
         if tag != kind:
             raise RuntimeError(f"expected {kind!r} from a worker, got {tag!r}")

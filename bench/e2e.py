@@ -32,14 +32,12 @@ import time
 
 import zmq
 
-from nodes.protocol import auth, wire
-
-from nodes.runtime import curve
-
 from nodes.cluster import topology
 from nodes.ops.admin import Admin, AdminError
 from nodes.ops.localtopo import free_ports, write_topology
 from nodes.ops.mesh import Mesh
+from nodes.protocol import auth, wire
+from nodes.runtime import curve
 
 from .agen import loop_name
 from .baseline import serve_main
@@ -131,7 +129,7 @@ class Worker(Tally):
         a = self.args
         Tally.__init__(self)
         self.received = {}                     # receiver index -> set of (sender, seq)
-        self.next_seq = {s: 0 for s in self.socks}
+        self.next_seq = dict.fromkeys(self.socks, 0)
         expected_acks = len(self.socks) * a.messages
         expected_deliveries = len(self.socks) * (a.members - 1) * a.messages
         cpu0, t0 = self_cpu_seconds(), time.monotonic()

@@ -131,7 +131,7 @@ def run(args) -> dict:
             s.start()
         for _round in range(args.kills):
             since = time.monotonic()
-            wait_for(lambda: all(s.acks_after(since) >= 20 for s in senders), 60, "acks before a kill")
+            wait_for(lambda since=since: all(s.acks_after(since) >= 20 for s in senders), 60, "acks before a kill")
             shown = wait_for(lambda: channel_leader(admin, "lobby"), 30, "a leader")
             if not leader:
                 stalls.append(kill_counter_and_router(mesh, senders, logins))
@@ -142,11 +142,12 @@ def run(args) -> dict:
                 shutil.rmtree(topo.node_dir(shown["leader"]), ignore_errors=True)
             # acks in flight at the kill arrive just after it: the stall is the longest gap between
             # acks from the kill until every sender has been acked 20 times again
-            wait_for(lambda: all(s.acks_after(killed_at) >= 20 for s in senders), 60, "acks after the kill")
+            wait_for(lambda killed_at=killed_at: all(s.acks_after(killed_at) >= 20 for s in senders), 60,
+                     "acks after the kill")
             stalls.append(max(s.longest_stall_after(killed_at) for s in senders))
             mesh.start([shown["leader"]])
             mesh.wait_ready(60, [shown["leader"]])
-            wait_for(lambda: caught_up(admin, topo, shown["shard"], shown["leader"]), 60, "catch-up")
+            wait_for(lambda shown=shown: caught_up(admin, topo, shown["shard"], shown["leader"]), 60, "catch-up")
         errors = [e for s in senders for e in s.errors]
         ids = [i for s in senders for i in s.acked.values()]
     except BaseException:

@@ -70,11 +70,11 @@ def bench_dedup(n: int, rng: random.Random) -> dict:
         for u, d, c in items:
             v = get((u, d))
             if v is None or c > v[0]:
-                r = -1
+                _r = -1
             elif c == v[0]:
-                r = v[1]
+                _r = v[1]
             else:
-                r = -2
+                _r = -2
 
     us = array("I", (p[0] for p in probe))
     ds = array("I", (p[1] for p in probe))
@@ -139,7 +139,7 @@ def bench_bitmap(n: int, rng: random.Random) -> dict:
 
     def py_test():
         for u in probe:
-            u in py
+            _ = u in py
 
     high = fastpath.OnlineBitmap()
     high.set(2**32 - 1)

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from bench import report
-from nodes.protocol import auth
-from nodes.logic import handoff
-from nodes.storage import shards
 from nodes.cluster import topology
+from nodes.logic import handoff
 from nodes.logic.core import LogicCore
+from nodes.protocol import auth
+from nodes.storage import shards
 from nodes.storage.store import Store
 
 SECRET = b"bench-secret-bench-secret"

@@ -13,9 +13,9 @@ import time
 
 import zmq
 
-from nodes.protocol import auth, wire
 from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
+from nodes.protocol import auth, wire
 
 from .procstat import cpu_seconds, reap, self_cpu_seconds
 from .report import machine, parser as bench_parser, scratch, table, write_json

@@ -33,11 +33,10 @@ Needs root (network namespaces).
 """
 from __future__ import annotations
 
-import statistics
-import uuid
-
 import os
+import statistics
 import time
+import uuid
 
 import yaml
 
@@ -45,13 +44,13 @@ from bench import wanbed
 from bench.failover import Sender
 from bench.idcbed import IdcMesh, collect
 from bench.report import machine, parser, scratch, table, write_json
-from nodes.protocol import auth
-from nodes.ops import reshard
 from nodes.client.blocking import Client
-from nodes.runtime.curve import client_endpoint
+from nodes.cluster.topology import load
+from nodes.ops import reshard
 from nodes.ops.localtopo import free_ports, write_topology
 from nodes.ops.mesh import Mesh, wait_for
-from nodes.cluster.topology import load
+from nodes.protocol import auth
+from nodes.runtime.curve import client_endpoint
 
 
 def pct(values, q: float) -> float:
@@ -198,7 +197,8 @@ def render(r: dict) -> str:
               f"{r['reshard_channels']} channels moved to a new logic node, and back)\n"
               f"live reshard on the bed: {r['live_reshard_s_per_1000_channels']} s per 1000 channels "
               f"({r['live_reshard_moved']} of {r['reshard_channels']} east channels moved to a new east logic "
-              f"node); a moving channel unavailable {r['live_reshard_unavailable_s']} s\n{r['delay_ms_one_way']} ms one way, medians of {r['repeats']} runs of "
+              f"node); a moving channel unavailable {r['live_reshard_unavailable_s']} s\n"
+              f"{r['delay_ms_one_way']} ms one way, medians of {r['repeats']} runs of "
               f"{r['messages']} messages; {r['machine']}")
 
 

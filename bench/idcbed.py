@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-import shutil
 
 import yaml
 
 from bench import wanbed
-from nodes.ops.mesh import Mesh
 from nodes.cluster.topology import load
+from nodes.ops.mesh import Mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANNELS = {"eroom": {"members": "1-20", "idc": "east"}, "wroom": {"members": "1-20", "idc": "west"}}
@@ -52,7 +52,7 @@ class IdcMesh:
         self.added = {}                       # logic node id -> the Mesh that started it (live reshard)
         self.dir = tempfile.mkdtemp(prefix="imesh-idc-")
 
-    def start(self, ready_timeout: float = 60) -> "IdcMesh":
+    def start(self, ready_timeout: float = 60) -> IdcMesh:
         try:
             self.bed = wanbed.WanBed(delay=self.delay).start()
             self.cfg = wanbed.write_wan_topology(self.bed, self.dir, self.layout, channels=self.channels,

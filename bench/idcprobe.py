@@ -21,10 +21,10 @@ import json
 import sys
 import time
 
-from nodes.protocol import auth
 from nodes.client.blocking import Client, ClientError
-from nodes.runtime.curve import client_endpoint
 from nodes.cluster.topology import load
+from nodes.protocol import auth
+from nodes.runtime.curve import client_endpoint
 
 
 def say(**fields) -> None:

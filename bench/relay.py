@@ -14,10 +14,10 @@ import statistics
 import sys
 import time
 
-from nodes.protocol import auth
-from nodes.ops.localtopo import write_topology
 from nodes.client.media import MediaClient
+from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
+from nodes.protocol import auth
 
 from .procstat import cpu_seconds
 from .report import machine, parser as bench_parser, scratch, table, write_json

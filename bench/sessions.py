@@ -17,8 +17,8 @@ Two measurements:
 from __future__ import annotations
 
 import gc
-import os
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import sys
@@ -26,9 +26,9 @@ import time
 
 import zmq
 
-from nodes.protocol import auth, schema, wire
 from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
+from nodes.protocol import auth, schema, wire
 
 from .procstat import reap, rss_kb
 from .report import machine, parser as bench_parser, scratch, table, write_json
@@ -133,8 +133,8 @@ class _Out:
 
 
 def core_main(sessions: int, tmp: str, out) -> None:
-    from nodes.cluster import topology
     from nodes.broker.core import BrokerCore
+    from nodes.cluster import topology
     from nodes.protocol.dispatch import Dispatcher
     cfg = write_topology(tmp, brokers=1, logics=1, channels={})
     topo = topology.load(cfg)
@@ -145,7 +145,7 @@ def core_main(sessions: int, tmp: str, out) -> None:
     idents = [b"\x00" + uin.to_bytes(4, "big") for uin in range(1, sessions + 1)]   # libzmq's 5-byte ids
     gc.collect()
     before = rss_kb()
-    for uin, token, ident in zip(range(1, sessions + 1), tokens, idents):
+    for token, ident in zip(tokens, idents):
         d.one(ident, {"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": token, "device": 0}, 0.0)
     core.touches(1.0)                            # idle now: the touch round has reported them
     gc.collect()

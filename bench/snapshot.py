@@ -28,8 +28,7 @@ import time
 
 from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh, wait_for
-from nodes.storage import shards
-from nodes.storage import store as keys
+from nodes.storage import shards, store as keys
 from nodes.storage.store import Store
 
 from .failover import Sender, caught_up, channel_leader
@@ -87,7 +86,7 @@ def one_size(args, rows: int) -> dict:
         sender.start()
         for _ in range(args.repeats):
             since = time.monotonic()
-            wait_for(lambda: sender.acks_after(since) >= 20 or sender.errors, 60, "acks before the wipe")
+            wait_for(lambda since=since: sender.acks_after(since) >= 20 or sender.errors, 60, "acks before the wipe")
             if sender.errors:
                 raise RuntimeError(f"the sender stopped: {sender.errors[0]!r}")
             shown = wait_for(lambda: channel_leader(admin, CHANNEL), 30, "a leader")
@@ -101,10 +100,11 @@ def one_size(args, rows: int) -> dict:
             mesh.wait_ready(60, [victim])
             # the leader learns of the wipe at its next look at the follower (<= 1 s): until then
             # its lag still reads 0, so wait for the snapshot to start, then for the catch-up
-            wait_for(lambda: snapshots_sent(admin, leader) > sent_before, 30, "the snapshot to start")
+            wait_for(lambda leader=leader, sent_before=sent_before: snapshots_sent(admin, leader) > sent_before,
+                     30, "the snapshot to start")
             started = time.monotonic()
-            wait_for(lambda: installed(admin, victim) and caught_up(admin, topo, shard, victim), 120,
-                     "the snapshot")
+            wait_for(lambda victim=victim: installed(admin, victim) and caught_up(admin, topo, shard, victim),
+                     120, "the snapshot")
             took = time.monotonic() - started
             status = admin.status(leader) or {}
             if status.get("shards", {}).get(str(shard), {}).get("leader") != leader:

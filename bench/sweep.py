@@ -13,9 +13,9 @@ import time
 
 import zmq
 
-from nodes.protocol import auth, wire
 from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
+from nodes.protocol import auth, wire
 
 from .report import machine, parser as bench_parser, scratch, table, write_json
 

@@ -104,7 +104,7 @@ class WanLink:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wanlink", daemon=True)
 
-    def start(self) -> "WanLink":
+    def start(self) -> WanLink:
         self._thread.start()
         return self
 
@@ -189,13 +189,13 @@ class WanBed:
         self.link = None
 
     # --- building ---------------------------------------------------------------
-    def start(self) -> "WanBed":
+    def start(self) -> WanBed:
         reason = available()
         if reason:
             raise WanError(reason)
         try:
             self.net = free_net()
-            for i, idc in enumerate(self.idcs, start=1):
+            for i, _idc in enumerate(self.idcs, start=1):
                 bridge = f"imb{self.tag}{i}"
                 ip("link", "add", bridge, "type", "bridge")
                 self._bridges.append(bridge)
@@ -282,9 +282,10 @@ def write_wan_topology(bed: WanBed, directory: str, layout: dict, limits=None, c
     uses the same ports.  ``extra``: more top-level keys (e.g. ``curve=False``).  Returns the
     topology's path.
     """
-    import yaml                                    # noqa: PLC0415  (bench code, loaded on use)
-    from nodes.protocol import auth
+    import yaml  # noqa: PLC0415  (bench code, loaded on use)
+
     from nodes.cluster.topology import ENDPOINTS
+    from nodes.protocol import auth
     idcs = {}
     for idc, counts in layout.items():
         groups = {}

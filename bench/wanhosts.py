@@ -42,7 +42,7 @@ class Machines:
         self.bed = wanbed.WanBed(idcs=tuple(layout), delay=delay)
         self._made = []                    # paths to remove at close, deepest first
 
-    def start(self) -> "Machines":
+    def start(self) -> Machines:
         try:
             self.bed.start()
             for idc, hosts in self.layout.items():

@@ -17,9 +17,9 @@ import time
 
 import msgpack
 
-from nodes.protocol import auth, wire
 from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
+from nodes.protocol import auth, wire
 
 from .procstat import reap, rss_kb
 from .report import machine, parser as bench_parser, table, write_json

@@ -34,7 +34,7 @@ class DedupTable:
     def __init__(self, capacity: int = 64, max_load: float = 0.92):
         if not 0.5 <= max_load <= 0.95:
             raise ValueError("max_load must be within 0.5..0.95")
-        self._d = {}
+        self._d: dict[int, tuple[int, int]] = {}
 
     def _key(self, uin, device):
         return (to_uint(uin, U32_MAX, "uin"), to_uint(device, U32_MAX, "device"))

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import zmq
 
-from nodes.storage import store as keys
 from nodes.protocol import schema, wire
 from nodes.runtime.node import Node
+from nodes.storage import store as keys
 
 MAX_ALLOC = 1_000_000
 ALLOC_FAILOVER = 0.5          # seconds: a counter silent this long, the logic node asks the next one

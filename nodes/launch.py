@@ -13,9 +13,8 @@ import signal
 import sys
 import time
 
-from nodes.runtime import logs, links as peerwatch
-
 from nodes.cluster import topochange, topology
+from nodes.runtime import links as peerwatch, logs
 from nodes.runtime.logs import events
 
 PR_SET_PDEATHSIG = 1

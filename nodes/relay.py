@@ -24,14 +24,13 @@ import os
 
 import zmq
 
-from nodes.protocol import auth
-from nodes.storage import store as keys
-from nodes.protocol import schema, wire
 from nodes.cluster.placement import Placement
-from nodes.runtime.node import Node
+from nodes.protocol import auth, schema, wire
 from nodes.runtime import clock as expiry_clock
+from nodes.runtime.node import Node
 from nodes.runtime.rpc import Requests
 from nodes.runtime.sessions import SessionTable
+from nodes.storage import store as keys
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class Upload:
 
     def __init__(self, media: bytes, meta: dict):
         self.media, self.meta = media, meta
-        self.received = set()
+        self.received: set[int] = set()
         self.hasher = hashlib.sha256()
         self.hashed = 0                       # chunks 0..hashed-1 are in the hasher
 
@@ -100,9 +99,9 @@ class RelayCore:
         self.store = store
         self.limits = limits
         self.lifetime = float(limits["message_lifetime"])
-        self.uploads = {}                     # media -> Upload (unfinished)
-        self.expiries = []                    # heap of (expiry, media)
-        self.stats = collections.Counter()
+        self.uploads: dict[bytes, Upload] = {}        # media -> Upload (unfinished)
+        self.expiries: list[tuple[float, bytes]] = []  # heap of (expiry, media)
+        self.stats: collections.Counter[str] = collections.Counter()
 
     # --- start -----------------------------------------------------------------
     def load(self) -> None:

@@ -46,9 +46,9 @@ class RouterCore:
         self.router_id = router_id
         self.epoch = secrets.randbits(63)
         self.seq = 0
-        self.online = {}                      # uin -> {device: broker}
+        self.online: dict[int, dict[int, str]] = {}   # uin -> {device: broker}
         self.bitmap = OnlineBitmap()          # uins with at least one device online
-        self.beats = {}                       # (uin, device) -> Beat
+        self.beats: dict[tuple[int, int], Beat] = {}   # (uin, device) -> Beat
         self._deadlines = DeadlineHeap(self.beats.get, lambda beat: beat.deadline)   # by (uin, device)
         self.hb_cfg = hb_cfg or DEFAULT_HEARTBEAT
         self.publish = publish

@@ -12,12 +12,11 @@ import time
 
 import pytest
 
-from nodes.protocol import auth
-
-from nodes.runtime import curve
 from nodes.client.blocking import Client, ClientError
 from nodes.ops.localtopo import free_ports, write_topology  # noqa: F401  (tests import them from here)
 from nodes.ops.mesh import Mesh, MeshError
+from nodes.protocol import auth
+from nodes.runtime import curve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,9 +7,8 @@ import os
 import pytest
 import yaml
 
-from nodes.protocol import auth, wire
-
 from nodes.cluster import rendezvous, topology
+from nodes.protocol import auth, wire
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = b"0123456789abcdef-test"

@@ -8,8 +8,6 @@ import zmq
 
 from nodes.protocol import auth, wire
 
-from nodes.runtime import curve
-
 
 class Raw:
     """A bare DEALER speaking frames, for inputs the client library would never send

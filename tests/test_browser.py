@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, running_mesh
 
 CHROMIUM = os.environ.get("IMESH_CHROMIUM", "/usr/bin/chromium")

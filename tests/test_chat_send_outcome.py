@@ -13,6 +13,7 @@ import sys
 import time
 
 from conftest import ROOT, served
+
 from nodes.client.mailbox import Mailbox
 
 BIN = os.path.join(ROOT, "bin")

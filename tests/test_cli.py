@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, write_topology
 
 BIN = os.path.join(ROOT, "bin")

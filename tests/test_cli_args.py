@@ -6,7 +6,6 @@ it would need one."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import write_topology
 from test_cli import run
 
@@ -63,6 +62,7 @@ def as_console_script(tool, *args, cwd=None):
     import os
     import subprocess
     import sys
+
     from conftest import ROOT
     code = (f"import sys; sys.argv[0] = '/venv/bin/imesh-{tool}'; from nodes.cli.{tool} import main; "
             "sys.exit(main())")

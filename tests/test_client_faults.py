@@ -11,16 +11,15 @@ import time
 import pytest
 import zmq
 import zmq.asyncio
-
-from nodes.protocol import wire
-from nodes.client.aclient import AsyncClient, page_upto
-from nodes.client.blocking import ClientError
-from nodes.ops.localtopo import free_ports
-from nodes.client.mailbox import Mailbox
-from nodes.client.nearest import Brokers
-
 from conftest import served
 from test_heartbeat_sync import collect, endpoints, run
+
+from nodes.client.aclient import AsyncClient, page_upto
+from nodes.client.blocking import ClientError
+from nodes.client.mailbox import Mailbox
+from nodes.client.nearest import Brokers
+from nodes.ops.localtopo import free_ports
+from nodes.protocol import wire
 
 HB = {"wired": 2.0, "min": 1.0, "max": 4.0, "session_timeout_factor": 3}
 
@@ -450,6 +449,7 @@ def test_bench_chaos_small_run_reports_every_figure(tmp_path):
     import os
     import subprocess
     import sys
+
     from conftest import ROOT
     out = tmp_path / "chaos.json"
     r = subprocess.run([sys.executable, "-m", "bench", "chaos", "--users", "20", "--seconds", "4",

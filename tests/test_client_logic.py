@@ -1,10 +1,10 @@
 """Heartbeat intervals, router sweep and the client's windows: pure logic, no sockets."""
 from __future__ import annotations
 
+from nodes.client.windows import Windows
+from nodes.cluster.topology import DEFAULT_HEARTBEAT as HB
 from nodes.protocol.heartbeat import Beat, initial_interval, next_interval
 from nodes.router import RouterCore
-from nodes.cluster.topology import DEFAULT_HEARTBEAT as HB
-from nodes.client.windows import Windows
 
 
 def test_initial_interval_by_network_and_default_for_unknown():
@@ -110,9 +110,9 @@ def test_windows_jump_past_expired_and_never_skip_an_open_gap():
 import pytest  # noqa: E402
 from hypothesis import given, strategies as st  # noqa: E402
 
-from nodes.protocol import wire  # noqa: E402
-from nodes.client.fragments import Assembler, BadFragment, split_utf8  # noqa: E402
 from nodes.broker.limits import FragmentGroups, TokenBuckets  # noqa: E402
+from nodes.client.fragments import Assembler, BadFragment, split_utf8  # noqa: E402
+from nodes.protocol import wire  # noqa: E402
 
 
 def test_token_bucket_burst_refill_and_retry_after():

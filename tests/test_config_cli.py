@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 import yaml
-
 from conftest import ROOT, write_topology
 from test_cli import run
 

@@ -20,9 +20,9 @@ import time
 import pytest
 import zmq
 
-from nodes.protocol import auth, wire
 from nodes.client.blocking import Client, ClientError
 from nodes.ops.mesh import wait_for
+from nodes.protocol import auth, wire
 
 
 def drain(client, timeout=1.0):
@@ -251,7 +251,7 @@ def test_a_connection_cannot_inherit_a_session_by_its_routing_id(shared_mesh):
     for req in ({"t": "sync", "rid": 2, "channel": "lobby", "after": 0},
                 {"t": "send", "rid": 3, "channel": "lobby", "ctime": 1, "text": "as 67",
                  "sid": ok["sid"] ^ 1}):
-        reply = wait_for(lambda: thief_asks(req), timeout=30, what="an answer to the thief")
+        reply = wait_for(lambda req=req: thief_asks(req), timeout=30, what="an answer to the thief")
         assert reply["t"] == "err" and reply["code"] == wire.Err.NOT_LOGGED_IN
 
 

@@ -11,13 +11,13 @@ from array import array
 
 import pytest
 
-from nodes.storage import store as keys
 from nodes.cluster import topology
-from nodes.protocol import wire
 from nodes.counter import CounterCore
 from nodes.logic.core import LogicCore
 from nodes.logic.presence import PresenceReplica
+from nodes.protocol import wire
 from nodes.router import RouterCore
+from nodes.storage import store as keys
 from nodes.storage.store import Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

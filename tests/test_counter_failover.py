@@ -33,7 +33,8 @@ def two_idcs(routers=2, counters=2, replication=1):
                 for i in range(1, n + 1)]
 
     def nodes(idc):
-        return {"brokers": group(idc, "b", 1, ("client", "rpc")), "logics": group(idc, "l", replication, ("rpc", "pub")),
+        return {"brokers": group(idc, "b", 1, ("client", "rpc")),
+                "logics": group(idc, "l", replication, ("rpc", "pub")),
                 "routers": group(idc, "r", routers, ("rpc", "pub")), "counters": group(idc, "c", counters, ("rpc",))}
     return parse({"local": True, "replication": replication, "shards": 4,
                   "channels": {"eroom": {"members": "1-9", "idc": "east"}},

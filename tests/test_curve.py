@@ -20,16 +20,16 @@ import pytest
 import yaml
 import zmq
 import zmq.auth
-from zmq.utils.monitor import recv_monitor_message
-
 from conftest import ROOT, MeshHarness, write_topology
 from test_cli import run as run_tool
 from test_heartbeat_sync import run as run_async
-from nodes.runtime import curve
-from nodes.cluster import topology
-from nodes.protocol import wire
+from zmq.utils.monitor import recv_monitor_message
+
 from nodes.client.aclient import AsyncClient
 from nodes.client.blocking import Client, ClientError
+from nodes.cluster import topology
+from nodes.protocol import wire
+from nodes.runtime import curve
 
 # the monitor events that end each outsider's handshake: libzmq reports a NULL peer of a CURVE
 # server as a protocol error or without detail; a key refused by ZAP as an auth failure

@@ -13,11 +13,11 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import ROOT, MeshHarness, served, write_topology
+from smallfs import fill, free, small_fs
+
 from nodes.client.blocking import ClientError
 from nodes.protocol import wire
-from smallfs import fill, free, small_fs
 
 TEXT = "x" * 1400               # a few sends fill what is left of a WAL page
 
@@ -57,7 +57,7 @@ def stored(client) -> dict:
     """ctime -> [ids] of every message of lobby."""
     out, after = {}, 0
     while True:
-        page = served(lambda: client.sync("lobby", after))
+        page = served(lambda after=after: client.sync("lobby", after))
         for msg in page["msgs"]:
             out.setdefault(msg["ctime"], []).append(msg["id"])
         after = page["upto"]

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import pytest
+from test_cores import one_logic_topology
 
-from nodes.protocol import auth, wire
 from nodes.broker.core import BrokerCore
 from nodes.broker.owners import OWNER_DOWN_AFTER, START_GRACE
-from nodes.protocol import schema
+from nodes.protocol import auth, schema, wire
 from nodes.protocol.dispatch import Dispatcher, PubDispatcher
 from nodes.runtime.sessions import SessionTable
-
-from test_cores import one_logic_topology
 
 SCHEMAS = {"ok": {"rid": "u64"}, "boom": {"rid": "u64"}, "refuse": {"rid": "u64"}}
 
@@ -71,7 +69,8 @@ def test_pub_frames_are_validated_and_routed_by_kind_and_a_failure_costs_one_map
         if msg["logic"] == "bad":
             raise RuntimeError("bug")
         got.append(("tick", msg["logic"]))
-    pubs = PubDispatcher(wire.PUB_FRAMES["logic"], {"tick": tick, "msgs": lambda m: got.append(("msgs", len(m["items"])))},
+    pubs = PubDispatcher(wire.PUB_FRAMES["logic"],
+                         {"tick": tick, "msgs": lambda m: got.append(("msgs", len(m["items"])))},
                          source="logic", clock=lambda: 0.0)
     pubs.frame(wire.pack([{"t": "tick", "logic": "l1"}, {"t": "tick"}, {"t": "msgs", "items": {}},
                           {"t": "tick", "logic": "bad"}, {"t": "msgs_idc", "packs": [], "to": {}},

@@ -4,8 +4,8 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 from conftest import served
+
 from nodes.client.blocking import ClientError
 
 

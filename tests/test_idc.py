@@ -16,10 +16,10 @@ import time
 import uuid
 
 import pytest
+from conftest import assert_no_tracebacks
 
 from bench import wanbed
 from bench.idcbed import IdcMesh, collect
-from conftest import assert_no_tracebacks
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(wanbed.available() is not None, reason=str(wanbed.available()))]

@@ -10,7 +10,8 @@ from nodes.cluster.topology import TopologyError, parse
 def topo(replication=1, channels=None, logics=(2, 2)):
     def nodes(idc, k, n_logic):
         base = 7000 + 100 * k
-        return {"brokers": [{"id": f"{idc}-b1", "client": f"tcp://127.0.0.1:{base}", "rpc": f"tcp://127.0.0.1:{base + 1}"}],
+        return {"brokers": [{"id": f"{idc}-b1", "client": f"tcp://127.0.0.1:{base}",
+                             "rpc": f"tcp://127.0.0.1:{base + 1}"}],
                 "logics": [{"id": f"{idc}-l{i}", "rpc": f"tcp://127.0.0.1:{base + 10 + i}",
                             "pub": f"tcp://127.0.0.1:{base + 20 + i}"} for i in range(1, n_logic + 1)],
                 "routers": [{"id": f"{idc}-r{i}", "rpc": f"tcp://127.0.0.1:{base + 30 + i}",
@@ -118,6 +119,7 @@ def test_reshard_touches_only_the_idcs_whose_logic_nodes_change():
 def test_bench_idc_help_lists_its_options():
     import subprocess
     import sys
+
     from conftest import ROOT
     run = subprocess.run([sys.executable, "-m", "bench", "idc", "--help"], capture_output=True, text=True,
                          timeout=60, cwd=ROOT)
@@ -138,7 +140,8 @@ def test_a_new_channel_is_homed_at_the_nearest_logic_node():
     assert (east["idc"], east["logic"]) == ("east", "east-l1") and "west-l2 no answer" in east["why"]
     assert east["rtt_ms"]["west-l2"] is None
     # a cut link: only the own IDC answers
-    assert nearest_home(t, "team", {"east-l1": None, "east-l2": None, "west-l1": 0.002, "west-l2": 0.003})["idc"] == "west"
+    cut = {"east-l1": None, "east-l2": None, "west-l1": 0.002, "west-l2": 0.003}
+    assert nearest_home(t, "team", cut)["idc"] == "west"
     # loopback: every node about as near -> the name's hash among the tied IDCs, stable
     flat = {"east-l1": 0.00031, "east-l2": 0.00035, "west-l1": 0.00029, "west-l2": 0.0004}
     homes = {name: nearest_home(t, name, flat) for name in (f"room{i}" for i in range(20))}

@@ -22,16 +22,16 @@ from __future__ import annotations
 import time
 
 import pytest
+from test_live_reshard import USERS, check, wait_acks
 
 from bench import wanbed
 from bench.failover import Sender
 from bench.idcbed import IdcMesh
-from nodes.protocol import auth
+from nodes.client.blocking import ClientError
 from nodes.cluster import topology
 from nodes.ops.admin import Admin
-from nodes.client.blocking import ClientError
+from nodes.protocol import auth
 from nodes.runtime.curve import client_endpoint
-from test_live_reshard import USERS, check, wait_acks
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(wanbed.available() is not None, reason=str(wanbed.available()))]

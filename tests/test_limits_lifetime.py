@@ -5,13 +5,12 @@ import time
 
 import pytest
 from rocksdict import AccessType, Options, Rdict
+from test_heartbeat_sync import collect, endpoints, run
 
-from nodes.storage import store as keys
-from nodes.protocol import wire
 from nodes.client.aclient import AsyncClient
 from nodes.client.blocking import ClientError
-
-from test_heartbeat_sync import collect, endpoints, run
+from nodes.protocol import wire
+from nodes.storage import store as keys
 
 LONG = ("Grüße aus 北京 🌏🚀 — " * 400)[:10_000]                  # ~10 KB of mixed UTF-8
 

@@ -24,16 +24,16 @@ import time
 import pytest
 import yaml
 import zmq
-
 from conftest import MeshHarness
 from netcut import ip, netns  # noqa: F401  (netns: the fixture)
+
 from nodes.client.blocking import Client, ClientError
+from nodes.cluster.topology import load
 from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import wait_for
+from nodes.protocol import wire
 from nodes.runtime.node import Node
 from nodes.runtime.rpc import Requests
-from nodes.cluster.topology import load
-from nodes.protocol import wire
 
 CHANNELS = {f"room{i}": {"members": "1-100"} for i in range(12)}
 

@@ -18,11 +18,11 @@ import sys
 
 import pytest
 import yaml
+from conftest import ROOT, MeshHarness, free_ports, write_topology
 
 from bench.failover import Sender
-from conftest import ROOT, MeshHarness, free_ports, write_topology
-from nodes.ops import livereshard
 from nodes.cluster import topochange, topology
+from nodes.ops import livereshard
 from nodes.ops.admin import Admin, AdminError
 from nodes.ops.mesh import Mesh, wait_for
 

@@ -5,11 +5,10 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
-from nodes.runtime import metrics
+from test_cli import run
 
 from nodes.cluster import topology
-from test_cli import run
+from nodes.runtime import metrics
 
 
 def scrape(spec) -> dict:
@@ -71,8 +70,8 @@ def test_mesh_top_prints_every_node_with_rates(shared_mesh):
 
 
 def test_metrics_endpoint_syntax_is_checked(tmp_path):
-    from conftest import write_topology
     import yaml
+    from conftest import write_topology
     cfg = write_topology(tmp_path, metrics=True)
     raw = yaml.safe_load(open(cfg))
     raw["idcs"]["test"]["brokers"][0]["metrics"] = "http://127.0.0.1:9l01"

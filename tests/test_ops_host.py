@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import yaml
-
 from conftest import write_topology
 from test_cli import run
 
@@ -46,6 +45,7 @@ def test_reshard_refuses_the_offline_path_when_it_reaches_no_node_and_holds_no_d
     are on their own machines.  Before: "0 channel(s) moved", exit 0.  A stopped mesh whose
     data is here still reshards offline."""
     from test_reshard import reshard, with_second_logic
+
     from nodes.cluster import topology
     one = write_topology(tmp_path, brokers=1, logics=1)
     two = with_second_logic(one)

@@ -19,8 +19,8 @@ import sysconfig
 import urllib.request
 
 import pytest
-
 from conftest import ROOT, write_topology
+
 from nodes.ops.supervisor import read_pid
 
 IGNORE = shutil.ignore_patterns(".git", "build", "dist", "var", "*.egg-info", "__pycache__", "*.so",

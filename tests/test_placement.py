@@ -1,10 +1,10 @@
 """nodes/cluster/placement.py: which logic node serves a channel (no sockets, no clock)."""
 from __future__ import annotations
 
-from nodes.cluster.placement import Placement, StaticPlacement, servers
-
 from test_cores import one_logic_topology
 from test_replication_core import three_logic_topology
+
+from nodes.cluster.placement import Placement, StaticPlacement, servers
 
 
 def test_without_replication_the_rendezvous_owner_serves_whatever_is_heard(tmp_path):

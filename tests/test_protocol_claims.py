@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import msgpack
+from test_dispatch_sessions import broker_core, login
 
 from nodes.protocol import schema, wire
 from nodes.protocol.dispatch import Dispatcher
 from nodes.protocol.heartbeat import initial_interval
 from nodes.runtime.sessions import SessionTable
-
-from test_dispatch_sessions import broker_core, login
 
 
 def test_check_order_type_then_session_then_fields(tmp_path):

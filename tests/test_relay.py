@@ -7,12 +7,11 @@ import os
 import signal
 
 import pytest
+from test_heartbeat_sync import run
 
-from nodes.protocol import wire
 from nodes.client.blocking import ClientError
 from nodes.client.media import MediaClient
-
-from test_heartbeat_sync import run
+from nodes.protocol import wire
 
 CHUNK = 64 * 1024
 

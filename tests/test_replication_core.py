@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import time
 
-from nodes.storage import store as keys
-from nodes.cluster import topology
-from nodes.protocol import wire
-from nodes.logic.core import LogicCore
-from nodes.logic import snapshots
-from nodes.cluster.placement import ShardPlacement
-from nodes.logic.replication import Replication
-from nodes.storage.store import Store
-
 from test_cores import OnlineAll, Out
+
+from nodes.cluster import topology
+from nodes.cluster.placement import ShardPlacement
+from nodes.logic import snapshots
+from nodes.logic.core import LogicCore
+from nodes.logic.replication import Replication
+from nodes.protocol import wire
+from nodes.storage import store as keys
+from nodes.storage.store import Store
 
 
 def three_logic_topology(tmp_path):
@@ -151,7 +151,7 @@ def stored(node, uin, ctime, rid):
 
 
 def room_rows(node):
-    return {k: v for k, v in node.store.scan(keys.channel_prefix("room"))}
+    return dict(node.store.scan(keys.channel_prefix("room")))
 
 
 def test_acked_only_when_a_follower_holds_the_record_and_followers_hold_the_same_rows(tmp_path):

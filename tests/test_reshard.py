@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import yaml
-
 from conftest import ROOT, MeshHarness, free_ports, write_topology
 
 CHANNELS = [f"room{i}" for i in range(24)] + ["lobby"]
@@ -114,8 +113,9 @@ def test_an_offline_reshard_is_refused_below_a_version_the_nodes_kept(tmp_path):
     (deploy.md: that path needs no version bump) would move the stores by that file while the
     restarted nodes route and serve by the kept one: every moved channel stranded.  Refused,
     naming the version to give."""
-    from nodes.cluster import topochange, topology
     from test_live_reshard import variant
+
+    from nodes.cluster import topochange, topology
     one = write_topology(tmp_path, brokers=1, logics=1)
     two = variant(one, "topology-2.yaml", 2, add_logic="l2")
     for node_id in topology.load(two).nodes:                       # a live reshard to 2 happened

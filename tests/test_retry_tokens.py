@@ -10,11 +10,11 @@ broker without reaching the owner.
 """
 from __future__ import annotations
 
-from nodes.broker.limits import RetryWindow, TokenBuckets
-from nodes.protocol import auth, wire
-
 from test_cores import make_logic, turn
 from test_dispatch_sessions import broker_core, login
+
+from nodes.broker.limits import RetryWindow, TokenBuckets
+from nodes.protocol import auth, wire
 
 
 class Mesh:

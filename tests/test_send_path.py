@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pytest
 import zmq
-
-from nodes.protocol import wire
-from nodes.client.blocking import Client, ClientError
-
 from conftest import free_ports
+
+from nodes.client.blocking import Client, ClientError
+from nodes.protocol import wire
 
 
 def test_two_clients_on_different_brokers_exchange_messages(shared_mesh):
@@ -112,7 +111,8 @@ def test_two_raw_clients_can_speak_the_protocol_without_the_library(shared_mesh)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(shared_mesh.broker(1))
     try:
-        s.send(wire.pack({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": shared_mesh.token(81), "device": 7}))
+        s.send(wire.pack({"t": "login", "rid": 1, "v": wire.PROTOCOL_VERSION, "token": shared_mesh.token(81),
+                          "device": 7}))
         assert s.poll(5000)
         ok = wire.unpack(s.recv())
         assert ok["t"] == "login_ok" and ok["rid"] == 1 and ok["uin"] == 81 and ok["device"] == 7

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import time
 
-from nodes.storage import shards
-from nodes.storage import store as keys
-from nodes.storage.store import Store
-
 from test_cores import make_logic, send, turn
+
+from nodes.storage import shards, store as keys
+from nodes.storage.store import Store
 
 SHARD = {"room": 7, "other": 3}
 
@@ -23,7 +22,7 @@ def shard_of(channel):
 
 
 def rows(store, prefix=b""):
-    return {k: v for k, v in store.scan(prefix)}
+    return dict(store.scan(prefix))
 
 
 def test_a_turn_of_sends_is_one_shard_s_writes_and_pruning_stays_local(tmp_path):

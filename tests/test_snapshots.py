@@ -8,12 +8,11 @@ the leader's rows at the snapshot's position, and in the end exactly the leader'
 """
 from __future__ import annotations
 
-from nodes.logic import snapshots
-from nodes.storage import shards
-from nodes.storage import store as keys
-from nodes.storage.store import Store
-
 from test_replication_core import Cluster, Replica, send
+
+from nodes.logic import snapshots
+from nodes.storage import shards, store as keys
+from nodes.storage.store import Store
 
 ROW_COST = 0.001                 # fake seconds per row read or cleared
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from test_replication_core import Cluster, send, stored
 
 from nodes.protocol import auth
 from nodes.storage import store as keys
-
-from test_replication_core import Cluster, send, stored
 
 
 def lose_lease(node):

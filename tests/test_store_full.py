@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from smallfs import fill, free, small_fs
 
 from nodes.storage.store import StorageFull, Store
-from smallfs import fill, free, small_fs
 
 
 @pytest.fixture

@@ -12,14 +12,14 @@ import time
 
 import pytest
 import zmq
-
 from conftest import write_topology
-from nodes.cluster import topology
-from nodes.protocol import wire
-from nodes.ops.admin import Admin
-from nodes.client.blocking import Client
-from nodes.ops.supervisor import Backoff, alive, read_pid
 from test_cli import kill_group, run, start
+
+from nodes.client.blocking import Client
+from nodes.cluster import topology
+from nodes.ops.admin import Admin
+from nodes.ops.supervisor import Backoff, alive, read_pid
+from nodes.protocol import wire
 
 
 def wait_up(proc) -> list[str]:
@@ -64,7 +64,7 @@ def test_a_killed_node_is_restarted_and_serving_again_and_status_shows_it(tmp_pa
                 break
             except Exception as exc:     # refused connection, timeout, UNAVAILABLE while it starts
                 if time.monotonic() - killed > 20.0:
-                    raise AssertionError(f"b1 not serving 20 s after SIGKILL: {exc!r}")
+                    raise AssertionError(f"b1 not serving 20 s after SIGKILL: {exc!r}") from exc
         row = status_rows(cfg)["b1"]
         assert row["up"] and row["pid"] != before["pid"]
         assert row["restarts"] == 1 and row["last_exit"] == -signal.SIGKILL

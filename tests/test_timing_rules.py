@@ -35,6 +35,9 @@ import signal
 import socket
 import struct
 
+from test_dispatch_sessions import Out, broker_core, login
+from test_replication_core import three_logic_topology
+
 from bench.wanbed import WanLink
 from nodes.broker.core import BrokerCore
 from nodes.broker.owners import OWNER_DOWN_AFTER
@@ -44,12 +47,8 @@ from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
 from nodes.ops.supervisor import Backoff, Supervisor
 from nodes.protocol import wire
-from nodes.protocol.dispatch import Dispatcher
 from nodes.runtime.outbox import Outbox
 from nodes.runtime.rpc import Requests
-
-from test_dispatch_sessions import Out, broker_core, login
-from test_replication_core import three_logic_topology
 
 
 def sender(core, out, secret, now=0.0):

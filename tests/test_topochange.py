@@ -5,11 +5,11 @@ import os
 
 import pytest
 import yaml
-
 from conftest import MeshHarness, write_topology
-from nodes.protocol import auth, wire
+
 from nodes.cluster import topochange, topology
 from nodes.cluster.topology import TopologyError
+from nodes.protocol import auth, wire
 
 
 def edit(path, name, change) -> str:
@@ -69,7 +69,7 @@ def test_adding_and_removing_a_logic_node_with_a_higher_version_is_allowed(base)
 def test_the_version_is_a_whole_number_from_one(base):
     for bad in (0, -1, "2", True, 1.5):
         with pytest.raises(TopologyError, match="version"):
-            topology.load(edit(base, "bad.yaml", lambda raw: raw.update(version=bad)))
+            topology.load(edit(base, "bad.yaml", lambda raw, bad=bad: raw.update(version=bad)))
 
 
 def test_a_logic_node_starts_from_the_topology_it_adopted_when_newer(base, tmp_path):

@@ -14,11 +14,10 @@ import sys
 import time
 
 import pytest
+from conftest import ROOT
 
 from bench import wanbed
 from nodes.ops.mesh import Mesh
-
-from conftest import ROOT
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(wanbed.available() is not None, reason=str(wanbed.available()))]

@@ -11,9 +11,9 @@ import time
 import uuid
 
 import pytest
+from conftest import ROOT
 
 from bench import wanbed
-from conftest import ROOT
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(wanbed.available() is not None, reason=str(wanbed.available()))]

@@ -22,7 +22,7 @@ def test_every_schema_field_kind_is_known_and_limits_fit_their_kind():
                 assert field.limit is None or field.kind in wire.LIMITED, name
                 assert type(field.limit) is not str or field.limit in schema.LIMIT_SOURCES, name
                 assert not field.nil or field.optional, name
-            wire.Validator(table, {k: 1 for k in schema.LIMIT_SOURCES})       # compiles
+            wire.Validator(table, dict.fromkeys(schema.LIMIT_SOURCES, 1))       # compiles
     for name in REQUEST_TABLES:
         assert all("rid" in fields for fields in getattr(schema, name).values()), name
 
@@ -141,7 +141,8 @@ def test_any_bytes_decode_or_raise_protocol_error(data):
 
 values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=20)
                       | st.binary(max_size=20) | st.floats(allow_nan=False),
-                      lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                      lambda inner: (st.lists(inner, max_size=4)
+                                     | st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                       max_leaves=10)
 
 

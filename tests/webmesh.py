@@ -17,9 +17,9 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nodes.protocol import auth  # noqa: E402
 from nodes.ops.localtopo import write_topology  # noqa: E402
 from nodes.ops.mesh import Mesh  # noqa: E402
+from nodes.protocol import auth  # noqa: E402
 
 
 def main() -> int:

@@ -19,10 +19,12 @@ import math
 
 from nodes.broker.limits import FragmentGroups, RetryWindow, TokenBuckets
 from nodes.broker.owners import Owners
+from nodes.cluster.topology import Topology
 from nodes.protocol import auth, wire
 from nodes.protocol.heartbeat import initial_interval
 from nodes.runtime.logs import events
-from nodes.runtime.sessions import SessionTable
+from nodes.runtime.ports import BrokerOut
+from nodes.runtime.sessions import Session, SessionTable
 
 FAST_TIMEOUT = 1.0              # heartbeat parts (router, heads) answer within this
 
@@ -36,7 +38,7 @@ class BrokerCore:
     callback, timeout=None)``.
     """
 
-    def __init__(self, broker_id, topo, secret, out, now: float, idc: str = ""):
+    def __init__(self, broker_id: str, topo: Topology, secret: bytes, out: BrokerOut, now: float, idc: str = ""):
         self.id = broker_id
         self.idc = idc
         self.topo = topo
@@ -49,8 +51,9 @@ class BrokerCore:
         self.max_frame = int(limits["max_frame"])
         self.send_timeout = float(limits["request_timeout"])
         self.buckets = TokenBuckets(limits["rate"], limits["burst"])
-        self.stats = collections.Counter()      # sends the handler refused, by code (the schema's: Dispatcher.invalid)
-        self.counts = collections.Counter()     # logins, acks, deliveries (metrics)
+        # sends the handler refused, by code (the schema's: Dispatcher.invalid)
+        self.stats: collections.Counter[int | str] = collections.Counter()
+        self.counts: collections.Counter[str] = collections.Counter()  # logins, acks, deliveries (metrics)
         self.client_limits = {k: limits[k] for k in ("max_text", "max_fragments", "rate", "burst",
                                                     "message_lifetime")}
         self.max_pending = int(limits["max_pending"])
@@ -60,7 +63,7 @@ class BrokerCore:
                               "max_channels": int(topo.heartbeat["max_channels"])}
         self.pending = 0
         self.sessions = SessionTable(float(topo.heartbeat["session_timeout_factor"]))
-        self.active = set()                     # sessions with requests since the last touch round
+        self.active: set[Session] = set()       # sessions with requests since the last touch round
         self.owners = Owners(topo, now)         # which logic node serves a channel, and is it up
         self.handlers = {"login": self.login, "ping": self.ping, "send": self.send, "sync": self.sync,
                          "hb": self.heartbeat, "logout": self.logout}
@@ -341,7 +344,7 @@ class BrokerCore:
 
     def touches(self, now) -> dict:
         """{router id: [[uin, device], ...]} of sessions active since the router last heard of them."""
-        out = {}
+        out: dict[str, list] = {}
         keep = set()
         for session in self.active:
             if session.ended is not None:
@@ -365,7 +368,7 @@ class BrokerCore:
     def deliver(self, packed: bytes, to, sender_uin: int, sender_device: int) -> int:
         """Push one message (packed once by logic) to its recipients' sessions here,
         except the device that sent it; return how many pushes."""
-        idents = []
+        idents: list[bytes] = []
         by_uin = self.sessions.by_uin
         for uin in to:
             sessions = by_uin.get(uin)

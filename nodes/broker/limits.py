@@ -27,7 +27,7 @@ from nodes.protocol import wire
 class TokenBuckets:
     def __init__(self, rate: float, burst: float):
         self.rate, self.burst = float(rate), float(burst)
-        self.buckets = {}                      # uin -> [tokens, last refill time]
+        self.buckets: dict[int, list[float]] = {}   # uin -> [tokens, last refill time]
 
     def _level(self, bucket, now) -> float:
         return min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)

@@ -40,7 +40,7 @@ from websockets.server import ServerProtocol
 
 from nodes.protocol import wire
 from nodes.runtime.outbox import MAX_BATCH
-from nodes.broker.webroutes import Routes
+from nodes.broker.webroutes import HttpChannel, Routes
 
 log = logging.getLogger(__name__)
 ws_log = logging.getLogger(__name__ + ".ws")     # websockets' own per-connection lines
@@ -88,10 +88,11 @@ class WebGate:
         self.max_frame = int(node.topo.limits["max_frame"])
         hb = node.topo.heartbeat
         self.ws_idle = hb["max"] * (hb["session_timeout_factor"] + 1)
-        self.conns = {}                    # fd -> Conn
-        self.targets = {}                  # ident -> Conn (WebSocket) or HttpChannel
-        self.queued = {}                   # ident -> [packed, ...] this turn
-        self.ending = {}                   # ident -> (close code, reason): close once this turn's frames are out
+        self.conns: dict[int, Conn] = {}                 # fd -> Conn
+        self.targets: dict[bytes, Conn | HttpChannel] = {}   # ident -> Conn (WebSocket) or HttpChannel
+        self.queued: dict[bytes, list[bytes]] = {}       # ident -> [packed, ...] this turn
+        self.ending: dict[bytes, tuple[int, str]] = {}   # ident -> (close code, reason): close once this turn's
+        # frames are out
         self.counter = 0
         self.stats = {"ws_opened": 0, "http_requests": 0, "too_slow": 0, "refused_origin": 0,
                       "http_flooded": 0, "http_failed": 0, "flush_failed": 0}
@@ -265,7 +266,7 @@ class WebGate:
         headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers)
         ws.receive_data(Request(req.target.decode("ascii", "replace"), headers).serialize())
         request = next((e for e in ws.events_received()), None)
-        if request is None:
+        if not isinstance(request, Request):           # None: the handshake did not parse
             self.close(conn)
             return
         if origin_ok:

@@ -75,7 +75,7 @@ class Routes:
         headers = {k.lower(): v for k, v in req.headers}
         url = urlsplit(req.target.decode("ascii", "replace"))
         method = req.method.decode("ascii", "replace")
-        cors = ()
+        cors: tuple[tuple[str, str], ...] = ()
         if b"origin" in headers:
             if not self.origin_ok(headers):
                 gate.stats["refused_origin"] += 1

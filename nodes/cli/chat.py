@@ -35,13 +35,25 @@ import signal
 import sys
 import time
 
+from nodes.cli import outcome
+from nodes.cli.common import (
+    add_config_arg,
+    add_version_arg,
+    broker_endpoint,
+    client_endpoint,
+    fail,
+    load_topology,
+    msg_id_arg,
+    prog_name,
+    seconds_arg,
+    token_for,
+    tool_name,
+    uin_arg,
+)
 from nodes.client.aclient import AsyncClient
 from nodes.client.blocking import ClientError
 from nodes.client.mailbox import Mailbox
 from nodes.client.media import MediaClient, save
-from nodes.cli import outcome
-from nodes.cli.common import (add_config_arg, add_version_arg, broker_endpoint, client_endpoint, fail, load_topology,
-                              msg_id_arg, prog_name, seconds_arg, token_for, tool_name, uin_arg)
 from nodes.protocol.heartbeat import NETWORKS
 
 PROG = prog_name("chat")

@@ -8,12 +8,9 @@ import sys
 from typing import NoReturn
 
 from nodes import PACKAGE_DIR, __version__
-
-from nodes.protocol import auth
-
-from nodes.runtime import curve
-
 from nodes.cluster import topology
+from nodes.protocol import auth
+from nodes.runtime import curve
 
 ROOT = os.path.dirname(PACKAGE_DIR)
 CHECKOUT_CONFIG = os.path.join(ROOT, "config", "local.yaml")

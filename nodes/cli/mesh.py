@@ -26,21 +26,27 @@ import subprocess
 import sys
 import time
 
-from nodes.protocol import auth, wire
-
-from nodes.runtime import curve, logs
-
-from nodes.ops import supervisor
-
+from nodes.cli import preflight
+from nodes.cli.common import (
+    DEFAULT_CONFIG,
+    add_config_arg,
+    add_version_arg,
+    ensure_default_config,
+    fail,
+    load_topology,
+    prog_name,
+    seconds_arg,
+    tool_name,
+    uin_arg,
+)
 from nodes.cluster import topology
+from nodes.ops import supervisor
 from nodes.ops.admin import Admin, AdminError, nearest_home
 from nodes.ops.mesh import Mesh, MeshError, MeshInterrupted, child_env
 from nodes.ops.supervisor import Supervisor
+from nodes.protocol import auth, wire
 from nodes.protocol.wire import ProtocolError
-from nodes.cli import preflight
-from nodes.cli.common import (add_config_arg, add_version_arg, ensure_default_config, fail, load_topology,
-                              prog_name, seconds_arg, tool_name, uin_arg)
-from nodes.cli.common import DEFAULT_CONFIG
+from nodes.runtime import curve, logs
 
 PROG = prog_name("mesh")
 
@@ -382,7 +388,7 @@ LAN_RTT = 0.001      # seconds: a best round trip below this is one LAN (or loop
 
 def cmd_channel(args) -> int:
     topo = load_topology(args.config)
-    members = []
+    members: list[int] = []
     if args.op == "create":
         members = args.members or []
     elif args.op in ("add", "remove"):

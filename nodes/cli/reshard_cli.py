@@ -6,11 +6,10 @@ import json
 import sys
 import time
 
-from nodes.ops import livereshard, reshard
-
+from nodes.cli.common import load_topology
 from nodes.cluster import topochange
 from nodes.cluster.topology import TopologyError
-from nodes.cli.common import load_topology
+from nodes.ops import livereshard, reshard
 
 
 def run(args) -> int:

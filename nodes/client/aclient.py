@@ -35,13 +35,13 @@ import time
 import zmq
 import zmq.asyncio
 
-from nodes.protocol import wire
 from nodes.client.blocking import ClientClock, ClientError, login_request
 from nodes.client.connection import Link, backoff
 from nodes.client.fragments import Assembler, BadFragment, new_group_id, split_utf8
 from nodes.client.mailbox import UNKNOWN, Mailbox
 from nodes.client.nearest import Brokers
 from nodes.client.windows import Windows
+from nodes.protocol import wire
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class AsyncClient:
         self._own_mailbox = not isinstance(mailbox, Mailbox)
         self.mailbox = Mailbox(mailbox or ":memory:") if self._own_mailbox else mailbox
         self.on_mail = on_mail
-        self.mail: collections.Counter[str] = collections.Counter()      # mailbox outcomes: acked, refused, busy, expired, ...
+        self.mail: collections.Counter[str] = collections.Counter()   # mailbox outcomes: acked, refused, busy, ...
         self.windows = Windows()
         self.assembler = Assembler()
         self.limits: dict = {"max_text": wire.MAX_TEXT_BYTES, "max_fragments": 100,

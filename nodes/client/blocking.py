@@ -23,10 +23,8 @@ import time
 
 import zmq
 
-from nodes.runtime import curve
-
 from nodes.protocol import wire
-
+from nodes.runtime import curve
 
 RETRYABLE = ("TIMEOUT", wire.Err.UNAVAILABLE)
 
@@ -66,7 +64,7 @@ class Client:
         self.sock.setsockopt(zmq.LINGER, 0)
         curve.connect_client(self.sock, endpoint)     # CURVE when the endpoint carries a server key
         self.inbox: collections.deque[dict] = collections.deque()        # pushed messages not yet returned by recv
-        self.events: collections.deque[dict] = collections.deque()       # replies not yet claimed, notices (kicked, ...)
+        self.events: collections.deque[dict] = collections.deque()   # replies not yet claimed, notices (kicked, ...)
         self._rids = itertools.count(1)
         self.clock = ClientClock()
         self.uin = self.device = None

@@ -40,11 +40,10 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from nodes.runtime import curve
-
-from nodes.protocol import wire
 from nodes.client.blocking import ClientError
 from nodes.client.nearest import Brokers
+from nodes.protocol import wire
+from nodes.runtime import curve
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import hashlib
 import logging
 import os
 
-from nodes.protocol import wire
 from nodes.client.blocking import ClientError, login_request
 from nodes.client.connection import Link
 from nodes.client.nearest import Brokers
+from nodes.protocol import wire
 
 DEFAULT_CHUNK = 256 * 1024
 

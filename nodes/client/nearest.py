@@ -28,9 +28,8 @@ import time
 
 import zmq
 
-from nodes.runtime import curve
-
 from nodes.protocol import wire
+from nodes.runtime import curve
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import time
 
 import zmq
 
-from nodes.storage import store as keys
 from nodes.protocol import wire
+from nodes.storage import store as keys
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ class Coordinator:
         if self.lease_id is None:               # after a reconnect the lease may still be alive: keep it
             self.lease_id = (await client.lease(LEASE_TTL)).id
             self.renewed_at = time.monotonic()
-        known, absent_since = None, {}
+        known: dict | None = None
+        absent_since: dict[int, float] = {}
         while not self._stop.is_set():
             started = time.monotonic()
             reply = await client.refresh_lease(self.lease_id)

@@ -19,8 +19,13 @@ A logic core asks either one two things: ``owns(name)`` and ``leader(name)``.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
 
-def servers(topo, channel: str) -> list[str]:
+from nodes.cluster.topology import Topology
+
+
+def servers(topo: Topology, channel: str) -> list[str]:
     """Where to ask about a channel, in order: its owner, or its shard's replicas (preferred
     first) -- for a caller that learns no leaders (bin/mesh channel ...)."""
     if topo.replicated:
@@ -31,9 +36,9 @@ def servers(topo, channel: str) -> list[str]:
 class Placement:
     """The logic node serving each channel, as seen from outside the logic tier."""
 
-    def __init__(self, topo):
+    def __init__(self, topo: Topology) -> None:
         self.topo = topo                    # the topology the node runs by (replaced on adopt)
-        self.leaders = {}                   # shard -> (epoch, logic id): replication only
+        self.leaders: dict[int, tuple[int, str]] = {}   # shard -> (epoch, logic id): replication only
 
     def server(self, channel: str) -> str:
         """The channel's owner, or its shard's known leader, else the shard's preferred replica."""
@@ -44,7 +49,7 @@ class Placement:
         known = self.leaders.get(shard)
         return known[1] if known else topo.replicas_of(shard)[0]
 
-    def on_leads(self, logic_id: str, leads) -> None:
+    def on_leads(self, logic_id: str, leads: Iterable[tuple[int, int]]) -> None:
         """A logic node's tick lists the shards it leads as (shard, epoch): the newest epoch
         wins; a shard it led and no longer lists is forgotten."""
         listed = set()
@@ -57,28 +62,38 @@ class Placement:
             if leader == logic_id and shard not in listed:
                 del self.leaders[shard]
 
-    def moved(self, channel: str, leader) -> None:
+    def moved(self, channel: str, leader: str | None) -> None:
         """A replica answered WRONG_OWNER for ``channel`` naming ``leader`` (None or a node not
         in the topology: forget the shard's leader, ask the preferred replica next)."""
         shard = self.topo.shard_of(channel)
-        if leader in self.topo.nodes:
+        if leader is not None and leader in self.topo.nodes:
             known = self.leaders.get(shard)
             self.leaders[shard] = (known[0] if known else 0, leader)
         else:
             self.leaders.pop(shard, None)
 
 
+class LogicPlacement(Protocol):
+    """What a logic core asks of its placement (StaticPlacement or ShardPlacement)."""
+
+    def owns(self, name: str) -> bool:
+        """Does this node serve channel ``name`` now?"""
+
+    def leader(self, name: str) -> str | None:
+        """The logic node serving ``name`` (None: not known yet)."""
+
+
 class StaticPlacement:
     """Who serves a channel without replication, as a logic node sees it: its rendezvous owner,
     always."""
 
-    def __init__(self, topo, node_id):
+    def __init__(self, topo: Topology, node_id: str) -> None:
         self.topo, self.id = topo, node_id
 
     def owns(self, name: str) -> bool:
         return self.topo.logic_for(name) == self.id
 
-    def leader(self, name: str):
+    def leader(self, name: str) -> str:
         return self.topo.logic_for(name)
 
 
@@ -88,18 +103,18 @@ class ShardPlacement:
     coordinator) and which shards this node serves (led, and its epoch's first record on a
     majority)."""
 
-    def __init__(self, topo):
+    def __init__(self, topo: Topology) -> None:
         self.topo = topo
-        self.leaders = {}                     # shard -> (node, epoch), from etcd via the coordinator
-        self.serving = {}                     # shard -> epoch: the shards this node serves now
+        self.leaders: dict[int, tuple[str, int]] = {}   # shard -> (node, epoch), from etcd via the coordinator
+        self.serving: dict[int, int] = {}               # shard -> epoch: the shards this node serves now
 
     def owns(self, name: str) -> bool:
         return self.topo.shard_of(name) in self.serving
 
-    def leader(self, name: str):
+    def leader(self, name: str) -> str | None:
         leader = self.leaders.get(self.topo.shard_of(name))
         return leader[0] if leader else None
 
-    def leading(self) -> dict:
+    def leading(self) -> dict[int, int]:
         """{shard: epoch} of the shards served here (published in ticks to brokers)."""
         return dict(self.serving)

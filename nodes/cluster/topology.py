@@ -314,12 +314,12 @@ def _merge_numbers(path, section, given, defaults, allow_zero=()):
 def _parse_members(path, key, spec) -> list[int]:
     """Members as a list of uins and/or "A-B" ranges, or one "A-B" string."""
     items = spec if isinstance(spec, list) else [spec]
-    members = set()
+    members: set[int] = set()
     for item in items:
         if isinstance(item, str) and "-" in item:
-            lo, _, hi = item.partition("-")
+            first, _, last = item.partition("-")
             try:
-                lo, hi = int(lo), int(hi)
+                lo, hi = int(first), int(last)
             except ValueError:
                 _fail(path, key, f"bad range {item!r}")
             if not 0 <= lo <= hi < 2**32 or hi - lo > 1_000_000:

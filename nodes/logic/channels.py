@@ -13,7 +13,6 @@ import itertools
 from array import array
 
 from fastpath import IdRing
-
 from nodes.storage import store as keys
 
 

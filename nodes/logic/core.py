@@ -12,7 +12,7 @@ and the one commit path that the node, replication (replication.py) and a
 hand-over (handoff.py) call instead of reaching into the parts.
 
 ``out`` provides ``reply(ident, msg)``, ``publish(broker_id, msg)`` and
-``request_ids(channel, n, have)``.  ``placement`` says which channels this node
+``request_ids(channel, n, have)`` (``LogicOut``: nodes/runtime/ports.py).  ``placement`` says which channels this node
 serves (``owns``) and who does (``leader``): the rendezvous owner
 (StaticPlacement), or with replication the shard leadership (replication.py).
 """
@@ -20,29 +20,34 @@ from __future__ import annotations
 
 import collections
 
-from nodes.storage import store as keys
+from nodes.cluster.placement import LogicPlacement, StaticPlacement
+from nodes.cluster.topology import Topology
 from nodes.logic.channels import ChannelState
 from nodes.logic.dedup import Dedup
 from nodes.logic.fanout import FanOut
 from nodes.logic.ids import Ids
 from nodes.logic.members import Membership
-from nodes.cluster.placement import StaticPlacement
+from nodes.logic.presence import PresenceReplica
 from nodes.logic.reads import Reads
 from nodes.logic.retention import Retention
 from nodes.logic.sends import Sends
 from nodes.logic.serving import Serving
+from nodes.runtime.ports import LogicOut
+from nodes.storage import store as keys
+from nodes.storage.store import Store
 
 
 class LogicCore:
     """Channels, dedup and the send pipeline; ``out`` does the I/O.  State of its own: the
     ``stats`` counters every part adds to (shown by ``status``); the rest is the parts'."""
 
-    def __init__(self, node_id, topo, store, replica, out, secret: bytes, placement=None, joining=False):
+    def __init__(self, node_id: str, topo: Topology, store: Store, replica: PresenceReplica, out: LogicOut,
+                 secret: bytes, placement: LogicPlacement | None = None, joining: bool = False) -> None:
         self.id = node_id
         self.store = store
         self.secret = secret
         self.queue = int(topo.limits["channel_queue"])
-        self.stats = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
         self.serving = s = Serving(node_id, topo, placement or StaticPlacement(topo, node_id), joining)
         self.dedup = Dedup(store)
         self.retention = Retention(s, store, self.dedup, self.stats, topo.limits["message_lifetime"])

@@ -10,9 +10,9 @@ send path: it is the only part that reads presence.
 """
 from __future__ import annotations
 
-from nodes.protocol import wire
 from nodes.cluster import idcfanout
 from nodes.logic.channels import ChannelState, Pending, push_of
+from nodes.protocol import wire
 
 
 class FanOut:

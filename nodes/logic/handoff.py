@@ -24,9 +24,7 @@ from __future__ import annotations
 import itertools
 
 from nodes.protocol import auth, wire
-
-from nodes.storage import shards
-from nodes.storage import store as keys
+from nodes.storage import shards, store as keys
 
 PAGE_BYTES = 1 << 20
 PAGE_SECONDS = 0.02            # reading a page stops after this (scans of other channels' send rows)

@@ -11,9 +11,9 @@ they wait in ``committed`` until the batch is written (``take_committed``).
 """
 from __future__ import annotations
 
+from nodes.logic.channels import ChannelState, Pending
 from nodes.protocol import wire
 from nodes.storage import store as keys
-from nodes.logic.channels import ChannelState, Pending
 
 
 class Ids:

@@ -9,10 +9,10 @@ for channels.
 """
 from __future__ import annotations
 
-from nodes.protocol import auth, wire
-from nodes.storage import store as keys
-from nodes.runtime.logs import events
 from nodes.logic.channels import ChannelState
+from nodes.protocol import auth, wire
+from nodes.runtime.logs import events
+from nodes.storage import store as keys
 
 
 class Membership:

@@ -18,20 +18,20 @@ import time
 
 import zmq
 
-from nodes.protocol import schema, wire
-from nodes.storage import store as keys
-from nodes.storage.store import StoreError
-from nodes.runtime.node import Node
-from nodes.runtime import clock as expiry_clock
+from nodes.cluster.placement import ShardPlacement
 from nodes.counter import counter_to_ask
-from nodes.runtime import statusprobe
-from nodes.runtime.rpc import Requests
+from nodes.logic import diskfull
 from nodes.logic.core import LogicCore
 from nodes.logic.handoff import Handoff
 from nodes.logic.presence import PresenceReplica
-from nodes.cluster.placement import ShardPlacement
 from nodes.logic.replication import Replication
-from nodes.logic import diskfull
+from nodes.protocol import schema, wire
+from nodes.runtime import clock as expiry_clock, statusprobe
+from nodes.runtime.node import Node
+from nodes.runtime.ports import Msg
+from nodes.runtime.rpc import Requests
+from nodes.storage import store as keys
+from nodes.storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ JOIN_PROBE = 1.0                      # seconds a starting logic node asks the o
 class LogicNode(Node):
     type = "logic"
     clock = staticmethod(time.time)            # replaced per node by its expiry clock's ``now``
+    store: Store                               # opened by Node.__init__ (needs_store)
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
@@ -52,8 +53,8 @@ class LogicNode(Node):
         # node's wall clock does not move (nodes/runtime/clock.py, issue 23)
         self.expiry = expiry_clock.attach(self)
         self.clock = self.expiry.now
-        self.requests = Requests(topo.limits["request_timeout"], self.max_internal_frame, self.outbox,
-                                 on_late=self.on_late_reply)
+        self.requests: Requests = Requests(topo.limits["request_timeout"], self.max_internal_frame, self.outbox,
+                                           on_late=self.on_late_reply)
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
         self.counters = self.peers("counter")
         self.routers = self.peers("router")
@@ -123,7 +124,7 @@ class LogicNode(Node):
     def announce(self, stopping: bool = False):
         """Tell every broker now which shards this node leads (also said in every tick);
         ``stopping``: take this node for down at once."""
-        tick = {"t": "tick", "logic": self.id,
+        tick: dict[str, object] = {"t": "tick", "logic": self.id,
                 "leads": [[s, e] for s, e in self.repl.placement.leading().items()] if self.repl else []}
         if stopping:
             tick["stopping"] = True
@@ -180,13 +181,13 @@ class LogicNode(Node):
         return {"leaving": self.core.leaving()}
 
     # --- out (what the core asks for) ----------------------------------------
-    def reply(self, ident, msg):
+    def reply(self, ident: bytes, msg: Msg) -> None:
         self.queue_reply(self.rpc, ident, msg)
 
-    def publish(self, broker, msg):
+    def publish(self, broker: str, msg: Msg) -> None:
         self.queue_packed(self.pub, wire.topic(broker), wire.pack(msg))
 
-    def request_ids(self, channel, n, have):
+    def request_ids(self, channel: str, n: int, have: int) -> None:
         counter, timeout = counter_to_ask(self.topo, channel, self.alloc_failures)   # the next after a failure
 
         def done(reply):

@@ -9,9 +9,9 @@ reads only look at the channels and the store, they change nothing.
 """
 from __future__ import annotations
 
+from nodes.logic.channels import ChannelState, push_of
 from nodes.protocol import wire
 from nodes.storage import store as keys
-from nodes.logic.channels import ChannelState, push_of
 
 
 class Reads:

@@ -98,9 +98,9 @@ class Replication:
         self.pos = {s: shards.get_position(self.store, s) for s in self.shards}
         self.known = {s: self.pos[s][0] for s in self.shards}    # newest epoch heard per shard: the fence
         self.lease_until = 0.0                # monotonic: acks only before this
-        self.lead = {}                        # shard -> Lead, shards this node serves
-        self.promoting = {}                   # shard -> {"epoch", "answers", "asked"}
-        self.held = {}                        # shard -> [(ident, reply)] admin replies of this turn
+        self.lead: dict[int, Lead] = {}       # shard -> Lead, shards this node serves
+        self.promoting: dict[int, dict] = {}  # shard -> {"epoch", "answers", "asked"}
+        self.held: dict[int, list] = {}       # shard -> [(ident, reply)] admin replies of this turn
         self.stats = {"records": 0, "applied": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                       "refused": 0}
         self.snaps = Snapshots(node, self.store, topo.shard_of, self.pos.__getitem__, self._set_position,
@@ -147,7 +147,7 @@ class Replication:
         ops = self.store.take_captured()
         committed = self.core.take_committed()
         by_shard = shards.split(ops, self.topo.shard_of)
-        recs = {}
+        recs: dict[int, list] = {}
         for rec in committed:
             recs.setdefault(self.topo.shard_of(rec.channel), []).append(rec)
         for s in set(by_shard) | set(recs) | set(self.held):

@@ -13,9 +13,9 @@ from __future__ import annotations
 import heapq
 import time
 
-from nodes.storage import store as keys
 from nodes.logic.channels import ChannelState
 from nodes.logic.dedup import device_of
+from nodes.storage import store as keys
 
 SENT_PRUNE_BUDGET = 2000              # expired send-index rows deleted per sweep call at most
 

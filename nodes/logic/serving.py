@@ -9,8 +9,10 @@ here (``channels``) has one owner that the lifecycle (nodes/logic/core.py) edits
 """
 from __future__ import annotations
 
-from nodes.protocol import wire
+from nodes.cluster.placement import LogicPlacement
+from nodes.cluster.topology import Topology
 from nodes.logic.channels import ChannelState
+from nodes.protocol import wire
 
 
 class Serving:
@@ -19,7 +21,7 @@ class Serving:
     mesh: serves only what it holds until settled), ``topo`` and ``placement`` (replaced
     together when a live reshard is adopted)."""
 
-    def __init__(self, node_id, topo, placement, joining: bool = False):
+    def __init__(self, node_id: str, topo: Topology, placement: LogicPlacement, joining: bool = False) -> None:
         self.id = node_id
         self.topo = topo
         self.placement = placement

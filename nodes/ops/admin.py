@@ -12,14 +12,12 @@ import itertools
 
 import zmq
 
-from nodes.protocol import auth, wire
-
-from nodes.runtime import curve, statusprobe
-
-from nodes.cluster import placement, rendezvous
-from nodes.runtime.logs import events
 from nodes.client.nearest import SLACK, STICKY
+from nodes.cluster import placement, rendezvous
 from nodes.cluster.topology import Topology
+from nodes.protocol import auth, wire
+from nodes.runtime import curve, statusprobe
+from nodes.runtime.logs import events
 
 CHANNEL_OPS = ("create", "add", "remove", "show")
 

@@ -54,7 +54,7 @@ class LocalEtcd:
         return list(self.clients)
 
     @classmethod
-    def persistent(cls, directory: str) -> "LocalEtcd":
+    def persistent(cls, directory: str) -> LocalEtcd:
         """The one-member etcd of a local topology: its ports are kept in ``directory/ports``
         so a restart finds its data (member URLs are stored in it) and clients find it."""
         path = os.path.join(directory, "ports")
@@ -71,7 +71,7 @@ class LocalEtcd:
             f.write("\n".join(etcd.clients) + "\n")
         return etcd
 
-    def start(self, timeout: float = 30.0) -> "LocalEtcd":
+    def start(self, timeout: float = 30.0) -> LocalEtcd:
         """Start every member and wait until all are healthy; on failure the members started
         are stopped again (``with LocalEtcd(...)`` never reaches ``__exit__`` when this raises)."""
         cluster = self._cluster()

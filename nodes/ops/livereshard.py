@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import time
 
-from nodes.protocol import auth
-
 from nodes.cluster import topochange
-from nodes.ops.admin import Admin
 from nodes.cluster.topology import TopologyError
+from nodes.ops.admin import Admin
+from nodes.protocol import auth
 
 PENDING = 3            # exit code: start the new logic nodes, then run the command again
 

@@ -18,15 +18,18 @@ import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from nodes import PACKAGE_DIR
-from nodes.protocol import auth
-
-from nodes.runtime import curve
-
 from nodes.cluster import topology
 from nodes.ops.admin import Admin
 from nodes.ops.processes import stop_all
+from nodes.protocol import auth
+from nodes.runtime import curve
+
+if TYPE_CHECKING:
+    from nodes.ops.etcdserver import LocalEtcd
+
 
 def child_env() -> dict:
     """This environment, with the directory holding this package first on PYTHONPATH."""
@@ -64,9 +67,9 @@ class Mesh:
         self.topo = topology.load(self.config)
         self.python = python
         self.log_args = list(log_args)        # e.g. ["--log-level", "DEBUG", "--log-format", "json"]
-        self.procs = {}                       # node id -> Popen
+        self.procs: dict[str, subprocess.Popen] = {}   # node id -> Popen
         self.admin = Admin(self.topo, timeout=1.0)
-        self.etcd = None                      # the local etcd of a replicated local topology
+        self.etcd: LocalEtcd | None = None    # the local etcd of a replicated local topology
         self.wrap = dict(wrap or {})          # node id -> command prefix (a namespace: ["ip", "netns", "exec", ns])
 
     def start_etcd(self) -> None:

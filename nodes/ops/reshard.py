@@ -80,7 +80,7 @@ class Moves(list):
     rows = 0
 
 
-def move(old_topo, new_topo, dry_run: bool = False) -> "Moves":
+def move(old_topo, new_topo, dry_run: bool = False) -> Moves:
     """Move what the new topology places elsewhere; return the moves."""
     for topo in (old_topo, new_topo):
         if topo.replicated:

@@ -11,13 +11,14 @@ import hmac
 import os
 import secrets
 import time
+from typing import Any
 
 from nodes.protocol.wire import PROTOCOL_VERSION, Err, ProtocolError
 
 SCOPES = ("user", "admin")
 
 
-def mint(secret: bytes, uin: int, lifetime: float = 86400, scope: str = "user", now=None) -> str:
+def mint(secret: bytes, uin: int, lifetime: float = 86400, scope: str = "user", now: float | None = None) -> str:
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}")
     if not 0 <= uin < 2**32:
@@ -28,7 +29,7 @@ def mint(secret: bytes, uin: int, lifetime: float = 86400, scope: str = "user", 
     return f"{body}.{sig}"
 
 
-def verify(secret: bytes, token: str, scope: str = "user", now=None) -> int:
+def verify(secret: bytes, token: str, scope: str = "user", now: float | None = None) -> int:
     """Return the uin the token was minted for, or raise ProtocolError."""
     parts = token.split(".") if isinstance(token, str) else []
     if len(parts) != 5 or parts[0] != "v1" or not parts[2].isdigit() or not parts[3].isdigit():
@@ -60,7 +61,7 @@ def ensure_secret(path: str) -> bool:
     return True
 
 
-def check_login(secret: bytes, msg: dict) -> int:
+def check_login(secret: bytes, msg: dict[str, Any]) -> int:
     """A validated login request: the protocol version we speak and a good token; the uin."""
     if msg["v"] != PROTOCOL_VERSION:
         raise ProtocolError(Err.BAD_VERSION, f"server speaks protocol version {PROTOCOL_VERSION}",

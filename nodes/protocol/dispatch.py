@@ -36,7 +36,7 @@ class FailureLog:
 
     def __init__(self, every: float = TRACE_EVERY):
         self.every = every
-        self.last = {}                          # key -> (time logged, suppressed since)
+        self.last: dict[tuple, tuple[float, int]] = {}   # key -> (time logged, suppressed since)
         self.total = 0
 
     def failed(self, key, now: float) -> None:
@@ -62,8 +62,8 @@ class Dispatcher:
         self.guard = guard                      # (ident, t, msg, now) -> ctx, or raises ProtocolError
         self.decode = decode                    # (frame, max_len, max_items) -> [map], or ProtocolError
         self.failures = FailureLog()
-        self.requests = collections.Counter()   # served, by type (a metric)
-        self.invalid = collections.Counter()    # (type, code) -> requests that broke the schema
+        self.requests: collections.Counter[str] = collections.Counter()   # served, by type (a metric)
+        self.invalid: collections.Counter[tuple] = collections.Counter()  # (type, code) -> requests that broke it
 
     def frame(self, ident, frame: bytes, now: float, reply, max_len: int, max_items: int = 1024) -> None:
         """Serve every request of one frame; ``reply(ident, map)`` gets each answer."""
@@ -123,9 +123,9 @@ class PubDispatcher:
         self.validator = wire.Validator(schemas)
         self.known = frozenset(schemas)
         self.failures = FailureLog()
-        self.received = collections.Counter()   # routed, by kind (a metric)
-        self.ignored = collections.Counter()    # no handler, by kind
-        self.refused = collections.Counter()    # broke the schema, by kind
+        self.received: collections.Counter[str | None] = collections.Counter()   # routed, by kind (a metric)
+        self.ignored: collections.Counter[str] = collections.Counter()    # no handler, by kind
+        self.refused: collections.Counter[str | None] = collections.Counter()    # broke the schema, by kind
 
     def frame(self, frame: bytes, max_len: int, max_items: int = 1 << 20) -> None:
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from nodes.protocol import schema
 
@@ -48,11 +49,12 @@ def limit_text(field: schema.Field) -> str:
     return str(field.limit)
 
 
-def table(t: str, fields: dict) -> list[str]:
+def table(t: str, fields: dict[str, Any]) -> list[str]:
     rows = ["| field | type | required | limit | meaning |", "|---|---|---|---|---|"]
     for name, field in fields.items():
         need = "optional, nil = absent" if field.nil else ("optional" if field.optional else "required")
-        rows.append(f"| {name} | {TYPE_NAMES[field.kind]} | {need} | {limit_text(field)} | {field.doc} |".replace("  ", " "))
+        row = f"| {name} | {TYPE_NAMES[field.kind]} | {need} | {limit_text(field)} | {field.doc} |"
+        rows.append(row.replace("  ", " "))
     return rows
 
 
@@ -82,7 +84,7 @@ def splice(doc: str) -> str:
     return doc.rstrip("\n") + "\n\n" + render()
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--write"]:
         with open(DOC, encoding="utf-8") as f:

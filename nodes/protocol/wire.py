@@ -11,6 +11,8 @@ Nothing here touches a socket, so every rule can be tested on bytes alone.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import msgspec
 
@@ -343,7 +345,7 @@ def _field(name: str, field, limits: dict):
         if field.kind not in LIMITED:
             raise ValueError(f"kind {field.kind!r} of field {name!r} takes no limit")
         check = _bound(check, int(limit))
-        fast = 0
+        fast: int | None = 0
     else:
         fast = _INT_LIMITS.get(field.kind, None if field.kind in ("str", "text") else 0)
     return name, fast, check
@@ -373,7 +375,7 @@ class Validator:
             self.entries[t] = (tuple(required), tuple(optional))
 
     def validate(self, msg: dict) -> str:
-        t = msg.get("t")
+        t: Any = msg.get("t")
         entry = self.entries.get(t) if type(t) is str else None
         if entry is None:
             raise ProtocolError(Err.BAD_TYPE, f"unknown message type {t!r}")
@@ -396,7 +398,7 @@ class Validator:
         return t
 
 
-_compiled = {}                                      # id(table) -> (table, Validator)
+_compiled: dict[int, tuple[dict, Validator]] = {}   # id(table) -> (table, Validator)
 
 
 def validate(msg: dict, schemas: dict) -> str:

@@ -1,1 +1,2 @@
-"""The socket runtime every node stands on: the Node base and its loop, outbox, request/reply (rpc), CURVE, session tables, links, logs, metrics."""
+"""The socket runtime every node stands on: the Node base and its loop, outbox, request/reply
+(rpc), CURVE, session tables, links, logs, metrics."""

@@ -193,7 +193,7 @@ class Identity:
         self.coming: Topology | None = None                     # a newer topology admitted (its nodes' keys known too)
 
     @classmethod
-    def admin(cls, topo: Topology) -> "Identity":
+    def admin(cls, topo: Topology) -> Identity:
         """The operator tools' identity (bin/mesh, tests, benchmarks); on a local
         topology the keys are made on first use, like the secret."""
         if not topo.curve:

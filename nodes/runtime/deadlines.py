@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 
 class DeadlineHeap:
@@ -23,15 +25,15 @@ class DeadlineHeap:
     with a writable ``due``, None at first) or None when it is gone; ``deadline(record)`` its
     current deadline."""
 
-    def __init__(self, record, deadline):
+    def __init__(self, record: Callable[[Any], Any], deadline: Callable[[Any], float]) -> None:
         self._record, self._deadline = record, deadline
-        self._heap = []                         # (due, seq, key): one live entry per record
+        self._heap: list[tuple[float, int, Any]] = []   # (due, seq, key): one live entry per record
         self._seq = itertools.count()           # ties: keys need not be comparable
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def track(self, key, record) -> None:
+    def track(self, key: Any, record: Any) -> None:
         """Make sure the heap looks at ``key`` by its record's deadline: a new entry only when
         there is none or the deadline moved earlier (a later one is found when the live entry
         comes due)."""
@@ -39,11 +41,11 @@ class DeadlineHeap:
         if record.due is None or deadline < record.due:
             self._push(key, record, deadline)
 
-    def _push(self, key, record, deadline) -> None:
+    def _push(self, key: Any, record: Any, deadline: float) -> None:
         record.due = deadline
         heapq.heappush(self._heap, (deadline, next(self._seq), key))
 
-    def expired(self, now: float, budget: int) -> list:
+    def expired(self, now: float, budget: int) -> list[Any]:
         """Keys whose deadline is ``now`` or earlier, looking at ``budget`` heap entries at
         most (a sweep never stalls the loop)."""
         out = []

@@ -43,7 +43,6 @@ from zmq.utils.monitor import parse_monitor_message
 
 from nodes.runtime.logs import events
 
-
 EVENTS: dict[int, str] = {zmq.EVENT_CONNECTED: "up", zmq.EVENT_DISCONNECTED: "down"}
 MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 DRAIN_EVERY = 0.5          # seconds

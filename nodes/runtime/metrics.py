@@ -43,7 +43,7 @@ def _number(value) -> bool:
 
 def families(status: dict, store=None):
     """(name, kind, doc, [(labels dict, value)]) for every exportable figure of a status map."""
-    out = []
+    out: list[tuple] = []
     for key, value in status.items():
         if key in SKIP:
             continue

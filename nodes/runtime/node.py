@@ -26,6 +26,7 @@ from nodes.storage.store import Store
 from nodes.cluster.topology import Topology, TopologyError
 from nodes.runtime.outbox import Outbox
 from nodes.runtime.links import Relinker
+from nodes.runtime.rpc import Requests
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,12 @@ class Node:
                                sync=topo.storage["sync"] if store_sync is None else store_sync)
         self.outbox = Outbox(self.on_send_failed, self.max_internal_frame)   # sent after the batch
         self.loop.on_turn_end(self._end_turn)
-        self.dispatchers = []
-        self.pub_dispatchers = []             # one per subscribe(): PUB frames by kind
-        self.client_facing = set()            # sockets clients connect to: strict msgpack decoding
-        self.linked = set()        # sockets watched by links.on_link_down (links.watch_peers skips them)
+        self.dispatchers: list[Dispatcher] = []
+        self.pub_dispatchers: list[PubDispatcher] = []   # one per subscribe(): PUB frames by kind
+        self.client_facing: set[zmq.Socket] = set()      # sockets clients connect to: strict msgpack decoding
+        self.linked: set[zmq.Socket] = set()  # sockets watched by links.on_link_down (links.watch_peers skips them)
         self.relinker = Relinker(self.security)   # connects node sockets, and again when libzmq gives up
-        self.requests = None       # the node's rpc.Requests, if it sends requests
+        self.requests: Requests | None = None   # the node's rpc.Requests, if it sends requests
         from nodes.runtime import metrics                 # Prometheus /metrics if the topology gives this node one
         self.metrics = metrics.serve(self)
 
@@ -129,6 +130,7 @@ class Node:
 
     def peers(self, node_type: str) -> dict:
         """A DEALER to the rpc endpoint of every node of a type; replies go to self.requests."""
+        assert self.requests is not None, "peers() is for nodes that send requests"
         socks = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in self.topo.of_type(node_type)}
         for sock in socks.values():
             self.loop.add(sock, self.requests.on_reply)
@@ -277,6 +279,7 @@ class Node:
         """After a topology change: a DEALER to each new node of a type; those gone leave
         ``socks`` (what waits on them is answered UNAVAILABLE) and are disconnected, not closed:
         the socket may be in the poll results being served right now."""
+        assert self.requests is not None, "refresh_peers() is for nodes that send requests"
         wanted = {n.id: n for n in self.topo.of_type(node_type)}
         for node_id in [n for n in socks if n not in wanted]:
             sock = socks.pop(node_id)

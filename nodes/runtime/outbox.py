@@ -29,7 +29,7 @@ ARRAY_HEADER = 5                  # bytes of a msgpack array header at most
 
 class Outbox:
     def __init__(self, on_failed=None, max_frame: int | None = None):
-        self.queued = {}          # (sock, key or None) -> [packed message, ...]
+        self.queued: dict[tuple, list[bytes]] = {}   # (sock, key or None) -> [packed message, ...]
         self.on_failed = on_failed   # (sock, key, exc): a full or vanished peer (ROUTER_MANDATORY)
         self.max_frame = max_frame   # bytes of one joined frame (None: no bound)
 

@@ -22,7 +22,7 @@ class Requests:
         self.outbox = outbox                 # requests leave at the end of the loop turn
         self.on_late = on_late               # gets replies whose request already timed out
         self.max_len = max_len
-        self.pending = {}                    # rid -> (deadline, callback, socket)
+        self.pending: dict[int, tuple] = {}  # rid -> (deadline, callback, socket)
         self._rids = itertools.count(1)
 
     def send(self, sock, msg: dict, callback, timeout: float | None = None, now: float | None = None) -> int:

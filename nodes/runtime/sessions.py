@@ -40,11 +40,11 @@ class Session:
 class SessionTable:
     def __init__(self, factor: float):
         self.factor = factor
-        self.by_ident = {}                      # ident -> Session
-        self.by_key = {}                        # (uin, device) -> Session
-        self.by_uin = {}                        # uin -> {ident: Session}
-        self.gone = collections.OrderedDict()   # ident -> reason, newest last
-        self.ended = collections.Counter()      # reason -> sessions ended for it
+        self.by_ident: dict[bytes, Session] = {}                 # ident -> Session
+        self.by_key: dict[tuple[int, int], Session] = {}         # (uin, device) -> Session
+        self.by_uin: dict[int, dict[bytes, Session]] = {}        # uin -> {ident: Session}
+        self.gone: collections.OrderedDict[bytes, str] = collections.OrderedDict()   # ident -> reason, newest last
+        self.ended: collections.Counter[str] = collections.Counter()   # reason -> sessions ended for it
         self._deadlines = DeadlineHeap(self._live, self.deadline)     # one live entry per session
 
     def __len__(self) -> int:

@@ -26,7 +26,8 @@ def status_rounds(ctx: zmq.Context, identity, endpoints: dict, rounds: int, time
 
     ``endpoints``: {id: rpc endpoint}; ``identity``: whose CURVE keys connect
     (nodes/runtime/curve.py); each node gets its next request when the last is
-    answered, up to ``rounds``; ``max_frame``: the topology's internal frame limit; ``rids``: the request ids to use (an iterator)."""
+    answered, up to ``rounds``; ``max_frame``: the topology's internal frame limit; ``rids``: the
+    request ids to use (an iterator)."""
     rids = itertools.count(1) if rids is None else rids
     ids = list(endpoints)
     out: dict[str, tuple[dict | None, list[float]]] = {n: (None, []) for n in ids}

@@ -8,6 +8,8 @@ that difference is a large share of a node's CPU per message.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import zmq
 from zmq.backend import Socket as _Backend
 
@@ -20,17 +22,17 @@ _recv = _Backend.recv
 _get = _Backend.get
 
 
-def send_pair(sock, first: bytes, second: bytes) -> None:
+def send_pair(sock: zmq.Socket[bytes], first: bytes, second: bytes) -> None:
     """The common two-frame case (identity + body, topic + body)."""
     _send(sock, first, SNDMORE_NOBLOCK)
     _send(sock, second, NOBLOCK)
 
 
-def send_one(sock, frame: bytes) -> None:
+def send_one(sock: zmq.Socket[bytes], frame: bytes) -> None:
     _send(sock, frame, NOBLOCK)
 
 
-def reader(kind: int):
+def reader(kind: int) -> Callable[[zmq.Socket[bytes]], list[bytes]]:
     """A function receiving one whole message from a socket of this type (zmq.Again if none).
 
     ROUTER messages are [identity, body] and anyone may connect, so extra
@@ -52,7 +54,7 @@ def reader(kind: int):
     raise ValueError(f"no reader for socket type {kind}")
 
 
-def _rest(sock, frames: list) -> list:
+def _rest(sock: zmq.Socket[bytes], frames: list[bytes]) -> list[bytes]:
     """``frames`` with the rest of the message they began."""
     while _get(sock, RCVMORE):
         frames.append(_recv(sock, NOBLOCK))

@@ -45,7 +45,7 @@ def channel_of_key(key: bytes) -> str | None:
 
 def split(ops, shard_of) -> dict:
     """{shard: [[key, value or None], ...]} of the replicated writes among ``ops``, in order."""
-    out = {}
+    out: dict[int, list] = {}
     current = None
     for key, value in ops:
         kind = key[0]
@@ -107,6 +107,12 @@ def channel_rows(store, wanted, sends: bool = True, pause_every: int = 0):
             yield key, raw
         elif pause_every and n % pause_every == 0:
             yield None
+
+
+def dedup_rows(store) -> list:
+    """Every ``d`` row (per device, not per channel): [[key, value], ...] (an offline reshard
+    copies them all to a channel's new owner: nodes/ops/reshard.py)."""
+    return [[k, v] for k, v in store.scan(b"d")]
 
 
 def snapshot_rows(store, shard: int, shard_of, pause_every: int = 0):
@@ -219,7 +225,7 @@ class Clearing:
 
     def __init__(self, store, shard: int, shard_of, clock=time.monotonic):
         self.store, self.clock = store, clock
-        self.kept = set()
+        self.kept: set[bytes] = set()
         self.done = False
         self.deleted = 0
         self._rows = channel_rows(store, lambda name: shard_of(name) == shard, pause_every=PAUSE_EVERY)
@@ -232,8 +238,9 @@ class Clearing:
         """Stage deletions for about ``seconds``; True once every old row is deleted."""
         deadline = self.clock() + seconds
         while not self.done:
-            row = next(self._rows, StopIteration)
-            if row is StopIteration:
+            try:
+                row = next(self._rows)
+            except StopIteration:
                 self.done, self.kept = True, set()
                 break
             if row is not None and row[0] not in self.kept:

@@ -33,12 +33,11 @@ import errno
 import logging
 import os
 import struct
-import zlib
 import time
+import zlib
 
 import msgspec
-from rocksdict import (AccessType, BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch,
-                       WriteOptions)
+from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +195,8 @@ class Store:
         self.writes = 0                 # batches written, their ops and seconds: read by metrics
         self.write_ops = 0
         self.write_seconds = 0.0
-        self.capture = None        # a list: every staged (key, value or None) is also appended (replication)
+        # a list: every staged (key, value or None) is also appended (replication)
+        self.capture: list[tuple[bytes, bytes | None]] | None = None
 
     @staticmethod
     def _options() -> Options:
@@ -260,7 +260,7 @@ class Store:
         """Up to ``limit`` greatest keys starting with prefix, in ascending order."""
         it = self.db.iter(ReadOptions())
         it.seek_for_prev(prefix + b"\xff" * 16)
-        out = []
+        out: list[bytes] = []
         while it.valid() and len(out) < limit and it.key().startswith(prefix):
             out.append(it.key())
             it.prev()
@@ -273,8 +273,8 @@ class Store:
         if self.capture is None:
             self.capture = []
 
-    def take_captured(self) -> list:
-        """The (key, value or None) staged since the last call, in order."""
+    def take_captured(self) -> list[tuple[bytes, bytes | None]] | None:
+        """The (key, value or None) staged since the last call, in order (None: no capture was on)."""
         ops, self.capture = self.capture, []
         return ops
 
