@@ -43,7 +43,8 @@ from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
 from nodes.protocol import auth
 
-from .e2e import channel_of, wait_presence
+from .e2e import wait_presence
+from .leangen import channel_of
 from .procstat import reap
 from .report import machine, parser as bench_parser, table, write_json
 

@@ -1,4 +1,4 @@
-"""What a G1k generator counts, shared by the lean (bench/e2e.py) and asyncio (bench/agen.py) ones.
+"""What a G1k generator counts, shared by the lean (bench/leangen.py) and asyncio (bench/agen.py) ones.
 
 Every message text is ``sender:seq:sent_ns:padding``, so a receiver can tell
 a duplicate from a new delivery and both latencies come from the texts and

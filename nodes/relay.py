@@ -26,6 +26,7 @@ import zmq
 
 from nodes.cluster.placement import Placement
 from nodes.protocol import auth, schema, wire
+from nodes.protocol.mediaref import make_ref, parse_ref
 from nodes.runtime import clock as expiry_clock
 from nodes.runtime.node import Node
 from nodes.runtime.rpc import Requests
@@ -45,21 +46,6 @@ def meta_key(media: bytes) -> bytes:
 
 def chunk_key(media: bytes, index: int) -> bytes:
     return b"k" + media + index.to_bytes(4, "big")
-
-
-def make_ref(relay_id: str, media: bytes) -> str:
-    return f"imesh-media:{relay_id}:{media.hex()}"
-
-
-def parse_ref(ref: str) -> tuple[str, bytes]:
-    """(relay id, media id) of a ref; ProtocolError(NO_MEDIA) if it is not one."""
-    parts = ref.split(":") if isinstance(ref, str) else []
-    if len(parts) != 3 or parts[0] != "imesh-media" or len(parts[2]) != 16:
-        raise wire.ProtocolError(wire.Err.NO_MEDIA, f"not a media ref: {ref!r}")
-    try:
-        return parts[1], bytes.fromhex(parts[2])
-    except ValueError:
-        raise wire.ProtocolError(wire.Err.NO_MEDIA, f"not a media ref: {ref!r}") from None
 
 
 def media_id(text) -> bytes:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodes.cli import mesh as mesh_cli
+from nodes.cli import channel_cli
 from nodes.cluster.topology import TopologyError, parse
 
 
@@ -59,12 +59,12 @@ def test_bad_homes_are_refused_with_the_key():
 
 def test_channel_create_idc_names_the_home():
     t = topo()
-    assert mesh_cli.homed_name(t, "team", "west") == "team@west"
-    assert mesh_cli.homed_name(t, "team@west", "west") == "team@west"
+    assert channel_cli.homed_name(t, "team", "west") == "team@west"
+    assert channel_cli.homed_name(t, "team@west", "west") == "team@west"
     with pytest.raises(SystemExit):
-        mesh_cli.homed_name(t, "team@east", "west")
+        channel_cli.homed_name(t, "team@east", "west")
     with pytest.raises(SystemExit):
-        mesh_cli.homed_name(t, "team", "north")
+        channel_cli.homed_name(t, "team", "north")
 
 
 def test_a_counter_new_to_a_channel_starts_at_the_writers_ids(tmp_path):
@@ -167,15 +167,15 @@ def test_only_names_without_a_home_are_measured():
 
     t = topo(channels={"lobby": {"members": [1]}, "hall": {"members": [1], "idc": "east"}})
     for name in ("team@east", "team@west", "lobby", "hall"):
-        assert mesh_cli.measured_home(t, NoMeasuring(), name) is None
-    assert mesh_cli.measured_home(t, Measuring(), "team")["idc"] == "west"
-    assert mesh_cli.measured_home(t, Measuring(), "team@nowhere")["idc"] == "west"   # not an IDC: no home yet
+        assert channel_cli.measured_home(t, NoMeasuring(), name) is None
+    assert channel_cli.measured_home(t, Measuring(), "team")["idc"] == "west"
+    assert channel_cli.measured_home(t, Measuring(), "team@nowhere")["idc"] == "west"   # not an IDC: no home yet
     one = parse({"local": True, "idcs": {"east": {
             "brokers": [{"id": "b1", "client": "tcp://127.0.0.1:7001", "rpc": "tcp://127.0.0.1:7002"}],
             "logics": [{"id": "l1", "rpc": "tcp://127.0.0.1:7003", "pub": "tcp://127.0.0.1:7004"}],
             "routers": [{"id": "r1", "rpc": "tcp://127.0.0.1:7005", "pub": "tcp://127.0.0.1:7006"}],
             "counters": [{"id": "c1", "rpc": "tcp://127.0.0.1:7007"}]}}}, "/tmp/t.yaml")
-    assert mesh_cli.measured_home(one, NoMeasuring(), "team") is None
+    assert channel_cli.measured_home(one, NoMeasuring(), "team") is None
 
 
 def test_a_tie_over_a_wan_is_measured_again():
@@ -193,10 +193,10 @@ def test_a_tie_over_a_wan_is_measured_again():
     busy = {"east-l1": 0.052, "east-l2": 0.055, "west-l1": 0.038, "west-l2": 0.060}
     calm = {"east-l1": 0.041, "east-l2": 0.041, "west-l1": 0.0004, "west-l2": None}
     admin = Passes(busy, calm)
-    home = mesh_cli.measured_home(t, admin, "team")
+    home = channel_cli.measured_home(t, admin, "team")
     assert admin.calls == 2 and (home["idc"], home["by"], home["logic"]) == ("west", "nearest", "west-l1")
     assert home["rtt_ms"] == {"east-l1": 41.0, "east-l2": 41.0, "west-l1": 0.4, "west-l2": 60.0}
     stays = Passes(busy, busy, busy, calm)                        # at most 2 more passes
-    assert mesh_cli.measured_home(t, stays, "team")["by"] == "nearest_tie" and stays.calls == 3
+    assert channel_cli.measured_home(t, stays, "team")["by"] == "nearest_tie" and stays.calls == 3
     lan = Passes({"east-l1": 0.0003, "east-l2": 0.0003, "west-l1": 0.0004, "west-l2": 0.0003}, calm)
-    assert mesh_cli.measured_home(t, lan, "team")["by"] == "nearest_tie" and lan.calls == 1
+    assert channel_cli.measured_home(t, lan, "team")["by"] == "nearest_tie" and lan.calls == 1

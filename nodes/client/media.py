@@ -17,6 +17,7 @@ from nodes.client.blocking import ClientError, login_request
 from nodes.client.connection import Link
 from nodes.client.nearest import Brokers
 from nodes.protocol import wire
+from nodes.protocol.mediaref import parse_ref
 
 DEFAULT_CHUNK = 256 * 1024
 
@@ -100,7 +101,6 @@ class MediaClient:
 
     async def download(self, ref: str) -> bytes:
         """Fetch every chunk (in parallel) and check the sha256; ClientError on any mismatch."""
-        from nodes.relay import parse_ref
         try:
             relay_id, _media = parse_ref(ref)
         except wire.ProtocolError as exc:
