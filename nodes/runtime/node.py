@@ -42,6 +42,12 @@ HEARTBEAT_IVL_MS = 200
 HEARTBEAT_TIMEOUT_MS = 600
 HEARTBEAT_TTL_MS = 1000       # what we ask the peer to wait for our traffic (sent in our PINGs)
 CONNECT_TIMEOUT_MS = 1000     # a connect attempt that gets no answer is given up and tried again
+# Connections a client-facing port lets the kernel queue before the loop accepts them (the
+# kernel caps it at net.core.somaxconn).  libzmq's default is 100: in a login storm (every
+# client of a restarted broker at once) the kernel dropped the SYNs beyond it and those clients
+# retried after TCP's SYN backoff -- 1, 3, 7, 15, 31 s -- while the broker sat idle (issue 23:
+# 10,000 logins, p99 31.2 s; docs/benchmarks.md "Login storm").
+CLIENT_BACKLOG = 8192
 
 
 def node_heartbeats(sock: zmq.Socket) -> None:
@@ -108,6 +114,7 @@ class Node:
         client_facing = endpoint == self.spec.endpoints.get("client")
         if client_facing:
             self.client_facing.add(sock)
+            sock.setsockopt(zmq.BACKLOG, CLIENT_BACKLOG)
         else:
             node_heartbeats(sock)          # a dead peer's pipe (and what is queued to it) is dropped
         self.security.as_server(sock, client_facing=client_facing)
