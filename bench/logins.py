@@ -31,7 +31,7 @@ from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
 from nodes.runtime import curve
 
-from .procstat import cpu_seconds, io_thread_cpu_seconds, reap
+from .procstat import cpu_seconds, io_thread_cpu_seconds, reap, self_cpu_seconds
 from .report import machine, parser as bench_parser, percentile, scratch, table, write_json
 from .sessions import raise_fd_limit
 
@@ -54,6 +54,7 @@ def storm(uins, endpoint, secret, ready, go, results, done, timeout) -> None:
         ready.put(len(socks))
         if not go.wait(120):
             return
+        cpu0 = self_cpu_seconds()
         poller = zmq.Poller()
         started = {}
         for s, frame in zip(socks, frames):
@@ -61,20 +62,23 @@ def storm(uins, endpoint, secret, ready, go, results, done, timeout) -> None:
             curve.connect_client(s, endpoint)
             s.send(frame)
             poller.register(s, zmq.POLLIN)
-        lat, failed = [], 0
+        sent = time.monotonic() - min(started.values())
+        lat, failed, codes = [], 0, {}
         deadline = time.monotonic() + timeout
         while len(lat) + failed < len(socks) and time.monotonic() < deadline:
-            for s, _ in poller.poll(100):
+            for s, _ in poller.poll(100):    # one reply per socket: no unregister (O(n) in pyzmq)
                 try:
                     reply = wire.unpack(s.recv(zmq.NOBLOCK))
                 except zmq.Again:
                     continue
-                poller.unregister(s)
                 if reply.get("t") == "login_ok":
                     lat.append(time.monotonic() - started[s])
                 else:
                     failed += 1
-        results.put({"lat": lat, "failed": failed, "missing": len(socks) - len(lat) - failed})
+                    code = str(reply.get("code"))
+                    codes[code] = codes.get(code, 0) + 1
+        results.put({"lat": lat, "failed": failed, "missing": len(socks) - len(lat) - failed, "sent": sent, "codes": codes,
+                     "cpu": self_cpu_seconds() - cpu0})
         done.wait(timeout + 60)
     finally:
         for s in socks:
@@ -111,8 +115,11 @@ def run_storm(mesh: Mesh, broker: str, n: int, processes: int, timeout: float) -
     lat = sorted(x for part in parts for x in part["lat"])
     ms = lambda p: round(percentile(lat, p) * 1000, 1) if lat else None      # noqa: E731
     return {"logins": n, "ok": len(lat), "failed": sum(p["failed"] for p in parts),
-            "missing": sum(p["missing"] for p in parts), "p50_ms": ms(50), "p99_ms": ms(99),
+            "missing": sum(p["missing"] for p in parts),
+            "codes": {c: sum(p["codes"].get(c, 0) for p in parts) for c in {c for p in parts for c in p["codes"]}}, "p50_ms": ms(50), "p99_ms": ms(99),
             "max_ms": round(lat[-1] * 1000, 1) if lat else None, "wall_s": round(wall, 2),
+            "connect_loop_s": round(max(p["sent"] for p in parts), 2),
+            "generators_cpu_s": round(sum(p["cpu"] for p in parts), 2),
             "broker_cpu_s": round(cpu["broker"], 2), "broker_io_cpu_s": round(io, 2),
             "router_cpu_s": round(cpu["router"], 2), "histogram": histogram(lat)}
 
@@ -149,7 +156,9 @@ def _median_of(runs: list) -> dict:
     out = {}
     for key in runs[0]:
         values = [r[key] for r in runs]
-        if key == "histogram":
+        if key == "codes":
+            out[key] = {c: max(r[key].get(c, 0) for r in runs) for c in {c for r in runs for c in r[key]}}
+        elif key == "histogram":
             out[key] = {edge: statistics.median(r[key][edge] for r in runs) for edge in values[0]}
         elif key == "ok":
             out[key] = min(values)
@@ -173,8 +182,12 @@ def main(argv=None) -> int:
     parser.add_argument("--client-curve", choices=("on", "off"), default="off",
                         help="CURVE on the client endpoint (each connection a handshake)")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds one storm may take at most")
+    parser.add_argument("--profile", metavar="DIR", help="cProfile every node's main thread into DIR "
+                        "(NODE.prof, written when the node stops: the broker's is of the storm after restart)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.profile:
+        os.environ["IMESH_PROFILE"] = os.path.abspath(args.profile)      # nodes/launch.py reads it
     limit = raise_fd_limit()
     sizes = _ints(args.logins)
     too_many = [n for n in sizes if n + 1000 > limit]
