@@ -10,6 +10,7 @@ broker, so it does not depend on how fast this machine accepts.
 """
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -18,6 +19,7 @@ import time
 
 import pytest
 import zmq
+from test_cli import run
 
 from nodes.broker.node import BrokerNode
 from nodes.cluster import topology
@@ -25,7 +27,6 @@ from nodes.ops.localtopo import write_topology
 from nodes.protocol import auth
 from nodes.router import RouterNode
 from nodes.runtime import curve, node
-
 
 CONNECTS = 400                 # far more than libzmq's default backlog (100)
 
@@ -104,3 +105,17 @@ def test_client_connections_have_io_threads_of_their_own(tmp_path):
         assert router.ctx.get(zmq.IO_THREADS) == 1
     finally:
         router.close()
+
+
+def test_the_login_storm_benchmark_runs(tmp_path):
+    """bin/bench logins as a user runs it: both storms answered, figures in the JSON."""
+    out = tmp_path / "logins.json"
+    r = run("bench", "logins", "--logins", 100, "--processes", 1, "--repeats", 1, "--timeout", 30,
+            "--json", out, timeout=180)
+    assert r.returncode == 0, r.stderr
+    size = json.loads(out.read_text())["sizes"][0]
+    for storm in ("first", "after restart"):
+        assert (size[storm]["ok"], size[storm]["failed"], size[storm]["missing"]) == (100, 0, 0)
+        assert 0 < size[storm]["p50_ms"] <= size[storm]["p99_ms"] <= size[storm]["max_ms"]
+        assert size[storm]["histogram"]["<32.0s"] == 100
+    assert "| 100    | after restart | 100/100 |" in r.stdout
