@@ -125,8 +125,8 @@ class Node:
             self.client_facing.add(sock)
             sock.setsockopt(zmq.BACKLOG, CLIENT_BACKLOG)
         else:
-            node_heartbeats(sock)
-        self._io_thread(sock, client_facing)          # a dead peer's pipe (and what is queued to it) is dropped
+            node_heartbeats(sock)          # a dead peer's pipe (and what is queued to it) is dropped
+        self._io_thread(sock, client_facing)
         self.security.as_server(sock, client_facing=client_facing)
         sock.bind(endpoint)
         return sock
