@@ -43,6 +43,20 @@ HEARTBEAT_IVL_MS = 200
 HEARTBEAT_TIMEOUT_MS = 600
 HEARTBEAT_TTL_MS = 1000       # what we ask the peer to wait for our traffic (sent in our PINGs)
 CONNECT_TIMEOUT_MS = 1000     # a connect attempt that gets no answer is given up and tried again
+# Connections a client-facing port lets the kernel queue before the loop accepts them (the
+# kernel caps it at net.core.somaxconn).  libzmq's default is 100: in a login storm (every
+# client of a restarted broker at once) the kernel dropped the SYNs beyond it and those clients
+# retried after TCP's SYN backoff -- 1, 3, 7, 15, 31 s -- while the broker sat idle (issue 23:
+# 10,000 logins, p99 31.2 s; docs/benchmarks.md "Login storm").
+CLIENT_BACKLOG = 8192
+# A node with a client port gives its clients' connections libzmq I/O threads of their own: a
+# storm of TCP accepts and CURVE handshakes (~0.5 ms of an I/O thread each) must not queue the
+# node's own traffic behind it.  With one shared I/O thread, 5,000 logins at once with
+# client_curve held the broker's ``online`` requests to the router past their timeout: 5% of the
+# logins were answered UNAVAILABLE (docs/benchmarks.md "Login storm").
+CLIENT_IO_THREADS = 2
+INTERNAL_AFFINITY = 1                                    # I/O thread 0: node-to-node sockets
+CLIENT_AFFINITY = ((1 << CLIENT_IO_THREADS) - 1) << 1    # threads 1..N: client connections
 
 
 def node_heartbeats(sock: zmq.Socket) -> None:
@@ -69,7 +83,8 @@ class Node:
             raise ValueError(f"node {node_id!r} is a {self.spec.type} in {topo.path}, not a {self.type}")
         self.id = node_id
         self.started = time.time()
-        self.ctx = zmq.Context()
+        self.serves_clients = "client" in self.spec.endpoints
+        self.ctx = zmq.Context(io_threads=1 + CLIENT_IO_THREADS if self.serves_clients else 1)
         self.ctx.setsockopt(zmq.LINGER, 0)
         self.security = curve.NodeSecurity(topo, node_id, self.ctx)   # reads every key, or refuses
         self.loop = Loop()
@@ -109,11 +124,19 @@ class Node:
         client_facing = endpoint == self.spec.endpoints.get("client")
         if client_facing:
             self.client_facing.add(sock)
+            sock.setsockopt(zmq.BACKLOG, CLIENT_BACKLOG)
         else:
             node_heartbeats(sock)          # a dead peer's pipe (and what is queued to it) is dropped
+        self._io_thread(sock, client_facing)
         self.security.as_server(sock, client_facing=client_facing)
         sock.bind(endpoint)
         return sock
+
+    def _io_thread(self, sock: zmq.Socket, client_facing: bool = False) -> None:
+        """Which libzmq I/O threads carry the socket's connections (set before bind/connect):
+        on a node with a client port, clients' and nodes' never share one."""
+        if self.serves_clients:
+            sock.setsockopt(zmq.AFFINITY, CLIENT_AFFINITY if client_facing else INTERNAL_AFFINITY)
 
     def connect(self, kind: int, endpoint: str, identity: bytes | None = None) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -123,6 +146,7 @@ class Node:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)      # peers on a LAN: come back quickly
         node_heartbeats(sock)
+        self._io_thread(sock)
         if identity:
             sock.setsockopt(zmq.IDENTITY, identity)
         self.relinker.connect(sock, endpoint)           # a CURVE client of the node bound there
@@ -155,6 +179,7 @@ class Node:
         sub.setsockopt(zmq.RECONNECT_IVL, 100)
         sub.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         node_heartbeats(sub)
+        self._io_thread(sub)
         for n in self.topo.of_type(node_type):
             self.relinker.connect(sub, n.endpoint("pub"))
         self.loop.add(sub, on_frames)
