@@ -11,6 +11,7 @@ never-used byte 0xc1.  Every element takes at least one byte, so a frame that pa
 to at most ``len(frame)`` elements.  Its cost is a few nanoseconds per msgpack object (string
 and bin payloads are skipped, not read).
 """
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint64_t
 
 cdef enum:
@@ -25,13 +26,23 @@ cdef inline uint64_t _be(const unsigned char* p, int size) noexcept nogil:
     return v
 
 
-def scan(const unsigned char[::1] frame, int max_depth, Py_ssize_t max_containers):
-    """The number of arrays and maps in ``frame`` (one msgpack object), or ValueError saying why
-    it may not be decoded: nested deeper than ``max_depth`` (a top-level map is depth 1), more
-    than ``max_containers`` arrays and maps, truncated, trailing bytes, or byte 0xc1."""
+def scan(frame, int max_depth, Py_ssize_t max_containers):
+    """The number of arrays and maps in ``frame`` (one msgpack object: bytes, or any contiguous
+    buffer), or ValueError saying why it may not be decoded: nested deeper than ``max_depth``
+    (a top-level map is depth 1), more than ``max_containers`` arrays and maps, truncated,
+    trailing bytes, or byte 0xc1."""
+    cdef const unsigned char[::1] view
+    if type(frame) is bytes:                # what ZeroMQ hands us: no buffer to acquire
+        return _scan(<const unsigned char*>PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame),
+                     max_depth, max_containers)
+    view = frame
+    return _scan(&view[0] if view.shape[0] else NULL, view.shape[0], max_depth, max_containers)
+
+
+cdef Py_ssize_t _scan(const unsigned char* p, Py_ssize_t n, int max_depth,
+                      Py_ssize_t max_containers) except -1:
     cdef uint64_t left[STACK + 1]           # per open level, elements still to read
-    cdef const unsigned char* p = &frame[0] if frame.shape[0] else NULL
-    cdef Py_ssize_t n = frame.shape[0], pos = 0, containers = 0
+    cdef Py_ssize_t pos = 0, containers = 0
     cdef int depth = 0, head, size
     cdef unsigned char b
     cdef uint64_t skip, count
