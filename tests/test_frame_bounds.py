@@ -105,7 +105,7 @@ def test_the_scan_accepts_every_valid_frame_as_msgspec_decodes_it():
 
 
 def test_a_refused_pub_frame_logs_once_per_window(caplog):
-    pubs = dispatch.PubDispatcher({}, {}, fallback=lambda msg: None, source="logic")
+    pubs = dispatch.PubDispatcher({}, {}, fallback=lambda msg: None, source="frames-test")  # its own kind
     with caplog.at_level("INFO"):
         for _ in range(200):
             pubs.frame(nested(2000), 1 << 20)
