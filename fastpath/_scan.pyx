@@ -18,12 +18,29 @@ cdef enum:
     STACK = 256                 # deepest max_depth accepted
 
 
-cdef inline uint64_t _be(const unsigned char* p, int size) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(size):
-        v = (v << 8) | p[i]
-    return v
+# What follows each header byte 0xc0..0xdf: (bytes of its big-endian length or count,
+# payload bytes that follow anyway, 0 for a leaf / 1 an array / 2 a map).  nil and the bools
+# are (0, 0, 0); 0xc1, never used, is not listed.  Fixints, fixmaps, fixarrays and fixstrs
+# carry their size in the byte itself and are read before this table.
+_HEADERS = {
+    0xc0: (0, 0, 0), 0xc2: (0, 0, 0), 0xc3: (0, 0, 0),
+    0xc4: (1, 0, 0), 0xc5: (2, 0, 0), 0xc6: (4, 0, 0),              # bin 8/16/32
+    0xc7: (1, 1, 0), 0xc8: (2, 1, 0), 0xc9: (4, 1, 0),              # ext 8/16/32: + type byte
+    0xca: (0, 4, 0), 0xcb: (0, 8, 0),                                # float 32/64
+    0xcc: (0, 1, 0), 0xcd: (0, 2, 0), 0xce: (0, 4, 0), 0xcf: (0, 8, 0),   # uint 8..64
+    0xd0: (0, 1, 0), 0xd1: (0, 2, 0), 0xd2: (0, 4, 0), 0xd3: (0, 8, 0),   # int 8..64
+    0xd4: (0, 2, 0), 0xd5: (0, 3, 0), 0xd6: (0, 5, 0), 0xd7: (0, 9, 0), 0xd8: (0, 17, 0),  # fixext
+    0xd9: (1, 0, 0), 0xda: (2, 0, 0), 0xdb: (4, 0, 0),              # str 8/16/32
+    0xdc: (2, 0, 1), 0xdd: (4, 0, 1),                                # array 16/32
+    0xde: (2, 0, 2), 0xdf: (4, 0, 2),                                # map 16/32
+}
+cdef unsigned char LENGTH[32]
+cdef unsigned char FIXED[32]
+cdef unsigned char OPENS[32]
+cdef bint KNOWN[32]
+for _b, (_length, _fixed, _opens) in _HEADERS.items():
+    LENGTH[_b - 0xc0], FIXED[_b - 0xc0], OPENS[_b - 0xc0], KNOWN[_b - 0xc0] = _length, _fixed, _opens, True
+del _b, _length, _fixed, _opens
 
 
 def scan(frame, int max_depth, Py_ssize_t max_containers):
@@ -43,7 +60,7 @@ cdef Py_ssize_t _scan(const unsigned char* p, Py_ssize_t n, int max_depth,
                       Py_ssize_t max_containers) except -1:
     cdef uint64_t left[STACK + 1]           # per open level, elements still to read
     cdef Py_ssize_t pos = 0, containers = 0
-    cdef int depth = 0, head, size
+    cdef int depth = 0, opens, length, i
     cdef unsigned char b
     cdef uint64_t skip, count
     if not 0 < max_depth <= STACK:
@@ -61,64 +78,26 @@ cdef Py_ssize_t _scan(const unsigned char* p, Py_ssize_t n, int max_depth,
             raise ValueError("truncated frame")
         b = p[pos]
         pos += 1
-        skip = 0
-        count = 0
-        head = 0                            # 1: b opens a container of ``count`` elements
-        if b <= 0x7f or b >= 0xe0 or b == 0xc0 or b == 0xc2 or b == 0xc3:
-            continue                        # fixints, nil, bools
-        elif b <= 0x8f:
-            count, head = 2 * (b & 0x0f), 1
-        elif b <= 0x9f:
-            count, head = b & 0x0f, 1
-        elif b <= 0xbf:
-            skip = b & 0x1f
-        elif b == 0xc1:
-            raise ValueError("byte 0xc1 is never used in msgpack")
+        if b <= 0x7f or b >= 0xe0:          # fixints
+            continue
+        if b <= 0x9f:                       # fixmap, fixarray
+            opens, count, skip = 2 if b <= 0x8f else 1, b & 0x0f, 0
+        elif b <= 0xbf:                     # fixstr
+            opens, skip = 0, b & 0x1f
         else:
-            # (length bytes, extra payload) per header: bin/str/ext carry a length, the rest fixed
-            if b == 0xc4 or b == 0xd9:
-                size = 1
-            elif b == 0xc5 or b == 0xda:
-                size = 2
-            elif b == 0xc6 or b == 0xdb:
-                size = 4
-            elif b == 0xc7:
-                size, skip = 1, 1
-            elif b == 0xc8:
-                size, skip = 2, 1
-            elif b == 0xc9:
-                size, skip = 4, 1
-            elif b == 0xca:
-                size, skip = 0, 4
-            elif b == 0xcb:
-                size, skip = 0, 8
-            elif b == 0xcc or b == 0xd0:
-                size, skip = 0, 1
-            elif b == 0xcd or b == 0xd1:
-                size, skip = 0, 2
-            elif b == 0xce or b == 0xd2:
-                size, skip = 0, 4
-            elif b == 0xcf or b == 0xd3:
-                size, skip = 0, 8
-            elif b <= 0xd8:                 # fixext 1, 2, 4, 8, 16: type byte + data
-                size, skip = 0, 1 + (1 << (b - 0xd4))
-            elif b == 0xdc:
-                size, head = 2, 1
-            elif b == 0xdd:
-                size, head = 4, 1
-            elif b == 0xde:
-                size, head = 2, 2
-            else:                           # 0xdf
-                size, head = 4, 2
-            if size > n - pos:
+            if not KNOWN[b - 0xc0]:
+                raise ValueError("byte 0xc1 is never used in msgpack")
+            length, skip, opens = LENGTH[b - 0xc0], FIXED[b - 0xc0], OPENS[b - 0xc0]
+            if length > n - pos:
                 raise ValueError("truncated frame")
-            if head:
-                count = _be(p + pos, size) * head
-                head = 1
-            else:
-                skip += _be(p + pos, size)
-            pos += size
-        if head:
+            count = 0
+            for i in range(length):
+                count = (count << 8) | p[pos + i]
+            pos += length
+            if not opens:
+                skip += count
+        if opens:
+            count *= opens
             containers += 1
             if containers > max_containers:
                 raise ValueError(f"more than {max_containers} arrays and maps in one frame")

@@ -104,6 +104,19 @@ def test_the_scan_accepts_every_valid_frame_as_msgspec_decodes_it():
     assert wire.unpack_internal(b"\x81\xa1t" + ext)[0]["t"].code == 5
 
 
+def test_mangled_frames_are_decoded_or_bad_frame_never_another_error():
+    rng = random.Random(5)
+    for _ in range(3000):
+        frame = bytearray(wire.pack({"t": "x", "v": _random_value(rng, 2)}))
+        for _ in range(rng.randrange(1, 4)):
+            frame[rng.randrange(len(frame))] = rng.randrange(256)
+        frame = bytes(frame[:rng.randrange(1, len(frame) + 1)])
+        try:
+            wire.unpack_internal(frame, 1 << 24)
+        except wire.ProtocolError as exc:
+            assert exc.code == wire.Err.BAD_FRAME
+
+
 def test_a_refused_pub_frame_logs_once_per_window(caplog):
     pubs = dispatch.PubDispatcher({}, {}, fallback=lambda msg: None, source="frames-test")  # its own kind
     with caplog.at_level("INFO"):
