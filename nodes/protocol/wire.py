@@ -30,11 +30,10 @@ MAX_TEXT_BYTES = 1440          # default; the topology may lower or raise it
 # Internal frames are decoded by msgspec, which has no limits of its own (it recurses per level
 # and builds whatever the frame describes), so fastpath._scan checks their shape first:
 MAX_DEPTH = 64                 # arrays and maps nested deeper: BAD_FRAME (ours nest a few levels)
-BYTES_PER_CONTAINER = 3        # at most one array or map per 3 bytes of frame, the densest shape
-#                                we send ([uin, device] pairs of small ints in a router's touch),
-#                                plus CONTAINER_FLOOR: a frame costs no more memory than a
-#                                legitimate frame of its size (~30 B decoded per byte at most),
-#                                where one byte per empty array cost ~80 B per byte
+BYTES_PER_CONTAINER = 3        # at most one array or map per 3 bytes (+ CONTAINER_FLOOR): the
+#                                densest frame we send, a router's touch of [uin, device] pairs
+#                                of small ints, decodes to ~30 B per byte; one-byte empty arrays
+#                                would cost ~80 B per byte (8 MiB of them: 635 MB peak)
 CONTAINER_FLOOR = 1024
 
 
