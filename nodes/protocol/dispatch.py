@@ -10,12 +10,14 @@ an error reply for that request alone -- ``ProtocolError`` its own code,
 anything else ``INTERNAL`` -- and the rest of the frame is still served.
 Tracebacks are logged at most once a minute per (type, exception class),
 so a client repeating a request that trips a bug cannot flood the log.
+A frame that cannot be decoded (wire: malformed, nested too deep, too many
+arrays and maps) gets one BAD_FRAME reply and a sampled ``refused`` event.
 
 PUB frames go through the same kind of table (``PubDispatcher``): decoded,
 each map validated against its publisher's schema (nodes/protocol/schema.py
 ``PUB_FRAMES``) and routed by ``t`` to ``handlers[t](msg)``; a frame that
-breaks its schema is dropped (there is no one to answer), and a handler's
-failure costs that map alone.
+breaks its schema, or cannot be decoded, is dropped (there is no one to answer;
+logged sampled), and a handler's failure costs that map alone.
 """
 from __future__ import annotations
 
@@ -70,6 +72,7 @@ class Dispatcher:
         try:
             msgs = self.decode(frame, max_len, max_items)
         except wire.ProtocolError as exc:
+            events.refused(exc.code, t="frame", why=exc.msg)      # sampled: one line per window
             reply(ident, wire.error_from(None, exc))
             return
         for msg in msgs:
@@ -130,8 +133,8 @@ class PubDispatcher:
     def frame(self, frame: bytes, max_len: int, max_items: int = 1 << 20) -> None:
         try:
             msgs = wire.unpack_internal(frame, max_len, max_items)
-        except wire.ProtocolError as exc:
-            log.warning("bad frame from a %s: %s", self.source, exc)
+        except wire.ProtocolError as exc:                     # no one to answer; sampled
+            events.emit("bad_frame", self.source, logging.WARNING, why=exc.msg)
             return
         for msg in msgs:
             self.one(msg)

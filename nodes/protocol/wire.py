@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 import msgspec
 
+from fastpath._scan import scan
 from nodes.protocol import schema
 
 PROTOCOL_VERSION = 2
@@ -27,6 +28,15 @@ U64_MAX = 2**64 - 1
 MAX_FRAME = 64 * 1024          # client-facing ZMQ_MAXMSGSIZE default
 MAX_CHANNEL_BYTES = 64
 MAX_TEXT_BYTES = 1440          # default; the topology may lower or raise it
+
+# Internal frames are decoded by msgspec, which has no limits of its own (it recurses per level
+# and builds whatever the frame describes), so fastpath._scan checks their shape first:
+MAX_DEPTH = 64                 # arrays and maps nested deeper: BAD_FRAME (ours nest a few levels)
+BYTES_PER_CONTAINER = 3        # at most one array or map per 3 bytes (+ CONTAINER_FLOOR): the
+#                                densest frame we send, a router's touch of [uin, device] pairs
+#                                of small ints, decodes to ~30 B per byte; one-byte empty arrays
+#                                would cost ~80 B per byte (8 MiB of them: 635 MB peak)
+CONTAINER_FLOOR = 1024
 
 
 class Err:
@@ -274,12 +284,19 @@ def unpack_internal(frame: bytes, max_len: int = MAX_FRAME, max_items: int = 102
     """``unpack_many`` for frames between our own nodes (replies, PUB frames, node rpc
     requests), decoded by msgspec: the same shape rules and BAD_FRAME on anything
     undecodable, but none of the client-facing hardening limits (per-string lengths,
-    string-only map keys, no ext types) -- the schemas still validate every field."""
-    if len(frame) > max_len:
-        raise ProtocolError(Err.BAD_FRAME, f"frame of {len(frame)} bytes exceeds {max_len}")
+    string-only map keys, no ext types) -- the schemas still validate every field.
+    Nesting and the number of arrays and maps are bounded before anything is built
+    (MAX_DEPTH, BYTES_PER_CONTAINER): a hostile frame costs a scan, not memory."""
+    size = len(frame)
+    if size > max_len:
+        raise ProtocolError(Err.BAD_FRAME, f"frame of {size} bytes exceeds {max_len}")
+    try:
+        scan(frame, MAX_DEPTH, size // BYTES_PER_CONTAINER + CONTAINER_FLOOR)
+    except ValueError as exc:
+        raise ProtocolError(Err.BAD_FRAME, f"not a msgpack frame we decode: {exc}") from None
     try:
         value = _internal.decode(frame)
-    except (msgspec.DecodeError, ValueError, TypeError) as exc:
+    except (msgspec.DecodeError, ValueError, TypeError, RecursionError) as exc:
         raise ProtocolError(Err.BAD_FRAME, f"not a msgpack frame: {type(exc).__name__}") from None
     return _maps(value, max_items)
 
