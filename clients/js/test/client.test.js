@@ -1,5 +1,5 @@
 // The JS client against a real mesh (WebSocket and HTTP fallback on the brokers).
-// Run: node --experimental-websocket --test clients/js/test/   (pytest runs it: tests/test_js_client.py)
+// Run: node --experimental-websocket --test clients/js/test/   (pytest runs it: tests/test_web.py)
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
@@ -147,6 +147,13 @@ test("a login of the same user and device elsewhere stops the older client (kick
   const id = await newer.send("lobby", "the newer one works");
   assert.ok(id > 0);
   assert.equal(old.state, "stopped");                              // and it does not fight back
+  // a send on the kicked client fails at once with the reason (not a ~9 s wait for "online")
+  const t0 = Date.now();
+  await assert.rejects(old.send("lobby", "after the kick"),
+                       (err) => err.code === "KICKED" && /^KICKED: replaced/.test(err.message));
+  assert.ok(Date.now() - t0 < 500, `send took ${Date.now() - t0} ms to fail`);
+  assert.deepEqual(old.mailbox.pending(), []);                     // refused before the mailbox
+  await assert.rejects(old.request({ t: "hb" }), (err) => err.code === "KICKED");
 });
 
 test("a send during an owner outage stays in the mailbox and goes out once the owner is back", async () => {
