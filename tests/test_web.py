@@ -418,12 +418,30 @@ def node_major() -> int:
         return 0
 
 
+def run_node_tests(*args: str) -> subprocess.CompletedProcess:
+    """`node ARGS` from the checkout, its meshes started with this interpreter; must pass."""
+    env = dict(os.environ, IMESH_PYTHON=sys.executable, PYTHONPATH=ROOT)
+    proc = subprocess.run(["node", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    return proc
+
+
+needs_node = pytest.mark.skipif(shutil.which("node") is None or node_major() < 20,
+                                reason="node >= 20 is not installed (the JS client needs it)")
+
+
 @pytest.mark.slow          # over 5 s (the fast lane: pytest -m 'not slow')
-@pytest.mark.skipif(shutil.which("node") is None or node_major() < 20,
-                    reason="node >= 20 is not installed (the JS client needs its WebSocket)")
+@needs_node
 def test_js_client_node_tests():
     """clients/js/test against meshes the node tests start themselves (tests/webmesh.py)."""
-    env = dict(os.environ, IMESH_PYTHON=sys.executable, PYTHONPATH=ROOT)
-    proc = subprocess.run(["node", "--experimental-websocket", "--test", "clients/js/test/"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    run_node_tests("--experimental-websocket", "--test", "clients/js/test/")
+
+
+@pytest.mark.slow
+@needs_node
+def test_js_client_on_a_runtime_without_websocket():
+    """Node 20 without --experimental-websocket: "auto" falls back to HTTP, "ws" rejects start()."""
+    proc = run_node_tests("--test", "clients/js/test/nowebsocket.test.js")
+    if "# skipped 0" not in proc.stdout:
+        pytest.skip(f"node {node_major()} has a global WebSocket without the flag: nothing to test")
+    assert "# pass 0" not in proc.stdout, proc.stdout[-3000:]

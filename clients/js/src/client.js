@@ -4,7 +4,7 @@
 import { decodeFrame, encodeFrame } from "./codec.js";
 import { Assembler, newGroupId, splitUtf8, utf8Length } from "./fragments.js";
 import { MemoryMailbox } from "./mailbox.js";
-import { HttpTransport, WsTransport } from "./transport.js";
+import { HttpTransport, WsTransport, missingTransport } from "./transport.js";
 import { Windows } from "./windows.js";
 
 export const PROTOCOL_VERSION = 2;
@@ -12,6 +12,8 @@ export const PROTOCOL_VERSION = 2;
 const RETRYABLE = new Set(["TIMEOUT", "UNAVAILABLE", "BUSY", "INTERNAL", "STORAGE_FULL", "DISCONNECTED",
                            "NOT_LOGGED_IN"]);
 const FATAL_LOGIN = new Set(["AUTH_FAILED", "TOKEN_EXPIRED", "BAD_VERSION", "BAD_FIELD"]);
+// errors that end the client (this.fatal): requests and sends fail at once with it
+const ENDED = new Set(["KICKED", "STOPPED", "NO_TRANSPORT", ...FATAL_LOGIN]);
 
 export class ClientError extends Error {
   constructor(code, message, reply = null) {
@@ -62,6 +64,7 @@ export class ImeshClient {
     this._inflight = new Set();    // mailbox keys being sent now
     this._transport = null;
     this._hbTimer = null;
+    this.fatal = null;             // the ClientError that ended the client (kick, refused login, stop)
   }
 
   on(event, fn) {
@@ -82,13 +85,33 @@ export class ImeshClient {
   }
 
   // --- connection manager ---------------------------------------------------
-  /** Connect and keep connected; resolves after the first login (rejects on a bad token). */
+  /** Connect and keep connected; resolves after the first login (rejects on a bad token, or
+   *  with NO_TRANSPORT when this runtime lacks what the chosen transport needs). */
   start() {
     if (this.running) return this._started;
+    const missing = missingTransport(this.transportKind, this.WebSocketImpl);
+    if (missing) {
+      this._end(new ClientError("NO_TRANSPORT", missing));
+      return Promise.reject(this.fatal);
+    }
     this.running = true;
+    this.fatal = null;
     this._started = new Promise((resolve, reject) => { this._startWaiters = { resolve, reject }; });
-    this._manage();
+    this._manage().catch((err) => {                 // a bug here must not be an uncaught rejection
+      this._end(err instanceof ClientError ? err : new ClientError("INTERNAL", `client failed: ${err.message}`));
+    });
     return this._started;
+  }
+
+  /** The client is over (kicked, login refused, no transport, stopped): say why, to start()
+   *  if it still waits, and to every request and send from now on. */
+  _end(err) {
+    this.running = false;
+    this.fatal = err;
+    this._detach(err.message);
+    this._setState("stopped", err.message);
+    this._startWaiters?.reject(err);
+    this._startWaiters = null;
   }
 
   async _manage() {
@@ -99,12 +122,14 @@ export class ImeshClient {
       this._setState("connecting", url);
       // "auto": WebSocket; after an attempt that failed before its login, the other transport
       // (a network that blocks WebSockets gets the HTTP long-poll fallback, and back)
-      const http = this.transportKind === "http" || (this.transportKind === "auto" && this._httpNext);
+      // (a runtime without a WebSocket, e.g. Node 20 without --experimental-websocket: HTTP only)
+      const http = this.transportKind === "http"
+        || (this.transportKind === "auto" && (this._httpNext || missingTransport("ws", this.WebSocketImpl)));
       this.transport = http ? "http" : "ws";
-      const t = http ? new HttpTransport(url) : new WsTransport(url, this.WebSocketImpl);
       const lost = new Promise((resolve) => { this._lost = resolve; });
       let loggedIn = false;
       try {
+        const t = http ? new HttpTransport(url) : new WsTransport(url, this.WebSocketImpl);
         this._attach(t);
         await Promise.race([t.open(this.timeoutMs), lost.then((why) => { throw new Error(why); })]);
         await this._login();
@@ -117,11 +142,8 @@ export class ImeshClient {
         const why = await lost;
         this._setState(this.running ? "offline" : "stopped", why);
       } catch (err) {
-        if (err instanceof ClientError && FATAL_LOGIN.has(err.code)) {
-          this.running = false;
-          this._detach("login refused");
-          this._setState("stopped", err.message);
-          this._startWaiters?.reject(err);
+        if (err instanceof ClientError && ENDED.has(err.code)) {
+          this._end(this.fatal || err);
           return;
         }
         this._setState("offline", err.message);
@@ -170,7 +192,7 @@ export class ImeshClient {
   _failPending(why) {
     for (const [rid, p] of this._pending) {
       clearTimeout(p.timer);
-      p.reject(new ClientError("DISCONNECTED", why));
+      p.reject(this.fatal || new ClientError("DISCONNECTED", why));
       this._pending.delete(rid);
     }
   }
@@ -247,11 +269,13 @@ export class ImeshClient {
   }
 
   _whenOnline(timeoutMs) {
+    if (this.fatal) return Promise.reject(this.fatal);
     if (this.state === "online") return Promise.resolve();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => { off(); reject(new ClientError("TIMEOUT", "offline")); }, timeoutMs);
       const off = this.on("state", ({ state }) => {
         if (state === "online") { clearTimeout(timer); off(); resolve(); }
+        if (this.fatal) { clearTimeout(timer); off(); reject(this.fatal); }
       });
     });
   }
@@ -263,6 +287,10 @@ export class ImeshClient {
       return await this._request(msg, timeoutMs);
     } catch (err) {
       if (err.code !== "NOT_LOGGED_IN") throw err;
+      if (err.reply?.reason === "replaced") {       // the kick notice was lost: the same verdict
+        this._kicked({ reason: "replaced", msg: err.reply.msg });
+        throw this.fatal;
+      }
     }
     this._relogin ||= this._login().finally(() => { this._relogin = null; });
     await this._relogin;
@@ -273,12 +301,7 @@ export class ImeshClient {
     if (msg.t === "msg") {
       if (!this.dropPush || !this.dropPush(msg)) this._accept(msg);
     } else if (msg.t === "kicked") {
-      this._emit("kicked", msg);
-      if (msg.reason === "replaced" || msg.reason === undefined) {   // a newer login (protocol 1 gave
-        // no reason): do not fight it; "expired", "too_slow", ... just log in again
-        this.running = false;
-      }
-      this._lost?.(`kicked (${msg.reason || "replaced"}): ${msg.msg || ""}`);
+      this._kicked(msg);
     } else {
       const p = this._pending.get(msg.rid);
       if (p) {
@@ -287,6 +310,19 @@ export class ImeshClient {
         p.resolve(msg);
       }
     }
+  }
+
+  _kicked(msg) {
+    this._emit("kicked", msg);
+    const reason = msg.reason || "replaced";
+    if (reason === "replaced") {                    // a newer login (protocol 1 gave no reason): do
+      // not fight it; the client is over and says so to every send; "expired", "too_slow", ...
+      // just log in again
+      this.running = false;
+      this.fatal = new ClientError("KICKED", `replaced: another login of this user and device took over${
+        msg.msg ? ` (${msg.msg})` : ""}`, msg);
+    }
+    this._lost?.(`kicked (${reason}): ${msg.msg || ""}`);
   }
 
   // --- receiving ----------------------------------------------------------------
@@ -362,6 +398,7 @@ export class ImeshClient {
   // --- sending ------------------------------------------------------------------
   /** Send; resolves with the message id once stored (a long text: the last fragment's id). */
   async send(channel, text) {
+    if (this.fatal) throw this.fatal;               // over: refused before the mailbox
     if (utf8Length(text) <= this.limits.max_text) return this._deliverEntry(this._newEntry(channel, text));
     const pieces = splitUtf8(text, this.limits.max_text);
     if (pieces.length > this.limits.max_fragments) {
@@ -395,6 +432,7 @@ export class ImeshClient {
           this._emit("sent", { ...entry, id: ack.id });
           return ack.id;
         } catch (err) {
+          if (err === this.fatal) throw err;        // the client ended: the entry stays for a restart
           if (!RETRYABLE.has(err.code)) {           // refused: guaranteed not stored
             this.mailbox.remove(entry.key);
             this._emit("failed", { ...entry, code: err.code, error: err.message });
@@ -422,8 +460,7 @@ export class ImeshClient {
       try { await this._request({ t: "logout" }, 1000); } catch { /* gone anyway */ }
     }
     this._lost?.("stopped");
-    this._detach("stopped");
-    this._setState("stopped");
+    if (!this.fatal) this._end(new ClientError("STOPPED", "stop() was called"));
   }
 }
 

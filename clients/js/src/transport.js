@@ -2,11 +2,27 @@
 // the same three things: open, a frame, closed.  WebSocket first; the HTTP long-poll fallback
 // (POST /h/send, GET /h/poll) for networks that block WebSockets.
 
+const NO_WEBSOCKET = "no WebSocket in this runtime (Node 20: run node with --experimental-websocket; "
+  + "Node 22 and browsers have one; or pass a WHATWG WebSocket constructor as the WebSocket option)";
+const NO_FETCH = "no fetch in this runtime, which the HTTP long-poll transport needs (Node >= 18 and browsers have it)";
+
+/** What this runtime lacks for a transport kind ("ws", "http" or "auto"): a sentence saying so,
+ *  or null when it can be used.  Checked before a connection is tried, so a missing global is a
+ *  clear rejection of start() and never an exception thrown from inside the connection loop. */
+export function missingTransport(kind, WebSocketImpl = undefined) {
+  const ws = typeof (WebSocketImpl ?? globalThis.WebSocket) === "function";
+  const http = typeof globalThis.fetch === "function";
+  if (kind === "ws") return ws ? null : `transport "ws": ${NO_WEBSOCKET}`;
+  if (kind === "http") return http ? null : `transport "http": ${NO_FETCH}`;
+  if (kind === "auto") return ws || http ? null : `transport "auto": ${NO_WEBSOCKET}, and ${NO_FETCH}`;
+  return `unknown transport ${JSON.stringify(kind)}: use "ws", "http" or "auto"`;
+}
+
 /** One WebSocket to ws://host:port/ws: the global WebSocket of browsers and Node 22, of Node 20
  *  with --experimental-websocket, or any WHATWG-compatible constructor passed in. */
 export class WsTransport {
   constructor(url, WebSocketImpl = globalThis.WebSocket) {
-    if (!WebSocketImpl) throw new Error("no WebSocket here: Node 20 needs --experimental-websocket");
+    if (typeof WebSocketImpl !== "function") throw new Error(NO_WEBSOCKET);
     this.WebSocket = WebSocketImpl;
     this.url = url.endsWith("/ws") ? url : `${url.replace(/\/$/, "")}/ws`;
     this.onframe = () => {};

@@ -1,6 +1,7 @@
 // The JS client against a real mesh (WebSocket and HTTP fallback on the brokers).
-// Run: node --experimental-websocket --test clients/js/test/   (pytest runs it: tests/test_js_client.py)
+// Run: node --experimental-websocket --test clients/js/test/   (pytest runs it: tests/test_web.py)
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -147,6 +148,13 @@ test("a login of the same user and device elsewhere stops the older client (kick
   const id = await newer.send("lobby", "the newer one works");
   assert.ok(id > 0);
   assert.equal(old.state, "stopped");                              // and it does not fight back
+  // a send on the kicked client fails at once with the reason (not a ~9 s wait for "online")
+  const t0 = Date.now();
+  await assert.rejects(old.send("lobby", "after the kick"),
+                       (err) => err.code === "KICKED" && /^KICKED: replaced/.test(err.message));
+  assert.ok(Date.now() - t0 < 500, `send took ${Date.now() - t0} ms to fail`);
+  assert.deepEqual(old.mailbox.pending(), []);                     // refused before the mailbox
+  await assert.rejects(old.request({ t: "hb" }), (err) => err.code === "KICKED");
 });
 
 test("a send during an owner outage stays in the mailbox and goes out once the owner is back", async () => {
@@ -169,6 +177,37 @@ test("a send during an owner outage stays in the mailbox and goes out once the o
   await until(() => a.mailbox.pending().length === 0, 10000, "the mailbox emptied");
   assert.equal(b.inbox.filter((m) => m.text === "while the owner sleeps").length, 1);
   assert.equal(a.reconnects, reconnects);
+});
+
+test("the README's example (examples/chat.mjs, included verbatim) chats with a real mesh", async () => {
+  const root = path.join(path.dirname(new URL(import.meta.url).pathname), "..");
+  const example = fs.readFileSync(path.join(root, "examples", "chat.mjs"), "utf8");
+  const readme = fs.readFileSync(path.join(root, "README.md"), "utf8");
+  assert.ok(readme.includes("<!-- examples/chat.mjs -->\n```js\n" + example + "```\n"),
+            "README.md must carry examples/chat.mjs verbatim after <!-- examples/chat.mjs -->");
+  const other = client(19, ["b2"]);
+  await other.start();
+  other.watch("lobby", (await other.sync("lobby", 0)).last);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "imesh-example-"));
+  const run = spawn(process.execPath, [path.join(root, "examples", "chat.mjs")], {      // no flag: "auto"
+    cwd: dir, env: { ...process.env, IMESH_ENDPOINTS: `${mesh.ws.b1},${mesh.ws.b2}`, IMESH_TOKEN: mesh.tokens[18] },
+  });
+  let out = "";
+  run.stdout.on("data", (d) => { out += d; });
+  run.stderr.on("data", (d) => { out += d; });
+  const exited = new Promise((resolve) => run.on("exit", resolve));
+  try {
+    await until(() => /sent #\d+/.test(out), 15000, `the example's send (output: ${out})`);
+    assert.match(out, /logged in as 18 over (ws|http)/);
+    await until(() => other.inbox.some((m) => m.uin === 18 && m.text === "hello from node"), 10000, "its hello");
+    const bye = await other.send("lobby", "bye");
+    assert.equal(await exited, 0, out);
+    assert.ok(out.includes(`lobby #${bye} <19> bye`), out);
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, "imesh-mailbox.json"), "utf8")).outbox, {});
+  } finally {
+    run.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 // last: it kills a broker of the shared mesh
