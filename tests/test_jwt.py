@@ -82,10 +82,11 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def hand_signed_hs256(key: bytes, payload: dict) -> str:
-    """An HS256 token signed with any bytes (PyJWT refuses a PEM as an HMAC secret): the
-    algorithm-confusion attack's token."""
-    signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(payload).encode())
+def hand_made(key: bytes, payload: dict, header=None) -> str:
+    """A token HMAC-SHA256-signed with any bytes under any header, which PyJWT would not mint
+    (a PEM as an HMAC secret: the algorithm-confusion attack's token; a kid that is a list)."""
+    header = header or {"alg": "HS256", "typ": "JWT"}
+    signing = b64(json.dumps(header).encode()) + "." + b64(json.dumps(payload).encode())
     return signing + "." + b64(hmac.new(key, signing.encode(), hashlib.sha256).digest())
 
 
@@ -125,10 +126,10 @@ REFUSED = {
     "tampered signature": (tampered_signature, wire.Err.AUTH_FAILED),
     "alg none": (lambda: jwt.encode(claims(), None, algorithm="none"), wire.Err.AUTH_FAILED),
     "alg confusion: the RSA public key as an HS256 secret":
-        (lambda: hand_signed_hs256(pem(RSA_KEY).encode(), claims()), wire.Err.AUTH_FAILED),
+        (lambda: hand_made(pem(RSA_KEY).encode(), claims()), wire.Err.AUTH_FAILED),
     "RS256 header on an EC key's kid":
         (lambda: jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "app-ec"}), wire.Err.AUTH_FAILED),
-    "alg not configured (HS512)": (lambda: jwt.encode(claims(), SECRET, algorithm="HS512"), wire.Err.AUTH_FAILED),
+    "alg not configured (HS512)": (lambda: jwt.encode(claims(), SECRET * 2, algorithm="HS512"), wire.Err.AUTH_FAILED),
     "unknown kid": (lambda: jwt.encode(claims(), EC_KEY, algorithm="ES256", headers={"kid": "nope"}),
                     wire.Err.AUTH_FAILED),
     "signed by a key not in the topology":
@@ -152,7 +153,7 @@ REFUSED = {
     "wrong iss": (lambda: mint(iss="https://evil.example"), wire.Err.AUTH_FAILED),
     "no iss": (lambda: mint(iss=None), wire.Err.AUTH_FAILED),
     "a header that is not JSON": (lambda: "bm90IGpzb24." + mint().split(".", 1)[1], wire.Err.AUTH_FAILED),
-    "a kid that is not a string": (lambda: jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": ["x"]}),
+    "a kid that is not a string": (lambda: hand_made(SECRET, claims(), {"alg": "RS256", "kid": ["x"]}),
                                    wire.Err.AUTH_FAILED),
 }
 
@@ -172,7 +173,7 @@ def test_an_expired_forgery_is_a_forgery(config):
 
 def test_algorithm_confusion_is_refused_also_without_hs256(tmp_path):
     only_rsa = topo_with(tmp_path, {"algorithms": ["RS256"], "public_keys": {"k": pem(RSA_KEY)}}).jwt
-    assert refused(hand_signed_hs256(pem(RSA_KEY).encode(), claims(iss=None, aud=None)), only_rsa) == wire.Err.AUTH_FAILED
+    assert refused(hand_made(pem(RSA_KEY).encode(), claims(iss=None, aud=None)), only_rsa) == wire.Err.AUTH_FAILED
     assert refused(jwt.encode(claims(iss=None, aud=None), SECRET, algorithm="HS256"), only_rsa) == wire.Err.AUTH_FAILED
     assert login(jwt.encode(claims(iss=None, aud=None), RSA_KEY, algorithm="RS256"), only_rsa) == 7
     assert login(auth.mint(SECRET, 7, 60, now=NOW), only_rsa) == 7        # v1 is not a JWT setting
@@ -203,7 +204,7 @@ def test_mint_hs256_carries_the_topologys_issuer_and_audience(config):
     token = auth.mint_login(SECRET, 12, 60, config, now=NOW)
     assert jwtokens.looks_like_jwt(token) and login(token, config) == 12
     assert jwt.decode(token, SECRET, algorithms=["HS256"], audience="imesh",
-                      options={"verify_exp": False})["iss"] == "https://app.example"
+                      options={"verify_exp": False, "verify_iat": False})["iss"] == "https://app.example"
     assert auth.mint_login(SECRET, 12, 60, None, now=NOW) == auth.mint(SECRET, 12, 60, now=NOW)
 
 
@@ -253,7 +254,7 @@ def test_mesh_check_and_token_with_a_jwt_section(tmp_path):
     yaml.safe_dump(raw, open(cfg, "w"))
     r = run("mesh", "check", "-c", cfg)
     assert r.returncode == 1 and r.stderr.strip() == (
-        f"error: {cfg}: jwt.algorithms: ES256 needs a key for it under jwt.public_keys"), r.stderr
+        f"error: {cfg}: jwt.algorithms: ES256 needs a P-256 (EC) public key under jwt.public_keys"), r.stderr
     (tmp_path / "app.pem").write_text(pem(EC_KEY))
     raw["jwt"]["public_keys"] = {"app": "app.pem"}
     yaml.safe_dump(raw, open(cfg, "w"))
