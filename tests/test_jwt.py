@@ -20,7 +20,7 @@ from nodes.client.blocking import Client, ClientError
 from nodes.cluster import topology
 from nodes.protocol import auth, jwtokens, wire
 
-from conftest import write_topology
+from conftest import assert_no_tracebacks, write_topology
 from test_cli import run
 
 SECRET = b"0123456789abcdef0123456789abcdef-test"
@@ -303,3 +303,4 @@ def test_a_pyjwt_rs256_token_logs_in_at_a_broker_and_a_relay(make_mesh):
     media = Client(m.topo.node("m1").endpoint("client"), timeout=5.0)
     m.clients.append(media)
     assert media.login(token(4))["uin"] == 4
+    assert_no_tracebacks(m.mesh)
