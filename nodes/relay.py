@@ -259,7 +259,7 @@ class RelayNode(Node):
         return ident if t in wire.SESSIONLESS else self.sessions.check(ident, msg.get("sid"), now)
 
     def handle_login(self, ident, msg, now):
-        uin = auth.check_login(self.secret, msg)
+        uin = auth.check_login(self.secret, msg, self.topo.jwt)
         for old in (self.sessions.by_ident.get(ident), self.sessions.by_key.get((uin, msg["device"]))):
             if old is not None:
                 self.sessions.end(old, "replaced")

@@ -81,7 +81,7 @@ class BrokerCore:
         return wire.reply("pong", msg["rid"], broker=self.id, idc=self.idc)
 
     def login(self, ident, msg, now):
-        uin = auth.check_login(self.secret, msg)
+        uin = auth.check_login(self.secret, msg, self.topo.jwt)
         net = msg.get("net", "wired")
         device = msg["device"]
         current = self.sessions.by_ident.get(ident)

@@ -8,7 +8,7 @@
     bin/mesh check -c FILE                       validate a topology (exit 1 with file: key: why)
     bin/mesh secret -c FILE                      create the secret file of a topology
     bin/mesh keys [-c CONFIG]                    create missing CURVE keypairs, say what goes where
-    bin/mesh token --uin U [--lifetime S]        print a login token
+    bin/mesh token --uin U [--lifetime S] [--jwt]   print a login token (v1, or an HS256 JWT)
     bin/mesh channel create NAME --members 1,2,3 [--lifetime S] [--idc IDC]   (default home: nearest IDC)
     bin/mesh channel add NAME UIN...
     bin/mesh channel remove NAME UIN...
@@ -277,7 +277,10 @@ def cmd_token(args) -> int:
         secret = topo.read_secret()
     except topology.TopologyError as exc:
         fail(f"{exc} (create it with `{PROG} secret -c {args.config}` and copy it to every machine)")
-    print(auth.mint(secret, args.uin, args.lifetime))
+    try:
+        print(auth.mint_login(secret, args.uin, args.lifetime, topo.jwt if args.jwt else None))
+    except ValueError as exc:
+        fail(f"{topo.path}: {exc}")
     return 0
 
 
@@ -409,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arg(p)
     p.add_argument("--uin", type=uin_arg, required=True, help="user number the token is for")
     p.add_argument("--lifetime", type=seconds_arg, default=86400, help="seconds (default 1 day)")
+    p.add_argument("--jwt", action="store_true",
+                   help="a JWT (HS256 with the cluster secret, the topology's jwt issuer/audience) instead of v1")
     p.set_defaults(fn=cmd_token)
     p = subcommand(sub, "channel", help="create/add/remove/show channel membership")
     add_config_arg(p)

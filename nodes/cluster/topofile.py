@@ -29,7 +29,7 @@ from nodes.cluster.topology import (
 
 _TOP_KEYS = {"cluster", "secret_file", "data_dir", "local", "limits", "heartbeat",
              "storage", "idcs", "channels", "curve", "client_curve", "keys_dir", "public_keys",
-             "replication", "shards", "etcd", "version"}
+             "replication", "shards", "etcd", "version", "jwt"}
 
 
 def _fail(path, key, why):
@@ -57,6 +57,65 @@ def _parse_public_keys(path, given) -> dict:
         out[str(name)] = key.encode()
     return out
 
+
+
+JWT_KEYS = ("algorithms", "issuer", "audience", "public_keys", "leeway")
+
+
+def _parse_jwt(path, raw):
+    """``jwt: {algorithms, issuer, audience, public_keys: {kid: PEM or file}, leeway}``: which
+    JWT login tokens count (nodes/protocol/jwtokens.py, docs/security.md).  HS256 uses the
+    cluster secret; every key is loaded here, so a bad one fails ``bin/mesh check``, not a
+    login.  Without the section: HS256 only."""
+    from nodes.protocol import jwtokens
+    given = raw.get("jwt")
+    if given is None:
+        return jwtokens.DEFAULT
+    if not isinstance(given, dict):
+        _fail(path, "jwt", f"must be a mapping ({', '.join(JWT_KEYS)})")
+    for name in given:
+        if name not in JWT_KEYS:
+            _fail(path, f"jwt.{name}", f"unknown key (known: {', '.join(JWT_KEYS)})")
+    pems = given.get("public_keys") or {}
+    if not isinstance(pems, dict):
+        _fail(path, "jwt.public_keys", "must be a mapping of kid -> PEM public key or the path of a .pem file")
+    keys = {}
+    for kid, value in pems.items():
+        key = f"jwt.public_keys.{kid}"
+        if not isinstance(value, str) or not value.strip():
+            _fail(path, key, "must be a PEM public key or the path of a .pem file")
+        if value.lstrip().startswith("-----BEGIN"):
+            pem = value.encode()
+        else:
+            file = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), value))
+            try:
+                with open(file, "rb") as f:
+                    pem = f.read()
+            except OSError as exc:
+                _fail(path, key, f"cannot read {file}: {exc.strerror}")
+        try:
+            keys[str(kid)] = jwtokens.public_key(pem)
+        except ValueError as exc:
+            _fail(path, key, str(exc))
+    served = {alg for alg, _ in keys.values()}
+    algorithms = given.get("algorithms", [a for a in jwtokens.ALGORITHMS if a == "HS256" or a in served])
+    if not isinstance(algorithms, list) or not all(a in jwtokens.ALGORITHMS for a in algorithms):
+        _fail(path, "jwt.algorithms", f"must be a list of {', '.join(jwtokens.ALGORITHMS)} "
+              f"(never none), got {algorithms!r}")
+    for alg in algorithms:
+        if alg in jwtokens.ASYMMETRIC and alg not in served:
+            _fail(path, "jwt.algorithms", f"{alg} needs {jwtokens.ASYMMETRIC[alg]} under jwt.public_keys")
+    for kid, (alg, _key) in keys.items():
+        if alg not in algorithms:
+            _fail(path, f"jwt.public_keys.{kid}", f"a key for {alg}, but {alg} is not in jwt.algorithms")
+    for name in ("issuer", "audience"):
+        if given.get(name) is not None and (not isinstance(given[name], str) or not given[name]):
+            _fail(path, f"jwt.{name}", f"must be a non-empty string, got {given[name]!r}")
+    leeway = given.get("leeway", 0)
+    if isinstance(leeway, bool) or not isinstance(leeway, (int, float)) or not 0 <= leeway <= 300:
+        _fail(path, "jwt.leeway", f"must be a number of seconds from 0 to 300, got {leeway!r}")
+    return jwtokens.JwtConfig(tuple(dict.fromkeys(algorithms)), given.get("issuer"), given.get("audience"),
+                              keys, float(leeway))
 
 def _merge_numbers(path, section, given, defaults, allow_zero=()):
     if given is None:
@@ -320,6 +379,7 @@ def parse(raw: Any, path: str) -> Topology:
         replication=replication,
         shards=shards,
         etcd=etcd,
+        jwt=_parse_jwt(path, raw),
         version=version,
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from typing import Any
 
 from nodes.cluster import rendezvous
 
@@ -104,6 +105,7 @@ class Topology:
     replication: int = 1   # replicas per shard; 1 = one owner per channel, no etcd (docs/ha.md)
     shards: int = DEFAULT_SHARDS
     etcd: list = dataclasses.field(default_factory=list)   # endpoints; empty + local: bin/mesh starts one
+    jwt: Any = None        # nodes.protocol.jwtokens.JwtConfig: which JWT login tokens count (topofile._parse_jwt)
     version: int = 1       # bumped by the operator for a live change (bin/mesh reshard, nodes/cluster/topochange.py)
     text: str = ""         # the YAML this was read from: what a live change sends to running nodes
     _owners: dict = dataclasses.field(default_factory=dict, repr=False)

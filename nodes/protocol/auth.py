@@ -3,6 +3,9 @@
 Format (ASCII): ``v1.<scope>.<uin>.<expiry>.<hex signature>`` where scope is
 ``user`` (client login) or ``admin`` (membership changes), expiry is a Unix
 time in seconds and the signature is HMAC-SHA256(secret, "v1.<scope>.<uin>.<expiry>").
+
+A login also takes a JWT in the same ``token`` field (nodes/protocol/jwtokens.py, told
+apart by its shape); admin requests take v1 admin tokens only.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import secrets
 import time
 from typing import Any
 
+from nodes.protocol import jwtokens
 from nodes.protocol.wire import PROTOCOL_VERSION, Err, ProtocolError
 
 SCOPES = ("user", "admin")
@@ -61,9 +65,23 @@ def ensure_secret(path: str) -> bool:
     return True
 
 
-def check_login(secret: bytes, msg: dict[str, Any]) -> int:
-    """A validated login request: the protocol version we speak and a good token; the uin."""
+def mint_login(secret: bytes, uin: int, lifetime: float, jwt_config: Any = None,
+               now: float | None = None) -> str:
+    """A user login token: v1, or an HS256 JWT fit for ``jwt_config`` (the topology's
+    ``jwt``) when one is given (``bin/mesh token [--jwt]``); ValueError says why not."""
+    if jwt_config is None:
+        return mint(secret, uin, lifetime, now=now)
+    return jwtokens.mint(secret, jwt_config, uin, lifetime, now=now)
+
+
+def check_login(secret: bytes, msg: dict[str, Any], jwt_config: Any = None, now: float | None = None) -> int:
+    """A validated login request: the protocol version we speak and a good token, v1 or a
+    JWT (checked against ``jwt_config``, the topology's ``jwt``; None: HS256 only); the uin."""
     if msg["v"] != PROTOCOL_VERSION:
         raise ProtocolError(Err.BAD_VERSION, f"server speaks protocol version {PROTOCOL_VERSION}",
                             version=PROTOCOL_VERSION)
-    return verify(secret, msg["token"])
+    token = msg["token"]
+    if jwtokens.looks_like_jwt(token):
+        return jwtokens.verify(secret, jwtokens.DEFAULT if jwt_config is None else jwt_config, token,
+                               now=now)
+    return verify(secret, token, now=now)
