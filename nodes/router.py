@@ -21,13 +21,12 @@ import time
 import zmq
 
 from fastpath import OnlineBitmap
-
+from nodes.cluster.topology import DEFAULT_HEARTBEAT
 from nodes.protocol import schema, wire
-from nodes.protocol.wire import PRESENCE_TOPIC
 from nodes.protocol.heartbeat import Beat
+from nodes.protocol.wire import PRESENCE_TOPIC
 from nodes.runtime.deadlines import DeadlineHeap
 from nodes.runtime.node import Node
-from nodes.cluster.topology import DEFAULT_HEARTBEAT
 
 TICK_INTERVAL = 0.5
 SWEEP_INTERVAL = 0.2

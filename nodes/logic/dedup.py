@@ -16,7 +16,6 @@ hand-over and a replication follower all feed or read the same table.
 from __future__ import annotations
 
 from fastpath import DedupTable
-
 from nodes.storage import store as keys
 
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 import logging
 import time
 
-from nodes.storage import shards
-from nodes.protocol import wire
 from nodes.cluster.placement import ShardPlacement
 from nodes.logic.snapshots import Snapshots, checked_ops
+from nodes.protocol import wire
+from nodes.storage import shards
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Lead:
         self.shard, self.epoch = shard, epoch
         self.prev = tuple(position)           # the (epoch, seq) the next record follows
         self.followers = followers
-        self.acked = {f: position[1] for f in followers}   # follower -> newest seq it holds; a follower
+        self.acked = dict.fromkeys(followers, position[1])   # follower -> newest seq it holds; a follower
         # not at ``position`` learns so from the epoch's first record (rep_gap) and gets a snapshot
         self.sent = dict(self.acked)          # follower -> last seq of the in-order stream sent to it
         self.heard = {f: time.monotonic() for f in followers}   # follower -> its last answer

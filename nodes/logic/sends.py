@@ -23,9 +23,9 @@ else is refused RATE_LIMITED and nothing is stored.
 """
 from __future__ import annotations
 
+from nodes.logic.channels import Pending
 from nodes.protocol import wire
 from nodes.storage import store as keys
-from nodes.logic.channels import Pending
 
 
 def ack(rid, channel, device, ctime, msg_id, **extra):

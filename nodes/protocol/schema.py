@@ -164,7 +164,8 @@ TOPOLOGY_REQUESTS = {"topology": {"rid": RID, "auth": AUTH, "phase": req("str", 
 # admin -> logic: channels handed over to their new owner in a live reshard (nodes/logic/handoff.py)
 HANDOFF_REQUESTS = {
     "handoff": {"rid": RID, "auth": AUTH, "to": req("str"), "after": req("u64", "row position; 0 first")},
-    "take": {"rid": RID, "auth": AUTH, "channels": opt("any", "[channel]"), "rows": opt("any", "[[key bin, value bin]]"),
+    "take": {"rid": RID, "auth": AUTH, "channels": opt("any", "[channel]"),
+             "rows": opt("any", "[[key bin, value bin]]"),
              "first": opt("any", "true: clear what is held of them"), "last": opt("any", "true: load and serve them"),
              "boundaries": opt("any", "{channel: first id not held}")},
     "handoff_done": {"rid": RID, "auth": AUTH, "to": req("str"), "channels": opt("any", "[channel]")},
@@ -195,7 +196,8 @@ PUB_FRAMES = {
     "logic": {
         "msgs": {"items": req("list", "[[packed push, [uin], sender uin, sender device]]"),
                  "logic": opt("str", "the publisher (a sign of life)")},
-        "msgs_idc": {"packs": req("list", "[packed push]"), "to": req("map", "{broker: [[pack index, [uin], uin, device]]}"),
+        "msgs_idc": {"packs": req("list", "[packed push]"),
+                     "to": req("map", "{broker: [[pack index, [uin], uin, device]]}"),
                      "logic": opt("str")},
         "tick": {"logic": req("str"), "leads": opt("list", "[[shard, epoch]] led by the publisher"),
                  "stopping": opt("any", "true: take the publisher for down now")},
