@@ -213,12 +213,15 @@ class BrokerCore:
         return None
 
     def _settle(self, session, request, owner, reply, charged) -> None:
-        session.retries.learn(owner, reply.pop("newest", None))
+        newest = reply.pop("newest", None)
+        if newest is not None:
+            session.retries.learn(owner, newest)
         retry = reply.pop("retry", False)
-        code = reply.get("code")
-        if charged and (retry or code in wire.REFUSED_OUTCOME or code == wire.Err.WRONG_OWNER):
-            self.buckets.refund(session.uin)
-        if request.get("lookup") and "frag" in request and request["frag"][1] == 0 \
+        if charged:
+            code = reply.get("code")
+            if retry or (code is not None and (code in wire.REFUSED_OUTCOME or code == wire.Err.WRONG_OWNER)):
+                self.buckets.refund(session.uin)
+        if "lookup" in request and "frag" in request and request["frag"][1] == 0 \
                 and reply.get("t") == "ack" and session.groups is not None:
             session.groups.accept(*request["frag"], request["ctime"])
 
