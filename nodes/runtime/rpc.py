@@ -42,7 +42,8 @@ class Requests:
             log.warning("bad reply from a peer: %s", exc)
             return
         for msg in msgs:
-            entry = self.pending.pop(wire.request_rid(msg), None)
+            rid = wire.request_rid(msg)
+            entry = None if rid is None else self.pending.pop(rid, None)
             try:
                 if entry is None:
                     if self.on_late is not None:
