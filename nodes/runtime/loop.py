@@ -31,7 +31,7 @@ class Loop:
         self.fd_handlers: dict[int, Callable[[int], None]] = {}   # plain fd (add_fd) -> handler(events)
         self.batch = batch
         self.max_wait = max_wait
-        self._timers: list[tuple[float, int, float, Callable[[], None]]] = []  # (due, seq, interval, fn) heap
+        self._timers: list[tuple[float, int, float, Callable[[], object]]] = []  # (due, seq, interval, fn) heap
         self._seq = itertools.count()
         self._turn_end: list[Callable[[], None]] = []
         self.running = False
@@ -54,7 +54,8 @@ class Loop:
         self.fd_handlers.pop(fd, None)
         self.poller.unregister(fd)
 
-    def every(self, interval: float, fn: Callable[[], None], first: float | None = None) -> None:
+    def every(self, interval: float, fn: Callable[[], object], first: float | None = None) -> None:
+        """Call ``fn()`` every ``interval`` seconds (what it returns is ignored)."""
         due = time.monotonic() + (interval if first is None else first)
         heapq.heappush(self._timers, (due, next(self._seq), interval, fn))
 
