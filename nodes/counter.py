@@ -26,17 +26,25 @@ counter when one did not answer within ALLOC_FAILOVER (``counter_to_ask``).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import zmq
 
+from nodes.cluster.topology import Topology
 from nodes.protocol import schema, wire
 from nodes.runtime.node import Node
+from nodes.runtime.ports import Msg
 from nodes.storage import store as keys
+from nodes.storage.store import Store
+
+if TYPE_CHECKING:
+    from nodes.cluster.coordinator import EtcdHighWater
 
 MAX_ALLOC = 1_000_000
 ALLOC_FAILOVER = 0.5          # seconds: a counter silent this long, the logic node asks the next one
 
 
-def counters_for(topo, channel: str) -> list[str]:
+def counters_for(topo: Topology, channel: str) -> list[str]:
     """The counters that serve ``channel``'s id blocks, its own (``counter_for``) first: every
     counter with replication (marks in etcd), else those of its home IDC."""
     own = topo.counter_for(channel)
@@ -45,7 +53,7 @@ def counters_for(topo, channel: str) -> list[str]:
     return ids[k:] + ids[:k]
 
 
-def counter_to_ask(topo, channel: str, failures: int) -> tuple[str, float | None]:
+def counter_to_ask(topo: Topology, channel: str, failures: int) -> tuple[str, float | None]:
     """(counter, request timeout) for a logic node's next alloc, after ``failures`` allocs that
     got no answer: round the channel's counters, ALLOC_FAILOVER each when there is another to
     try (None: the usual request timeout, for a lone counter)."""
@@ -55,7 +63,7 @@ def counter_to_ask(topo, channel: str, failures: int) -> tuple[str, float | None
     return ids[failures % len(ids)], ALLOC_FAILOVER
 
 
-def check_serves(topo, counter_id: str, channel: str) -> None:
+def check_serves(topo: Topology, counter_id: str, channel: str) -> None:
     """WRONG_OWNER unless ``counter_id`` is one of the channel's counters (a logic node with a
     stale or wrong topology must not take ids from a counter of another IDC)."""
     if counter_id not in counters_for(topo, channel):
@@ -65,11 +73,11 @@ def check_serves(topo, counter_id: str, channel: str) -> None:
 class CounterCore:
     """Id blocks per channel; writes staged in the store's batch."""
 
-    def __init__(self, store):
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.high = {}                       # channel -> next unissued id
+        self.high: dict[str, int] = {}                     # channel -> next unissued id
         self.resent = 0                      # blocks answered again to a writer that lost them
-        self.last = {}                       # channel -> start of the last block issued
+        self.last: dict[str, int | None] = {}                     # channel -> start of the last block issued
 
     def next_id(self, channel: str) -> int:
         if channel not in self.high:
@@ -77,7 +85,7 @@ class CounterCore:
             self.high[channel] = keys.unpack_u64(raw) if raw is not None else 1
         return self.high[channel]
 
-    def last_start(self, channel: str):
+    def last_start(self, channel: str) -> int | None:
         if channel not in self.last:
             raw = self.store.get(keys.last_block_key(channel))
             self.last[channel] = keys.unpack_u64(raw) if raw is not None else None
@@ -106,10 +114,10 @@ class CounterCore:
 class CounterNode(Node):
     type = "counter"
 
-    def __init__(self, topo, node_id):
+    def __init__(self, topo: Topology, node_id: str) -> None:
         super().__init__(topo, node_id, store_sync=True)   # always synced: ids must never repeat
-        self.core = CounterCore(self.store)
-        self.highwater = None
+        self.core = CounterCore(self.store)   # type: ignore[arg-type]  # needs_store: Node opened it
+        self.highwater: EtcdHighWater | None = None
         if topo.replicated:
             from nodes.cluster.coordinator import EtcdHighWater
             self.highwater = EtcdHighWater(topo.etcd_endpoints(), topo.cluster)
@@ -117,7 +125,7 @@ class CounterNode(Node):
         self.serve(rpc, schema.COUNTER_REQUESTS, {"alloc": self.handle_alloc,
                                                 "status": self.handle_status})
 
-    def handle_alloc(self, _ident, msg, _now=None):
+    def handle_alloc(self, _ident: bytes, msg: Msg, _now: float | None = None) -> Msg:
         if self.highwater is not None:          # replicated: high-water marks in etcd, any counter serves
             if not 1 <= msg["n"] <= MAX_ALLOC:
                 raise wire.ProtocolError(wire.Err.BAD_FIELD, f"n must be 1..{MAX_ALLOC}")
@@ -127,11 +135,11 @@ class CounterNode(Node):
         start, end = self.core.alloc(msg["channel"], msg["n"], msg["have"])
         return wire.reply("alloc", msg["rid"], channel=msg["channel"], start=start, end=end)
 
-    def status(self):
+    def status(self) -> dict[str, Any]:
         resent = self.core.resent + (self.highwater.resent if self.highwater else 0)
         return dict(super().status(), channels=len(self.core.high), resent=resent)
 
-    def close(self):
+    def close(self) -> None:
         if self.highwater is not None:
-            self.highwater.close()
+            self.highwater.close()            # type: ignore[no-untyped-call]  # coordinator.py is not annotated
         super().close()

@@ -17,19 +17,28 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import zmq
 
 from fastpath import OnlineBitmap
-from nodes.cluster.topology import DEFAULT_HEARTBEAT
+from nodes.cluster.topology import DEFAULT_HEARTBEAT, Topology
 from nodes.protocol import schema, wire
-from nodes.protocol.heartbeat import Beat
+from nodes.protocol.heartbeat import Beat, HeartbeatConfig
 from nodes.protocol.wire import PRESENCE_TOPIC
 from nodes.runtime.deadlines import DeadlineHeap
 from nodes.runtime.node import Node
+from nodes.runtime.ports import Msg
 
 TICK_INTERVAL = 0.5
 SWEEP_INTERVAL = 0.2
+
+
+class Publish(Protocol):
+    """Emit a presence delta or tick; with ``broker``, a notice to that broker (RouterNode.publish)."""
+
+    def __call__(self, msg: Msg, broker: str | None = None, /) -> None: ...
 
 
 class RouterCore:
@@ -41,7 +50,7 @@ class RouterCore:
 
     BACKSTOP_SLACK = 2.0      # seconds beyond (factor + 1) intervals before a silent session goes
 
-    def __init__(self, router_id: str, publish, hb_cfg: dict | None = None):
+    def __init__(self, router_id: str, publish: Publish, hb_cfg: HeartbeatConfig | None = None) -> None:
         self.router_id = router_id
         self.epoch = secrets.randbits(63)
         self.seq = 0
@@ -53,19 +62,19 @@ class RouterCore:
         self.publish = publish
         self.expired = 0
 
-    def _emit(self, uin, device, broker):
+    def _emit(self, uin: int, device: int, broker: str | None) -> None:
         self.seq += 1
         self.publish({"t": "delta", "router": self.router_id, "epoch": self.epoch,
                       "seq": self.seq, "uin": uin, "device": device, "broker": broker})
 
-    def _track(self, uin, device, beat):
+    def _track(self, uin: int, device: int, beat: Beat) -> None:
         """Make sure the sweep looks at the session by its deadline (nodes/runtime/deadlines.py)."""
         self._deadlines.track((uin, device), beat)
 
-    def _backstop(self, beat, now) -> None:
+    def _backstop(self, beat: Beat, now: float) -> None:
         beat.deadline = now + (self.hb_cfg["session_timeout_factor"] + 1) * beat.interval + self.BACKSTOP_SLACK
 
-    def set_online(self, uin: int, device: int, broker: str, net="wired", now: float = 0.0) -> float:
+    def set_online(self, uin: int, device: int, broker: str, net: Any = "wired", now: float = 0.0) -> float:
         """Login (or a heartbeat from an unknown session): online on ``broker``; the interval.
         A session of the device on another broker is kicked there."""
         devices = self.online.setdefault(uin, {})
@@ -82,7 +91,7 @@ class RouterCore:
         self._track(uin, device, beat)
         return beat.interval
 
-    def heartbeat(self, uin: int, device: int, broker: str, net, now: float):
+    def heartbeat(self, uin: int, device: int, broker: str, net: Any, now: float) -> float | None:
         """Record a heartbeat; the next interval to ask of the client, or None when the
         device has moved to another broker since (the asking session is stale)."""
         beat = self.beats.get((uin, device))
@@ -95,10 +104,10 @@ class RouterCore:
         self._track(uin, device, beat)
         return interval
 
-    def touch(self, broker: str, sessions, now: float) -> list:
+    def touch(self, broker: str, sessions: Iterable[Sequence[int]], now: float) -> list[list[int]]:
         """Sessions of ``broker`` that were active: push their deadlines out.  Returns the
         ones that have moved to another broker (the broker ends them)."""
-        moved = []
+        moved: list[list[int]] = []
         for uin, device in sessions:
             beat = self.beats.get((uin, device))
             if beat is None:
@@ -140,25 +149,26 @@ class RouterCore:
             self.set_offline(uin, dev, broker)
         return len(gone)
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> Msg:
         entries = [[uin, dev, b] for uin, devices in self.online.items() for dev, b in devices.items()]
         return {"router": self.router_id, "epoch": self.epoch, "seq": self.seq, "entries": entries}
 
-    def tick(self) -> dict:
+    def tick(self) -> Msg:
         return {"t": "tick", "router": self.router_id, "epoch": self.epoch, "seq": self.seq}
 
     def sessions(self) -> int:
         return len(self.beats)
 
     def users_online(self) -> int:
-        return self.bitmap.count()
+        count: int = self.bitmap.count()      # the Cython bitmap: untyped
+        return count
 
 
 class RouterNode(Node):
     type = "router"
     needs_store = False
 
-    def __init__(self, topo, node_id):
+    def __init__(self, topo: Topology, node_id: str) -> None:
         super().__init__(topo, node_id)
         self.pub = self.bind(zmq.PUB, self.spec.endpoint("pub"))
         self.core = RouterCore(node_id, self.publish, topo.heartbeat)
@@ -171,48 +181,48 @@ class RouterNode(Node):
         self.loop.every(TICK_INTERVAL, lambda: self.publish(self.core.tick()), first=0)
         self.loop.every(SWEEP_INTERVAL, lambda: self.core.sweep(time.monotonic()))
 
-    def publish(self, msg: dict, broker: str | None = None) -> None:
+    def publish(self, msg: Msg, broker: str | None = None) -> None:
         """Presence deltas and ticks to logic nodes; with ``broker``, a notice to that broker."""
         self.queue_packed(self.pub, PRESENCE_TOPIC if broker is None else wire.topic(broker), wire.pack(msg))
 
-    def _broker_idc(self, broker) -> str | None:
+    def _broker_idc(self, broker: str | None) -> str | None:
         """Presence lives in the IDC of the user's broker (docs/ha.md "Home IDC")."""
         spec = self.topo.nodes.get(broker)
         return spec.idc if spec is not None else None
 
-    def _check_owner(self, uin, broker=None):
+    def _check_owner(self, uin: int, broker: str | None = None) -> None:
         if self.id not in self.topo.routers_for(uin, self._broker_idc(broker)):
             raise wire.ProtocolError(wire.Err.WRONG_OWNER, f"router {self.id} does not own uin {uin}")
 
-    def handle_online(self, _ident, msg, now):
+    def handle_online(self, _ident: bytes, msg: Msg, now: float) -> Msg:
         self._check_owner(msg["uin"], msg["broker"])
         interval = self.core.set_online(msg["uin"], msg["device"], msg["broker"], msg.get("net"), now)
         return wire.reply("ok", msg["rid"], seq=self.core.seq, interval=interval)
 
-    def handle_hb(self, _ident, msg, now):
+    def handle_hb(self, _ident: bytes, msg: Msg, now: float) -> Msg:
         self._check_owner(msg["uin"], msg["broker"])
         interval = self.core.heartbeat(msg["uin"], msg["device"], msg["broker"], msg.get("net"), now)
         if interval is None:
             return wire.reply("hb", msg["rid"], moved=True)
         return wire.reply("hb", msg["rid"], interval=interval)
 
-    def handle_touch(self, _ident, msg, now):
+    def handle_touch(self, _ident: bytes, msg: Msg, now: float) -> Msg:
         idc = self._broker_idc(msg["broker"])
         mine = [s for s in msg["sessions"] if self.id in self.topo.routers_for(s[0], idc)]
         return wire.reply("touched", msg["rid"], moved=self.core.touch(msg["broker"], mine, now))
 
-    def handle_offline(self, _ident, msg, _now):
+    def handle_offline(self, _ident: bytes, msg: Msg, _now: float) -> Msg:
         self._check_owner(msg["uin"], msg["broker"])
         changed = self.core.set_offline(msg["uin"], msg["device"], msg["broker"])
         return wire.reply("ok", msg["rid"], seq=self.core.seq, changed=changed)
 
-    def handle_broker_reset(self, _ident, msg, _now):
+    def handle_broker_reset(self, _ident: bytes, msg: Msg, _now: float) -> Msg:
         n = self.core.reset_broker(msg["broker"])
         return wire.reply("ok", msg["rid"], seq=self.core.seq, removed=n)
 
-    def handle_snapshot(self, _ident, msg, _now):
+    def handle_snapshot(self, _ident: bytes, msg: Msg, _now: float) -> Msg:
         return wire.reply("snapshot", msg["rid"], **self.core.snapshot())
 
-    def status(self):
+    def status(self) -> dict[str, Any]:
         return dict(super().status(), sessions=self.core.sessions(), users=self.core.users_online(),
                     seq=self.core.seq, expired=self.core.expired)

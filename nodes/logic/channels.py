@@ -11,9 +11,14 @@ from __future__ import annotations
 import collections
 import itertools
 from array import array
+from collections.abc import Iterable
+from typing import Any
 
 from fastpath import IdRing
 from nodes.storage import store as keys
+
+Waiter = tuple[bytes, int]          # (the broker's routing id, the request's rid): a send to ack
+Record = list[Any]                  # a stored message as decoded (msgpack): see Pending.record
 
 
 class Pending:
@@ -21,21 +26,24 @@ class Pending:
 
     __slots__ = ("uin", "device", "ctime", "text", "frag", "channel", "waiters", "id", "stime", "expiry")
 
-    def __init__(self, uin, device, ctime, text, frag, channel, waiter):
+    def __init__(self, uin: int, device: int, ctime: int, text: str, frag: list[int] | None, channel: str,
+                 waiter: Waiter) -> None:
         self.uin, self.device, self.ctime, self.text, self.frag = uin, device, ctime, text, frag
         self.channel = channel
         self.waiters = [waiter]
-        self.id = self.stime = self.expiry = None
+        self.id: int | None = None          # set by Ids.assign, with stime (ms) and expiry (s)
+        self.stime: int | None = None
+        self.expiry: float | None = None
 
-    def record(self) -> list:
+    def record(self) -> Record:
         """The stored form: [uin, device, ctime, stime ms, expiry s, text, frag or nil]."""
         return [self.uin, self.device, self.ctime, self.stime, self.expiry, self.text, self.frag]
 
 
-def push_of(channel: str, msg_id: int, record: list) -> dict:
+def push_of(channel: str, msg_id: int, record: Record) -> dict[str, Any]:
     """The pushed (and synced) form of a stored message."""
     uin, device, ctime, stime, _expiry, text = record[:6]
-    push = {"t": "msg", "channel": channel, "id": msg_id, "uin": uin, "device": device,
+    push: dict[str, Any] = {"t": "msg", "channel": channel, "id": msg_id, "uin": uin, "device": device,
             "ctime": ctime, "stime": stime, "text": text}
     if len(record) > 6 and record[6] is not None:
         push["frag"] = record[6]
@@ -48,7 +56,7 @@ class ChannelState:
     __slots__ = ("name", "members", "member_array", "ring", "leases", "next_id", "last_id", "visible",
                  "waiting", "alloc_inflight", "lifetime", "fanout", "fanout_version", "prefix")
 
-    def __init__(self, name: str, members, queue: int, lifetime=None):
+    def __init__(self, name: str, members: Iterable[int], queue: int, lifetime: float | None = None) -> None:
         self.name = name
         self.prefix = keys.channel_prefix(name)     # its message keys: prefix + id (built per message)
         self.lifetime = lifetime              # seconds; None: the topology's default
@@ -62,10 +70,11 @@ class ChannelState:
         self.waiting: collections.deque[Pending] = collections.deque()    # Pending, in arrival order
         self.alloc_inflight = False
 
-    def set_members(self, members) -> None:
+    def set_members(self, members: Iterable[int]) -> None:
         self.members = set(members)
         self.member_array = array("I", sorted(self.members))   # for OnlineBitmap.filter_online
-        self.fanout, self.fanout_version = None, -1            # {broker: [uin]}, per presence version
+        self.fanout: dict[str, list[int]] | None = None        # {broker: [uin]}, per presence version
+        self.fanout_version = -1
 
     def boundary(self) -> int:
         """The first id this channel does not hold (used or leased): what alloc's ``have`` says."""

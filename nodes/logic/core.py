@@ -19,10 +19,11 @@ serves (``owns``) and who does (``leader``): the rendezvous owner
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from nodes.cluster.placement import LogicPlacement, StaticPlacement
 from nodes.cluster.topology import Topology
-from nodes.logic.channels import ChannelState
+from nodes.logic.channels import ChannelState, Pending
 from nodes.logic.dedup import Dedup
 from nodes.logic.fanout import FanOut
 from nodes.logic.ids import Ids
@@ -58,16 +59,16 @@ class LogicCore:
         self.members = Membership(s, store, self.fanout, secret, self.queue)
 
     @property
-    def channels(self) -> dict:
+    def channels(self) -> dict[str, ChannelState]:
         """name -> ChannelState of the channels held here."""
         return self.serving.channels
 
     @property
-    def topo(self):
+    def topo(self) -> Topology:
         return self.serving.topo
 
     @property
-    def placement(self):
+    def placement(self) -> LogicPlacement:
         return self.serving.placement
 
     @property
@@ -75,10 +76,10 @@ class LogicCore:
         return self.serving.joining
 
     # --- start ---------------------------------------------------------------
-    def load(self, wanted=None) -> None:
+    def load(self, wanted: Callable[[str], bool] | None = None) -> None:
         """Load the stored channels (those ``wanted(name)`` accepts, if given) and create the
         topology's channels this node serves that are not stored yet."""
-        loaded = {}
+        loaded: dict[str, ChannelState] = {}
         incoming = self.serving.incoming
         # a take cut short (nodes/logic/handoff.py): part of a channel only, neither served nor seeded
         # until a take ends
@@ -98,10 +99,10 @@ class LogicCore:
             self._seed(wanted)
         self.store.flush()
 
-    def _seed(self, wanted=None) -> list:
+    def _seed(self, wanted: Callable[[str], bool] | None = None) -> list[str]:
         """Create the topology's channels this node serves that no node holds yet (a node
         joining a running mesh waits: they may hold them, and a hand-over brings them)."""
-        made = []
+        made: list[str] = []
         for name, spec in self.topo.channels.items():
             if name not in self.channels and name not in self.serving.incoming and (
                     self.placement.owns(name) if wanted is None else wanted(name)):
@@ -109,7 +110,7 @@ class LogicCore:
                 made.append(name)
         return made
 
-    def settle(self) -> list:
+    def settle(self) -> list[str]:
         """The live change that added this node is over: serve as any node, seed what is new."""
         self.serving.joining = False
         made = self._seed()
@@ -121,16 +122,16 @@ class LogicCore:
         """Before the batch is written: queued sends get their ids, their rows are staged."""
         self.ids.assign(now)
 
-    def take_committed(self) -> list:
+    def take_committed(self) -> list[Pending]:
         """The sends staged in this turn's batch; whoever takes them passes them to ``commit``
         once they are stored (at once after the write, or with replication on a majority)."""
         return self.ids.take_committed()
 
-    def commit(self, committed) -> None:
+    def commit(self, committed: Sequence[Pending]) -> None:
         """These sends are stored: ack, record dedup, fan out (one PUB frame per broker)."""
         self.sends.commit(committed)
 
-    def abandon(self, recs, why: str) -> None:
+    def abandon(self, recs: Iterable[Pending], why: str) -> None:
         """Sends taken for a commit that will not come (the node stopped leading their shard)."""
         self.sends.abandon(recs, why)
 
@@ -139,7 +140,7 @@ class LogicCore:
         self.dedup.note_row(key, raw)
 
     # --- live topology changes (nodes/logic/handoff.py) ------------------------------
-    def adopt(self, topo) -> dict:
+    def adopt(self, topo: Topology) -> dict[str, str | None]:
         """Serve by a newer topology: channels it places elsewhere stop being served here
         (their waiting sends are answered UNAVAILABLE, never stored: the client retries with
         the same ctime at the new owner).  Returns {channel: new owner} of those held here."""
@@ -147,9 +148,9 @@ class LogicCore:
         self.serving.placement = StaticPlacement(topo, self.id)
         return self.leaving()
 
-    def leaving(self) -> dict:
+    def leaving(self) -> dict[str, str | None]:
         """{channel: its owner} of the channels held here that this node does not serve."""
-        out = {}
+        out: dict[str, str | None] = {}
         for name, ch in self.channels.items():
             if not self.placement.owns(name):
                 out[name] = self.placement.leader(name)
@@ -157,7 +158,7 @@ class LogicCore:
                     self.abandon(self.ids.withdraw(ch), f"channel {name!r} is moving to another logic node; retry")
         return out
 
-    def begin_take(self, names) -> None:
+    def begin_take(self, names: Collection[str]) -> None:
         """A hand-over brings these channels: forget what is held of them, serve none of them
         (requests: UNAVAILABLE), and let no restart load them, until ``end_take``."""
         self.serving.incoming.update(names)
@@ -165,7 +166,7 @@ class LogicCore:
             self.store.put(keys.taking_key(name), b"")
         self.forget(names)
 
-    def end_take(self, names) -> None:
+    def end_take(self, names: Collection[str]) -> None:
         """The hand-over of these channels is complete: load them and serve them."""
         for name in names:
             self.store.delete(keys.taking_key(name))
@@ -175,7 +176,7 @@ class LogicCore:
         self.load(set(names).__contains__)
         self.retention.rewind_sent()       # moved ``x`` rows may sort before where pruning was
 
-    def forget(self, names) -> None:
+    def forget(self, names: Iterable[str]) -> None:
         """Drop these channels from memory (handed over, or about to be replaced by a copy)."""
         for name in names:
             ch = self.channels.get(name)
@@ -184,7 +185,7 @@ class LogicCore:
                 members, ch.members = ch.members, set()
                 self.fanout.index(ch, members)
 
-    def drop(self, names, why: str) -> None:
+    def drop(self, names: Iterable[str], why: str) -> None:
         """Stop serving these channels (their shard moved): forget their state, fail their queues."""
         for name in names:
             ch = self.channels.pop(name, None)

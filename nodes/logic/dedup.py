@@ -16,7 +16,9 @@ hand-over and a replication follower all feed or read the same table.
 from __future__ import annotations
 
 from fastpath import DedupTable
+from nodes.logic.channels import Pending
 from nodes.storage import store as keys
+from nodes.storage.store import Store
 
 
 def device_of(key: bytes) -> tuple[int, int]:
@@ -28,7 +30,7 @@ class Dedup:
     """State: ``table`` ((uin, device) -> (newest ctime, its id)) and ``loaded`` (the
     stored ``d`` rows are read into it once; later rows arrive through ``note_row``)."""
 
-    def __init__(self, store):
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.table = DedupTable()
         self.loaded = False
@@ -41,9 +43,10 @@ class Dedup:
             self.note_row(key, raw)
         self.loaded = True
 
-    def get(self, uin: int, device: int):
+    def get(self, uin: int, device: int) -> tuple[int, int] | None:
         """(ctime, id) of the device's newest stored send, or None."""
-        return self.table.get(uin, device)
+        got: tuple[int, int] | None = self.table.get(uin, device)   # the Cython table: untyped
+        return got
 
     def note(self, uin: int, device: int, ctime: int, msg_id: int) -> None:
         """A stored send of the device, unless the table knows a newer one."""
@@ -64,7 +67,7 @@ class Dedup:
         self.table.remove(uin, device)
         return True
 
-    def stored(self, uin, device, ctime):
+    def stored(self, uin: int, device: int, ctime: int) -> tuple[str, int, int] | None:
         """(channel, id, crc32 of the text) of the message stored for this (uin, device,
         ctime), or None."""
         newest = self.table.get(uin, device)
@@ -73,7 +76,7 @@ class Dedup:
         raw = self.store.get(keys.sent_key(uin, device, ctime))
         return None if raw is None else (*keys.sent_of_value(raw), keys.sent_digest(raw))
 
-    def note_staged(self, rec) -> bool:
+    def note_staged(self, rec: Pending) -> bool:
         """A send whose rows are staged in this turn's batch: the table learns it now, not at
         its ack.  True if it is the device's newest send (then its ``d`` row is written).
 

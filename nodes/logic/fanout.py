@@ -10,9 +10,15 @@ send path: it is the only part that reads presence.
 """
 from __future__ import annotations
 
+import collections
+from collections.abc import Iterable
+
 from nodes.cluster import idcfanout
 from nodes.logic.channels import ChannelState, Pending, push_of
+from nodes.logic.presence import PresenceReplica
+from nodes.logic.serving import Serving
 from nodes.protocol import wire
+from nodes.runtime.ports import LogicOut
 
 
 class FanOut:
@@ -20,16 +26,17 @@ class FanOut:
     and ``outbox`` (broker -> [[packed push, to, uin, device], ...] of this turn).  The
     plans themselves live on each ChannelState (``fanout``, ``fanout_version``)."""
 
-    def __init__(self, serving, replica, out, stats):
+    def __init__(self, serving: Serving, replica: PresenceReplica, out: LogicOut,
+                 stats: collections.Counter[str]) -> None:
         self.serving = serving                # topo and node id of the current topology
         self.replica = replica
         self.out = out
         self.stats = stats
-        self.member_of: dict[int, set] = {}
-        self.outbox: dict[str, list] = {}
+        self.member_of: dict[int, set[ChannelState]] = {}
+        self.outbox: dict[str, list[list[object]]] = {}    # [packed, uins, uin, device]: idcfanout.plan's items
         replica.on_change = self.presence_changed
 
-    def index(self, ch: ChannelState, old) -> None:
+    def index(self, ch: ChannelState, old: Iterable[int]) -> None:
         """Keep ``member_of`` in step with a channel's members (``old``: before the change)."""
         for uin in set(old) - ch.members:
             chans = self.member_of.get(uin)
@@ -40,7 +47,7 @@ class FanOut:
         for uin in ch.members.difference(old):
             self.member_of.setdefault(uin, set()).add(ch)
 
-    def presence_changed(self, uin, before: set, after: set) -> None:
+    def presence_changed(self, uin: int, before: set[str], after: set[str]) -> None:
         """A uin's brokers changed: patch the plans of its channels (a plan is not
         recomputed over all members because one of them logged in or out).  Edited in
         place: fan-out items referring to a plan's lists are packed and published within
@@ -69,7 +76,7 @@ class FanOut:
             ch.fanout_version = self.replica.version
         if not ch.fanout:
             return
-        packed = wire.pack(push_of(rec.channel, rec.id, rec.record()))
+        packed = wire.pack(push_of(rec.channel, rec.id, rec.record()))  # type: ignore[arg-type]  # committed: has an id
         self.stats["deliveries"] += len(ch.fanout)
         for broker, uins in ch.fanout.items():
             self.outbox.setdefault(broker, []).append([packed, uins, rec.uin, rec.device])

@@ -11,9 +11,17 @@ they wait in ``committed`` until the batch is written (``take_committed``).
 """
 from __future__ import annotations
 
+import collections
+from collections.abc import Mapping
+
 from nodes.logic.channels import ChannelState, Pending
+from nodes.logic.dedup import Dedup
+from nodes.logic.retention import Retention
+from nodes.logic.serving import Serving
 from nodes.protocol import wire
+from nodes.runtime.ports import LogicOut
 from nodes.storage import store as keys
+from nodes.storage.store import Store
 
 
 class Ids:
@@ -22,7 +30,8 @@ class Ids:
     ``committed`` (sends staged in this turn's batch, not yet acked).  Each channel's
     own queue and leases are on its ChannelState."""
 
-    def __init__(self, serving, store, dedup, retention, out, stats, limits):
+    def __init__(self, serving: Serving, store: Store, dedup: Dedup, retention: Retention, out: LogicOut,
+                 stats: collections.Counter[str], limits: Mapping[str, float]) -> None:
         self.serving, self.store, self.dedup, self.retention = serving, store, dedup, retention
         self.out, self.stats = out, stats
         self.block = int(limits["id_block"])
@@ -48,7 +57,7 @@ class Ids:
         if ch.leases:
             ch.next_id = max(ch.next_id, ch.leases[0][0])
 
-    def _save_leases(self, ch):
+    def _save_leases(self, ch: ChannelState) -> None:
         self.store.put(keys.lease_key(ch.name), keys.encode([list(x) for x in ch.leases]))
 
     # --- waiting sends ---------------------------------------------------------
@@ -60,7 +69,7 @@ class Ids:
         self.waiting_total += 1
         self.dirty.add(ch)
 
-    def withdraw(self, ch: ChannelState) -> list:
+    def withdraw(self, ch: ChannelState) -> list[Pending]:
         """Take every send waiting in ``ch`` out of the queue (the channel stops being served)."""
         self.dirty.discard(ch)
         self.waiting_total -= len(ch.waiting)
@@ -131,7 +140,7 @@ class Ids:
             self._prefetch(ch)
         self.dirty = {ch for ch in self.dirty if ch.waiting and ch.available()}
 
-    def take_committed(self) -> list:
+    def take_committed(self) -> list[Pending]:
         """The sends staged since the last call, handed to whoever acks them once stored."""
         committed, self.committed = self.committed, []
         return committed

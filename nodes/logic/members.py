@@ -9,21 +9,28 @@ for channels.
 """
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
+from typing import Literal, overload
+
 from nodes.logic.channels import ChannelState
+from nodes.logic.fanout import FanOut
+from nodes.logic.serving import Serving
 from nodes.protocol import auth, wire
 from nodes.runtime.logs import events
+from nodes.runtime.ports import Msg
 from nodes.storage import store as keys
+from nodes.storage.store import Store
 
 
 class Membership:
     """No state of its own beyond the channels' members (on each ChannelState)."""
 
-    def __init__(self, serving, store, fanout, secret: bytes, queue: int):
+    def __init__(self, serving: Serving, store: Store, fanout: FanOut, secret: bytes, queue: int) -> None:
         self.serving, self.store, self.fanout = serving, store, fanout
         self.secret = secret
         self.queue = queue                    # a new channel's queue length (channel_queue)
 
-    def create(self, name, members, lifetime=None) -> ChannelState:
+    def create(self, name: str, members: Iterable[int], lifetime: float | None = None) -> ChannelState:
         """A new channel, held and served here from now on (its ``c`` row is staged)."""
         ch = self.serving.channels[name] = ChannelState(name, members, self.queue, lifetime)
         self.fanout.index(ch, ())
@@ -31,18 +38,22 @@ class Membership:
         self.save(ch)
         return ch
 
-    def save(self, ch) -> None:
+    def save(self, ch: ChannelState) -> None:
         self.store.put(keys.channel_key(ch.name), keys.encode({"members": sorted(ch.members),
                                                                "lifetime": ch.lifetime}))
 
     # --- membership ----------------------------------------------------------
-    def member(self, msg, _now=None) -> dict:
+    def member(self, msg: Msg, _now: float | None = None) -> Msg:
         """Is the uin a member of the channel?  (Asked by relays before serving media.)"""
         ch = self.serving.owned(msg["channel"])
         return wire.reply("member", msg["rid"], channel=ch.name, uin=msg["uin"],
                           member=msg["uin"] in ch.members)
 
-    def _admin(self, msg, must_exist=True):
+    @overload
+    def _admin(self, msg: Msg, must_exist: Literal[True] = ...) -> ChannelState: ...
+    @overload
+    def _admin(self, msg: Msg, must_exist: Literal[False]) -> None: ...
+    def _admin(self, msg: Msg, must_exist: bool = True) -> ChannelState | None:
         auth.verify(self.secret, msg["auth"], scope="admin")
         name = msg["channel"]
         if must_exist:
@@ -50,11 +61,11 @@ class Membership:
         self.serving.check(name)
         return None
 
-    def _check_members(self, members):
+    def _check_members(self, members: Collection[int]) -> None:
         if len(members) > self.serving.topo.limits["max_members"]:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, "too many members")
 
-    def channel_create(self, msg, _now=None):
+    def channel_create(self, msg: Msg, _now: float | None = None) -> Msg:
         self._admin(msg, must_exist=False)
         self._check_members(msg["members"])
         if msg["channel"] in self.serving.channels:
@@ -63,7 +74,7 @@ class Membership:
         events.admin("create", ch.name, members=len(ch.members))
         return self._members_reply(msg, ch)
 
-    def channel_add(self, msg, _now=None):
+    def channel_add(self, msg: Msg, _now: float | None = None) -> Msg:
         ch = self._admin(msg)
         members = set(msg["members"]) | ch.members
         self._check_members(members)
@@ -72,22 +83,22 @@ class Membership:
         events.admin("add", ch.name, members=len(msg["members"]))
         return self._members_reply(msg, ch)
 
-    def channel_remove(self, msg, _now=None):
+    def channel_remove(self, msg: Msg, _now: float | None = None) -> Msg:
         ch = self._admin(msg)
         self._set_members(ch, ch.members - set(msg["members"]))
         self.save(ch)
         events.admin("remove", ch.name, members=len(msg["members"]))
         return self._members_reply(msg, ch)
 
-    def channel_show(self, msg, _now=None):
+    def channel_show(self, msg: Msg, _now: float | None = None) -> Msg:
         return self._members_reply(msg, self._admin(msg))
 
     @staticmethod
-    def _members_reply(msg, ch):
+    def _members_reply(msg: Msg, ch: ChannelState) -> Msg:
         return wire.reply("channel", msg["rid"], channel=ch.name, members=sorted(ch.members),
                           last=ch.visible, lifetime=ch.lifetime)
 
-    def _set_members(self, ch, members) -> None:
+    def _set_members(self, ch: ChannelState, members: Iterable[int]) -> None:
         old = ch.members
         ch.set_members(members)
         self.fanout.index(ch, old)

@@ -115,7 +115,9 @@ class LogicNode(Node):
         self.repl = Replication(self.id, self.topo, self, placement)
         ranks = {s: self.topo.replicas_of(s).index(self.id) for s in self.repl.shards}
         self.coordinator = Coordinator(self.ctx, self.topo.etcd_endpoints(), self.topo.cluster, self.id, ranks)
-        self.loop.add(self.coordinator.pipe, lambda frames: self.repl.on_coordinator(keys.decode(frames[-1])))
+        # self.repl is set above (None until replication starts, which mypy cannot see in a lambda)
+        self.loop.add(self.coordinator.pipe,
+                      lambda frames: self.repl.on_coordinator(keys.decode(frames[-1])))  # type: ignore[union-attr]
         self.loop.every(REPLICATION_PROBE, self.repl.probe)
 
     def to_logic(self, peer, msg, callback, timeout):

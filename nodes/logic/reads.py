@@ -10,17 +10,20 @@ reads only look at the channels and the store, they change nothing.
 from __future__ import annotations
 
 from nodes.logic.channels import ChannelState, push_of
+from nodes.logic.serving import Serving
 from nodes.protocol import wire
+from nodes.runtime.ports import Msg
 from nodes.storage import store as keys
+from nodes.storage.store import Store
 
 
 class Reads:
     """No state of its own: the channels served (``serving``) and the store."""
 
-    def __init__(self, serving, store):
+    def __init__(self, serving: Serving, store: Store) -> None:
         self.serving, self.store = serving, store
 
-    def _page(self, ch: ChannelState, after: int, budget: int, now: float):
+    def _page(self, ch: ChannelState, after: int, budget: int, now: float) -> tuple[list[Msg], int, bool, int]:
         """Live stored messages of ``ch`` after ``after``, oldest first, at most ``budget``.
 
         Returns (messages, first, more, upto): ``first`` is the oldest id still
@@ -33,7 +36,7 @@ class Reads:
         last = ch.visible
         first = min(ch.ring.first, last + 1) if len(ch.ring) else last + 1
         after = max(min(after, last), first - 1)      # nothing before the queue's head
-        msgs: list = []
+        msgs: list[Msg] = []
         if after >= last:
             return msgs, first, False, last
         if budget <= 0:
@@ -50,18 +53,24 @@ class Reads:
             msgs.append(push_of(ch.name, keys.unpack_u64(key[-8:]), rec))
         return msgs, first, False, last
 
-    def sync(self, msg: dict, now: float) -> dict:
+    def sync(self, msg: Msg, now: float) -> Msg:
         """One page of the stored messages of a channel after ``after``."""
         ch = self.serving.member_channel(msg["channel"], msg["uin"])
         msgs, first, more, upto = self._page(ch, msg["after"], wire.SYNC_PAGE, now)
         return wire.reply("sync", msg["rid"], channel=ch.name, msgs=msgs, first=first,
                           last=ch.visible, more=more, upto=upto)
 
-    def heads(self, msg: dict, now: float) -> dict:
+    def heads(self, msg: Msg, now: float) -> Msg:
         """For a heartbeat: the newest id of each listed channel, and one page of
         what the client is missing across them (SYNC_PAGE messages in all)."""
         uin, budget = msg["uin"], wire.SYNC_PAGE
-        heads, firsts, uptos, msgs, more, not_member, unavailable = {}, {}, {}, [], [], [], []
+        heads: dict[str, int] = {}
+        firsts: dict[str, int] = {}
+        uptos: dict[str, int] = {}
+        msgs: list[Msg] = []
+        more: list[str] = []
+        not_member: list[str] = []
+        unavailable: list[str] = []
         for name, have in msg["channels"].items():
             if self.serving.unserved(name) is not None:
                 unavailable.append(name)               # moving to (or served by) another node, or here

@@ -10,12 +10,15 @@ queue is bounded too: the id pushed out by a new one is deleted with its batch
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import time
 
 from nodes.logic.channels import ChannelState
-from nodes.logic.dedup import device_of
+from nodes.logic.dedup import Dedup, device_of
+from nodes.logic.serving import Serving
 from nodes.storage import store as keys
+from nodes.storage.store import Store
 
 SENT_PRUNE_BUDGET = 2000              # expired send-index rows deleted per sweep call at most
 
@@ -26,13 +29,14 @@ class Retention:
     (``dedup_cursor``) and ``prune_sent`` (``sent_cursor``: the last ``x`` row deleted)
     go on."""
 
-    def __init__(self, serving, store, dedup, stats, lifetime):
+    def __init__(self, serving: Serving, store: Store, dedup: Dedup, stats: collections.Counter[str],
+                 lifetime: float) -> None:
         self.serving, self.store, self.dedup, self.stats = serving, store, dedup, stats
         self.lifetime = lifetime
-        self.expiries: list = []
+        self.expiries: list[tuple[float, str]] = []
         self.sweep_seconds = self.sweep_max = 0.0
-        self.dedup_cursor = None
-        self.sent_cursor = None
+        self.dedup_cursor: bytes | None = None
+        self.sent_cursor: bytes | None = None
 
     def rewind_sent(self) -> None:
         """Send-index rows were written that may sort before ``sent_cursor`` (a hand-over

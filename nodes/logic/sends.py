@@ -23,12 +23,21 @@ else is refused RATE_LIMITED and nothing is stored.
 """
 from __future__ import annotations
 
+import collections
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 from nodes.logic.channels import Pending
+from nodes.logic.dedup import Dedup
+from nodes.logic.fanout import FanOut
+from nodes.logic.ids import Ids
+from nodes.logic.serving import Serving
 from nodes.protocol import wire
+from nodes.runtime.ports import LogicOut, Msg
 from nodes.storage import store as keys
 
 
-def ack(rid, channel, device, ctime, msg_id, **extra):
+def ack(rid: int, channel: str, device: int, ctime: int, msg_id: int | None, **extra: Any) -> Msg:
     return wire.reply("ack", rid, channel=channel, device=device, ctime=ctime, id=msg_id, **extra)
 
 
@@ -38,14 +47,15 @@ class Sends:
     ``accepted`` ((uin, device) -> the newest client time in ``inflight`` when it was accepted,
     until that send is stored: with the dedup table, the device's ``newest``)."""
 
-    def __init__(self, serving, dedup, ids, fanout, out, stats):
+    def __init__(self, serving: Serving, dedup: Dedup, ids: Ids, fanout: FanOut, out: LogicOut,
+                 stats: collections.Counter[str]) -> None:
         self.serving, self.dedup, self.ids, self.fanout = serving, dedup, ids, fanout
         self.out, self.stats = out, stats
-        self.inflight: dict[tuple, Pending] = {}
-        self.refusal = None
-        self.accepted: dict[tuple, int] = {}
+        self.inflight: dict[tuple[int, int, int], Pending] = {}     # (uin, device, ctime) -> its send
+        self.refusal: tuple[str, str] | None = None
+        self.accepted: dict[tuple[int, int], int] = {}
 
-    def newest(self, uin: int, device: int):
+    def newest(self, uin: int, device: int) -> int | None:
         """The device's newest client time stored or being stored here; None if unknown (nothing
         in the dedup table: never sent here, or its newest send expired)."""
         stored = self.dedup.get(uin, device)
@@ -54,7 +64,7 @@ class Sends:
             return accepted
         return stored[0] if accepted is None else max(stored[0], accepted)
 
-    def send(self, ident: bytes, msg: dict, _now=None):
+    def send(self, ident: bytes, msg: Msg, _now: float | None = None) -> Msg | None:
         """Accept a send; return an immediate reply (retry, error) or None (acked later)."""
         uin, device, ctime, rid = msg["uin"], msg["device"], msg["ctime"], msg["rid"]
         ch = self.serving.member_channel(msg["channel"], uin)
@@ -92,11 +102,11 @@ class Sends:
             self.accepted[(uin, device)] = ctime
         return None
 
-    def _newest_of(self, uin, device) -> dict:
+    def _newest_of(self, uin: int, device: int) -> dict[str, int]:
         newest = self.newest(uin, device)
         return {} if newest is None else {"newest": newest}
 
-    def commit(self, committed) -> None:
+    def commit(self, committed: Sequence[Pending]) -> None:
         """These sends are stored (on disk; with replication: on a majority): ack every
         waiter, fan out -- all of a turn's deliveries in one frame per broker.  The dedup
         table learned them when their rows were staged (Dedup.note_staged)."""
@@ -110,8 +120,9 @@ class Sends:
             newest = self.newest(rec.uin, rec.device)
             self.stats["acks"] += len(rec.waiters)
             ch = channels.get(rec.channel)
-            if ch is not None and rec.id > ch.visible:
-                ch.visible = rec.id
+            # committed: Ids.assign gave it an id
+            if ch is not None and rec.id > ch.visible:  # type: ignore[operator]
+                ch.visible = rec.id                     # type: ignore[assignment]
             for i, (ident, rid) in enumerate(rec.waiters):   # the first sent it, the others retried
                 extra = {"retry": True} if i else {}
                 self.out.reply(ident, ack(rid, rec.channel, rec.device, rec.ctime, rec.id, newest=newest, **extra))
@@ -119,7 +130,7 @@ class Sends:
         self.stats["stored"] += len(committed)
         self.fanout.publish_turn()
 
-    def abandon(self, recs, why: str, code: str = wire.Err.UNAVAILABLE) -> None:
+    def abandon(self, recs: Iterable[Pending], why: str, code: str = wire.Err.UNAVAILABLE) -> None:
         """Sends whose outcome this node can no longer promise (it stopped leading their shard:
         UNAVAILABLE; their batch was not written: STORAGE_FULL), never acked: the client
         retries with the same ctime (wherever the shard went).  (``accepted`` keeps

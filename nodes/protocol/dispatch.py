@@ -24,24 +24,34 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from nodes.protocol import wire
 from nodes.runtime.logs import events
+from nodes.runtime.ports import Msg
 
 log = logging.getLogger(__name__)
 
 TRACE_EVERY = 60.0             # seconds between two tracebacks of the same failure
 
+# (ctx, request, now) -> reply or None; ctx is the routing id (bytes), or whatever the node's guard
+# returns (the broker's Session, ...): each node's handlers take their own, hence Any
+Handler = Callable[[Any, Msg, float], "Msg | None"]
+Guard = Callable[[bytes, str, Msg, float], Any]          # (ident, t, msg, now) -> ctx, or ProtocolError
+Decode = Callable[[bytes, int, int], list[Msg]]         # (frame, max_len, max_items) -> maps
+FailureKey = tuple[str, str]                            # (request type, exception class)
+
 
 class FailureLog:
     """Log the first traceback of each failure kind per window; count the rest."""
 
-    def __init__(self, every: float = TRACE_EVERY):
+    def __init__(self, every: float = TRACE_EVERY) -> None:
         self.every = every
-        self.last: dict[tuple, tuple[float, int]] = {}   # key -> (time logged, suppressed since)
+        self.last: dict[FailureKey, tuple[float, int]] = {}   # key -> (time logged, suppressed since)
         self.total = 0
 
-    def failed(self, key, now: float) -> None:
+    def failed(self, key: FailureKey, now: float) -> None:
         self.total += 1
         logged, suppressed = self.last.get(key, (None, 0))
         if logged is None or now - logged >= self.every:
@@ -53,8 +63,8 @@ class FailureLog:
 
 
 class Dispatcher:
-    def __init__(self, schemas: dict, handlers: dict, guard=None, decode=wire.unpack_many,
-                 limits: dict | None = None):
+    def __init__(self, schemas: wire.Schemas, handlers: Mapping[str, Handler], guard: Guard | None = None,
+                 decode: Decode = wire.unpack_many, limits: Mapping[str, int] | None = None) -> None:
         missing = set(schemas) - set(handlers)
         if missing:
             raise ValueError(f"no handler for {sorted(missing)}")
@@ -65,9 +75,10 @@ class Dispatcher:
         self.decode = decode                    # (frame, max_len, max_items) -> [map], or ProtocolError
         self.failures = FailureLog()
         self.requests: collections.Counter[str] = collections.Counter()   # served, by type (a metric)
-        self.invalid: collections.Counter[tuple] = collections.Counter()  # (type, code) -> requests that broke it
+        self.invalid: collections.Counter[tuple[str, str]] = collections.Counter()  # (type, code) -> refused
 
-    def frame(self, ident, frame: bytes, now: float, reply, max_len: int, max_items: int = 1024) -> None:
+    def frame(self, ident: bytes, frame: bytes, now: float, reply: Callable[[bytes, Msg], None], max_len: int,
+              max_items: int = 1024) -> None:
         """Serve every request of one frame; ``reply(ident, map)`` gets each answer."""
         try:
             msgs = self.decode(frame, max_len, max_items)
@@ -80,7 +91,7 @@ class Dispatcher:
             if result is not None:
                 reply(ident, result)
 
-    def one(self, ident, msg: dict, now: float):
+    def one(self, ident: bytes, msg: Msg, now: float) -> Msg | None:
         """Serve one decoded request: its reply map, or None (answered later)."""
         rid = wire.request_rid(msg)
         t = msg.get("t")
@@ -114,8 +125,9 @@ class PubDispatcher:
     one callable; the maps of kinds in the schema are validated before it sees them too.
     """
 
-    def __init__(self, schemas: dict, handlers: dict, fallback=None, source: str = "publisher",
-                 clock=time.monotonic):
+    def __init__(self, schemas: wire.Schemas, handlers: Mapping[str, Callable[[Msg], None]],
+                 fallback: Callable[[Msg], None] | None = None, source: str = "publisher",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         unknown = set(handlers) - set(schemas)
         if unknown:
             raise ValueError(f"no schema for PUB frames {sorted(unknown)} of a {source}")
@@ -139,7 +151,7 @@ class PubDispatcher:
         for msg in msgs:
             self.one(msg)
 
-    def one(self, msg: dict) -> None:
+    def one(self, msg: Msg) -> None:
         t = msg.get("t")
         handler = self.handlers.get(t) if type(t) is str else None
         if handler is None:

@@ -8,16 +8,22 @@ heartbeat for ``session_timeout_factor`` intervals is offline.
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 NETWORKS = ("wired", "wifi", "4g", "3g", "2g")
 
+# the topology's heartbeat section (nodes/cluster/topology.py DEFAULT_HEARTBEAT): seconds by name
+HeartbeatConfig = Mapping[str, float]
 
-def initial_interval(cfg: dict, net) -> float:
-    """Interval for a network type; an unknown type gets the ``default`` interval."""
+
+def initial_interval(cfg: HeartbeatConfig, net: Any) -> float:
+    """Interval for a network type; an unknown type gets the ``default`` interval.  ``net`` is
+    whatever the frame carried (any msgpack value: the router's schema says "any")."""
     return float(cfg[net] if net in NETWORKS else cfg["default"])
 
 
-def next_interval(cfg: dict, net, times) -> float:
+def next_interval(cfg: HeartbeatConfig, net: Any, times: Sequence[float]) -> float:
     """The interval to answer after heartbeats at ``times`` (ascending, last 4 kept)."""
     if len(times) < 3:
         return initial_interval(cfg, net)
@@ -32,15 +38,15 @@ class Beat:
 
     __slots__ = ("broker", "net", "times", "interval", "deadline", "due")
 
-    def __init__(self, broker: str, net, now: float, cfg: dict):
+    def __init__(self, broker: str, net: Any, now: float, cfg: HeartbeatConfig) -> None:
         self.broker = broker
         self.net = net
-        self.times = collections.deque([now], maxlen=4)
+        self.times: collections.deque[float] = collections.deque([now], maxlen=4)
         self.interval = initial_interval(cfg, net)
         self.deadline = now + cfg["session_timeout_factor"] * self.interval
-        self.due = None                         # the router's live heap entry for it (RouterCore)
+        self.due: float | None = None           # the router's live heap entry for it (RouterCore)
 
-    def beat(self, now: float, net, cfg: dict) -> float:
+    def beat(self, now: float, net: Any, cfg: HeartbeatConfig) -> float:
         if net != self.net:                     # a new network starts the adaptation over
             self.net = net
             self.times.clear()

@@ -23,10 +23,16 @@ import dataclasses
 import math
 import re
 import time
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import jwt
 
 from nodes.protocol.wire import Err, ProtocolError
+
+if TYPE_CHECKING:                    # cryptography is imported when a topology has public keys
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 ALGORITHMS = ("HS256", "RS256", "ES256")        # the order the topology's default lists them in
 ASYMMETRIC = {"RS256": "an RSA public key", "ES256": "a P-256 (EC) public key"}   # what each needs
@@ -37,22 +43,22 @@ _UIN = re.compile(r"0|[1-9][0-9]{0,9}")
 @dataclasses.dataclass(frozen=True)
 class JwtConfig:
     """The topology's ``jwt:`` section, keys loaded (nodes/cluster/topology.py ``_parse_jwt``)."""
-    algorithms: tuple = ("HS256",)
+    algorithms: tuple[str, ...] = ("HS256",)
     issuer: str | None = None        # when set, ``iss`` must equal it
     audience: str | None = None      # when set, ``aud`` must name it; when not, a token with ``aud`` is refused
-    keys: dict = dataclasses.field(default_factory=dict)    # kid -> (algorithm, public key object)
+    keys: dict[str, tuple[str, PublicKey]] = dataclasses.field(default_factory=dict)    # kid -> (algorithm, key)
     leeway: float = 0.0              # seconds allowed for the app backend's clock (exp, nbf)
 
 
 DEFAULT = JwtConfig()                # no jwt section: HS256 with the cluster secret only
 
 
-def looks_like_jwt(token) -> bool:
+def looks_like_jwt(token: object) -> bool:
     """A JWT, not a v1 token: three base64url parts (a v1 token has five and dots only)."""
     return isinstance(token, str) and _SHAPE.fullmatch(token) is not None
 
 
-def public_key(pem: bytes):
+def public_key(pem: bytes) -> tuple[str, PublicKey]:
     """(algorithm, key) of a PEM public key for ``jwt.public_keys``; ValueError says why not."""
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -75,11 +81,11 @@ def public_key(pem: bytes):
     raise ValueError(f"is a {type(key).__name__}: only RSA (RS256) and P-256 (ES256) keys are accepted")
 
 
-def _refuse(why: str, code: str = Err.AUTH_FAILED):
+def _refuse(why: str, code: str = Err.AUTH_FAILED) -> NoReturn:
     raise ProtocolError(code, why)
 
 
-def _key(secret: bytes, config: JwtConfig, header: dict):
+def _key(secret: bytes, config: JwtConfig, header: dict[str, Any]) -> tuple[str, bytes | PublicKey]:
     """The one algorithm and key this token may be checked with, from the topology alone."""
     alg, kid = header.get("alg"), header.get("kid")
     if not isinstance(alg, str) or alg not in config.algorithms:
@@ -99,14 +105,14 @@ def _key(secret: bytes, config: JwtConfig, header: dict):
     return alg, fitting[0]
 
 
-def _number(claims: dict, name: str) -> float:
+def _number(claims: dict[str, Any], name: str) -> float:
     value = claims[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         _refuse(f"JWT {name} must be a NumericDate (seconds since 1970), got {value!r}")
     return value
 
 
-def verify(secret: bytes, config: JwtConfig, token: str, now=None) -> int:
+def verify(secret: bytes, config: JwtConfig, token: str, now: float | None = None) -> int:
     """The uin a JWT logs in as, or ProtocolError AUTH_FAILED / TOKEN_EXPIRED."""
     try:
         header = jwt.get_unverified_header(token)
@@ -130,7 +136,7 @@ def verify(secret: bytes, config: JwtConfig, token: str, now=None) -> int:
     return int(sub)
 
 
-def mint(secret: bytes, config: JwtConfig, uin: int, lifetime: float, now=None) -> str:
+def mint(secret: bytes, config: JwtConfig, uin: int, lifetime: float, now: float | None = None) -> str:
     """An HS256 JWT with the cluster secret (``bin/mesh token --jwt``), carrying the
     topology's issuer and audience so that this cluster accepts it."""
     if "HS256" not in config.algorithms:
@@ -139,7 +145,7 @@ def mint(secret: bytes, config: JwtConfig, uin: int, lifetime: float, now=None) 
     if not 0 <= uin < 2**32:
         raise ValueError("uin must be a uint32")
     issued = int(time.time() if now is None else now)
-    claims = {"sub": str(uin), "iat": issued, "exp": int(issued + lifetime)}
+    claims: dict[str, str | int] = {"sub": str(uin), "iat": issued, "exp": int(issued + lifetime)}
     if config.issuer:
         claims["iss"] = config.issuer
     if config.audience:

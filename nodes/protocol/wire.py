@@ -11,6 +11,7 @@ Nothing here touches a socket, so every rule can be tested on bytes alone.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -90,7 +91,7 @@ KICK_REASONS = ("replaced", "too_slow", "expired")
 class ProtocolError(Exception):
     """A request that gets an error reply instead of being served."""
 
-    def __init__(self, code: str, msg: str, **extra):
+    def __init__(self, code: str, msg: str, **extra: Any) -> None:
         super().__init__(f"{code}: {msg}")
         self.code = code
         self.msg = msg
@@ -98,40 +99,42 @@ class ProtocolError(Exception):
 
 
 # --- field kinds -----------------------------------------------------------
+# A check gets a field's value as decoded (any msgpack value: checking it is its job) and its name.
+FieldCheck = Callable[[Any, str], None]
 
-def _check_uint(value, bits, name):
+def _check_uint(value: Any, bits: int, name: str) -> None:
     if type(value) is not int or isinstance(value, bool):
         raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be an unsigned integer")
     if value < 0 or value >= 1 << bits:
         raise ProtocolError(Err.BAD_FIELD, f"field '{name}' out of range for uint{bits}")
 
 
-def _kind_u32(v, name):
+def _kind_u32(v: Any, name: str) -> None:
     _check_uint(v, 32, name)
 
 
-def _kind_u64(v, name):
+def _kind_u64(v: Any, name: str) -> None:
     _check_uint(v, 64, name)
 
 
-def _kind_str(v, name):
+def _kind_str(v: Any, name: str) -> None:
     if type(v) is not str:
         raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be a string")
 
 
-def _kind_channel(v, name):
+def _kind_channel(v: Any, name: str) -> None:
     _kind_str(v, name)
     check_channel_name(v)
 
 
-def _kind_u32_list(v, name):
+def _kind_u32_list(v: Any, name: str) -> None:
     if type(v) is not list:
         raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be an array of uint32")
     for item in v:
         _check_uint(item, 32, name + "[]")
 
 
-def _kind_windows(v, name):
+def _kind_windows(v: Any, name: str) -> None:
     """{channel: uint64} -- the newest id a client holds per channel."""
     if type(v) is not dict:
         raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be a map of channel -> uint64")
@@ -140,17 +143,17 @@ def _kind_windows(v, name):
         _check_uint(last, 64, f"{name}[{channel}]")
 
 
-def _kind_bin(v, name):
+def _kind_bin(v: Any, name: str) -> None:
     if type(v) is not bytes:
         raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be msgpack bin")
 
 
-def _kind_sha(v, name):
+def _kind_sha(v: Any, name: str) -> None:
     if type(v) is not str or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
         raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be a sha256 as 64 lowercase hex digits")
 
 
-def _kind_pairs(v, name):
+def _kind_pairs(v: Any, name: str) -> None:
     """[[uint32, uint32], ...] -- (uin, device) sessions."""
     if type(v) is not list or any(type(p) is not list or len(p) != 2 for p in v):
         raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be an array of [uint32, uint32]")
@@ -159,7 +162,7 @@ def _kind_pairs(v, name):
         _check_uint(device, 32, name + "[][1]")
 
 
-def _kind_text(v, name, limit=None):
+def _kind_text(v: Any, name: str, limit: int | None = None) -> None:
     """str; with a bound limit also 1..limit bytes of UTF-8 (EMPTY_TEXT, TOO_LONG)."""
     _kind_str(v, name)
     if limit is not None:
@@ -171,13 +174,13 @@ def _kind_text(v, name, limit=None):
                                 "split it into fragments", limit=limit)
 
 
-def _kind_windows_limited(v, name, limit=None):
+def _kind_windows_limited(v: Any, name: str, limit: int | None = None) -> None:
     _kind_windows(v, name)
     if limit is not None and len(v) > limit:
         raise ProtocolError(Err.TOO_MANY, f"'{name}' may list at most {limit} channels", limit=limit)
 
 
-def _kind_frag(v, name, limit=None):
+def _kind_frag(v: Any, name: str, limit: int | None = None) -> None:
     """[group uint64, index uint32, count uint32], index < count, count 2..limit: BAD_FRAGMENT."""
     if (type(v) is not list or len(v) != 3 or any(type(x) is not int or x < 0 for x in v)
             or v[0] > U64_MAX or v[1] > U32_MAX or v[2] > U32_MAX):
@@ -188,36 +191,37 @@ def _kind_frag(v, name, limit=None):
         raise ProtocolError(Err.BAD_FRAGMENT, f"fragment index {v[1]} >= count {v[2]}")
 
 
-def _kind_seconds(v, name):
+def _kind_seconds(v: Any, name: str) -> None:
     if type(v) not in (int, float) or not 0 < v < 10**9:
         raise ProtocolError(Err.BAD_FIELD, f"{name} must be a positive number of seconds")
 
 
-def _of_type(*types, what):
-    def check(v, name):
+def _of_type(*types: type, what: str) -> FieldCheck:
+    def check(v: Any, name: str) -> None:
         if type(v) not in types:
             raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be {what}")
     return check
 
 
-def _kind_channels(v, name):
+def _kind_channels(v: Any, name: str) -> None:
     if type(v) is not list:
         raise ProtocolError(Err.BAD_FIELD, f"field '{name}' must be an array of channels")
     for item in v:
         _kind_channel(item, name + "[]")
 
 
-def _kind_u64_or_nil(v, name):
+def _kind_u64_or_nil(v: Any, name: str) -> None:
     if v is not None:
         _kind_u64(v, name)
 
 
-def _kind_any(v, name):
+def _kind_any(v: Any, name: str) -> None:
     """Documented, checked by the handler that uses it."""
 
 
-# kind -> check(value, name); a check with a ``limit`` keyword takes a bound limit too
-KINDS = {"pairs": _kind_pairs, "bin": _kind_bin, "sha256": _kind_sha, "windows": _kind_windows_limited,
+# kind -> check(value, name); a check with a ``limit`` keyword takes a bound limit too (hence ``...``)
+KINDS: dict[str, Callable[..., None]] = {
+         "pairs": _kind_pairs, "bin": _kind_bin, "sha256": _kind_sha, "windows": _kind_windows_limited,
          "u32": _kind_u32, "u64": _kind_u64, "str": _kind_str, "channel": _kind_channel,
          "u32list": _kind_u32_list, "text": _kind_text, "frag": _kind_frag, "seconds": _kind_seconds,
          "channels": _kind_channels, "u64nil": _kind_u64_or_nil, "any": _kind_any,
@@ -240,6 +244,8 @@ def check_channel_name(name: str) -> None:
 # --- schemas: nodes/protocol/schema.py holds every frame kind; nodes serve its tables -------
 SESSIONLESS = schema.SESSIONLESS
 SYNC_PAGE = schema.SYNC_PAGE
+# a schema table: message type -> field name -> Field, or a bare kind for a required field
+Schemas = Mapping[str, Mapping[str, "schema.Field | str"]]
 PUB_FRAMES = schema.PUB_FRAMES      # validated in full as they are read (nodes/runtime/node.py)
 
 
@@ -249,12 +255,12 @@ _encoder = msgspec.msgpack.Encoder()        # same msgpack bytes as msgpack's Pa
 _internal = msgspec.msgpack.Decoder()        # ~4x faster than msgpack.unpackb on our frames
 
 
-def pack(msg: dict) -> bytes:
+def pack(msg: dict[str, Any]) -> bytes:
     """Encode one message (a dict) to a frame."""
     return _encoder.encode(msg)
 
 
-def _decode(frame: bytes, max_len: int):
+def _decode(frame: bytes, max_len: int) -> Any:
     if len(frame) > max_len:
         raise ProtocolError(Err.BAD_FRAME, f"frame of {len(frame)} bytes exceeds {max_len}")
     try:
@@ -267,7 +273,7 @@ def _decode(frame: bytes, max_len: int):
         raise ProtocolError(Err.BAD_FRAME, f"not a msgpack frame: {type(exc).__name__}") from None
 
 
-def unpack(frame: bytes, max_len: int = MAX_FRAME) -> dict:
+def unpack(frame: bytes, max_len: int = MAX_FRAME) -> dict[str, Any]:
     """Decode a frame that holds exactly one map; ProtocolError(BAD_FRAME) otherwise."""
     msg = _decode(frame, max_len)
     if type(msg) is not dict:
@@ -275,12 +281,12 @@ def unpack(frame: bytes, max_len: int = MAX_FRAME) -> dict:
     return msg
 
 
-def unpack_many(frame: bytes, max_len: int = MAX_FRAME, max_items: int = 1024) -> list[dict]:
+def unpack_many(frame: bytes, max_len: int = MAX_FRAME, max_items: int = 1024) -> list[dict[str, Any]]:
     """A frame holds one map, or an array of maps (several messages, in order): the maps."""
     return _maps(_decode(frame, max_len), max_items)
 
 
-def unpack_internal(frame: bytes, max_len: int = MAX_FRAME, max_items: int = 1024) -> list[dict]:
+def unpack_internal(frame: bytes, max_len: int = MAX_FRAME, max_items: int = 1024) -> list[dict[str, Any]]:
     """``unpack_many`` for frames between our own nodes (replies, PUB frames, node rpc
     requests), decoded by msgspec: the same shape rules and BAD_FRAME on anything
     undecodable, but none of the client-facing hardening limits (per-string lengths,
@@ -301,7 +307,7 @@ def unpack_internal(frame: bytes, max_len: int = MAX_FRAME, max_items: int = 102
     return _maps(value, max_items)
 
 
-def _maps(value, max_items: int) -> list[dict]:
+def _maps(value: Any, max_items: int) -> list[dict[str, Any]]:
     if type(value) is dict:
         return [value]
     if type(value) is not list or not value or len(value) > max_items \
@@ -333,14 +339,14 @@ def topic(node_id: str) -> bytes:
 PRESENCE_TOPIC = b"presence"
 
 
-def request_rid(msg: dict):
+def request_rid(msg: dict[str, Any]) -> int | None:
     """The request id to echo, if the message carries a usable one."""
     rid = msg.get("rid")
     return rid if type(rid) is int and 0 <= rid <= U64_MAX else None
 
 
-def _bound(check, limit: int):
-    def bound(value, name):
+def _bound(check: Callable[[Any, str, int], None], limit: int) -> FieldCheck:
+    def bound(value: Any, name: str) -> None:
         check(value, name, limit)
     return bound
 
@@ -349,10 +355,10 @@ _INT_LIMITS = {"u32": 1 << 32, "u64": 1 << 64}      # kinds with a fast path: a 
 _MISSING = object()
 
 
-def _field(name: str, field, limits: dict):
+def _field(name: str, field: schema.Field | str, limits: Mapping[str, int]) -> tuple[str, int | None, FieldCheck]:
     """(name, fast-path limit, check) of one field: the fast limit is an int bound for the int
     kinds, None for a string that needs no more than its type, 0 for neither."""
-    if type(field) is str:                               # a bare kind: required, no limit
+    if isinstance(field, str):                           # a bare kind: required, no limit
         field = schema.Field(field)
     limit = field.limit
     if type(limit) is str:
@@ -379,22 +385,23 @@ class Validator:
     which also words the error.
     """
 
-    def __init__(self, schemas: dict, limits: dict | None = None):
+    def __init__(self, schemas: Schemas, limits: Mapping[str, int] | None = None) -> None:
         self.schemas = schemas
-        self.entries = {}
+        self.entries: dict[str, tuple[tuple[tuple[str, int | None, FieldCheck], ...],
+                                      tuple[tuple[str, bool, FieldCheck], ...]]] = {}
         for t, fields in schemas.items():
-            required, optional = [], []
+            required: list[tuple[str, int | None, FieldCheck]] = []
+            optional: list[tuple[str, bool, FieldCheck]] = []
             for name, field in fields.items():
-                if type(field) is not str and field.optional:
+                if not isinstance(field, str) and field.optional:
                     optional.append((name, field.nil) + _field(name, field, limits or {})[2:])
                 else:
                     required.append(_field(name, field, limits or {}))
             self.entries[t] = (tuple(required), tuple(optional))
 
-    def validate(self, msg: dict) -> str:
-        t: Any = msg.get("t")
-        entry = self.entries.get(t) if type(t) is str else None
-        if entry is None:
+    def validate(self, msg: dict[str, Any]) -> str:
+        t: object = msg.get("t")
+        if type(t) is not str or (entry := self.entries.get(t)) is None:
             raise ProtocolError(Err.BAD_TYPE, f"unknown message type {t!r}")
         required, optional = entry
         for name, limit, check in required:
@@ -415,10 +422,10 @@ class Validator:
         return t
 
 
-_compiled: dict[int, tuple[dict, Validator]] = {}   # id(table) -> (table, Validator)
+_compiled: dict[int, tuple[Schemas, Validator]] = {}   # id(table) -> (table, Validator)
 
 
-def validate(msg: dict, schemas: dict) -> str:
+def validate(msg: dict[str, Any], schemas: Schemas) -> str:
     """Check a decoded request against a schema table (no limits bound); return its type."""
     entry = _compiled.get(id(schemas))
     if entry is None or entry[0] is not schemas:
@@ -426,24 +433,24 @@ def validate(msg: dict, schemas: dict) -> str:
     return entry[1].validate(msg)
 
 
-def decode_request(frame: bytes, schemas: dict, max_len: int = MAX_FRAME) -> tuple[str, dict]:
+def decode_request(frame: bytes, schemas: Schemas, max_len: int = MAX_FRAME) -> tuple[str, dict[str, Any]]:
     """unpack + validate: (type, message) or ProtocolError."""
     msg = unpack(frame, max_len)
     return validate(msg, schemas), msg
 
 
-def error(rid, code: str, text: str, **extra) -> dict:
+def error(rid: int | None, code: str, text: str, **extra: Any) -> dict[str, Any]:
     """The one error reply envelope."""
-    reply = {"t": "err", "rid": rid, "code": code, "msg": text}
+    reply: dict[str, Any] = {"t": "err", "rid": rid, "code": code, "msg": text}
     reply.update(extra)
     return reply
 
 
-def error_from(rid, exc: ProtocolError) -> dict:
+def error_from(rid: int | None, exc: ProtocolError) -> dict[str, Any]:
     return error(rid, exc.code, exc.msg, **exc.extra)
 
 
-def reply(t: str, rid, **fields) -> dict:
-    msg = {"t": t, "rid": rid}
+def reply(t: str, rid: int | None, **fields: Any) -> dict[str, Any]:
+    msg: dict[str, Any] = {"t": t, "rid": rid}
     msg.update(fields)
     return msg

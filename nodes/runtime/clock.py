@@ -38,8 +38,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nodes.storage import store as keys
+
+if TYPE_CHECKING:
+    from nodes.runtime.loop import Loop
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,15 @@ SAVE_INTERVAL = 5.0       # seconds between saves of the clock's state in the st
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 
-def wall_clock(node_id: str):
+class ClockedNode(Protocol):
+    """What ``attach`` needs of a node (the logic node, the relay)."""
+
+    id: str
+    store: keys.Store
+    loop: Loop
+
+
+def wall_clock(node_id: str) -> Callable[[], float]:
     """``time.time``, or with ``IMESH_TEST_CLOCK_DIR`` set (tests only): time.time() shifted
     by the offset in that directory's file named ``node_id``."""
     directory = os.environ.get(TEST_CLOCK_ENV)
@@ -84,13 +97,14 @@ class ExpiryClock:
     ``saved``: the state ``state()`` returned before a restart ([time, monotonic, boot]);
     ``wall``, ``mono`` and ``boot`` are injectable for tests."""
 
-    def __init__(self, wall=time.time, mono=time.monotonic, saved=None, boot=None,
-                 tolerance: float = STEP_TOLERANCE, persist: float = STEP_PERSIST, name: str = ""):
+    def __init__(self, wall: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic,
+                 saved: Sequence[Any] | None = None, boot: str | None = None,   # saved: as decoded (msgpack)
+                 tolerance: float = STEP_TOLERANCE, persist: float = STEP_PERSIST, name: str = "") -> None:
         self.wall, self.mono = wall, mono
         self.boot = boot
         self.tolerance, self.persist = tolerance, persist
         self.name = name
-        self.step = None                      # the wall clock's offset while a step is not believed
+        self.step: float | None = None        # the wall clock's offset while a step is not believed
         self.step_since = 0.0                 # monotonic time the step was first seen
         self.steps = self.believed = 0        # steps seen, and those believed after persisting
         m = mono()
@@ -130,12 +144,12 @@ class ExpiryClock:
             self.believed += 1
         return m + self.shift
 
-    def state(self) -> list:
+    def state(self) -> list[float | str | None]:
         """What ``saved`` takes after a restart: [time, monotonic reading, boot id]."""
         m = self.mono()
         return [m + self.shift, m, self.boot]
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, float]:
         """For a node's status: the wall clock's offset not followed (0.0 when none), for
         how long, and the counts of steps seen and believed."""
         held = 0.0 if self.step is None else self.mono() - self.step_since
@@ -143,14 +157,14 @@ class ExpiryClock:
                 "steps": self.steps, "believed": self.believed}
 
 
-def load(store, node_id: str) -> ExpiryClock:
+def load(store: keys.Store, node_id: str) -> ExpiryClock:
     """The node's expiry clock, continued from the state saved in its store."""
     raw = store.get(keys.CLOCK_KEY)
     saved = keys.decode(raw) if raw is not None else None
     return ExpiryClock(wall_clock(node_id), saved=saved, boot=boot_id(), name=node_id)
 
 
-def save(store, clock: ExpiryClock) -> None:
+def save(store: keys.Store, clock: ExpiryClock) -> None:
     """Stage the clock's state in the store's batch (local: never replicated); not while the
     store refuses writes (a full disk: nodes/logic/diskfull.py), it is saved again after."""
     if store.failed is not None:
@@ -159,7 +173,7 @@ def save(store, clock: ExpiryClock) -> None:
         store.put(keys.CLOCK_KEY, keys.encode(clock.state()))
 
 
-def attach(node) -> ExpiryClock:
+def attach(node: ClockedNode) -> ExpiryClock:
     """A node's expiry clock: loaded from its store, saved every SAVE_INTERVAL."""
     clock = load(node.store, node.id)
     save(node.store, clock)

@@ -33,12 +33,14 @@ import pwd
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
+from typing import TypeVar
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from nodes.cluster.topology import RESERVED_KEY_NAMES, Topology, TopologyError
+from nodes.cluster.topology import RESERVED_KEY_NAMES, NodeSpec, Topology, TopologyError
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +158,8 @@ def public_key(topo: Topology, name: str) -> bytes:
     """The Z85 public key of ``name``: inline under public_keys, else its .key file
     (else its private file, when this machine has it)."""
     if name in topo.public_keys:
-        return topo.public_keys[name]
+        key: bytes = topo.public_keys[name]
+        return key
     public, private = key_files(topo, name)
     if not os.path.exists(public) and os.path.exists(private):
         return load_pair(topo, name)[0]
@@ -164,7 +167,7 @@ def public_key(topo: Topology, name: str) -> bytes:
                  f"copy it from where `bin/mesh keys` ran, or list it under public_keys: in {topo.path}")[0]
 
 
-def admitted(topo: Topology) -> dict:
+def admitted(topo: Topology) -> dict[bytes, str]:
     """{Z85 public key: name} of everyone the internal sockets admit."""
     names = key_names(topo) + [n for n in topo.public_keys if n not in topo.nodes and n != ADMIN]
     return {public_key(topo, n): n for n in names}
@@ -179,16 +182,17 @@ class Identity:
     when the topology has ``curve: false``.
     """
 
-    def __init__(self, topo: Topology, name: str, own_pair: bool = True):
+    def __init__(self, topo: Topology, name: str, own_pair: bool = True) -> None:
         self.topo, self.name = topo, name
-        self.public = self.secret = None
+        self.public: bytes | None = None
+        self.secret: bytes | None = None
         if own_pair:
             self.public, self.secret = load_pair(topo, name)
             published = topo.public_keys.get(name)
             if published is not None and published != self.public:
                 raise CurveError(f"{key_files(topo, name)[1]}: its public key is not the one published "
                                  f"for {name} under public_keys: in {topo.path}; peers would refuse it")
-        self._servers: dict = {}
+        self._servers: dict[str, bytes] = {}
         self._bound_at: dict[str, str] | None = None   # endpoint -> node id, built on first use
         self.coming: Topology | None = None                     # a newer topology admitted (its nodes' keys known too)
 
@@ -209,18 +213,18 @@ class Identity:
             key = self._servers[node_id] = public_key(topo, node_id)
         return key
 
-    def as_client(self, sock: zmq.Socket, node_id: str) -> None:
+    def as_client(self, sock: zmq.Socket[bytes], node_id: str) -> None:
         if self.topo.curve:
             sock.curve_serverkey = self.server_key(node_id)
             sock.curve_publickey, sock.curve_secretkey = self.public, self.secret
 
-    def connect(self, sock: zmq.Socket, endpoint: str) -> None:
+    def connect(self, sock: zmq.Socket[bytes], endpoint: str) -> None:
         """Connect to a node's internal endpoint as a CURVE client of that node (options
         apply per connect, so one SUB may connect to several publishers this way); any
         other endpoint (a client endpoint: see ``connect_client``) is connected as it is."""
         bound_at = self._bound_at
         if bound_at is None:
-            nodes: list = list(self.coming.nodes.values()) if self.coming is not None else []
+            nodes: list[NodeSpec] = list(self.coming.nodes.values()) if self.coming is not None else []
             bound_at = self._bound_at = {ep: n.id for n in nodes + list(self.topo.nodes.values())
                                          for name, ep in n.endpoints.items() if name != "client"}
         node_id = bound_at.get(endpoint)
@@ -237,16 +241,16 @@ class NodeSecurity(Identity):
     first server socket binds: libzmq admits anyone while no ZAP handler runs.
     """
 
-    def __init__(self, topo: Topology, node_id: str, ctx: zmq.Context):
+    def __init__(self, topo: Topology, node_id: str, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         serves_clients = topo.client_curve and "client" in topo.node(node_id).endpoints
         super().__init__(topo, node_id, own_pair=topo.curve or serves_clients)
         self.ctx = ctx
         self.allowed = admitted(topo) if topo.curve else {}
         self.auth: ThreadAuthenticator | None = None
         self.refused = 0                      # handshakes with a key not in the topology
-        self._logged: set = set()
+        self._logged: set[bytes] = set()
 
-    def as_server(self, sock: zmq.Socket, client_facing: bool) -> None:
+    def as_server(self, sock: zmq.Socket[bytes], client_facing: bool) -> None:
         """Before ``bind``: CURVE server on an internal socket, or on a client socket
         when the topology says client_curve."""
         if not (self.topo.client_curve if client_facing else self.topo.curve):
@@ -293,14 +297,17 @@ class NodeSecurity(Identity):
 class _Check:
     """A credentials provider for ``configure_curve_callback``: ``callback(domain, key)``."""
 
-    def __init__(self, verdict):
+    def __init__(self, verdict: Callable[[bytes], bool]) -> None:
         self.verdict = verdict
 
-    def callback(self, _domain, key: bytes) -> bool:
+    def callback(self, _domain: str, key: bytes) -> bool:
         return self.verdict(key)
 
 
 # --- the client plane ---------------------------------------------------------
+_R = TypeVar("_R")       # what a socket's recv returns: a blocking socket's or an asyncio one's
+
+
 class Endpoint(str):
     """A client endpoint that carries its server's CURVE public key (``server_key``).
 
@@ -309,12 +316,12 @@ class Endpoint(str):
     """
     server_key: bytes
 
-    def __new__(cls, endpoint: str, server_key: bytes):
+    def __new__(cls, endpoint: str, server_key: bytes) -> Endpoint:
         self = super().__new__(cls, endpoint)
         self.server_key = server_key
         return self
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[Endpoint], tuple[str, bytes]]:
         return Endpoint, (str(self), self.server_key)
 
 
@@ -324,7 +331,7 @@ def client_endpoint(topo: Topology, node_id: str) -> str:
     return Endpoint(endpoint, public_key(topo, node_id)) if topo.client_curve else endpoint
 
 
-def connect_client(sock: zmq.Socket, endpoint: str) -> None:
+def connect_client(sock: zmq.Socket[_R], endpoint: str) -> None:        # blocking or asyncio
     """Connect a client socket; a CURVE client with a throwaway keypair when the endpoint
     carries a server key (logins are authenticated by token, not by client key)."""
     server_key = getattr(endpoint, "server_key", None)

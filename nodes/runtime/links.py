@@ -37,11 +37,20 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from nodes.runtime.logs import events
+
+if TYPE_CHECKING:
+    from nodes.cluster.topology import Topology
+    from nodes.runtime.curve import Identity
+    from nodes.runtime.loop import Loop
+
+Socket = zmq.Socket[bytes]
 
 EVENTS: dict[int, str] = {zmq.EVENT_CONNECTED: "up", zmq.EVENT_DISCONNECTED: "down"}
 MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
@@ -49,25 +58,35 @@ DRAIN_EVERY = 0.5          # seconds
 GIVEN_UP = 1.0             # seconds after a disconnect that no retry followed: libzmq gave up
 
 
+class LinkedNode(Protocol):
+    """What the watchers need of a node (nodes/runtime/node.py)."""
+
+    id: str
+    topo: Topology
+    loop: Loop
+    relinker: Relinker
+    linked: set[Socket]
+
+
 class Relinker:
     """Connect again every (socket, endpoint) libzmq stopped reconnecting (see the module doc)."""
 
-    def __init__(self, security):
+    def __init__(self, security: Identity) -> None:
         self.security = security            # connects as a CURVE client of the node bound there
-        self.endpoints = {}                 # socket -> endpoints it was connected to
-        self.monitors = {}                  # socket -> its monitor socket (a socket has one)
-        self.dropped = {}                   # (socket, endpoint) -> when it dropped, until retried
+        self.endpoints: dict[Socket, list[str]] = {}        # socket -> endpoints it was connected to
+        self.monitors: dict[Socket, Socket] = {}            # socket -> its monitor socket (a socket has one)
+        self.dropped: dict[tuple[Socket, str], float] = {}  # (socket, endpoint) -> when it dropped, until retried
         self.relinked = 0                   # connections made again
-        self._addresses = {}                # endpoint -> the same with its host resolved (once)
+        self._addresses: dict[str, str] = {}   # endpoint -> the same with its host resolved (once)
 
-    def connect(self, sock: zmq.Socket, endpoint: str) -> None:
+    def connect(self, sock: Socket, endpoint: str) -> None:
         """Connect ``sock`` to a node's endpoint, and remember it for connecting again."""
         if sock not in self.monitors:
             self.monitors[sock] = sock.get_monitor_socket(MONITORED)
         self.security.connect(sock, endpoint)
         self.endpoints.setdefault(sock, []).append(endpoint)
 
-    def disconnect(self, sock: zmq.Socket, endpoint: str | None = None) -> None:
+    def disconnect(self, sock: Socket, endpoint: str | None = None) -> None:
         """Stop connecting ``sock`` to ``endpoint`` (every endpoint when None): its node left
         the topology (a live reshard)."""
         for ep in [e for e in self.endpoints.get(sock, ()) if endpoint in (None, e)]:
@@ -78,7 +97,7 @@ class Relinker:
             except zmq.ZMQError:
                 pass
 
-    def event(self, sock: zmq.Socket, event: int, reported: str, now: float) -> None:
+    def event(self, sock: Socket, event: int, reported: str, now: float) -> None:
         """A monitor event of ``sock`` about the endpoint libzmq reports as ``reported``."""
         endpoint = self._connected_as(sock, reported)
         if endpoint is None:
@@ -105,7 +124,7 @@ class Relinker:
             self.relinked += 1
         return len(given_up)
 
-    def _connected_as(self, sock, reported: str):
+    def _connected_as(self, sock: Socket, reported: str) -> str | None:
         """The endpoint ``sock`` was connected with that libzmq reports as ``reported`` (it
         reports host names resolved); None if it is not one of them."""
         endpoints = self.endpoints.get(sock, ())
@@ -129,12 +148,12 @@ def _resolved(endpoint: str) -> str:
         return endpoint
 
 
-def endpoint_owners(topo) -> dict:
+def endpoint_owners(topo: Topology) -> dict[str, str]:
     """{endpoint: node id} over every endpoint of the topology."""
     return {ep: spec.id for spec in topo.nodes.values() for ep in spec.endpoints.values()}
 
 
-def on_event(node, sock, frames, owners: dict) -> str | None:
+def on_event(node: LinkedNode, sock: Socket, frames: list[bytes], owners: Mapping[str, str]) -> str | None:
     """One monitor message of ``sock``: logged and told to the node's Relinker; the state it
     reports ("up", "down") or None."""
     event = parse_monitor_message(frames)
@@ -146,10 +165,10 @@ def on_event(node, sock, frames, owners: dict) -> str | None:
     return state
 
 
-def watch_peers(node) -> list:
+def watch_peers(node: LinkedNode) -> list[Socket]:
     """Drain the monitors of the node's connecting sockets; the monitor sockets.  The same timer
     connects again what libzmq gave up, on these sockets and on those ``on_link_down`` watches."""
-    def drain():
+    def drain() -> None:
         owners = endpoint_owners(node.topo)                 # a live reshard may change them
         for sock, mon in list(node.relinker.monitors.items()):
             if sock in node.linked:
@@ -165,18 +184,19 @@ def watch_peers(node) -> list:
     return [mon for sock, mon in node.relinker.monitors.items() if sock not in node.linked]
 
 
-def on_link_down(node, socks: dict, down, up=None) -> list:
+def on_link_down(node: LinkedNode, socks: Mapping[str, Socket], down: Callable[[str], None],
+                 up: Callable[[str], None] | None = None) -> list[Socket]:
     """Watch ``socks`` ({peer id: socket connected by the node's Relinker}); ``down(peer id)`` on
     each disconnect, ``up(peer id)`` when connected again.  These sockets' monitors are drained
     in the poll loop (``watch_peers`` skips them), their changes logged and told to the
     Relinker."""
     owners = endpoint_owners(node.topo)
-    monitors = []
+    monitors: list[Socket] = []
     for peer, sock in socks.items():
         mon = node.relinker.monitors[sock]
         node.linked.add(sock)
 
-        def on_frames(frames, peer=peer, sock=sock):
+        def on_frames(frames: list[bytes], peer: str = peer, sock: Socket = sock) -> None:
             state = on_event(node, sock, frames, owners)
             if state == "down":
                 down(peer)
@@ -197,31 +217,31 @@ class Liveness:
     drop must not.  A peer that says it stops (``tick(..., stopping=True)``) is down at once and
     only a tick makes it up again (other frames do not)."""
 
-    def __init__(self, down_after: float, grace: float, started: float):
+    def __init__(self, down_after: float, grace: float, started: float) -> None:
         self.down_after, self.grace, self.started = down_after, grace, started
-        self.last: dict = {}                          # peer -> when last heard (-inf: down until a tick)
-        self.unlinked: set = set()                   # peers whose link dropped, until it is back
+        self.last: dict[str, float] = {}                        # peer -> when last heard (-inf: down until a tick)
+        self.unlinked: set[str] = set()                 # peers whose link dropped, until it is back
 
-    def tick(self, peer, now: float, stopping: bool = False) -> None:
+    def tick(self, peer: str, now: float, stopping: bool = False) -> None:
         """A tick from ``peer`` (``stopping``: it said it stops)."""
         self.last[peer] = float("-inf") if stopping else now
 
-    def heard(self, peer, now: float) -> None:
+    def heard(self, peer: str, now: float) -> None:
         """Some other frame from ``peer``: proof of life, but one that said it stops stays down."""
         if self.last.get(peer) != float("-inf"):
             self.last[peer] = now
 
-    def link_down(self, peer) -> None:
+    def link_down(self, peer: str) -> None:
         self.unlinked.add(peer)
         self.last[peer] = float("-inf")
 
-    def link_up(self, peer) -> None:
+    def link_up(self, peer: str) -> None:
         self.unlinked.discard(peer)             # its ticks count again
 
-    def known(self, peer) -> bool:
+    def known(self, peer: str) -> bool:
         return peer in self.last
 
-    def up(self, peer, now: float) -> bool:
+    def up(self, peer: str, now: float) -> bool:
         if peer in self.unlinked:
             return False
         last = self.last.get(peer)

@@ -19,6 +19,11 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    import argparse
 
 FORMATS = ("text", "json")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -26,16 +31,18 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # fields of a LogRecord that are not "extra" context
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
+Kind = tuple[str, Hashable]             # (event, key or subject): what is sampled together
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts (Unix seconds), level, node, logger, msg and extra fields."""
 
-    def __init__(self, node_id: str | None = None):
+    def __init__(self, node_id: str | None = None) -> None:
         super().__init__()
         self.node_id = node_id
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": round(record.created, 3), "level": record.levelname, "node": self.node_id,
+        out: dict[str, object] = {"ts": round(record.created, 3), "level": record.levelname, "node": self.node_id,
                "logger": record.name, "msg": record.getMessage()}
         for key, value in vars(record).items():
             if key not in _STD_ATTRS and not key.startswith("_"):
@@ -45,7 +52,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-def setup(level: str = "INFO", fmt: str = "text", node_id: str | None = None, stream=None) -> None:
+def setup(level: str = "INFO", fmt: str = "text", node_id: str | None = None, stream: TextIO | None = None) -> None:
     """Configure the root logger of this process (replaces earlier handlers)."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}")
@@ -62,7 +69,7 @@ def setup(level: str = "INFO", fmt: str = "text", node_id: str | None = None, st
     root.setLevel(level.upper())
 
 
-def add_log_args(parser) -> None:
+def add_log_args(parser: argparse.ArgumentParser) -> None:
     """--log-level and --log-format, for every command that starts nodes."""
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS,
                         help="lowest level written to the log (default: %(default)s)")
@@ -83,14 +90,14 @@ class Events:
     MAX_CHANGES = 4      # state changes of one subject logged one by one per window; more: flapping
 
     def __init__(self, logger: logging.Logger | str = "events", window: float = 10.0,
-                 clock=time.monotonic):
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.log = logging.getLogger(logger) if isinstance(logger, str) else logger
         self.window = window
         self.clock = clock
-        self._open: dict = {}                 # kind -> [window start, repeats not yet logged, level]
-        self._states: dict = {}               # (event, subject) -> _StateWindow
+        self._open: dict[Kind, list[float]] = {}   # kind -> [window start, repeats not yet logged, level]
+        self._states: dict[Kind, _StateWindow] = {}   # (event, subject) -> _StateWindow
 
-    def emit(self, event: str, key, level: int = logging.INFO, **ctx) -> bool:
+    def emit(self, event: str, key: Hashable, level: int = logging.INFO, **ctx: object) -> bool:
         """Log the event unless one of the same kind was logged within the window; True if logged.
 
         ``ctx`` becomes fields of the JSON record, so it must not use LogRecord
@@ -111,7 +118,7 @@ class Events:
                          extra={"ev": event, "key": key, **ctx})
         return True
 
-    def change(self, event: str, subject, state: str, level: int = logging.INFO, /, **ctx) -> bool:
+    def change(self, event: str, subject: Hashable, state: str, level: int = logging.INFO, /, **ctx: object) -> bool:
         """A subject's state changed (a peer link up/down); True if logged.
 
         Sampling by (subject, state) held a peer's "up" back for a whole window
@@ -140,7 +147,7 @@ class Events:
             slot.latest = (state, level, ctx)
         return False
 
-    def _report_state(self, kind, slot) -> None:
+    def _report_state(self, kind: Kind, slot: _StateWindow) -> None:
         if slot.latest is None:
             return
         event, subject = kind
@@ -150,7 +157,7 @@ class Events:
                      f"{self.window:g}s not logged one by one)".replace("  ", " "),
                      extra={"ev": event, "key": (subject, state), "changes": slot.held, **ctx})
 
-    def _log(self, event: str, key, level: int, ctx: dict) -> None:
+    def _log(self, event: str, key: Hashable, level: int, ctx: dict[str, object]) -> None:
         if self.log.isEnabledFor(level):
             detail = " ".join(f"{k}={v}" for k, v in ctx.items())
             self.log.log(level, f"{event} {_text(key)} {detail}".rstrip(), extra={"ev": event, "key": key, **ctx})
@@ -163,46 +170,47 @@ class Events:
                 if slot[1]:
                     self._report(kind, slot)
                 del self._open[kind]
-        for kind, slot in list(self._states.items()):
-            if now - slot.start >= self.window:
-                self._report_state(kind, slot)
-                if slot.latest is not None:
-                    slot.shown = slot.latest[0]
-                slot.start, slot.logged, slot.held, slot.latest = now, 0, 0, None
+        for kind, changes in list(self._states.items()):
+            if now - changes.start >= self.window:
+                self._report_state(kind, changes)
+                if changes.latest is not None:
+                    changes.shown = changes.latest[0]
+                changes.start, changes.logged, changes.held, changes.latest = now, 0, 0, None
 
-    def _report(self, kind, slot) -> None:
+    def _report(self, kind: Kind, slot: list[float]) -> None:
         event, key = kind
-        self.log.log(slot[2], f"{event} {_text(key)} repeated {slot[1]} more times in {self.window:g}s",
+        self.log.log(slot[2],  # type: ignore[arg-type]  # the int level emit stored
+                     f"{event} {_text(key)} repeated {slot[1]} more times in {self.window:g}s",
                      extra={"ev": event, "key": key, "repeats": slot[1]})
 
     # --- the events node cores report ------------------------------------------
-    def refused(self, code: str, **ctx) -> bool:
+    def refused(self, code: str, **ctx: object) -> bool:
         """A request refused with an error code (BAD_FIELD, RATE_LIMITED, ...)."""
         return self.emit("refused", code, logging.INFO, **ctx)
 
-    def login(self, uin: int, device: int, **ctx) -> bool:
+    def login(self, uin: int, device: int, **ctx: object) -> bool:
         return self.emit("login", (uin, device), logging.INFO, uin=uin, device=device, **ctx)
 
-    def logout(self, uin: int, device: int, reason: str = "logout", **ctx) -> bool:
+    def logout(self, uin: int, device: int, reason: str = "logout", **ctx: object) -> bool:
         return self.emit("logout", (uin, device), logging.INFO, uin=uin, device=device,
                          reason=reason, **ctx)
 
-    def kicked(self, uin: int, device: int, reason: str, **ctx) -> bool:
+    def kicked(self, uin: int, device: int, reason: str, **ctx: object) -> bool:
         return self.emit("kicked", reason, logging.INFO, uin=uin, device=device, **ctx)
 
-    def admin(self, op: str, channel: str, **ctx) -> bool:
+    def admin(self, op: str, channel: str, **ctx: object) -> bool:
         """An admin change (channel create/add/remove), sampled per (op, channel)."""
         return self.emit("admin", (op, channel), logging.INFO, op=op, channel=channel, **ctx)
 
-    def peer(self, peer: str, state: str, **ctx) -> bool:
+    def peer(self, peer: str, state: str, **ctx: object) -> bool:
         """A node-to-node link came ``up`` or went ``down`` (a warning): logged as it changes."""
         level = logging.WARNING if state == "down" else logging.INFO
         return self.change("peer", peer, state, level, peer=peer, state=state, **ctx)
 
-    def slow_turn(self, ms: float, **ctx) -> bool:
+    def slow_turn(self, ms: float, **ctx: object) -> bool:
         return self.emit("slow_turn", "loop", logging.WARNING, ms=round(ms, 1), **ctx)
 
-    def error(self, what: str, **ctx) -> bool:
+    def error(self, what: str, **ctx: object) -> bool:
         return self.emit("error", what, logging.ERROR, **ctx)
 
 
@@ -210,13 +218,13 @@ class _StateWindow:
     """One subject's state changes in the current window (Events.change)."""
     __slots__ = ("start", "shown", "logged", "held", "latest")
 
-    def __init__(self, start: float, shown):
+    def __init__(self, start: float, shown: str | None) -> None:
         self.start, self.shown = start, shown     # shown: the state the log last said
         self.logged, self.held = 0, 0             # changes logged / counted in this window
-        self.latest = None                        # (state, level, ctx) of the newest one not logged
+        self.latest: tuple[str, int, dict[str, object]] | None = None  # (state, level, ctx): newest not logged
 
 
-def _text(key) -> str:
+def _text(key: object) -> str:
     return " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
 
 

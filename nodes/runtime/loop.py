@@ -12,6 +12,7 @@ import itertools
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -19,28 +20,31 @@ from nodes.runtime.zio import reader
 
 log = logging.getLogger(__name__)
 
+FramesHandler = Callable[[list[bytes]], None]       # one multipart message
+Reader = Callable[["zmq.Socket[bytes]"], list[bytes]]   # nodes/runtime/zio.py ``reader``
+
 
 class Loop:
-    def __init__(self, batch: int = 512, max_wait: float = 0.1):
+    def __init__(self, batch: int = 512, max_wait: float = 0.1) -> None:
         self.poller = zmq.Poller()
-        self.handlers: dict = {}              # ZeroMQ socket -> (reader, handler)
-        self.fd_handlers: dict = {}           # plain fd (add_fd) -> handler(events)
+        self.handlers: dict[zmq.Socket[bytes], tuple[Reader, FramesHandler]] = {}   # socket -> (reader, handler)
+        self.fd_handlers: dict[int, Callable[[int], None]] = {}   # plain fd (add_fd) -> handler(events)
         self.batch = batch
         self.max_wait = max_wait
-        self._timers: list = []               # heap of (due, seq, interval, fn)
+        self._timers: list[tuple[float, int, float, Callable[[], object]]] = []  # (due, seq, interval, fn) heap
         self._seq = itertools.count()
-        self._turn_end: list = []
+        self._turn_end: list[Callable[[], None]] = []
         self.running = False
         self.max_turn = 0.0                 # longest turn seen (seconds): how long the loop was blocked
         self.turns = 0
-        self._turn_watchers: list = []            # fn(seconds) after every turn: histogram, slow-turn log
+        self._turn_watchers: list[Callable[[float], None]] = []  # fn(seconds) after each turn: histogram, slow-turn log
 
-    def add(self, sock: zmq.Socket, handler) -> None:
+    def add(self, sock: zmq.Socket[bytes], handler: FramesHandler) -> None:
         """Call ``handler(frames)`` for every multipart message arriving on sock."""
         self.handlers[sock] = (reader(int(sock.type)), handler)
         self.poller.register(sock, zmq.POLLIN)
 
-    def add_fd(self, fd: int, handler, events: int = zmq.POLLIN) -> None:
+    def add_fd(self, fd: int, handler: Callable[[int], None], events: int = zmq.POLLIN) -> None:
         """Call ``handler(events)`` when a plain OS socket is ready (non-ZeroMQ transports);
         calling it again for the same fd changes the events polled for."""
         self.fd_handlers[fd] = handler
@@ -50,18 +54,19 @@ class Loop:
         self.fd_handlers.pop(fd, None)
         self.poller.unregister(fd)
 
-    def every(self, interval: float, fn, first: float | None = None) -> None:
+    def every(self, interval: float, fn: Callable[[], object], first: float | None = None) -> None:
+        """Call ``fn()`` every ``interval`` seconds (what it returns is ignored)."""
         due = time.monotonic() + (interval if first is None else first)
         heapq.heappush(self._timers, (due, next(self._seq), interval, fn))
 
-    def on_turn_end(self, fn) -> None:
+    def on_turn_end(self, fn: Callable[[], None]) -> None:
         self._turn_end.append(fn)
 
-    def watch_turns(self, fn) -> None:
+    def watch_turns(self, fn: Callable[[float], None]) -> None:
         """Call ``fn(seconds)`` with the length of every turn (metrics, slow-turn logging)."""
         self._turn_watchers.append(fn)
 
-    def stop(self, *_args) -> None:
+    def stop(self, *_args: object) -> None:         # also a signal handler: (signum, frame)
         self.running = False
 
     def install_signal_handlers(self) -> None:
@@ -90,10 +95,10 @@ class Loop:
         for sock, event in ready:
             entry = self.handlers.get(sock)
             if entry is None:
-                handler = self.fd_handlers.get(sock)      # a plain fd (add_fd): the handler reads it
-                if handler is not None:
+                on_fd = self.fd_handlers.get(sock)        # a plain fd (add_fd): the handler reads it
+                if on_fd is not None:
                     try:
-                        handler(event)
+                        on_fd(event)
                     except Exception:
                         log.exception("fd handler failed")
                 continue
@@ -113,8 +118,8 @@ class Loop:
         self.turns += 1
         took = time.monotonic() - started
         self.max_turn = max(self.max_turn, took)
-        for fn in self._turn_watchers:
-            fn(took)
+        for watch in self._turn_watchers:
+            watch(took)
 
     def run(self) -> None:
         self.running = True

@@ -28,8 +28,18 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Iterator, Mapping
 from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+    from prometheus_client.metrics_core import Metric
+
+    from nodes.cluster.topology import NodeSpec
+    from nodes.runtime.loop import Loop
+    from nodes.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +55,28 @@ TURN_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 # scan) beyond that lost ~13% of its connects.  The kernel caps it at net.core.somaxconn.
 BACKLOG = 1024
 
+Sample = tuple[dict[str, str], float]           # (labels, value)
+Family = tuple[str, str, str, list[Sample]]     # (name, kind, doc, samples)
 
-def _number(value) -> bool:
+
+class MetricsNode(Protocol):
+    """What the collector and ``serve`` read of a node (nodes/runtime/node.py)."""
+
+    id: str
+    type: str
+    spec: NodeSpec
+    loop: Loop
+
+    def status(self) -> Mapping[str, object]: ...
+
+
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def families(status: dict, store=None):
+def families(status: Mapping[str, object], store: Store | None = None) -> list[Family]:
     """(name, kind, doc, [(labels dict, value)]) for every exportable figure of a status map."""
-    out: list[tuple] = []
+    out: list[Family] = []
     for key, value in status.items():
         if key in SKIP:
             continue
@@ -83,10 +107,10 @@ def families(status: dict, store=None):
 class StatusCollector:
     """A prometheus_client collector over a node's status() (read in the scrape thread)."""
 
-    def __init__(self, node):
+    def __init__(self, node: MetricsNode) -> None:
         self.node = node
 
-    def read_status(self) -> dict:
+    def read_status(self) -> dict[str, object]:
         for _ in range(5):              # the loop thread may resize a map while we copy it
             try:
                 return dict(self.node.status())
@@ -96,7 +120,7 @@ class StatusCollector:
                 return {}
         return {}
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         base = {"node": self.node.id, "type": self.node.type}
         for name, kind, doc, samples in families(self.read_status(), getattr(self.node, "store", None)):
@@ -109,11 +133,11 @@ class StatusCollector:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):          # one stderr line per scrape is noise in a node's log
+    def log_message(self, *args: object) -> None:   # one stderr line per scrape is noise in a node's log
         pass
 
 
-def http_server(host: str, port: int, app):
+def http_server(host: str, port: int, app: WSGIApplication) -> WSGIServer:
     """prometheus_client's start_http_server with a listen backlog of BACKLOG: the WSGI ``app``
     served by a thread per request from a daemon thread.  The server (``shutdown()`` stops it)."""
 
@@ -128,7 +152,7 @@ def http_server(host: str, port: int, app):
     return httpd
 
 
-def serve(node):
+def serve(node: MetricsNode) -> WSGIServer | None:
     """Start the /metrics HTTP server of ``node`` if its topology entry asks for one; the server."""
     where = getattr(node.spec, "metrics", None)
     if where is None:

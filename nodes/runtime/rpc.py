@@ -10,22 +10,30 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from typing import TYPE_CHECKING
+
+import zmq
 
 from nodes.protocol import wire
+from nodes.runtime.ports import Callback, Msg
+
+if TYPE_CHECKING:
+    from nodes.runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 
 class Requests:
-    def __init__(self, timeout: float, max_len: int, outbox, on_late=None):
+    def __init__(self, timeout: float, max_len: int, outbox: Outbox, on_late: Callback | None = None) -> None:
         self.timeout = timeout
         self.outbox = outbox                 # requests leave at the end of the loop turn
         self.on_late = on_late               # gets replies whose request already timed out
         self.max_len = max_len
-        self.pending: dict[int, tuple] = {}  # rid -> (deadline, callback, socket)
+        self.pending: dict[int, tuple[float, Callback, zmq.Socket[bytes]]] = {}  # rid -> (deadline, callback, socket)
         self._rids = itertools.count(1)
 
-    def send(self, sock, msg: dict, callback, timeout: float | None = None, now: float | None = None) -> int:
+    def send(self, sock: zmq.Socket[bytes], msg: Msg, callback: Callback, timeout: float | None = None,
+             now: float | None = None) -> int:
         """Queue ``msg``; ``callback`` gets the reply, or UNAVAILABLE once ``timeout`` has passed
         (``now``: the monotonic send time, given by tests with a fake clock)."""
         rid = next(self._rids)
@@ -35,14 +43,15 @@ class Requests:
         self.pending[rid] = (sent + (timeout or self.timeout), callback, sock)
         return rid
 
-    def on_reply(self, frames: list) -> None:
+    def on_reply(self, frames: list[bytes]) -> None:
         try:
             msgs = wire.unpack_internal(frames[-1], self.max_len, 1 << 20)
         except wire.ProtocolError as exc:
             log.warning("bad reply from a peer: %s", exc)
             return
         for msg in msgs:
-            entry = self.pending.pop(wire.request_rid(msg), None)
+            rid = wire.request_rid(msg)
+            entry = None if rid is None else self.pending.pop(rid, None)
             try:
                 if entry is None:
                     if self.on_late is not None:
@@ -62,7 +71,7 @@ class Requests:
             callback(wire.error(rid, wire.Err.UNAVAILABLE, "owning node did not answer in time"))
         return len(late)
 
-    def fail_peer(self, sock, why: str) -> int:
+    def fail_peer(self, sock: zmq.Socket[bytes], why: str) -> int:
         """Fail now every request waiting on ``sock``'s peer (it said it is stopping)."""
         gone = [rid for rid, entry in self.pending.items() if entry[2] is sock]
         for rid in gone:

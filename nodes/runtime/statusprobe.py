@@ -14,14 +14,22 @@ import itertools
 import select
 import socket
 import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import zmq
 
 from nodes.protocol import wire
+from nodes.runtime.ports import Msg
+
+if TYPE_CHECKING:
+    from nodes.runtime.curve import Identity
+
+Rounds = dict[str, tuple["Msg | None", list[float]]]   # id -> (last status map or None, round trips)
 
 
-def status_rounds(ctx: zmq.Context, identity, endpoints: dict, rounds: int, timeout: float,
-                  max_frame: int, rids=None) -> dict:
+def status_rounds(ctx: zmq.Context[zmq.Socket[bytes]], identity: Identity, endpoints: Mapping[str, str], rounds: int,
+                  timeout: float, max_frame: int, rids: Iterator[int] | None = None) -> Rounds:
     """{id: (last status map or None, [round trip of each answered request])}, in parallel.
 
     ``endpoints``: {id: rpc endpoint}; ``identity``: whose CURVE keys connect
@@ -30,9 +38,11 @@ def status_rounds(ctx: zmq.Context, identity, endpoints: dict, rounds: int, time
     request ids to use (an iterator)."""
     rids = itertools.count(1) if rids is None else rids
     ids = list(endpoints)
-    out: dict[str, tuple[dict | None, list[float]]] = {n: (None, []) for n in ids}
+    out: Rounds = {n: (None, []) for n in ids}
     listening = probe_tcp(endpoints, min(timeout, 2.0))
-    socks, poller, sent = {}, zmq.Poller(), {}
+    socks: dict[str, zmq.Socket[bytes]] = {}
+    poller = zmq.Poller()
+    sent: dict[str, tuple[int, float]] = {}
     try:
         for node_id in ids:
             if not listening.get(node_id):
@@ -71,22 +81,24 @@ def status_rounds(ctx: zmq.Context, identity, endpoints: dict, rounds: int, time
     return out
 
 
-def status_all(ctx: zmq.Context, identity, endpoints: dict, timeout: float, max_frame: int, rids=None) -> dict:
+def status_all(ctx: zmq.Context[zmq.Socket[bytes]], identity: Identity, endpoints: Mapping[str, str], timeout: float,
+               max_frame: int, rids: Iterator[int] | None = None) -> dict[str, Msg | None]:
     """{id: status map, or None if it did not answer within ``timeout``}."""
     return {n: reply for n, (reply, _rtts) in
             status_rounds(ctx, identity, endpoints, 1, timeout, max_frame, rids).items()}
 
 
-def _send_status(sock, rids) -> tuple[int, float]:
+def _send_status(sock: zmq.Socket[bytes], rids: Iterator[int]) -> tuple[int, float]:
     rid = next(rids)
     t0 = time.monotonic()
     sock.send(wire.pack({"t": "status", "rid": rid}))
     return rid, t0
 
 
-def probe_tcp(endpoints: dict, timeout: float) -> dict:
+def probe_tcp(endpoints: Mapping[str, str], timeout: float) -> dict[str, bool]:
     """{key: True if something accepts TCP connections at the tcp:// endpoint}, all in parallel."""
-    out, pending = {}, {}
+    out: dict[str, bool] = {}
+    pending: dict[socket.socket, str] = {}
     for key, ep in endpoints.items():
         host, _, port = ep[len("tcp://"):].rpartition(":")
         try:

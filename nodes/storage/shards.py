@@ -22,6 +22,8 @@ channels.  Replication needs two things from the key layout:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Literal, Protocol, cast, overload
 
 from rocksdict import ReadOptions
 
@@ -31,6 +33,18 @@ PAUSE_EVERY = 512              # rows scanned past (other shards' send rows) bet
 
 _CHANNEL_KEYED = frozenset(b"mcil")
 _FOLLOWS_MESSAGE = frozenset(b"xd")
+
+ShardOf = Callable[[str], int]          # a channel's shard (Topology.shard_of)
+Row = tuple[bytes, bytes]               # (key, value) as read
+Page = Iterable[Sequence[bytes]]        # [[key, value], ...] as shipped in a snapshot page
+
+
+class Rows(Protocol):
+    """What the readers need: a Store, or a ``Pinned`` view of one."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[Row]: ...
 
 
 def channel_of_key(key: bytes) -> str | None:
@@ -43,14 +57,14 @@ def channel_of_key(key: bytes) -> str | None:
     return key[1:].decode()
 
 
-def split(ops, shard_of) -> dict:
+def split(ops: Iterable[tuple[bytes, bytes | None]], shard_of: ShardOf) -> dict[int, list[list[bytes | None]]]:
     """{shard: [[key, value or None], ...]} of the replicated writes among ``ops``, in order."""
-    out: dict[int, list] = {}
+    out: dict[int, list[list[bytes | None]]] = {}
     current = None
     for key, value in ops:
         kind = key[0]
         if kind in _CHANNEL_KEYED:
-            current = shard_of(channel_of_key(key))
+            current = shard_of(channel_of_key(key))   # type: ignore[arg-type]  # a channel-keyed row names one
         elif kind == ord("e") and value is not None:
             current = shard_of(keys.sent_of_value(value)[0])
         elif not (kind in _FOLLOWS_MESSAGE and value is not None and current is not None):
@@ -59,29 +73,36 @@ def split(ops, shard_of) -> dict:
     return out
 
 
-def newer_dedup(store, key: bytes, value: bytes) -> bool:
+def newer_dedup(store: Rows, key: bytes, value: bytes) -> bool:
     """Is a ``d`` row's value newer (client time) than the stored one?"""
     raw = store.get(key)
     return raw is None or keys.decode(value)[0] > keys.decode(raw)[0]
 
 
-def get_position(store, shard: int) -> tuple[int, int]:
+def get_position(store: Rows, shard: int) -> tuple[int, int]:
     raw = store.get(keys.position_key(shard))
-    return tuple(keys.decode(raw)) if raw is not None else (0, 0)
+    return cast("tuple[int, int]", tuple(keys.decode(raw))) if raw is not None else (0, 0)   # put_position's pair
 
 
-def put_position(store, shard: int, position) -> None:
+def put_position(store: keys.Store, shard: int, position: Sequence[int]) -> None:
     store.put(keys.position_key(shard), keys.encode(list(position)))
 
 
-def channel_rows(store, wanted, sends: bool = True, pause_every: int = 0):
+@overload
+def channel_rows(store: Rows, wanted: Callable[[str], bool], sends: bool = ...,
+                 pause_every: Literal[0] = ...) -> Iterator[Row]: ...
+@overload
+def channel_rows(store: Rows, wanted: Callable[[str], bool], sends: bool = ...,
+                 pause_every: int = ...) -> Iterator[Row | None]: ...
+def channel_rows(store: Rows, wanted: Callable[[str], bool], sends: bool = True,
+                 pause_every: int = 0) -> Iterator[Row | None]:
     """(key, value) of every row of the channels ``wanted(name)`` accepts but ``d`` rows:
     members, newest id, leases, messages, and (``sends``) the ``e``/``x`` rows of their sends.
 
     The send rows are found by scanning every ``e`` and ``x`` row of the store (they are keyed
     by device, not channel); ``pause_every``: yield None after that many rows scanned there, so
     a caller reading in slices can stop between them instead of blocking its loop."""
-    channels = []
+    channels: list[str] = []
     for key, raw in store.scan(b"c"):
         name = key[1:].decode()
         if wanted(name):
@@ -89,13 +110,13 @@ def channel_rows(store, wanted, sends: bool = True, pause_every: int = 0):
             yield key, raw
     for name in channels:
         for key in (keys.last_id_key(name), keys.lease_key(name)):
-            raw = store.get(key)
-            if raw is not None:
-                yield key, raw
+            found = store.get(key)
+            if found is not None:
+                yield key, found
         yield from store.scan(keys.channel_prefix(name))
     if not sends:
         return
-    sent = set()
+    sent: set[bytes] = set()
     for n, (key, raw) in enumerate(store.scan(b"e"), 1):
         if wanted(keys.sent_of_value(raw)[0]):
             sent.add(key)
@@ -109,13 +130,17 @@ def channel_rows(store, wanted, sends: bool = True, pause_every: int = 0):
             yield None
 
 
-def dedup_rows(store) -> list:
+def dedup_rows(store: Rows) -> list[list[bytes]]:
     """Every ``d`` row (per device, not per channel): [[key, value], ...] (an offline reshard
     copies them all to a channel's new owner: nodes/ops/reshard.py)."""
     return [[k, v] for k, v in store.scan(b"d")]
 
 
-def snapshot_rows(store, shard: int, shard_of, pause_every: int = 0):
+@overload
+def snapshot_rows(store: Rows, shard: int, shard_of: ShardOf, pause_every: Literal[0] = ...) -> Iterator[Row]: ...
+@overload
+def snapshot_rows(store: Rows, shard: int, shard_of: ShardOf, pause_every: int = ...) -> Iterator[Row | None]: ...
+def snapshot_rows(store: Rows, shard: int, shard_of: ShardOf, pause_every: int = 0) -> Iterator[Row | None]:
     """(key, value) of every row of a shard, then every ``d`` row; None between rows where a
     reader may stop (``pause_every``, as in ``channel_rows``).  Give it a ``Pinned`` view to
     read a store that is written meanwhile."""
@@ -123,7 +148,7 @@ def snapshot_rows(store, shard: int, shard_of, pause_every: int = 0):
     yield from store.scan(b"d")
 
 
-def snapshot(store, shard: int, shard_of) -> list:
+def snapshot(store: Rows, shard: int, shard_of: ShardOf) -> list[list[bytes]]:
     """Every row of a shard, plus every ``d`` row: [[key, value], ...] (all at once)."""
     return [[k, v] for k, v in snapshot_rows(store, shard, shard_of)]
 
@@ -138,12 +163,12 @@ class Pinned:
     rocksdict ``Snapshot``: in 0.3.29 its ``iter``/``items`` ignore the snapshot
     (docs/ha.md).  Scans must not overlap (``channel_rows`` runs them one after another)."""
 
-    def __init__(self, store):
+    def __init__(self, store: keys.Store) -> None:
         self._scan_it = store.db.iter(ReadOptions())
         self._get_it = store.db.iter(ReadOptions())
         self._scanning = False
 
-    def scan(self, prefix: bytes, start: bytes | None = None):
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[Row]:
         if self._scanning:
             raise RuntimeError("Pinned: a scan started while another is unfinished")
         self._scanning = True
@@ -159,7 +184,7 @@ class Pinned:
         finally:
             self._scanning = False
 
-    def get(self, key: bytes):
+    def get(self, key: bytes) -> bytes | None:
         it = self._get_it
         it.seek(key)
         return it.value() if it.valid() and it.key() == key else None
@@ -170,11 +195,11 @@ class Pager:
     bounded in bytes and in reading time, so a big store never blocks a loop turn for long.
     ``position``: rows handed out so far; ``done``: no row left."""
 
-    def __init__(self, rows, clock=time.monotonic):
+    def __init__(self, rows: Iterable[Row | None], clock: Callable[[], float] = time.monotonic) -> None:
         self._rows = iter(rows)
         self.clock = clock
         self.position, self.done = 0, False
-        self._next = None                     # the row the next page starts with, once read
+        self._next: Row | None = None         # the row the next page starts with, once read
 
     def _advance(self, deadline: float = float("inf")) -> bool:
         """The next row into ``_next``; False if the time ran out first (scanning rows that are
@@ -185,7 +210,7 @@ class Pager:
                 self._next, self.done = None, True
                 return True
             if row is not None:
-                self._next = row
+                self._next = row                # type: ignore[assignment]  # not the StopIteration sentinel
                 return True
             if self.clock() > deadline:
                 self._next = None
@@ -198,15 +223,16 @@ class Pager:
             self.position += 1
             self._advance()
 
-    def page(self, page_bytes: int, seconds: float) -> list:
+    def page(self, page_bytes: int, seconds: float) -> list[list[bytes]]:
         """Rows up to ``page_bytes``, read for about ``seconds`` at most (a page may be short,
         or empty and not the last)."""
         deadline = self.clock() + seconds
         if self._next is None and not self.done and not self._advance(deadline):
             return []
-        rows, size = [], 0
+        rows: list[list[bytes]] = []
+        size = 0
         while not self.done and size < page_bytes:
-            key, value = self._next
+            key, value = self._next                 # type: ignore[misc]  # not done: _advance set a row
             rows.append([key, value])
             size += len(key) + len(value)
             self.position += 1
@@ -223,14 +249,15 @@ class Clearing:
     snapshot's.  Rows are found in the live store (each scan sees what was flushed before it
     started), so a kept row may show up; anything else of the shard that was there goes."""
 
-    def __init__(self, store, shard: int, shard_of, clock=time.monotonic):
+    def __init__(self, store: keys.Store, shard: int, shard_of: ShardOf,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.clock = store, clock
         self.kept: set[bytes] = set()
         self.done = False
         self.deleted = 0
         self._rows = channel_rows(store, lambda name: shard_of(name) == shard, pause_every=PAUSE_EVERY)
 
-    def keep(self, rows) -> None:
+    def keep(self, rows: Page) -> None:
         if not self.done:
             self.kept.update(key for key, _value in rows)
 
@@ -251,14 +278,14 @@ class Clearing:
         return self.done
 
 
-def clear(store, shard: int, shard_of) -> None:
+def clear(store: keys.Store, shard: int, shard_of: ShardOf) -> None:
     """Stage the deletion of the shard's rows (not the ``d`` rows) before a snapshot's pages;
     the position goes to (0, 0) until the last page is in."""
     Clearing(store, shard, shard_of).run(float("inf"))
     put_position(store, shard, (0, 0))
 
 
-def put_rows(store, rows) -> int:
+def put_rows(store: keys.Store, rows: Page) -> int:
     """Stage a snapshot page's rows (a ``d`` row only when newer); rows written."""
     n = 0
     for key, value in rows:
@@ -269,7 +296,7 @@ def put_rows(store, rows) -> int:
     return n
 
 
-def install(store, shard: int, shard_of, rows, position) -> int:
+def install(store: keys.Store, shard: int, shard_of: ShardOf, rows: Page, position: Sequence[int]) -> int:
     """Replace the shard's rows with a whole snapshot's (staged in the store's batch)."""
     clear(store, shard, shard_of)
     n = put_rows(store, rows)

@@ -35,6 +35,8 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
@@ -80,7 +82,8 @@ def sent_of_value(raw: bytes) -> tuple[str, int]:
 
 def sent_digest(raw: bytes) -> int:
     """The crc32 of the text an ``e`` row was written for."""
-    return _U32.unpack_from(raw, 8)[0]
+    digest: int = _U32.unpack_from(raw, 8)[0]
+    return digest
 
 
 def sent_expiry_key(expiry_ms: int, uin: int, device: int, ctime: int) -> bytes:
@@ -126,7 +129,8 @@ def pack_u64(value: int) -> bytes:
 
 
 def unpack_u64(raw: bytes) -> int:
-    return _U64.unpack(raw)[0]
+    value: int = _U64.unpack(raw)[0]
+    return value
 
 
 CLOCK_KEY = b"T"                           # the expiry clock's saved state (nodes/runtime/clock.py)
@@ -135,11 +139,11 @@ _encoder = msgspec.msgpack.Encoder()       # the same msgpack bytes as msgpack.p
 _decoder = msgspec.msgpack.Decoder()
 
 
-def encode(value) -> bytes:
+def encode(value: Any) -> bytes:                  # any msgpack value
     return _encoder.encode(value)
 
 
-def decode(raw: bytes):
+def decode(raw: bytes) -> Any:
     return _decoder.decode(raw)
 
 
@@ -242,10 +246,11 @@ class Store:
         return self.failed is None
 
     # --- reads ---------------------------------------------------------------
-    def get(self, key: bytes):
-        return self.db.get(key)
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self.db.get(key)    # Rdict stores any value; this store only bytes
+        return value
 
-    def scan(self, prefix: bytes, start: bytes | None = None):
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Yield (key, value) with ``key`` starting with prefix, from ``start`` on."""
         it = self.db.iter(ReadOptions())
         it.seek(start if start is not None else prefix)
@@ -279,7 +284,7 @@ class Store:
         return ops
 
     @contextlib.contextmanager
-    def uncaptured(self):
+    def uncaptured(self) -> Iterator[None]:
         """Writes staged within are not recorded (rows applied from a leader are not re-shipped)."""
         capture, self.capture = self.capture, None
         try:
