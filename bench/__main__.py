@@ -12,6 +12,8 @@
     bin/bench idc [--messages 200 --repeats 3 --delay-ms 20 --reshard-channels 1000] [--json FILE]   (root: WAN bed)
     bin/bench handoff [--sends 20000,200000] [--repeats 3] [--json FILE]
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
+    bin/bench hostile [--scenario prelogin|slow|both --conns 20 --seconds 10 --kind small|echo|both
+                       --readers 10 --messages 20000 --size 1400 --settle 8] [--json FILE]
     bin/bench relay [--sizes-mib 1,50] [--repeats 3] [--window 16] [--json FILE]
     bin/bench sessions [--sessions 10000 --core 10000,50000 --processes 4 --repeats 3] [--json FILE]
     bin/bench sweep [--messages 100000] [--channels 100] [--lifetime 20] [--json FILE]
@@ -28,7 +30,7 @@ def main(argv=None) -> int:
                 "sweep": "bench.sweep", "e2e": "bench.e2e",
                 "relay": "bench.relay", "chaos": "bench.chaos", "websessions": "bench.websessions",
                 "failover": "bench.failover", "fanout": "bench.fanout", "sessions": "bench.sessions",
-                "idc": "bench.idc", "handoff": "bench.handoff"}
+                "idc": "bench.idc", "handoff": "bench.handoff", "hostile": "bench.hostile"}
     if argv and argv[0] == "--version":
         from nodes.cli.common import prog_name
         from nodes import __version__
