@@ -88,6 +88,7 @@ class BrokerNode(Node):
 
     def admitted(self, ident) -> bool:
         if ident in self.core.sessions.by_ident:
+            self.prelogin.forget(ident)         # logged in: its session's bounds apply
             return True
         return self.prelogin.admit(ident, self.clock())
 
