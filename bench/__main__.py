@@ -13,6 +13,8 @@
     bin/bench handoff [--sends 20000,200000] [--repeats 3] [--json FILE]
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
     bin/bench logins [--logins 2000,5000 --processes 2 --repeats 3 --client-curve off] [--json FILE]
+    bin/bench hostile [--scenario prelogin|slow|both --conns 20 --seconds 10 --kind small|echo|both
+                       --readers 10 --messages 20000 --size 1400 --settle 8] [--json FILE]
     bin/bench relay [--sizes-mib 1,50] [--repeats 3] [--window 16] [--json FILE]
     bin/bench snapshot [--rows 50000,200000] [--repeats 3] [--shards 4] [--json FILE]
     bin/bench sessions [--sessions 10000 --core 10000,50000 --processes 4 --repeats 3] [--json FILE]
@@ -31,7 +33,7 @@ def main(argv=None) -> int:
                 "relay": "bench.relay", "chaos": "bench.chaos", "websessions": "bench.websessions",
                 "failover": "bench.failover", "fanout": "bench.fanout", "sessions": "bench.sessions",
                 "idc": "bench.idc", "handoff": "bench.handoff",
-                "snapshot": "bench.snapshot", "logins": "bench.logins"}
+                "snapshot": "bench.snapshot", "logins": "bench.logins", "hostile": "bench.hostile"}
     if argv and argv[0] == "--version":
         from nodes import __version__
         from nodes.cli.common import prog_name

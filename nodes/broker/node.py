@@ -15,8 +15,10 @@ import collections
 
 import zmq
 
+from nodes.broker import memtrim
 from nodes.broker.core import BrokerCore
 from nodes.broker.feed import LogicFeed
+from nodes.broker.prelogin import PreLoginBudget
 from nodes.broker.webgate import WebGate
 from nodes.protocol import schema, wire
 from nodes.runtime.node import Node
@@ -25,6 +27,15 @@ from nodes.runtime.rpc import Requests
 SWEEP_INTERVAL = 0.1
 TOUCH_INTERVAL = 0.5            # how often activity is reported to routers
 MAX_PIPELINED = 64              # requests one client frame may carry
+CLIENT_RCVHWM = 32              # frames read ahead from one client connection (x max_frame bytes)
+TRIM_INTERVAL = 5.0             # seconds between looks at the heap's free memory (memtrim)
+
+
+def client_hwm(limits) -> int:
+    """Frames queued to one client connection: ``session_queue`` frames, and no more than
+    ``session_queue_bytes`` when each joined frame is at most ``max_frame`` bytes."""
+    return max(1, min(int(limits["session_queue"]),
+                      int(limits["session_queue_bytes"]) // int(limits["max_frame"])))
 
 
 class BrokerNode(Node):
@@ -41,14 +52,18 @@ class BrokerNode(Node):
         self.core = BrokerCore(node_id, topo, topo.read_secret(), self, self.clock(), self.spec.idc)
         self.sub = self.subscribe("logic", wire.topic(node_id), self.feed.handlers)
         self.kicks = self.subscribe("router", wire.topic(node_id), {"kick": self.core.on_kick})
+        limits = topo.limits
+        self.prelogin = PreLoginBudget(limits["prelogin_rate"], limits["prelogin_burst"],
+                                       limits["prelogin_bytes"], limits["login_window"])
         self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
-                                maxmsgsize=int(topo.limits["max_frame"]),
-                                sndhwm=int(topo.limits["session_queue"]), mandatory=True)
+                                maxmsgsize=int(limits["max_frame"]), sndhwm=client_hwm(limits),
+                                rcvhwm=CLIENT_RCVHWM, mandatory=True)
+        self.outbox.frame_limits[self.client] = int(limits["max_frame"])
         # a ZeroMQ peer may choose its routing id -- even one that names a web connection
         # (WebGate.owns): those are refused, or replies meant for it would reach the browser
         self.clients = self.serve(self.client, schema.CLIENT_REQUESTS, self.core.handlers,
                                   max_len=int(topo.limits["max_frame"]), guard=self.core.guard,
-                                  max_items=MAX_PIPELINED, refuse_ident=WebGate.owns,
+                                  max_items=MAX_PIPELINED, refuse_ident=self.refused,
                                   limits=self.core.schema_limits)
         ws = self.spec.endpoints.get("ws")
         self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same dispatcher
@@ -60,16 +75,42 @@ class BrokerNode(Node):
             self.loop.add(sock, self.requests.on_reply)
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
         self.loop.every(TOUCH_INTERVAL, self.touch_routers)
+        self.loop.every(TRIM_INTERVAL, memtrim.trim)
         for sock in self.routers.values():
             # a restarted broker has no sessions: clear what routers remember of it
             self.requests.send(sock, {"t": "broker_reset", "broker": node_id}, lambda _r: None)
 
+    # --- the pre-login budget (nodes/broker/prelogin.py) ----------------------
+    def refused(self, ident) -> bool:
+        """Drop this client frame unread?  A ZeroMQ peer posing as a web connection, or a
+        connection with no session that is over its pre-login budget."""
+        return WebGate.owns(ident) or not self.admitted(ident)
+
+    def admitted(self, ident) -> bool:
+        if ident in self.core.sessions.by_ident:
+            self.prelogin.forget(ident)         # logged in: its session's bounds apply
+            return True
+        return self.prelogin.admit(ident, self.clock())
+
+    def _within_budget(self, ident, packed: bytes) -> bool:
+        """A reply to a connection with no session costs its pre-login budget (else dropped)."""
+        if ident in self.core.sessions.by_ident:
+            return True
+        return self.prelogin.charge(ident, len(packed), self.clock())
+
     # --- out -----------------------------------------------------------------
     def reply(self, ident, msg):
         if self.web is not None and WebGate.owns(ident):
-            self.web.reply(ident, msg)
+            if self._within_budget(ident, wire.pack(msg)):
+                self.web.reply(ident, msg)
         else:
             self.queue_reply(self.client, ident, msg)
+
+    def queue_reply(self, sock, ident, msg):
+        packed = wire.pack(msg)
+        if sock is self.client and not self._within_budget(ident, packed):
+            return
+        self.outbox.put(sock, ident, packed)
 
     def push(self, ident, packed):
         if self.web is not None and WebGate.owns(ident):
@@ -78,7 +119,10 @@ class BrokerNode(Node):
             self.queue_packed(self.client, ident, packed)
 
     def web_frame(self, ident, frame):
-        """A frame from a WebSocket or HTTP client (nodes/broker/webgate.py): the ZeroMQ clients' dispatcher."""
+        """A frame from a WebSocket or HTTP client (nodes/broker/webgate.py): the ZeroMQ clients'
+        dispatcher, and their pre-login budget."""
+        if not self.admitted(ident):
+            return
         self.clients.frame(ident, frame, self.clock(), self.reply, self.core.max_frame, MAX_PIPELINED)
 
     def push_many(self, idents, packed):
@@ -151,7 +195,9 @@ class BrokerNode(Node):
 
     def housekeeping(self):
         self.requests.expire()
-        self.core.sweep(self.clock())
+        now = self.clock()
+        self.core.sweep(now)
+        self.prelogin.prune(now)
 
     def touch_routers(self):
         for router, sessions in self.core.touches(self.clock()).items():
@@ -166,4 +212,5 @@ class BrokerNode(Node):
                     ready=len(linked) == len(self.logics), refused=self.refused_sends(),
                     kicked=dict(self.core.sessions.ended), pending=self.core.pending,
                     requests=dict(self.dispatchers[0].requests), **self.core.counts,
+                    prelogin={"idents": len(self.prelogin), "dropped": dict(self.prelogin.dropped)},
                     **({"web": self.web.status()} if self.web is not None else {}))

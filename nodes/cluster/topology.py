@@ -38,6 +38,12 @@ DEFAULT_LIMITS = {
     "session_inflight": 64,      # requests one session may have in flight at a broker before BUSY
     "request_timeout": 2.0,      # seconds a broker waits for an owning node (then UNAVAILABLE)
     "session_queue": 1000,       # frames queued for one client session before it is dropped as too slow
+    "session_queue_bytes": 4 * 2**20,   # bytes queued for one client connection at most (ZeroMQ: the
+    #                                     HWM is this over max_frame frames, each frame at most max_frame)
+    "prelogin_rate": 5.0,        # replies per second to a connection that has not logged in
+    "prelogin_burst": 20,        # of which at once
+    "prelogin_bytes": 65536,     # bytes of replies a connection gets before it logs in, in all
+    "login_window": 60.0,        # seconds from a connection's first frame to log in (then dropped)
     "max_internal_frame": 16 * 2**20,   # bytes of one frame between nodes, both ways (the one limit:
     #                                     ZMQ_MAXMSGSIZE on internal sockets anyone may reach, replies, PUB)
     "relay_session_timeout": 300.0,     # seconds a relay session lives without a request

@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from nodes.protocol import wire
+from nodes.protocol.wire import Msg
 from nodes.runtime.logs import events
-from nodes.runtime.ports import Msg
 
 log = logging.getLogger(__name__)
 

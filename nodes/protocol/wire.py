@@ -20,6 +20,8 @@ import msgspec
 from fastpath._scan import scan
 from nodes.protocol import schema
 
+Msg = dict[str, Any]                    # a decoded frame: {"t": kind, ...} (nodes/protocol/schema.py)
+
 PROTOCOL_VERSION = 2
 
 U32_MAX = 2**32 - 1

@@ -111,12 +111,12 @@ class Node:
 
     # --- sockets -------------------------------------------------------------
     def bind(self, kind: int, endpoint: str, maxmsgsize: int | None = None,
-             sndhwm: int = 100000, mandatory: bool = False) -> zmq.Socket:
+             sndhwm: int = 100000, mandatory: bool = False, rcvhwm: int = 100000) -> zmq.Socket:
         """A bound socket; anyone may connect, so frames are capped (internal limit by default)."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, sndhwm)
-        sock.setsockopt(zmq.RCVHWM, 100000)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)      # per connection: frames read ahead of the loop
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.ROUTER_MANDATORY, int(mandatory))
         if kind != zmq.PUB:

@@ -32,6 +32,9 @@ class Outbox:
         self.queued: dict[tuple, list[bytes]] = {}   # (sock, key or None) -> [packed message, ...]
         self.on_failed = on_failed   # (sock, key, exc): a full or vanished peer (ROUTER_MANDATORY)
         self.max_frame = max_frame   # bytes of one joined frame (None: no bound)
+        # a socket's own bound on joined frames: a client ROUTER's HWM counts frames, so its
+        # frames are joined up to the client frame limit to make "HWM x frame" a byte bound
+        self.frame_limits: dict[object, int] = {}    # sock -> bytes
 
     def put(self, sock, key, packed: bytes) -> None:
         batch = self.queued.get((sock, key))
@@ -66,8 +69,9 @@ class Outbox:
     def _send(self, queued: dict) -> tuple[int, bool]:
         """(frames sent, whether a send failed)."""
         frames, failed = 0, False
+        limits = self.frame_limits
         for (sock, key), items in queued.items():
-            for chunk in (items,) if len(items) == 1 else batches(items, self.max_frame):
+            for chunk in (items,) if len(items) == 1 else batches(items, limits.get(sock, self.max_frame)):
                 frame = chunk[0] if len(chunk) == 1 else array_of_packed(chunk)
                 try:
                     if key is None:

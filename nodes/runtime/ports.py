@@ -9,9 +9,10 @@ core calls, with matching arguments, and tells a test author what a fake needs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
-Msg = dict[str, Any]                    # a decoded frame: {"t": kind, ...} (nodes/protocol/schema.py)
+from nodes.protocol.wire import Msg as Msg  # a decoded frame (re-exported for the cores)
+
 Callback = Callable[[Msg], None]        # gets the reply, or an UNAVAILABLE error after the timeout
 
 
