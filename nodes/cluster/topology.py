@@ -59,6 +59,14 @@ DEFAULT_LIMITS = {
     "open_upload_bytes": 2**30,  # declared bytes of one user's unfinished uploads at a relay
     "max_members": 100000,       # members of one channel
     "token_lifetime": 86400,     # seconds a minted token is valid
+    # the conversation layer (docs/protocol.md "Conversations")
+    "group_max_members": 1000,   # members of a group a user creates or invites into
+    "receipts_max_members": 50,  # dm/group channels up to this size push read receipts to the others
+    "edit_window": 3600.0,       # seconds after sending that its author may edit a message
+    "typing_rate": 0.5,          # typing notices per second per user (token bucket at the broker)
+    "typing_burst": 2,           # of which at once
+    "presence_max_members": 500, # channels up to this size take typing and watch
+    "watch_ttl": 300.0,          # seconds a watch lasts unless renewed
 }
 
 DEFAULT_HEARTBEAT = {           # seconds (fractions allowed)

@@ -71,6 +71,9 @@ class Err:
     NO_MEDIA = "NO_MEDIA"              # unknown, expired or unfinished media id
     INTERNAL = "INTERNAL"              # bug or storage failure; nothing was stored
     STORAGE_FULL = "STORAGE_FULL"      # the owning node's disk is full: not stored; retry later, same ctime
+    FORBIDDEN = "FORBIDDEN"            # a member without the role (or not the author): nothing changed
+    NO_MESSAGE = "NO_MESSAGE"          # edit/delete of an id that is no stored message of the channel
+    TOO_LATE = "TOO_LATE"              # edit after the channel's edit window ("limit" seconds)
 
     @classmethod
     def all(cls) -> list[str]:
@@ -82,7 +85,7 @@ class Err:
 REFUSED_OUTCOME = (Err.BAD_FRAME, Err.BAD_TYPE, Err.BAD_FIELD, Err.BAD_CHANNEL, Err.NO_CHANNEL,
                    Err.NOT_MEMBER, Err.TOO_LONG, Err.EMPTY_TEXT, Err.BAD_FRAGMENT, Err.RATE_LIMITED,
                    Err.STALE, Err.NOT_LOGGED_IN, Err.AUTH_FAILED, Err.TOKEN_EXPIRED, Err.TOO_MANY,
-                   Err.BAD_VERSION)
+                   Err.BAD_VERSION, Err.FORBIDDEN, Err.NO_MESSAGE, Err.TOO_LATE)
 # Unknown: it may have been stored; only a retry with the same ctime learns the outcome.
 UNKNOWN_OUTCOME = (Err.UNAVAILABLE, Err.BUSY, Err.INTERNAL, Err.STORAGE_FULL)
 
