@@ -12,6 +12,7 @@ sixty-four 290 KB sync replies of one turn leave as two frames, not one of
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 
 import zmq
 
@@ -26,24 +27,29 @@ PASSES = 2                        # flush passes: the second sends what failure 
 
 ARRAY_HEADER = 5                  # bytes of a msgpack array header at most
 
+Sock = zmq.Socket[bytes]
+Key = bytes | None                # a ROUTER identity or PUB topic; None: a DEALER's one peer
+Queued = dict[tuple[Sock, Key], list[bytes]]
+OnFailed = Callable[[Sock, Key, zmq.ZMQError], None]
+
 
 class Outbox:
-    def __init__(self, on_failed=None, max_frame: int | None = None):
-        self.queued: dict[tuple, list[bytes]] = {}   # (sock, key or None) -> [packed message, ...]
+    def __init__(self, on_failed: OnFailed | None = None, max_frame: int | None = None) -> None:
+        self.queued: Queued = {}   # (sock, key or None) -> [packed message, ...]
         self.on_failed = on_failed   # (sock, key, exc): a full or vanished peer (ROUTER_MANDATORY)
         self.max_frame = max_frame   # bytes of one joined frame (None: no bound)
         # a socket's own bound on joined frames: a client ROUTER's HWM counts frames, so its
         # frames are joined up to the client frame limit to make "HWM x frame" a byte bound
-        self.frame_limits: dict[object, int] = {}    # sock -> bytes
+        self.frame_limits: dict[Sock, int] = {}    # sock -> bytes
 
-    def put(self, sock, key, packed: bytes) -> None:
+    def put(self, sock: Sock, key: Key, packed: bytes) -> None:
         batch = self.queued.get((sock, key))
         if batch is None:
             self.queued[(sock, key)] = [packed]
         else:
             batch.append(packed)
 
-    def put_many(self, sock, keys, packed: bytes) -> None:
+    def put_many(self, sock: Sock, keys: Iterable[bytes], packed: bytes) -> None:
         """The same packed message for several peers (a broker's deliveries of one message)."""
         queued = self.queued
         for key in keys:
@@ -66,7 +72,7 @@ class Outbox:
                 break
         return frames
 
-    def _send(self, queued: dict) -> tuple[int, bool]:
+    def _send(self, queued: Queued) -> tuple[int, bool]:
         """(frames sent, whether a send failed)."""
         frames, failed = 0, False
         limits = self.frame_limits
@@ -89,7 +95,7 @@ class Outbox:
         return frames, failed
 
 
-def batches(items: list, max_frame: int | None) -> list[list[bytes]]:
+def batches(items: list[bytes], max_frame: int | None) -> list[list[bytes]]:
     """``items`` in runs to join into one frame each: MAX_BATCH messages at most and, when
     ``max_frame`` is given, no more bytes than that (a message larger alone is a run of one).
     The common case -- one run -- is found with one C-level sum, no loop in Python."""
@@ -98,7 +104,7 @@ def batches(items: list, max_frame: int | None) -> list[list[bytes]]:
     if max_frame is None:
         return [items[i:i + MAX_BATCH] for i in range(0, len(items), MAX_BATCH)]
     budget = max_frame - ARRAY_HEADER
-    runs = []
+    runs: list[list[bytes]] = []
     start, size = 0, 0
     for i, packed in enumerate(items):
         n = len(packed)
