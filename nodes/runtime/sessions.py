@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import secrets
+from typing import Any
 
 from nodes.protocol import wire
 from nodes.runtime.deadlines import DeadlineHeap
@@ -25,20 +26,22 @@ class Session:
     __slots__ = ("ident", "uin", "device", "net", "interval", "sid", "last_seen", "touched",
                  "groups", "retries", "ended", "inflight", "due")
 
-    def __init__(self, ident, uin, device, net, interval, now):
+    def __init__(self, ident: bytes, uin: int, device: int, net: str | None, interval: float, now: float) -> None:
         self.ident, self.uin, self.device, self.net = ident, uin, device, net
         self.interval = interval
         self.sid = secrets.randbits(63) + 1
         self.last_seen = self.touched = now
-        self.groups = None                      # the broker's fragment groups, made on first use
-        self.retries = None                     # the broker's RetryWindow, made on first send
-        self.ended = None                       # why the session ended, once it has
+        # the broker's own per-session state (nodes/broker/limits.py): Any, since the runtime may
+        # not import the broker (tests/test_layering.py) and the relay leaves both None
+        self.groups: Any = None                 # the broker's FragmentGroups, made on first use
+        self.retries: Any = None                # the broker's RetryWindow, made on first send
+        self.ended: str | None = None           # why the session ended, once it has
         self.inflight = 0                       # its requests waiting for other nodes (bounded)
-        self.due = None                         # the deadline of its live heap entry (SessionTable)
+        self.due: float | None = None           # the deadline of its live heap entry (SessionTable)
 
 
 class SessionTable:
-    def __init__(self, factor: float):
+    def __init__(self, factor: float) -> None:
         self.factor = factor
         self.by_ident: dict[bytes, Session] = {}                 # ident -> Session
         self.by_key: dict[tuple[int, int], Session] = {}         # (uin, device) -> Session
@@ -50,7 +53,7 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self.by_ident)
 
-    def open(self, ident, uin, device, net, interval, now) -> Session:
+    def open(self, ident: bytes, uin: int, device: int, net: str | None, interval: float, now: float) -> Session:
         """A new session on ``ident`` (the caller has ended what it replaces)."""
         session = Session(ident, uin, device, net, interval, now)
         self.by_ident[ident] = session
@@ -60,8 +63,9 @@ class SessionTable:
         self._deadlines.track(session, session)
         return session
 
-    def check(self, ident, sid, now) -> Session:
-        """The live session of a request, refreshed; NOT_LOGGED_IN otherwise."""
+    def check(self, ident: bytes, sid: object, now: float) -> Session:
+        """The live session of a request, refreshed; NOT_LOGGED_IN otherwise (``sid``: whatever
+        the request carried, compared as is)."""
         session = self.by_ident.get(ident)
         if session is None or sid != session.sid:
             reason = self.gone.get(ident) if session is None else None
@@ -95,10 +99,10 @@ class SessionTable:
     def deadline(self, session: Session) -> float:
         return session.last_seen + self.factor * session.interval
 
-    def _live(self, session: Session):
+    def _live(self, session: Session) -> Session | None:
         return session if self.by_ident.get(session.ident) is session else None
 
-    def expired(self, now: float, budget: int = 5000) -> list:
+    def expired(self, now: float, budget: int = 5000) -> list[Session]:
         """Sessions silent past their deadline (looked at from the heap, at most ``budget``)."""
         return self._deadlines.expired(now, budget)
 
