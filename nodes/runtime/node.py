@@ -11,22 +11,23 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import zmq
 
-from nodes.protocol import auth, schema, wire
-
-from nodes.runtime import curve
-
 from nodes.cluster import topochange
-from nodes.runtime.logs import events
-from nodes.protocol.dispatch import Dispatcher, PubDispatcher
-from nodes.runtime.loop import Loop
-from nodes.storage.store import Store
 from nodes.cluster.topology import Topology, TopologyError
-from nodes.runtime.outbox import Outbox
+from nodes.protocol import auth, schema, wire
+from nodes.protocol.dispatch import Dispatcher, Guard, Handler, PubDispatcher
+from nodes.protocol.wire import Msg
+from nodes.runtime import curve
 from nodes.runtime.links import Relinker
+from nodes.runtime.logs import events
+from nodes.runtime.loop import Loop
+from nodes.runtime.outbox import Outbox, Sock
 from nodes.runtime.rpc import Requests
+from nodes.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ INTERNAL_AFFINITY = 1                                    # I/O thread 0: node-to
 CLIENT_AFFINITY = ((1 << CLIENT_IO_THREADS) - 1) << 1    # threads 1..N: client connections
 
 
-def node_heartbeats(sock: zmq.Socket) -> None:
+def node_heartbeats(sock: Sock) -> None:
     """Turn on ZMTP heartbeats on a node-to-node socket, connecting or bound (client-facing
     sockets keep their own session heartbeats: a mobile client must not pay for 5 PINGs a
     second)."""
@@ -76,7 +77,7 @@ class Node:
     needs_store = True      # brokers and routers keep only in-memory state
     clock = staticmethod(time.monotonic)      # the ``now`` handlers get; stores use wall time
 
-    def __init__(self, topo: Topology, node_id: str, store_sync: bool | None = None):
+    def __init__(self, topo: Topology, node_id: str, store_sync: bool | None = None) -> None:
         self.topo = topo
         self.spec = topo.node(node_id)
         if self.spec.type != self.type:
@@ -88,7 +89,7 @@ class Node:
         self.ctx.setsockopt(zmq.LINGER, 0)
         self.security = curve.NodeSecurity(topo, node_id, self.ctx)   # reads every key, or refuses
         self.loop = Loop()
-        self.store = None
+        self.store: Store | None = None
         if self.needs_store:
             self.store = Store(topo.node_dir(node_id),
                                sync=topo.storage["sync"] if store_sync is None else store_sync)
@@ -96,11 +97,11 @@ class Node:
         self.loop.on_turn_end(self._end_turn)
         self.dispatchers: list[Dispatcher] = []
         self.pub_dispatchers: list[PubDispatcher] = []   # one per subscribe(): PUB frames by kind
-        self.client_facing: set[zmq.Socket] = set()      # sockets clients connect to: strict msgpack decoding
-        self.linked: set[zmq.Socket] = set()  # sockets watched by links.on_link_down (links.watch_peers skips them)
+        self.client_facing: set[Sock] = set()      # sockets clients connect to: strict msgpack decoding
+        self.linked: set[Sock] = set()  # sockets watched by links.on_link_down (links.watch_peers skips them)
         self.relinker = Relinker(self.security)   # connects node sockets, and again when libzmq gives up
         self.requests: Requests | None = None   # the node's rpc.Requests, if it sends requests
-        from nodes.runtime import metrics                 # Prometheus /metrics if the topology gives this node one
+        from nodes.runtime import metrics  # Prometheus /metrics if the topology gives this node one
         self.metrics = metrics.serve(self)
 
     @property
@@ -111,7 +112,7 @@ class Node:
 
     # --- sockets -------------------------------------------------------------
     def bind(self, kind: int, endpoint: str, maxmsgsize: int | None = None,
-             sndhwm: int = 100000, mandatory: bool = False, rcvhwm: int = 100000) -> zmq.Socket:
+             sndhwm: int = 100000, mandatory: bool = False, rcvhwm: int = 100000) -> Sock:
         """A bound socket; anyone may connect, so frames are capped (internal limit by default)."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
@@ -132,13 +133,13 @@ class Node:
         sock.bind(endpoint)
         return sock
 
-    def _io_thread(self, sock: zmq.Socket, client_facing: bool = False) -> None:
+    def _io_thread(self, sock: Sock, client_facing: bool = False) -> None:
         """Which libzmq I/O threads carry the socket's connections (set before bind/connect):
         on a node with a client port, clients' and nodes' never share one."""
         if self.serves_clients:
             sock.setsockopt(zmq.AFFINITY, CLIENT_AFFINITY if client_facing else INTERNAL_AFFINITY)
 
-    def connect(self, kind: int, endpoint: str, identity: bytes | None = None) -> zmq.Socket:
+    def connect(self, kind: int, endpoint: str, identity: bytes | None = None) -> Sock:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100000)
@@ -152,7 +153,7 @@ class Node:
         self.relinker.connect(sock, endpoint)           # a CURVE client of the node bound there
         return sock
 
-    def peers(self, node_type: str) -> dict:
+    def peers(self, node_type: str) -> dict[str, Sock]:
         """A DEALER to the rpc endpoint of every node of a type; replies go to self.requests."""
         assert self.requests is not None, "peers() is for nodes that send requests"
         socks = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in self.topo.of_type(node_type)}
@@ -160,17 +161,18 @@ class Node:
             self.loop.add(sock, self.requests.on_reply)
         return socks
 
-    def subscribe(self, node_type: str, topic: bytes, on_message) -> zmq.Socket:
+    def subscribe(self, node_type: str, topic: bytes,
+                  on_message: Mapping[str, Callable[[Msg], None]] | Callable[[Msg], None]) -> Sock:
         """A SUB connected to the pub endpoint of every node of a type, filtered on ``topic``.
         Frames are decoded, validated against that type's PUB schema (wire.PUB_FRAMES) and
         routed by a PubDispatcher (nodes/protocol/dispatch.py): ``on_message`` is a table
         {kind: handler(map)}, or one callable that gets every map."""
-        table = on_message if isinstance(on_message, dict) else {}
-        pubs = PubDispatcher(wire.PUB_FRAMES[node_type], table, None if table else on_message, node_type,
-                             self.clock)
+        table: Mapping[str, Callable[[Msg], None]] = on_message if isinstance(on_message, Mapping) else {}
+        fallback = None if isinstance(on_message, Mapping) else on_message
+        pubs = PubDispatcher(wire.PUB_FRAMES[node_type], table, fallback, node_type, self.clock)
         self.pub_dispatchers.append(pubs)
 
-        def on_frames(frames):
+        def on_frames(frames: list[bytes]) -> None:
             pubs.frame(frames[-1], self.max_internal_frame)
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
@@ -185,8 +187,9 @@ class Node:
         self.loop.add(sub, on_frames)
         return sub
 
-    def serve(self, sock: zmq.Socket, schemas: dict, handlers: dict, max_len: int | None = None,
-              guard=None, max_items: int = 1024, refuse_ident=None, limits: dict | None = None) -> Dispatcher:
+    def serve(self, sock: Sock, schemas: wire.Schemas, handlers: Mapping[str, Handler], max_len: int | None = None,
+              guard: Guard | None = None, max_items: int = 1024, refuse_ident: Callable[[bytes], bool] | None = None,
+              limits: Mapping[str, int] | None = None) -> Dispatcher:
         """Serve requests on a ROUTER through one Dispatcher (nodes/protocol/dispatch.py).
 
         A handler gets (identity or the guard's context, message, now) and
@@ -204,10 +207,10 @@ class Node:
         self.dispatchers.append(dispatcher)
         limit = max_len or self.max_internal_frame
 
-        def reply(ident, msg):
+        def reply(ident: bytes, msg: Msg) -> None:
             self.queue_reply(sock, ident, msg)
 
-        def on_request(frames):
+        def on_request(frames: list[bytes]) -> None:
             if refuse_ident is not None and refuse_ident(frames[0]):
                 return                         # a routing id this socket must not serve: drop, no reply
             if len(frames) != 2:
@@ -217,14 +220,14 @@ class Node:
         self.loop.add(sock, on_request)
         return dispatcher
 
-    def queue_reply(self, sock: zmq.Socket, ident: bytes, msg: dict) -> None:
+    def queue_reply(self, sock: Sock, ident: bytes, msg: Msg) -> None:
         self.outbox.put(sock, ident, wire.pack(msg))
 
-    def queue_packed(self, sock: zmq.Socket, key: bytes, packed: bytes) -> None:
+    def queue_packed(self, sock: Sock, key: bytes, packed: bytes) -> None:
         """Queue an already packed message for a ROUTER identity or a PUB topic."""
         self.outbox.put(sock, key, packed)
 
-    def on_send_failed(self, sock, key, exc) -> None:
+    def on_send_failed(self, sock: Sock, key: bytes | None, exc: zmq.ZMQError) -> None:
         """Hook: a peer's queue was full (zmq.Again) or the peer is gone (EHOSTUNREACH).  On a
         DEALER (key None) that means no connection takes the frame -- libzmq gave it up, or
         its queue is full -- so every request waiting on that peer fails now (UNAVAILABLE:
@@ -248,7 +251,7 @@ class Node:
         """Hook: queue what may only leave after the durable write (acks, fan-out)."""
 
     # --- live topology changes (nodes/cluster/topochange.py) ----------------------------
-    def handle_topology(self, _ident, msg, _now=None) -> dict:
+    def handle_topology(self, _ident: object, msg: Msg, _now: float | None = None) -> Msg:
         """``admit``: take the keys of a newer topology too; ``adopt``: run by it from now on.
         Sending the running version again is answered as done (the operator may re-run)."""
         auth.verify(self.topo.read_secret(), msg["auth"], scope="admin")
@@ -263,7 +266,7 @@ class Node:
         if new.version == self.topo.version and new.text != self.topo.text:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, f"this node runs another topology with version "
                                      f"{new.version}; bump the version of {msg.get('path', 'the new file')}")
-        extra = {}
+        extra: Msg = {}
         if msg["phase"] == "settle":
             if new.version != self.topo.version:
                 raise wire.ProtocolError(wire.Err.BAD_FIELD, f"settle needs the running version "
@@ -287,20 +290,20 @@ class Node:
             extra = self.on_topology(self.topo, self.topo) or {}      # again: say where things stand
         return wire.reply("topology", msg["rid"], version=self.topo.version, **extra)
 
-    def on_settle(self) -> dict | None:
+    def on_settle(self) -> Msg | None:
         """Hook: the live change to the running version is over (every node adopted it)."""
         return None
 
-    def on_admit(self, new: Topology) -> dict | None:
+    def on_admit(self, new: Topology) -> Msg | None:
         """Hook: extra reply fields for ``admit`` (what would change under ``new``)."""
         return None
 
-    def on_topology(self, old: Topology, new: Topology) -> dict | None:
+    def on_topology(self, old: Topology, new: Topology) -> Msg | None:
         """Hook: the node runs by ``new`` now (``old`` is ``new`` when asked again); extra
         reply fields."""
         return None
 
-    def refresh_peers(self, socks: dict, node_type: str) -> None:
+    def refresh_peers(self, socks: dict[str, Sock], node_type: str) -> None:
         """After a topology change: a DEALER to each new node of a type; those gone leave
         ``socks`` (what waits on them is answered UNAVAILABLE) and are disconnected, not closed:
         the socket may be in the poll results being served right now."""
@@ -315,7 +318,7 @@ class Node:
                 sock = socks[node_id] = self.connect(zmq.DEALER, spec.endpoint("rpc"))
                 self.loop.add(sock, self.requests.on_reply)
 
-    def resubscribe(self, sub: zmq.Socket, topo: Topology, node_type: str, keep: bool = False) -> None:
+    def resubscribe(self, sub: Sock, topo: Topology, node_type: str, keep: bool = False) -> None:
         """``sub`` (from ``subscribe``) follows the publishers of a type in ``topo``; ``keep``:
         connect to its new ones but leave no old one yet (at ``admit``)."""
         before = set(self.relinker.endpoints.get(sub, ()))
@@ -326,14 +329,14 @@ class Node:
             self.relinker.connect(sub, endpoint)
 
     # --- status --------------------------------------------------------------
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "pid": os.getpid(),
                 "uptime": round(time.time() - self.started, 3),
                 "max_turn_ms": round(self.loop.max_turn * 1000, 3), "turns": self.loop.turns,
                 "topology_version": self.topo.version,
                 "refused_keys": self.security.refused}
 
-    def handle_status(self, _ident, msg, _now=None) -> dict:
+    def handle_status(self, _ident: object, msg: Msg, _now: float | None = None) -> Msg:
         reply = wire.reply("status", msg["rid"], **self.status())
         if msg.get("reset_max") is True:           # start a new measurement window
             self.loop.max_turn = 0.0
