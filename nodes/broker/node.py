@@ -12,6 +12,7 @@ routers.
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
 
 import zmq
 
@@ -22,6 +23,7 @@ from nodes.broker.prelogin import PreLoginBudget
 from nodes.broker.webgate import WebGate
 from nodes.protocol import schema, wire
 from nodes.runtime.node import Node
+from nodes.runtime.ports import Callback, Msg
 from nodes.runtime.rpc import Requests
 
 SWEEP_INTERVAL = 0.1
@@ -44,7 +46,7 @@ class BrokerNode(Node):
 
     def __init__(self, topo, node_id):
         super().__init__(topo, node_id)
-        self.requests = Requests(topo.limits["request_timeout"], self.max_internal_frame, self.outbox)
+        self.requests: Requests = Requests(topo.limits["request_timeout"], self.max_internal_frame, self.outbox)
         self.logics = self.peers("logic")
         self.feed = LogicFeed(self)                      # their PUB frames and link drops
         self.feed.watch(self.logics)
@@ -99,7 +101,7 @@ class BrokerNode(Node):
         return self.prelogin.charge(ident, len(packed), self.clock())
 
     # --- out -----------------------------------------------------------------
-    def reply(self, ident, msg):
+    def reply(self, ident: bytes, msg: Msg) -> None:
         if self.web is not None and WebGate.owns(ident):
             if self._within_budget(ident, wire.pack(msg)):
                 self.web.reply(ident, msg)
@@ -112,7 +114,7 @@ class BrokerNode(Node):
             return
         self.outbox.put(sock, ident, packed)
 
-    def push(self, ident, packed):
+    def push(self, ident: bytes, packed: bytes) -> None:
         if self.web is not None and WebGate.owns(ident):
             self.web.put(ident, packed)
         else:
@@ -125,7 +127,7 @@ class BrokerNode(Node):
             return
         self.clients.frame(ident, frame, self.clock(), self.reply, self.core.max_frame, MAX_PIPELINED)
 
-    def push_many(self, idents, packed):
+    def push_many(self, idents: Iterable[bytes], packed: bytes) -> None:
         """One message to many sessions: ZeroMQ ones through the outbox in one call, web ones
         (WebSocket / HTTP) through their gate."""
         if self.web is not None:
@@ -138,10 +140,10 @@ class BrokerNode(Node):
             idents = zmq_idents
         self.outbox.put_many(self.client, idents, packed)
 
-    def to_logic(self, owner, msg, callback, timeout=None):
+    def to_logic(self, owner: str, msg: Msg, callback: Callback, timeout: float | None = None) -> None:
         self.requests.send(self.logics[owner], msg, callback, timeout)
 
-    def to_router(self, uin, msg, callback, timeout=None):
+    def to_router(self, uin: int, msg: Msg, callback: Callback, timeout: float | None = None) -> None:
         routers = self.topo.routers_for(uin, self.spec.idc)
         if len(routers) == 1:
             self.requests.send(self.routers[routers[0]], msg, callback, timeout)
