@@ -38,9 +38,9 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from nodes.broker.webroutes import HttpChannel, Routes
 from nodes.protocol import wire
 from nodes.runtime.outbox import MAX_BATCH
-from nodes.broker.webroutes import HttpChannel, Routes
 
 log = logging.getLogger(__name__)
 ws_log = logging.getLogger(__name__ + ".ws")     # websockets' own per-connection lines

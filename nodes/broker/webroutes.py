@@ -219,7 +219,7 @@ class Routes:
             channel.waiter = None
 
     def housekeeping(self, now: float) -> None:
-        for token, channel in list(self.channels.items()):
+        for channel in list(self.channels.values()):
             if channel.waiter is not None:
                 if now >= channel.wait_until:
                     self._answer(channel, 204, b"")
