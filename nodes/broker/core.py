@@ -224,7 +224,9 @@ class BrokerCore:
         return self._charged(session, msg, request, owner, now)
 
     def typing(self, session, msg, now):
-        """Ephemeral, never stored: over the user's typing rate it is refused here, unforwarded."""
+        """Ephemeral, never stored: over the user's typing rate it is refused here, unforwarded
+        (an owner that is down costs no token)."""
+        self.owners.serving(msg["channel"], now)
         wait = self.typing_buckets.take(session.uin, now)
         if wait:
             raise wire.ProtocolError(wire.Err.RATE_LIMITED, f"over {self.typing_buckets.rate:g} typing "
@@ -476,6 +478,7 @@ class BrokerCore:
         for session in stale:
             self.kick(session, "expired", "no request for too long; log in again", notify_router=True)
         self.buckets.prune(now)
+        self.typing_buckets.prune(now)
         return len(stale)
 
     def touches(self, now) -> dict:
