@@ -115,7 +115,9 @@ CLIENT_REPLIES = {
     "login_ok": {"rid": RID, "uin": req("u32"), "device": req("u32"), "sid": req("u64"),
                  "broker": req("str"), "idc": req("strnil"),
                  "hb": req("number", "heartbeat interval, seconds"),
-                 "limits": req("map", "max_text, max_fragments, rate, burst, message_lifetime")},
+                 "limits": req("map", "max_text, max_fragments, rate, burst, message_lifetime, edit_window, "
+                           "typing_rate, typing_burst, watch_ttl, group_max_members, receipts_max_members, "
+                           "presence_max_members")},
     "pong": {"rid": RID, "broker": req("str"), "idc": req("strnil")},
     "ack": {"rid": RID, "channel": req("str"), "device": req("u32"), "ctime": req("u64"),
             "id": req("u64", "the message's id")},
