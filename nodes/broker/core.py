@@ -4,8 +4,10 @@ Checks login tokens, applies the length, fragment and rate limits, forwards
 sends and syncs to the logic node serving the channel (nodes/broker/owners.py)
 and presence to the router owning the uin, answers heartbeats from the parts
 that answered in time, and pushes the deliveries the node hands it to the
-right sessions.  Stateless beyond its sessions: a client may reconnect to any
-broker.
+right sessions.  The conversation requests (docs/protocol.md "Conversations")
+go to their channel's owner with the user added; ``channels`` asks every
+logic node and merges the answers into one page; typing has its own rate.
+Stateless beyond its sessions: a client may reconnect to any broker.
 
 The broker is the authority on a session's liveness: any request keeps it
 alive, silence for ``session_timeout_factor`` intervals ends it (the router
