@@ -96,8 +96,16 @@ CLIENT_REPLIES = {
 }
 PUSHES = {
     "msg": {"channel": req("str"), "id": req("u64"), "uin": req("u32"), "device": req("u32"),
-            "ctime": req("u64"), "stime": req("u64", "ms since the epoch"), "text": req("str"),
-            "frag": opt("frag", "only on fragments")},
+            "ctime": req("u64"), "stime": req("u64", "ms since the epoch"),
+            "text": opt("str", "always, except on a tombstone (deleted: true)"),
+            "frag": opt("frag", "only on fragments"),
+            "kind": opt("str", "edit or delete: an event of message ``ref`` (absent: a message)"),
+            "ref": opt("u64", "the message an edit or delete event applies to"),
+            "edited": opt("u64", "stime ms of the latest edit (the text is the edited one)"),
+            "deleted": opt("bool", "true: a tombstone, without text")},
+    "typing": {"channel": req("str"), "uin": req("u32", "who is typing (never stored, not in sync)")},
+    "presence": {"channel": req("str", "a watched channel"), "uin": req("u32"),
+                 "online": req("bool", "the member has a live session now")},
     "kicked": {"reason": req("str", "replaced or expired (a too_slow client gets no notice)"),
                "msg": opt("str")},
 }
@@ -122,6 +130,19 @@ LOGIC_REQUESTS = {
     "channel_show": {"rid": RID, "auth": AUTH, "channel": req("channel")},
     "presence": {"rid": RID, "uin": req("u32")},
     "member": {"rid": RID, "uin": req("u32"), "channel": req("channel")},
+    # conversations (issue 24): edit/delete events (the send path: acked ``ack``), history,
+    # typing and watched presence (ephemeral: nodes/logic/ephemeral.py)
+    "edit": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
+             "id": req("u64", "the message edited"), "ctime": req("u64"),
+             "text": req("text", "the new text", limit="max_text")},
+    "delete": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
+               "id": req("u64", "the message deleted"), "ctime": req("u64")},
+    "history": {"rid": RID, "uin": req("u32"), "channel": req("channel"),
+                "before": opt("u64", "page below this id (default: the newest + 1)", nil=True),
+                "limit": opt("u32", "messages, 1..100 (default 50)", nil=True)},
+    "typing": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
+    "watch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
+    "unwatch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
 }
 
 # broker -> router, logic -> router
