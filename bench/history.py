@@ -11,17 +11,16 @@ figure should not grow with the depth.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 
 import zmq
 
 from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
-from nodes.protocol import auth, wire
+from nodes.protocol import wire
 
 from .report import machine, parser as bench_parser, scratch, table, write_json
-from .sweep import fill
+from .sweep import start_filled
 
 
 def main(argv=None) -> int:
@@ -49,12 +48,7 @@ def run(args, depths: list[int], tmp: str) -> int:
                                  "channel_queue": args.messages},
                          channels={"long": {"members": [1], "lifetime": args.days * 86400}})
     with Mesh(cfg) as mesh:
-        mesh.start()
-        mesh.wait_ready(30)
-        logic = mesh.topo.ids("logic")[0]
-        print(f"storing {args.messages} messages ...", file=sys.stderr, flush=True)
-        took = fill(mesh.topo.of_type("broker")[0].endpoint("client"),
-                    auth.mint(mesh.topo.read_secret(), 1, 3600), ["long"], args.messages)
+        logic, took = start_filled(mesh, ["long"], args.messages)
         newest = args.messages                                # ids 1.. in one channel, one block run
         sock = mesh.admin.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)

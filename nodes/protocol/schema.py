@@ -96,16 +96,8 @@ CLIENT_REPLIES = {
 }
 PUSHES = {
     "msg": {"channel": req("str"), "id": req("u64"), "uin": req("u32"), "device": req("u32"),
-            "ctime": req("u64"), "stime": req("u64", "ms since the epoch"),
-            "text": opt("str", "always, except on a tombstone (deleted: true)"),
-            "frag": opt("frag", "only on fragments"),
-            "kind": opt("str", "edit or delete: an event of message ``ref`` (absent: a message)"),
-            "ref": opt("u64", "the message an edit or delete event applies to"),
-            "edited": opt("u64", "stime ms of the latest edit (the text is the edited one)"),
-            "deleted": opt("bool", "true: a tombstone, without text")},
-    "typing": {"channel": req("str"), "uin": req("u32", "who is typing (never stored, not in sync)")},
-    "presence": {"channel": req("str", "a watched channel"), "uin": req("u32"),
-                 "online": req("bool", "the member has a live session now")},
+            "ctime": req("u64"), "stime": req("u64", "ms since the epoch"), "text": req("str"),
+            "frag": opt("frag", "only on fragments")},
     "kicked": {"reason": req("str", "replaced or expired (a too_slow client gets no notice)"),
                "msg": opt("str")},
 }
@@ -134,9 +126,11 @@ LOGIC_REQUESTS = {
     # typing and watched presence (ephemeral: nodes/logic/ephemeral.py)
     "edit": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
              "id": req("u64", "the message edited"), "ctime": req("u64"),
-             "text": req("text", "the new text", limit="max_text")},
+             "text": req("text", "the new text", limit="max_text"),
+             "lookup": opt("bool", "as send's: over the rate, answer a retry only")},
     "delete": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
-               "id": req("u64", "the message deleted"), "ctime": req("u64")},
+               "id": req("u64", "the message deleted"), "ctime": req("u64"),
+               "lookup": opt("bool", "as send's: over the rate, answer a retry only")},
     "history": {"rid": RID, "uin": req("u32"), "channel": req("channel"),
                 "before": opt("u64", "page below this id (default: the newest + 1)", nil=True),
                 "limit": opt("u32", "messages, 1..100 (default 50)", nil=True)},
