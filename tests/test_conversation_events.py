@@ -274,3 +274,42 @@ def test_watch_answers_who_is_online_then_pushes_changes_until_its_ttl(tmp_path)
     w.router.set_online(2, 0, "b2")
     w.deliver()
     assert len(ephemeral_pushes(out, "presence")) == 1
+
+
+def test_an_edit_over_the_rate_is_dedup_only(tmp_path):
+    core, out, store = leased_logic(tmp_path)
+    send(core, 1, 100, "a")
+    at(core, store, T0)
+    edit(core, 1, 1, 101, "b", T0)
+    at(core, store, T0)
+    over = {"rid": 9, "uin": 1, "device": 0, "channel": "room", "id": 1, "ctime": 101, "text": "b", "lookup": True}
+    assert core.sends.edit(b"b", over, T0)["id"] == 2                   # a retry: answered
+    with pytest.raises(wire.ProtocolError) as err:
+        core.sends.edit(b"b", dict(over, ctime=102, text="c"), T0)
+    assert err.value.code == wire.Err.RATE_LIMITED
+    at(core, store, T0)
+    assert core.channels["room"].last_id == 2
+
+
+def test_edits_and_deletes_replicate_and_the_next_leader_shows_them(tmp_path):
+    import time
+
+    from test_replication_core import Cluster, room_rows, stored
+    c = Cluster(tmp_path)
+    leader = c.lead("l1", 5)
+    stored(leader, 1, 10, rid=1)
+    stored(leader, 1, 11, rid=2)
+    c.pump()
+    now = time.time()
+    edit(leader.core, 1, 1, 12, "fixed", now)
+    leader.turn_end()
+    delete(leader.core, 1, 2, 13, now)
+    leader.turn_end()
+    c.pump()
+    assert [a["id"] for a in leader.acks()] == [1, 2, 3, 4]
+    assert room_rows(c.nodes["l2"]) == room_rows(leader) == room_rows(c.nodes["l3"])
+    nxt = c.elect("l2", 6)
+    page = history(nxt.core, uin=1, now=now)
+    assert [(m["id"], m.get("text"), m.get("deleted")) for m in page["msgs"]] == [(1, "fixed", None),
+                                                                                (2, None, True)]
+    assert edit(nxt.core, 1, 1, 12, "fixed", now)["id"] == 3           # a retry at the new leader
