@@ -187,6 +187,21 @@ LOGIC_REQUESTS = {
     "channel_show": {"rid": RID, "auth": AUTH, "channel": req("channel")},
     "presence": {"rid": RID, "uin": req("u32")},
     "member": {"rid": RID, "uin": req("u32"), "channel": req("channel")},
+    # conversations (issue 24): edit/delete events (the send path: acked ``ack``), history,
+    # typing and watched presence (ephemeral: nodes/logic/ephemeral.py)
+    "edit": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
+             "id": req("u64", "the message edited"), "ctime": req("u64"),
+             "text": req("text", "the new text", limit="max_text"),
+             "lookup": opt("bool", "as send's: over the rate, answer a retry only")},
+    "delete": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
+               "id": req("u64", "the message deleted"), "ctime": req("u64"),
+               "lookup": opt("bool", "as send's: over the rate, answer a retry only")},
+    "history": {"rid": RID, "uin": req("u32"), "channel": req("channel"),
+                "before": opt("u64", "page below this id (default: the newest + 1)", nil=True),
+                "limit": opt("u32", "messages, 1..100 (default 50)", nil=True)},
+    "typing": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
+    "watch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
+    "unwatch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
 }
 
 # broker -> router, logic -> router
