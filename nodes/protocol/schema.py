@@ -153,7 +153,8 @@ CLIENT_REPLIES = {
 }
 PUSHES = {
     "msg": {"channel": req("str"), "id": req("u64"), "uin": req("u32"), "device": req("u32"),
-            "ctime": req("u64"), "stime": req("u64", "ms since the epoch"), "text": req("str"),
+            "ctime": req("u64"), "stime": req("u64", "ms since the epoch"),
+            "text": opt("str", "absent on a tombstone (deleted: true)"),
             "frag": opt("frag", "only on fragments"),
             "kind": opt("str", "edit or delete: an event on message `ref` (absent: a message)"),
             "ref": opt("u64", "edit/delete: the message it applies to"),
