@@ -35,7 +35,7 @@ PROBE = 1.0                 # seconds between tries to write again
 # requests that never write: served while the disk refuses writes ("send" decides itself:
 # a retry of a stored send is answered, a new one refused -- nodes/logic/sends.py)
 READS = frozenset({"send", "sync", "heads", "member", "presence", "status", "channel_show",
-                   "handoff", "snap_req"})
+                   "handoff", "snap_req", "receipts", "my_channels"})
 
 
 class StorageState:

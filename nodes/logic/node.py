@@ -88,7 +88,16 @@ class LogicNode(Node):
             "channel_show": self.handle_channel_show,
             "presence": self.handle_presence,
             "member": by_msg(c.members.member),
-            "status": self.handle_status}
+            "status": self.handle_status,
+            # the conversation layer (issue 24): rooms and roles, read state
+            "create": self._channel_change(c.rooms.create),
+            "invite": self._channel_change(c.rooms.invite),
+            "remove": self._channel_change(c.rooms.remove),
+            "leave": self._channel_change(c.rooms.leave),
+            "role": self._channel_change(c.rooms.role),
+            "read": self._channel_change(c.readstate.read),
+            "receipts": by_msg(c.readstate.receipts),
+            "my_channels": by_msg(c.readstate.my_channels)}
         schemas = schema.LOGIC_REQUESTS
         if self.repl is not None:
             handlers.update(self.repl.handlers())
@@ -141,6 +150,17 @@ class LogicNode(Node):
             if self.repl is None:
                 return reply
             self.repl.hold_reply(msg["channel"], ident, reply)
+            return None
+        return handler
+
+    def _channel_change(self, fn):
+        """A change users make (nodes/logic/rooms.py, a read cursor) is answered once stored: with
+        replication once the record carrying it is on a majority (the reply names the channel)."""
+        def handler(ident, msg, now):
+            reply = fn(msg, now)
+            if self.repl is None:
+                return reply
+            self.repl.hold_reply(reply["channel"], ident, reply)
             return None
         return handler
 
