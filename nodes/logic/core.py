@@ -128,7 +128,9 @@ class LogicCore:
     # --- the turn's end: one commit path ---------------------------------------
     def assign(self, now: float) -> None:
         """Before the batch is written: queued sends get their ids, their rows are staged."""
+        before = len(self.ids.committed)
         self.ids.assign(now)
+        self.readstate.staged(self.ids.committed[before:])   # senders' cursors, in the same batch
 
     def take_committed(self) -> list[Pending]:
         """The sends staged in this turn's batch; whoever takes them passes them to ``commit``

@@ -8,7 +8,7 @@ the cursor now; the user's other devices get a ``read`` push and, in ``dm`` and
 ``group`` channels up to limits.receipts_max_members, the other members a
 ``receipt`` push -- through the same per-broker delivery items as messages
 (nodes/logic/fanout.py: the broker skips the reading device).  A stored message
-moves its sender's cursor (``stored``, called by the core's commit).
+moves its sender's cursor (``staged``: with the message's rows, in the same batch).
 
 Unread counts are answered from memory: per channel a ring of the newest
 RECENT stored ids with their sender and whether they count (a plain message:
@@ -78,8 +78,15 @@ class ReadState:
         self.cursors.pop(name, None)
         self.recent.pop(name, None)
 
+    def staged(self, recs: Iterable[Pending]) -> None:
+        """These messages' rows are staged in the turn's batch: each moves its sender's cursor,
+        staged in the same batch (so the same replication record carries it)."""
+        for rec in recs:
+            if rec.id is not None:
+                self._move(rec.channel, rec.uin, rec.id)
+
     def stored(self, committed: Iterable[Pending]) -> None:
-        """These messages are stored: remember their senders; each moves its sender's cursor."""
+        """These messages are stored: remember their senders (for unread counts)."""
         for rec in committed:
             if rec.id is None or rec.channel not in self.serving.channels:
                 continue
@@ -87,7 +94,6 @@ class ReadState:
             if ring is None:                 # a channel made here since the load
                 ring = self.recent[rec.channel] = collections.deque(maxlen=RECENT)
             ring.append([rec.id, rec.uin, counts(rec.channel, rec.id, rec.record())])
-            self._move(rec.channel, rec.uin, rec.id)
 
     def uncount(self, channel: str, msg_id: int) -> None:
         """A message was deleted (nodes/logic/history.py): it no longer counts as unread."""
