@@ -90,12 +90,12 @@ class LogicNode(Node):
             "member": by_msg(c.members.member),
             "status": self.handle_status,
             # the conversation layer (issue 24): rooms and roles, read state
-            "create": self._channel_change(c.rooms.create),
-            "invite": self._channel_change(c.rooms.invite),
-            "remove": self._channel_change(c.rooms.remove),
-            "leave": self._channel_change(c.rooms.leave),
-            "role": self._channel_change(c.rooms.role),
-            "read": self._channel_change(c.readstate.read),
+            "create": self._admin_change(c.rooms.create),
+            "invite": self._admin_change(c.rooms.invite),
+            "remove": self._admin_change(c.rooms.remove),
+            "leave": self._admin_change(c.rooms.leave),
+            "role": self._admin_change(c.rooms.role),
+            "read": self._admin_change(c.readstate.read),
             "receipts": by_msg(c.readstate.receipts),
             "my_channels": by_msg(c.readstate.my_channels)}
         schemas = schema.LOGIC_REQUESTS
@@ -144,18 +144,9 @@ class LogicNode(Node):
             self.queue_packed(self.pub, topic, frame)
 
     def _admin_change(self, fn):
-        """A membership change is answered once the record carrying it is on a majority."""
-        def handler(ident, msg, now):
-            reply = fn(msg, now)
-            if self.repl is None:
-                return reply
-            self.repl.hold_reply(msg["channel"], ident, reply)
-            return None
-        return handler
-
-    def _channel_change(self, fn):
-        """A change users make (nodes/logic/rooms.py, a read cursor) is answered once stored: with
-        replication once the record carrying it is on a majority (the reply names the channel)."""
+        """A membership change (the operator's, or a user's: nodes/logic/rooms.py, a read cursor)
+        is answered once the record carrying it is on a majority (the reply names the channel:
+        a ``create`` computes it)."""
         def handler(ident, msg, now):
             reply = fn(msg, now)
             if self.repl is None:
