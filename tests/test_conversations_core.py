@@ -6,6 +6,7 @@ import time
 
 import pytest
 from test_cores import OnlineAll, make_logic, send
+from test_replication_core import Cluster, stored
 
 from nodes.logic import readstate
 from nodes.logic.core import LogicCore
@@ -267,3 +268,25 @@ def test_kinds_roles_cursors_and_senders_survive_restart_snapshot_and_handoff_ro
         assert fresh.readstate.cursor(name, 2) == 1 and fresh.readstate.cursor(name, 3) == 1
         assert fresh.readstate.item(fresh.channels[name], 1)["unread"] == 1, tag
         assert change(fresh, "role", 1, 11, channel=name, target=2, role="admin")["role"] == "admin"  # a retry
+
+
+def test_a_new_shard_leader_keeps_kinds_roles_and_read_cursors(tmp_path):
+    """Replicated (tests/test_replication_core.py's harness): what a user changed is in the shard's
+    records, so the next leader holds it when the old one is gone."""
+    c = Cluster(tmp_path)
+    leader = c.lead("l1", 5)
+    leader.core.fanout.out = Out()                          # read/receipt pushes: not msg pushes
+    name = create_group(leader.core)["channel"]
+    change(leader.core, "role", 1, 11, channel=name, target=2, role="admin")
+    stored(leader, 3, 500, rid=1)                           # room: id 1 by uin 3
+    c.settle()
+    assert call(leader.core.readstate.read, uin=2, device=0, channel="room", id=1)["id"] == 1
+    leader.turn_end()
+    c.settle()
+    c.down.add("l1")
+    successor = c.elect("l2", 7)
+    core = successor.core
+    assert core.members.kind(name) == "group" and core.readstate.item(core.channels[name], 2)["role"] == "admin"
+    assert core.readstate.cursor("room", 2) == 1 and core.readstate.cursor("room", 3) == 1
+    assert core.readstate.item(core.channels["room"], 1)["unread"] == 1
+    refused(wire.Err.FORBIDDEN, change, core, "remove", 2, 1, channel=name, uins=[1])   # the owner stays
