@@ -201,5 +201,6 @@ class LogicCore:
         for name in names:
             ch = self.channels.pop(name, None)
             self.readstate.forget(name)
+            self.members.meta.pop(name, None)
             if ch is not None:
                 self.abandon(self.ids.withdraw(ch), why)
