@@ -21,6 +21,7 @@ import zmq
 from nodes.cluster.placement import ShardPlacement
 from nodes.counter import counter_to_ask
 from nodes.logic import diskfull
+from nodes.logic.admin_ops import AdminOps
 from nodes.logic.core import LogicCore
 from nodes.logic.handoff import Handoff
 from nodes.logic.presence import PresenceReplica
@@ -88,7 +89,8 @@ class LogicNode(Node):
             "channel_show": self.handle_channel_show,
             "presence": self.handle_presence,
             "member": by_msg(c.members.member),
-            "status": self.handle_status}
+            "status": self.handle_status,
+            **AdminOps(c, self.replica).handlers(self._admin_change)}
         schemas = schema.LOGIC_REQUESTS
         if self.repl is not None:
             handlers.update(self.repl.handlers())

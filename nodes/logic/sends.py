@@ -27,7 +27,7 @@ import collections
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from nodes.logic.channels import Pending
+from nodes.logic.channels import ChannelState, Pending
 from nodes.logic.dedup import Dedup
 from nodes.logic.fanout import FanOut
 from nodes.logic.ids import Ids
@@ -65,9 +65,13 @@ class Sends:
         return stored[0] if accepted is None else max(stored[0], accepted)
 
     def send(self, ident: bytes, msg: Msg, _now: float | None = None) -> Msg | None:
-        """Accept a send; return an immediate reply (retry, error) or None (acked later)."""
+        """Accept a member's send; return an immediate reply (retry, error) or None (acked later)."""
+        return self.accept(ident, msg, self.serving.member_channel(msg["channel"], msg["uin"]))
+
+    def accept(self, ident: bytes, msg: Msg, ch: ChannelState) -> Msg | None:
+        """A send to ``ch`` whose sender may send there (a member, or the system: uin 0 of
+        nodes/logic/admin_ops.py): dedup, then queued for an id."""
         uin, device, ctime, rid = msg["uin"], msg["device"], msg["ctime"], msg["rid"]
-        ch = self.serving.member_channel(msg["channel"], uin)
         key = (uin, device, ctime)
         waiter = (ident, rid)
         pending = self.inflight.get(key)
