@@ -8,6 +8,7 @@
     bin/mesh check -c FILE                       validate a topology (exit 1 with file: key: why)
     bin/mesh secret -c FILE                      create the secret file of a topology
     bin/mesh keys [-c CONFIG]                    create missing CURVE keypairs, say what goes where
+    bin/mesh apikey --name NAME [-c CONFIG]      create a key of the server HTTP API (docs/api.md)
     bin/mesh token --uin U [--lifetime S] [--jwt]   print a login token (v1, or an HS256 JWT)
     bin/mesh channel create NAME --members 1,2,3 [--lifetime S] [--idc IDC]   (default home: nearest IDC)
     bin/mesh channel add NAME UIN...
@@ -45,7 +46,7 @@ from nodes.ops import supervisor
 from nodes.ops.admin import Admin
 from nodes.ops.mesh import Mesh, MeshError, MeshInterrupted, child_env
 from nodes.ops.supervisor import Supervisor
-from nodes.protocol import auth
+from nodes.protocol import apikeys, auth
 from nodes.runtime import curve, logs
 
 PROG = prog_name("mesh")
@@ -299,6 +300,22 @@ def cmd_secret(args) -> int:
     return 0
 
 
+def cmd_apikey(args) -> int:
+    """Add a named key to the topology's ``api_keys`` (beside the secret file) and print it once."""
+    topo = load_topology(args.config)
+    path = apikeys.path_for(topo.secret_file)
+    try:
+        key = apikeys.create(path, args.name)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror}", 1)
+    print(key)
+    print(f"added {args.name!r} to {path}; the key is shown only now (copy {path} to every broker's "
+          "machine; delete its line to revoke it)", file=sys.stderr)
+    return 0
+
+
 def topo_secret(topo) -> bytes:
     try:
         return topo.read_secret()
@@ -408,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = subcommand(sub, name, help=text)
         add_config_arg(p)
         p.set_defaults(fn=fn)
+    p = subcommand(sub, "apikey", help="create a key of the server HTTP API and print it (docs/api.md)")
+    add_config_arg(p)
+    p.add_argument("--name", required=True, help="what the key is for (letters, digits, _.-)")
+    p.set_defaults(fn=cmd_apikey)
     p = subcommand(sub, "token", help="print a login token for a uin")
     add_config_arg(p)
     p.add_argument("--uin", type=uin_arg, required=True, help="user number the token is for")

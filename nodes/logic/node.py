@@ -21,6 +21,7 @@ import zmq
 from nodes.cluster.placement import ShardPlacement
 from nodes.counter import counter_to_ask
 from nodes.logic import diskfull
+from nodes.logic.admin_ops import AdminOps
 from nodes.logic.core import LogicCore
 from nodes.logic.handoff import Handoff
 from nodes.logic.presence import PresenceReplica
@@ -104,7 +105,9 @@ class LogicNode(Node):
             "role": self._admin_change(c.rooms.role),
             "read": self._admin_change(c.readstate.read),
             "receipts": by_msg(c.readstate.receipts),
-            "my_channels": by_msg(c.readstate.my_channels)}
+            "my_channels": by_msg(c.readstate.my_channels),
+            **AdminOps(c, self.replica).handlers(self._admin_change)}
+
         schemas = schema.LOGIC_REQUESTS
         if self.repl is not None:
             handlers.update(self.repl.handlers())

@@ -31,7 +31,7 @@ import collections
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from nodes.logic.channels import DELETE, EDIT, Pending, content_of
+from nodes.logic.channels import DELETE, EDIT, ChannelState, Pending, content_of
 from nodes.logic.dedup import Dedup
 from nodes.logic.edits import Edits
 from nodes.logic.fanout import FanOut
@@ -73,6 +73,11 @@ class Sends:
         """Accept a send; return an immediate reply (retry, error) or None (acked later)."""
         return self._accept(ident, msg, None, 0, msg["text"], None)
 
+    def accept(self, ident: bytes, msg: Msg, ch: ChannelState) -> Msg | None:
+        """A message to ``ch`` whose sender may send there without being a member (the system:
+        uin 0 of nodes/logic/admin_ops.py): the same send path, dedup by ctime included."""
+        return self._accept(ident, msg, None, 0, msg["text"], None, ch)
+
     def edit(self, ident: bytes, msg: Msg, now: float) -> Msg | None:
         """Accept an edit of message ``id`` (an event with its own id): as ``send``."""
         return self._accept(ident, msg, EDIT, msg["id"], msg["text"], now)
@@ -82,11 +87,11 @@ class Sends:
         return self._accept(ident, msg, DELETE, msg["id"], "", now)
 
     def _accept(self, ident: bytes, msg: Msg, kind: str | None, ref: int, text: str,
-                now: float | None) -> Msg | None:
+                now: float | None, to: ChannelState | None = None) -> Msg | None:
         """The send path of a message (``kind`` None) or an event of message ``ref``: a retry is
         answered (or joined) before any rule is checked again -- its outcome stands."""
         uin, device, ctime, rid = msg["uin"], msg["device"], msg["ctime"], msg["rid"]
-        ch = self.serving.member_channel(msg["channel"], uin)
+        ch = to if to is not None else self.serving.member_channel(msg["channel"], uin)
         key = (uin, device, ctime)
         waiter = (ident, rid)
         content = content_of(kind, ref, text)

@@ -249,6 +249,14 @@ LOGIC_REQUESTS = {
     "watch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
     "unwatch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
     **CONVERSATION_LOGIC_REQUESTS,
+    # the server HTTP API (nodes/broker/httpapi.py -> nodes/logic/admin_ops.py)
+    "channel_delete": {"rid": RID, "auth": AUTH, "channel": req("channel")},
+    "channel_list": {"rid": RID, "auth": AUTH},
+    "channel_online": {"rid": RID, "auth": AUTH, "channel": req("channel")},
+    "system_send": {"rid": RID, "auth": AUTH, "channel": req("channel"),
+                    "text": req("str", "at most max_text (checked by the broker)"),
+                    "ctime": req("u64", "client time of the system message: a retry with the same one "
+                                 "stores once")},
 }
 
 # broker -> router, logic -> router
