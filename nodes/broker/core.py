@@ -66,7 +66,7 @@ class BrokerCore:
         self.active: set[Session] = set()       # sessions with requests since the last touch round
         self.owners = Owners(topo, now)         # which logic node serves a channel, and is it up
         self.handlers = {"login": self.login, "ping": self.ping, "send": self.send, "sync": self.sync,
-                         "hb": self.heartbeat, "logout": self.logout}
+                         "hb": self.heartbeat, "logout": self.logout, "mute": self.mute}
 
     # --- the guard: every request but login/ping needs its session ------------
     def guard(self, ident, t, msg, now):
@@ -164,6 +164,12 @@ class BrokerCore:
         owner = self.owners.serving(msg["channel"], now)
         return self._forward(session, msg, {"t": "sync", "uin": session.uin,
                                             "channel": msg["channel"], "after": msg["after"]}, owner)
+
+    def mute(self, session, msg, now):
+        """No offline pushes of a channel to this user until ``until`` (nodes/logic/pushes.py)."""
+        owner = self.owners.serving(msg["channel"], now)
+        return self._forward(session, msg, {"t": "mute", "uin": session.uin,
+                                            "channel": msg["channel"], "until": msg["until"]}, owner)
 
     def _admit(self, session) -> None:
         """One more request of ``session`` waits for other nodes: bounded per broker and per

@@ -71,6 +71,9 @@ CLIENT_REQUESTS = {
            "channels": opt("windows", "per channel, the newest id the client holds", limit="max_channels"),
            "net": opt("str", "network type now")},
     "logout": {"rid": RID, "sid": SID},
+    "mute": {"rid": RID, "sid": SID, "channel": req("channel"),
+             "until": req("number", "no offline pushes of the channel until then (seconds since the "
+                          "epoch); 0: unmute")},
 }
 # Served without a session (everything else needs the login's ``sid``).
 SESSIONLESS = frozenset(("login", "ping"))
@@ -90,6 +93,7 @@ CLIENT_REPLIES = {
                "upto": req("windows"), "more": req("channels"), "not_member": req("channels"),
                "unavailable": req("channels")},
     "bye": {"rid": RID},
+    "mute": {"rid": RID, "channel": req("str"), "until": req("number", "0: not muted")},
     "err": {"rid": req("u64nil"), "code": req("str", "an error code"), "msg": req("str"),
             "limit": opt("u64"), "retry_after": opt("number"), "reason": opt("str"),
             "version": opt("u32")},
@@ -122,6 +126,7 @@ LOGIC_REQUESTS = {
     "channel_show": {"rid": RID, "auth": AUTH, "channel": req("channel")},
     "presence": {"rid": RID, "uin": req("u32")},
     "member": {"rid": RID, "uin": req("u32"), "channel": req("channel")},
+    "mute": {"rid": RID, "uin": req("u32"), "channel": req("channel"), "until": req("number")},
 }
 
 # broker -> router, logic -> router
