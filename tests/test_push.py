@@ -5,46 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import json
 import signal
-import threading
 import time
 
 import pytest
 import yaml
 from conftest import assert_no_tracebacks, served, write_topology
+from pushreceiver import Receiver, serving
 from test_cli import run
 from test_config_cli import one_error_line
 
 
-class Receiver(http.server.BaseHTTPRequestHandler):
-    """Answers each POST with the next code of ``codes`` (the last one once they run out)."""
-    codes: list[int] = [200]
-    posts: list[tuple[int, dict, bytes]] = []        # (code answered, headers, body)
-    lock = threading.Lock()
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with self.lock:
-            code = self.codes.pop(0) if len(self.codes) > 1 else self.codes[0]
-            self.posts.append((code, dict(self.headers), body))
-        self.send_response(code)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *_args):
-        pass
-
-
 @pytest.fixture
 def receiver():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    Receiver.posts.clear()
-    yield f"http://127.0.0.1:{server.server_address[1]}/imesh/push"
-    server.shutdown()
-    server.server_close()
+    with serving() as url:
+        yield url
 
 
 def posts_for(key, timeout=15.0, until=None):

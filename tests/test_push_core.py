@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import json
 import logging
 import socket
-import threading
 import time
 
+import pushreceiver
 import pytest
+from pushreceiver import Receiver
 
 from nodes.cluster import topology
 from nodes.cluster.topology import PushSettings
@@ -231,32 +231,10 @@ def test_the_push_section_is_checked(tmp_path):
 
 
 # --- HTTP outcomes (the sender thread's view) --------------------------------------------------
-class Answers(http.server.BaseHTTPRequestHandler):
-    codes: list[int] = []
-    seen: list[tuple[dict[str, str], bytes]] = []
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).seen.append((dict(self.headers), body))
-        code = type(self).codes.pop(0)
-        if code == 0:                                        # no answer in time
-            time.sleep(0.5)
-            code = 200
-        self.send_response(code)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *_args):
-        pass
-
-
 @pytest.fixture
 def receiver():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/push"
-    server.shutdown()
-    server.server_close()
+    with pushreceiver.serving() as url:
+        yield url
 
 
 def free_port():
@@ -266,7 +244,7 @@ def free_port():
 
 
 def test_post_outcomes_from_a_real_server(receiver):
-    Answers.codes[:] = [200, 500, 503, 429, 400, 302, 0]
+    Receiver.codes[:] = [200, 500, 503, 429, 400, 302, 0]
     results = [pushes.post(receiver, b"{}", {"Content-Type": "application/json"}, 0.3)[0] for _ in range(7)]
     assert results == [pushes.OK, pushes.RETRY, pushes.RETRY, pushes.RETRY, pushes.REJECTED,
                        pushes.REJECTED, pushes.RETRY]            # the last one timed out
@@ -275,8 +253,7 @@ def test_post_outcomes_from_a_real_server(receiver):
 
 def test_the_sender_thread_posts_jobs_and_hands_answers_back(tmp_path, receiver):
     core, store, p, clock = make(tmp_path)
-    Answers.codes[:] = [500, 200]
-    Answers.seen.clear()
+    Receiver.codes[:] = [500, 200]
     sender = pushes.Sender(receiver, 2.0)
     send(core, 1, 10)
     turn(core, store, clock)
@@ -287,5 +264,5 @@ def test_the_sender_thread_posts_jobs_and_hands_answers_back(tmp_path, receiver)
         time.sleep(0.02)
     sender.stop()
     assert not p.pending
-    assert [h["Idempotency-Key"] for h, _b in Answers.seen] == ["room:1", "room:1"]
-    assert Answers.seen[0][1] == Answers.seen[1][1]
+    assert [(code, h["Idempotency-Key"]) for code, h, _b in Receiver.posts] == [(500, "room:1"), (200, "room:1")]
+    assert Receiver.posts[0][2] == Receiver.posts[1][2]

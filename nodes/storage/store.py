@@ -56,9 +56,14 @@ _SENT = struct.Struct(">IIQ")
 _SENT_EXPIRY = struct.Struct(">QIIQ")
 
 
-def channel_prefix(channel: str) -> bytes:
+def _named(kind: bytes, channel: str) -> bytes:
+    """``kind`` + len(channel):u8 + channel: a prefix no other channel's keys start with."""
     raw = channel.encode()
-    return b"m" + bytes((len(raw),)) + raw
+    return kind + bytes((len(raw),)) + raw
+
+
+def channel_prefix(channel: str) -> bytes:
+    return _named(b"m", channel)
 
 
 def message_key(channel: str, msg_id: int) -> bytes:
@@ -67,8 +72,7 @@ def message_key(channel: str, msg_id: int) -> bytes:
 
 def push_prefix(channel: str) -> bytes:
     """The keys of a channel's pending offline pushes (``p``), length-prefixed like ``m``."""
-    raw = channel.encode()
-    return b"p" + bytes((len(raw),)) + raw
+    return _named(b"p", channel)
 
 
 def push_key(channel: str, msg_id: int) -> bytes:
@@ -83,8 +87,7 @@ def push_of_key(key: bytes) -> tuple[str, int]:
 
 def mute_prefix(channel: str) -> bytes:
     """The keys of a channel's mutes (``q``), length-prefixed like ``m``."""
-    raw = channel.encode()
-    return b"q" + bytes((len(raw),)) + raw
+    return _named(b"q", channel)
 
 
 def mute_key(channel: str, uin: int) -> bytes:
