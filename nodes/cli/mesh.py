@@ -297,6 +297,13 @@ def cmd_secret(args) -> int:
     else:
         topo_secret(topo)
         print(f"{topo.secret_file} exists; left as it is")
+    if topo.push is not None:
+        try:
+            made = auth.ensure_secret(topo.push.secret_file)
+        except OSError as exc:
+            fail(f"{topo.path}: push.secret_file {topo.push.secret_file}: {exc.strerror}", 1)
+        print(f"{'created' if made else 'kept'} {topo.push.secret_file}: the push receiver checks "
+              "X-Imesh-Signature with it (docs/push.md); copy it to every logic node's machine and the receiver")
     return 0
 
 
@@ -336,6 +343,11 @@ def cmd_check(args) -> int:
         except topology.TopologyError as exc:
             fail(f"{exc} (`{PROG} secret -c {args.config}` creates one)", 1)
     secret = "present" if os.path.exists(topo.secret_file) else "created by `up` (local topology)"
+    if topo.push is not None and (os.path.exists(topo.push.secret_file) or not topo.local):
+        try:
+            topo.read_push_secret()
+        except topology.TopologyError as exc:
+            fail(f"{exc} (`{PROG} secret -c {args.config}` creates one)", 1)
     keys = check_keys(topo, args.config)
     found = preflight.problems(topo) if topo.local else []     # elsewhere: checked on the nodes' machines
     if found:
@@ -420,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_top)
     for name, fn, text in (
             ("check", cmd_check, "validate a topology file (endpoints, ports, secret, keys); exit 1 if bad"),
-            ("secret", cmd_secret, "create the topology's secret file if it does not exist"),
+            ("secret", cmd_secret, "create the topology's secret file (and push.secret_file) if it does not exist"),
             ("keys", cmd_keys, "create missing CURVE keypairs and print what a deployment copies where")):
         p = subcommand(sub, name, help=text)
         add_config_arg(p)

@@ -28,7 +28,7 @@ accepts them (author, window, a live plain message to refer to).
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from nodes.logic.channels import DELETE, EDIT, ChannelState, Pending, content_of
@@ -59,6 +59,8 @@ class Sends:
         self.inflight: dict[tuple[int, int, int], Pending] = {}     # (uin, device, ctime) -> its send
         self.refusal: tuple[str, str] | None = None
         self.accepted: dict[tuple[int, int], int] = {}
+        # told of every stored message after its ack (offline pushes: nodes/logic/pushes.py)
+        self.on_stored: Callable[[Sequence[Pending]], None] | None = None
 
     def newest(self, uin: int, device: int) -> int | None:
         """The device's newest client time stored or being stored here; None if unknown (nothing
@@ -156,6 +158,8 @@ class Sends:
             self.fanout.fan_out(channels[rec.channel], rec)
         self.stats["stored"] += len(committed)
         self.fanout.publish_turn()
+        if self.on_stored is not None and committed:
+            self.on_stored(committed)
 
     def abandon(self, recs: Iterable[Pending], why: str, code: str = wire.Err.UNAVAILABLE) -> None:
         """Sends whose outcome this node can no longer promise (it stopped leading their shard:
