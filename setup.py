@@ -1,4 +1,8 @@
-"""Builds the Cython fast paths (fastpath/*.pyx); everything else is in pyproject.toml."""
+"""Builds the Cython fast paths (fastpath/*.pyx); everything else is in pyproject.toml.
+
+fastpath/_fanout.pyx calls libzmq too, but links nothing: it opens the libzmq pyzmq
+already loaded at import (docs/design-notes.md), so it builds like the others, for the
+editable install and the wheel alike, without pyzmq's headers or library path."""
 import glob
 import os
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import math
+from typing import Any
 
 from nodes.broker.limits import FragmentGroups, RetryWindow, TokenBuckets
 from nodes.broker.owners import Owners
@@ -511,23 +512,36 @@ class BrokerCore:
                 self.kick(session, "replaced", "logged in again on another broker", notify_router=False)
 
     # --- deliveries ----------------------------------------------------------
+    # the node's compiled fan-out (fastpath.Fanout: finds the sessions and queues in C), or None:
+    # ``recipients`` + ``out.push_many``, its pure-Python twin (tests/test_fanout.py compares them)
+    fanout: Any = None
+
     def deliver(self, packed: bytes, to, sender_uin: int, sender_device: int) -> int:
         """Push one message (packed once by logic) to its recipients' sessions here,
         except the device that sent it; return how many pushes."""
-        idents: list[bytes] = []
-        by_uin = self.sessions.by_uin
-        for uin in to:
-            sessions = by_uin.get(uin)
-            if not sessions:
-                continue
-            if uin != sender_uin:
-                idents.extend(sessions)
-            else:
-                idents.extend(ident for ident, session in sessions.items() if session.device != sender_device)
-        if idents:
-            self.out.push_many(idents, packed)
-        self.counts["deliveries"] += len(idents)
-        return len(idents)
+        if self.fanout is not None:
+            n: int = self.fanout.deliver(self.sessions.by_uin, to, sender_uin, sender_device, packed)
+        else:
+            idents = recipients(self.sessions.by_uin, to, sender_uin, sender_device)
+            if idents:
+                self.out.push_many(idents, packed)
+            n = len(idents)
+        self.counts["deliveries"] += n
+        return n
+
+
+def recipients(by_uin: dict[int, dict[bytes, Session]], to, sender_uin: int, sender_device: int) -> list[bytes]:
+    """The routing ids of the sessions of the uins in ``to``, except the sender's own device."""
+    idents: list[bytes] = []
+    for uin in to:
+        sessions = by_uin.get(uin)
+        if not sessions:
+            continue
+        if uin != sender_uin:
+            idents.extend(sessions)
+        else:
+            idents.extend(ident for ident, session in sessions.items() if session.device != sender_device)
+    return idents
 
 
 def channel_key(item) -> tuple:

@@ -16,12 +16,14 @@ from collections.abc import Iterable
 
 import zmq
 
+from fastpath import Fanout
 from nodes.broker import memtrim
 from nodes.broker.core import BrokerCore
 from nodes.broker.feed import LogicFeed
 from nodes.broker.prelogin import PreLoginBudget
-from nodes.broker.webgate import WebGate
+from nodes.broker.webgate import WEB_IDENT, WebGate
 from nodes.protocol import schema, wire
+from nodes.runtime import outbox
 from nodes.runtime.node import Node
 from nodes.runtime.ports import Callback, Msg
 from nodes.runtime.rpc import Requests
@@ -69,6 +71,11 @@ class BrokerNode(Node):
                                   limits=self.core.schema_limits)
         ws = self.spec.endpoints.get("ws")
         self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same dispatcher
+        # the client socket's batches and the deliveries' fan-out in C, on pyzmq's own libzmq
+        self.fanout = Fanout(self.client, int(limits["max_frame"]), outbox.MAX_BATCH, outbox.ARRAY_HEADER,
+                             WEB_IDENT if self.web else None, self.web.put if self.web else None)
+        self.outbox.attach(self.client, self.fanout)
+        self.core.fanout = self.fanout
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, schema.BROKER_RPC, {"status": self.handle_status, "fwd": self.feed.handle_fwd})
         self.idc_peers = {b.id: self.connect(zmq.DEALER, b.endpoint("rpc")) for b in topo.of_type("broker")

@@ -8,11 +8,16 @@ array of maps (wire.unpack_many).  A joined frame stays within ``max_frame``
 bytes (the topology's one internal frame limit, which receivers enforce):
 sixty-four 290 KB sync replies of one turn leave as two frames, not one of
 18 MB that the broker would refuse.
+
+A socket may hand its batches to a compiled twin (``attach``): the broker's client
+ROUTER queues and sends through fastpath's ``Fanout`` (libzmq directly, the same
+batches and failure callbacks); this class stays its reference.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import zmq
 
@@ -33,6 +38,19 @@ Queued = dict[tuple[Sock, Key], list[bytes]]
 OnFailed = Callable[[Sock, Key, zmq.ZMQError], None]
 
 
+class SocketQueue(Protocol):
+    """One socket's own queue and sender (fastpath.Fanout), with this class's semantics."""
+
+    def put(self, key: Key, packed: bytes) -> None: ...
+
+    def put_many(self, keys: Iterable[bytes], packed: bytes) -> None: ...
+
+    def flush(self, on_failed: OnFailed) -> tuple[int, bool]:
+        """Send what is queued: (frames sent, whether a send failed)."""
+
+    def __len__(self) -> int: ...
+
+
 class Outbox:
     def __init__(self, on_failed: OnFailed | None = None, max_frame: int | None = None) -> None:
         self.queued: Queued = {}   # (sock, key or None) -> [packed message, ...]
@@ -41,8 +59,17 @@ class Outbox:
         # a socket's own bound on joined frames: a client ROUTER's HWM counts frames, so its
         # frames are joined up to the client frame limit to make "HWM x frame" a byte bound
         self.frame_limits: dict[Sock, int] = {}    # sock -> bytes
+        self.fanouts: dict[Sock, SocketQueue] = {}  # sock -> its own queue (attach)
+
+    def attach(self, sock: Sock, fanout: SocketQueue) -> None:
+        """Queue and send ``sock``'s messages through ``fanout`` (fastpath.Fanout: ``put``,
+        ``put_many``, ``flush(on_failed) -> (frames, failed)``, ``len``) from now on."""
+        self.fanouts[sock] = fanout
 
     def put(self, sock: Sock, key: Key, packed: bytes) -> None:
+        if self.fanouts and sock in self.fanouts:
+            self.fanouts[sock].put(key, packed)
+            return
         batch = self.queued.get((sock, key))
         if batch is None:
             self.queued[(sock, key)] = [packed]
@@ -51,6 +78,9 @@ class Outbox:
 
     def put_many(self, sock: Sock, keys: Iterable[bytes], packed: bytes) -> None:
         """The same packed message for several peers (a broker's deliveries of one message)."""
+        if self.fanouts and sock in self.fanouts:
+            self.fanouts[sock].put_many(keys, packed)
+            return
         queued = self.queued
         for key in keys:
             batch = queued.get((sock, key))
@@ -68,9 +98,19 @@ class Outbox:
             queued, self.queued = self.queued, {}
             sent, failed = self._send(queued)
             frames += sent
-            if not (failed and self.queued):
+            for fanout in self.fanouts.values():
+                sent, fanout_failed = fanout.flush(self._failed)
+                frames += sent
+                failed = failed or fanout_failed
+            if not (failed and (self.queued or any(map(len, self.fanouts.values())))):
                 break
         return frames
+
+    def _failed(self, sock: Sock, key: Key, exc: zmq.ZMQError) -> None:
+        if self.on_failed is None:
+            log.warning("send failed, message(s) dropped: %s", exc)
+        else:
+            self.on_failed(sock, key, exc)
 
     def _send(self, queued: Queued) -> tuple[int, bool]:
         """(frames sent, whether a send failed)."""
@@ -87,10 +127,7 @@ class Outbox:
                     frames += 1
                 except zmq.ZMQError as exc:
                     failed = True
-                    if self.on_failed is None:
-                        log.warning("send failed, %d message(s) dropped: %s", len(chunk), exc)
-                    else:
-                        self.on_failed(sock, key, exc)
+                    self._failed(sock, key, exc)
                     break                 # the rest for this peer would fail the same way
         return frames, failed
 
