@@ -30,7 +30,7 @@ HELP = """commands:
   /quit           leave the chat (also Ctrl-D)
   //text          send a line that starts with /"""
 HISTORY_DEFAULT, HISTORY_MAX, PAGE = 20, 200, 100
-CHANNEL_PAGES = 10                 # /channels lists at most this many pages of 100
+CHANNELS_MAX = 1000                # /channels lists at most this many
 
 
 class ChatState:
@@ -196,19 +196,28 @@ async def history_back(client: AsyncClient, channel: str, before: int | None, co
     return msgs, more
 
 
-async def chat_channels(state: ChatState, _rest: str) -> None:
-    items, after = [], None
-    for _page in range(CHANNEL_PAGES):
-        page = await state.client.channels(after=after, limit=PAGE)
+async def my_channels(client: AsyncClient, most: int) -> tuple[list, bool]:
+    """Up to ``most`` of my channels, most recently active first, in pages of 100; and
+    whether a page was partial (a logic node did not answer: its channels are missing)."""
+    items: list = []
+    after, partial = None, False
+    while len(items) < most:
+        page = await client.channels(after=after, limit=min(PAGE, most - len(items)))
         items += page["items"]
+        partial = partial or bool(page.get("partial"))
         after = page.get("next")
         if after is None:
             break
+    return items, partial
+
+
+async def chat_channels(state: ChatState, _rest: str) -> None:
+    items, partial = await my_channels(state.client, CHANNELS_MAX)
     for item in items:
         print(channel_line(item), flush=True)
     unread = sum(item.get("unread", 0) for item in items)
-    print(f"{len(items)} channel(s), {unread} unread" + (" (some logic node did not answer)"
-                                                          if page.get("partial") else ""), flush=True)
+    print(f"{len(items)} channel(s), {unread} unread" + (" (some logic node did not answer: not all are "
+                                                          "listed)" if partial else ""), flush=True)
 
 
 async def chat_dm(state: ChatState, rest: str) -> None:
