@@ -153,6 +153,8 @@ class AsyncClient:
         self.limits.update(reply.get("limits", {}))
         self.assembler.lifetime = self.limits["message_lifetime"]
         self.watches.ttl = float(self.limits.get("watch_ttl", self.watches.ttl))
+        if self.limits.get("typing_rate"):
+            self.typing_throttle.every = 1.0 / float(self.limits["typing_rate"])
         self.clock.last = max(self.clock.last, self.mailbox.newest_ctime(reply["uin"], self.device))
         if self.link.generation > 1:
             self._beat_now.set()
