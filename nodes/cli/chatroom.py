@@ -22,7 +22,7 @@ HELP = """commands:
   /group UIN,UIN [NAME]  make a group with them (you are its owner) and open it
   /invite UIN[,UIN]      add members to the current group (owner or admin)
   /who            who is online in the current channel (live), and its members (local topologies)
-  /history [N]    N older messages of the current channel (default 20, at most 200); again: further back
+  /history N      N older messages of the current channel (N optional: 20; at most 200); again: further back
   /edit ID TEXT   replace the text of your message ID
   /delete ID      delete message ID (yours; any as a group's owner or admin)
   /typing         tell the channel you are typing
