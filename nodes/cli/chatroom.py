@@ -241,7 +241,7 @@ async def chat_group(state: ChatState, rest: str) -> None:
         print("usage: /group UIN,UIN [NAME]", flush=True)
         return
     reply = await state.client.create_group(uins, name=name.strip() or None)
-    print(f"  made the group {reply['channel']} ({reply['members']} members)", flush=True)
+    print(f"  made the group {reply['channel']}{members_note(reply)}", flush=True)
     await open_channel(state, reply["channel"])
 
 
@@ -251,8 +251,14 @@ async def chat_invite(state: ChatState, rest: str) -> None:
         print("usage: /invite UIN[,UIN], in a channel", flush=True)
         return
     reply = await state.client.invite(state.channel, uins)
-    added = ", ".join(map(str, reply["uins"])) or "nobody new"
-    print(f"  invited {added} to {state.channel} ({reply['members']} members)", flush=True)
+    added = ", ".join(map(str, reply.get("uins", uins))) or "nobody new"
+    print(f"  invited {added} to {state.channel}{members_note(reply)}", flush=True)
+
+
+def members_note(reply: dict) -> str:
+    """" (N members)" from a reply's member count (nothing when it carries none)."""
+    count = reply.get("members")
+    return f" ({count} members)" if type(count) is int else ""
 
 
 async def chat_edit(state: ChatState, rest: str) -> None:
