@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 
 import pytest
 
@@ -170,3 +171,19 @@ def test_chat_event_lines_only_for_the_channel_in_view():
     assert event_line(state, {"t": "read", "channel": "g", "uin": 1, "id": 3}) == ""
     state.hidden.add("old")
     assert event_line(state, {"t": "delete", "channel": "old", "ref": 1, "uin": 2}) == ""
+
+
+def test_a_relogin_makes_every_watch_due_and_wakes_the_renewer():
+    async def run():
+        c = AsyncClient("tcp://127.0.0.1:1", "token")
+        c.watches.started("g", [1, 2], now=time.monotonic())
+        login = {"uin": 1, "hb": 10, "limits": {"watch_ttl": 60.0, "typing_rate": 0.25}}
+        c.link.generation = 1
+        c._logged_in(login)                                    # the first login: nothing to renew
+        assert c.watches.due(time.monotonic()) == [] and not c._rewatch_now.is_set()
+        assert c.watches.ttl == 60.0 and c.typing_throttle.every == 4.0
+        c.link.generation = 2
+        c._logged_in(login)                                    # a re-login (maybe another broker)
+        assert c.watches.due(time.monotonic()) == ["g"] and c._rewatch_now.is_set()
+        await c.close(logout=False)
+    asyncio.run(run())
