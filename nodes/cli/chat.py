@@ -7,6 +7,9 @@
     bin/chat upload [-c CONFIG] --uin U --channel C FILE             prints the ref, sends a message with it
     bin/chat download [-c CONFIG] --uin U REF OUT                    writes the file (sha256 checked)
     bin/chat pending [-c CONFIG] --uin U [--device D] [--json]       lists unsent messages (no login)
+    bin/chat channels [-c CONFIG] --uin U [--limit N] [--json]       my channels with unread counts
+    bin/chat history [-c CONFIG] --uin U --channel C [--before ID] [--limit N] [--json]
+                                                                     older messages, edits applied
 
 Every message goes through the user's mailbox (a small sqlite file, see
 --state-dir): one that could not be sent ("system busy") stays there, is
@@ -21,7 +24,7 @@ in the mailbox and the next bin/chat of this user and device sends it, stored
 once -- do not send it again (nodes/cli/outcome.py).
 
 Each tool logs in as its own device by default (interactive chat 0, send
-9001, tail 9002, upload 9003, download 9004), so a `tail` or `send` does not
+9001, tail 9002, upload 9003, download 9004, channels 9005, history 9006), so a `tail` or `send` does not
 replace the session of an open chat of the same user; --device overrides it.
 """
 from __future__ import annotations
@@ -35,7 +38,7 @@ import time
 
 from nodes.cli import outcome
 from nodes.cli.chatmedia import cmd_download, cmd_upload
-from nodes.cli.chatroom import cmd_interactive
+from nodes.cli.chatroom import cmd_interactive, history_back, my_channels
 from nodes.cli.chatsession import (
     add_session_args,
     channel_last,
@@ -47,11 +50,22 @@ from nodes.cli.chatsession import (
     pending_line,
     refused,
 )
+from nodes.cli.chatview import channel_line
 from nodes.cli.common import fail, load_topology, msg_id_arg, prog_name, seconds_arg
 from nodes.client.blocking import ClientError
 from nodes.client.mailbox import Mailbox
 
 PROG = prog_name("chat")
+SUBCOMMANDS = ("send", "tail", "upload", "download", "pending", "channels", "history")
+
+
+def count_arg(most: int):
+    """An argparse type: an integer 1..most."""
+    def parse(text: str) -> int:
+        if not text.isdigit() or not 1 <= int(text) <= most:
+            raise argparse.ArgumentTypeError(f"must be 1..{most}, not {text!r}")
+        return int(text)
+    return parse
 
 
 async def cmd_pending(args) -> int:
@@ -104,16 +118,50 @@ async def cmd_tail(args) -> int:
         await client.close()
 
 
+async def cmd_channels(args) -> int:
+    """My channels, most recently active first (all pages up to --limit)."""
+    client = await connect(args)
+    try:
+        items, partial = await my_channels(client, args.limit)
+        for item in items:
+            print(json.dumps(item, ensure_ascii=False) if args.json else channel_line(item), flush=True)
+        if partial:
+            print("warning: a logic node did not answer: its channels are missing", file=sys.stderr)
+        return 0
+    finally:
+        await client.close()
+
+
+async def cmd_history(args) -> int:
+    """--limit messages older than --before (default: the newest), oldest first."""
+    client = await connect(args)
+    show = message_json if args.json else message_line
+    try:
+        msgs, more = await history_back(client, args.channel, args.before, args.limit)
+        for msg in msgs:
+            print(show(msg), flush=True)
+        if not more and not args.json:
+            print(f"(the start of what {args.channel} keeps)", file=sys.stderr)
+        return 0
+    finally:
+        await client.close()
+
+
+def tool_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand, with the session arguments every tool takes."""
+    parser = argparse.ArgumentParser(prog=f"{PROG} {name}", description=description)
+    add_session_args(parser, name)
+    return parser
+
+
 def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
     if sub_cmd == "send":
-        p = argparse.ArgumentParser(prog=f"{PROG} send", description="Send one message.")
-        add_session_args(p, "send")
+        p = tool_parser("send", "Send one message.")
         p.add_argument("--channel", required=True, help="channel to send to")
         p.add_argument("text", help="the message text")
         p.set_defaults(fn=cmd_send)
     elif sub_cmd == "tail":
-        p = argparse.ArgumentParser(prog=f"{PROG} tail", description="Print N messages of a channel.")
-        add_session_args(p, "tail")
+        p = tool_parser("tail", "Print N messages of a channel.")
         p.add_argument("--channel", required=True, help="channel to follow")
         p.add_argument("--count", type=int, required=True, help="exit after printing this many messages")
         p.add_argument("--since", type=msg_id_arg, help="first fetch stored messages with id > SINCE")
@@ -122,22 +170,31 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_tail)
     elif sub_cmd == "pending":
-        p = argparse.ArgumentParser(prog=f"{PROG} pending",
-                                    description="List messages waiting in the mailbox (no login).")
-        add_session_args(p, "pending")
+        p = tool_parser("pending", "List messages waiting in the mailbox (no login).")
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_pending)
+    elif sub_cmd == "channels":
+        p = tool_parser("channels", "List my channels, most recently active first, with unread counts.")
+        p.add_argument("--limit", type=count_arg(1000), default=1000,
+                       help="at most this many channels (default: %(default)s)")
+        p.add_argument("--json", action="store_true", help="one JSON object per line (the server's item)")
+        p.set_defaults(fn=cmd_channels)
+    elif sub_cmd == "history":
+        p = tool_parser("history", "Print stored messages of a channel, older than --before.")
+        p.add_argument("--channel", required=True, help="the channel")
+        p.add_argument("--before", type=msg_id_arg, help="older than this id (default: from the newest)")
+        p.add_argument("--limit", type=count_arg(10000), default=50,
+                       help="at most this many messages (default: %(default)s)")
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
+        p.set_defaults(fn=cmd_history)
     elif sub_cmd == "upload":
-        p = argparse.ArgumentParser(prog=f"{PROG} upload",
-                                    description="Upload a file to a relay and send a message carrying its ref.")
-        add_session_args(p, "upload")
+        p = tool_parser("upload", "Upload a file to a relay and send a message carrying its ref.")
         p.add_argument("--channel", required=True, help="channel the file is for (and the message goes to)")
         p.add_argument("--mime", default="application/octet-stream", help="media type (default: %(default)s)")
         p.add_argument("file", help="the file to upload")
         p.set_defaults(fn=cmd_upload)
     elif sub_cmd == "download":
-        p = argparse.ArgumentParser(prog=f"{PROG} download", description="Download a file by its ref.")
-        add_session_args(p, "download")
+        p = tool_parser("download", "Download a file by its ref.")
         p.add_argument("ref", help="the imesh-media:... reference from a message")
         p.add_argument("out", help="file to write (its directory must exist)")
         p.set_defaults(fn=cmd_download)
@@ -153,7 +210,7 @@ def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)        # `bin/... | head` ends quietly, like other tools
     argv = list(sys.argv[1:] if argv is None else argv)
-    sub_cmd = argv[0] if argv and argv[0] in ("send", "tail", "upload", "download", "pending") else None
+    sub_cmd = argv[0] if argv and argv[0] in SUBCOMMANDS else None
     args = build_parser(sub_cmd).parse_args(argv[1:] if sub_cmd else argv)
     if getattr(args, "count", 1) < 0:
         fail("--count must be >= 0")

@@ -28,6 +28,7 @@ from nodes.protocol.heartbeat import NETWORKS
 
 # the device each tool logs in as unless --device says otherwise (one session per uin and device)
 DEVICES = {"chat": 0, "send": 9001, "tail": 9002, "upload": 9003, "download": 9004,
+           "channels": 9005, "history": 9006,
            "pending": None}     # pending: every device's mailbox of the user unless --device says
 NO_ID = 2**63            # a sync "after" beyond any id: an empty page that still says NOT_MEMBER/NO_CHANNEL
 
@@ -121,14 +122,17 @@ def pending_line(entry) -> str:
 
 
 def message_json(msg: dict) -> str:
-    return json.dumps({"channel": msg["channel"], "id": msg["id"], "uin": msg["uin"],
-                       "device": msg["device"], "client_time": msg["ctime"], "text": msg["text"]},
-                      ensure_ascii=False)
+    """One message as JSON; ``edited`` (ms) and ``deleted`` only when history says so."""
+    out = {"channel": msg["channel"], "id": msg["id"], "uin": msg["uin"],
+           "device": msg["device"], "client_time": msg["ctime"], "text": msg.get("text", "")}
+    out.update({key: msg[key] for key in ("edited", "deleted") if key in msg})
+    return json.dumps(out, ensure_ascii=False)
 
 
 def message_line(msg: dict) -> str:
     when = datetime.datetime.fromtimestamp(msg.get("stime", 0) / 1000).strftime("%H:%M:%S")
-    return f"[{msg['channel']} #{msg['id']}] {msg['uin']}/{msg['device']} {when}: {msg['text']}"
+    text = "(deleted)" if msg.get("deleted") else msg.get("text", "") + (" (edited)" if msg.get("edited") else "")
+    return f"[{msg['channel']} #{msg['id']}] {msg['uin']}/{msg['device']} {when}: {text}"
 
 
 async def channel_last(client: AsyncClient, channel: str) -> int:

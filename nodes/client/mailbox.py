@@ -18,6 +18,9 @@ Everything else (timeouts, UNAVAILABLE, BUSY, INTERNAL, STORAGE_FULL, no connect
 after a reconnect or a restart; the server acks such a retry with the
 original id, so it is stored once.  A long text is one entry with one
 client time per fragment and its fragment group id, all reused on resend.
+An edit or a delete of a stored message is an entry too (``kind`` "edit" or
+"delete", ``ref``: the message's id): it is a stored event with its own id, sent
+and settled exactly like a message.
 
 sqlite (stdlib) in WAL mode, each write committed before the send goes
 out: an entry survives a crash of the process (with ``synchronous=NORMAL``
@@ -34,7 +37,8 @@ import time
 
 REFUSED = frozenset({"BAD_FRAME", "BAD_TYPE", "BAD_FIELD", "BAD_CHANNEL", "NO_CHANNEL", "NOT_MEMBER",
                      "TOO_LONG", "EMPTY_TEXT", "BAD_FRAGMENT", "RATE_LIMITED", "STALE",
-                     "NOT_LOGGED_IN", "AUTH_FAILED", "TOKEN_EXPIRED", "TOO_MANY"})
+                     "NOT_LOGGED_IN", "AUTH_FAILED", "TOKEN_EXPIRED", "TOO_MANY",
+                     "FORBIDDEN", "NO_MESSAGE", "TOO_LATE"})        # the last three: edit/delete
 UNKNOWN = frozenset({"UNAVAILABLE", "BUSY", "INTERNAL", "STORAGE_FULL", "TIMEOUT"})   # may be stored
 
 SCHEMA = """
@@ -48,9 +52,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     grp      INTEGER,                -- fragment group id, NULL for a short text
     created  REAL NOT NULL,          -- wall clock seconds when the app sent it
     tries    INTEGER NOT NULL DEFAULT 0,
-    error    TEXT                    -- last unknown outcome, for display
+    error    TEXT,                   -- last unknown outcome, for display
+    kind     TEXT,                   -- NULL: a message; "edit" / "delete": an event on message ref
+    ref      INTEGER
 )
 """
+ADDED = (("kind", "TEXT"), ("ref", "INTEGER"))    # columns newer than the first mailbox files
 
 
 @dataclasses.dataclass
@@ -65,6 +72,8 @@ class Entry:
     created: float
     tries: int = 0
     error: str | None = None
+    kind: str | None = None          # None: a message; "edit" / "delete" of message ``ref``
+    ref: int | None = None
 
     @property
     def ctime(self) -> int:
@@ -80,16 +89,21 @@ class Mailbox:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
+        for name, sql_type in ADDED:               # a mailbox written by an older client
+            if name not in have:
+                self.db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {sql_type}")
 
     def add(self, uin: int, device: int, channel: str, text: str, ctimes: list,
-            group: int | None = None, created: float | None = None) -> Entry:
-        """Write a message before it is sent; returns its entry."""
+            group: int | None = None, created: float | None = None, kind: str | None = None,
+            ref: int | None = None) -> Entry:
+        """Write a message (or an edit/delete event: ``kind``, ``ref``) before it is sent; returns its entry."""
         created = time.time() if created is None else created
-        cur = self.db.execute("INSERT INTO outbox (uin, device, channel, text, ctimes, grp, created) "
-                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                              (uin, device, channel, text, json.dumps(ctimes), group, created))
+        cur = self.db.execute("INSERT INTO outbox (uin, device, channel, text, ctimes, grp, created, kind, ref) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              (uin, device, channel, text, json.dumps(ctimes), group, created, kind, ref))
         assert cur.lastrowid is not None             # an INSERT always has one
-        return Entry(cur.lastrowid, uin, device, channel, text, list(ctimes), group, created)
+        return Entry(cur.lastrowid, uin, device, channel, text, list(ctimes), group, created, kind=kind, ref=ref)
 
     def pending(self, uin: int | None = None, device: int | None = None) -> list[Entry]:
         """Unsettled entries, oldest first (of one (uin, device) when given)."""
@@ -126,5 +140,5 @@ class Mailbox:
 
     @staticmethod
     def _entry(row) -> Entry:
-        seq, uin, device, channel, text, ctimes, group, created, tries, error = row
-        return Entry(seq, uin, device, channel, text, json.loads(ctimes), group, created, tries, error)
+        seq, uin, device, channel, text, ctimes, group, created, tries, error, kind, ref = row
+        return Entry(seq, uin, device, channel, text, json.loads(ctimes), group, created, tries, error, kind, ref)
