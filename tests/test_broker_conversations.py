@@ -69,7 +69,7 @@ ROUTED = [
     ({"t": "create", "kind": "dm", "with": 2, "ctime": 6},
      {"t": "create", "uin": 7, "device": 3, "kind": "dm", "with": 2, "ctime": 6, "channel": "dm:2:7"}),
     ({"t": "create", "kind": "group", "ctime": 7, "name": "team", "members": [1, 2]},
-     {"t": "create", "uin": 7, "device": 3, "kind": "group", "ctime": 7, "name": "team", "members": [1, 2],
+     {"t": "create", "uin": 7, "device": 3, "kind": "group", "ctime": 7, "title": "team", "members": [1, 2],
       "channel": "grp:7:7"}),
     ({"t": "edit", "channel": "room", "id": 5, "ctime": 8, "text": "fixed"},
      {"t": "edit", "uin": 7, "device": 3, "channel": "room", "id": 5, "ctime": 8, "text": "fixed"}),

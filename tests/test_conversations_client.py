@@ -175,10 +175,6 @@ def test_group_roles_invite_remove_and_edit_retries_are_stored_once(shared_mesh)
     asyncio.run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="server contract mismatch on main (logic, conva, vs schema.CLIENT_REPLIES and "
-                   "the broker, convc): create answers members as a list (not a count) and drops the group's "
-                   "`name` (it reads `title`), invite answers `added`, remove `removed`, role `target` "
-                   "(the client schema: `uins`, `uins`, `uin`); for the lead to fix on the server side")
 def test_membership_replies_have_the_client_shapes(shared_mesh):
     m = shared_mesh
 

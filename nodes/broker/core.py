@@ -249,8 +249,9 @@ class BrokerCore:
             channel = names.group(session.uin, msg["ctime"])
         else:
             raise wire.ProtocolError(wire.Err.BAD_FIELD, f"kind must be one of {', '.join(schema.CREATE_KINDS)}")
-        return self._to_owner(session, msg, now, "create", ("kind", "ctime", "with", "name", "members"),
-                              channel=channel)
+        extra = {"title": msg["name"]} if "name" in msg else {}     # the client's name is the group's title
+        return self._to_owner(session, msg, now, "create", ("kind", "ctime", "with", "members"),
+                              channel=channel, **extra)
 
     def role(self, session, msg, now):
         """``uin`` is the member whose role changes: internally ``target`` (``uin`` is the caller)."""

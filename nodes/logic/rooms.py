@@ -104,7 +104,7 @@ class Rooms:
     def _created(self, msg: Msg, ch: ChannelState, created: bool) -> Msg:
         meta = self.members.meta.get(ch.name, {})
         reply = wire.reply("create", msg["rid"], channel=ch.name, kind=meta.get("kind", "room"),
-                           created=created, members=sorted(ch.members), role=role_of(meta, msg["uin"]))
+                           created=created, members=len(ch.members), role=role_of(meta, msg["uin"]))
         if "title" in meta:
             reply["title"] = meta["title"]
         return reply
@@ -152,7 +152,7 @@ class Rooms:
         if len(ch.members) + len(added) > limit:
             raise wire.ProtocolError(wire.Err.TOO_MANY, f"a group has at most {limit} members", limit=limit)
         self.members._set_members(ch, ch.members | added)
-        return {"added": sorted(added), "members": len(ch.members)}
+        return {"uins": sorted(added), "members": len(ch.members)}
 
     def remove(self, msg: Msg, _now: float | None = None) -> Msg:
         return self._change(msg, self._remove)
@@ -170,7 +170,7 @@ class Rooms:
         for who in targets:
             _set_role(meta, who, "member")
         self.members._set_members(ch, ch.members - targets)
-        return {"removed": sorted(targets), "members": len(ch.members)}
+        return {"uins": sorted(targets), "members": len(ch.members)}
 
     def role(self, msg: Msg, _now: float | None = None) -> Msg:
         return self._change(msg, self._role)
@@ -187,7 +187,7 @@ class Rooms:
         if role == "owner" and target != uin:
             _set_role(meta, uin, "admin")
         _set_role(meta, target, role)
-        return {"target": target, "role": role}
+        return {"uin": target, "role": role}
 
     def leave(self, msg: Msg, _now: float | None = None) -> Msg:
         return self._change(msg, self._leave)
