@@ -290,3 +290,25 @@ def test_a_new_shard_leader_keeps_kinds_roles_and_read_cursors(tmp_path):
     assert core.readstate.cursor("room", 2) == 1 and core.readstate.cursor("room", 3) == 1
     assert core.readstate.item(core.channels["room"], 1)["unread"] == 1
     refused(wire.Err.FORBIDDEN, change, core, "remove", 2, 1, channel=name, uins=[1])   # the owner stays
+
+
+def test_a_groups_owner_and_admins_delete_others_messages_a_member_does_not(tmp_path):
+    """Moderation by role (nodes/logic/edits.py ``may_moderate``): in a group its owner and
+    admins delete any member's message; a plain member only its own; in a DM nobody deletes
+    the other's messages."""
+    core, _out, store = logic(tmp_path)
+    name = create_group(core)["channel"]                       # owner 1, members 2 and 3
+    dm = call(core.rooms.create, uin=1, device=0, ctime=11, kind="dm", **{"with": 2})["channel"]
+    for channel in (name, dm):
+        core.ids.on_ids(channel, 1, 1001)
+    send(core, 3, 500, "by three", channel=name, rid=1)        # id 1
+    send(core, 1, 501, "by one", channel=name, rid=2)          # id 2
+    send(core, 2, 502, "in the dm", channel=dm, rid=3)         # id 1 of the dm
+    turn(core, store)
+    change(core, "role", 1, 20, channel=name, target=2, role="admin")
+    group, direct = core.channels[name], core.channels[dm]
+    refused(wire.Err.FORBIDDEN, core.edits.check, group, "delete", 3, 2, 0.0)   # a member, another's
+    core.edits.check(group, "delete", 3, 1, 0.0)                                # its own
+    for moderator in (1, 2):                                                    # the owner, an admin
+        core.edits.check(group, "delete", moderator, 1, 0.0)
+    refused(wire.Err.FORBIDDEN, core.edits.check, direct, "delete", 1, 1, 0.0)  # a dm: the author only

@@ -15,19 +15,21 @@ replication, snapshots and hand-overs carry it like any message row.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from nodes.logic.channels import DELETE, EDIT, ChannelState, Pending, Record, extras, is_plain
+from nodes.logic.rooms import role_of
 from nodes.protocol import wire
 from nodes.storage import store as keys
 from nodes.storage.store import Store
 
 
-def may_moderate(ch: ChannelState, uin: int) -> bool:
-    """May ``uin`` delete other members' messages in ``ch`` (an owner or admin of a group)?
-    Roles belong to nodes/logic/rooms.py; until a channel has roles nobody moderates (rooms:
-    the author only)."""
-    return False
+def may_moderate(meta: dict[str, Any], uin: int) -> bool:
+    """May ``uin`` delete other members' messages in a channel with this ``meta`` (its kind
+    and roles: nodes/logic/rooms.py)?  An owner or admin of a group; in rooms and DMs only
+    the author deletes."""
+    return meta.get("kind") == "group" and role_of(meta, uin) in ("owner", "admin")
 
 
 class Edits:
@@ -35,8 +37,10 @@ class Edits:
     and rewrote, read instead of the store until the batch is written (two edits of one
     message in one turn build on each other); emptied by ``turn_done``."""
 
-    def __init__(self, store: Store, limits: Mapping[str, float]) -> None:
+    def __init__(self, store: Store, limits: Mapping[str, float],
+                 meta_of: Callable[[str], dict[str, Any]] = lambda _name: {}) -> None:
         self.store = store
+        self.meta_of = meta_of             # channel -> its kind and roles (Membership.meta)
         self.window = float(limits["edit_window"])
         self.staged: dict[tuple[str, int], Record] = {}
 
@@ -59,7 +63,7 @@ class Edits:
             if now * 1000 - rec[3] > self.window * 1000:
                 raise wire.ProtocolError(wire.Err.TOO_LATE, f"messages may be edited for {self.window:g} s "
                                          "after they are sent", limit=int(self.window))
-        elif rec[0] != uin and not may_moderate(ch, uin):
+        elif rec[0] != uin and not may_moderate(self.meta_of(ch.name), uin):
             raise wire.ProtocolError(wire.Err.FORBIDDEN, "only its author (or a group's owner or admin) "
                                      "deletes a message")
 
