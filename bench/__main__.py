@@ -11,6 +11,8 @@
     bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
     bin/bench idc [--messages 200 --repeats 3 --delay-ms 20 --reshard-channels 1000] [--json FILE]   (root: WAN bed)
     bin/bench handoff [--sends 20000,200000] [--repeats 3] [--json FILE]
+    bin/bench history [--messages 100000 --days 30 --limit 100 --depths 0,1000,10000,50000,99900
+                       --calls 50 --repeats 3] [--json FILE]
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
     bin/bench logins [--logins 2000,5000 --processes 2 --repeats 3 --client-curve off] [--json FILE]
     bin/bench hostile [--scenario prelogin|slow|both --conns 20 --seconds 10 --kind small|echo|both
@@ -32,7 +34,7 @@ def main(argv=None) -> int:
                 "sweep": "bench.sweep", "e2e": "bench.e2e",
                 "relay": "bench.relay", "chaos": "bench.chaos", "websessions": "bench.websessions",
                 "failover": "bench.failover", "fanout": "bench.fanout", "sessions": "bench.sessions",
-                "idc": "bench.idc", "handoff": "bench.handoff",
+                "idc": "bench.idc", "handoff": "bench.handoff", "history": "bench.history",
                 "snapshot": "bench.snapshot", "logins": "bench.logins", "hostile": "bench.hostile"}
     if argv and argv[0] == "--version":
         from nodes import __version__

@@ -55,6 +55,17 @@ def fill(endpoint, token, channels, total, window=500) -> float:
         s.close(0)
 
 
+def start_filled(mesh: Mesh, names: list[str], total: int) -> tuple[str, float]:
+    """Start the mesh (one broker, one logic node) and store ``total`` messages of uin 1 over
+    ``names``: (the logic node's id, seconds the sends took)."""
+    mesh.start()
+    mesh.wait_ready(30)
+    print(f"storing {total} messages ...", file=sys.stderr, flush=True)
+    took = fill(mesh.topo.of_type("broker")[0].endpoint("client"),
+                auth.mint(mesh.topo.read_secret(), 1, 3600), names, total)
+    return mesh.topo.ids("logic")[0], took
+
+
 def main(argv=None) -> int:
     parser = bench_parser("sweep", __doc__)
     parser.add_argument("--messages", type=int, default=100_000, help="messages to store, then expire")
@@ -76,12 +87,7 @@ def sweep(args, tmp: str) -> int:
                                  "channel_queue": args.messages // args.channels + 1},
                          channels={n: {"members": [1]} for n in names})
     with Mesh(cfg) as mesh:
-        mesh.start()
-        mesh.wait_ready(30)
-        logic = mesh.topo.ids("logic")[0]
-        print(f"storing {args.messages} messages ...", file=sys.stderr, flush=True)
-        took = fill(mesh.topo.of_type("broker")[0].endpoint("client"),
-                    auth.mint(mesh.topo.read_secret(), 1, 3600), names, args.messages)
+        logic, took = start_filled(mesh, names, args.messages)
         mesh.admin.status(logic, timeout=5)
         mesh.admin.call(logic, {"t": "status", "reset_max": True})
         print(f"stored in {took:.1f}s; waiting for expiry ...", file=sys.stderr, flush=True)

@@ -16,6 +16,15 @@ def test_sweep_runs_and_cleans_up_its_temp_dir(tmp_path, monkeypatch):
     assert os.listdir(scratch) == []
 
 
+def test_history_pages_a_long_channel_at_every_depth(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    r = run("bench", "history", "--messages", 500, "--depths", "0,450", "--calls", 3, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "| 450   | 51     | 100   |" in r.stdout and os.listdir(scratch) == []
+
+
 def test_bench_help_shows_defaults_and_version():
     r = run("bench", "sweep", "--help")
     assert r.returncode == 0 and "(default: 100000)" in r.stdout and "bin/bench sweep" in r.stdout

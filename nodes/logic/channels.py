@@ -5,6 +5,12 @@ that none of them owns the shape of a channel, and the shapes are read in one pl
 ``ChannelState`` keeps a channel's members, its queue of newest ids, its leased
 id blocks and the sends waiting for an id; the stored record of a message is a
 list (nodes/storage/store.py keeps it as it is), pushed to clients by ``push_of``.
+
+Message kinds (docs/protocol.md "Message kinds"): a plain message is stored as
+it always was (seven fields, no kind); an edit or delete event adds an eighth,
+a map ``{"kind": "edit"|"delete", "ref": id}``, and an original that was edited
+or deleted carries ``{"edited": stime ms}`` / ``{"deleted": true}`` there (rows
+stored before kinds existed read back as plain messages).
 """
 from __future__ import annotations
 
@@ -19,34 +25,71 @@ from nodes.storage import store as keys
 
 Waiter = tuple[bytes, int]          # (the broker's routing id, the request's rid): a send to ack
 Record = list[Any]                  # a stored message as decoded (msgpack): see Pending.record
+EDIT, DELETE = "edit", "delete"     # the event kinds; a plain message has none
 
 
 class Pending:
     """A new message waiting for its id; ``waiters`` are requests to ack."""
 
-    __slots__ = ("uin", "device", "ctime", "text", "frag", "channel", "waiters", "id", "stime", "expiry")
+    __slots__ = ("uin", "device", "ctime", "text", "frag", "channel", "waiters", "id", "stime", "expiry",
+                 "kind", "ref")
 
     def __init__(self, uin: int, device: int, ctime: int, text: str, frag: list[int] | None, channel: str,
-                 waiter: Waiter) -> None:
+                 waiter: Waiter, kind: str | None = None, ref: int = 0) -> None:
         self.uin, self.device, self.ctime, self.text, self.frag = uin, device, ctime, text, frag
         self.channel = channel
+        self.kind, self.ref = kind, ref     # an event (EDIT, DELETE) of the message ``ref``; None: a message
         self.waiters = [waiter]
         self.id: int | None = None          # set by Ids.assign, with stime (ms) and expiry (s)
         self.stime: int | None = None
         self.expiry: float | None = None
 
     def record(self) -> Record:
-        """The stored form: [uin, device, ctime, stime ms, expiry s, text, frag or nil]."""
-        return [self.uin, self.device, self.ctime, self.stime, self.expiry, self.text, self.frag]
+        """The stored form: [uin, device, ctime, stime ms, expiry s, text, frag or nil], and for
+        an event an eighth field {"kind", "ref"}."""
+        rec: Record = [self.uin, self.device, self.ctime, self.stime, self.expiry, self.text, self.frag]
+        if self.kind is not None:
+            rec.append({"kind": self.kind, "ref": self.ref})
+        return rec
+
+    def content(self) -> str:
+        """What the send index's digest covers: the text, and for an event its kind and ref
+        (a client time reused for an edit of another message is not a retry)."""
+        return content_of(self.kind, self.ref, self.text)
+
+
+def content_of(kind: str | None, ref: int, text: str) -> str:
+    return text if kind is None else f"\x00{kind}:{ref}\x00{text}"
+
+
+def extras(record: Record) -> dict[str, Any]:
+    """The eighth field of a stored record: {} for a plain message never edited nor deleted."""
+    return record[7] if len(record) > 7 and record[7] else {}
+
+
+def is_plain(record: Record) -> bool:
+    """A message (not an edit or delete event)."""
+    return "kind" not in extras(record)
 
 
 def push_of(channel: str, msg_id: int, record: Record) -> dict[str, Any]:
-    """The pushed (and synced) form of a stored message."""
+    """The pushed (and synced) form of a stored message: plain messages as always; an event
+    adds ``kind`` and ``ref``; an edited message ``edited`` (stime ms of its latest edit); a
+    deleted one is a tombstone ``deleted: true`` without text."""
     uin, device, ctime, stime, _expiry, text = record[:6]
     push: dict[str, Any] = {"t": "msg", "channel": channel, "id": msg_id, "uin": uin, "device": device,
             "ctime": ctime, "stime": stime, "text": text}
     if len(record) > 6 and record[6] is not None:
         push["frag"] = record[6]
+    if len(record) > 7 and record[7]:
+        more = record[7]
+        if "kind" in more:
+            push["kind"], push["ref"] = more["kind"], more["ref"]
+        if more.get("deleted"):
+            push["deleted"] = True
+            del push["text"]
+        elif "edited" in more:
+            push["edited"] = more["edited"]
     return push
 
 

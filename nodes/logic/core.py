@@ -5,7 +5,9 @@ It composes the parts of the logic node, each with its own state and job:
 ``dedup`` (retries: dedup.py), ``ids`` (the id queue, leases and assignment:
 ids.py), ``sends`` (accept, ack, abandon: sends.py), ``reads`` (sync and heads:
 reads.py), ``members`` (membership admin: members.py), ``fanout`` (who gets a
-message: fanout.py) and ``retention`` (expiry and pruning: retention.py).  The
+message: fanout.py), ``retention`` (expiry and pruning: retention.py),
+``edits`` (edit/delete rules and rewrites: edits.py), ``history`` (pages
+backwards: history.py) and ``ephemeral`` (typing, watched presence: ephemeral.py).  The
 node (node.py) routes requests to them; the core itself keeps the lifecycle of
 the channels -- load, seed, settle, adopt a new topology, hand over, drop --
 and the one commit path that the node, replication (replication.py) and a
@@ -25,7 +27,10 @@ from nodes.cluster.placement import LogicPlacement, StaticPlacement
 from nodes.cluster.topology import Topology
 from nodes.logic.channels import ChannelState, Pending
 from nodes.logic.dedup import Dedup
+from nodes.logic.edits import Edits
+from nodes.logic.ephemeral import Ephemeral
 from nodes.logic.fanout import FanOut
+from nodes.logic.history import History
 from nodes.logic.ids import Ids
 from nodes.logic.members import Membership
 from nodes.logic.presence import PresenceReplica
@@ -53,10 +58,13 @@ class LogicCore:
         self.dedup = Dedup(store)
         self.retention = Retention(s, store, self.dedup, self.stats, topo.limits["message_lifetime"])
         self.fanout = FanOut(s, replica, out, self.stats)
-        self.ids = Ids(s, store, self.dedup, self.retention, out, self.stats, topo.limits)
-        self.sends = Sends(s, self.dedup, self.ids, self.fanout, out, self.stats)
+        self.edits = Edits(store, topo.limits)
+        self.ids = Ids(s, store, self.dedup, self.retention, self.edits, out, self.stats, topo.limits)
+        self.sends = Sends(s, self.dedup, self.ids, self.edits, self.fanout, out, self.stats)
         self.reads = Reads(s, store)
         self.members = Membership(s, store, self.fanout, secret, self.queue)
+        self.history = History(s, store)
+        self.ephemeral = Ephemeral(s, replica, self.fanout, topo.limits)
 
     @property
     def channels(self) -> dict[str, ChannelState]:

@@ -32,10 +32,11 @@ log = logging.getLogger(__name__)
 
 PROBE = 1.0                 # seconds between tries to write again
 
-# requests that never write: served while the disk refuses writes ("send" decides itself:
-# a retry of a stored send is answered, a new one refused -- nodes/logic/sends.py)
+# requests that never write: served while the disk refuses writes ("send", "edit" and "delete"
+# decide themselves: a retry of a stored send is answered, a new one refused -- nodes/logic/sends.py)
 READS = frozenset({"send", "sync", "heads", "member", "presence", "status", "channel_show",
-                   "handoff", "snap_req"})
+                   "handoff", "snap_req",
+                   "edit", "delete", "history", "typing", "watch", "unwatch"})
 
 
 class StorageState:

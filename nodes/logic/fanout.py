@@ -6,12 +6,15 @@ uin's brokers change (``presence_changed``): a login in a big channel does not
 recompute the plan over all members.  Messages of a loop turn are gathered per
 broker and leave as one PUB frame per broker at the turn's end (``publish_turn``,
 one per remote IDC through nodes/cluster/idcfanout.py).  Kept apart from the
-send path: it is the only part that reads presence.
+send path: it is the only part that reads presence.  Ephemeral pushes (typing,
+presence of watched channels: nodes/logic/ephemeral.py) leave through the same
+frames (``push_now``), and a uin coming online or going offline is told to
+``on_online`` (watchers are told).
 """
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from nodes.cluster import idcfanout
 from nodes.logic.channels import ChannelState, Pending, push_of
@@ -34,6 +37,7 @@ class FanOut:
         self.stats = stats
         self.member_of: dict[int, set[ChannelState]] = {}
         self.outbox: dict[str, list[list[object]]] = {}    # [packed, uins, uin, device]: idcfanout.plan's items
+        self.on_online: Callable[[int, bool], None] | None = None    # (uin, online now) on a flip
         replica.on_change = self.presence_changed
 
     def index(self, ch: ChannelState, old: Iterable[int]) -> None:
@@ -68,6 +72,8 @@ class FanOut:
                     del plan[broker]
             for broker in after - before:
                 plan.setdefault(broker, []).append(uin)
+        if self.on_online is not None and bool(before) != bool(after):
+            self.on_online(uin, bool(after))
 
     def fan_out(self, ch: ChannelState, rec: Pending) -> None:
         """Queue the message for every broker with an online member (sent once per turn)."""
@@ -80,6 +86,14 @@ class FanOut:
         self.stats["deliveries"] += len(ch.fanout)
         for broker, uins in ch.fanout.items():
             self.outbox.setdefault(broker, []).append([packed, uins, rec.uin, rec.device])
+
+    def push_now(self, push: dict[str, object], plan: dict[str, list[int]], uin: int, device: int) -> None:
+        """An ephemeral push (never stored, no id) to the uins of ``plan`` ({broker: [uin]}),
+        published at once; ``uin``/``device``: the device it must not go back to (0, 0: none)."""
+        packed = wire.pack(push)
+        for broker, uins in plan.items():
+            self.outbox.setdefault(broker, []).append([packed, uins, uin, device])
+        self.publish_turn()
 
     def publish_turn(self) -> None:
         """One PUB frame per broker of this IDC for all the messages of this turn, in id order;

@@ -8,6 +8,8 @@ block and ids stay contiguous and never go back, even when every message
 expired.  At the end of each loop turn ``assign`` gives the waiting sends of
 every channel with ids their ids and stages their rows in the store's batch;
 they wait in ``committed`` until the batch is written (``take_committed``).
+An edit or delete event's row is followed by its original's rewrite
+(nodes/logic/edits.py), in the same batch.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 
 from nodes.logic.channels import ChannelState, Pending
 from nodes.logic.dedup import Dedup
+from nodes.logic.edits import Edits
 from nodes.logic.retention import Retention
 from nodes.logic.serving import Serving
 from nodes.protocol import wire
@@ -30,9 +33,10 @@ class Ids:
     ``committed`` (sends staged in this turn's batch, not yet acked).  Each channel's
     own queue and leases are on its ChannelState."""
 
-    def __init__(self, serving: Serving, store: Store, dedup: Dedup, retention: Retention, out: LogicOut,
-                 stats: collections.Counter[str], limits: Mapping[str, float]) -> None:
+    def __init__(self, serving: Serving, store: Store, dedup: Dedup, retention: Retention, edits: Edits,
+                 out: LogicOut, stats: collections.Counter[str], limits: Mapping[str, float]) -> None:
         self.serving, self.store, self.dedup, self.retention = serving, store, dedup, retention
+        self.edits = edits
         self.out, self.stats = out, stats
         self.block = int(limits["id_block"])
         self.lifetime = limits["message_lifetime"]
@@ -125,8 +129,10 @@ class Ids:
                 rec.id, rec.stime, rec.expiry = msg_id, stime, expiry
                 put(ch.prefix + keys.pack_u64(msg_id), keys.encode(rec.record()))
                 put(keys.sent_key(rec.uin, rec.device, rec.ctime),
-                    keys.sent_value(ch.name, msg_id, keys.text_digest(rec.text)))
+                    keys.sent_value(ch.name, msg_id, keys.text_digest(rec.content())))
                 put(keys.sent_expiry_key(expiry_ms, rec.uin, rec.device, rec.ctime), b"")
+                if rec.kind is not None:
+                    self.edits.stage(ch, rec)
                 self.retention.queued(ch, msg_id)
                 if self.dedup.note_staged(rec):      # the table learns it now, not at the ack
                     self.store.put(keys.dedup_key(rec.uin, rec.device),
@@ -138,6 +144,7 @@ class Ids:
             if ch.last_id != last_before:
                 self.store.put(keys.last_id_key(ch.name), keys.pack_u64(ch.last_id))
             self._prefetch(ch)
+        self.edits.turn_done()
         self.dirty = {ch for ch in self.dirty if ch.waiting and ch.available()}
 
     def take_committed(self) -> list[Pending]:

@@ -88,6 +88,13 @@ class LogicNode(Node):
             "channel_show": self.handle_channel_show,
             "presence": self.handle_presence,
             "member": by_msg(c.members.member),
+            # conversations (issue 24): edit/delete events, history, typing and watched presence
+            "edit": c.sends.edit,
+            "delete": c.sends.delete,
+            "history": by_msg(c.history.history),
+            "typing": by_msg(c.ephemeral.typing),
+            "watch": by_msg(c.ephemeral.watch),
+            "unwatch": by_msg(c.ephemeral.unwatch),
             "status": self.handle_status}
         schemas = schema.LOGIC_REQUESTS
         if self.repl is not None:
@@ -221,6 +228,7 @@ class LogicNode(Node):
         self.requests.expire()
         self.core.ids.retry_leases()
         self.announce()
+        self.core.ephemeral.expire(self.clock())
         self.replica.retry()
         if self.repl is not None:
             self.repl.reconcile()              # a lease that ran out ends leadership even when idle

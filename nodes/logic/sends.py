@@ -20,6 +20,10 @@ when known) and an ack says ``retry`` when it answers a retry -- the broker
 gives the token back for those and strips both.  A send marked ``lookup`` (the
 user is over the rate) is dedup only: a retry is answered as always, anything
 else is refused RATE_LIMITED and nothing is stored.
+
+Edits and deletes (``event``) take the same path as a send -- dedup, ids, ack,
+fan-out, a retry answered with the original ack -- once nodes/logic/edits.py
+accepts them (author, window, a live plain message to refer to).
 """
 from __future__ import annotations
 
@@ -27,8 +31,9 @@ import collections
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from nodes.logic.channels import Pending
+from nodes.logic.channels import DELETE, EDIT, Pending, content_of
 from nodes.logic.dedup import Dedup
+from nodes.logic.edits import Edits
 from nodes.logic.fanout import FanOut
 from nodes.logic.ids import Ids
 from nodes.logic.serving import Serving
@@ -47,9 +52,9 @@ class Sends:
     ``accepted`` ((uin, device) -> the newest client time in ``inflight`` when it was accepted,
     until that send is stored: with the dedup table, the device's ``newest``)."""
 
-    def __init__(self, serving: Serving, dedup: Dedup, ids: Ids, fanout: FanOut, out: LogicOut,
+    def __init__(self, serving: Serving, dedup: Dedup, ids: Ids, edits: Edits, fanout: FanOut, out: LogicOut,
                  stats: collections.Counter[str]) -> None:
-        self.serving, self.dedup, self.ids, self.fanout = serving, dedup, ids, fanout
+        self.serving, self.dedup, self.ids, self.edits, self.fanout = serving, dedup, ids, edits, fanout
         self.out, self.stats = out, stats
         self.inflight: dict[tuple[int, int, int], Pending] = {}     # (uin, device, ctime) -> its send
         self.refusal: tuple[str, str] | None = None
@@ -66,13 +71,28 @@ class Sends:
 
     def send(self, ident: bytes, msg: Msg, _now: float | None = None) -> Msg | None:
         """Accept a send; return an immediate reply (retry, error) or None (acked later)."""
+        return self._accept(ident, msg, None, 0, msg["text"], None)
+
+    def edit(self, ident: bytes, msg: Msg, now: float) -> Msg | None:
+        """Accept an edit of message ``id`` (an event with its own id): as ``send``."""
+        return self._accept(ident, msg, EDIT, msg["id"], msg["text"], now)
+
+    def delete(self, ident: bytes, msg: Msg, now: float) -> Msg | None:
+        """Accept a delete of message ``id`` (an event with its own id, text ""): as ``send``."""
+        return self._accept(ident, msg, DELETE, msg["id"], "", now)
+
+    def _accept(self, ident: bytes, msg: Msg, kind: str | None, ref: int, text: str,
+                now: float | None) -> Msg | None:
+        """The send path of a message (``kind`` None) or an event of message ``ref``: a retry is
+        answered (or joined) before any rule is checked again -- its outcome stands."""
         uin, device, ctime, rid = msg["uin"], msg["device"], msg["ctime"], msg["rid"]
         ch = self.serving.member_channel(msg["channel"], uin)
         key = (uin, device, ctime)
         waiter = (ident, rid)
+        content = content_of(kind, ref, text)
         pending = self.inflight.get(key)
         if pending is not None:
-            if pending.channel != ch.name or pending.text != msg["text"]:
+            if pending.channel != ch.name or pending.content() != content:
                 raise wire.ProtocolError(wire.Err.STALE, "client time reused for another message")
             pending.waiters.append(waiter)           # retry of a send still being stored (acked ``retry``)
             self.stats["retries"] += 1
@@ -83,7 +103,7 @@ class Sends:
             if channel != ch.name:
                 raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} was used for a message "
                                          "to another channel")
-            if digest != keys.text_digest(msg["text"]):
+            if digest != keys.text_digest(content):
                 raise wire.ProtocolError(wire.Err.STALE, f"client time {ctime} was used for another "
                                          "message (a different text): not a retry, nothing stored")
             self.stats["retries"] += 1
@@ -95,7 +115,9 @@ class Sends:
         if self.refusal is not None:                 # nothing can be stored now: not queued
             self.stats["storage_refused"] += 1
             raise wire.ProtocolError(*self.refusal)
-        rec = Pending(uin, device, ctime, msg["text"], msg.get("frag"), ch.name, waiter)
+        if kind is not None:
+            self.edits.check(ch, kind, uin, ref, now if now is not None else 0.0)
+        rec = Pending(uin, device, ctime, text, msg.get("frag"), ch.name, waiter, kind, ref)
         self.ids.enqueue(ch, rec)                    # BUSY if too many wait
         self.inflight[key] = rec
         if ctime > self.accepted.get((uin, device), -1):

@@ -51,7 +51,13 @@ LIMIT_SOURCES = {
     "max_text": "limits.max_text",
     "max_fragments": "limits.max_fragments",
     "max_channels": "heartbeat.max_channels",
+    "group_max_members": "limits.group_max_members",
 }
+PAGE_MAX = 100                  # items of a ``channels`` or ``history`` page at most
+PAGE_DEFAULT = 50               # ... when the request names no ``limit``
+TITLE_MAX = 64                  # bytes of a group's title
+ROLES = ("owner", "admin", "member")
+CREATE_KINDS = ("dm", "group")
 
 
 # --- client -> broker ---------------------------------------------------------------------------
@@ -71,6 +77,35 @@ CLIENT_REQUESTS = {
            "channels": opt("windows", "per channel, the newest id the client holds", limit="max_channels"),
            "net": opt("str", "network type now")},
     "logout": {"rid": RID, "sid": SID},
+    # --- conversations (docs/protocol.md "Conversations") ---
+    "channels": {"rid": RID, "sid": SID,
+                 "after": opt("str", "the `next` cursor of the previous page (opaque)"),
+                 "limit": opt("page", "channels per page (default 50)", limit=PAGE_MAX)},
+    "read": {"rid": RID, "sid": SID, "channel": req("channel"),
+             "id": req("u64", "read up to this id (the cursor never moves back)")},
+    "receipts": {"rid": RID, "sid": SID, "channel": req("channel"), "id": req("u64", "who has read up to this id")},
+    "history": {"rid": RID, "sid": SID, "channel": req("channel"),
+                "before": opt("u64", "older than this id (default: from the newest)"),
+                "limit": opt("page", "messages per page (default 50)", limit=PAGE_MAX)},
+    "edit": {"rid": RID, "sid": SID, "channel": req("channel"), "id": req("u64", "the message to edit"),
+             "ctime": req("u64", "client time, as a send's"),
+             "text": req("text", "the new text", limit="max_text")},
+    "delete": {"rid": RID, "sid": SID, "channel": req("channel"), "id": req("u64", "the message to delete"),
+               "ctime": req("u64", "client time, as a send's")},
+    "typing": {"rid": RID, "sid": SID, "channel": req("channel")},
+    "watch": {"rid": RID, "sid": SID, "channel": req("channel")},
+    "unwatch": {"rid": RID, "sid": SID, "channel": req("channel")},
+    "create": {"rid": RID, "sid": SID, "kind": req("str", "dm or group"), "ctime": req("u64", "client time"),
+               "with": opt("u32", "dm: the other user"),
+               "name": opt("text", "group: its title", limit=TITLE_MAX),
+               "members": opt("u32list", "group: the other members", limit="group_max_members")},
+    "invite": {"rid": RID, "sid": SID, "channel": req("channel"), "ctime": req("u64", "client time"),
+               "uins": req("u32list", "users to add", limit="group_max_members")},
+    "remove": {"rid": RID, "sid": SID, "channel": req("channel"), "ctime": req("u64", "client time"),
+               "uins": req("u32list", "members to remove", limit="group_max_members")},
+    "leave": {"rid": RID, "sid": SID, "channel": req("channel"), "ctime": req("u64", "client time")},
+    "role": {"rid": RID, "sid": SID, "channel": req("channel"), "ctime": req("u64", "client time"),
+             "uin": req("u32", "the member"), "role": req("str", "owner, admin or member")},
 }
 # Served without a session (everything else needs the login's ``sid``).
 SESSIONLESS = frozenset(("login", "ping"))
@@ -80,7 +115,9 @@ CLIENT_REPLIES = {
     "login_ok": {"rid": RID, "uin": req("u32"), "device": req("u32"), "sid": req("u64"),
                  "broker": req("str"), "idc": req("strnil"),
                  "hb": req("number", "heartbeat interval, seconds"),
-                 "limits": req("map", "max_text, max_fragments, rate, burst, message_lifetime")},
+                 "limits": req("map", "max_text, max_fragments, rate, burst, message_lifetime, edit_window, "
+                           "typing_rate, typing_burst, watch_ttl, group_max_members, receipts_max_members, "
+                           "presence_max_members")},
     "pong": {"rid": RID, "broker": req("str"), "idc": req("strnil")},
     "ack": {"rid": RID, "channel": req("str"), "device": req("u32"), "ctime": req("u64"),
             "id": req("u64", "the message's id")},
@@ -90,14 +127,43 @@ CLIENT_REPLIES = {
                "upto": req("windows"), "more": req("channels"), "not_member": req("channels"),
                "unavailable": req("channels")},
     "bye": {"rid": RID},
+    "channels": {"rid": RID, "items": req("list", "channel maps, most recently active first (see Conversations)"),
+                 "next": opt("str", "cursor of the next page; absent on the last"),
+                 "partial": opt("bool", "true: a logic node did not answer; its channels are missing")},
+    "read": {"rid": RID, "channel": req("str"), "id": req("u64", "the cursor now")},
+    "receipts": {"rid": RID, "channel": req("str"), "id": req("u64"),
+                 "read_by": req("u32list", "other members whose cursor is at or past id")},
+    "history": {"rid": RID, "channel": req("str"), "msgs": req("list", "msg maps, oldest first, edits applied"),
+                "more": req("bool", "older stored messages exist"), "first": req("u64", "oldest id still stored")},
+    "typing": {"rid": RID, "channel": req("str")},
+    "watch": {"rid": RID, "channel": req("str"), "online": req("u32list", "members online now")},
+    "unwatch": {"rid": RID, "channel": req("str")},
+    "create": {"rid": RID, "channel": req("str"), "kind": req("str", "dm or group"),
+               "created": req("bool", "false: it existed (a dm, or a retry)"),
+               "title": opt("str"), "members": req("u32", "member count")},
+    "invite": {"rid": RID, "channel": req("str"), "uins": req("u32list", "added now"),
+               "members": req("u32", "member count")},
+    "remove": {"rid": RID, "channel": req("str"), "uins": req("u32list", "removed now"),
+               "members": req("u32", "member count")},
+    "leave": {"rid": RID, "channel": req("str")},
+    "role": {"rid": RID, "channel": req("str"), "uin": req("u32"), "role": req("str")},
     "err": {"rid": req("u64nil"), "code": req("str", "an error code"), "msg": req("str"),
             "limit": opt("u64"), "retry_after": opt("number"), "reason": opt("str"),
             "version": opt("u32")},
 }
 PUSHES = {
     "msg": {"channel": req("str"), "id": req("u64"), "uin": req("u32"), "device": req("u32"),
-            "ctime": req("u64"), "stime": req("u64", "ms since the epoch"), "text": req("str"),
-            "frag": opt("frag", "only on fragments")},
+            "ctime": req("u64"), "stime": req("u64", "ms since the epoch"),
+            "text": opt("str", "absent on a tombstone (deleted: true)"),
+            "frag": opt("frag", "only on fragments"),
+            "kind": opt("str", "edit or delete: an event on message `ref` (absent: a message)"),
+            "ref": opt("u64", "edit/delete: the message it applies to"),
+            "edited": opt("u64", "history: stime ms of the latest edit"),
+            "deleted": opt("bool", "history: a tombstone (no text)")},
+    "read": {"channel": req("str"), "uin": req("u32", "you, from another device"), "id": req("u64", "your cursor now")},
+    "receipt": {"channel": req("str"), "uin": req("u32", "the reader"), "id": req("u64", "read up to")},
+    "typing": {"channel": req("str"), "uin": req("u32", "who is typing")},
+    "presence": {"channel": req("str", "a watched channel"), "uin": req("u32"), "online": req("bool")},
     "kicked": {"reason": req("str", "replaced or expired (a too_slow client gets no notice)"),
                "msg": opt("str")},
 }
@@ -122,6 +188,21 @@ LOGIC_REQUESTS = {
     "channel_show": {"rid": RID, "auth": AUTH, "channel": req("channel")},
     "presence": {"rid": RID, "uin": req("u32")},
     "member": {"rid": RID, "uin": req("u32"), "channel": req("channel")},
+    # conversations (issue 24): edit/delete events (the send path: acked ``ack``), history,
+    # typing and watched presence (ephemeral: nodes/logic/ephemeral.py)
+    "edit": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
+             "id": req("u64", "the message edited"), "ctime": req("u64"),
+             "text": req("text", "the new text", limit="max_text"),
+             "lookup": opt("bool", "as send's: over the rate, answer a retry only")},
+    "delete": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
+               "id": req("u64", "the message deleted"), "ctime": req("u64"),
+               "lookup": opt("bool", "as send's: over the rate, answer a retry only")},
+    "history": {"rid": RID, "uin": req("u32"), "channel": req("channel"),
+                "before": opt("u64", "page below this id (default: the newest + 1)", nil=True),
+                "limit": opt("u32", "messages, 1..100 (default 50)", nil=True)},
+    "typing": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
+    "watch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
+    "unwatch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
 }
 
 # broker -> router, logic -> router

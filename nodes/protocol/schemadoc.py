@@ -19,7 +19,7 @@ DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 # how each kind of field is written in the doc (the names of "Types used below")
 TYPE_NAMES = {"u32": "uint32", "u64": "uint64", "str": "str", "channel": "channel", "text": "str",
-              "u32list": "[uint32]", "windows": "map channel → uint64", "bin": "bin",
+              "u32list": "[uint32]", "page": "uint32 (1..limit)", "windows": "map channel → uint64", "bin": "bin",
               "sha256": "str (64 lowercase hex)", "pairs": "[[uint32, uint32]]",
               "frag": "[uint64, uint32, uint32]", "seconds": "number (0 < s < 10^9)", "bool": "bool",
               "number": "number", "list": "array", "map": "map", "channels": "[channel]",

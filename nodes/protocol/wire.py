@@ -139,6 +139,21 @@ def _kind_u32_list(v: Any, name: str) -> None:
         _check_uint(item, 32, name + "[]")
 
 
+def _kind_u32_list_limited(v: Any, name: str, limit: int | None = None) -> None:
+    """[uint32]; with a bound limit at most that many (TOO_MANY, e.g. a group's members)."""
+    _kind_u32_list(v, name)
+    if limit is not None and len(v) > limit:
+        raise ProtocolError(Err.TOO_MANY, f"'{name}' may list at most {limit} users", limit=limit)
+
+
+def _kind_page(v: Any, name: str, limit: int | None = None) -> None:
+    """A page size: an unsigned integer 1..limit (BAD_FIELD with "limit")."""
+    _check_uint(v, 32, name)
+    if v == 0 or (limit is not None and v > limit):
+        raise ProtocolError(Err.BAD_FIELD, f"'{name}' must be 1..{limit or 'uint32'}",
+                            **({} if limit is None else {"limit": limit}))
+
+
 def _kind_windows(v: Any, name: str) -> None:
     """{channel: uint64} -- the newest id a client holds per channel."""
     if type(v) is not dict:
@@ -228,12 +243,13 @@ def _kind_any(v: Any, name: str) -> None:
 KINDS: dict[str, Callable[..., None]] = {
          "pairs": _kind_pairs, "bin": _kind_bin, "sha256": _kind_sha, "windows": _kind_windows_limited,
          "u32": _kind_u32, "u64": _kind_u64, "str": _kind_str, "channel": _kind_channel,
-         "u32list": _kind_u32_list, "text": _kind_text, "frag": _kind_frag, "seconds": _kind_seconds,
+         "u32list": _kind_u32_list_limited, "page": _kind_page, "text": _kind_text, "frag": _kind_frag,
+         "seconds": _kind_seconds,
          "channels": _kind_channels, "u64nil": _kind_u64_or_nil, "any": _kind_any,
          "bool": _of_type(bool, what="a bool"), "number": _of_type(int, float, what="a number"),
          "list": _of_type(list, what="an array"), "map": _of_type(dict, what="a map"),
          "strnil": _of_type(str, type(None), what="a string or nil")}
-LIMITED = frozenset(("text", "windows", "frag"))     # kinds that take a limit
+LIMITED = frozenset(("text", "windows", "frag", "u32list", "page"))     # kinds that take a limit
 
 _CHANNEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:@#")
 

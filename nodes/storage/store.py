@@ -272,6 +272,20 @@ class Store:
         out.reverse()
         return out
 
+    def scan_back(self, prefix: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (key, value) with ``key`` starting with prefix and below ``end``, greatest first
+        (a page of history read backwards by key range: nodes/logic/history.py)."""
+        it = self.db.iter(ReadOptions())
+        it.seek_for_prev(end)
+        if it.valid() and it.key() == end:
+            it.prev()
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            yield key, it.value()
+            it.prev()
+
     # --- capture (replication ships a turn's writes: nodes/logic/replication.py) --------
     def start_capture(self) -> None:
         """From now on every staged put and delete is also recorded, for ``take_captured``."""
