@@ -151,6 +151,7 @@ async function openChannel(name) {
       if (!client.windows.last.has(name)) client.watch(name, page.msgs.length ? page.msgs.at(-1).id : 0);
     } catch (err) {
       notice(`Could not load this chat: ${reason(err.code, err.message)}`);
+      tl.more = false;
       if (!["NOT_MEMBER", "NO_CHANNEL", "BAD_CHANNEL"].includes(err.code)) client.watch(name, 0);
     }
   }
@@ -200,7 +201,7 @@ const readSent = new Map();       // channel -> the newest id a read was sent fo
 
 /** The open chat is on screen: my cursor moves to its newest message. */
 function markRead() {
-  if (!open || document.visibilityState !== "visible") return;
+  if (!open || document.visibilityState !== "visible" || !document.body.classList.contains("inconv")) return;
   const name = open;
   const tl = timeline(name);
   const newest = tl.newest;
@@ -370,7 +371,7 @@ $("devlogin").onclick = async () => {
   start((await res.json()).token).catch(fail);
 };
 $("tokenlogin").onclick = () => start($("token").value.trim()).catch(fail);
-$("back").onclick = () => { document.body.classList.remove("inconv"); };
+$("back").onclick = () => { document.body.classList.remove("inconv"); drawChats(); };
 $("messages").onscroll = () => { if ($("messages").scrollTop < 80) loadOlder(); };
 $("canceledit").onclick = stopEdit;
 document.addEventListener("visibilitychange", markRead);

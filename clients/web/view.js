@@ -71,15 +71,20 @@ export function drawMessages({ rows, pending, me, kind, seen, more, actions }) {
   const top = el("li", "top", more ? "Scroll up for older messages" : "Start of the conversation");
   top.id = "historytop";
   ol.append(top);
-  for (const m of rows) ol.append(messageNode(m, me, kind, actions, seen && seen.id === m.id ? seen.uins : null));
+  let prev = null;
+  for (const m of rows) {
+    // a run of one sender's messages names the sender once
+    ol.append(messageNode(m, me, kind, actions, seen && seen.id === m.id ? seen.uins : null, prev !== m.uin));
+    prev = m.uin;
+  }
   for (const p of pending) ol.append(pendingNode(p, actions));
 }
 
-function messageNode(m, me, kind, actions, seenBy) {
+function messageNode(m, me, kind, actions, seenBy, first) {
   const mine = m.uin === me;                       // mine from any device: on the right
   const li = el("li", mine ? "msg mine" : "msg");
   li.dataset.id = m.id;
-  if (!mine && kind !== "dm") li.append(el("span", "who", `user ${m.uin}`));
+  if (!mine && kind !== "dm" && first) li.append(el("span", "who", `user ${m.uin}`));
   if (m.deleted) {
     li.classList.add("deleted");
     li.append(el("span", "text", "message deleted"));
