@@ -7,7 +7,9 @@ ids.py), ``sends`` (accept, ack, abandon: sends.py), ``reads`` (sync and heads:
 reads.py), ``members`` (membership admin: members.py), ``fanout`` (who gets a
 message: fanout.py), ``retention`` (expiry and pruning: retention.py),
 ``edits`` (edit/delete rules and rewrites: edits.py), ``history`` (pages
-backwards: history.py) and ``ephemeral`` (typing, watched presence: ephemeral.py).  The
+backwards: history.py) and ``ephemeral`` (typing, watched presence: ephemeral.py),
+``readstate`` (read cursors, receipts, unread, my channels: readstate.py) and
+``rooms`` (channels users create, roles: rooms.py).  The
 node (node.py) routes requests to them; the core itself keeps the lifecycle of
 the channels -- load, seed, settle, adopt a new topology, hand over, drop --
 and the one commit path that the node, replication (replication.py) and a
@@ -35,7 +37,9 @@ from nodes.logic.ids import Ids
 from nodes.logic.members import Membership
 from nodes.logic.presence import PresenceReplica
 from nodes.logic.reads import Reads
+from nodes.logic.readstate import ReadState
 from nodes.logic.retention import Retention
+from nodes.logic.rooms import Rooms
 from nodes.logic.sends import Sends
 from nodes.logic.serving import Serving
 from nodes.runtime.ports import LogicOut
@@ -65,6 +69,8 @@ class LogicCore:
         self.members = Membership(s, store, self.fanout, secret, self.queue)
         self.history = History(s, store)
         self.ephemeral = Ephemeral(s, replica, self.fanout, topo.limits)
+        self.readstate = ReadState(s, store, self.members, self.fanout, replica, topo.limits)
+        self.rooms = Rooms(s, self.members, topo.limits)
 
     @property
     def channels(self) -> dict[str, ChannelState]:
@@ -97,11 +103,13 @@ class LogicCore:
             name, row = key[1:].decode(), keys.decode(raw)
             if (wanted is None or wanted(name)) and name not in incoming:
                 loaded[name] = ChannelState(name, row["members"], self.queue, row.get("lifetime"))
+                self.members.restore(name, row)
         self.channels.update(loaded)
         for ch in loaded.values():
             self.fanout.index(ch, ())
             self.ids.restore(ch, self.queue)
             self.retention.watch(ch)
+            self.readstate.restore(ch)
         self.dedup.load()                    # once: later d rows reach the table as they are written
         if not self.serving.joining:
             self._seed(wanted)
@@ -128,7 +136,9 @@ class LogicCore:
     # --- the turn's end: one commit path ---------------------------------------
     def assign(self, now: float) -> None:
         """Before the batch is written: queued sends get their ids, their rows are staged."""
+        before = len(self.ids.committed)
         self.ids.assign(now)
+        self.readstate.staged(self.ids.committed[before:])   # senders' cursors, in the same batch
 
     def take_committed(self) -> list[Pending]:
         """The sends staged in this turn's batch; whoever takes them passes them to ``commit``
@@ -138,6 +148,7 @@ class LogicCore:
     def commit(self, committed: Sequence[Pending]) -> None:
         """These sends are stored: ack, record dedup, fan out (one PUB frame per broker)."""
         self.sends.commit(committed)
+        self.readstate.stored(committed)
 
     def abandon(self, recs: Iterable[Pending], why: str) -> None:
         """Sends taken for a commit that will not come (the node stopped leading their shard)."""
@@ -197,5 +208,7 @@ class LogicCore:
         """Stop serving these channels (their shard moved): forget their state, fail their queues."""
         for name in names:
             ch = self.channels.pop(name, None)
+            self.readstate.forget(name)
+            self.members.meta.pop(name, None)
             if ch is not None:
                 self.abandon(self.ids.withdraw(ch), why)

@@ -36,7 +36,8 @@ PROBE = 1.0                 # seconds between tries to write again
 # decide themselves: a retry of a stored send is answered, a new one refused -- nodes/logic/sends.py)
 READS = frozenset({"send", "sync", "heads", "member", "presence", "status", "channel_show",
                    "handoff", "snap_req",
-                   "edit", "delete", "history", "typing", "watch", "unwatch"})
+                   "edit", "delete", "history", "typing", "watch", "unwatch",
+                   "receipts", "my_channels"})
 
 
 class StorageState:

@@ -6,11 +6,20 @@ media.  A change is stored with the turn's batch and keeps the fan-out index
 (nodes/logic/fanout.py) in step.  Kept apart from the send path: it is the only
 part that writes a channel's ``c`` row and the only one that checks admin tokens
 for channels.
+
+The ``c`` row also carries what users' channels add (``meta``, issue 24): the
+channel's ``kind`` (``room`` when absent: operator channels), ``title``,
+``roles`` ([[uin, "owner"|"admin"], ...] in the order given: everyone else is a
+member), ``made`` ([uin, device, ctime] of the create) and ``done`` (the last
+answers of member changes by (uin, device, ctime): a retry's original result).
+Kept in the one row so that replication, snapshots, hand-overs and reshards
+carry it with the members (nodes/storage/shards.py).  The rules that change it
+are nodes/logic/rooms.py's.
 """
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 from nodes.logic.channels import ChannelState
 from nodes.logic.fanout import FanOut
@@ -21,26 +30,40 @@ from nodes.runtime.ports import Msg
 from nodes.storage import store as keys
 from nodes.storage.store import Store
 
+META_FIELDS = ("kind", "title", "roles", "made", "done")    # what a ``c`` row holds beyond members
+
 
 class Membership:
-    """No state of its own beyond the channels' members (on each ChannelState)."""
+    """State beyond the channels' members (on each ChannelState): ``meta`` (name -> the
+    ``c`` row's META_FIELDS present; absent or empty for an operator room)."""
 
     def __init__(self, serving: Serving, store: Store, fanout: FanOut, secret: bytes, queue: int) -> None:
         self.serving, self.store, self.fanout = serving, store, fanout
         self.secret = secret
         self.queue = queue                    # a new channel's queue length (channel_queue)
+        self.meta: dict[str, dict[str, Any]] = {}
 
-    def create(self, name: str, members: Iterable[int], lifetime: float | None = None) -> ChannelState:
+    def create(self, name: str, members: Iterable[int], lifetime: float | None = None,
+               meta: dict[str, Any] | None = None) -> ChannelState:
         """A new channel, held and served here from now on (its ``c`` row is staged)."""
         ch = self.serving.channels[name] = ChannelState(name, members, self.queue, lifetime)
         self.fanout.index(ch, ())
         ch.next_id = 1
+        self.meta[name] = dict(meta or {})
         self.save(ch)
         return ch
 
+    def restore(self, name: str, row: dict[str, Any]) -> None:
+        """A loaded channel's ``c`` row: keep what it holds beyond the members."""
+        self.meta[name] = {k: row[k] for k in META_FIELDS if k in row}
+
+    def kind(self, name: str) -> str:
+        kind: str = self.meta.get(name, {}).get("kind", "room")
+        return kind
+
     def save(self, ch: ChannelState) -> None:
-        self.store.put(keys.channel_key(ch.name), keys.encode({"members": sorted(ch.members),
-                                                               "lifetime": ch.lifetime}))
+        row = {"members": sorted(ch.members), "lifetime": ch.lifetime, **self.meta.get(ch.name, {})}
+        self.store.put(keys.channel_key(ch.name), keys.encode(row))
 
     # --- membership ----------------------------------------------------------
     def member(self, msg: Msg, _now: float | None = None) -> Msg:

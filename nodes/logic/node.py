@@ -88,6 +88,7 @@ class LogicNode(Node):
             "channel_show": self.handle_channel_show,
             "presence": self.handle_presence,
             "member": by_msg(c.members.member),
+            "status": self.handle_status,
             # conversations (issue 24): edit/delete events, history, typing and watched presence
             "edit": c.sends.edit,
             "delete": c.sends.delete,
@@ -95,7 +96,15 @@ class LogicNode(Node):
             "typing": by_msg(c.ephemeral.typing),
             "watch": by_msg(c.ephemeral.watch),
             "unwatch": by_msg(c.ephemeral.unwatch),
-            "status": self.handle_status}
+            # the conversation layer (issue 24): rooms and roles, read state
+            "create": self._admin_change(c.rooms.create),
+            "invite": self._admin_change(c.rooms.invite),
+            "remove": self._admin_change(c.rooms.remove),
+            "leave": self._admin_change(c.rooms.leave),
+            "role": self._admin_change(c.rooms.role),
+            "read": self._admin_change(c.readstate.read),
+            "receipts": by_msg(c.readstate.receipts),
+            "my_channels": by_msg(c.readstate.my_channels)}
         schemas = schema.LOGIC_REQUESTS
         if self.repl is not None:
             handlers.update(self.repl.handlers())
@@ -142,12 +151,14 @@ class LogicNode(Node):
             self.queue_packed(self.pub, topic, frame)
 
     def _admin_change(self, fn):
-        """A membership change is answered once the record carrying it is on a majority."""
+        """A membership change (the operator's, or a user's: nodes/logic/rooms.py, a read cursor)
+        is answered once the record carrying it is on a majority (the reply names the channel:
+        a ``create`` computes it)."""
         def handler(ident, msg, now):
             reply = fn(msg, now)
             if self.repl is None:
                 return reply
-            self.repl.hold_reply(msg["channel"], ident, reply)
+            self.repl.hold_reply(reply["channel"], ident, reply)
             return None
         return handler
 

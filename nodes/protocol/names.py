@@ -11,6 +11,8 @@ wire); both import them from here so they cannot disagree.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from nodes.protocol.wire import Err, ProtocolError
 
 DM_PREFIX = "dm:"
@@ -38,3 +40,17 @@ def kind_of(channel: str) -> str | None:
     if channel.startswith(GROUP_PREFIX):
         return "group"
     return None
+
+
+def create_name(msg: dict[str, Any]) -> str:
+    """The channel a ``create`` request ({uin, ctime, kind, with?}) makes (BAD_FIELD if it
+    names none: an unknown kind, a DM without ``with`` or with oneself)."""
+    kind = msg.get("kind")
+    if kind == "dm":
+        other = msg.get("with")
+        if other is None:
+            raise ProtocolError(Err.BAD_FIELD, "a dm create needs 'with': the other uin")
+        return dm(msg["uin"], other)
+    if kind == "group":
+        return group(msg["uin"], msg["ctime"])
+    raise ProtocolError(Err.BAD_FIELD, "field 'kind' must be \"dm\" or \"group\"")

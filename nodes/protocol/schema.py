@@ -172,6 +172,51 @@ SYNC_PAGE = 200                # messages per sync reply at most
 
 # --- between nodes: requests, each answered on the same DEALER ----------------------------------
 
+# broker -> logic: the conversation layer's rooms, roles and read state (issue 24; nodes/logic/rooms.py,
+# nodes/logic/readstate.py).  ``uin`` and ``device`` are the caller's, ``ctime`` the client's (a retry's
+# dedup key); a role change names the member it changes ``target``.
+_CALLER = {"rid": RID, "uin": req("u32", "the caller"), "device": req("u32", "the caller's device"),
+           "ctime": req("u64", "client time: a retry with the same one gets the original answer")}
+CONVERSATION_LOGIC_REQUESTS = {
+    "create": dict(_CALLER, kind=req("str", "dm or group"), channel=opt("channel", "the name the broker computed "
+                   "(nodes/protocol/names.py); BAD_FIELD if another"),
+                   **{"with": opt("u32", "dm: the other user")},
+                   title=opt("str", "group: its title, <= 64 bytes"),
+                   members=opt("u32list", "group: the other members (limits.group_max_members in all)")),
+    "invite": dict(_CALLER, channel=req("channel"), uins=req("u32list", "uins to add")),
+    "remove": dict(_CALLER, channel=req("channel"), uins=req("u32list", "members to remove")),
+    "leave": dict(_CALLER, channel=req("channel")),
+    "role": dict(_CALLER, channel=req("channel"), target=req("u32", "the member whose role changes"),
+                 role=req("str", "owner, admin or member")),
+    "read": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
+             "id": req("u64", "read up to this id")},
+    "receipts": {"rid": RID, "uin": req("u32"), "channel": req("channel"), "id": req("u64")},
+    "my_channels": {"rid": RID, "uin": req("u32")},
+}
+# logic -> broker: their replies (each also carries ``rid``)
+CONVERSATION_LOGIC_REPLIES = {
+    "create": {"rid": RID, "channel": req("str"), "kind": req("str"), "created": req("bool", "false: it existed"),
+               "members": req("u32list"), "role": req("str", "the caller's"), "title": opt("str")},
+    "invite": {"rid": RID, "channel": req("str"), "added": req("u32list", "uins not members before"),
+               "members": req("u32", "member count now")},
+    "remove": {"rid": RID, "channel": req("str"), "removed": req("u32list", "uins that were members"),
+               "members": req("u32", "member count now")},
+    "leave": {"rid": RID, "channel": req("str"), "members": req("u32", "member count now")},
+    "role": {"rid": RID, "channel": req("str"), "target": req("u32"), "role": req("str")},
+    "read": {"rid": RID, "channel": req("str"), "id": req("u64", "the caller's cursor now")},
+    "receipts": {"rid": RID, "channel": req("str"), "id": req("u64"),
+                 "read_by": req("u32list", "members other than the caller with a cursor >= id")},
+    "my_channels": {"rid": RID, "uin": req("u32"),
+                    "items": req("list", "channel, kind, title?, role, members, last, read, unread, "
+                                 "unread_more?, active (stime ms), preview? {id, uin, stime, text or deleted}"),
+                    "truncated": opt("bool", "more than 10,000 channels here: the first by activity")},
+}
+# logic -> broker, in ``msgs`` items (delivered to the uins' sessions but the sender's device)
+CONVERSATION_PUSHES = {
+    "read": {"channel": req("str"), "uin": req("u32"), "id": req("u64", "the user's cursor now")},
+    "receipt": {"channel": req("str"), "uin": req("u32", "who read"), "id": req("u64")},
+}
+
 # broker -> logic, admin -> logic, relay -> logic
 LOGIC_REQUESTS = {
     "send": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel"),
@@ -203,6 +248,7 @@ LOGIC_REQUESTS = {
     "typing": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
     "watch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
     "unwatch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
+    **CONVERSATION_LOGIC_REQUESTS,
 }
 
 # broker -> router, logic -> router

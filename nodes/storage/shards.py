@@ -4,7 +4,7 @@ The logic store keeps one key space; a shard is the set of rows of its
 channels.  Replication needs two things from the key layout:
 
 - ``split``: a loop turn's staged writes, grouped by shard, to ship as
-  records.  ``m``/``c``/``i``/``l`` rows name their channel in the key, an
+  records.  ``m``/``c``/``i``/``l``/``u`` rows name their channel in the key, an
   ``e`` put names it in its value, and the ``x`` and ``d`` puts that
   ``Ids.assign`` (nodes/logic/ids.py) stages right after a message's ``m``/``e`` puts belong
   to that message's shard.  Deletes of ``e``/``x``/``d`` rows (pruning of
@@ -31,7 +31,8 @@ from nodes.storage import store as keys
 
 PAUSE_EVERY = 512              # rows scanned past (other shards' send rows) between looks at the clock
 
-_CHANNEL_KEYED = frozenset(b"mcil")
+_CHANNEL_KEYED = frozenset(b"mcilu")
+_LENGTH_PREFIXED = frozenset(b"mu")      # kind + len(channel):u8 + channel + ...
 _FOLLOWS_MESSAGE = frozenset(b"xd")
 
 ShardOf = Callable[[str], int]          # a channel's shard (Topology.shard_of)
@@ -48,11 +49,11 @@ class Rows(Protocol):
 
 
 def channel_of_key(key: bytes) -> str | None:
-    """The channel named in an ``m``/``c``/``i``/``l`` key, else None."""
+    """The channel named in an ``m``/``c``/``i``/``l``/``u`` key, else None."""
     kind = key[0]
     if kind not in _CHANNEL_KEYED:
         return None
-    if kind == ord("m"):
+    if kind in _LENGTH_PREFIXED:
         return key[2:2 + key[1]].decode()
     return key[1:].decode()
 
@@ -97,7 +98,8 @@ def channel_rows(store: Rows, wanted: Callable[[str], bool], sends: bool = ...,
 def channel_rows(store: Rows, wanted: Callable[[str], bool], sends: bool = True,
                  pause_every: int = 0) -> Iterator[Row | None]:
     """(key, value) of every row of the channels ``wanted(name)`` accepts but ``d`` rows:
-    members, newest id, leases, messages, and (``sends``) the ``e``/``x`` rows of their sends.
+    members (and kinds, roles), newest id, leases, read cursors, messages, and (``sends``) the
+    ``e``/``x`` rows of their sends.
 
     The send rows are found by scanning every ``e`` and ``x`` row of the store (they are keyed
     by device, not channel); ``pause_every``: yield None after that many rows scanned there, so
@@ -113,6 +115,7 @@ def channel_rows(store: Rows, wanted: Callable[[str], bool], sends: bool = True,
             found = store.get(key)
             if found is not None:
                 yield key, found
+        yield from store.scan(keys.cursor_prefix(name))
         yield from store.scan(keys.channel_prefix(name))
     if not sends:
         return

@@ -11,7 +11,11 @@ Keys are big-endian binary so that iteration order is id order:
                                                    the crc tells a retry from a reused client time)
 - ``x`` + expiry ms:u64 + uin + device + ctime   -> empty (when the ``e`` row goes, logic)
 - ``i`` + channel                                -> newest id assigned:u64 (never goes back, logic)
-- ``c`` + channel                                -> msgpack {"members": [uin, ...]}    (logic)
+- ``c`` + channel                                -> msgpack {"members": [uin, ...], "lifetime": s or nil,
+                                                   and for user-made channels "kind", "title", "roles",
+                                                   "made", "done" (nodes/logic/members.py)}   (logic)
+- ``u`` + len(channel):u8 + channel + uin:u32    -> msgpack id: the uin's read cursor in the channel
+                                                   (logic, nodes/logic/readstate.py)
 - ``l`` + channel                                -> msgpack [[start, end], ...] (leased id blocks, logic)
 - ``h`` + channel                                -> end:u64 (counter high-water mark)
 - ``b`` + channel                                -> start:u64 of the last block issued (counter)
@@ -96,6 +100,16 @@ def sent_of_expiry_key(key: bytes) -> tuple[int, bytes]:
     return expiry_ms, sent_key(uin, device, ctime)
 
 
+def cursor_prefix(channel: str) -> bytes:
+    """The read cursors of one channel (``u`` rows): prefix + uin:u32."""
+    raw = channel.encode()
+    return b"u" + bytes((len(raw),)) + raw
+
+
+def cursor_key(channel: str, uin: int) -> bytes:
+    return cursor_prefix(channel) + _U32.pack(uin)
+
+
 def last_id_key(channel: str) -> bytes:
     return b"i" + channel.encode()
 
@@ -126,6 +140,11 @@ def position_key(shard: int) -> bytes:
 
 def pack_u64(value: int) -> bytes:
     return _U64.pack(value)
+
+
+def unpack_u32(raw: bytes) -> int:
+    value: int = _U32.unpack(raw)[0]
+    return value
 
 
 def unpack_u64(raw: bytes) -> int:
