@@ -94,7 +94,7 @@ function messageNode(m, me, kind, actions, seenBy, first) {
   const meta = el("span", "meta");
   if (m.edited && !m.deleted) meta.append(el("span", "edited", "edited"));
   meta.append(el("time", "time", timeLabel(m.stime)));
-  if (mine) meta.append(el("span", "state", "✓"));
+  if (mine && !m.deleted) meta.append(el("span", "state", "✓"));
   li.append(meta);
   if (mine && !m.deleted) {
     const bar = el("span", "actions");
