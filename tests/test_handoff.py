@@ -287,3 +287,21 @@ def test_pages_read_in_time_slices_still_carry_every_row(tmp_path, monkeypatch):
             break
         after = page["next"]
     assert got == expected and empty > 0
+
+
+def test_a_channel_moves_with_its_read_cursors_pending_pushes_and_mutes(tmp_path):
+    """Every per-channel row kind goes with the channel in a live reshard: read cursors
+    (``u``), pending offline pushes (``p``) and mutes (``q``) are channel state like its
+    messages -- ``take`` must accept them, or the move of such a channel fails."""
+    _one, two, name, _stay, (src, _out, src_store) = moving_and_staying(tmp_path)
+    rows = {keys.cursor_key(name, 1): keys.encode(3),
+            keys.push_key(name, 3): keys.encode([1, 0, 0, "hi", [2]]),
+            keys.mute_key(name, 2): keys.encode(2e9)}
+    for key, value in rows.items():
+        src_store.put(key, value)
+    src_store.flush()
+    src.adopt(two)
+    dst, _out2, dst_store = core_of(tmp_path, "l2", two)
+    hand_over(src, src_store, dst, dst_store, "l2")
+    for key, value in rows.items():
+        assert dst_store.get(key) == value, key[:1]

@@ -36,7 +36,7 @@ def test_a_turn_of_sends_is_one_shard_s_writes_and_pruning_stays_local(tmp_path)
     by_shard = shards.split(ops, shard_of)
     assert list(by_shard) == [7]
     kinds = sorted({k[:1] for k, _v in by_shard[7]})
-    assert kinds == [b"d", b"e", b"i", b"l", b"m", b"x"]      # message, index, expiry, dedup, id, lease
+    assert kinds == [b"d", b"e", b"i", b"l", b"m", b"u", b"x"]   # + the senders' read cursors (u)
     assert len([k for k, _v in by_shard[7] if k[:1] == b"m"]) == 3
     # time-based pruning (e/x/d deletes) is every replica's own business
     pruning = [(keys.sent_key(1, 0, 100), None), (b"x" + bytes(24), None), (keys.dedup_key(1, 0), None)]

@@ -82,7 +82,8 @@ class BrokerCore:
         self.handlers = {"login": self.login, "ping": self.ping, "send": self.send, "sync": self.sync,
                          "hb": self.heartbeat, "logout": self.logout,
                          "channels": self.channels, "history": self.history, "edit": self.edit,
-                         "delete": self.delete, "typing": self.typing, "create": self.create, "role": self.role}
+                         "delete": self.delete, "typing": self.typing, "create": self.create, "role": self.role,
+                         "mute": self.mute}
         for t, (fields, with_device) in FORWARDED.items():
             self.handlers[t] = self._forwarder(t, fields, with_device)
 
@@ -301,6 +302,10 @@ class BrokerCore:
         for logic in asked:
             self.out.to_logic(logic, request, done, FAST_TIMEOUT)
         return None
+
+    def mute(self, session, msg, now):
+        """No offline pushes of a channel to this user until ``until`` (nodes/logic/pushes.py)."""
+        return self._to_owner(session, msg, now, "mute", ("channel", "until"), with_device=False)
 
     def _admit(self, session) -> None:
         """One more request of ``session`` waits for other nodes: bounded per broker and per

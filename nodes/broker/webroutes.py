@@ -21,6 +21,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from nodes import PACKAGE_DIR
+from nodes.broker.httpapi import Api
 from nodes.protocol import auth, wire
 
 POLL_WAIT = 20.0               # seconds a long poll is held when nothing is queued
@@ -58,6 +59,7 @@ class Routes:
         self.table = {("GET", "/info"): self.info, ("POST", "/dev/token"): self.dev_token,
                       ("POST", "/h/open"): self.open, ("POST", "/h/send"): self.send,
                       ("GET", "/h/poll"): self.poll, ("POST", "/h/close"): self.close}
+        self.api = Api(gate, node)          # the server HTTP API under /api/v1/ (nodes/broker/httpapi.py)
 
     # --- origin --------------------------------------------------------------
     def origin_ok(self, headers: dict) -> bool:
@@ -85,8 +87,12 @@ class Routes:
             cors = (("access-control-allow-origin", headers[b"origin"].decode("latin-1")),)
         conn.cors = cors
         if method == "OPTIONS":
-            gate.respond(conn, 204, b"", headers=cors + (("access-control-allow-methods", "GET, POST"),
-                                                         ("access-control-allow-headers", "content-type")))
+            gate.respond(conn, 204, b"", headers=cors + (("access-control-allow-methods", "GET, POST, DELETE"),
+                                                         ("access-control-allow-headers",
+                                                          "content-type, authorization, idempotency-key")))
+            return
+        if self.api.owns(url.path):
+            self.api.handle(conn, method, url.path, headers, body)
             return
         handler = self.table.get((method, url.path))
         if handler == self.dev_token and headers.get(b"host", b"").decode("latin-1") not in self.brokers:
@@ -215,7 +221,7 @@ class Routes:
     def poll_gone(self, conn) -> None:
         channel = conn.parked
         conn.parked = None
-        if channel.waiter is conn:
+        if isinstance(channel, HttpChannel) and channel.waiter is conn:     # else an API call
             channel.waiter = None
 
     def housekeeping(self, now: float) -> None:

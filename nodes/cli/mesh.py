@@ -8,6 +8,7 @@
     bin/mesh check -c FILE                       validate a topology (exit 1 with file: key: why)
     bin/mesh secret -c FILE                      create the secret file of a topology
     bin/mesh keys [-c CONFIG]                    create missing CURVE keypairs, say what goes where
+    bin/mesh apikey --name NAME [-c CONFIG]      create a key of the server HTTP API (docs/api.md)
     bin/mesh token --uin U [--lifetime S] [--jwt]   print a login token (v1, or an HS256 JWT)
     bin/mesh channel create NAME --members 1,2,3 [--lifetime S] [--idc IDC]   (default home: nearest IDC)
     bin/mesh channel add NAME UIN...
@@ -45,7 +46,7 @@ from nodes.ops import supervisor
 from nodes.ops.admin import Admin
 from nodes.ops.mesh import Mesh, MeshError, MeshInterrupted, child_env
 from nodes.ops.supervisor import Supervisor
-from nodes.protocol import auth
+from nodes.protocol import apikeys, auth
 from nodes.runtime import curve, logs
 
 PROG = prog_name("mesh")
@@ -296,6 +297,29 @@ def cmd_secret(args) -> int:
     else:
         topo_secret(topo)
         print(f"{topo.secret_file} exists; left as it is")
+    if topo.push is not None:
+        try:
+            made = auth.ensure_secret(topo.push.secret_file)
+        except OSError as exc:
+            fail(f"{topo.path}: push.secret_file {topo.push.secret_file}: {exc.strerror}", 1)
+        print(f"{'created' if made else 'kept'} {topo.push.secret_file}: the push receiver checks "
+              "X-Imesh-Signature with it (docs/push.md); copy it to every logic node's machine and the receiver")
+    return 0
+
+
+def cmd_apikey(args) -> int:
+    """Add a named key to the topology's ``api_keys`` (beside the secret file) and print it once."""
+    topo = load_topology(args.config)
+    path = apikeys.path_for(topo.secret_file)
+    try:
+        key = apikeys.create(path, args.name)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror}", 1)
+    print(key)
+    print(f"added {args.name!r} to {path}; the key is shown only now (copy {path} to every broker's "
+          "machine; delete its line to revoke it)", file=sys.stderr)
     return 0
 
 
@@ -319,6 +343,11 @@ def cmd_check(args) -> int:
         except topology.TopologyError as exc:
             fail(f"{exc} (`{PROG} secret -c {args.config}` creates one)", 1)
     secret = "present" if os.path.exists(topo.secret_file) else "created by `up` (local topology)"
+    if topo.push is not None and (os.path.exists(topo.push.secret_file) or not topo.local):
+        try:
+            topo.read_push_secret()
+        except topology.TopologyError as exc:
+            fail(f"{exc} (`{PROG} secret -c {args.config}` creates one)", 1)
     keys = check_keys(topo, args.config)
     found = preflight.problems(topo) if topo.local else []     # elsewhere: checked on the nodes' machines
     if found:
@@ -403,11 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_top)
     for name, fn, text in (
             ("check", cmd_check, "validate a topology file (endpoints, ports, secret, keys); exit 1 if bad"),
-            ("secret", cmd_secret, "create the topology's secret file if it does not exist"),
+            ("secret", cmd_secret, "create the topology's secret file (and push.secret_file) if it does not exist"),
             ("keys", cmd_keys, "create missing CURVE keypairs and print what a deployment copies where")):
         p = subcommand(sub, name, help=text)
         add_config_arg(p)
         p.set_defaults(fn=fn)
+    p = subcommand(sub, "apikey", help="create a key of the server HTTP API and print it (docs/api.md)")
+    add_config_arg(p)
+    p.add_argument("--name", required=True, help="what the key is for (letters, digits, _.-)")
+    p.set_defaults(fn=cmd_apikey)
     p = subcommand(sub, "token", help="print a login token for a uin")
     add_config_arg(p)
     p.add_argument("--uin", type=uin_arg, required=True, help="user number the token is for")

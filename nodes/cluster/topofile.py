@@ -20,16 +20,18 @@ from nodes.cluster.topology import (
     ENDPOINTS,
     NODE_TYPES,
     OPTIONAL_KEYS,
+    PUSH_DEFAULTS,
     REQUIRED_TYPES,
     RESERVED_KEY_NAMES,
     NodeSpec,
+    PushSettings,
     Topology,
     TopologyError,
 )
 
 _TOP_KEYS = {"cluster", "secret_file", "data_dir", "local", "limits", "heartbeat",
              "storage", "idcs", "channels", "curve", "client_curve", "keys_dir", "public_keys",
-             "replication", "shards", "etcd", "version", "jwt"}
+             "replication", "shards", "etcd", "version", "jwt", "push"}
 
 
 def _fail(path, key, why):
@@ -116,6 +118,40 @@ def _parse_jwt(path, raw):
         _fail(path, "jwt.leeway", f"must be a number of seconds from 0 to 300, got {leeway!r}")
     return jwtokens.JwtConfig(tuple(dict.fromkeys(algorithms)), given.get("issuer"), given.get("audience"),
                               keys, float(leeway))
+
+def _parse_push(path, raw, base) -> PushSettings | None:
+    """``push: {webhook: URL, secret_file: F, preview, timeout, batch, max_pending, retry_min,
+    retry_max, alert_after}``: offline pushes (nodes/logic/pushes.py, docs/push.md).
+    ``preview: false`` sends no text, a number that many characters (default 100);
+    ``secret_file`` defaults to ``push_secret`` next to the cluster secret."""
+    given = raw.get("push")
+    if given is None:
+        return None
+    if not isinstance(given, dict):
+        _fail(path, "push", "must be a mapping (webhook, secret_file, preview, ...)")
+    webhook = given.get("webhook")
+    if not isinstance(webhook, str) or not webhook.startswith(("http://", "https://")) \
+            or not webhook.split("//", 1)[1].split("/", 1)[0]:
+        _fail(path, "push.webhook", f"must be an http:// or https:// URL, got {webhook!r}")
+    secret_file = given.get("secret_file", os.path.join(os.path.dirname(
+        os.path.normpath(os.path.join(base, raw.get("secret_file", "secret")))), "push_secret"))
+    if not isinstance(secret_file, str) or not secret_file:
+        _fail(path, "push.secret_file", "must be a path")
+    numbers = {k: v for k, v in given.items() if k not in ("webhook", "secret_file", "preview")}
+    merged = _merge_numbers(path, "push", numbers, PUSH_DEFAULTS)
+    preview = given.get("preview", True)
+    if preview is True:
+        merged["preview"] = PUSH_DEFAULTS["preview"]
+    elif preview is False:
+        merged["preview"] = 0
+    elif isinstance(preview, int) and not isinstance(preview, bool) and 0 <= preview <= 4096:
+        merged["preview"] = preview
+    else:
+        _fail(path, "push.preview", f"must be true, false or a number of characters (0..4096), got {preview!r}")
+    if merged["retry_max"] < merged["retry_min"]:
+        _fail(path, "push.retry_max", f"must be at least retry_min ({merged['retry_min']}), got {merged['retry_max']}")
+    return PushSettings(webhook=webhook, secret_file=os.path.normpath(os.path.join(base, secret_file)), **merged)
+
 
 def _merge_numbers(path, section, given, defaults, allow_zero=()):
     if given is None:
@@ -380,6 +416,7 @@ def parse(raw: Any, path: str) -> Topology:
         shards=shards,
         etcd=etcd,
         jwt=_parse_jwt(path, raw),
+        push=_parse_push(path, raw, base),
         version=version,
     )
 

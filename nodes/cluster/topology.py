@@ -100,6 +100,26 @@ class NodeSpec:
         return self.endpoints[name]
 
 
+@dataclasses.dataclass(frozen=True)
+class PushSettings:
+    """The ``push`` section: where offline pushes go and how hard to try (nodes/logic/pushes.py,
+    docs/push.md).  Parsed and checked by nodes/cluster/topofile.py; the secret is read when
+    a logic node starts (``read_push_secret``)."""
+    webhook: str                   # http(s) URL the batches are POSTed to
+    secret_file: str               # HMAC-SHA256 key of the X-Imesh-Signature header
+    preview: int = 100             # characters of the text sent as the preview; 0: none
+    timeout: float = 5.0           # seconds per POST (connect + answer)
+    batch: int = 50                # events per POST at most
+    max_pending: int = 10000       # pushes kept per logic node; beyond it the oldest are dropped
+    retry_min: float = 1.0         # first retry after this many seconds, doubled per failure
+    retry_max: float = 300.0       # ... up to this
+    alert_after: float = 60.0      # a receiver failing this long is logged at ERROR (again every as long)
+
+
+PUSH_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PushSettings)
+                 if f.name not in ("webhook", "secret_file")}
+
+
 @dataclasses.dataclass
 class Topology:
     path: str
@@ -120,6 +140,7 @@ class Topology:
     shards: int = DEFAULT_SHARDS
     etcd: list = dataclasses.field(default_factory=list)   # endpoints; empty + local: bin/mesh starts one
     jwt: Any = None        # nodes.protocol.jwtokens.JwtConfig: which JWT login tokens count (topofile._parse_jwt)
+    push: PushSettings | None = None   # offline push webhook (docs/push.md); None: no pushes
     version: int = 1       # bumped by the operator for a live change (bin/mesh reshard, nodes/cluster/topochange.py)
     text: str = ""         # the YAML this was read from: what a live change sends to running nodes
     _owners: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -263,13 +284,21 @@ class Topology:
         return os.path.join(self.data_dir, node_id)
 
     def read_secret(self) -> bytes:
+        return self._read_secret(self.secret_file, "secret_file")
+
+    def read_push_secret(self) -> bytes:
+        """The key that signs offline pushes (``push.secret_file``); the topology has a push section."""
+        assert self.push is not None
+        return self._read_secret(self.push.secret_file, "push.secret_file")
+
+    def _read_secret(self, path: str, key: str) -> bytes:
         try:
-            with open(self.secret_file, "rb") as f:
+            with open(path, "rb") as f:
                 secret = f.read().strip()
         except OSError as exc:
-            raise TopologyError(f"{self.path}: secret_file {self.secret_file}: {exc.strerror}") from None
+            raise TopologyError(f"{self.path}: {key} {path}: {exc.strerror}") from None
         if len(secret) < 16:
-            raise TopologyError(f"{self.path}: secret_file {self.secret_file} holds fewer than 16 bytes")
+            raise TopologyError(f"{self.path}: {key} {path} holds fewer than 16 bytes")
         return secret
 
 

@@ -51,7 +51,7 @@ def _rows(value, names, store) -> list:
     named, out = set(names), []
     sent: dict = {}
     for key, raw in value:
-        if key[:1] not in b"mcilexdu":
+        if key[:1] not in b"mcilexdupq":
             raise wire.ProtocolError(wire.Err.BAD_FIELD, f"row key kind {key[:1]!r} is not channel state")
         try:
             channel = _channel_of_row(key, raw, store, sent)

@@ -20,7 +20,8 @@ import zmq
 
 from nodes.cluster.placement import ShardPlacement
 from nodes.counter import counter_to_ask
-from nodes.logic import diskfull
+from nodes.logic import diskfull, pushes
+from nodes.logic.admin_ops import AdminOps
 from nodes.logic.core import LogicCore
 from nodes.logic.handoff import Handoff
 from nodes.logic.presence import PresenceReplica
@@ -70,6 +71,7 @@ class LogicNode(Node):
             self.core = LogicCore(node_id, topo, self.store, self.replica, self, topo.read_secret(),
                                   joining=self._joins_running_mesh())
             self._load()
+        self._start_pushes()
         self.storage = diskfull.StorageState(self.store, self.core.stats)
         self.core.sends.refusal = self.storage.refuse()      # started on a full disk: refusing
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
@@ -104,7 +106,10 @@ class LogicNode(Node):
             "role": self._admin_change(c.rooms.role),
             "read": self._admin_change(c.readstate.read),
             "receipts": by_msg(c.readstate.receipts),
-            "my_channels": by_msg(c.readstate.my_channels)}
+            "my_channels": by_msg(c.readstate.my_channels),
+            "mute": self._admin_change(lambda msg, now: pushes.mute(c.serving, self.store, msg, now)),
+            **AdminOps(c, self.replica).handlers(self._admin_change)}
+
         schemas = schema.LOGIC_REQUESTS
         if self.repl is not None:
             handlers.update(self.repl.handlers())
@@ -123,6 +128,21 @@ class LogicNode(Node):
         self.replica.start()
         if self.coordinator is not None:
             self.coordinator.start()
+
+    def _start_pushes(self):
+        """Offline pushes (nodes/logic/pushes.py) when the topology has a ``push`` section: the
+        core decides and stores in this thread, a Sender thread POSTs."""
+        self.pushes = self.push_sender = None
+        settings = self.topo.push
+        if settings is None:
+            return
+        core = pushes.Pushes(settings, self.topo.read_push_secret(), self.core.serving, self.replica,
+                             self.store, self.core.stats, self.clock)
+        sender = pushes.Sender(settings.webhook, settings.timeout)
+        self.pushes, self.push_sender = core, sender
+        self.core.sends.on_stored = core.on_stored
+        self.loop.every(pushes.PUSH_TICK, lambda: pushes.pump(core, sender))
+        self.loop.every(pushes.RESCAN_EVERY, core.rescan, first=0)
 
     # --- replication hooks (nodes/logic/replication.py, nodes/cluster/coordinator.py) -------
     def _start_replication(self, placement):
@@ -323,7 +343,7 @@ class LogicNode(Node):
                     requests=dict(self.dispatchers[0].requests),
                     sweep_s=round(c.retention.sweep_seconds, 3),
                     sweep_max_ms=round(c.retention.sweep_max * 1000, 3), clock=self.expiry.status(),
-                    **self.storage.status(),
+                    **self.storage.status(), **(self.pushes.status() if self.pushes else {}),
                     **({"shards": self.repl.status(), "replication": self.repl.stats} if self.repl else {}))
 
     def close(self):
@@ -337,4 +357,6 @@ class LogicNode(Node):
                 sock.close(linger=500)
         if self.coordinator is not None:
             self.coordinator.stop()
+        if self.push_sender is not None:
+            self.push_sender.stop()            # what it had not delivered stays stored
         super().close()

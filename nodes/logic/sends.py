@@ -28,10 +28,10 @@ accepts them (author, window, a live plain message to refer to).
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from nodes.logic.channels import DELETE, EDIT, Pending, content_of
+from nodes.logic.channels import DELETE, EDIT, ChannelState, Pending, content_of
 from nodes.logic.dedup import Dedup
 from nodes.logic.edits import Edits
 from nodes.logic.fanout import FanOut
@@ -59,6 +59,8 @@ class Sends:
         self.inflight: dict[tuple[int, int, int], Pending] = {}     # (uin, device, ctime) -> its send
         self.refusal: tuple[str, str] | None = None
         self.accepted: dict[tuple[int, int], int] = {}
+        # told of every stored message after its ack (offline pushes: nodes/logic/pushes.py)
+        self.on_stored: Callable[[Sequence[Pending]], None] | None = None
 
     def newest(self, uin: int, device: int) -> int | None:
         """The device's newest client time stored or being stored here; None if unknown (nothing
@@ -73,6 +75,11 @@ class Sends:
         """Accept a send; return an immediate reply (retry, error) or None (acked later)."""
         return self._accept(ident, msg, None, 0, msg["text"], None)
 
+    def accept(self, ident: bytes, msg: Msg, ch: ChannelState) -> Msg | None:
+        """A message to ``ch`` whose sender may send there without being a member (the system:
+        uin 0 of nodes/logic/admin_ops.py): the same send path, dedup by ctime included."""
+        return self._accept(ident, msg, None, 0, msg["text"], None, ch)
+
     def edit(self, ident: bytes, msg: Msg, now: float) -> Msg | None:
         """Accept an edit of message ``id`` (an event with its own id): as ``send``."""
         return self._accept(ident, msg, EDIT, msg["id"], msg["text"], now)
@@ -82,11 +89,11 @@ class Sends:
         return self._accept(ident, msg, DELETE, msg["id"], "", now)
 
     def _accept(self, ident: bytes, msg: Msg, kind: str | None, ref: int, text: str,
-                now: float | None) -> Msg | None:
+                now: float | None, to: ChannelState | None = None) -> Msg | None:
         """The send path of a message (``kind`` None) or an event of message ``ref``: a retry is
         answered (or joined) before any rule is checked again -- its outcome stands."""
         uin, device, ctime, rid = msg["uin"], msg["device"], msg["ctime"], msg["rid"]
-        ch = self.serving.member_channel(msg["channel"], uin)
+        ch = to if to is not None else self.serving.member_channel(msg["channel"], uin)
         key = (uin, device, ctime)
         waiter = (ident, rid)
         content = content_of(kind, ref, text)
@@ -151,6 +158,8 @@ class Sends:
             self.fanout.fan_out(channels[rec.channel], rec)
         self.stats["stored"] += len(committed)
         self.fanout.publish_turn()
+        if self.on_stored is not None and committed:
+            self.on_stored(committed)
 
     def abandon(self, recs: Iterable[Pending], why: str, code: str = wire.Err.UNAVAILABLE) -> None:
         """Sends whose outcome this node can no longer promise (it stopped leading their shard:

@@ -48,11 +48,12 @@ def free_ports(n: int) -> list[int]:
 
 def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays=0, limits=None,
                    heartbeat=None, channels=None, metrics=False, curve=True, client_curve=False,
-                   ws=False, replication=1, shards=None, etcd=None, jwt=None) -> str:
+                   ws=False, replication=1, shards=None, etcd=None, jwt=None, push=None) -> str:
     """A local topology in ``directory`` with every endpoint on a free port (``metrics``: each
     node also gets a /metrics port; CURVE keys are made under ``directory``/keys when the mesh
     starts; ``ws``: brokers also serve WebSocket/HTTP clients; ``replication`` > 1: bin/mesh and
-    Mesh start a local etcd unless ``etcd`` lists endpoints; ``jwt``: the topology's jwt section)."""
+    Mesh start a local etcd unless ``etcd`` lists endpoints; ``jwt``: the topology's jwt section;
+    ``push``: its push section, docs/push.md)."""
     count = brokers + logics + routers + relays + counters
     ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters + (count if metrics else 0)
                             + (brokers if ws else 0)))
@@ -88,6 +89,8 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays
         raw["etcd"] = list(etcd)
     if jwt is not None:
         raw["jwt"] = jwt
+    if push is not None:
+        raw["push"] = push
     path = os.path.join(str(directory), "topology.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(raw, f)

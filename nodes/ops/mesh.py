@@ -85,6 +85,8 @@ class Mesh:
     def start(self, node_ids=None) -> None:
         if self.topo.local:
             auth.ensure_secret(self.topo.secret_file)
+            if self.topo.push is not None:
+                auth.ensure_secret(self.topo.push.secret_file)     # signs offline pushes (docs/push.md)
             if self.topo.curve or self.topo.client_curve:
                 curve.ensure_keys(self.topo)       # no manual key step on a local mesh
         os.makedirs(self.topo.data_dir, exist_ok=True)

@@ -106,6 +106,9 @@ CLIENT_REQUESTS = {
     "leave": {"rid": RID, "sid": SID, "channel": req("channel"), "ctime": req("u64", "client time")},
     "role": {"rid": RID, "sid": SID, "channel": req("channel"), "ctime": req("u64", "client time"),
              "uin": req("u32", "the member"), "role": req("str", "owner, admin or member")},
+    "mute": {"rid": RID, "sid": SID, "channel": req("channel"),
+             "until": req("number", "no offline pushes of the channel until then (seconds since the "
+                          "epoch); 0: unmute")},
 }
 # Served without a session (everything else needs the login's ``sid``).
 SESSIONLESS = frozenset(("login", "ping"))
@@ -147,6 +150,7 @@ CLIENT_REPLIES = {
                "members": req("u32", "member count")},
     "leave": {"rid": RID, "channel": req("str")},
     "role": {"rid": RID, "channel": req("str"), "uin": req("u32"), "role": req("str")},
+    "mute": {"rid": RID, "channel": req("str"), "until": req("number", "0: not muted")},
     "err": {"rid": req("u64nil"), "code": req("str", "an error code"), "msg": req("str"),
             "limit": opt("u64"), "retry_after": opt("number"), "reason": opt("str"),
             "version": opt("u32")},
@@ -249,6 +253,15 @@ LOGIC_REQUESTS = {
     "watch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
     "unwatch": {"rid": RID, "uin": req("u32"), "device": req("u32"), "channel": req("channel")},
     **CONVERSATION_LOGIC_REQUESTS,
+    # the server HTTP API (nodes/broker/httpapi.py -> nodes/logic/admin_ops.py)
+    "channel_delete": {"rid": RID, "auth": AUTH, "channel": req("channel")},
+    "channel_list": {"rid": RID, "auth": AUTH},
+    "channel_online": {"rid": RID, "auth": AUTH, "channel": req("channel")},
+    "system_send": {"rid": RID, "auth": AUTH, "channel": req("channel"),
+                    "text": req("str", "at most max_text (checked by the broker)"),
+                    "ctime": req("u64", "client time of the system message: a retry with the same one "
+                                 "stores once")},
+    "mute": {"rid": RID, "uin": req("u32"), "channel": req("channel"), "until": req("number")},
 }
 
 # broker -> router, logic -> router

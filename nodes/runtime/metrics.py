@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 # status keys that only grow (exported as counters, name + "_total")
 COUNTERS = {"turns", "stored", "expired", "trimmed", "refused", "requests", "acks", "deliveries",
             "pushed", "files", "relay_bytes_in", "relay_bytes_out", "id_blocks", "logins", "logouts",
-            "kicked", "seq", "storage_refused"}
+            "kicked", "seq", "storage_refused", "push_events", "push_sent", "push_posts", "push_failures",
+            "push_rejected", "push_dropped"}
 LABELS = {"refused": "code", "requests": "request", "acks": "channel", "kicked": "reason"}
 SKIP = {"id", "type", "pid", "rid", "t"}
 TURN_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)

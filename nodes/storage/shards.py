@@ -4,7 +4,7 @@ The logic store keeps one key space; a shard is the set of rows of its
 channels.  Replication needs two things from the key layout:
 
 - ``split``: a loop turn's staged writes, grouped by shard, to ship as
-  records.  ``m``/``c``/``i``/``l``/``u`` rows name their channel in the key, an
+  records.  ``m``/``c``/``i``/``l``/``u``/``p``/``q`` rows name their channel in the key, an
   ``e`` put names it in its value, and the ``x`` and ``d`` puts that
   ``Ids.assign`` (nodes/logic/ids.py) stages right after a message's ``m``/``e`` puts belong
   to that message's shard.  Deletes of ``e``/``x``/``d`` rows (pruning of
@@ -31,8 +31,8 @@ from nodes.storage import store as keys
 
 PAUSE_EVERY = 512              # rows scanned past (other shards' send rows) between looks at the clock
 
-_CHANNEL_KEYED = frozenset(b"mcilu")
-_LENGTH_PREFIXED = frozenset(b"mu")      # kind + len(channel):u8 + channel + ...
+_CHANNEL_KEYED = frozenset(b"mcilupq")
+_LENGTH_PREFIXED = frozenset(b"mupq")     # kind + len(channel):u8 + channel + a suffix (message id, uin)
 _FOLLOWS_MESSAGE = frozenset(b"xd")
 
 ShardOf = Callable[[str], int]          # a channel's shard (Topology.shard_of)
@@ -49,7 +49,7 @@ class Rows(Protocol):
 
 
 def channel_of_key(key: bytes) -> str | None:
-    """The channel named in an ``m``/``c``/``i``/``l``/``u`` key, else None."""
+    """The channel named in an ``m``/``c``/``i``/``l``/``u``/``p``/``q`` key, else None."""
     kind = key[0]
     if kind not in _CHANNEL_KEYED:
         return None
@@ -98,8 +98,8 @@ def channel_rows(store: Rows, wanted: Callable[[str], bool], sends: bool = ...,
 def channel_rows(store: Rows, wanted: Callable[[str], bool], sends: bool = True,
                  pause_every: int = 0) -> Iterator[Row | None]:
     """(key, value) of every row of the channels ``wanted(name)`` accepts but ``d`` rows:
-    members (and kinds, roles), newest id, leases, read cursors, messages, and (``sends``) the
-    ``e``/``x`` rows of their sends.
+    members (and kinds, roles), newest id, leases, read cursors, messages, pending offline
+    pushes and mutes (``p``/``q``: nodes/logic/pushes.py), and (``sends``) the ``e``/``x`` rows of their sends.
 
     The send rows are found by scanning every ``e`` and ``x`` row of the store (they are keyed
     by device, not channel); ``pause_every``: yield None after that many rows scanned there, so
@@ -117,6 +117,8 @@ def channel_rows(store: Rows, wanted: Callable[[str], bool], sends: bool = True,
                 yield key, found
         yield from store.scan(keys.cursor_prefix(name))
         yield from store.scan(keys.channel_prefix(name))
+        yield from store.scan(keys.push_prefix(name))
+        yield from store.scan(keys.mute_prefix(name))
     if not sends:
         return
     sent: set[bytes] = set()

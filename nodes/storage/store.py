@@ -23,6 +23,12 @@ Keys are big-endian binary so that iteration order is id order:
                                                    (logic, nodes/logic/handoff.py): not loaded until its last page
 - ``r`` + shard:u32                              -> msgpack [epoch, seq]: the replication log position
                                                    a replica's shard state reflects (docs/ha.md)
+- ``p`` + len(channel):u8 + channel + msgid:u64  -> msgpack {"sender", "device", "stime", "preview",
+                                                   "uins"}: an offline push not yet accepted by the
+                                                   webhook (logic, nodes/logic/pushes.py; replicated
+                                                   with the channel, deleted once delivered)
+- ``q`` + len(channel):u8 + channel + uin:u32    -> msgpack until (s): the uin muted the channel's
+                                                   offline pushes until then (logic, nodes/logic/pushes.py)
 - ``T``                                          -> msgpack [time s, monotonic s, boot id]: the node's
                                                    expiry clock (nodes/runtime/clock.py; logic, relay;
                                                    never replicated)
@@ -54,13 +60,48 @@ _SENT = struct.Struct(">IIQ")
 _SENT_EXPIRY = struct.Struct(">QIIQ")
 
 
-def channel_prefix(channel: str) -> bytes:
+def _named(kind: bytes, channel: str) -> bytes:
+    """``kind`` + len(channel):u8 + channel: a prefix no other channel's keys start with."""
     raw = channel.encode()
-    return b"m" + bytes((len(raw),)) + raw
+    return kind + bytes((len(raw),)) + raw
+
+
+def channel_prefix(channel: str) -> bytes:
+    return _named(b"m", channel)
 
 
 def message_key(channel: str, msg_id: int) -> bytes:
     return channel_prefix(channel) + _U64.pack(msg_id)
+
+
+def push_prefix(channel: str) -> bytes:
+    """The keys of a channel's pending offline pushes (``p``), length-prefixed like ``m``."""
+    return _named(b"p", channel)
+
+
+def push_key(channel: str, msg_id: int) -> bytes:
+    return push_prefix(channel) + _U64.pack(msg_id)
+
+
+def push_of_key(key: bytes) -> tuple[str, int]:
+    """(channel, msg id) of a ``p`` key."""
+    n = key[1]
+    return key[2:2 + n].decode(), _U64.unpack_from(key, 2 + n)[0]
+
+
+def mute_prefix(channel: str) -> bytes:
+    """The keys of a channel's mutes (``q``), length-prefixed like ``m``."""
+    return _named(b"q", channel)
+
+
+def mute_key(channel: str, uin: int) -> bytes:
+    return mute_prefix(channel) + _U32.pack(uin)
+
+
+def mute_uin(key: bytes) -> int:
+    """The uin of a ``q`` key."""
+    uin: int = _U32.unpack_from(key, len(key) - 4)[0]
+    return uin
 
 
 def dedup_key(uin: int, device: int) -> bytes:
