@@ -229,6 +229,7 @@ def test_two_users_on_two_brokers_start_a_dm_and_unread_seen_typing_edit_delete_
     wait_badge(a2, dm, "")
     open_channel(a2, dm)
     mine = a2.locator("#messages li.mine .text", has_text="hi 42")
+    mine.wait_for(timeout=10000)                          # the history page is on its way
     assert mine.count() == 1, "mine from the other device on the right"
     msg_item(a1, "hi 42").locator(".seen").wait_for(timeout=10000)        # the receipt: 42 read it
     # typing

@@ -621,6 +621,6 @@ export class ImeshClient {
 
 export { MemoryMailbox, StorageMailbox, FileMailbox } from "./mailbox.js";
 export { Windows } from "./windows.js";
-export { ChannelList, Receipts, Timeline, Typing, channelLabel, dmPeer, isMessage, timeLabel, typingLine }
+export { ChannelList, Receipts, Timeline, Typing, channelLabel, dmPeer, timeLabel, typingLine }
   from "./conversation.js";
 export { splitUtf8, Assembler } from "./fragments.js";

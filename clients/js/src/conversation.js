@@ -16,7 +16,7 @@ export function dmPeer(name, me) {
 export function channelLabel(item, me) {
   const peer = dmPeer(item.channel, me);
   if (item.kind === "dm" && peer !== null) return `user ${peer}`;
-  if (item.kind === "group") return item.title || `group ${item.channel.split(":").slice(1, 2).join("")}'s chat`;
+  if (item.kind === "group") return item.title || `group by user ${item.channel.split(":")[1]}`;   // grp:{creator}:{ctime}
   return item.channel;
 }
 
@@ -29,9 +29,6 @@ export function timeLabel(stimeMs, nowMs = Date.now()) {
   if (d.toDateString() === now.toDateString()) return hm;
   return `${d.getDate()} ${d.toLocaleString("en", { month: "short" })} ${hm}`;
 }
-
-/** Is this a plain message (not an edit or delete event)? */
-export const isMessage = (m) => !m.kind || m.kind === "msg";
 
 /**
  * One channel's loaded messages by id, oldest first.  Live messages and history pages go in

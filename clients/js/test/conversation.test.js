@@ -17,6 +17,7 @@ test("a DM is named after the other user, a group by its title, a room by its na
   assert.equal(channelLabel({ channel: "dm:3:12", kind: "dm" }, 12), "user 3");
   assert.equal(channelLabel({ channel: "grp:3:99", kind: "group", title: "Trip" }, 12), "Trip");
   assert.equal(channelLabel({ channel: "lobby", kind: "room" }, 12), "lobby");
+  assert.equal(channelLabel({ channel: "grp:3:99", kind: "group" }, 12), "group by user 3", "a group without a title");
 });
 
 test("times show the clock today and the date before", () => {
