@@ -1,6 +1,8 @@
 // The imesh client for browsers and Node: one connection manager over WebSocket (or the HTTP
 // fallback), login, sends with retries and a mailbox, heartbeats on the server's interval,
-// windows with gap sync, fragments.  Speaks docs/protocol.md; see docs/client.md.
+// windows with gap sync, fragments, and the conversation layer (channel lists, read state,
+// receipts, history, edit/delete, typing, presence, DMs and groups).  Speaks docs/protocol.md;
+// see docs/client.md.
 import { decodeFrame, encodeFrame } from "./codec.js";
 import { Assembler, newGroupId, splitUtf8, utf8Length } from "./fragments.js";
 import { MemoryMailbox } from "./mailbox.js";
@@ -14,6 +16,8 @@ const RETRYABLE = new Set(["TIMEOUT", "UNAVAILABLE", "BUSY", "INTERNAL", "STORAG
 const FATAL_LOGIN = new Set(["AUTH_FAILED", "TOKEN_EXPIRED", "BAD_VERSION", "BAD_FIELD"]);
 // errors that end the client (this.fatal): requests and sends fail at once with it
 const ENDED = new Set(["KICKED", "STOPPED", "NO_TRANSPORT", ...FATAL_LOGIN]);
+// pushes that are not messages (no rid; a reply of the same t carries its request's rid)
+const PUSHES = new Set(["read", "receipt", "typing", "presence"]);
 
 export class ClientError extends Error {
   constructor(code, message, reply = null) {
@@ -30,6 +34,25 @@ class Clock {
     this.last = Math.max(Date.now() * 1000, this.last + 1);
     return this.last;
   }
+}
+
+/** The request of a mailbox entry: a send, or an edit/delete of message `ref` (`op`). */
+export function requestOf(entry) {
+  const { channel, ctime, text } = entry;
+  if (entry.op === "edit") return { t: "edit", channel, id: entry.ref, ctime, text };
+  if (entry.op === "delete") return { t: "delete", channel, id: entry.ref, ctime };
+  return { t: "send", channel, ctime, text, ...(entry.frag ? { frag: entry.frag } : {}) };
+}
+
+/** A membership reply in the documented shape (docs/protocol.md "create", "invite", "remove"):
+ *  `members` a count and `uins` the users changed -- the logic node's own names (`members` as
+ *  a list, `added`, `removed`) are accepted too, so the client does not depend on which side
+ *  of the broker shapes them. */
+function membership(reply) {
+  const out = { ...reply };
+  if (Array.isArray(out.members)) out.members = out.members.length;
+  out.uins ??= out.added ?? out.removed;
+  return out;
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -64,6 +87,8 @@ export class ImeshClient {
     this._inflight = new Set();    // mailbox keys being sent now
     this._transport = null;
     this._hbTimer = null;
+    this._presence = new Set();    // channels whose presence is watched: watched again after a login
+    this._presenceTimer = null;
     this.fatal = null;             // the ClientError that ended the client (kick, refused login, stop)
   }
 
@@ -181,6 +206,7 @@ export class ImeshClient {
 
   _detach(why) {
     clearTimeout(this._hbTimer);
+    clearTimeout(this._presenceTimer);
     this._hbTimer = null;
     const t = this._transport;
     this._transport = null;
@@ -230,6 +256,7 @@ export class ImeshClient {
     this.heartbeat().catch(() => {});
     for (const channel of this.windows.last.keys()) this._syncSoon(channel);
     this._resumeMailbox();
+    if (this._presence.size) this._rewatch();
   }
 
   // Send again (same ctime) what the mailbox still holds: after a login, and after every
@@ -302,6 +329,8 @@ export class ImeshClient {
       if (!this.dropPush || !this.dropPush(msg)) this._accept(msg);
     } else if (msg.t === "kicked") {
       this._kicked(msg);
+    } else if (msg.rid === undefined && PUSHES.has(msg.t)) {
+      this._emit(msg.t, msg);
     } else {
       const p = this._pending.get(msg.rid);
       if (p) {
@@ -329,7 +358,8 @@ export class ImeshClient {
   _deliver(msgs) {
     for (const m of msgs) {
       const whole = this.assembler.add(m);
-      if (whole) this._emit("message", whole);
+      // edit and delete events advance the window like messages but are their own events
+      if (whole) this._emit(whole.kind === "edit" || whole.kind === "delete" ? whole.kind : "message", whole);
     }
   }
 
@@ -412,9 +442,9 @@ export class ImeshClient {
     return id;
   }
 
-  _newEntry(channel, text, frag) {
+  _newEntry(channel, text, frag, op = null) {
     const entry = { key: `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`,
-                    channel, text, ctime: this.clock.next(), ...(frag ? { frag } : {}) };
+                    channel, text, ctime: this.clock.next(), ...(frag ? { frag } : {}), ...(op || {}) };
     this.mailbox.put(entry);                         // before it leaves: a crash still retries it
     this._emit("pending", entry);
     return entry;
@@ -426,8 +456,7 @@ export class ImeshClient {
       let last;
       for (let attempt = 0; attempt <= this.retries; attempt++) {
         try {
-          const ack = await this.request({ t: "send", channel: entry.channel, ctime: entry.ctime,
-                                           text: entry.text, ...(entry.frag ? { frag: entry.frag } : {}) });
+          const ack = await this.request(requestOf(entry));
           this.mailbox.remove(entry.key);
           this._emit("sent", { ...entry, id: ack.id });
           return ack.id;
@@ -454,6 +483,132 @@ export class ImeshClient {
     return this.request({ t: "sync", channel, after });
   }
 
+  // --- conversations (docs/protocol.md "Conversations") ------------------------------
+  /** One page of my channels, most recently active first: {items, next?, partial?}. */
+  async channels({ after, limit } = {}) {
+    return this.request({ t: "channels", ...(after ? { after } : {}), ...(limit ? { limit } : {}) });
+  }
+
+  /** Every page of my channels: {items, partial} (partial: a logic node did not answer). */
+  async allChannels(limit = 100) {
+    const items = [];
+    const seen = new Set();
+    let partial = false;
+    let after;
+    do {
+      const page = await this.channels({ after, limit });
+      for (const it of page.items) if (!seen.has(it.channel)) { seen.add(it.channel); items.push(it); }
+      partial ||= Boolean(page.partial);
+      after = page.next;
+    } while (after);
+    return { items, partial };
+  }
+
+  /** I have read `channel` up to `id`: resolves with the cursor now (it never moves back). */
+  async read(channel, id) {
+    return (await this.request({ t: "read", channel, id })).id;
+  }
+
+  /** The other members who have read `channel` up to `id`: [uin]. */
+  async receipts(channel, id) {
+    return (await this.request({ t: "receipts", channel, id })).read_by;
+  }
+
+  /** Older messages: {msgs (oldest first, edits applied, deletes as tombstones), more, first}. */
+  async history(channel, { before, limit } = {}) {
+    return this.request({ t: "history", channel, ...(before ? { before } : {}), ...(limit ? { limit } : {}) });
+  }
+
+  /** Replace the text of my message `id`: resolves with the edit event's id.  Goes through the
+   *  mailbox like a send (retried with the same ctime, applied once). */
+  async edit(channel, id, text) {
+    if (this.fatal) throw this.fatal;
+    if (utf8Length(text) > this.limits.max_text) {
+      throw new ClientError("TOO_LONG", `an edit is one frame: at most ${this.limits.max_text} bytes`);
+    }
+    return this._deliverEntry(this._newEntry(channel, text, null, { op: "edit", ref: id }));
+  }
+
+  /** Delete message `id` (mine; in a group also as owner or admin): resolves with the event's id. */
+  async delete(channel, id) {
+    if (this.fatal) throw this.fatal;
+    return this._deliverEntry(this._newEntry(channel, "", null, { op: "delete", ref: id }));
+  }
+
+  /** Tell the other online members I am typing (call every few seconds while typing). */
+  async typing(channel) {
+    return this.request({ t: "typing", channel });
+  }
+
+  /** Who in `channel` is online: resolves with [uin]; then `presence` events while watched.
+   *  The client renews the watch before `limits.watch_ttl` and after every login (each renewal
+   *  emits a `watch` event with the full list). */
+  async watchPresence(channel) {
+    this._presence.add(channel);
+    const reply = await this.request({ t: "watch", channel });
+    this._schedulePresence();
+    return reply.online;
+  }
+
+  async unwatchPresence(channel) {
+    this._presence.delete(channel);
+    await this.request({ t: "unwatch", channel });
+  }
+
+  _schedulePresence() {
+    clearTimeout(this._presenceTimer);
+    const ttl = this.limits.watch_ttl || 300;
+    if (this._presence.size) this._presenceTimer = setTimeout(() => this._rewatch(), ttl * 500);
+  }
+
+  _rewatch() {
+    for (const channel of this._presence) {
+      this.request({ t: "watch", channel })
+        .then((reply) => this._emit("watch", { channel, online: reply.online }))
+        .catch((err) => this._emit("warning", `watch of ${channel} failed: ${err.message}`));
+    }
+    this._schedulePresence();
+  }
+
+  /** The DM channel of me and `uin` (the same one for both; made on first use):
+   *  {channel, kind, created, members}. */
+  async createDm(uin) {
+    return membership(await this._once({ t: "create", kind: "dm", with: uin }));
+  }
+
+  /** A new group with me as owner: {channel, kind, created, title?, members}. */
+  async createGroup({ name, members = [] } = {}) {
+    return membership(await this._once({ t: "create", kind: "group", ...(name ? { name } : {}), members }));
+  }
+
+  /** Add users to my group (owner or admin): {channel, uins (added now), members (count)}. */
+  async invite(channel, uins) { return membership(await this._once({ t: "invite", channel, uins })); }
+
+  /** Take users out of my group: {channel, uins (removed now), members (count)}. */
+  async remove(channel, uins) { return membership(await this._once({ t: "remove", channel, uins })); }
+
+  async leave(channel) { return this._once({ t: "leave", channel }); }
+
+  /** Give `uin` a role in my group (`owner` hands ownership over; I become admin). */
+  async setRole(channel, uin, role) { return this._once({ t: "role", channel, uin, role }); }
+
+  /** A request that changes state once: one ctime for every try, retried while the outcome is
+   *  unknown (the server answers a repeat with the original result). */
+  async _once(msg) {
+    if (this.fatal) throw this.fatal;
+    const frame = { ...msg, ctime: this.clock.next() };
+    let last;
+    for (let attempt = 0; attempt <= this.retries; attempt++) {
+      try {
+        return await this.request(frame);
+      } catch (err) {
+        if (err === this.fatal || !RETRYABLE.has(err.code)) throw err;
+        last = err;
+      }
+    }
+    throw new ClientError("BUSY", `system busy: no answer to '${msg.t}' after ${this.retries + 1} attempts (${last.message})`);
+  }
+
   async stop({ logout = true } = {}) {
     this.running = false;
     if (logout && this.state === "online") {
@@ -466,4 +621,6 @@ export class ImeshClient {
 
 export { MemoryMailbox, StorageMailbox, FileMailbox } from "./mailbox.js";
 export { Windows } from "./windows.js";
+export { ChannelList, Receipts, Timeline, Typing, channelLabel, dmPeer, timeLabel, typingLine }
+  from "./conversation.js";
 export { splitUtf8, Assembler } from "./fragments.js";
