@@ -320,7 +320,6 @@ def test_a_failed_send_says_why_and_offers_a_retry(web_mesh, browser, shots):
     assert failed.count() == 1, "a retry replaces the failed message, it does not pile up"
 
 
-@pytest.mark.xfail(strict=True, reason="server: the broker forwards create's `name`, the logic node stores `title`")
 def test_a_group_title_shows_in_every_members_list(web_mesh, browser):
     a = open_chat(browser, web_mesh, 0, 48, channel=None)
     b = open_chat(browser, web_mesh, 1, 49, channel=None)

@@ -44,17 +44,6 @@ export function requestOf(entry) {
   return { t: "send", channel, ctime, text, ...(entry.frag ? { frag: entry.frag } : {}) };
 }
 
-/** A membership reply in the documented shape (docs/protocol.md "create", "invite", "remove"):
- *  `members` a count and `uins` the users changed -- the logic node's own names (`members` as
- *  a list, `added`, `removed`) are accepted too, so the client does not depend on which side
- *  of the broker shapes them. */
-function membership(reply) {
-  const out = { ...reply };
-  if (Array.isArray(out.members)) out.members = out.members.length;
-  out.uins ??= out.added ?? out.removed;
-  return out;
-}
-
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class ImeshClient {
@@ -573,19 +562,19 @@ export class ImeshClient {
   /** The DM channel of me and `uin` (the same one for both; made on first use):
    *  {channel, kind, created, members}. */
   async createDm(uin) {
-    return membership(await this._once({ t: "create", kind: "dm", with: uin }));
+    return await this._once({ t: "create", kind: "dm", with: uin });
   }
 
   /** A new group with me as owner: {channel, kind, created, title?, members}. */
   async createGroup({ name, members = [] } = {}) {
-    return membership(await this._once({ t: "create", kind: "group", ...(name ? { name } : {}), members }));
+    return await this._once({ t: "create", kind: "group", ...(name ? { name } : {}), members });
   }
 
   /** Add users to my group (owner or admin): {channel, uins (added now), members (count)}. */
-  async invite(channel, uins) { return membership(await this._once({ t: "invite", channel, uins })); }
+  async invite(channel, uins) { return await this._once({ t: "invite", channel, uins }); }
 
   /** Take users out of my group: {channel, uins (removed now), members (count)}. */
-  async remove(channel, uins) { return membership(await this._once({ t: "remove", channel, uins })); }
+  async remove(channel, uins) { return await this._once({ t: "remove", channel, uins }); }
 
   async leave(channel) { return this._once({ t: "leave", channel }); }
 

@@ -127,10 +127,8 @@ test("a group: owner, invite, roles, and a member who is not admin cannot remove
   await assert.rejects(b.send(g.channel, "still here?"), (err) => err.code === "NOT_MEMBER");
 });
 
-// The broker passes `name` on to the logic node, which stores `title`: the title is lost
-// (nodes/broker/core.py create vs nodes/logic/rooms.py).  Runs, reported as todo until fixed.
-test("a group's title is in the create reply and in every member's channel list",
-     { todo: "server: the broker forwards `name`, the logic node reads `title`" }, async () => {
+// The client's `name` is the group's title: the broker forwards it as `title` to the logic node.
+test("a group's title is in the create reply and in every member's channel list", async () => {
   const a = await client(14, "b1");
   const b = await client(15, "b2");
   const g = await a.createGroup({ name: "Weekend trip", members: [15] });
