@@ -5,7 +5,9 @@ and (``touch``) which sessions were active: brokers are the authority on a
 session's liveness; this router expires a session by itself only after a
 longer backstop deadline, for the case of a broker that died.  A login of
 a (uin, device) on another broker publishes a ``kick`` for the old broker
-(topic = its id), so one device has one session in the whole cluster.
+(topic = its id), so one device has one session in the whole cluster; an
+operator's ``kick_user`` (the HTTP API, with an admin token) sends one for every
+session of a uin, with reason ``kicked``.
 Every change is published on PUB (topic ``presence``) as a delta with a
 sequence number; logic nodes keep a replica (snapshot + deltas, the zguide
 Clone pattern) so fan-out never asks the router per recipient.  A periodic
@@ -24,7 +26,7 @@ import zmq
 
 from fastpath import OnlineBitmap
 from nodes.cluster.topology import DEFAULT_HEARTBEAT, Topology
-from nodes.protocol import schema, wire
+from nodes.protocol import auth, schema, wire
 from nodes.protocol.heartbeat import Beat, HeartbeatConfig
 from nodes.protocol.wire import PRESENCE_TOPIC
 from nodes.runtime.deadlines import DeadlineHeap
@@ -133,6 +135,18 @@ class RouterCore:
         self._emit(uin, device, None)
         return True
 
+    def kick_user(self, uin: int, text: str) -> list[list[Any]]:
+        """An operator ends every session of ``uin`` (the HTTP API's kick, docs/api.md): each broker
+        holding one gets a ``kick`` with reason ``kicked`` and ``text`` for the client.  Returns the
+        [device, broker] pairs told.  The table keeps them until each broker reports the session
+        offline, as for any session end (a notice lost on PUB leaves the table true)."""
+        told: list[list[Any]] = []
+        for device, broker in sorted(self.online.get(uin, {}).items()):
+            self.publish({"t": "kick", "uin": uin, "device": device, "broker": broker, "by": "api",
+                          "reason": "kicked", "msg": text}, broker)
+            told.append([device, broker])
+        return told
+
     def sweep(self, now: float, budget: int = 2000) -> int:
         """Take offline the sessions whose deadline passed; at most ``budget`` heap
         entries per call, so one sweep never stalls the loop.  Returns how many went offline."""
@@ -175,7 +189,7 @@ class RouterNode(Node):
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, schema.ROUTER_REQUESTS, {
             "online": self.handle_online, "offline": self.handle_offline, "hb": self.handle_hb,
-            "touch": self.handle_touch,
+            "touch": self.handle_touch, "kick_user": self.handle_kick_user,
             "broker_reset": self.handle_broker_reset, "snapshot": self.handle_snapshot,
             "status": self.handle_status})
         self.loop.every(TICK_INTERVAL, lambda: self.publish(self.core.tick()), first=0)
@@ -215,6 +229,12 @@ class RouterNode(Node):
         self._check_owner(msg["uin"], msg["broker"])
         changed = self.core.set_offline(msg["uin"], msg["device"], msg["broker"])
         return wire.reply("ok", msg["rid"], seq=self.core.seq, changed=changed)
+
+    def handle_kick_user(self, _ident: bytes, msg: Msg, _now: float) -> Msg:
+        """The HTTP API's kick (nodes/broker/httpapi.py): no owner check -- a uin's routers of
+        every IDC are asked, and a router that holds none of its sessions answers an empty list."""
+        auth.verify(self.topo.read_secret(), msg["auth"], scope="admin")
+        return wire.reply("kicks", msg["rid"], sessions=self.core.kick_user(msg["uin"], msg.get("msg", "")))
 
     def handle_broker_reset(self, _ident: bytes, msg: Msg, _now: float) -> Msg:
         n = self.core.reset_broker(msg["broker"])

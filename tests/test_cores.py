@@ -83,6 +83,24 @@ def test_router_publishes_numbered_deltas_and_ignores_late_disconnects():
     assert [d["seq"] for d in out] == list(range(1, 6))
 
 
+def test_router_kicks_every_session_of_a_user_on_its_brokers():
+    """The HTTP API's kick: one ``kick`` notice per session, to the broker holding it, with reason
+    ``kicked``; the table keeps the sessions until each broker reports them offline."""
+    out, kicks = [], []
+    r = RouterCore("r1", lambda m, broker=None: out.append(m) if broker is None else kicks.append((broker, m)))
+    r.set_online(1, 0, "b1")
+    r.set_online(1, 3, "b2")
+    r.set_online(2, 0, "b1")                     # another user: untouched
+    deltas = len(out)
+    assert r.kick_user(1, "fired") == [[0, "b1"], [3, "b2"]]
+    assert kicks == [(b, {"t": "kick", "uin": 1, "device": d, "broker": b, "by": "api", "reason": "kicked",
+                          "msg": "fired"}) for d, b in ((0, "b1"), (3, "b2"))]
+    assert len(out) == deltas and r.online[1] == {0: "b1", 3: "b2"}
+    assert r.set_offline(1, 0, "b1") and r.set_offline(1, 3, "b2")       # the brokers' reports
+    assert r.kick_user(1, "again") == [] and len(kicks) == 2
+    assert r.kick_user(99, "") == []
+
+
 class Wiring:
     """A router core feeding a replica, with the ability to lose deltas."""
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from openapi_spec_validator import validate as validate_openapi
+from test_idc_placement import topo as two_idc_topology
 
 from nodes.broker import apispec, httpapi
 from nodes.broker.apispec import PREFIX, ApiError
@@ -150,13 +151,14 @@ class Gate:
 
 @pytest.fixture
 def api(tmp_path):
-    topo = topology.load(write_topology(str(tmp_path)))
+    topo = topology.load(write_topology(str(tmp_path), routers=2))      # a uin's presence on both
     auth.ensure_secret(topo.secret_file)
     secret = topo.read_secret()
     asked = []
     node = SimpleNamespace(topo=topo, core=SimpleNamespace(secret=secret, owners=Owners(topo, 0.0)),
                            clock=lambda: 0.0, logics=dict.fromkeys(topo.ids("logic")),
-                           to_logic=lambda owner, msg, cb, timeout: asked.append((owner, msg, cb)))
+                           to_logic=lambda owner, msg, cb, timeout: asked.append((owner, msg, cb)),
+                           ask_router=lambda router, msg, cb, timeout: asked.append((router, msg, cb)))
     gate = Gate()
     a = httpapi.Api(gate, node)
     key = apikeys.create(apikeys.path_for(topo.secret_file), "test")
@@ -246,3 +248,52 @@ def test_the_document_is_served_without_a_key(api):
     call(api, "GET", "/openapi.json")
     (status, _h, doc), = api.gate.sent
     assert status == 200 and doc["openapi"].startswith("3.")
+
+
+# --- kicking a user's sessions: its routers of every IDC ------------------------------------------
+def test_a_users_routers_are_asked_in_every_idc():
+    t = two_idc_topology()
+    for uin in range(1, 20):
+        by_idc = httpapi.routers_by_idc(t, uin)
+        assert by_idc == {"east": t.routers_for(uin, "east"), "west": t.routers_for(uin, "west")}
+        assert len(by_idc["east"]) == 2 and all(r.startswith("east-") for r in by_idc["east"])
+
+
+def test_kick_asks_the_routers_and_counts_each_session_once(api):
+    conn = call(api, "POST", "/users/7/kick", {"reason": "account closed"}, key=api.key)
+    routers = [r for rs in httpapi.routers_by_idc(api.topo, 7).values() for r in rs]
+    assert sorted(r for r, _m, _cb in api.asked) == sorted(routers) and conn.parked is httpapi.PARKED
+    for _router, msg, done in api.asked:
+        assert (msg["t"], msg["uin"], msg["msg"]) == ("kick_user", 7, "account closed")
+        assert auth.verify(api.secret, msg["auth"], scope="admin") == 0
+        # replicated presence: both routers of an IDC hold (and kick) the same sessions
+        done({"t": "kicks", "rid": 1, "sessions": [[0, "b1"], [3, "b2"]]})
+    assert api.gate.sent == [(200, {}, {"uin": 7, "sessions": 2})] and api.api.inflight == 0
+
+
+def test_kick_without_a_body_gives_the_client_a_default_reason(api):
+    call(api, "POST", "/users/7/kick", b"", key=api.key, ctype=b"")
+    assert api.asked and all(m["msg"] == httpapi.KICK_TEXT for _r, m, _cb in api.asked)
+    for _r, _m, done in api.asked:
+        done({"t": "kicks", "rid": 1, "sessions": []})
+    assert api.gate.sent == [(200, {}, {"uin": 7, "sessions": 0})]
+
+
+def test_kick_is_unavailable_when_no_router_of_an_idc_answered(api):
+    call(api, "POST", "/users/7/kick", {}, key=api.key)
+    for _r, _m, done in api.asked:
+        done(wire.error(1, wire.Err.UNAVAILABLE, "timeout"))
+    (status, _h, reply), = api.gate.sent
+    assert status == 503 and reply["error"] == "UNAVAILABLE" and "retry" in reply["message"]
+
+
+@pytest.mark.parametrize("path,body,code", [
+    ("/users/0/kick", {}, "BAD_REQUEST"),
+    ("/users/7/kick", {"reason": 5}, "BAD_REQUEST"),
+    ("/users/7/kick", {"reason": "x" * 201}, "TOO_LONG"),
+    ("/users/7/kick", {"why": "x"}, "BAD_REQUEST"),
+])
+def test_bad_kicks_ask_no_router(api, path, body, code):
+    call(api, "POST", path, body, key=api.key)
+    (status, _h, reply), = api.gate.sent
+    assert (status, reply["error"]) == (400, code) and api.asked == []

@@ -3,10 +3,12 @@
 A channel is created, members added, a system message posted that `bin/chat tail`
 prints and a logged-in member gets pushed; a retry with the same Idempotency-Key
 stores it once; a wrong key gets 401 and changes nothing; the minted token logs in;
+a kick ends the user's sessions on both brokers and the client library stops for good;
 the deleted channel is gone.
 """
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -21,6 +23,8 @@ from conftest import ROOT, running_mesh
 from test_cli import run
 from websockets.sync.client import connect
 
+from nodes.client.aclient import AsyncClient
+from nodes.client.blocking import ClientError
 from nodes.protocol import wire
 
 DOC = os.path.join(ROOT, "docs", "api.md")
@@ -69,8 +73,8 @@ def test_the_curl_examples_of_docs_api_md(api_mesh):
         return json.loads(r.stdout)
 
     blocks = curl_blocks()
-    assert len(blocks) == 9, "docs/api.md's examples changed: update this test"
-    create, add, remove, show, message, online, listing, token, delete = blocks
+    assert len(blocks) == 10, "docs/api.md's examples changed: update this test"
+    create, add, remove, show, message, online, listing, token, kick, delete = blocks
 
     # a wrong key: 401, and nothing is created
     wrong = subprocess.run(["bash", "-c", create], capture_output=True, text=True,
@@ -113,6 +117,35 @@ def test_the_curl_examples_of_docs_api_md(api_mesh):
     minted = curl(token)
     with connect(ws_url + "/ws") as ws:
         assert ws_login(ws, minted["token"])["uin"] == 2
+    for device in (0, 5):                                            # the web sessions above are over
+        mesh.wait_presence(2, device, present=False)
+
+    # kick: user 2's sessions on both brokers end; the library client stops for good
+    async def kicked_everywhere():
+        lib = AsyncClient([mesh.broker(1)], mesh.token(2), device=7)     # not the API's broker
+        await lib.connect()
+        plain = mesh.client(2, broker=0, device=9)
+        mesh.wait_presence(2, 7, present=True)
+        done = await asyncio.to_thread(curl, kick)
+        assert done == {"uin": 2, "sessions": 2}
+        deadline = time.monotonic() + 10
+        while lib.link.fatal is None:
+            assert time.monotonic() < deadline, "the kicked client was never told"
+            await asyncio.sleep(0.02)
+        assert lib.link.fatal.code == "KICKED" and lib.link.fatal.reply["reason"] == "kicked"
+        assert lib.link.fatal.reply["msg"] == "account suspended"
+        with pytest.raises(ClientError) as stopped:                  # no silent login with the same token
+            await lib.sync("lobby", 0)
+        assert stopped.value.code == "KICKED" and lib.reconnects == 0
+        with pytest.raises(ClientError) as gone:                     # the session on the API's broker too
+            plain.request({"t": "hb", "channels": {}})
+        assert (gone.value.code, gone.value.reply.get("reason")) == ("NOT_LOGGED_IN", "kicked")
+        assert any(e.get("t") == "kicked" and e["reason"] == "kicked" for e in plain.events)
+        for device in (7, 9):
+            mesh.wait_presence(2, device, present=False)
+        assert await asyncio.to_thread(curl, kick) == {"uin": 2, "sessions": 0}
+        await lib.close(logout=False)
+    asyncio.run(asyncio.wait_for(kicked_everywhere(), 60))
 
     assert curl(delete) == {"deleted": "support-42"}
     assert http_call(mesh, "GET", "/channels/support-42", key)[0] == 404

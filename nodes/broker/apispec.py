@@ -21,6 +21,7 @@ from nodes.protocol.wire import MAX_CHANNEL_BYTES
 
 PREFIX = "/api/v1"
 U32_MAX = 2**32 - 1
+KICK_REASON_MAX = 200           # characters of a kick's reason
 
 CHANNEL: dict[str, Any] = {"type": "string", "pattern": f"^[A-Za-z0-9_.:@#-]{{1,{MAX_CHANNEL_BYTES}}}$",
            "description": f"1..{MAX_CHANNEL_BYTES} letters, digits and _-.:@#"}
@@ -49,6 +50,7 @@ class Route:
     summary: str
     reply: dict[str, Any]
     body: dict[str, Any] | None = None
+    body_required: bool = True          # False: an empty body is taken as {}
     status: int = 200
     auth: bool = True
     headers: dict[str, str] = field(default_factory=dict)    # optional request headers: name -> meaning
@@ -127,6 +129,12 @@ def routes(limits: dict[str, Any]) -> list[Route]:
                                               "description": "seconds (default: the topology's token_lifetime)"},
                                     format={"type": "string", "enum": ["v1", "jwt"],
                                             "description": "v1 (default) or an HS256 JWT"})),
+        Route("POST", "/users/{uin}/kick", "kick", "End every session of a user, on every broker",
+              _obj(["uin", "sessions"], uin=UIN,
+                   sessions={"type": "integer", "description": "sessions ended (that the routers knew of)"}),
+              body=_obj([], reason={"type": "string", "maxLength": KICK_REASON_MAX,
+                                    "description": "shown to the user's clients in their kicked notice"}),
+              body_required=False),
     ]
 
 
@@ -183,7 +191,8 @@ def validate(schema: dict[str, Any], value: Any, where: str = "body") -> None:
 _ERRORS = {"400": "the body or a path parameter is not valid", "401": "no API key, or a wrong one",
            "404": "no such channel", "409": "the channel exists, or an Idempotency-Key was reused for "
            "another message", "413": "body too large", "415": "the body is not application/json",
-           "503": "the owning node is down or busy: retry (same Idempotency-Key)"}
+           "503": "the owning node (a kick: every router of the user in an IDC) is down or busy: retry "
+           "(same Idempotency-Key)"}
 
 
 def openapi(table: list[Route], version: str) -> dict[str, Any]:
@@ -198,7 +207,8 @@ def openapi(table: list[Route], version: str) -> dict[str, Any]:
         if params:
             op["parameters"] = params
         if route.body is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.body}}}
+            op["requestBody"] = {"required": route.body_required,
+                                 "content": {"application/json": {"schema": route.body}}}
         if route.auth:
             op["security"] = [{"apiKey": []}]
             op["responses"].update({code: {"description": why, "content": {"application/json": {
@@ -207,7 +217,7 @@ def openapi(table: list[Route], version: str) -> dict[str, Any]:
     return {"openapi": "3.1.0",
             "info": {"title": "imesh server API", "version": version,
                      "description": "For an app's backend: channels, members, tokens, system messages, "
-                                    "presence. Bearer API keys from `bin/mesh apikey` (docs/api.md)."},
+                                    "presence, kicks. Bearer API keys from `bin/mesh apikey` (docs/api.md)."},
             "paths": paths,
             "components": {"schemas": {"Error": ERROR},
                            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}}}

@@ -465,9 +465,14 @@ class BrokerCore:
         self.end(session, reason, notify_router)
 
     def on_kick(self, msg) -> None:
-        """The router says (uin, device) logged in on another broker."""
+        """The router says (uin, device) logged in on another broker, or (reason ``kicked``) the
+        HTTP API ends the user's sessions: then the routers are told it is offline, as for a logout."""
         session = self.sessions.by_key.get((msg.get("uin"), msg.get("device")))
-        if session is not None:
+        if session is None:
+            return
+        if msg.get("reason") == "kicked":
+            self.kick(session, "kicked", msg.get("msg") or "ended by the server", notify_router=True)
+        else:
             self.kick(session, "replaced", "logged in again on another broker", notify_router=False)
 
     def too_slow(self, ident) -> None:

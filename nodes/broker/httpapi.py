@@ -4,7 +4,8 @@ Why on the broker: it already parses HTTP (nodes/broker/webgate.py, h11), knows
 which logic node serves a channel and whether it is up (nodes/broker/owners.py)
 and talks to them.  A call becomes an internal request to the owning logic node
 with an admin token minted from the cluster secret -- the requests ``bin/mesh
-channel`` sends (nodes/ops/admin.py) plus those of nodes/logic/admin_ops.py -- and
+channel`` sends (nodes/ops/admin.py) plus those of nodes/logic/admin_ops.py; a kick
+asks the user's routers of every IDC (nodes/router.py ``kick_user``) -- and
 the HTTP response is written when the reply comes back: meanwhile the connection
 is parked like a long poll (nothing pipelined behind it is read).  ``GET
 /channels`` asks every logic node and merges.
@@ -32,6 +33,7 @@ from nodes.protocol import apikeys, auth, wire
 
 log = logging.getLogger(__name__)
 
+KICK_TEXT = "ended by the server"    # a kick's notice text when the call gives no reason
 MAX_INFLIGHT = 256              # API calls waiting for logic nodes, per broker
 ADMIN_TOKEN_LIFETIME = 300      # seconds; a new admin token is minted when half of this is gone
 Reply = dict[str, Any]
@@ -41,6 +43,11 @@ STATUS_OF = {wire.Err.NO_CHANNEL: 404, wire.Err.CHANNEL_EXISTS: 409, wire.Err.ST
              wire.Err.BAD_FIELD: 400, wire.Err.BAD_CHANNEL: 400, wire.Err.TOO_LONG: 400,
              wire.Err.TOO_MANY: 400, wire.Err.EMPTY_TEXT: 400, wire.Err.NOT_MEMBER: 403,
              wire.Err.FORBIDDEN: 403}
+
+
+def routers_by_idc(topo: Any, uin: int) -> dict[str, list[str]]:
+    """{IDC: the routers keeping the uin's presence for sessions on its brokers}: a kick asks them all."""
+    return {idc: topo.routers_for(uin, idc) for idc in topo.idcs_with("broker")}
 
 
 class _Parked:
@@ -113,6 +120,8 @@ class Api:
     def _body(route: Route, headers: dict[bytes, bytes], body: bytes) -> Any:
         if route.body is None:
             return None
+        if not body and not route.body_required:
+            return {}
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if ctype != b"application/json":
             raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as application/json")
@@ -253,6 +262,37 @@ class Api:
         except ValueError as exc:
             raise ApiError(400, "BAD_REQUEST", str(exc)) from None
         return {"token": token, "uin": data["uin"], "expires": int(now + lifetime)}
+
+    def kick(self, conn: Any, params: Reply, data: Reply, _headers: Any) -> None:
+        """Ask the uin's routers of every IDC to kick its sessions (each publishes a ``kick`` to
+        the brokers holding one).  Replicated presence holds a session on two routers: sessions
+        are counted once.  503 when no router of some IDC answered (a retry kicks what is left)."""
+        uin = params["uin"]
+        by_idc = routers_by_idc(self.node.topo, uin)
+        asked = sorted({r for routers in by_idc.values() for r in routers})
+        self._park(conn)
+        sessions: set[tuple[int, str]] = set()
+        answered: set[str] = set()
+        waiting = [len(asked)]
+
+        def one(router: str) -> Callable[[Reply], None]:
+            def done(reply: Reply) -> None:
+                if reply.get("t") == "kicks":
+                    answered.add(router)
+                    sessions.update((device, broker) for device, broker in reply["sessions"])
+                waiting[0] -= 1
+                if waiting[0]:
+                    return
+                silent = sorted(idc for idc, routers in by_idc.items() if answered.isdisjoint(routers))
+                if silent:
+                    self._finish(conn, 503, {"error": wire.Err.UNAVAILABLE, "message": "no router of the user "
+                                             f"answered in {', '.join(silent)}: sessions there may be left; retry"})
+                else:
+                    self._finish(conn, 200, {"uin": uin, "sessions": len(sessions)})
+            return done
+        msg = {"t": "kick_user", "uin": uin, "msg": data.get("reason") or KICK_TEXT, "auth": self._admin_token()}
+        for router in asked:
+            self.node.ask_router(router, dict(msg), one(router), self.timeout)
 
     def status(self) -> dict[str, int]:
         return dict(self.stats, inflight=self.inflight)

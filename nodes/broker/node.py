@@ -169,6 +169,10 @@ class BrokerNode(Node):
         for router in routers:
             self.requests.send(self.routers[router], dict(msg), one, timeout)
 
+    def ask_router(self, router: str, msg: Msg, callback: Callback, timeout: float | None = None) -> None:
+        """One request to one router by id (the HTTP API's kick asks the user's routers of every IDC)."""
+        self.requests.send(self.routers[router], msg, callback, timeout)
+
     def on_send_failed(self, sock, key, exc):
         if sock is not self.client:
             return super().on_send_failed(sock, key, exc)

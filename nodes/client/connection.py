@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 FATAL = (wire.Err.AUTH_FAILED, wire.Err.TOKEN_EXPIRED, wire.Err.BAD_VERSION)   # no broker will take us
 STABLE = 2.0            # seconds a login must last for the next reconnect to start without a backoff
+ENDED_BY_OTHERS = ("replaced", "kicked")   # a NOT_LOGGED_IN with these reasons ends the client like the notice
 OWN_ECHO = 30.0         # seconds an abandoned login of ours may still replace the session we have
 
 
@@ -153,8 +154,8 @@ class Link:
             if reply.get("t") != "err":
                 return reply
             if reply.get("code") == wire.Err.NOT_LOGGED_IN and msg["t"] not in wire.SESSIONLESS:
-                if reply.get("reason") == "replaced" and generation == self.generation:
-                    self._kicked({"t": "kicked", "reason": "replaced", "msg": reply.get("msg", "")})
+                if reply.get("reason") in ENDED_BY_OTHERS and generation == self.generation:
+                    self._kicked({"t": "kicked", "reason": reply["reason"], "msg": reply.get("msg", "")})
                 else:
                     self.trouble(generation, same_broker=True, why="session lost")
                 continue
@@ -332,11 +333,14 @@ class Link:
     def _kicked(self, msg: dict) -> None:
         """``replaced``: another login of this (uin, device) took over -- stop, do not fight it;
         unless a login of our own that we gave up on may have landed late (then log in again).
-        ``too_slow`` (or any other reason): the session was dropped; log in again."""
+        ``kicked``: the app's backend ended the user's sessions (HTTP API) -- stop: logging in
+        again with the same token would undo it.  ``too_slow`` (or any other reason): the
+        session was dropped; log in again."""
         reason = msg.get("reason", "replaced")
         log.warning("kicked by %s (%s): %s", self.endpoint, reason, msg.get("msg", ""))
-        if reason == "replaced" and time.monotonic() - self._abandoned_at >= OWN_ECHO:
-            self.fatal = ClientError("KICKED", f"replaced by another login: {msg.get('msg', '')}", msg)
+        if reason == "kicked" or reason == "replaced" and time.monotonic() - self._abandoned_at >= OWN_ECHO:
+            what = "replaced by another login" if reason == "replaced" else "kicked by the server"
+            self.fatal = ClientError("KICKED", f"{what}: {msg.get('msg', '')}", msg)
             self._detach()
             self._fail_pending(self.fatal)
         else:

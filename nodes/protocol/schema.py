@@ -168,7 +168,8 @@ PUSHES = {
     "receipt": {"channel": req("str"), "uin": req("u32", "the reader"), "id": req("u64", "read up to")},
     "typing": {"channel": req("str"), "uin": req("u32", "who is typing")},
     "presence": {"channel": req("str", "a watched channel"), "uin": req("u32"), "online": req("bool")},
-    "kicked": {"reason": req("str", "replaced or expired (a too_slow client gets no notice)"),
+    "kicked": {"reason": req("str", "replaced, expired or kicked (by the HTTP API); a too_slow "
+                             "client gets no notice"),
                "msg": opt("str")},
 }
 
@@ -273,6 +274,10 @@ ROUTER_REQUESTS = {
     "touch": {"rid": RID, "broker": req("str"), "sessions": req("pairs")},
     "offline": {"rid": RID, "uin": req("u32"), "device": req("u32"), "broker": req("str")},
     "broker_reset": {"rid": RID, "broker": req("str")},
+    # the HTTP API's kick (nodes/broker/httpapi.py): a ``kick`` (reason ``kicked``) to each broker
+    # holding a session of the uin; answered ``kicks`` {sessions: [[device, broker]]}
+    "kick_user": {"rid": RID, "auth": AUTH, "uin": req("u32"),
+                  "msg": opt("str", "why, for the clients' kicked notice")},
     "snapshot": {"rid": RID},
     "status": {"rid": RID},
 }
@@ -346,6 +351,9 @@ PUB_FRAMES = {
         "delta": {"router": req("str"), "epoch": req("u64"), "seq": req("u64"), "uin": req("u32"),
                   "device": req("u32"), "broker": req("strnil", "nil: offline")},
         "tick": {"router": req("str"), "epoch": req("u64"), "seq": req("u64")},
-        "kick": {"uin": req("u32"), "device": req("u32"), "broker": req("str"), "by": req("str")},
+        "kick": {"uin": req("u32"), "device": req("u32"), "broker": req("str"),
+                 "by": req("str", "the broker of the newer login; api: the HTTP API's kick"),
+                 "reason": opt("str", "absent: replaced; kicked: the HTTP API's kick"),
+                 "msg": opt("str", "kicked: the text for the client's notice")},
     },
 }

@@ -90,7 +90,7 @@ REFUSED_OUTCOME = (Err.BAD_FRAME, Err.BAD_TYPE, Err.BAD_FIELD, Err.BAD_CHANNEL, 
 UNKNOWN_OUTCOME = (Err.UNAVAILABLE, Err.BUSY, Err.INTERNAL, Err.STORAGE_FULL)
 
 # Why a broker ends a session by itself: the "reason" of a {"t": "kicked"} notice.
-KICK_REASONS = ("replaced", "too_slow", "expired")
+KICK_REASONS = ("replaced", "too_slow", "expired", "kicked")
 
 
 class ProtocolError(Exception):
