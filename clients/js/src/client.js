@@ -16,6 +16,8 @@ const RETRYABLE = new Set(["TIMEOUT", "UNAVAILABLE", "BUSY", "INTERNAL", "STORAG
 const FATAL_LOGIN = new Set(["AUTH_FAILED", "TOKEN_EXPIRED", "BAD_VERSION", "BAD_FIELD"]);
 // errors that end the client (this.fatal): requests and sends fail at once with it
 const ENDED = new Set(["KICKED", "STOPPED", "NO_TRANSPORT", ...FATAL_LOGIN]);
+// kick reasons that end the client: another login took over, or the app's backend kicked the user
+const ENDED_BY_OTHERS = new Set(["replaced", "kicked"]);
 // pushes that are not messages (no rid; a reply of the same t carries its request's rid)
 const PUSHES = new Set(["read", "receipt", "typing", "presence"]);
 
@@ -303,8 +305,8 @@ export class ImeshClient {
       return await this._request(msg, timeoutMs);
     } catch (err) {
       if (err.code !== "NOT_LOGGED_IN") throw err;
-      if (err.reply?.reason === "replaced") {       // the kick notice was lost: the same verdict
-        this._kicked({ reason: "replaced", msg: err.reply.msg });
+      if (ENDED_BY_OTHERS.has(err.reply?.reason)) {  // the kick notice was lost: the same verdict
+        this._kicked({ reason: err.reply.reason, msg: err.reply.msg });
         throw this.fatal;
       }
     }
@@ -333,12 +335,14 @@ export class ImeshClient {
   _kicked(msg) {
     this._emit("kicked", msg);
     const reason = msg.reason || "replaced";
-    if (reason === "replaced") {                    // a newer login (protocol 1 gave no reason): do
-      // not fight it; the client is over and says so to every send; "expired", "too_slow", ...
-      // just log in again
+    if (ENDED_BY_OTHERS.has(reason)) {              // a newer login (protocol 1 gave no reason), or
+      // the app's backend kicked the user (HTTP API): do not fight it -- a login with the same
+      // token would undo the kick; the client is over and says so to every send; "expired",
+      // "too_slow", ... just log in again
       this.running = false;
-      this.fatal = new ClientError("KICKED", `replaced: another login of this user and device took over${
-        msg.msg ? ` (${msg.msg})` : ""}`, msg);
+      const why = reason === "replaced" ? "replaced: another login of this user and device took over"
+        : "kicked: the server ended this user's sessions";
+      this.fatal = new ClientError("KICKED", `${why}${msg.msg ? ` (${msg.msg})` : ""}`, msg);
     }
     this._lost?.(`kicked (${reason}): ${msg.msg || ""}`);
   }
