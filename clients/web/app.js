@@ -251,7 +251,7 @@ async function sendFile(file) {
   try {
     const ref = await media.upload(file, channel, { mime: file.type,
       onProgress: (sent, total) => { $("uploadbar").value = sent / total; } });
-    client.send(channel, fileText(file.name, ref)).catch(() => {});   // pending/sent/failed as any send
+    client.send(channel, fileText(file.name, ref, file.size)).catch(() => {});   // pending/sent/failed as any send
   } catch (err) {
     notice(`File not sent: ${reason(err.code, err.message)}`);
   } finally {

@@ -3,7 +3,8 @@
 // `ws` endpoint -- the same frames, limits and membership checks as the Python MediaClient
 // (nodes/client/media.py).  The relays' WebSocket URLs come from a broker's GET /info
 // ("relays": {relay id: ws url}).  A file travels in a normal message whose text carries its
-// ref: fileText()/parseFileText() write and read that text ("[file] NAME REF").
+// ref: fileText()/parseFileText() write and read that text ("[file] NAME (SIZE bytes) REF",
+// as `bin/chat upload` writes it; "[file] NAME REF" is read too).
 import { ClientError, PROTOCOL_VERSION } from "./client.js";
 import { decodeFrame, encodeFrame } from "./codec.js";
 
@@ -17,15 +18,17 @@ export function parseRef(ref) {
   return m ? { relay: m[1], media: m[2] } : null;
 }
 
-/** The text of a message that carries a file (bin/chat and the Python docs use the same form). */
-export function fileText(name, ref) {
-  return `[file] ${String(name).replace(/\s+/g, " ").trim() || "file"} ${ref}`;
+/** The text of a message that carries a file (the form `bin/chat upload` sends). */
+export function fileText(name, ref, size) {
+  const clean = String(name).replace(/\s+/g, " ").trim() || "file";
+  return `[file] ${clean}${size === undefined ? "" : ` (${size} bytes)`} ${ref}`;
 }
 
-/** {name, ref} of a file message's text, or null for any other text. */
+/** {name, ref, size?} of a file message's text, or null for any other text. */
 export function parseFileText(text) {
-  const m = /^\[file\] (.+) (imesh-media:[^:\s]+:[0-9a-f]{16})$/.exec(String(text ?? ""));
-  return m ? { name: m[1], ref: m[2] } : null;
+  const m = /^\[file\] (.+?)(?: \((\d+) bytes\))? (imesh-media:[^:\s]+:[0-9a-f]{16})$/.exec(String(text ?? ""));
+  if (!m) return null;
+  return m[2] === undefined ? { name: m[1], ref: m[3] } : { name: m[1], ref: m[3], size: Number(m[2]) };
 }
 
 /** Lowercase hex SHA-256 through WebCrypto (browsers in a secure context -- https or

@@ -53,11 +53,13 @@ test("a file uploaded in chunks reaches another member through a message and dow
   assert.ok(parseRef(ref), ref);
   assert.deepEqual(progress.at(-1), [data.length, data.length]);
   assert.equal(progress.length, 3);
-  await a.send("lobby", fileText("test file.bin", ref));
+  await a.send("lobby", fileText("test file.bin", ref, data.length));
 
   await until(() => b.got.some((m) => parseFileText(m.text)), 10000, "the file message");
   const file = parseFileText(b.got.find((m) => parseFileText(m.text)).text);
-  assert.deepEqual(file, { name: "test file.bin", ref });
+  assert.deepEqual(file, { name: "test file.bin", ref, size: data.length });
+  assert.deepEqual(parseFileText(`[file] a (b) c.txt ${ref}`), { name: "a (b) c.txt", ref }, "the Python docs' form");
+  assert.equal(parseFileText(`look at ${ref}`), null);
   const got = await media(2).download(file.ref);
   assert.equal(got.size, data.length);
   assert.equal(got.mime, "application/x-test");
