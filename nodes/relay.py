@@ -9,6 +9,12 @@ Download (``down_info``, ``down``) is for members of the channel, and only
 of finished files: a partial file is never served.  Files and unfinished
 uploads expire with the message lifetime.
 
+Clients: ZeroMQ on the ``client`` endpoint (nodes/client/media.py) and, when the topology
+gives the relay a ``ws`` endpoint, WebSocket (browsers, clients/js/src/media.js) through the
+brokers' web gateway (nodes/runtime/webgate.py): the same frames, dispatcher, sessions and
+membership checks; a closed WebSocket ends its session.  Why a WebSocket of the relay's own
+and not a proxy in the brokers: docs/design-notes.md ("Files from the web page").
+
 Keys in the relay's RocksDB (media id = 8 random bytes):
 
 - ``f`` + media  -> msgpack {uin, channel, size, chunk_size, chunks, sha256, mime, expiry, done}
@@ -31,6 +37,7 @@ from nodes.runtime import clock as expiry_clock
 from nodes.runtime.node import Node
 from nodes.runtime.rpc import Requests
 from nodes.runtime.sessions import SessionTable
+from nodes.runtime.webgate import PlainRoutes, WebGate, page_origins
 from nodes.storage import store as keys
 
 log = logging.getLogger(__name__)
@@ -237,13 +244,18 @@ class RelayNode(Node):
         self.placement = Placement(topo)        # which logic node to ask (leaders replicas named)
         self.requests = Requests(topo.limits["request_timeout"], self.max_internal_frame, self.outbox)
         self.logics = self.peers("logic")
-        self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"),
-                                maxmsgsize=int(topo.limits["max_chunk"]) + 4096)
-        self.serve(self.client, schema.RELAY_REQUESTS, {
+        self.max_frame = int(topo.limits["max_chunk"]) + 4096
+        self.client = self.bind(zmq.ROUTER, self.spec.endpoint("client"), maxmsgsize=self.max_frame)
+        self.clients = self.serve(self.client, schema.RELAY_REQUESTS, {
             "login": self.handle_login, "ping": self.handle_ping, "logout": self.handle_logout,
             "up_begin": self.handle_begin, "up_chunk": self.handle_chunk, "up_end": self.handle_end,
             "down_info": self.handle_info, "down": self.handle_down},
-            max_len=int(topo.limits["max_chunk"]) + 4096, guard=self.guard)
+            max_len=self.max_frame, guard=self.guard, refuse_ident=WebGate.owns)
+        ws = self.spec.endpoints.get("ws")
+        # browsers: the brokers' pages may connect; replies of a download window (8 chunks in
+        # flight, as the clients send) must fit the gate's per-connection bound twice over
+        self.web = WebGate(self, ws, lambda gate: PlainRoutes(gate, page_origins(topo, self.spec)[1], node_id),
+                           self.max_frame, self.session_timeout, out_bound=16 * self.max_frame) if ws else None
         rpc = self.bind(zmq.ROUTER, self.spec.endpoint("rpc"))
         self.serve(rpc, schema.BROKER_REQUESTS, {"status": self.handle_status})
         self.loop.every(SWEEP_INTERVAL, self.housekeeping)
@@ -253,6 +265,23 @@ class RelayNode(Node):
         self.placement.topo = new
         self.refresh_peers(self.logics, "logic")
         return None
+
+    # --- WebSocket clients (nodes/runtime/webgate.py calls these) -----------------
+    def web_frame(self, ident: bytes, frame: bytes) -> None:
+        self.clients.frame(ident, frame, self.clock(), lambda i, m: self.queue_reply(self.client, i, m),
+                           self.max_frame, 1024)
+
+    def web_gone(self, ident: bytes, _slow: bool) -> None:
+        session = self.sessions.by_ident.get(ident)
+        if session is not None:
+            self.sessions.end(session, "gone")
+
+    def queue_reply(self, sock, ident, msg):
+        """Every reply of the client endpoint goes through here: a web connection's to its gate."""
+        if sock is self.client and self.web is not None and WebGate.owns(ident):
+            self.web.reply(ident, msg)
+        else:
+            super().queue_reply(sock, ident, msg)
 
     # --- sessions --------------------------------------------------------------
     def guard(self, ident, t, msg, now):
@@ -342,4 +371,5 @@ class RelayNode(Node):
     def status(self):
         c = self.core
         return dict(super().status(), open_uploads=len(c.uploads), files=c.stats["files"],
-                    expired=c.stats["expired"], sessions=len(self.sessions), clock=self.expiry.status())
+                    expired=c.stats["expired"], sessions=len(self.sessions), clock=self.expiry.status(),
+                    **({"web": self.web.status()} if self.web is not None else {}))

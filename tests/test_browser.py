@@ -3,7 +3,8 @@ two pages as two users on two brokers chat; a `bin/chat send` message appears in
 reloaded after missing 20 messages shows them once, in order; and the conversation layer as a
 new user meets it: start a DM, unread badges that move on both of a user's devices, history
 scrolled back past 500 messages, seen-by and typing, edits and deletes shown everywhere, a
-failed send that says why and retries.  Screenshots of each step go to a temp folder (and to
+failed send that says why and retries; a file sent from one page (through the relay's
+WebSocket) downloaded in another, an image previewed.  Screenshots of each step go to a temp folder (and to
 $IMESH_WEBSHOTS when set).  Skipped, with the reason, where Chromium or playwright is missing
 (.ci/run installs both)."""
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import pytest
 from conftest import ROOT, running_mesh
@@ -29,7 +32,7 @@ if not os.access(CHROMIUM, os.X_OK):
 
 @pytest.fixture(scope="module")
 def web_mesh(tmp_path_factory):
-    with running_mesh(tmp_path_factory, "browser", ws=True) as harness:
+    with running_mesh(tmp_path_factory, "browser", ws=True, relays=1) as harness:
         yield harness
 
 
@@ -328,3 +331,41 @@ def test_a_group_title_shows_in_every_members_list(web_mesh, browser):
     b.locator('#channels li[data-kind="group"]').wait_for(timeout=10000)
     b.reload()                                             # the list as the server has it
     b.locator("#channels li .name", has_text="Book club").wait_for(timeout=5000)
+
+
+def png(width, height, rgb):
+    """A small solid-colour PNG (the browser must decode it: the preview is a real image)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_a_file_sent_from_one_page_downloads_in_another_and_an_image_shows_a_preview(web_mesh, browser, shots):
+    """Through the relay's own WebSocket: upload in chunks with the sha256, a normal message
+    with the ref, the other user's page downloads it (sha256 checked) on another broker."""
+    sender = open_chat(browser, web_mesh, 0, 51, viewport=DESKTOP)
+    receiver = open_chat(browser, web_mesh, 1, 52, viewport=DESKTOP)
+    data = bytes((i * 7 + (i >> 10)) & 0xFF for i in range(700 * 1024))        # 3 chunks
+    sender.wait_for_selector("#attach:not([hidden])")
+    sender.set_input_files("#file", files=[{"name": "report 7.bin", "mimeType": "application/octet-stream",
+                                            "buffer": data}])
+    sender.locator("#messages li.mine:not(.pending) a.download", has_text="report 7.bin").wait_for(timeout=15000)
+    link = receiver.locator("#messages li.msg a.download", has_text="report 7.bin")
+    link.wait_for(timeout=10000)
+    with receiver.expect_download(timeout=15000) as got:
+        link.click()
+    saved = got.value.path()
+    assert got.value.suggested_filename == "report 7.bin"
+    with open(saved, "rb") as f:
+        assert f.read() == data
+    picture = png(120, 80, (30, 140, 220))
+    sender.set_input_files("#file", files=[{"name": "blue.png", "mimeType": "image/png", "buffer": picture}])
+    preview = receiver.locator("#messages li.msg img.preview[alt='blue.png']")
+    preview.wait_for(timeout=15000)
+    receiver.wait_for_function("() => { const i = document.querySelector(\"img.preview[alt='blue.png']\");"
+                               " return i && i.complete && i.naturalWidth === 120; }", timeout=10000)
+    assert "file: blue.png" in chat_item(receiver, "lobby").inner_text()
+    shots(sender, "file-sent")
+    shots(receiver, "file-received")

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import fastpath
 from fastpath import Fanout
 from nodes.broker.core import recipients
-from nodes.broker.webgate import WEB_IDENT
 from nodes.protocol import wire
 from nodes.runtime.outbox import ARRAY_HEADER, MAX_BATCH, Outbox
 from nodes.runtime.sessions import Session
+from nodes.runtime.webgate import WEB_IDENT
 
 PEERS = [b"p%d" % i for i in range(6)]          # connected dealers
 IDENTS = PEERS + [b"gone", WEB_IDENT + b"1"]      # plus a vanished peer and a web connection

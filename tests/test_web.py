@@ -1,4 +1,4 @@
-"""The brokers' web endpoint (nodes/broker/webgate.py): WebSocket and HTTP long-poll clients share
+"""The brokers' web endpoint (nodes/runtime/webgate.py): WebSocket and HTTP long-poll clients share
 the ZeroMQ clients' sessions; every bad input gets a clear answer and the broker keeps serving.
 Also runs the JavaScript client's node tests (clients/js/test) from this suite."""
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A throwaway mesh with WebSocket endpoints for the JavaScript tests (clients/js/test).
 
 Run by a Node test: writes a local topology with ``ws`` endpoints in a temp
-dir, starts every node, prints ONE JSON line (ws endpoints, client endpoints,
+dir (and a relay with one), starts every node, prints ONE JSON line (ws endpoints, relays' ws, client endpoints,
 pids, tokens for uins 1-20, the topology path), then runs until stdin closes
 or SIGTERM, and always stops every node and removes the temp dir.
 """
@@ -28,7 +28,7 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        mesh = Mesh(write_topology(directory, ws=True, heartbeat={"wired": 2.0, "min": 1.0}))
+        mesh = Mesh(write_topology(directory, ws=True, relays=1, heartbeat={"wired": 2.0, "min": 1.0}))
         mesh.start()
         statuses = mesh.wait_ready(60)
         topo = mesh.topo
@@ -37,6 +37,7 @@ def main() -> int:
         print(json.dumps({"topology": topo.path, "dir": directory,
                           "ws": {b.id: b.endpoints["ws"] for b in brokers},
                           "client": {b.id: b.endpoints["client"] for b in brokers},
+                          "relays": {r.id: r.endpoints["ws"] for r in topo.of_type("relay")},
                           "pids": {k: v["pid"] for k, v in statuses.items()},
                           "owners": {"lobby": topo.logic_for("lobby")},
                           "tokens": {u: auth.mint(secret, u, 3600) for u in range(1, 21)}}), flush=True)

@@ -5,6 +5,7 @@
 import {
   ChannelList, ImeshClient, Receipts, StorageMailbox, Timeline, Typing, channelLabel, dmPeer, typingLine,
 } from "/js/src/client.js";
+import { MediaClient, fileText } from "/js/src/media.js";
 import { $, drawList, drawMessages, reason } from "/web/view.js";
 
 let client = null;
@@ -20,6 +21,8 @@ let editing = null;               // {channel, id} while the compose box edits a
 let loadingOlder = false;
 let lastTyping = 0;
 let roomNames = [];               // the topology's channels (/info), listed as rooms
+let media = null;                 // MediaClient to the relays' WebSockets (/info "relays"), or null
+const files = new Map();          // media ref -> Promise of {data, mime, size, url}: fetched files
 
 async function info() {
   const res = await fetch("/info");
@@ -85,7 +88,7 @@ function drawChat(scroll = "keep") {
   }
   const mine = [...pending.values()].filter((p) => p.entry.channel === open);
   drawMessages({ rows, pending: mine, me, kind: list.get(open)?.kind, seen, more: tl.more,
-                 actions: { edit: startEdit, del: deleteMessage, retry } });
+                 actions: { edit: startEdit, del: deleteMessage, retry, download: saveFile, preview: previewFile } });
   if (scroll === "anchor") ol.scrollTop = ol.scrollHeight - fromBottom;
   else if (scroll === "bottom" || atBottom) ol.scrollTop = ol.scrollHeight;
   drawTyping();
@@ -238,6 +241,50 @@ function retry(entry) {
   drawChat("bottom");
 }
 
+// --- files (through a relay: clients/js/src/media.js) ---------------------------------------
+/** Upload the picked file into the open chat, then send the message that carries its ref. */
+async function sendFile(file) {
+  const channel = open;
+  $("uploadname").textContent = `Sending ${file.name}…`;
+  $("uploadbar").value = 0;
+  $("upload").hidden = false;
+  try {
+    const ref = await media.upload(file, channel, { mime: file.type,
+      onProgress: (sent, total) => { $("uploadbar").value = sent / total; } });
+    client.send(channel, fileText(file.name, ref, file.size)).catch(() => {});   // pending/sent/failed as any send
+  } catch (err) {
+    notice(`File not sent: ${reason(err.code, err.message)}`);
+  } finally {
+    $("upload").hidden = true;
+  }
+}
+
+/** A file by its ref, fetched once per page (sha256 checked by the MediaClient). */
+function fetchFile(ref) {
+  if (!files.has(ref)) {
+    files.set(ref, media.download(ref).then((f) => ({ ...f, url: URL.createObjectURL(new Blob([f.data], { type: f.mime })) })));
+    files.get(ref).catch(() => files.delete(ref));     // a failed fetch may be tried again
+  }
+  return files.get(ref);
+}
+
+function saveFile({ name, ref }) {
+  if (!media) { notice("No file server (relay) with a WebSocket endpoint in this cluster"); return; }
+  fetchFile(ref).then(({ url }) => {
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    document.body.append(a);
+    a.click();
+    a.remove();
+  }).catch((err) => notice(`File not downloaded: ${reason(err.code, err.message)}`));
+}
+
+function previewFile({ ref }, img) {
+  if (!media) return;
+  fetchFile(ref).then(({ url, mime }) => { if (mime.startsWith("image/")) img.src = url; }).catch(() => {});
+}
+
 async function startDm(uin) {
   const reply = await client.createDm(uin);
   list.upsert({ channel: reply.channel, kind: "dm", members: reply.members });
@@ -346,6 +393,8 @@ async function start(token) {
   client = new ImeshClient({ endpoints, token, device, transport: "auto",     // HTTP where WebSockets are blocked
                               mailbox: new StorageMailbox(localStorage, `imesh:${uin}:${device}`) });
   me = uin;
+  media = Object.keys(meta.relays || {}).length ? new MediaClient({ relays: meta.relays, token, device }) : null;
+  $("attach").hidden = !media;
   list = new ChannelList(uin);
   wire(uin, device);
   await client.start();
@@ -406,6 +455,11 @@ $("text").oninput = () => {
   if (!open || editing || now - lastTyping < 3000 || !$("text").value) return;
   lastTyping = now;
   client.typing(open).catch(() => {});            // over the typing rate: nothing to show
+};
+$("file").onchange = () => {
+  const file = $("file").files[0];
+  $("file").value = "";
+  if (file && open && media) sendFile(file);
 };
 $("compose").onsubmit = (ev) => {
   ev.preventDefault();

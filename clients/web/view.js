@@ -2,6 +2,9 @@
 // models of the JS client (ChannelList, Timeline, Receipts).  No state of its own: app.js calls
 // these again whenever something changed (a few hundred lines of chat redraw in well under a frame).
 import { channelLabel, timeLabel } from "/js/src/client.js";
+import { parseFileText } from "/js/src/media.js";
+
+const IMAGE = /\.(png|jpe?g|gif|webp)$/i;       // names whose file the page previews inline
 
 export const $ = (id) => document.getElementById(id);
 
@@ -16,6 +19,11 @@ function el(tag, cls, text) {
 export function reason(code, message = "") {
   const says = {
     NOT_MEMBER: "you are not a member of this chat",
+    TOO_BIG: "the file is too big",
+    SHA_MISMATCH: "the file arrived damaged (its checksum does not match)",
+    NO_MEDIA: "the file is gone (expired or never finished)",
+    NO_CRYPTO: "this page cannot checksum files here (it needs https)",
+    UNAVAILABLE: "the file server did not answer; try again",
     NO_CHANNEL: "this chat does not exist",
     BAD_CHANNEL: "this is not a valid chat name",
     RATE_LIMITED: "you are sending too fast; wait a moment",
@@ -46,7 +54,9 @@ export function drawList(items, me, open, onOpen) {
     const bottom = el("div", "bottom");
     const p = item.preview;
     const who = p && p.uin === me ? "you: " : p && item.kind !== "dm" ? `user ${p.uin}: ` : "";
-    bottom.append(el("span", "preview", p ? (p.deleted ? `${who}message deleted` : `${who}${p.text ?? ""}`) : kindLine(item)));
+    const file = p && parseFileText(p.text);
+    const text = file ? `file: ${file.name}` : p?.text ?? "";
+    bottom.append(el("span", "preview", p ? (p.deleted ? `${who}message deleted` : `${who}${text}`) : kindLine(item)));
     if (item.unread > 0) bottom.append(el("span", "badge", item.unread_more ? `${item.unread}+` : String(item.unread)));
     li.append(top, bottom);
     li.onclick = () => onOpen(item.channel);
@@ -88,6 +98,8 @@ function messageNode(m, me, kind, actions, seenBy, first) {
   if (m.deleted) {
     li.classList.add("deleted");
     li.append(el("span", "text", "message deleted"));
+  } else if (parseFileText(m.text)) {
+    li.append(fileNode(parseFileText(m.text), actions));
   } else {
     li.append(el("span", "text", m.text ?? ""));
   }
@@ -115,6 +127,25 @@ function messageNode(m, me, kind, actions, seenBy, first) {
     li.append(el("div", "seen", kind === "dm" ? "Seen" : `Seen by ${seenBy.map((u) => `user ${u}`).join(", ")}`));
   }
   return li;
+}
+
+/** A message carrying a file: a download link, and for an image a preview the page fetches
+ *  (through the relay, sha256 checked) and caches -- actions.preview(file, img) fills it. */
+function fileNode(file, actions) {
+  const box = el("span", "text file");
+  const link = el("a", "download", file.name);
+  link.href = "#";
+  link.dataset.ref = file.ref;
+  link.onclick = (ev) => { ev.preventDefault(); actions.download(file); };
+  box.append(link);
+  if (IMAGE.test(file.name)) {
+    const img = el("img", "preview");
+    img.alt = file.name;
+    img.onclick = () => actions.download(file);
+    box.append(img);
+    actions.preview(file, img);
+  }
+  return box;
 }
 
 function pendingNode({ entry, state, code, error }, actions) {

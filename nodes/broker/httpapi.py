@@ -1,6 +1,6 @@
 """The server HTTP API under ``/api/v1/``: what an app's backend calls, on a broker's web endpoint.
 
-Why on the broker: it already parses HTTP (nodes/broker/webgate.py, h11), knows
+Why on the broker: it already parses HTTP (nodes/runtime/webgate.py, h11), knows
 which logic node serves a channel and whether it is up (nodes/broker/owners.py)
 and talks to them.  A call becomes an internal request to the owning logic node
 with an admin token minted from the cluster secret -- the requests ``bin/mesh
@@ -52,7 +52,7 @@ def routers_by_idc(topo: Any, uin: int) -> dict[str, list[str]]:
 
 class _Parked:
     """``conn.parked`` while an API call waits for a logic node: the gate reads nothing more
-    of the connection (nodes/broker/webgate.py ``http_events``) until it is answered."""
+    of the connection (nodes/runtime/webgate.py ``http_events``) until it is answered."""
 
 
 PARKED = _Parked()

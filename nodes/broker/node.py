@@ -3,7 +3,7 @@
 The protocol is in nodes/broker/core.py (sessions, requests), which logic node
 serves a channel and whether it is up in nodes/broker/owners.py, what the logic
 nodes publish and their links in nodes/broker/feed.py, WebSocket/HTTP clients
-in nodes/broker/webgate.py.  This module binds the client and rpc sockets,
+in nodes/runtime/webgate.py.  This module binds the client and rpc sockets,
 connects to logic nodes, routers and the other brokers of its IDC, carries the
 core's effects out (``reply``, ``push``, ``push_many``, ``to_logic``,
 ``to_router``) and runs the timers: session expiry and activity reports to
@@ -21,12 +21,13 @@ from nodes.broker import memtrim
 from nodes.broker.core import BrokerCore
 from nodes.broker.feed import LogicFeed
 from nodes.broker.prelogin import PreLoginBudget
-from nodes.broker.webgate import WEB_IDENT, WebGate
+from nodes.broker.webroutes import Routes
 from nodes.protocol import schema, wire
 from nodes.runtime import outbox
 from nodes.runtime.node import Node
 from nodes.runtime.ports import Callback, Msg
 from nodes.runtime.rpc import Requests
+from nodes.runtime.webgate import WEB_IDENT, WebGate
 
 SWEEP_INTERVAL = 0.1
 TOUCH_INTERVAL = 0.5            # how often activity is reported to routers
@@ -70,7 +71,9 @@ class BrokerNode(Node):
                                   max_items=MAX_PIPELINED, refuse_ident=self.refused,
                                   limits=self.core.schema_limits)
         ws = self.spec.endpoints.get("ws")
-        self.web = WebGate(self, ws) if ws else None     # WebSocket + HTTP clients, same dispatcher
+        hb = topo.heartbeat                                # WebSocket + HTTP clients, same dispatcher
+        self.web = WebGate(self, ws, lambda gate: Routes(gate, self), int(limits["max_frame"]),
+                           hb["max"] * (hb["session_timeout_factor"] + 1)) if ws else None
         # the client socket's batches and the deliveries' fan-out in C, on pyzmq's own libzmq
         self.fanout = Fanout(self.client, int(limits["max_frame"]), outbox.MAX_BATCH, outbox.ARRAY_HEADER,
                              WEB_IDENT if self.web else None, self.web.put if self.web else None)
@@ -128,11 +131,15 @@ class BrokerNode(Node):
             self.queue_packed(self.client, ident, packed)
 
     def web_frame(self, ident, frame):
-        """A frame from a WebSocket or HTTP client (nodes/broker/webgate.py): the ZeroMQ clients'
+        """A frame from a WebSocket or HTTP client (nodes/runtime/webgate.py): the ZeroMQ clients'
         dispatcher, and their pre-login budget."""
         if not self.admitted(ident):
             return
         self.clients.frame(ident, frame, self.clock(), self.reply, self.core.max_frame, MAX_PIPELINED)
+
+    def web_gone(self, ident: bytes, slow: bool) -> None:
+        """A web connection closed (or fell too far behind): its session ends now."""
+        (self.core.too_slow if slow else self.core.gone)(ident)
 
     def push_many(self, idents: Iterable[bytes], packed: bytes) -> None:
         """One message to many sessions: ZeroMQ ones through the outbox in one call, web ones

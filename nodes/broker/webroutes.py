@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 from nodes import PACKAGE_DIR
 from nodes.broker.httpapi import Api
 from nodes.protocol import auth, wire
+from nodes.runtime.webgate import origin_allowed, page_origins
 
 POLL_WAIT = 20.0               # seconds a long poll is held when nothing is queued
 CHANNEL_IDLE = 60.0            # seconds without a poll or send before a channel is closed
@@ -51,11 +52,8 @@ class Routes:
     def __init__(self, gate, node):
         self.gate, self.node = gate, node
         self.channels = {}                  # channel token (str) -> HttpChannel
-        # pages a browser may come from: any broker's own page (the page fails over to the
-        # other brokers) and the origins the topology lists for this broker
-        self.brokers = {n.endpoints["ws"][5:].rstrip("/") for n in node.topo.of_type("broker")
-                        if "ws" in n.endpoints}            # host:port of every broker's web endpoint
-        self.origins = {"http://" + b for b in self.brokers} | set(node.spec.origins)
+        # host:port of every broker's web endpoint, and the pages a browser may come from
+        self.brokers, self.origins = page_origins(node.topo, node.spec)
         self.table = {("GET", "/info"): self.info, ("POST", "/dev/token"): self.dev_token,
                       ("POST", "/h/open"): self.open, ("POST", "/h/send"): self.send,
                       ("GET", "/h/poll"): self.poll, ("POST", "/h/close"): self.close}
@@ -65,11 +63,10 @@ class Routes:
     def origin_ok(self, headers: dict) -> bool:
         """Non-browser clients send no Origin; a browser page may come from its own broker
         (same origin), any broker's page, or one of the topology's ``origins``."""
-        origin = headers.get(b"origin")
-        if origin is None:
-            return True
-        origin = origin.decode("latin-1")
-        return origin == "http://" + headers.get(b"host", b"").decode("latin-1") or origin in self.origins
+        return origin_allowed(headers, self.origins)
+
+    def status(self) -> dict:
+        return {"http_channels": len(self.channels)}
 
     # --- dispatch ------------------------------------------------------------
     def handle(self, conn, req, body: bytes) -> None:
@@ -138,6 +135,7 @@ class Routes:
         topo = self.node.topo
         return 200, {"broker": self.node.id, "ws": [n.endpoints["ws"] for n in topo.of_type("broker")
                                                     if "ws" in n.endpoints],
+                     "relays": {n.id: n.endpoints["ws"] for n in topo.of_type("relay") if "ws" in n.endpoints},
                      "local": topo.local, "channels": sorted(topo.channels), "version": wire.PROTOCOL_VERSION}
 
     def dev_token(self, _conn, _query, body):
@@ -258,8 +256,7 @@ class Routes:
             channel.ended = why
             if self.gate.targets.get(channel.ident) is channel:
                 del self.gate.targets[channel.ident]
-            core = self.gate.core
-            (core.too_slow if slow else core.gone)(channel.ident)
+            self.node.web_gone(channel.ident, slow)
 
     def _forget(self, channel) -> None:
         self.channels.pop(channel.ident.rpartition(b":")[2].decode(), None)

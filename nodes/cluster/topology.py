@@ -28,8 +28,8 @@ ENDPOINTS = {
     "relay": ("client", "rpc"),
 }
 
-# optional per-node keys: a broker may also serve WebSocket/HTTP clients (nodes/broker/webgate.py)
-OPTIONAL_KEYS = {"broker": ("ws", "origins")}
+# optional per-node keys: a broker may also serve WebSocket/HTTP clients (nodes/runtime/webgate.py)
+OPTIONAL_KEYS = {"broker": ("ws", "origins"), "relay": ("ws", "origins")}
 
 DEFAULT_LIMITS = {
     "max_frame": 65536,          # bytes, ZMQ_MAXMSGSIZE on client-facing sockets

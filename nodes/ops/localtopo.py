@@ -51,12 +51,12 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays
                    ws=False, replication=1, shards=None, etcd=None, jwt=None, push=None) -> str:
     """A local topology in ``directory`` with every endpoint on a free port (``metrics``: each
     node also gets a /metrics port; CURVE keys are made under ``directory``/keys when the mesh
-    starts; ``ws``: brokers also serve WebSocket/HTTP clients; ``replication`` > 1: bin/mesh and
+    starts; ``ws``: brokers also serve WebSocket/HTTP clients, relays WebSocket ones; ``replication`` > 1: bin/mesh and
     Mesh start a local etcd unless ``etcd`` lists endpoints; ``jwt``: the topology's jwt section;
     ``push``: its push section, docs/push.md)."""
     count = brokers + logics + routers + relays + counters
     ports = iter(free_ports(2 * (brokers + logics + routers + relays) + counters + (count if metrics else 0)
-                            + (brokers if ws else 0)))
+                            + ((brokers + relays) if ws else 0)))
 
     def ep():
         return f"tcp://127.0.0.1:{next(ports)}"
@@ -71,6 +71,8 @@ def write_topology(directory, brokers=2, logics=2, routers=1, counters=1, relays
             b["ws"] = f"ws://127.0.0.1:{next(ports)}"
     if relays:
         idc["relays"] = [{"id": f"m{i}", "client": ep(), "rpc": ep()} for i in range(1, relays + 1)]
+        for r in idc["relays"] if ws else ():
+            r["ws"] = f"ws://127.0.0.1:{next(ports)}"
     if metrics:
         for entries in idc.values():
             for entry in entries:

@@ -1,14 +1,19 @@
-"""WebSocket and HTTP long-poll transport for browsers and Node, inside a broker's own loop.
+"""WebSocket (and HTTP) transport for browsers and Node, inside a node's own loop.
 
-Why inside the broker and not a gateway node: a frame that arrives here is
-handed to the same dispatcher and ``BrokerCore`` the ZeroMQ endpoint uses
-(``BrokerNode.web_frame``), so login, limits, rate, sessions, pushes and
-heartbeats have one implementation and a web session costs no extra hop.
-A closed connection ends its session at once (``BrokerCore.gone``), one
-that cannot keep up as ``too_slow``; a session the core ends with a
-``kicked`` notice has its connection closed after the notice.  The core's replies and
-pushes for an ident of this transport come back through ``put`` and leave
-at the end of the loop turn, batched per connection like the ZeroMQ outbox.
+Used by the brokers (nodes/broker/node.py: WebSocket, the HTTP long-poll fallback,
+the page, the HTTP API -- their paths in nodes/broker/webroutes.py) and by the relays
+(nodes/relay.py: WebSocket only, so a browser uploads and downloads files).  Why inside
+the node and not a gateway node: a frame that arrives here is handed to the same
+dispatcher the node's ZeroMQ client endpoint uses (``node.web_frame``), so login,
+limits, sessions and replies have one implementation and a web session costs no extra
+hop.  A closed connection ends its session at once (``node.web_gone(ident, slow)``:
+slow when it could not keep up); a ``kicked`` notice closes its connection after the
+notice.  Replies and pushes for an ident of this transport come back through ``put``
+and leave at the end of the loop turn, batched per connection like the ZeroMQ outbox.
+
+What a node's HTTP paths do is its ``routes`` object (``PlainRoutes`` below: none,
+WebSocket only; the brokers' ``Routes``): ``handle`` a whole request, ``origin_ok``
+for the upgrade, and the long-poll hooks ``channel_put``/``poll_gone``/``housekeeping``.
 
 Parsing is never hand-written: h11 (sans-I/O HTTP/1.1) reads every request
 head and body; a ``GET`` with ``Upgrade: websocket`` is handed (re-serialized
@@ -29,6 +34,7 @@ import errno
 import logging
 import socket
 import time
+from typing import Any
 
 import h11
 import zmq
@@ -38,7 +44,6 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from nodes.broker.webroutes import HttpChannel, Routes
 from nodes.protocol import wire
 from nodes.runtime.outbox import MAX_BATCH
 
@@ -60,6 +65,49 @@ def parse_ws_endpoint(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def page_origins(topo, spec) -> tuple[set, set]:
+    """(host:port of every broker's web endpoint, the origins a browser page may come from):
+    any broker's own page (the page fails over to the other brokers) and the origins the
+    topology lists for this node."""
+    brokers = {n.endpoints["ws"][5:].rstrip("/") for n in topo.of_type("broker") if "ws" in n.endpoints}
+    return brokers, {"http://" + b for b in brokers} | set(spec.origins)
+
+
+def origin_allowed(headers: dict, origins: set) -> bool:
+    """Non-browser clients send no Origin; a browser page may come from this endpoint itself
+    (same origin) or one of ``origins``."""
+    origin = headers.get(b"origin")
+    if origin is None:
+        return True
+    origin = origin.decode("latin-1")
+    return origin == "http://" + headers.get(b"host", b"").decode("latin-1") or origin in origins
+
+
+class PlainRoutes:
+    """The routes of a WebSocket-only endpoint (a relay's): every plain HTTP request gets 404."""
+
+    def __init__(self, gate: WebGate, origins: set, what: str):
+        self.gate, self.origins, self.what = gate, origins, what
+
+    def origin_ok(self, headers: dict) -> bool:
+        return origin_allowed(headers, self.origins)
+
+    def handle(self, conn: Conn, req: h11.Request, _body: bytes) -> None:
+        self.gate.respond(conn, 404, f"{self.what}: WebSocket clients connect to /ws\n")
+
+    def channel_put(self, _target, _items, ending: bool) -> None:      # no long-poll channels here
+        raise AssertionError("a WebSocket-only endpoint has no HTTP channels")
+
+    def poll_gone(self, _conn: Conn) -> None:
+        pass
+
+    def housekeeping(self, _now: float) -> None:
+        pass
+
+    def status(self) -> dict:
+        return {}
+
+
 class Conn:
     """One TCP connection: HTTP (h11) until it upgrades to a WebSocket."""
 
@@ -79,24 +127,27 @@ class Conn:
 
 
 class WebGate:
-    """Listens on a broker's ``ws`` endpoint; serves WebSocket clients, the HTTP fallback and the page."""
+    """Listens on a node's ``ws`` endpoint; serves WebSocket clients and what ``routes`` says of HTTP.
 
-    WEB_IDENT, OUT_BOUND = WEB_IDENT, OUT_BOUND
+    ``node``: its ``loop``, ``web_frame(ident, payload)`` and ``web_gone(ident, slow)``;
+    ``routes(gate)`` makes the routes; ``max_frame`` bounds one message or body;
+    ``ws_idle``: seconds a silent WebSocket stays open; ``out_bound``: bytes queued to
+    one client before it is dropped as too slow."""
 
-    def __init__(self, node, endpoint: str):
-        self.node, self.core, self.loop = node, node.core, node.loop
-        self.max_frame = int(node.topo.limits["max_frame"])
-        hb = node.topo.heartbeat
-        self.ws_idle = hb["max"] * (hb["session_timeout_factor"] + 1)
+    WEB_IDENT = WEB_IDENT
+
+    def __init__(self, node, endpoint: str, routes, max_frame: int, ws_idle: float, out_bound: int = OUT_BOUND):
+        self.node, self.loop = node, node.loop
+        self.max_frame, self.ws_idle, self.OUT_BOUND = max_frame, ws_idle, out_bound
         self.conns: dict[int, Conn] = {}                 # fd -> Conn
-        self.targets: dict[bytes, Conn | HttpChannel] = {}   # ident -> Conn (WebSocket) or HttpChannel
+        self.targets: dict[bytes, Any] = {}              # ident -> Conn (WebSocket) or the routes' channel
         self.queued: dict[bytes, list[bytes]] = {}       # ident -> [packed, ...] this turn
         self.ending: dict[bytes, tuple[int, str]] = {}   # ident -> (close code, reason): close once this turn's
         # frames are out
         self.counter = 0
         self.stats = {"ws_opened": 0, "http_requests": 0, "too_slow": 0, "refused_origin": 0,
                       "http_flooded": 0, "http_failed": 0, "flush_failed": 0}
-        self.routes = Routes(self, node)
+        self.routes = routes(self)
         host, port = parse_ws_endpoint(endpoint)
         self.listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -225,7 +276,7 @@ class WebGate:
                 return
             del conn.out[:sent]
         if conn.out:
-            if len(conn.out) > OUT_BOUND:
+            if len(conn.out) > self.OUT_BOUND:
                 self.stats["too_slow"] += 1
                 log.info("web client %s too slow (%d bytes waiting): dropped", conn.ident, len(conn.out))
                 self.close(conn, slow=True)
@@ -257,7 +308,7 @@ class WebGate:
             self.routes.poll_gone(conn)
         if conn.ident is not None and self.targets.get(conn.ident) is conn:
             del self.targets[conn.ident]
-            (self.core.too_slow if slow else self.core.gone)(conn.ident)
+            self.node.web_gone(conn.ident, slow)
 
     # --- WebSocket -----------------------------------------------------------
     def upgrade(self, conn: Conn, req: h11.Request, origin_ok: bool) -> None:
@@ -273,7 +324,7 @@ class WebGate:
             response = ws.accept(request)
         else:
             self.stats["refused_origin"] += 1
-            response = ws.reject(403, "origin not allowed (the broker's own page and the topology's "
+            response = ws.reject(403, "origin not allowed (the brokers' pages and the topology's "
                                  "'origins' are)\n")
         ws.send_response(response)
         conn.ws = ws
@@ -386,7 +437,7 @@ class WebGate:
 
     def status(self) -> dict:
         return dict(self.stats, ws=sum(1 for t in self.targets.values() if isinstance(t, Conn)),
-                    http_channels=len(self.routes.channels))
+                    **self.routes.status())
 
     def shutdown(self) -> None:
         for conn in list(self.conns.values()):
