@@ -188,7 +188,8 @@ def test_any_request_keeps_a_session_alive_and_a_dropped_one_hears_not_logged_in
         got = quiet.recv(timeout=0.2)
         assert got is not None and got["id"] == sent[-1], "pushes stopped for a busy session"
     # silence: the session is dropped, and its next request says so
-    wait_for(lambda: m.admin.status("b1")["sessions"] == 0, what="the quiet session dropped")
+    wait_for(lambda: (m.admin.status("b1") or {}).get("sessions") == 0,    # None: not answered yet
+             what="the quiet session dropped")
     with pytest.raises(ClientError) as exc:
         quiet.sync("lobby", 0)
     assert exc.value.code == wire.Err.NOT_LOGGED_IN
@@ -357,7 +358,7 @@ def test_relay_sessions_expire(make_mesh):
         assert s.poll(5000)
         ok = wire.unpack(s.recv())
         assert ok["t"] == "login_ok"
-        wait_for(lambda: m.admin.status("m1")["sessions"] == 0, what="relay session expiry")
+        wait_for(lambda: (m.admin.status("m1") or {}).get("sessions") == 0, what="relay session expiry")
         s.send(wire.pack({"t": "down_info", "rid": 2, "sid": ok["sid"], "ref": "imesh-media:m1:00"}))
         assert s.poll(5000)
         assert wire.unpack(s.recv())["code"] == wire.Err.NOT_LOGGED_IN
@@ -382,7 +383,8 @@ def test_heartbeats_and_sends_answer_fast_when_an_owner_is_down(make_mesh):
     c.send(up, "before")
     os.kill(pid_of(m, "l1"), signal.SIGSTOP)
     try:
-        wait_for(lambda: "l1" not in m.admin.status("b1")["logic_links"], what="l1 seen down")
+        wait_for(lambda: "l1" not in (m.admin.status("b1") or {"logic_links": ["l1"]})["logic_links"],
+                 what="l1 seen down")          # a status not answered (a loaded machine) is no answer yet
         ack = c.request({"t": "hb", "channels": {down: 0, up: 0}}, timeout=1.5)
         assert ack["unavailable"] == [down] and up in ack["heads"]
         with pytest.raises(ClientError) as exc:
