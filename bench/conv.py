@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import time
 
 from nodes.client.blocking import Client, ClientError
 from nodes.ops.localtopo import write_topology
-from nodes.ops.mesh import Mesh
+from nodes.ops.mesh import Mesh, MeshError
 from nodes.protocol import auth, wire
 from nodes.runtime import curve
 
@@ -117,12 +118,23 @@ class TypingWorker(ConvWorker):
 
 
 @contextlib.contextmanager
-def started(cfg: str):
-    """A mesh from ``cfg``, every node ready; closed on the way out."""
-    mesh = Mesh(cfg)
+def started(tmp: str, **topo):
+    """A mesh from ``write_topology(tmp, **topo)``, every node ready; closed on the way out.
+    Free ports are released before the nodes bind them, so another process on this shared
+    machine may take one: a node that exits at start means new ports and another try."""
+    for attempt in range(3):
+        directory = os.path.join(tmp, f"try{attempt}")
+        os.makedirs(directory)
+        mesh = Mesh(write_topology(directory, **topo))
+        try:
+            mesh.start()
+            mesh.wait_ready(60)
+            break
+        except MeshError:
+            mesh.close()
+            if attempt == 2:
+                raise
     try:
-        mesh.start()
-        mesh.wait_ready(60)
         yield mesh
     finally:
         mesh.close()
@@ -159,9 +171,8 @@ def load_run(args, worker, limits: dict) -> dict:
     """One run of ``worker`` on a fresh mesh with the bench's groups; the figures of e2e's
     ``summarize`` plus the workers' counts and the stored counters before and after."""
     with scratch("conv") as tmp:
-        cfg = write_topology(tmp, brokers=args.brokers, logics=args.logic, curve=args.curve == "on",
-                             limits=dict(BENCH_LIMITS, **limits), heartbeat={"wired": 600.0})
-        with started(cfg) as mesh:
+        with started(tmp, brokers=args.brokers, logics=args.logic, curve=args.curve == "on",
+                     limits=dict(BENCH_LIMITS, **limits), heartbeat={"wired": 600.0}) as mesh:
             topo, admin = mesh.topo, mesh.admin
             run_args = argparse.Namespace(**dict(vars(args), worker=worker, group_size=args.members,
                                                  groups=group_names(topo, args.users, args.members),
@@ -240,9 +251,8 @@ def channels_part(args) -> dict:
     rounds = []
     for _ in range(args.repeats):
         with scratch("conv") as tmp:
-            cfg = write_topology(tmp, brokers=args.brokers, logics=args.logic, curve=args.curve == "on",
-                                 limits=BENCH_LIMITS)
-            with started(cfg) as mesh:
+            with started(tmp, brokers=args.brokers, logics=args.logic, curve=args.curve == "on",
+                         limits=BENCH_LIMITS) as mesh:
                 rounds.append(channel_pages(mesh.topo, args))
     return {"first_page_p50_ms": statistics.median(r["p50"] for r in rounds),
             "first_page_p99_ms": statistics.median(r["p99"] for r in rounds),
