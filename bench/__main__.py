@@ -2,6 +2,8 @@
 
     bin/bench chaos [--users 200 --members 10 --seconds 30 --think 0 --down 0 --kill broker,logic,router,counter
                      --processes 2 --brokers 2 --logic 2 --hb 2 --timeout 3 --drain 60] [--json FILE]
+    bin/bench conv [--parts reads,channels,typing --users 1000 --members 10 --messages 20 --typing 20
+                    --channels 1000 --calls 50 --processes 2 --brokers 2 --logic 2 --repeats 3] [--json FILE]
     bin/bench e2e [--users 1000 --channels 100 --members 10 --messages 20 --size 100 --window 1
                    --processes 2 --brokers 2 --logic 2 --replication 1 --shards 64] [--curve on|off]
                   [--client-curve on|off] [--transport zmq|ws] [--client lean|asyncio] [--baseline]
@@ -35,7 +37,8 @@ def main(argv=None) -> int:
                 "relay": "bench.relay", "chaos": "bench.chaos", "websessions": "bench.websessions",
                 "failover": "bench.failover", "fanout": "bench.fanout", "sessions": "bench.sessions",
                 "idc": "bench.idc", "handoff": "bench.handoff", "history": "bench.history",
-                "snapshot": "bench.snapshot", "logins": "bench.logins", "hostile": "bench.hostile"}
+                "snapshot": "bench.snapshot", "logins": "bench.logins", "hostile": "bench.hostile",
+                "conv": "bench.conv"}
     if argv and argv[0] == "--version":
         from nodes import __version__
         from nodes.cli.common import prog_name

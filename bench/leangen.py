@@ -76,11 +76,15 @@ class Worker(Tally):
                         ok += 1
         return ok
 
+    def channel(self, i: int) -> str:
+        """The channel user ``i`` sends to (bench/conv.py's workers: the groups they made)."""
+        return channel_of(i, self.args.members)
+
     def send(self, s, seq: int) -> None:
         i = self.user_of[s]
         now = time.monotonic_ns()
         text = f"{i}:{seq}:{now}:"
-        s.send(wire.pack({"t": "send", "rid": seq, "sid": self.sid[s], "channel": channel_of(i, self.args.members),
+        s.send(wire.pack({"t": "send", "rid": seq, "sid": self.sid[s], "channel": self.channel(i),
                           "ctime": seq + 1, "text": text + self.pad[len(text):]}))
         self.sent_at[(i, seq)] = now
 
@@ -110,20 +114,24 @@ class Worker(Tally):
         last_progress = time.monotonic()
         while (self.acked + self.errors < expected_acks or self.deliveries < expected_deliveries) \
                 and time.monotonic() - last_progress < QUIET_TIMEOUT:
-            ready = self.ready(200)
-            if ready:
+            if self.pump(200):
                 last_progress = time.monotonic()
-            for s in ready:
-                for _ in range(self.drain):
-                    try:
-                        frame = s.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    now = time.monotonic_ns()
-                    for msg in wire.unpack_many(frame, 1 << 24, 1 << 16):
-                        self.on_message(s, msg, now)
             progress.value = self.acked
         return self.result(expected_deliveries, cpu0, time.monotonic() - t0)
+
+    def pump(self, timeout_ms: int) -> bool:
+        """Read what the sockets hold (waiting up to ``timeout_ms``); False if nothing came."""
+        ready = self.ready(timeout_ms)
+        for s in ready:
+            for _ in range(self.drain):
+                try:
+                    frame = s.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                now = time.monotonic_ns()
+                for msg in wire.unpack_many(frame, 1 << 24, 1 << 16):
+                    self.on_message(s, msg, now)
+        return bool(ready)
 
     def close(self):
         for s in self.socks:
@@ -132,6 +140,8 @@ class Worker(Tally):
 
 
 def make_worker(args, indexes, endpoints, secret):
+    if getattr(args, "worker", None) is not None:     # bench/conv.py: a Worker subclass
+        return args.worker(args, indexes, endpoints, secret)
     if args.client == "asyncio":
         from .agen import AsyncWorker
         return AsyncWorker(args, indexes, endpoints, secret, channel_of)

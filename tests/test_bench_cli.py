@@ -71,3 +71,27 @@ def test_fanout_and_sessions_benchmarks_run(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "| whole broker (mesh, real connections) | 50 " in r.stdout
     assert "| broker Python state only (core)       | 100 " in r.stdout
+
+
+def test_conv_measures_reads_channels_and_a_typing_storm_that_stores_nothing(tmp_path, monkeypatch):
+    """bin/bench conv on a tiny shape: reads answered and receipts pushed, every group listed by
+    ``channels``, typing notices pushed (or RATE_LIMITED at the default rate) and nothing stored."""
+    import json
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    out = tmp_path / "conv.json"
+    r = run("bench", "conv", "--users", 20, "--members", 10, "--messages", 2, "--typing", 4, "--channels", 30,
+            "--calls", 3, "--repeats", 1, "--processes", 1, "--curve", "off", "--json", out, timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    plain, reads = data["reads"]["without reads"], data["reads"]["read after every message"]
+    assert plain["reads"] == 0 and reads["reads"] == 20 * 2 * 9 and reads["receipts"] > 0
+    assert plain["lost"] == reads["lost"] == reads["read_errors"] == 0
+    assert data["channels"]["items"] == 31 and data["channels"]["unread"] == 30
+    raised, default = data["typing"].values()
+    assert raised["codes"] == {"ok": 80} and raised["pushes"] == 80 * 9
+    assert default["codes"]["RATE_LIMITED"] > 0 and default["pushes"] == 9 * default["codes"]["ok"]
+    assert raised["stored_moved"] == default["stored_moved"] == 0
+    assert raised["newest_moved"] == default["newest_moved"] == 0
+    assert os.listdir(scratch) == []
