@@ -178,14 +178,7 @@ class Pinned:
             raise RuntimeError("Pinned: a scan started while another is unfinished")
         self._scanning = True
         try:
-            it = self._scan_it
-            it.seek(start if start is not None else prefix)
-            while it.valid():
-                key = it.key()
-                if not key.startswith(prefix):
-                    break
-                yield key, it.value()
-                it.next()
+            yield from keys.scan_iterator(self._scan_it, prefix, start)
         finally:
             self._scanning = False
 

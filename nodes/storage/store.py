@@ -207,6 +207,18 @@ def decode(raw: bytes) -> Any:
     return _decoder.decode(raw)
 
 
+def scan_iterator(it: Any, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of a RocksDB iterator (the store's, or a pinned view's: nodes/storage/shards.py)
+    from ``start`` (default: ``prefix``) while keys start with ``prefix``."""
+    it.seek(start if start is not None else prefix)
+    while it.valid():
+        key: bytes = it.key()
+        if not key.startswith(prefix):
+            break
+        yield key, it.value()
+        it.next()
+
+
 class StoreError(Exception):
     """A batch write failed: nothing of it is stored (RocksDB drops a WAL record it could not
     append).  ``StorageFull`` when the cause is a full disk (ENOSPC)."""
@@ -312,14 +324,7 @@ class Store:
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Yield (key, value) with ``key`` starting with prefix, from ``start`` on."""
-        it = self.db.iter(ReadOptions())
-        it.seek(start if start is not None else prefix)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            yield key, it.value()
-            it.next()
+        yield from scan_iterator(self.db.iter(ReadOptions()), prefix, start)
 
     def last_keys(self, prefix: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` greatest keys starting with prefix, in ascending order."""
