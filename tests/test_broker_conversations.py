@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from test_dispatch_sessions import Out, login
 
-from nodes.broker.core import FAST_TIMEOUT, BrokerCore
+from nodes.broker.core import BrokerCore
+from nodes.broker.owners import FAST_TIMEOUT
 from nodes.cluster import topology
 from nodes.protocol import names, wire
 

@@ -14,6 +14,7 @@ from nodes.cluster.placement import Placement
 from nodes.protocol import wire
 from nodes.runtime.links import Liveness
 
+FAST_TIMEOUT = 1.0              # seconds: heartbeat parts and `channels` pages wait this long for owners
 OWNER_DOWN_AFTER = 1.5          # seconds without a tick from a logic node: it is down
 START_GRACE = 3.0               # a logic node never heard yet counts as up this long after start
 
