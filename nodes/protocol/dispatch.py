@@ -13,6 +13,13 @@ so a client repeating a request that trips a bug cannot flood the log.
 A frame that cannot be decoded (wire: malformed, nested too deep, too many
 arrays and maps) gets one BAD_FRAME reply and a sampled ``refused`` event.
 
+A Dispatcher may take a ``fast`` decoder (the broker's client socket takes
+fastpath.HotRequests, see ``hot_requests``): a frame it returns maps for is
+served from them -- guard, count, handler, in the same order -- without the
+Python decode and validation, since it only returns maps that decode and
+validate exactly so here; for anything else it returns None and the frame
+takes the path above, which words and counts every refusal.
+
 PUB frames go through the same kind of table (``PubDispatcher``): decoded,
 each map validated against its publisher's schema (nodes/protocol/schema.py
 ``PUB_FRAMES``) and routed by ``t`` to ``handlers[t](msg)``; a frame that
@@ -27,7 +34,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nodes.protocol import wire
+from fastpath import HotRequests
+from nodes.protocol import schema, wire
 from nodes.protocol.wire import Msg
 from nodes.runtime.logs import events
 
@@ -40,7 +48,19 @@ TRACE_EVERY = 60.0             # seconds between two tracebacks of the same fail
 Handler = Callable[[Any, Msg, float], "Msg | None"]
 Guard = Callable[[bytes, str, Msg, float], Any]          # (ident, t, msg, now) -> ctx, or ProtocolError
 Decode = Callable[[bytes, int, int], list[Msg]]         # (frame, max_len, max_items) -> maps
+FastDecode = Callable[[bytes, int, int], "list[Msg] | None"]  # frame's valid maps, or None: the Python path
 FailureKey = tuple[str, str]                            # (request type, exception class)
+
+
+def hot_requests(schemas: wire.Schemas, limits: Mapping[str, int] | None) -> FastDecode | None:
+    """fastpath.HotRequests for a table whose ``send``/``hb``/``sync`` are the client ones it
+    was written for (schema.CLIENT_REQUESTS), with the same bound limits; else None."""
+    if any(schemas.get(t) != schema.CLIENT_REQUESTS[t] for t in ("send", "hb", "sync")):
+        return None
+    bound = limits or {}
+    fast: FastDecode = HotRequests(bound.get("max_text", -1), bound.get("max_fragments", -1),
+                                   bound.get("max_channels", -1))
+    return fast
 
 
 class FailureLog:
@@ -64,7 +84,8 @@ class FailureLog:
 
 class Dispatcher:
     def __init__(self, schemas: wire.Schemas, handlers: Mapping[str, Handler], guard: Guard | None = None,
-                 decode: Decode = wire.unpack_many, limits: Mapping[str, int] | None = None) -> None:
+                 decode: Decode = wire.unpack_many, limits: Mapping[str, int] | None = None,
+                 fast: FastDecode | None = None) -> None:
         missing = set(schemas) - set(handlers)
         if missing:
             raise ValueError(f"no handler for {sorted(missing)}")
@@ -73,6 +94,7 @@ class Dispatcher:
         self.handlers = handlers
         self.guard = guard                      # (ident, t, msg, now) -> ctx, or raises ProtocolError
         self.decode = decode                    # (frame, max_len, max_items) -> [map], or ProtocolError
+        self.fast = fast                        # (frame, max_len, max_items) -> [valid map], or None
         self.failures = FailureLog()
         self.requests: collections.Counter[str] = collections.Counter()   # served, by type (a metric)
         self.invalid: collections.Counter[tuple[str, str]] = collections.Counter()  # (type, code) -> refused
@@ -80,6 +102,14 @@ class Dispatcher:
     def frame(self, ident: bytes, frame: bytes, now: float, reply: Callable[[bytes, Msg], None], max_len: int,
               max_items: int = 1024) -> None:
         """Serve every request of one frame; ``reply(ident, map)`` gets each answer."""
+        if self.fast is not None:
+            valid = self.fast(frame, max_len, max_items)
+            if valid is not None:
+                for msg in valid:
+                    result = self.one(ident, msg, now, True)
+                    if result is not None:
+                        reply(ident, result)
+                return
         try:
             msgs = self.decode(frame, max_len, max_items)
         except wire.ProtocolError as exc:
@@ -91,8 +121,9 @@ class Dispatcher:
             if result is not None:
                 reply(ident, result)
 
-    def one(self, ident: bytes, msg: Msg, now: float) -> Msg | None:
-        """Serve one decoded request: its reply map, or None (answered later)."""
+    def one(self, ident: bytes, msg: Msg, now: float, valid: bool = False) -> Msg | None:
+        """Serve one decoded request: its reply map, or None (answered later).  ``valid``: the
+        fast decoder has validated it already (the guard still runs first)."""
         rid = wire.request_rid(msg)
         t = msg.get("t")
         try:
@@ -100,11 +131,12 @@ class Dispatcher:
                 raise wire.ProtocolError(wire.Err.BAD_TYPE, f"unknown message type {t!r}")
             # the session first: a request without a valid sid is NOT_LOGGED_IN, whatever else it lacks
             ctx = ident if self.guard is None else self.guard(ident, t, msg, now)
-            try:
-                self.validate(msg)
-            except wire.ProtocolError as exc:
-                self.invalid[(t, exc.code)] += 1
-                raise
+            if not valid:
+                try:
+                    self.validate(msg)
+                except wire.ProtocolError as exc:
+                    self.invalid[(t, exc.code)] += 1
+                    raise
             self.requests[t] += 1
             return self.handlers[t](ctx, msg, now)
         except wire.ProtocolError as exc:

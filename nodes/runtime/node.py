@@ -19,7 +19,7 @@ import zmq
 from nodes.cluster import topochange
 from nodes.cluster.topology import Topology, TopologyError
 from nodes.protocol import auth, schema, wire
-from nodes.protocol.dispatch import Dispatcher, Guard, Handler, PubDispatcher
+from nodes.protocol.dispatch import Dispatcher, Guard, Handler, PubDispatcher, hot_requests
 from nodes.protocol.wire import Msg
 from nodes.runtime import curve
 from nodes.runtime.links import Relinker
@@ -195,15 +195,16 @@ class Node:
         A handler gets (identity or the guard's context, message, now) and
         returns a reply map, or None when the reply is sent later.  Client-facing
         sockets decode with wire.unpack_many's hardening, the others with the faster
-        wire.unpack_internal.  Frames from a routing id ``refuse_ident`` says yes to are
+        wire.unpack_internal; a client-facing socket's ``send``/``hb``/``sync`` go through
+        fastpath.HotRequests first (Dispatcher's ``fast``).  Frames from a routing id ``refuse_ident`` says yes to are
         dropped unanswered.  ``limits`` binds the schema's named limits (max_text, ...).
         """
         if sock not in self.client_facing:      # every internal endpoint takes a live topology change
             schemas = dict(schemas, **schema.TOPOLOGY_REQUESTS)
             handlers = dict(handlers, topology=self.handle_topology)
-        dispatcher = Dispatcher(schemas, handlers, guard,
-                                wire.unpack_many if sock in self.client_facing else wire.unpack_internal,
-                                limits)
+        client = sock in self.client_facing     # ... and its hot requests (send, hb, sync) decoded in C
+        dispatcher = Dispatcher(schemas, handlers, guard, wire.unpack_many if client else wire.unpack_internal,
+                                limits, hot_requests(schemas, limits) if client else None)
         self.dispatchers.append(dispatcher)
         limit = max_len or self.max_internal_frame
 
