@@ -5,22 +5,16 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import { FileMailbox, ImeshClient } from "../src/client.js";
-import { startMesh, until } from "../testing/mesh.js";
+import { until, useMesh } from "../testing/mesh.js";
 
-let mesh;
-const clients = [];
-
-before(async () => { mesh = await startMesh(); });
-after(async () => {
-  for (const c of clients) await c.stop({ logout: false }).catch(() => {});
-  await mesh?.stop();
-});
+const shared = useMesh();
+const clients = shared.clients;
 
 function client(uin, brokers, opts = {}) {
-  const c = new ImeshClient({ endpoints: brokers.map((b) => mesh.ws[b]), token: mesh.tokens[uin],
+  const c = new ImeshClient({ endpoints: brokers.map((b) => shared.mesh.ws[b]), token: shared.mesh.tokens[uin],
                               device: opts.device ?? 0, timeoutMs: 3000, ...opts });
   c.inbox = [];
   c.on("message", (m) => c.inbox.push(m));
@@ -124,7 +118,7 @@ test("a send left in a file mailbox is sent after a restart, once", async () => 
 });
 
 test("bad frames get clear errors and the connection stays usable", async () => {
-  const ws = new WebSocket(`${mesh.ws.b1}/ws`);
+  const ws = new WebSocket(`${shared.mesh.ws.b1}/ws`);
   ws.binaryType = "arraybuffer";
   const frames = [];
   ws.onmessage = (ev) => frames.push(ev.data);
@@ -163,7 +157,7 @@ test("a send during an owner outage stays in the mailbox and goes out once the o
   await a.start();
   await b.start();
   b.watch("lobby", (await b.sync("lobby", 0)).last);
-  const owner = mesh.pids[mesh.owners.lobby];
+  const owner = shared.mesh.pids[shared.mesh.owners.lobby];
   const reconnects = a.reconnects;
   process.kill(owner, "SIGSTOP");
   try {
@@ -190,7 +184,7 @@ test("the README's example (examples/chat.mjs, included verbatim) chats with a r
   other.watch("lobby", (await other.sync("lobby", 0)).last);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "imesh-example-"));
   const run = spawn(process.execPath, [path.join(root, "examples", "chat.mjs")], {      // no flag: "auto"
-    cwd: dir, env: { ...process.env, IMESH_ENDPOINTS: `${mesh.ws.b1},${mesh.ws.b2}`, IMESH_TOKEN: mesh.tokens[18] },
+    cwd: dir, env: { ...process.env, IMESH_ENDPOINTS: `${shared.mesh.ws.b1},${shared.mesh.ws.b2}`, IMESH_TOKEN: shared.mesh.tokens[18] },
   });
   let out = "";
   run.stdout.on("data", (d) => { out += d; });
@@ -217,11 +211,11 @@ test("after a broker SIGKILL the client moves to the other broker and misses not
   await a.start();
   await b.start();
   a.watch("lobby", (await a.sync("lobby", 0)).last);
-  assert.equal(a.endpoint, mesh.ws.b1);
-  process.kill(mesh.pids.b1, "SIGKILL");
+  assert.equal(a.endpoint, shared.mesh.ws.b1);
+  process.kill(shared.mesh.pids.b1, "SIGKILL");
   const during = [];
   for (let i = 0; i < 5; i++) during.push(await b.send("lobby", `while a moves ${i}`));
-  await until(() => a.state === "online" && a.endpoint === mesh.ws.b2, 15000, "a online on b2");
+  await until(() => a.state === "online" && a.endpoint === shared.mesh.ws.b2, 15000, "a online on b2");
   await until(() => during.every((id) => a.inbox.some((m) => m.id === id)), 15000, "the messages sent meanwhile");
   const seen = a.inbox.filter((m) => during.includes(m.id)).map((m) => m.id);
   assert.deepEqual(seen, during);                                   // once each, in order

@@ -3,22 +3,16 @@
 // and read cursors that follow on a user's other device.
 // Run: node --experimental-websocket --test clients/js/test/conversation_mesh.test.js
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import { ChannelList, ClientError, ImeshClient, Timeline } from "../src/client.js";
-import { startMesh, until } from "../testing/mesh.js";
+import { until, useMesh } from "../testing/mesh.js";
 
-let mesh;
-const clients = [];
-
-before(async () => { mesh = await startMesh(); });
-after(async () => {
-  for (const c of clients) await c.stop({ logout: false }).catch(() => {});
-  await mesh?.stop();
-});
+const shared = useMesh();
+const clients = shared.clients;
 
 async function client(uin, broker, device = 0) {
-  const c = new ImeshClient({ endpoints: [mesh.ws[broker]], token: mesh.tokens[uin], device, timeoutMs: 3000 });
+  const c = new ImeshClient({ endpoints: [shared.mesh.ws[broker]], token: shared.mesh.tokens[uin], device, timeoutMs: 3000 });
   c.got = { message: [], edit: [], delete: [], read: [], receipt: [], typing: [], presence: [] };
   for (const [ev, into] of Object.entries(c.got)) c.on(ev, (v) => into.push(v));
   clients.push(c);

@@ -3,6 +3,7 @@ import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
+import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
@@ -41,4 +42,16 @@ export async function until(pred, ms = 10000, what = "condition") {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** One mesh for a test file: started before its tests, stopped after them together with every
+ *  client the tests put in `clients`.  Read the mesh as `shared.mesh` inside tests. */
+export function useMesh() {
+  const shared = { mesh: null, clients: [] };
+  before(async () => { shared.mesh = await startMesh(); });
+  after(async () => {
+    for (const c of shared.clients) await c.stop({ logout: false }).catch(() => {});
+    await shared.mesh?.stop();
+  });
+  return shared;
 }
