@@ -207,8 +207,10 @@ def test_a_call_parks_until_the_logic_node_answers(api):
     assert owner == api.topo.logic_for("room")
     assert msg["t"] == "channel_create" and msg["members"] == [1, 2] and msg["channel"] == "room"
     assert auth.verify(api.secret, msg["auth"], scope="admin") == 0
-    done({"t": "channel", "rid": 1, "channel": "room", "members": [1, 2], "last": 0, "lifetime": None})
-    assert api.gate.sent == [(201, {}, {"channel": "room", "members": [1, 2], "last": 0, "lifetime": None})]
+    room = {"channel": "room", "members": [1, 2], "last": 0, "lifetime": None, "kind": "room",
+            "roles": {"1": "member", "2": "member"}}
+    done(dict(room, t="channel", rid=1))
+    assert api.gate.sent == [(201, {}, room)]
     assert conn.parked is None and api.api.inflight == 0
 
 
@@ -297,3 +299,52 @@ def test_bad_kicks_ask_no_router(api, path, body, code):
     call(api, "POST", path, body, key=api.key)
     (status, _h, reply), = api.gate.sent
     assert (status, reply["error"]) == (400, code) and api.asked == []
+
+
+# --- roles ------------------------------------------------------------------------------------
+def test_the_role_route_is_in_the_document_with_its_body():
+    doc = apispec.openapi(TABLE, "0.1.0")
+    op = doc["paths"][PREFIX + "/channels/{name}/members/{uin}/role"]["put"]
+    assert op["operationId"] == "member_role"
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["role"] and body["properties"]["role"]["enum"] == ["owner", "admin", "member"]
+    shown = doc["paths"][PREFIX + "/channels/{name}"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert {"kind", "roles"} <= set(shown["schema"]["required"])
+    assert route("member_role").match(PREFIX + "/channels/g/members/7/role") == {"name": "g", "uin": 7}
+
+
+@pytest.mark.parametrize("path,body,code", [
+    ("/channels/g/members/7/role", {"role": "king"}, "BAD_REQUEST"),
+    ("/channels/g/members/7/role", {}, "BAD_REQUEST"),
+    ("/channels/g/members/7/role", {"role": "admin", "uin": 8}, "BAD_REQUEST"),
+    ("/channels/g/members/0/role", {"role": "admin"}, "BAD_REQUEST"),
+])
+def test_bad_role_calls_get_400_and_ask_nothing(api, path, body, code):
+    call(api, "PUT", path, body, key=api.key)
+    (status, _h, reply), = api.gate.sent
+    assert (status, reply["error"]) == (400, code) and api.asked == [], reply
+
+
+def test_a_role_call_asks_the_owner_and_answers_the_member(api):
+    call(api, "PUT", "/channels/grp:1:5/members/7/role", {"role": "owner"}, key=api.key)
+    (owner, msg, done), = api.asked
+    assert owner == api.topo.logic_for("grp:1:5")
+    assert (msg["t"], msg["channel"], msg["uin"], msg["role"]) == ("channel_role", "grp:1:5", 7, "owner")
+    done({"t": "channel_role", "rid": 1, "channel": "grp:1:5", "uin": 7, "role": "owner"})
+    assert api.gate.sent == [(200, {}, {"channel": "grp:1:5", "uin": 7, "role": "owner"})]
+
+
+@pytest.mark.parametrize("code,status", [("FORBIDDEN", 409), ("NOT_MEMBER", 404), ("NO_CHANNEL", 404),
+                                         ("BAD_FIELD", 400)])
+def test_role_refusals_become_http_statuses(api, code, status):
+    call(api, "PUT", "/channels/room/members/7/role", {"role": "admin"}, key=api.key)
+    api.asked[0][2](wire.error(1, code, "why"))
+    assert api.gate.sent == [(status, {}, {"error": code, "message": "why"})]
+
+
+def test_show_answers_kind_and_roles(api):
+    call(api, "GET", "/channels/grp:1:5", key=api.key)
+    api.asked[0][2]({"t": "channel", "rid": 1, "channel": "grp:1:5", "members": [1, 2], "last": 3,
+                     "lifetime": None, "kind": "group", "roles": {"1": "owner", "2": "member"}})
+    assert api.gate.sent == [(200, {}, {"channel": "grp:1:5", "members": [1, 2], "last": 3, "lifetime": None,
+                                        "kind": "group", "roles": {"1": "owner", "2": "member"}})]

@@ -1,6 +1,7 @@
 """The server HTTP API against a real mesh: docs/api.md's curl examples, run in order.
 
-A channel is created, members added, a system message posted that `bin/chat tail`
+A channel is created, members added, a member of a group (made by a user with the client
+library: the API makes rooms) made its owner, a system message posted that `bin/chat tail`
 prints and a logged-in member gets pushed; a retry with the same Idempotency-Key
 stores it once; a wrong key gets 401 and changes nothing; the minted token logs in;
 a kick ends the user's sessions on both brokers and the client library stops for good;
@@ -73,8 +74,16 @@ def test_the_curl_examples_of_docs_api_md(api_mesh):
         return json.loads(r.stdout)
 
     blocks = curl_blocks()
-    assert len(blocks) == 10, "docs/api.md's examples changed: update this test"
-    create, add, remove, show, message, online, listing, token, kick, delete = blocks
+    assert len(blocks) == 11, "docs/api.md's examples changed: update this test"
+    create, add, remove, show, role, message, online, listing, token, kick, delete = blocks
+
+    async def make_group():                                          # what docs/api.md's $GROUP is
+        lib = AsyncClient([mesh.broker(0)], mesh.token(1), device=3)
+        await lib.connect()
+        made = await lib.create_group([2, 3])
+        await lib.close()
+        return made["channel"]
+    group = env["GROUP"] = asyncio.run(asyncio.wait_for(make_group(), 30))
 
     # a wrong key: 401, and nothing is created
     wrong = subprocess.run(["bash", "-c", create], capture_output=True, text=True,
@@ -86,7 +95,22 @@ def test_the_curl_examples_of_docs_api_md(api_mesh):
     assert curl(create)["members"] == [1]
     assert curl(add)["members"] == [1, 2, 3]
     assert curl(remove)["members"] == [1, 2]
-    assert curl(show) == {"channel": "support-42", "members": [1, 2], "last": 0, "lifetime": None}
+    assert curl(show) == {"channel": "support-42", "members": [1, 2], "last": 0, "lifetime": None,
+                          "kind": "room", "roles": {"1": "member", "2": "member"}}
+
+    # roles: user 2 becomes the group's owner, user 1 (its creator) admin
+    assert curl(role) == {"channel": group, "uin": 2, "role": "owner"}
+    shown = http_call(mesh, "GET", f"/channels/{group}", key)
+    assert shown[0] == 200 and (shown[1]["kind"], shown[1]["roles"]) == (
+        "group", {"1": "admin", "2": "owner", "3": "member"})
+    stranger = http_call(mesh, "PUT", f"/channels/{group}/members/9/role", key, {"role": "admin"})
+    assert (stranger[0], stranger[1]["error"]) == (404, "NOT_MEMBER")
+    demoted = http_call(mesh, "PUT", f"/channels/{group}/members/2/role", key, {"role": "member"})
+    assert (demoted[0], demoted[1]["error"]) == (409, "FORBIDDEN")  # the owner's role: only by a new owner
+    refused = http_call(mesh, "PUT", "/channels/support-42/members/1/role", key, {"role": "admin"})
+    assert refused[0] == 409 and refused[1]["error"] == "FORBIDDEN" and "room" in refused[1]["message"]
+    assert http_call(mesh, "PUT", f"/channels/{group}/members/3/role", key, {"role": "king"})[0] == 400
+    assert http_call(mesh, "GET", f"/channels/{group}", key)[1]["roles"] == {"1": "admin", "2": "owner", "3": "member"}
 
     with connect(ws_url + "/ws") as ws:                              # member 2 online: pushed and listed
         assert ws_login(ws, mesh.token(2), device=5)["t"] == "login_ok"

@@ -27,6 +27,8 @@ CHANNEL: dict[str, Any] = {"type": "string", "pattern": f"^[A-Za-z0-9_.:@#-]{{1,
            "description": f"1..{MAX_CHANNEL_BYTES} letters, digits and _-.:@#"}
 UIN: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": U32_MAX,
                        "description": "a user (uin 0 is the system)"}
+ROLE: dict[str, Any] = {"type": "string", "enum": ["owner", "admin", "member"],
+                        "description": "a group's member: owner (one), admin or member"}
 PARAMS: dict[str, dict[str, Any]] = {"name": CHANNEL, "uin": UIN}
 ERROR = {"type": "object", "required": ["error", "message"],
          "properties": {"error": {"type": "string", "description": "a code: BAD_REQUEST, UNAUTHORIZED, "
@@ -54,6 +56,8 @@ class Route:
     status: int = 200
     auth: bool = True
     headers: dict[str, str] = field(default_factory=dict)    # optional request headers: name -> meaning
+    statuses: dict[str, int] = field(default_factory=dict)   # a logic node's error code -> HTTP status,
+                                                             # over httpapi.STATUS_OF for this route
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -93,10 +97,14 @@ class ApiError(Exception):
 def routes(limits: dict[str, Any]) -> list[Route]:
     """The table, with the topology's limits in the schemas (members, text length)."""
     members = _members(int(limits["max_members"]))
-    channel = _obj(["channel", "members", "last", "lifetime"], channel=CHANNEL, members=members,
+    channel = _obj(["channel", "members", "last", "lifetime", "kind", "roles"], channel=CHANNEL, members=members,
                    last={"type": "integer", "description": "newest message id"},
                    lifetime={"type": ["number", "null"], "description": "message lifetime in seconds "
-                             "(null: the topology's)"})
+                             "(null: the topology's)"},
+                   kind={"type": "string", "enum": ["room", "group", "dm"],
+                         "description": "room: made by the operator (this API, bin/mesh); group, dm: by users"},
+                   roles={"type": "object", "additionalProperties": ROLE,
+                          "description": "{uin: role} of every member (a room's are all member)"})
     return [
         Route("GET", "/openapi.json", "openapi", "This document", {"type": "object"}, auth=False),
         Route("POST", "/channels", "channel_create", "Create a channel", channel, status=201,
@@ -112,6 +120,10 @@ def routes(limits: dict[str, Any]) -> list[Route]:
         Route("POST", "/channels/{name}/members", "members_add", "Add members", channel,
               body=_obj(["members"], members=members)),
         Route("DELETE", "/channels/{name}/members/{uin}", "member_remove", "Remove a member", channel),
+        Route("PUT", "/channels/{name}/members/{uin}/role", "member_role",
+              "Give a group's member a role (owner: hands ownership over, the old owner becomes admin)",
+              _obj(["channel", "uin", "role"], channel=CHANNEL, uin=UIN, role=ROLE), body=_obj(["role"], role=ROLE),
+              statuses={"FORBIDDEN": 409, "NOT_MEMBER": 404}),
         Route("GET", "/channels/{name}/online", "online", "Members with a live session",
               _obj(["channel", "online"], channel=CHANNEL,
                    online={"type": "object", "description": "{uin: {device: broker}}",
@@ -189,8 +201,10 @@ def validate(schema: dict[str, Any], value: Any, where: str = "body") -> None:
 
 # --- the OpenAPI document ------------------------------------------------------------------
 _ERRORS = {"400": "the body or a path parameter is not valid", "401": "no API key, or a wrong one",
-           "404": "no such channel", "409": "the channel exists, or an Idempotency-Key was reused for "
-           "another message", "413": "body too large", "415": "the body is not application/json",
+           "404": "no such channel (a role: or the uin is no member)", "409": "the channel exists, an "
+           "Idempotency-Key was reused for another message, or a role for a channel that is not a group "
+           "(or taking the owner's without naming another owner)", "413": "body too large",
+           "415": "the body is not application/json",
            "503": "the owning node (a kick: every router of the user in an IDC) is down or busy: retry "
            "(same Idempotency-Key)"}
 

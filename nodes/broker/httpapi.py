@@ -175,7 +175,8 @@ class Api:
                 reply = owners.moved(channel, reply)
             if reply.get("t") == "err":
                 code = reply.get("code", wire.Err.UNAVAILABLE)
-                self._finish(conn, STATUS_OF.get(code, 503), {"error": code, "message": reply.get("msg", "")})
+                status = route.statuses.get(code) or STATUS_OF.get(code, 503)
+                self._finish(conn, status, {"error": code, "message": reply.get("msg", "")})
             else:
                 self._finish(conn, route.status, shape(reply))
         self.node.to_logic(owner, dict(msg, auth=self._admin_token(), channel=channel), done, self.timeout)
@@ -189,7 +190,7 @@ class Api:
 
     @staticmethod
     def _channel(reply: Reply) -> Reply:
-        return {k: reply[k] for k in ("channel", "members", "last", "lifetime")}
+        return {k: reply[k] for k in ("channel", "members", "last", "lifetime", "kind", "roles")}
 
     def channel_create(self, conn: Any, _params: Reply, data: Reply, _headers: Any) -> None:
         msg: Reply = {"t": "channel_create", "members": sorted(set(data.get("members", ())))}
@@ -211,6 +212,11 @@ class Api:
     def member_remove(self, conn: Any, params: Reply, _data: Any, _headers: Any) -> None:
         self._ask(conn, self._route_of("member_remove"), params["name"],
                   {"t": "channel_remove", "members": [params["uin"]]}, self._channel)
+
+    def member_role(self, conn: Any, params: Reply, data: Reply, _headers: Any) -> None:
+        self._ask(conn, self._route_of("member_role"), params["name"],
+                  {"t": "channel_role", "uin": params["uin"], "role": data["role"]},
+                  lambda reply: {k: reply[k] for k in ("channel", "uin", "role")})
 
     def online(self, conn: Any, params: Reply, _data: Any, _headers: Any) -> None:
         self._ask(conn, self._route_of("online"), params["name"], {"t": "channel_online"},

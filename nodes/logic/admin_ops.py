@@ -11,6 +11,11 @@ these are the operations the app backend needs beyond them:
   every logic node).
 - ``channel_online``: which members have a live session, on which device and broker,
   as this node's presence replica (nodes/logic/presence.py) sees them.
+- ``channel_role``: give a member of a ``group`` a role (owner, admin or member) by the
+  rules users' role changes follow (nodes/logic/rooms.py ``give_role``: ``owner`` hands
+  ownership over, the old owner becoming admin; the owner's own role changes only that
+  way).  Rooms have no roles (the operator manages them) and a dm has none: FORBIDDEN.
+  Setting a role twice is the same as once, so a retry needs no dedup.
 - ``system_send``: a message from uin 0, device 0 -- the system -- through the
   members' send path (nodes/logic/sends.py ``accept``): dedup by ctime makes a
   retried HTTP call store once, the members get it pushed and by sync like any other.
@@ -23,6 +28,7 @@ from collections.abc import Callable
 
 from nodes.logic.core import LogicCore
 from nodes.logic.presence import PresenceReplica
+from nodes.logic.rooms import give_role
 from nodes.protocol import auth, wire
 from nodes.runtime.logs import events
 from nodes.runtime.ports import Msg
@@ -70,6 +76,20 @@ class AdminOps:
                 online[str(uin)] = {str(d): b for d, b in devices.items()}
         return wire.reply("online", msg["rid"], channel=ch.name, online=online)
 
+    def channel_role(self, msg: Msg, _now: float | None = None) -> Msg:
+        self._verify(msg)
+        ch = self.core.serving.owned(msg["channel"])
+        members = self.core.members
+        kind = members.kind(ch.name)
+        if kind != "group":
+            raise wire.ProtocolError(wire.Err.FORBIDDEN, f"{ch.name!r} is a {kind}: only groups have roles ("
+                                     + ("the operator manages a room's members)" if kind == "room"
+                                        else "a dm's two users are equals)"))
+        give_role(ch, members.meta.setdefault(ch.name, {}), msg["uin"], msg["role"])
+        members.save(ch)
+        events.admin("role", ch.name, uin=msg["uin"], role=msg["role"])
+        return wire.reply("channel_role", msg["rid"], channel=ch.name, uin=msg["uin"], role=msg["role"])
+
     def system_send(self, ident: bytes, msg: Msg, _now: float | None = None) -> Msg | None:
         self._verify(msg)
         ch = self.core.serving.owned(msg["channel"])
@@ -82,5 +102,6 @@ class AdminOps:
         replication: answered once a majority holds them)."""
         def by_msg(fn: Callable[[Msg, float], Msg]) -> Handler:
             return lambda _ident, msg, now: fn(msg, now)
-        return {"channel_delete": change(self.channel_delete), "channel_list": by_msg(self.channel_list),
+        return {"channel_delete": change(self.channel_delete), "channel_role": change(self.channel_role),
+                "channel_list": by_msg(self.channel_list),
                 "channel_online": by_msg(self.channel_online), "system_send": self.system_send}

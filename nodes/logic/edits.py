@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from nodes.logic.channels import DELETE, EDIT, ChannelState, Pending, Record, extras, is_plain
-from nodes.logic.rooms import role_of
+from nodes.logic.members import role_of
 from nodes.protocol import wire
 from nodes.storage import store as keys
 from nodes.storage.store import Store

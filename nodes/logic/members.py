@@ -33,6 +33,14 @@ from nodes.storage.store import Store
 META_FIELDS = ("kind", "title", "roles", "made", "done")    # what a ``c`` row holds beyond members
 
 
+def role_of(meta: dict[str, Any], uin: int) -> str:
+    """A member's role in a channel's ``meta``: ``member`` unless its ``roles`` say otherwise."""
+    for who, role in meta.get("roles", ()):
+        if who == uin:
+            return str(role)
+    return "member"
+
+
 class Membership:
     """State beyond the channels' members (on each ChannelState): ``meta`` (name -> the
     ``c`` row's META_FIELDS present; absent or empty for an operator room)."""
@@ -116,10 +124,13 @@ class Membership:
     def channel_show(self, msg: Msg, _now: float | None = None) -> Msg:
         return self._members_reply(msg, self._admin(msg))
 
-    @staticmethod
-    def _members_reply(msg: Msg, ch: ChannelState) -> Msg:
+    def _members_reply(self, msg: Msg, ch: ChannelState) -> Msg:
+        """The channel as the operator sees it: its kind and each member's role too
+        ({uin as str: role}, JSON's keys; a room's members are all ``member``)."""
+        given = dict(self.meta.get(ch.name, {}).get("roles", ()))
         return wire.reply("channel", msg["rid"], channel=ch.name, members=sorted(ch.members),
-                          last=ch.visible, lifetime=ch.lifetime)
+                          last=ch.visible, lifetime=ch.lifetime, kind=self.kind(ch.name),
+                          roles={str(uin): given.get(uin, "member") for uin in sorted(ch.members)})
 
     def _set_members(self, ch: ChannelState, members: Iterable[int]) -> None:
         old = ch.members

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from nodes.logic.channels import ChannelState
-from nodes.logic.members import Membership
+from nodes.logic.members import Membership, role_of
 from nodes.logic.serving import Serving
 from nodes.protocol import wire
 from nodes.protocol.names import create_name
@@ -39,13 +39,6 @@ Meta = dict[str, Any]
 Rule = Callable[[ChannelState, Meta, Msg], dict[str, Any]]
 
 
-def role_of(meta: Meta, uin: int) -> str:
-    for who, role in meta.get("roles", ()):
-        if who == uin:
-            return str(role)
-    return "member"
-
-
 def _set_role(meta: Meta, uin: int, role: str) -> None:
     """Give ``uin`` the role (``member``: no entry); a new entry goes last (appointed last)."""
     roles = [r for r in meta.get("roles", ()) if r[0] != uin]
@@ -56,6 +49,29 @@ def _set_role(meta: Meta, uin: int, role: str) -> None:
 
 def _forbidden(why: str) -> wire.ProtocolError:
     return wire.ProtocolError(wire.Err.FORBIDDEN, why)
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise wire.ProtocolError(wire.Err.BAD_FIELD, f"field 'role' must be one of {', '.join(ROLES)}")
+
+
+def give_role(ch: ChannelState, meta: Meta, target: int, role: str) -> None:
+    """The rules of a role change, whoever asks (the owner: ``Rooms.role``; the operator:
+    nodes/logic/admin_ops.py): a member only; the owner keeps the role until another member
+    is made owner, and making one hands ownership over (the old owner becomes admin)."""
+    _check_role(role)
+    if target not in ch.members:
+        raise wire.ProtocolError(wire.Err.NOT_MEMBER, f"uin {target} is not a member of {ch.name!r}")
+    if role_of(meta, target) == "owner":
+        if role != "owner":
+            raise _forbidden(f"uin {target} is the owner and keeps the role until another member is made owner")
+        return
+    if role == "owner":
+        for who, was in list(meta.get("roles", ())):
+            if was == "owner":
+                _set_role(meta, who, "admin")
+    _set_role(meta, target, role)
 
 
 class Rooms:
@@ -176,17 +192,10 @@ class Rooms:
         return self._change(msg, self._role)
 
     def _role(self, ch: ChannelState, meta: Meta, msg: Msg) -> dict[str, Any]:
-        uin, target, role = msg["uin"], msg["target"], msg["role"]
-        if role not in ROLES:
-            raise wire.ProtocolError(wire.Err.BAD_FIELD, f"field 'role' must be one of {', '.join(ROLES)}")
-        self._need(meta, uin, "owner")
-        if target not in ch.members:
-            raise wire.ProtocolError(wire.Err.NOT_MEMBER, f"uin {target} is not a member of {ch.name!r}")
-        if target == uin and role != "owner":
-            raise _forbidden("the owner keeps the role until giving it to another member")
-        if role == "owner" and target != uin:
-            _set_role(meta, uin, "admin")
-        _set_role(meta, target, role)
+        target, role = msg["target"], msg["role"]
+        _check_role(role)
+        self._need(meta, msg["uin"], "owner")
+        give_role(ch, meta, target, role)
         return {"uin": target, "role": role}
 
     def leave(self, msg: Msg, _now: float | None = None) -> Msg:

@@ -258,6 +258,8 @@ LOGIC_REQUESTS = {
     "channel_delete": {"rid": RID, "auth": AUTH, "channel": req("channel")},
     "channel_list": {"rid": RID, "auth": AUTH},
     "channel_online": {"rid": RID, "auth": AUTH, "channel": req("channel")},
+    "channel_role": {"rid": RID, "auth": AUTH, "channel": req("channel"), "uin": req("u32", "a member of the group"),
+                     "role": req("str", "owner (hands ownership over), admin or member")},
     "system_send": {"rid": RID, "auth": AUTH, "channel": req("channel"),
                     "text": req("str", "at most max_text (checked by the broker)"),
                     "ctime": req("u64", "client time of the system message: a retry with the same one "
