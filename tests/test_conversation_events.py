@@ -73,6 +73,8 @@ def test_edit_and_delete_are_events_with_their_own_ids_and_rewrite_the_original(
     page = core.reads.sync({"rid": 1, "uin": 2, "channel": "room", "after": 0}, T0 + 3)
     tomb = page["msgs"][0]
     assert tomb["deleted"] is True and "text" not in tomb and [m["id"] for m in page["msgs"]] == [1, 2, 3, 4]
+    # the deleted message no longer counts as unread, at once (not only after a restore)
+    assert core.readstate.unread(core.channels["room"], 3) == (1, False)        # only 2's "hi"
 
 
 def test_old_plain_rows_read_back_as_messages(tmp_path):

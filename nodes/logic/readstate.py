@@ -24,7 +24,7 @@ from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nodes.logic.channels import ChannelState, Pending, Record, push_of
+from nodes.logic.channels import DELETE, ChannelState, Pending, Record, push_of
 from nodes.logic.fanout import FanOut
 from nodes.logic.members import Membership
 from nodes.logic.presence import PresenceReplica
@@ -86,7 +86,8 @@ class ReadState:
                 self._move(rec.channel, rec.uin, rec.id)
 
     def stored(self, committed: Iterable[Pending]) -> None:
-        """These messages are stored: remember their senders (for unread counts)."""
+        """These messages are stored: remember their senders (for unread counts); a stored
+        delete event uncounts its original, as a restore (which reads the tombstone) would."""
         for rec in committed:
             if rec.id is None or rec.channel not in self.serving.channels:
                 continue
@@ -94,9 +95,11 @@ class ReadState:
             if ring is None:                 # a channel made here since the load
                 ring = self.recent[rec.channel] = collections.deque(maxlen=RECENT)
             ring.append([rec.id, rec.uin, counts(rec.channel, rec.id, rec.record())])
+            if rec.kind == DELETE:
+                self.uncount(rec.channel, rec.ref)
 
     def uncount(self, channel: str, msg_id: int) -> None:
-        """A message was deleted (nodes/logic/history.py): it no longer counts as unread."""
+        """A message was deleted (nodes/logic/edits.py): it no longer counts as unread."""
         for entry in self.recent.get(channel, ()):
             if entry[0] == msg_id:
                 entry[2] = False
