@@ -123,6 +123,11 @@ class ChannelState:
         """The first id this channel does not hold (used or leased): what alloc's ``have`` says."""
         return max(self.next_id, self.last_id + 1, *(e for _s, e in self.leases))
 
+    def first_visible(self) -> int:
+        """The oldest id a reader may still get: the queue's head (older ids expired or were
+        trimmed), never past the newest acked id + 1."""
+        return min(self.ring.first, self.visible + 1) if len(self.ring) else self.visible + 1
+
     def available(self) -> int:
         if not self.leases:
             return 0

@@ -48,5 +48,5 @@ class History:
                 break
             newest_first.append(push_of(ch.name, keys.unpack_u64(key[-8:]), rec))
         newest_first.reverse()
-        first = ch.ring.first if len(ch.ring) else ch.visible + 1
+        first = ch.first_visible()
         return wire.reply("history", msg["rid"], channel=ch.name, msgs=newest_first, more=more, first=first)

@@ -34,7 +34,7 @@ class Reads:
         client may move its window to ``upto`` once it holds the page.
         """
         last = ch.visible
-        first = min(ch.ring.first, last + 1) if len(ch.ring) else last + 1
+        first = ch.first_visible()
         after = max(min(after, last), first - 1)      # nothing before the queue's head
         msgs: list[Msg] = []
         if after >= last:

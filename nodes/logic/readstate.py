@@ -159,7 +159,7 @@ class ReadState:
         ring = self.recent.get(ch.name)
         if not ring or ring[-1][0] <= cursor:
             return 0, False
-        first = ch.ring.first if len(ch.ring) else ch.visible + 1    # older ids expired
+        first = ch.first_visible()                                   # older ids expired
         n = sum(1 for msg_id, sender, counted in ring
                 if counted and sender != uin and cursor < msg_id <= ch.visible and msg_id >= first)
         more = len(ring) == RECENT and ring[0][0] > max(cursor + 1, first)
