@@ -63,6 +63,12 @@ def counter_to_ask(topo: Topology, channel: str, failures: int) -> tuple[str, fl
     return ids[failures % len(ids)], ALLOC_FAILOVER
 
 
+def check_block_size(n: int) -> None:
+    """BAD_FIELD unless 1 <= n <= MAX_ALLOC: the same bound whichever keeps the marks."""
+    if not 1 <= n <= MAX_ALLOC:
+        raise wire.ProtocolError(wire.Err.BAD_FIELD, f"n must be 1..{MAX_ALLOC}")
+
+
 def check_serves(topo: Topology, counter_id: str, channel: str) -> None:
     """WRONG_OWNER unless ``counter_id`` is one of the channel's counters (a logic node with a
     stale or wrong topology must not take ids from a counter of another IDC)."""
@@ -92,8 +98,7 @@ class CounterCore:
         return self.last[channel]
 
     def alloc(self, channel: str, n: int, have: int | None = None) -> tuple[int, int]:
-        if not 1 <= n <= MAX_ALLOC:
-            raise wire.ProtocolError(wire.Err.BAD_FIELD, f"n must be 1..{MAX_ALLOC}")
+        check_block_size(n)
         start = self.next_id(channel)
         last = self.last_start(channel)
         if have is not None and last is not None and have == last < start:
@@ -127,12 +132,11 @@ class CounterNode(Node):
 
     def handle_alloc(self, _ident: bytes, msg: Msg, _now: float | None = None) -> Msg:
         if self.highwater is not None:          # replicated: high-water marks in etcd, any counter serves
-            if not 1 <= msg["n"] <= MAX_ALLOC:
-                raise wire.ProtocolError(wire.Err.BAD_FIELD, f"n must be 1..{MAX_ALLOC}")
+            check_block_size(msg["n"])
             start, end = self.highwater.alloc(msg["channel"], msg["n"], msg["have"])
-            return wire.reply("alloc", msg["rid"], channel=msg["channel"], start=start, end=end)
-        check_serves(self.topo, self.id, msg["channel"])
-        start, end = self.core.alloc(msg["channel"], msg["n"], msg["have"])
+        else:
+            check_serves(self.topo, self.id, msg["channel"])
+            start, end = self.core.alloc(msg["channel"], msg["n"], msg["have"])
         return wire.reply("alloc", msg["rid"], channel=msg["channel"], start=start, end=end)
 
     def status(self) -> dict[str, Any]:
