@@ -29,7 +29,12 @@ class Chat:
         self.lines: queue.Queue = queue.Queue()
         self.seen: list = []
         threading.Thread(target=self._read, daemon=True).start()
-        self.expect("logged in as")
+        try:
+            self.expect("logged in as")
+        except BaseException:               # not yet in the fixture's list: no one else would stop it
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise
 
     def _read(self):
         for line in self.proc.stdout:

@@ -147,49 +147,53 @@ async def cmd_history(args) -> int:
         await client.close()
 
 
-def tool_parser(name: str, description: str) -> argparse.ArgumentParser:
-    """The parser of one subcommand, with the session arguments every tool takes."""
+JSON_LINES = "one JSON object per line"
+
+
+def tool_parser(name: str, description: str, channel: str | None = None,
+                json_help: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one subcommand, with the session arguments every tool takes, and the
+    arguments most share: a required --channel (its help given) and --json (its help given)."""
     parser = argparse.ArgumentParser(prog=f"{PROG} {name}", description=description)
     add_session_args(parser, name)
+    if channel is not None:
+        parser.add_argument("--channel", required=True, help=channel)
+    if json_help is not None:
+        parser.add_argument("--json", action="store_true", help=json_help)
     return parser
 
 
 def build_parser(sub_cmd: str | None) -> argparse.ArgumentParser:
     if sub_cmd == "send":
-        p = tool_parser("send", "Send one message.")
-        p.add_argument("--channel", required=True, help="channel to send to")
+        p = tool_parser("send", "Send one message.", channel="channel to send to")
         p.add_argument("text", help="the message text")
         p.set_defaults(fn=cmd_send)
     elif sub_cmd == "tail":
-        p = tool_parser("tail", "Print N messages of a channel.")
-        p.add_argument("--channel", required=True, help="channel to follow")
+        p = tool_parser("tail", "Print N messages of a channel.", channel="channel to follow", json_help=JSON_LINES)
         p.add_argument("--count", type=int, required=True, help="exit after printing this many messages")
         p.add_argument("--since", type=msg_id_arg, help="first fetch stored messages with id > SINCE")
         p.add_argument("--timeout", type=seconds_arg, default=30.0,
                        help="seconds to wait for them; exit 1 after (default: %(default)s)")
-        p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_tail)
     elif sub_cmd == "pending":
-        p = tool_parser("pending", "List messages waiting in the mailbox (no login).")
-        p.add_argument("--json", action="store_true", help="one JSON object per line")
+        p = tool_parser("pending", "List messages waiting in the mailbox (no login).", json_help=JSON_LINES)
         p.set_defaults(fn=cmd_pending)
     elif sub_cmd == "channels":
-        p = tool_parser("channels", "List my channels, most recently active first, with unread counts.")
+        p = tool_parser("channels", "List my channels, most recently active first, with unread counts.",
+                        json_help=JSON_LINES + " (the server's item)")
         p.add_argument("--limit", type=count_arg(1000), default=1000,
                        help="at most this many channels (default: %(default)s)")
-        p.add_argument("--json", action="store_true", help="one JSON object per line (the server's item)")
         p.set_defaults(fn=cmd_channels)
     elif sub_cmd == "history":
-        p = tool_parser("history", "Print stored messages of a channel, older than --before.")
-        p.add_argument("--channel", required=True, help="the channel")
+        p = tool_parser("history", "Print stored messages of a channel, older than --before.",
+                        channel="the channel", json_help=JSON_LINES)
         p.add_argument("--before", type=msg_id_arg, help="older than this id (default: from the newest)")
         p.add_argument("--limit", type=count_arg(10000), default=50,
                        help="at most this many messages (default: %(default)s)")
-        p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.set_defaults(fn=cmd_history)
     elif sub_cmd == "upload":
-        p = tool_parser("upload", "Upload a file to a relay and send a message carrying its ref.")
-        p.add_argument("--channel", required=True, help="channel the file is for (and the message goes to)")
+        p = tool_parser("upload", "Upload a file to a relay and send a message carrying its ref.",
+                        channel="channel the file is for (and the message goes to)")
         p.add_argument("--mime", default="application/octet-stream", help="media type (default: %(default)s)")
         p.add_argument("file", help="the file to upload")
         p.set_defaults(fn=cmd_upload)
