@@ -150,6 +150,14 @@ cdef inline bint key_is(const unsigned char* s, Py_ssize_t n, const char* name, 
     return n == size and memcmp(s, name, size) == 0
 
 
+cdef inline bint put(dict msg, str key, object value):
+    """``msg[key] = value``, or False when value is None: a value this path does not take."""
+    if value is None:
+        return False
+    msg[key] = value
+    return True
+
+
 cdef object text_of(const unsigned char* s, Py_ssize_t n):
     """The str of a UTF-8 payload, or None when it is not valid UTF-8 (msgpack's strict decode)."""
     try:
@@ -243,30 +251,20 @@ cdef class HotRequests:
                 if not read_str(r, &v, &vlen) or vlen == 0:
                     return None
                 text_len = vlen                 # valid UTF-8: its byte length is the payload's
-                value = text_of(v, vlen)
-                if value is None:
+                if not put(msg, S_TEXT, text_of(v, vlen)):
                     return None
-                msg[S_TEXT] = value
             elif key_is(k, klen, "frag", 4):
                 bit = K_FRAG
-                value = self.frag(r)
-                if value is None:
+                if not put(msg, S_FRAG, self.frag(r)):
                     return None
-                msg[S_FRAG] = value
             elif key_is(k, klen, "channels", 8):
                 bit = K_CHANNELS
-                value = self.windows(r)
-                if value is None:
+                if not put(msg, S_CHANNELS, self.windows(r)):
                     return None
-                msg[S_CHANNELS] = value
             elif key_is(k, klen, "net", 3):
                 bit = K_NET
-                if not read_str(r, &v, &vlen):
+                if not read_str(r, &v, &vlen) or not put(msg, S_NET, text_of(v, vlen)):
                     return None
-                value = text_of(v, vlen)
-                if value is None:
-                    return None
-                msg[S_NET] = value
             else:
                 return None                     # a field this path does not know
             if seen & bit:

@@ -112,11 +112,14 @@ class BrokerNode(Node):
 
     # --- out -----------------------------------------------------------------
     def reply(self, ident: bytes, msg: Msg) -> None:
+        """A client's reply, packed once: for the pre-login budget and for whichever way it goes."""
+        packed = wire.pack(msg)
+        if not self._within_budget(ident, packed):
+            return
         if self.web is not None and WebGate.owns(ident):
-            if self._within_budget(ident, wire.pack(msg)):
-                self.web.reply(ident, msg)
+            self.web.reply(ident, msg, packed)
         else:
-            self.queue_reply(self.client, ident, msg)
+            self.outbox.put(self.client, ident, packed)
 
     def queue_reply(self, sock, ident, msg):
         packed = wire.pack(msg)

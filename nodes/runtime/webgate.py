@@ -177,9 +177,11 @@ class WebGate:
         if end:
             self.ending[ident] = end
 
-    def reply(self, ident: bytes, msg: dict) -> None:
-        """A reply or notice; ``kicked`` ends the connection once it is sent."""
-        self.put(ident, wire.pack(msg), end=(1000, "kicked") if msg.get("t") == "kicked" else None)
+    def reply(self, ident: bytes, msg: dict, packed: bytes | None = None) -> None:
+        """A reply or notice (``packed``: its ``wire.pack``, when the caller already has it);
+        ``kicked`` ends the connection once it is sent."""
+        self.put(ident, wire.pack(msg) if packed is None else packed,
+                 end=(1000, "kicked") if msg.get("t") == "kicked" else None)
 
     def flush(self) -> None:
         """Send this turn's frames (a turn-end hook: an error here costs that connection only --
