@@ -29,7 +29,11 @@ class Chat:
         self.lines: queue.Queue = queue.Queue()
         self.seen: list = []
         threading.Thread(target=self._read, daemon=True).start()
-        self.expect("logged in as")
+        try:
+            self.expect("logged in as")
+        except BaseException:           # never handed to the fixture: stop it here
+            self.close()
+            raise
 
     def _read(self):
         for line in self.proc.stdout:
