@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import tempfile
 import threading
 import time
 
@@ -31,7 +30,7 @@ from nodes.client.blocking import Client, ClientError
 from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh, wait_for
 
-from .report import machine, parser as bench_parser, percentile, table, write_json
+from .report import kept_on_failure, machine, parser as bench_parser, percentile, table, write_json
 
 UNKNOWN = ("UNAVAILABLE", "BUSY", "INTERNAL", "TIMEOUT")
 
@@ -111,7 +110,11 @@ def caught_up(admin, topo, shard, node) -> bool:
 
 
 def run(args) -> dict:
-    directory = tempfile.mkdtemp(prefix="imesh-failover-")
+    with kept_on_failure("failover") as directory:
+        return measure(args, directory)
+
+
+def measure(args, directory: str) -> dict:
     leader = args.victim == "leader"
     limits = {"channel_queue": 100000, "rate": 1e9, "burst": 1e9}
     mesh = Mesh(write_topology(directory, logics=3, replication=3, shards=args.shards,
@@ -150,11 +153,6 @@ def run(args) -> dict:
             wait_for(lambda shown=shown: caught_up(admin, topo, shown["shard"], shown["leader"]), 60, "catch-up")
         errors = [e for s in senders for e in s.errors]
         ids = [i for s in senders for i in s.acked.values()]
-    except BaseException:
-        print(f"failed: logs kept in {directory}")
-        raise
-    else:
-        shutil.rmtree(directory, ignore_errors=True)
     finally:
         for s in senders:
             s.close()

@@ -27,18 +27,10 @@ from nodes.ops.localtopo import write_topology
 from nodes.ops.mesh import Mesh
 from nodes.protocol import auth, wire
 
+from .procstat import rss_mb
 from .report import machine, parser as bench_parser, percentile, scratch, table, write_json
 
 PIPELINE = 64                   # requests per hostile frame (the broker's MAX_PIPELINED)
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, MB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise ValueError(f"no VmRSS for pid {pid}")
 
 
 def hostile_frame(kind: str) -> bytes:

@@ -13,12 +13,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def peak_rss_mb(pid: int) -> float:
+def status_kb(pid: int | str, field: str) -> int | None:
+    """A KiB field of /proc/PID/status (``VmRSS``, ``VmHWM``); None if it has none (a zombie)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def peak_rss_mb(pid: int) -> float:
+    return (status_kb(pid, "VmHWM") or 0) / 1024
 
 
 def self_cpu_seconds() -> float:
@@ -56,8 +61,12 @@ def io_thread_cpu_seconds(pid: int) -> float:
 
 def rss_kb(pid: int | str = "self") -> int:
     """Resident memory of a process now (VmRSS), in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    return status_kb(pid, "VmRSS") or 0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process now, MB; ValueError if it has none (it exited)."""
+    kb = status_kb(pid, "VmRSS")
+    if kb is None:
+        raise ValueError(f"no VmRSS for pid {pid}")
+    return kb / 1024

@@ -37,6 +37,19 @@ def scratch(name: str):
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def kept_on_failure(name: str):
+    """A temporary directory for one run's mesh: removed when the block succeeds, kept (its path
+    printed) when it raises, so that the nodes' logs can be read."""
+    path = tempfile.mkdtemp(prefix=f"imesh-{name}-")
+    try:
+        yield path
+    except BaseException:
+        print(f"failed: logs kept in {path}")
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def machine() -> str:
     cpu = "unknown cpu"
     try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import shutil
 import signal
 import statistics
-import tempfile
 import time
 
 from nodes.ops.localtopo import write_topology
@@ -32,7 +31,7 @@ from nodes.storage import shards, store as keys
 from nodes.storage.store import Store
 
 from .failover import Sender, caught_up, channel_leader
-from .report import machine, parser as bench_parser, table, write_json
+from .report import kept_on_failure, machine, parser as bench_parser, table, write_json
 
 CHANNEL = "lobby"
 MEMBERS = 100
@@ -68,7 +67,11 @@ def installed(admin, node) -> bool:
 
 
 def one_size(args, rows: int) -> dict:
-    directory = tempfile.mkdtemp(prefix="imesh-snapshot-")
+    with kept_on_failure("snapshot") as directory:
+        return measure(args, rows, directory)
+
+
+def measure(args, rows: int, directory: str) -> dict:
     mesh = Mesh(write_topology(directory, logics=3, replication=3, shards=args.shards,
                                limits={"channel_queue": 100000, "rate": 1e9, "burst": 1e9}))
     topo = mesh.topo
@@ -113,11 +116,6 @@ def one_size(args, rows: int) -> dict:
             times.append(took)
             gaps.append(sender.longest_stall_after(started) * 1000)
         errors = len(sender.errors)
-    except BaseException:
-        print(f"failed: logs kept in {directory}")
-        raise
-    else:
-        shutil.rmtree(directory, ignore_errors=True)
     finally:
         if sender is not None:
             sender.close()

@@ -31,9 +31,8 @@ class Chat:
         threading.Thread(target=self._read, daemon=True).start()
         try:
             self.expect("logged in as")
-        except BaseException:               # not yet in the fixture's list: no one else would stop it
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        except BaseException:           # never handed to the fixture: stop it here
+            self.close()
             raise
 
     def _read(self):

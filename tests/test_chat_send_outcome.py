@@ -42,14 +42,19 @@ def test_a_busy_send_acked_while_the_tool_waits_prints_its_id_and_exits_0(make_m
     box = os.path.join(m.topo.data_dir, "clients", "1-9001.mailbox.sqlite")
     owner = m.mesh.procs[m.owner_of("lobby")]
     owner.send_signal(signal.SIGSTOP)
+    proc = subprocess.Popen([os.path.join(BIN, "chat"), "send", "-c", cfg, "--uin", "1",
+                             "--channel", "lobby", "during failover"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHON=sys.executable))
     try:
-        proc = subprocess.Popen([os.path.join(BIN, "chat"), "send", "-c", cfg, "--uin", "1",
-                                 "--channel", "lobby", "during failover"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHON=sys.executable))
-        wait_for("the send to go BUSY (2 unsettled tries)", lambda: tries_in(box) >= 2)
+        try:
+            wait_for("the send to go BUSY (2 unsettled tries)", lambda: tries_in(box) >= 2)
+        finally:
+            owner.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
     finally:
-        owner.send_signal(signal.SIGCONT)
-    out, err = proc.communicate(timeout=60)
+        if proc.poll() is None:         # the test failed with the tool still waiting
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, (out, err)
     msg_id = int(out.strip())
     assert "error" not in err and "mailbox: sent" not in err, err

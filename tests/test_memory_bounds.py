@@ -14,6 +14,7 @@ import time
 import zmq
 
 from bench import hostile
+from bench.procstat import rss_mb
 
 
 def broker(harness):
@@ -25,12 +26,12 @@ def test_connections_that_never_log_in_nor_read_cannot_take_the_brokers_memory(m
     # before: 20 such connections for 10 s took a broker from 41 MB to 2.4 GB, all of it kept
     harness = make_mesh(brokers=1, logics=1, limits={"login_window": 3.0})
     mesh, pid, ep, secret = broker(harness)
-    base = hostile.rss_mb(pid)
+    base = rss_mb(pid)
     proc, out = hostile.start_flood(ep, conns=10, seconds=4.0, kind="echo")
     peak, served = base, 0
     try:
         while proc.is_alive():
-            peak = max(peak, hostile.rss_mb(pid))
+            peak = max(peak, rss_mb(pid))
             hostile.login_and_send(ep, secret, 60 + served, "lobby")    # succeeds meanwhile
             served += 1
             time.sleep(0.2)
@@ -51,11 +52,11 @@ def test_sessions_that_never_read_are_dropped_as_too_slow_and_their_memory_comes
     mesh, pid, ep, secret = broker(harness)
     ctx = zmq.Context()
     try:
-        base = hostile.rss_mb(pid)
+        base = rss_mb(pid)
         readers = [hostile.login(ctx, ep, secret, uin, never_read=True)[0] for uin in range(1, 6)]
         sender, sid = hostile.login(ctx, ep, secret, 50)
         assert hostile.burst(sender, sid, "lobby", 8000, 1400) == 8000
-        peak = hostile.rss_mb(pid)
+        peak = rss_mb(pid)
         status = mesh.admin.status("b1")
         assert status["kicked"].get("too_slow") == 5, status["kicked"]
         # 5 x session_queue_bytes (4 MiB) queued at most, and the burst's own working set
