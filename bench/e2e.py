@@ -23,6 +23,7 @@ run both ways to see what encryption costs.
 """
 from __future__ import annotations
 
+import collections
 import multiprocessing as mp
 import os
 import shutil
@@ -237,6 +238,7 @@ def summarize(args, results, wall, by_type: dict, rss_type: dict, io_type: dict)
         "deliver_p50_ms": percentile(deliver_ms, 50), "deliver_p99_ms": percentile(deliver_ms, 99),
         "lost": expected - deliveries, "duplicates": sum(r["duplicates"] for r in results),
         "errors": total - acked,              # error replies plus sends never answered
+        "error_codes": sum_codes(r.get("error_codes", {}) for r in results),
         "acked": acked, "deliveries": deliveries,
         "cpu_s": by_type, "peak_rss_mb": rss_type, "wall_s": round(wall, 3),
         "server_cpu_us_per_msg": round(1e6 * server_cpu / max(1, acked), 1),
@@ -257,6 +259,14 @@ MEDIAN_KEYS = ("acked_per_s", "deliveries_per_s", "ack_p50_ms", "ack_p99_ms", "d
 SUM_KEYS = ("lost", "duplicates", "errors", "acked", "deliveries")
 
 
+def sum_codes(counts) -> dict:
+    """Error replies by code, summed over generator processes or runs."""
+    total: collections.Counter = collections.Counter()
+    for c in counts:
+        total.update(c)
+    return dict(total)
+
+
 def combine(runs: list[dict]) -> dict:
     """Medians of the figures over repeated runs (counts of failures summed: none may hide)."""
     out = dict(runs[-1])
@@ -267,6 +277,7 @@ def combine(runs: list[dict]) -> dict:
         out[key] = sum(r[key] for r in runs)
     for key in ("cpu_s", "io_threads_cpu_s"):
         out[key] = {k: round(statistics.median(r[key][k] for r in runs), 3) for k in runs[0][key]}
+    out["error_codes"] = sum_codes(r["error_codes"] for r in runs)
     out["repeats"] = len(runs)
     return out
 
@@ -280,15 +291,15 @@ def run(args) -> dict:
             base.append(measure_baseline(args))
     result = combine(mine)
     if args.repeat > 1:
-        result["runs"] = [{k: r[k] for k in MEDIAN_KEYS + SUM_KEYS} for r in mine]
+        result["runs"] = [{k: r[k] for k in MEDIAN_KEYS + SUM_KEYS + ("error_codes",)} for r in mine]
     if base:
         b = combine(base)
         for key in ("acked_per_s", "deliveries_per_s", "ack_p50_ms", "ack_p99_ms", "server_cpu_us_per_msg",
                     "server_cpu_us_per_delivery", "server_io_threads_us_per_msg", "lost", "duplicates",
-                    "errors"):
+                    "errors", "error_codes"):
             result["baseline_" + key] = b[key]
         result["baseline_cpu_s"] = b["cpu_s"]
-        result["baseline_runs"] = [{k: r[k] for k in MEDIAN_KEYS + SUM_KEYS} for r in base]
+        result["baseline_runs"] = [{k: r[k] for k in MEDIAN_KEYS + SUM_KEYS + ("error_codes",)} for r in base]
         result["ratio_acked_per_s"] = round(result["acked_per_s"] / max(1e-9, b["acked_per_s"]), 3)
         result["ratio_server_cpu"] = round(result["server_cpu_us_per_msg"]
                                            / max(1e-9, b["server_cpu_us_per_msg"]), 3)
@@ -298,6 +309,10 @@ def run(args) -> dict:
 
 def _fmt(value, spec=".2f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _codes(counts: dict | None) -> str:
+    return ", ".join(f"{code} {n}" for code, n in sorted((counts or {}).items())) or "-"
 
 
 def render(r: dict) -> str:
@@ -316,6 +331,9 @@ def render(r: dict) -> str:
             row("server CPU µs per delivery", "server_cpu_us_per_delivery", ".2f"),
             row("  of which libzmq I/O threads, µs per msg", "server_io_threads_us_per_msg"),
             row("lost", "lost", "d"), row("duplicates", "duplicates", "d"), row("errors", "errors", "d")]
+    if r.get("error_codes") or r.get("baseline_error_codes"):
+        rows.append(["errors by code", _codes(r.get("error_codes"))]
+                    + ([_codes(r.get("baseline_error_codes")), ""] if b else []))
     rows.append(["deliver p50 / p99 ms", f"{_fmt(r['deliver_p50_ms'])} / {_fmt(r['deliver_p99_ms'])}"]
                 + (["", ""] if b else []))
     rows.append(["wall s", r["wall_s"]] + (["", ""] if b else []))

@@ -6,6 +6,8 @@ the send times; nothing is assumed.
 """
 from __future__ import annotations
 
+import collections
+
 from .procstat import self_cpu_seconds
 
 
@@ -15,6 +17,7 @@ class Tally:
     def __init__(self):
         self.sent_at, self.ack_ms, self.deliver_ms = {}, [], []
         self.acked = self.errors = self.dups = self.deliveries = 0
+        self.error_codes: collections.Counter = collections.Counter()   # why sends were refused
 
     def delivered(self, got: set, msg: dict, now: int) -> bool:
         """A pushed message reached the receiver whose ``got`` set this is: True if new."""
@@ -37,10 +40,12 @@ class Tally:
                 self.ack_ms.append((now - sent) / 1e6)
         else:
             self.errors += 1
+            self.error_codes[str(msg.get("code"))] += 1
 
     def result(self, expected_deliveries: int, cpu0: float, wall: float) -> dict:
         """What the process reports: counts, latencies, its own CPU."""
         return {"acked": self.acked, "errors": self.errors, "deliveries": self.deliveries,
-                "duplicates": self.dups, "expected_deliveries": expected_deliveries,
+                "duplicates": self.dups, "error_codes": dict(self.error_codes),
+                "expected_deliveries": expected_deliveries,
                 "ack_ms": self.ack_ms, "deliver_ms": self.deliver_ms,
                 "cpu_s": self_cpu_seconds() - cpu0, "wall_s": wall}

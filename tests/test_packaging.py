@@ -8,6 +8,7 @@ no PYTHONPATH.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -62,10 +63,17 @@ def cmd(installed, *args, timeout=60):
 @pytest.mark.slow
 def test_installed_package_imports_from_the_venv(installed):
     r = subprocess.run([str(installed["venv"] / "bin" / "python"), "-c",
-                        "import nodes, fastpath._dedup; print(nodes.__file__); print(fastpath._dedup.__file__)"],
+                        "import glob, os, nodes, fastpath; print(nodes.__file__); "
+                        "import importlib; names = sorted(os.path.basename(p).split('.')[0] for p in "
+                        "glob.glob(os.path.join(os.path.dirname(fastpath.__file__), '_*.so'))); "
+                        "print(*(importlib.import_module('fastpath.' + n).__file__ for n in names))"],
                        capture_output=True, text=True, cwd=installed["work"], env=installed["env"])
     assert r.returncode == 0, r.stderr
     assert all(line.startswith(str(installed["venv"])) for line in r.stdout.split()), r.stdout
+    # every Cython extension of the checkout is in the wheel, the fan-out and request decoder too
+    built = {os.path.basename(p).split(".")[0] for p in r.stdout.split()[1:]}
+    sources = {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(ROOT, "fastpath", "*.pyx"))}
+    assert built == sources and {"_fanout", "_hotreq"} <= built, (built, sources)
 
 
 @pytest.mark.slow
