@@ -29,6 +29,7 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 from nodes.cluster import topology
@@ -42,7 +43,7 @@ from .agen import loop_name
 from .baseline import serve_main
 from .leangen import channel_of, worker_main
 from .procstat import cpu_seconds, io_thread_cpu_seconds, peak_rss_mb, reap
-from .report import machine, parser as bench_parser, percentile, scratch, table, write_json
+from .report import machine, parser as bench_parser, percentile, table, write_json
 
 
 def bench_topology(args, tmp: str) -> str:
@@ -139,9 +140,19 @@ def load(args, endpoints, secret, pids_of, after_login=None):
 
 
 def measure(args) -> dict:
-    """One run against a mesh (started for it, or ``--attach``ed)."""
-    with scratch("e2e") as tmp:
-        return _measure_mesh(args, tmp)
+    """One run against a mesh (started for it, or ``--attach``ed).  Its throwaway topology, data
+    and logs are removed, or kept (the path printed) when the run raised or counted a failure."""
+    tmp = tempfile.mkdtemp(prefix="imesh-e2e-")
+    result = None
+    try:
+        result = _measure_mesh(args, tmp)
+        return result
+    finally:
+        if result is not None and not any(result[k] for k in ("errors", "lost", "duplicates")):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"e2e: a run failed or counted errors, lost or duplicates: the mesh's logs are kept in {tmp}",
+                  file=sys.stderr)
 
 
 def _measure_mesh(args, tmp: str) -> dict:
@@ -177,8 +188,6 @@ def _measure_mesh(args, tmp: str) -> dict:
     finally:
         if mesh is not None:
             mesh.close()
-    if mesh is not None:            # its throwaway topology, data and logs (kept when a run fails)
-        shutil.rmtree(os.path.dirname(mesh.config), ignore_errors=True)
     by_type, rss_type, io_type = {}, {}, {}
     for n in cpu:                           # the nodes, and a replicated mesh's etcd
         kind = topo.nodes[n].type if n in topo.nodes else "etcd"
