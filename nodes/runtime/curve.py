@@ -249,8 +249,12 @@ class NodeSecurity(Identity):
         self.allowed = admitted(topo) if topo.curve else {}
         self.auth: ThreadAuthenticator | None = None
         # a co-located node (nodes/runtime/colocate.py) shares its host's context, and a context
-        # has one ZAP handler: the host's authenticator answers for both (same topology, same keys)
+        # has one ZAP handler: the host's authenticator answers for both, admitting what either
+        # admits (a live topology change reaches each node on its own)
         self.host = host
+        self.guests: list[NodeSecurity] = []
+        if host is not None:
+            host.guests.append(self)
         self.refused = 0                      # handshakes with a key not in the topology
         self._logged: set[bytes] = set()
 
@@ -289,7 +293,7 @@ class NodeSecurity(Identity):
 
     def check_internal(self, key: bytes) -> bool:
         """ZAP verdict for an internal socket (runs in the authenticator's thread)."""
-        if key in self.allowed:
+        if key in self.allowed or any(key in guest.allowed for guest in self.guests):
             return True
         self.refused += 1
         if key not in self._logged and len(self._logged) < MAX_LOGGED_KEYS:
