@@ -147,12 +147,12 @@ class Node:
                 sock.bind(colocate.inproc_endpoint(self.id, name))
         return sock
 
-    def endpoint_of(self, node_id: str, name: str) -> str:
+    def endpoint_of(self, node_id: str, name: str, topo: Topology | None = None) -> str:
         """Where this node reaches ``name`` of a node: its inproc twin when that node runs in
-        this process (co-located), else the topology's endpoint."""
+        this process (co-located), else the endpoint in ``topo`` (the running topology)."""
         if node_id in self.colocated:
             return colocate.inproc_endpoint(node_id, name)
-        return self.topo.node(node_id).endpoint(name)
+        return (topo or self.topo).node(node_id).endpoint(name)
 
     def _io_thread(self, sock: Sock, client_facing: bool = False) -> None:
         """Which libzmq I/O threads carry the socket's connections (set before bind/connect):
@@ -344,8 +344,7 @@ class Node:
         """``sub`` (from ``subscribe``) follows the publishers of a type in ``topo``; ``keep``:
         connect to its new ones but leave no old one yet (at ``admit``)."""
         before = set(self.relinker.endpoints.get(sub, ()))
-        after = {colocate.inproc_endpoint(n.id, "pub") if n.id in self.colocated else n.endpoint("pub")
-                 for n in topo.of_type(node_type)}
+        after = {self.endpoint_of(n.id, "pub", topo) for n in topo.of_type(node_type)}
         for endpoint in () if keep else before - after:
             self.relinker.disconnect(sub, endpoint)
         for endpoint in sorted(after - before):
