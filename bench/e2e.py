@@ -17,6 +17,10 @@ runs the same generator against bench/baseline.py's in-memory fan-out server
 too, interleaved with the imesh runs (``--repeat`` runs of each, medians),
 and reports imesh / baseline for acked/s, server CPU and ack p99.
 
+``--colocate`` runs logic node i inside broker i's process (issue 26's hop over
+inproc://, nodes/runtime/colocate.py); the guest loop thread's CPU counts as the
+logic node's.
+
 ``--curve on|off`` (default on, as in every topology) switches CurveZMQ on the
 node-to-node sockets; ``--client-curve on`` encrypts the client sessions too:
 run both ways to see what encryption costs.
@@ -37,12 +41,12 @@ from nodes.ops.admin import Admin, AdminError
 from nodes.ops.localtopo import free_ports, write_topology
 from nodes.ops.mesh import Mesh
 from nodes.protocol import wire
-from nodes.runtime import curve
+from nodes.runtime import colocate, curve
 
 from .agen import loop_name
 from .baseline import serve_main
 from .leangen import channel_of, worker_main
-from .procstat import cpu_seconds, io_thread_cpu_seconds, peak_rss_mb, reap
+from .procstat import node_cpu, peak_rss_mb, reap
 from .report import machine, parser as bench_parser, percentile, table, write_json
 
 
@@ -89,7 +93,8 @@ def wait_presence(admin: Admin, topo, users: int, timeout: float = 60) -> None:
 def load(args, endpoints, secret, pids_of, after_login=None):
     """Start the generator processes, log every user in, then time one run.
 
-    ``pids_of()`` names the server processes ({name: pid}) whose CPU counts;
+    ``pids_of()`` names the server processes ({name: pid}) whose CPU counts (a co-located
+    node: {name: (pid, its loop thread's name)}, bench/procstat.py ``node_cpu``);
     ``after_login()`` waits until the server is ready for sends.  Returns
     (generator results, wall seconds, {name: CPU s}, {name: peak RSS MB},
     {name: CPU s of its non-main threads}).
@@ -109,8 +114,7 @@ def load(args, endpoints, secret, pids_of, after_login=None):
         if after_login is not None:
             after_login()
         pids = pids_of()
-        cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
-        io0 = {n: io_thread_cpu_seconds(p) for n, p in pids.items()}
+        start = {n: node_cpu(p, colocate.THREAD_PREFIX) for n, p in pids.items()}
         t0 = time.monotonic()
         for _ in procs:
             go.put(True)
@@ -131,9 +135,10 @@ def load(args, endpoints, secret, pids_of, after_login=None):
                 raise RuntimeError("benchmark did not finish in time")
         wall = time.monotonic() - t0
         sys.stderr.write("\n")
-        cpu = {n: cpu_seconds(p) - cpu0[n] for n, p in pids.items()}
-        io = {n: io_thread_cpu_seconds(p) - io0[n] for n, p in pids.items()}
-        rss = {n: peak_rss_mb(p) for n, p in pids.items()}
+        end = {n: node_cpu(p, colocate.THREAD_PREFIX) for n, p in pids.items()}
+        cpu = {n: end[n][0] - start[n][0] for n in pids}
+        io = {n: end[n][1] - start[n][1] for n in pids}
+        rss = {n: peak_rss_mb(p[0] if isinstance(p, tuple) else p) for n, p in pids.items()}
     finally:
         reap(procs, 10)
     return results, wall, cpu, rss, io
@@ -162,9 +167,10 @@ def _measure_mesh(args, tmp: str) -> dict:
     else:
         mesh = Mesh(bench_topology(args, tmp))
         topo = mesh.topo
+    guests = colocated(args, topo)
     try:
         if mesh is not None:
-            mesh.start()
+            start_mesh(mesh, guests)
             mesh.wait_ready(60)
         admin = Admin(topo, timeout=5)
         if args.attach:
@@ -178,7 +184,9 @@ def _measure_mesh(args, tmp: str) -> dict:
         def pids_of():
             statuses = {n: admin.status(n) or {} for n in topo.nodes}
             turns0.update({n: st.get("turns", 0) for n, st in statuses.items()})
-            pids = {n: (mesh.procs[n].pid if mesh else statuses[n]["pid"]) for n in topo.nodes}
+            pids = {n: (mesh.procs[n].pid if mesh else statuses[n]["pid"]) for n in topo.nodes
+                    if n not in guests}
+            pids.update({g: (pids[host], colocate.thread_name(g)) for g, host in guests.items()})
             if mesh is not None and mesh.etcd is not None:       # --replication: etcd's CPU counts too
                 pids.update({f"etcd:{name}": p.pid for name, p in mesh.etcd.procs.items()})
             return pids
@@ -204,8 +212,28 @@ def _measure_mesh(args, tmp: str) -> dict:
                           "logic": len(topo.ids("logic")), "router": len(topo.ids("router")),
                           "counter": len(topo.ids("counter")), "curve": topo.curve,
                           "client_curve": topo.client_curve, "replication": topo.replication,
-                          "shards": topo.shards}
+                          "shards": topo.shards, "colocate": guests}
     return result
+
+
+def colocated(args, topo) -> dict:
+    """--colocate: {logic id: the broker whose process runs it} (b1+l1, b2+l2 ...)."""
+    if not args.colocate:
+        return {}
+    return dict(zip(topo.ids("logic"), topo.ids("broker")))
+
+
+def start_mesh(mesh: Mesh, guests: dict) -> None:
+    """Start the mesh's processes; co-located logic nodes run inside their brokers'
+    (nodes/runtime/colocate.py, selected by IMESH_COLOCATE for the launched brokers)."""
+    if not guests:
+        mesh.start()
+        return
+    os.environ[colocate.ENV] = ",".join(f"{host}={guest}" for guest, host in guests.items())
+    try:
+        mesh.start([n for n in mesh.topo.nodes if n not in guests])
+    finally:
+        del os.environ[colocate.ENV]
 
 
 def measure_baseline(args) -> dict:
@@ -356,7 +384,9 @@ def render(r: dict) -> str:
             f"{w['messages']} msgs of {w['size']} B each, window {w['window']}, over {w.get('transport', 'zmq')}, "
             f"{w['client']} generator{' on ' + w['loop'] if w.get('loop') else ''} in {w['processes']} processes; "
             f"topology: {r['topology']['brokers']} brokers, {r['topology']['logic']} logic, replication "
-            f"{r['topology'].get('replication', 1)}; CURVE "
+            f"{r['topology'].get('replication', 1)}"
+            + ("; logic co-located in the brokers' processes" if r['topology'].get('colocate') else "")
+            + "; CURVE "
             f"{'on' if r['topology']['curve'] else 'off'} between nodes, "
             f"{'on' if r['topology']['client_curve'] else 'off'} for clients; "
             f"medians of {r.get('repeats', 1)} run(s)" + (", baseline runs interleaved" if b else ""))
@@ -395,6 +425,9 @@ def main(argv=None) -> int:
     parser.add_argument("--attach", metavar="CONFIG", help="use a running mesh instead of starting one")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     parser.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
+    parser.add_argument("--colocate", action="store_true",
+                        help="run logic node i inside broker i's process (reached over inproc://, not TCP: "
+                             "issue 26's hop; nodes/runtime/colocate.py)")
     parser.add_argument("--profile", metavar="DIR", help="run the nodes under cProfile, stats into DIR")
     args = parser.parse_args(argv)
     if args.profile:
@@ -403,6 +436,8 @@ def main(argv=None) -> int:
         parser.error("--users must equal --channels x --members (user i is in channel i // members)")
     if not 1 <= args.replication <= args.logic:
         parser.error("--replication must be 1..--logic")
+    if args.colocate and (args.attach or args.profile):
+        parser.error("--colocate starts its own mesh, without --profile (the node threads share one process)")
     if args.transport == "ws" and (args.client != "lean" or args.baseline):
         parser.error("--transport ws runs with the lean generator only (no --client asyncio, no --baseline)")
     if min(args.users, args.members, args.messages, args.window, args.processes, args.brokers,

@@ -59,6 +59,35 @@ def io_thread_cpu_seconds(pid: int) -> float:
     return total
 
 
+def threads_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """{thread id: (its name, CPU seconds)} of a process's threads."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, fields = f.read().rsplit(")", 1)
+        except OSError:
+            continue                         # the thread ended meanwhile
+        cols = fields.split()
+        out[int(tid)] = (head.split("(", 1)[1], (int(cols[11]) + int(cols[12])) / TICK)
+    return out
+
+
+def node_cpu(target, guest_prefix: str) -> tuple[float, float]:
+    """(CPU seconds, of which non-main threads) of one node.  ``target`` is a pid (a node process;
+    the loop threads of co-located guests, named ``guest_prefix``..., are left out: they are their
+    own nodes) or (pid, thread name): a co-located guest's loop thread (nodes/runtime/colocate.py)."""
+    if isinstance(target, tuple):
+        pid, name = target
+        return sum(s for n, s in threads_cpu(pid).values() if n == name), 0.0
+    guests = sum(s for n, s in threads_cpu(target).values() if n.startswith(guest_prefix))
+    return cpu_seconds(target) - guests, io_thread_cpu_seconds(target) - guests
+
+
 def rss_kb(pid: int | str = "self") -> int:
     """Resident memory of a process now (VmRSS), in KiB."""
     return status_kb(pid, "VmRSS") or 0

@@ -14,7 +14,7 @@ import sys
 import time
 
 from nodes.cluster import topochange, topology
-from nodes.runtime import links as peerwatch, logs
+from nodes.runtime import colocate, links as peerwatch, logs
 from nodes.runtime.logs import events
 
 PR_SET_PDEATHSIG = 1
@@ -83,11 +83,23 @@ def main(argv=None, node_type: str | None = None, prog: str | None = None) -> in
               file=sys.stderr)
         return 2
     try:
-        node = node_class(spec.type)(topo, args.id)
+        guests = colocate.guests_of(os.environ.get(colocate.ENV), args.id)
+        for guest in guests:
+            if spec.type != "broker" or topo.node(guest).type != "logic":
+                raise topology.TopologyError(f"{colocate.ENV}: only a broker runs logic nodes in its "
+                                             f"process, not {spec.type} {args.id} {guest}")
+    except (ValueError, topology.TopologyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        node = node_class(spec.type)(topo, args.id, **({"colocated": guests} if guests else {}))
+        hosted = [node_class("logic")(topo, guest, host=node) for guest in guests]
     except Exception as exc:                   # bind failure, locked store, missing secret ...
         logging.getLogger("launch").error("cannot start %s: %s", args.id, exc)
         return 1
     watch(node)
+    if hosted:
+        return run_colocated(node, hosted)
     profile_dir = os.environ.get("IMESH_PROFILE")
     if profile_dir:                            # bin/bench e2e --profile: where the CPU goes
         import cProfile
@@ -101,6 +113,28 @@ def main(argv=None, node_type: str | None = None, prog: str | None = None) -> in
             profiler.dump_stats(os.path.join(profile_dir, f"{args.id}.prof"))
     else:
         node.run()
+    return 0
+
+
+def run_colocated(host, guests) -> int:
+    """A broker with logic nodes in its process (nodes/runtime/colocate.py): each guest's loop in
+    a thread, the host's here; SIGTERM/SIGINT stop them all, the host closes the shared context
+    last."""
+    threads = []
+    for guest in guests:
+        watch(guest)
+        threads.append(colocate.start_guest(guest, host.loop))
+    host.loop.install_signal_handlers()        # main thread only: they stop the host's loop
+    logging.getLogger("launch").info("%s %s up with %s in its process (pid %d)", host.type, host.id,
+                                     ", ".join(g.id for g in guests), os.getpid())
+    try:
+        host.loop.run()
+    finally:
+        for guest in guests:
+            guest.loop.stop()
+        for thread in threads:
+            thread.join(10)
+        host.close()
     return 0
 
 

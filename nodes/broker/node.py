@@ -47,8 +47,8 @@ class BrokerNode(Node):
     type = "broker"
     needs_store = False
 
-    def __init__(self, topo, node_id):
-        super().__init__(topo, node_id)
+    def __init__(self, topo, node_id, colocated=()):
+        super().__init__(topo, node_id, colocated=colocated)      # co-located logic: over inproc
         self.requests: Requests = Requests(topo.limits["request_timeout"], self.max_internal_frame, self.outbox)
         self.logics = self.peers("logic")
         self.feed = LogicFeed(self)                      # their PUB frames and link drops

@@ -48,8 +48,8 @@ class LogicNode(Node):
     clock = staticmethod(time.time)            # replaced per node by its expiry clock's ``now``
     store: Store                               # opened by Node.__init__ (needs_store)
 
-    def __init__(self, topo, node_id):
-        super().__init__(topo, node_id)
+    def __init__(self, topo, node_id, host=None):
+        super().__init__(topo, node_id, host=host)     # host: the broker whose process it runs in
         # expiries, stored times and the ``now`` of requests: wall-clock time that a step of this
         # node's wall clock does not move (nodes/runtime/clock.py, issue 23)
         self.expiry = expiry_clock.attach(self)

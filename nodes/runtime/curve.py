@@ -241,12 +241,20 @@ class NodeSecurity(Identity):
     first server socket binds: libzmq admits anyone while no ZAP handler runs.
     """
 
-    def __init__(self, topo: Topology, node_id: str, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    def __init__(self, topo: Topology, node_id: str, ctx: zmq.Context[zmq.Socket[bytes]],
+                 host: NodeSecurity | None = None) -> None:
         serves_clients = topo.client_curve and "client" in topo.node(node_id).endpoints
         super().__init__(topo, node_id, own_pair=topo.curve or serves_clients)
         self.ctx = ctx
         self.allowed = admitted(topo) if topo.curve else {}
         self.auth: ThreadAuthenticator | None = None
+        # a co-located node (nodes/runtime/colocate.py) shares its host's context, and a context
+        # has one ZAP handler: the host's authenticator answers for both, admitting what either
+        # admits (a live topology change reaches each node on its own)
+        self.host = host
+        self.guests: list[NodeSecurity] = []
+        if host is not None:
+            host.guests.append(self)
         self.refused = 0                      # handshakes with a key not in the topology
         self._logged: set[bytes] = set()
 
@@ -255,14 +263,21 @@ class NodeSecurity(Identity):
         when the topology says client_curve."""
         if not (self.topo.client_curve if client_facing else self.topo.curve):
             return
+        if self.host is not None:
+            self.host.start_authenticator()
+        else:
+            self.start_authenticator()
+        sock.curve_server = True
+        sock.curve_publickey, sock.curve_secretkey = self.public, self.secret
+        sock.zap_domain = (CLIENT if client_facing else INTERNAL).encode()
+
+    def start_authenticator(self) -> None:
+        """The context's ZAP handler, started before the first CURVE server socket binds."""
         if self.auth is None:
             self.auth = auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("zmq.auth"))
             auth.start()
             auth.configure_curve_callback(INTERNAL, _Check(self.check_internal))
             auth.configure_curve_callback(CLIENT, _Check(lambda _key: True))
-        sock.curve_server = True
-        sock.curve_publickey, sock.curve_secretkey = self.public, self.secret
-        sock.zap_domain = (CLIENT if client_facing else INTERNAL).encode()
 
     def admit(self, topo: Topology) -> None:
         """Admit the keys of a newer topology as well (before its new nodes connect)."""
@@ -278,7 +293,7 @@ class NodeSecurity(Identity):
 
     def check_internal(self, key: bytes) -> bool:
         """ZAP verdict for an internal socket (runs in the authenticator's thread)."""
-        if key in self.allowed:
+        if key in self.allowed or any(key in guest.allowed for guest in self.guests):
             return True
         self.refused += 1
         if key not in self._logged and len(self._logged) < MAX_LOGGED_KEYS:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import zmq
@@ -21,7 +21,7 @@ from nodes.cluster.topology import Topology, TopologyError
 from nodes.protocol import auth, schema, wire
 from nodes.protocol.dispatch import Dispatcher, Guard, Handler, PubDispatcher, hot_requests
 from nodes.protocol.wire import Msg
-from nodes.runtime import curve
+from nodes.runtime import colocate, curve
 from nodes.runtime.links import Relinker
 from nodes.runtime.logs import events
 from nodes.runtime.loop import Loop
@@ -76,8 +76,10 @@ class Node:
     type = "node"
     needs_store = True      # brokers and routers keep only in-memory state
     clock = staticmethod(time.monotonic)      # the ``now`` handlers get; stores use wall time
+    security: curve.NodeSecurity
 
-    def __init__(self, topo: Topology, node_id: str, store_sync: bool | None = None) -> None:
+    def __init__(self, topo: Topology, node_id: str, store_sync: bool | None = None,
+                 host: Node | None = None, colocated: Iterable[str] = ()) -> None:
         self.topo = topo
         self.spec = topo.node(node_id)
         if self.spec.type != self.type:
@@ -85,9 +87,17 @@ class Node:
         self.id = node_id
         self.started = time.time()
         self.serves_clients = "client" in self.spec.endpoints
-        self.ctx = zmq.Context(io_threads=1 + CLIENT_IO_THREADS if self.serves_clients else 1)
-        self.ctx.setsockopt(zmq.LINGER, 0)
-        self.security = curve.NodeSecurity(topo, node_id, self.ctx)   # reads every key, or refuses
+        # co-located (nodes/runtime/colocate.py): a guest runs in its host's process, on the host's
+        # context, reached by the host over inproc:// twins of its rpc and pub endpoints
+        self.host = host
+        self.colocated = set(colocated)           # guests in this process: reached over inproc
+        if host is None:
+            self.ctx = zmq.Context(io_threads=1 + CLIENT_IO_THREADS if self.serves_clients else 1)
+            self.ctx.setsockopt(zmq.LINGER, 0)
+        else:
+            self.ctx = host.ctx
+        self.security = curve.NodeSecurity(topo, node_id, self.ctx,   # reads every key, or refuses
+                                           host.security if host is not None else None)
         self.loop = Loop()
         self.store: Store | None = None
         if self.needs_store:
@@ -131,12 +141,23 @@ class Node:
         self._io_thread(sock, client_facing)
         self.security.as_server(sock, client_facing=client_facing)
         sock.bind(endpoint)
+        if self.host is not None and not client_facing:     # its host's way in: no TCP, no CURVE
+            name = next((n for n, ep in self.spec.endpoints.items() if ep == endpoint), None)
+            if name is not None:
+                sock.bind(colocate.inproc_endpoint(self.id, name))
         return sock
+
+    def endpoint_of(self, node_id: str, name: str, topo: Topology | None = None) -> str:
+        """Where this node reaches ``name`` of a node: its inproc twin when that node runs in
+        this process (co-located), else the endpoint in ``topo`` (the running topology)."""
+        if node_id in self.colocated:
+            return colocate.inproc_endpoint(node_id, name)
+        return (topo or self.topo).node(node_id).endpoint(name)
 
     def _io_thread(self, sock: Sock, client_facing: bool = False) -> None:
         """Which libzmq I/O threads carry the socket's connections (set before bind/connect):
         on a node with a client port, clients' and nodes' never share one."""
-        if self.serves_clients:
+        if self.serves_clients or self.host is not None:     # a guest's: its host's internal thread
             sock.setsockopt(zmq.AFFINITY, CLIENT_AFFINITY if client_facing else INTERNAL_AFFINITY)
 
     def connect(self, kind: int, endpoint: str, identity: bytes | None = None) -> Sock:
@@ -156,7 +177,7 @@ class Node:
     def peers(self, node_type: str) -> dict[str, Sock]:
         """A DEALER to the rpc endpoint of every node of a type; replies go to self.requests."""
         assert self.requests is not None, "peers() is for nodes that send requests"
-        socks = {n.id: self.connect(zmq.DEALER, n.endpoint("rpc")) for n in self.topo.of_type(node_type)}
+        socks = {n.id: self.connect(zmq.DEALER, self.endpoint_of(n.id, "rpc")) for n in self.topo.of_type(node_type)}
         for sock in socks.values():
             self.loop.add(sock, self.requests.on_reply)
         return socks
@@ -183,7 +204,7 @@ class Node:
         node_heartbeats(sub)
         self._io_thread(sub)
         for n in self.topo.of_type(node_type):
-            self.relinker.connect(sub, n.endpoint("pub"))
+            self.relinker.connect(sub, self.endpoint_of(n.id, "pub"))
         self.loop.add(sub, on_frames)
         return sub
 
@@ -314,16 +335,16 @@ class Node:
             sock = socks.pop(node_id)
             self.requests.fail_peer(sock, f"{node_type} {node_id} left the topology")
             self.relinker.disconnect(sock)
-        for node_id, spec in wanted.items():
+        for node_id in wanted:
             if node_id not in socks:
-                sock = socks[node_id] = self.connect(zmq.DEALER, spec.endpoint("rpc"))
+                sock = socks[node_id] = self.connect(zmq.DEALER, self.endpoint_of(node_id, "rpc"))
                 self.loop.add(sock, self.requests.on_reply)
 
     def resubscribe(self, sub: Sock, topo: Topology, node_type: str, keep: bool = False) -> None:
         """``sub`` (from ``subscribe``) follows the publishers of a type in ``topo``; ``keep``:
         connect to its new ones but leave no old one yet (at ``admit``)."""
         before = set(self.relinker.endpoints.get(sub, ()))
-        after = {n.endpoint("pub") for n in topo.of_type(node_type)}
+        after = {self.endpoint_of(n.id, "pub", topo) for n in topo.of_type(node_type)}
         for endpoint in () if keep else before - after:
             self.relinker.disconnect(sub, endpoint)
         for endpoint in sorted(after - before):
@@ -344,8 +365,10 @@ class Node:
         return reply
 
     # --- lifetime ------------------------------------------------------------
-    def run(self) -> None:
-        self.loop.install_signal_handlers()
+    def run(self, signals: bool = True) -> None:
+        """Run the loop until stopped; ``signals``: SIGTERM/SIGINT stop it (main thread only)."""
+        if signals:
+            self.loop.install_signal_handlers()
         log.info("%s %s up (pid %d)", self.type, self.id, os.getpid())
         try:
             self.loop.run()
@@ -358,5 +381,6 @@ class Node:
                 self.store.close()
         finally:
             self.security.stop()
-            self.ctx.destroy(linger=0)
+            if self.host is None:              # a guest's sockets go with its host's context
+                self.ctx.destroy(linger=0)
         log.info("%s %s stopped", self.type, self.id)
