@@ -5,7 +5,9 @@ ROUTER; the logic node answers an ``ack`` on that socket and publishes a ``msgs`
 its PUB, which the broker's SUB reads.  This benchmark runs that hop alone, with the real
 frames (nodes/protocol/wire + schema: the ``send`` request as the broker forwards it, the
 logic's ``ack``, a ``msgs`` frame with one message for a channel of --members) and none of
-the node cores:
+the node cores.  ``--brokers 2`` publishes each message's msgs frame on two brokers' topics
+(the members split between them), as a logic node of G1k's two-broker mesh does; side A
+then subscribes to both and stands for both brokers:
 
   side A (the broker's end): DEALER + SUB; keeps --window requests in flight, counts
       every ack (by rid) and every delivered item;
@@ -56,10 +58,11 @@ class Frames:
     """The hop's frames, made and read with the calls the nodes use (wire.pack,
     wire.unpack_internal, the schema Validators, the logic's ``ack`` and ``push_of``)."""
 
-    def __init__(self, members: int = 10, size: int = 100) -> None:
+    def __init__(self, members: int = 10, size: int = 100, brokers: int = 1) -> None:
         self.text = "x" * size
-        self.uins = list(range(SENDER - 5, SENDER - 5 + members))
-        self.topic = wire.topic("b1")
+        uins = list(range(SENDER - 5, SENDER - 5 + members))
+        self.uins = [uins[k::brokers] for k in range(brokers)]      # the members on each broker
+        self.topics = [wire.topic(f"b{k + 1}") for k in range(brokers)]
         self.check_request = wire.Validator(schema.LOGIC_REQUESTS).validate
         self.check_pub = wire.Validator(schema.PUB_FRAMES["logic"]).validate
 
@@ -89,14 +92,14 @@ class Frames:
             self.check_request(msg)
         return msgs
 
-    def answer(self, req: dict) -> tuple[bytes, list]:
-        """(the packed ack, the fan-out item [packed push, uins, uin, device]) of one send;
-        the message id is the rid, the ack carries ``newest`` as the logic's does."""
+    def answer(self, req: dict) -> tuple[bytes, list[list]]:
+        """(the packed ack, each broker's fan-out item [packed push, uins, uin, device]) of one
+        send; the message id is the rid, the ack carries ``newest`` as the logic's does."""
         rid, ctime = req["rid"], req["ctime"]
         reply = wire.pack(ack(rid, req["channel"], req["device"], ctime, rid, newest=ctime))
         push = wire.pack(push_of(req["channel"], rid, (req["uin"], req["device"], ctime,
                                                         ctime + 1, None, req["text"])))
-        return reply, [push, self.uins, req["uin"], req["device"]]
+        return reply, [[push, uins, req["uin"], req["device"]] for uins in self.uins]
 
     @staticmethod
     def msgs(items: list) -> bytes:
@@ -148,7 +151,7 @@ def logic_serve(router: zmq.Socket, pub: zmq.Socket, frames: Frames, batch: bool
         if not poller.poll(POLL_MS):
             continue
         acks: dict[bytes, list[bytes]] = {}
-        items: list = []
+        items: list[list] = [[] for _ in frames.topics]         # per broker, this turn's
         stop = False
         while True:
             try:
@@ -159,15 +162,16 @@ def logic_serve(router: zmq.Socket, pub: zmq.Socket, frames: Frames, batch: bool
                 stop = True
                 break
             for req in frames.requests(body):
-                reply, item = frames.answer(req)
+                reply, per_broker = frames.answer(req)
                 acks.setdefault(ident, []).append(reply)
-                items.append(item)
+                for queued, item in zip(items, per_broker):
+                    queued.append(item)
                 answered += 1
         for ident, packed in acks.items():
             send_joined(router, ident, packed, batch)
-        if items:
-            for chunk in ([items] if batch else [[item] for item in items]):
-                send_pair(pub, frames.topic, frames.msgs(chunk))
+        for topic, queued in zip(frames.topics, items):
+            for chunk in ([queued] if batch else [[item] for item in queued]) if queued else ():
+                send_pair(pub, topic, frames.msgs(chunk))
         if stop:
             break
     return answered
@@ -184,21 +188,24 @@ class BrokerEnd:
                 sock.curve_serverkey = keys["server"][0]
                 sock.curve_publickey, sock.curve_secretkey = keys["client"]
             sock.connect(endpoint)
-        self.sub.setsockopt(zmq.SUBSCRIBE, frames.topic)
+        for topic in frames.topics:
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         self.poller = zmq.Poller()
         self.poller.register(self.dealer, zmq.POLLIN)
         self.poller.register(self.sub, zmq.POLLIN)
         self.next_rid = 1
 
     def run(self, n: int, window: int, batch: bool, seconds: float) -> dict:
-        """``n`` sends, at most ``window`` not both acked and delivered; counts of each."""
+        """``n`` sends, at most ``window`` not both acked and delivered (to every broker);
+        counts of each (``delivered``: items, one per message and broker)."""
         frames, dealer, sub = self.frames, self.dealer, self.sub
         read_dealer, read_sub = reader(zmq.DEALER), reader(zmq.SUB)
         pending: set[int] = set()
         sent = acked = delivered = duplicates = 0
+        brokers = len(frames.topics)
         deadline = time.monotonic() + seconds
-        while (acked < n or delivered < n) and time.monotonic() < deadline:
-            room = min(n - sent, window - (sent - min(acked, delivered)))
+        while (acked < n or delivered < n * brokers) and time.monotonic() < deadline:
+            room = min(n - sent, window - (sent - min(acked, delivered // brokers)))
             if room > 0:
                 rids = range(self.next_rid, self.next_rid + room)
                 self.next_rid += room
@@ -258,7 +265,7 @@ def _logic_process(variant, where, keys, opts, out, answered_out) -> None:
     try:
         router, pub, endpoints = logic_bind(ctx, variant, where, keys)
         out.put(endpoints)
-        answered_out.put(logic_serve(router, pub, Frames(opts["members"], opts["size"]), opts["batch"],
+        answered_out.put(logic_serve(router, pub, Frames(*opts["shape"]), opts["batch"],
                                      opts["seconds"]))
     finally:
         ctx.destroy(0)
@@ -267,7 +274,7 @@ def _logic_process(variant, where, keys, opts, out, answered_out) -> None:
 def _broker_process(variant, endpoints, keys, opts, out, go, finish) -> None:
     ctx = zmq.Context(io_threads=1)
     try:
-        end = BrokerEnd(ctx, variant, endpoints, keys, Frames(opts["members"], opts["size"]))
+        end = BrokerEnd(ctx, variant, endpoints, keys, Frames(*opts["shape"]))
         out.put(("ready", end.warm_up(opts["seconds"]), threading.get_native_id()))
         if not go.wait(opts["seconds"]):
             return
@@ -289,11 +296,11 @@ def _inproc_process(variant, endpoints, keys, opts, out, go, finish) -> None:
 
         def serve():
             tid.append(threading.get_native_id())
-            answered.append(logic_serve(router, pub, Frames(opts["members"], opts["size"]), opts["batch"],
+            answered.append(logic_serve(router, pub, Frames(*opts["shape"]), opts["batch"],
                                         opts["seconds"]))
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
-        end = BrokerEnd(ctx, variant, endpoints, keys, Frames(opts["members"], opts["size"]))
+        end = BrokerEnd(ctx, variant, endpoints, keys, Frames(*opts["shape"]))
         out.put(("ready", end.warm_up(opts["seconds"]), tid[0]))
         if go.wait(opts["seconds"]):
             out.put(("done", end.run(opts["n"], opts["window"], opts["batch"], opts["seconds"])))
@@ -319,10 +326,11 @@ def _get(queue, seconds: float, what: str):
         raise RuntimeError(f"no {what} within {seconds:g} s") from None
 
 
-def one_run(variant: str, n: int, window: int, batch: bool, members: int = 10, size: int = 100,
+def one_run(variant: str, n: int, window: int, batch: bool, shape: tuple = (10, 100, 1),
             seconds: float = 60.0) -> dict:
-    """One measured run of ``n`` messages: counts, and µs of CPU per message of each thread group."""
-    opts = {"n": n, "window": window, "batch": batch, "members": members, "size": size, "seconds": seconds}
+    """One measured run of ``n`` messages: counts, and µs of CPU per message of each thread group.
+    ``shape``: (members, text bytes, brokers) of the frames."""
+    opts = {"n": n, "window": window, "batch": batch, "shape": shape, "seconds": seconds}
     keys = {"server": zmq.curve_keypair(), "client": zmq.curve_keypair()} if variant == "tcp-curve" else {}
     where = tempfile.mkdtemp(prefix="imesh-hop-")
     out, go, finish = mp.Queue(), mp.Event(), mp.Event()
@@ -379,11 +387,11 @@ def _cpu(variant: str, procs: list, tid: int) -> dict:
 
 
 # --- the codec alone ----------------------------------------------------------------------
-def codec_cost(n: int, window: int, batch: bool, members: int = 10, size: int = 100) -> dict:
+def codec_cost(n: int, window: int, batch: bool, shape: tuple = (10, 100, 1)) -> dict:
     """µs of CPU per message (this thread) of each end's frame work with no sockets: the
     broker's (pack requests, decode acks, decode + validate msgs) and the logic's (decode +
     validate requests, pack ack, push and msgs), in turns of ``window`` messages."""
-    frames = Frames(members, size)
+    frames = Frames(*shape)
     clock = time.thread_time
     broker = logic = 0.0
     rid = 1
@@ -393,19 +401,20 @@ def codec_cost(n: int, window: int, batch: bool, members: int = 10, size: int = 
         chunks = batches(packed, None) if batch else [[p] for p in packed]
         sent = [c[0] if len(c) == 1 else wire.array_of_packed(c) for c in chunks]
         t1 = clock()
-        acks, items = [], []
+        acks, items = [], [[] for _ in frames.topics]
         for frame in sent:
             for req in frames.requests(frame):
-                reply, item = frames.answer(req)
+                reply, per_broker = frames.answer(req)
                 acks.append(reply)
-                items.append(item)
+                for queued, item in zip(items, per_broker):
+                    queued.append(item)
         replies = [wire.array_of_packed(acks)] if batch and len(acks) > 1 else acks
-        pubs = [frames.msgs(items)] if batch else [frames.msgs([item]) for item in items]
+        pubs = [frames.msgs(q) for q in items] if batch else [frames.msgs([i]) for q in items for i in q]
         t2 = clock()
         got = sum(len(frames.acked(r)) for r in replies)
         delivered = sum(frames.delivered(p) for p in pubs)
         t3 = clock()
-        if got != window or delivered != window:
+        if got != window or delivered != window * len(frames.topics):
             raise AssertionError(f"codec turn lost messages: {got} acks, {delivered} items of {window}")
         broker += (t1 - t0) + (t3 - t2)
         logic += t2 - t1
@@ -423,9 +432,10 @@ def configs(windows: list[int], batch: str) -> list[tuple[int, bool]]:
 
 def measure(args) -> dict:
     rows = []
+    shape = (args.members, args.size, args.brokers)
     for variant in args.variants:
         for window, batch in configs(args.windows, args.batch):
-            runs = [one_run(variant, args.messages, window, batch, args.members, args.size, args.seconds)
+            runs = [one_run(variant, args.messages, window, batch, shape, args.seconds)
                     for _ in range(args.repeats)]
             keys = runs[0]["us_per_msg"].keys()
             rows.append({
@@ -434,17 +444,20 @@ def measure(args) -> dict:
                 "msgs_per_s": statistics.median(r["msgs_per_s"] for r in runs),
                 "counts": [{k: r[k] for k in ("sent", "acked", "delivered", "answered", "duplicates",
                                               "unanswered")} for r in runs],
-                "complete": all(r["acked"] == r["delivered"] == r["answered"] == args.messages
+                "complete": all(r["acked"] == r["answered"] == args.messages
+                                and r["delivered"] == args.messages * args.brokers
                                 and not r["duplicates"] and not r["unanswered"] for r in runs)})
-    codec = [{"window": w, "batch": b, **codec_cost(args.codec_messages, w, b, args.members, args.size)}
+    codec = [{"window": w, "batch": b, **codec_cost(args.codec_messages, w, b, shape)}
              for w, b in configs(args.windows, args.batch)]
     return {"machine": machine(), "messages": args.messages, "members": args.members, "size": args.size,
+            "brokers": args.brokers,
             "rows": rows, "codec": codec}
 
 
 def render(r: dict) -> str:
     head = (f"{r['machine']}\n{r['messages']} messages per run, ~{r['size']} B text, msgs frame for "
-            f"{r['members']} members; µs of CPU per message, medians of {r['rows'][0]['repeats']} runs"
+            f"{r['members']} members on {r['brokers']} broker topic(s); µs of CPU per message, "
+            f"medians of {r['rows'][0]['repeats']} runs"
             if r["rows"] else r["machine"])
     rows = []
     for row in r["rows"]:
@@ -476,6 +489,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", type=csv(str), default=list(VARIANTS), help="comma-separated, of "
                    + ",".join(VARIANTS))
     p.add_argument("--members", type=int, default=10, help="recipients named in the msgs frame")
+    p.add_argument("--brokers", type=int, default=1, help="broker topics each msgs frame goes to")
     p.add_argument("--size", type=int, default=100, help="bytes of text per message")
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration (medians)")
     p.add_argument("--seconds", type=float, default=60.0, help="time bound of each run's loops")
@@ -483,8 +497,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown or not args.windows or min(args.windows) < 1 or args.messages < 1 or args.repeats < 1:
-        p.error(f"bad --variants {unknown}" if unknown else "windows, messages and repeats must be >= 1")
+    if unknown or not args.windows or min(args.windows) < 1 or min(args.messages, args.repeats, args.brokers) < 1:
+        p.error(f"bad --variants {unknown}" if unknown else "windows, messages, repeats and brokers must be >= 1")
     result = measure(args)
     print(render(result))
     if args.json:

@@ -41,9 +41,22 @@ def test_the_frames_are_the_nodes_frames():
     frames = hop.Frames(members=10, size=100)
     reqs = frames.requests(frames.request(7))
     assert reqs[0]["t"] == "send" and len(reqs[0]["text"]) == 100
-    reply, item = frames.answer(reqs[0])
+    reply, (item,) = frames.answer(reqs[0])
     assert frames.acked(reply) == [7]
     assert frames.delivered(frames.msgs([item, item])) == 2 and len(item[1]) == 10
     joined = [frames.request(r) for r in range(1, 4)]
     from nodes.protocol import wire
     assert [m["rid"] for m in frames.requests(wire.array_of_packed(joined))] == [1, 2, 3]
+
+
+def test_two_broker_topics_deliver_each_message_twice(tmp_path, monkeypatch):
+    """--brokers 2 (G1k's two-broker mesh): each message's members split over two msgs frames,
+    both received, every request still answered once."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    r = hop.one_run("ipc", 40, 4, True, (10, 100, 2), seconds=20)
+    assert (r["sent"], r["acked"], r["answered"], r["delivered"]) == (40, 40, 40, 80)
+    assert r["duplicates"] == r["unanswered"] == 0 and os.listdir(tmp_path) == []
+    frames = hop.Frames(10, 100, 2)
+    _reply, per_broker = frames.answer(frames.requests(frames.request(1))[0])
+    assert sorted(u for item in per_broker for u in item[1]) == sorted(frames.uins[0] + frames.uins[1])
+    assert len(frames.uins[0]) == len(frames.uins[1]) == 5 and len(set(frames.uins[0] + frames.uins[1])) == 10
