@@ -141,12 +141,15 @@ def logic_bind(ctx: zmq.Context, variant: str, where: str, keys: dict) -> tuple:
     return router, pub, (router.last_endpoint.decode(), pub.last_endpoint.decode())
 
 
-def logic_serve(router: zmq.Socket, pub: zmq.Socket, frames: Frames, batch: bool, seconds: float) -> int:
-    """Answer every request until the STOP frame (or ``seconds``); the number answered."""
+def logic_serve(router: zmq.Socket, pub: zmq.Socket, frames: Frames, batch: bool,
+                seconds: float) -> tuple[int, int]:
+    """Answer every request until the STOP frame (or ``seconds``): (requests answered, loop
+    turns that answered any: their ratio is what a logic node's ``turns_per_msg`` counts)."""
     read = reader(zmq.ROUTER)
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
-    answered, deadline = 0, time.monotonic() + seconds
+    answered = turns = 0
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if not poller.poll(POLL_MS):
             continue
@@ -167,6 +170,7 @@ def logic_serve(router: zmq.Socket, pub: zmq.Socket, frames: Frames, batch: bool
                 for queued, item in zip(items, per_broker):
                     queued.append(item)
                 answered += 1
+        turns += bool(acks)
         for ident, packed in acks.items():
             send_joined(router, ident, packed, batch)
         for topic, queued in zip(frames.topics, items):
@@ -174,7 +178,7 @@ def logic_serve(router: zmq.Socket, pub: zmq.Socket, frames: Frames, batch: bool
                 send_pair(pub, topic, frames.msgs(chunk))
         if stop:
             break
-    return answered
+    return answered, turns
 
 
 # --- side A: the broker's end -------------------------------------------------------------
@@ -291,7 +295,7 @@ def _inproc_process(variant, endpoints, keys, opts, out, go, finish) -> None:
     ctx = zmq.Context(io_threads=1)
     try:
         router, pub, endpoints = logic_bind(ctx, variant, "", keys)
-        answered: list[int] = []
+        answered: list[tuple[int, int]] = []
         tid: list[int] = []
 
         def serve():
@@ -307,7 +311,7 @@ def _inproc_process(variant, endpoints, keys, opts, out, go, finish) -> None:
             finish.wait(opts["seconds"])
         end.stop()
         thread.join(opts["seconds"])
-        out.put(("answered", answered[0] if answered else -1))
+        out.put(("answered", answered[0] if answered else (-1, -1)))
     finally:
         ctx.destroy(0)
 
@@ -358,9 +362,9 @@ def one_run(variant: str, n: int, window: int, batch: bool, shape: tuple = (10, 
         after = _cpu(variant, procs, tid)
         finish.set()
         if variant == "inproc":
-            answered = _get(out, seconds, "count of side B")[1]
+            answered, turns = _get(out, seconds, "count of side B")[1]
         else:
-            answered = _get(answered_q, seconds, "count of side B")
+            answered, turns = _get(answered_q, seconds, "count of side B")
         reap(procs, 10)
     finally:
         go.set()
@@ -369,6 +373,7 @@ def one_run(variant: str, n: int, window: int, batch: bool, shape: tuple = (10, 
         shutil.rmtree(where, ignore_errors=True)
     per = {k: round(1e6 * (after[k] - before[k]) / n, 2) for k in after}
     return dict(result, answered=answered - warm, warm_up=warm, wall_s=round(wall, 3),
+                b_turns_per_msg=round((turns - warm) / n, 3),      # each warm-up request was a turn
                 msgs_per_s=round(n / wall, 1), us_per_msg=per)
 
 
@@ -442,6 +447,7 @@ def measure(args) -> dict:
                 "variant": variant, "window": window, "batch": batch, "repeats": len(runs),
                 "us_per_msg": {k: round(statistics.median(r["us_per_msg"][k] for r in runs), 2) for k in keys},
                 "msgs_per_s": statistics.median(r["msgs_per_s"] for r in runs),
+                "b_turns_per_msg": statistics.median(r["b_turns_per_msg"] for r in runs),
                 "counts": [{k: r[k] for k in ("sent", "acked", "delivered", "answered", "duplicates",
                                               "unanswered")} for r in runs],
                 "complete": all(r["acked"] == r["answered"] == args.messages
@@ -467,9 +473,10 @@ def render(r: dict) -> str:
         total = sum(u.values())
         rows.append([row["variant"], row["window"], "on" if row["batch"] else "off",
                      f"{u['broker_main']:.1f}", io[0], f"{u['logic_main']:.1f}", io[1], f"{total:.1f}",
-                     f"{row['msgs_per_s']:,.0f}", "yes" if row["complete"] else "NO"])
+                     f"{1 / max(1e-9, row['b_turns_per_msg']):.1f}", f"{row['msgs_per_s']:,.0f}",
+                     "yes" if row["complete"] else "NO"])
     out = head + "\n\n" + table(["variant", "window", "batch", "A main", "A I/O", "B main", "B I/O", "total",
-                                 "msgs/s", "all answered"], rows)
+                                 "msgs per B turn", "msgs/s", "all answered"], rows)
     codec = [[c["window"], "on" if c["batch"] else "off", f"{c['broker']:.2f}", f"{c['logic']:.2f}",
               f"{c['broker'] + c['logic']:.2f}"] for c in r["codec"]]
     return out + "\n\nframe codec alone (no sockets), µs per message:\n\n" + table(
