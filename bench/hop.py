@@ -9,8 +9,8 @@ the node cores.  ``--brokers 2`` publishes each message's msgs frame on two brok
 (the members split between them), as a logic node of G1k's two-broker mesh does; side A
 then subscribes to both and stands for both brokers:
 
-  side A (the broker's end): DEALER + SUB; keeps --window requests in flight, counts
-      every ack (by rid) and every delivered item;
+  side A (the broker's end): DEALER + SUB; keeps a window (--windows) of requests in
+      flight, counts every ack (by rid) and every delivered item;
   side B (the logic's end):  ROUTER + PUB; decodes and validates each request, answers the
       ack and publishes the msgs frame.
 
@@ -23,7 +23,9 @@ process is read from /proc and split into its main (Python) thread and its other
 (libzmq's I/O thread: TCP and CURVE); inproc splits the process into A's thread, B's thread
 and the rest.  The codec rows time the same encode/decode/validate calls with no sockets
 (one thread), so "main thread minus codec" is what the Python side pays for the socket
-calls themselves.  Figures: µs of CPU per message, medians of --repeats runs.
+calls themselves.  "msgs per B turn": requests per loop turn of side B that answered any
+(compare the e2e JSON's ``turns_per_msg``).  Figures: µs of CPU per message, medians of
+--repeats runs; every run must answer every request and deliver every item (exit 1 if not).
 """
 from __future__ import annotations
 
