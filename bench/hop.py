@@ -53,6 +53,7 @@ CHANNEL = "g1k-0017"
 SENDER, DEVICE = 100042, 1
 MAX_FRAME = 1 << 24                  # the nodes' internal frame bound is the topology's; far above these
 STOP = b""                           # A -> B: the run is over (not a frame the nodes send)
+MARK = b"mark"                       # A -> B: the measured run starts here; count from zero
 POLL_MS = 100
 
 
@@ -146,7 +147,8 @@ def logic_bind(ctx: zmq.Context, variant: str, where: str, keys: dict) -> tuple:
 def logic_serve(router: zmq.Socket, pub: zmq.Socket, frames: Frames, batch: bool,
                 seconds: float) -> tuple[int, int]:
     """Answer every request until the STOP frame (or ``seconds``): (requests answered, loop
-    turns that answered any: their ratio is what a logic node's ``turns_per_msg`` counts)."""
+    turns that answered any: their ratio is what a logic node's ``turns_per_msg`` counts),
+    both counted from the last MARK frame (the warm-up before it is not measured)."""
     read = reader(zmq.ROUTER)
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
@@ -156,6 +158,7 @@ def logic_serve(router: zmq.Socket, pub: zmq.Socket, frames: Frames, batch: bool
         if not poller.poll(POLL_MS):
             continue
         acks: dict[bytes, list[bytes]] = {}
+        in_turn = 0
         items: list[list] = [[] for _ in frames.topics]         # per broker, this turn's
         stop = False
         while True:
@@ -166,13 +169,17 @@ def logic_serve(router: zmq.Socket, pub: zmq.Socket, frames: Frames, batch: bool
             if body == STOP:
                 stop = True
                 break
+            if body == MARK:
+                answered = turns = in_turn = 0
+                continue
             for req in frames.requests(body):
                 reply, per_broker = frames.answer(req)
                 acks.setdefault(ident, []).append(reply)
                 for queued, item in zip(items, per_broker):
                     queued.append(item)
-                answered += 1
-        turns += bool(acks)
+                in_turn += 1
+        answered += in_turn
+        turns += in_turn > 0
         for ident, packed in acks.items():
             send_joined(router, ident, packed, batch)
         for topic, queued in zip(frames.topics, items):
@@ -207,6 +214,7 @@ class BrokerEnd:
         frames, dealer, sub = self.frames, self.dealer, self.sub
         read_dealer, read_sub = reader(zmq.DEALER), reader(zmq.SUB)
         pending: set[int] = set()
+        first = self.next_rid                 # an older rid is a late reply to the warm-up
         sent = acked = delivered = duplicates = 0
         brokers = len(frames.topics)
         deadline = time.monotonic() + seconds
@@ -229,7 +237,7 @@ class BrokerEnd:
                         if rid in pending:
                             pending.discard(rid)
                             acked += 1
-                        else:
+                        elif rid >= first:
                             duplicates += 1
             if sub in ready:
                 while True:
@@ -248,7 +256,7 @@ class BrokerEnd:
         while time.monotonic() < deadline:
             got = self.run(1, 1, True, 0.2)
             used += got["sent"]
-            if got["delivered"]:
+            if got["delivered"] and not got["unanswered"]:
                 break
         else:
             raise RuntimeError("no msgs frame reached the SUB during the warm-up")
@@ -260,6 +268,9 @@ class BrokerEnd:
                 except zmq.Again:
                     pass
         return used
+
+    def mark(self) -> None:
+        send_one(self.dealer, MARK)
 
     def stop(self) -> None:
         send_one(self.dealer, STOP)
@@ -284,6 +295,7 @@ def _broker_process(variant, endpoints, keys, opts, out, go, finish) -> None:
         out.put(("ready", end.warm_up(opts["seconds"]), threading.get_native_id()))
         if not go.wait(opts["seconds"]):
             return
+        end.mark()
         out.put(("done", end.run(opts["n"], opts["window"], opts["batch"], opts["seconds"])))
         finish.wait(opts["seconds"])
         end.stop()
@@ -309,6 +321,7 @@ def _inproc_process(variant, endpoints, keys, opts, out, go, finish) -> None:
         end = BrokerEnd(ctx, variant, endpoints, keys, Frames(*opts["shape"]))
         out.put(("ready", end.warm_up(opts["seconds"]), tid[0]))
         if go.wait(opts["seconds"]):
+            end.mark()
             out.put(("done", end.run(opts["n"], opts["window"], opts["batch"], opts["seconds"])))
             finish.wait(opts["seconds"])
         end.stop()
@@ -374,8 +387,8 @@ def one_run(variant: str, n: int, window: int, batch: bool, shape: tuple = (10, 
         reap(procs, 5)
         shutil.rmtree(where, ignore_errors=True)
     per = {k: round(1e6 * (after[k] - before[k]) / n, 2) for k in after}
-    return dict(result, answered=answered - warm, warm_up=warm, wall_s=round(wall, 3),
-                b_msgs_per_turn=round(n / max(1, turns - warm), 2),  # each warm-up request was a turn
+    return dict(result, answered=answered, warm_up=warm, wall_s=round(wall, 3),
+                b_msgs_per_turn=round(n / max(1, turns), 2),
                 msgs_per_s=round(n / wall, 1), us_per_msg=per)
 
 
