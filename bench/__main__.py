@@ -16,6 +16,8 @@
     bin/bench history [--messages 100000 --days 30 --limit 100 --depths 0,1000,10000,50000,99900
                        --calls 50 --repeats 3] [--json FILE]
     bin/bench heartbeat [--sessions 10000] [--interval 1.0] [--seconds 20] [--json FILE]
+    bin/bench hop [--messages 50000 --windows 1,32 --batch both --variants tcp-curve,tcp,ipc,inproc
+                   --repeats 3] [--json FILE]
     bin/bench logins [--logins 2000,5000 --processes 2 --repeats 3 --client-curve off] [--json FILE]
     bin/bench hostile [--scenario prelogin|slow|both --conns 20 --seconds 10 --kind small|echo|both
                        --readers 10 --messages 20000 --size 1400 --settle 8] [--json FILE]
@@ -38,7 +40,7 @@ def main(argv=None) -> int:
                 "failover": "bench.failover", "fanout": "bench.fanout", "sessions": "bench.sessions",
                 "idc": "bench.idc", "handoff": "bench.handoff", "history": "bench.history",
                 "snapshot": "bench.snapshot", "logins": "bench.logins", "hostile": "bench.hostile",
-                "conv": "bench.conv"}
+                "conv": "bench.conv", "hop": "bench.hop"}
     if argv and argv[0] == "--version":
         from nodes import __version__
         from nodes.cli.common import prog_name
