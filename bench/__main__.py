@@ -6,6 +6,7 @@
                     --channels 1000 --calls 50 --processes 2 --brokers 2 --logic 2 --repeats 3] [--json FILE]
     bin/bench e2e [--users 1000 --channels 100 --members 10 --messages 20 --size 100 --window 1
                    --processes 2 --brokers 2 --logic 2 --replication 1 --shards 64] [--curve on|off]
+                  [--gather-ms 10 --gather-frames 32] [--colocate]
                   [--client-curve on|off] [--transport zmq|ws] [--client lean|asyncio] [--baseline]
                   [--repeat 1] [--attach CONFIG] [--json FILE]
     bin/bench failover [--kills 10] [--senders 4] [--shards 4] [--wipe] [--stop] [--json FILE]

@@ -57,11 +57,18 @@ def bench_topology(args, tmp: str) -> str:
         members[channel_of(i, args.members)].append(i + 1)
     return write_topology(tmp, brokers=args.brokers, logics=args.logic,
                           ws=args.transport == "ws",
-                          limits={"rate": 1e9, "burst": 1e9, "max_pending": 100000},
+                          limits={"rate": 1e9, "burst": 1e9, "max_pending": 100000, **gather_limits(args)},
                           heartbeat={"wired": 600.0},
                           channels={n: {"members": m} for n, m in members.items()},
                           curve=args.curve == "on", client_curve=args.client_curve == "on",
                           replication=args.replication, shards=args.shards)
+
+
+def gather_limits(args) -> dict:
+    """--gather-ms / --gather-frames: the started mesh's gathered turns (nodes/runtime/loop.py);
+    unset, the topology's defaults."""
+    given = {"gather_ms": args.gather_ms, "gather_frames": args.gather_frames}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def ensure_channels(admin: Admin, args) -> None:
@@ -212,7 +219,8 @@ def _measure_mesh(args, tmp: str) -> dict:
                           "logic": len(topo.ids("logic")), "router": len(topo.ids("router")),
                           "counter": len(topo.ids("counter")), "curve": topo.curve,
                           "client_curve": topo.client_curve, "replication": topo.replication,
-                          "shards": topo.shards, "colocate": guests}
+                          "shards": topo.shards, "colocate": guests,
+                          "gather_ms": topo.limits["gather_ms"], "gather_frames": topo.limits["gather_frames"]}
     return result
 
 
@@ -386,6 +394,8 @@ def render(r: dict) -> str:
             f"topology: {r['topology']['brokers']} brokers, {r['topology']['logic']} logic, replication "
             f"{r['topology'].get('replication', 1)}"
             + ("; logic co-located in the brokers' processes" if r['topology'].get('colocate') else "")
+            + (f"; gathered turns {r['topology']['gather_ms']:g} ms after {r['topology']['gather_frames']} frames"
+               if r['topology'].get('gather_ms') else "; no gathered turns" if 'gather_ms' in r['topology'] else "")
             + "; CURVE "
             f"{'on' if r['topology']['curve'] else 'off'} between nodes, "
             f"{'on' if r['topology']['client_curve'] else 'off'} for clients; "
@@ -414,6 +424,12 @@ def main(argv=None) -> int:
                         help="replicas per shard (docs/ha.md); >= 2 starts a local etcd and needs --logic >= it "
                         "(default: %(default)s)")
     parser.add_argument("--shards", type=int, default=64, help="shards of the started mesh (default: %(default)s)")
+    parser.add_argument("--gather-ms", type=float, default=None,
+                        help="limits.gather_ms of the started mesh: a busy broker or logic node waits this "
+                             "long before a turn's reads (0: never; default: the topology default, 10)")
+    parser.add_argument("--gather-frames", type=int, default=None,
+                        help="limits.gather_frames of the started mesh: frames in one turn that make a node "
+                             "busy (default: the topology default, 32)")
     parser.add_argument("--client", choices=("lean", "asyncio"), default="lean",
                         help="generator: lean (raw sockets, batched reads) or asyncio (one zmq.asyncio "
                              "DEALER and coroutine per user, uvloop if installed)")

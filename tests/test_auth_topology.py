@@ -86,6 +86,9 @@ BASE = {"idcs": {"a": {"brokers": [{"id": "b", "client": "tcp://127.0.0.1:1", "r
     ({"channels": {"bad name": {"members": [1]}}}, "channels.bad name"),
     ({"channels": {"ok": {"members": ["1-x"]}}}, "channels.ok.members"),
     ({"channels": {"ok": {"members": [2**32]}}}, "channels.ok.members"),
+    ({"limits": {"gather_ms": -1}}, "limits.gather_ms"),
+    ({"limits": {"gather_frames": 0}}, "limits.gather_frames"),
+    ({"limits": {"gather_frames": 2.5}}, "limits.gather_frames"),
 ])
 def test_bad_topology_values_name_the_file_and_key(tmp_path, change, key):
     path = _write(tmp_path, dict(BASE, **change))

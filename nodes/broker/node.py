@@ -46,6 +46,7 @@ def client_hwm(limits) -> int:
 class BrokerNode(Node):
     type = "broker"
     needs_store = False
+    gathers = True                             # busy turns gather (nodes/runtime/loop.py)
 
     def __init__(self, topo, node_id, colocated=()):
         super().__init__(topo, node_id, colocated=colocated)      # co-located logic: over inproc

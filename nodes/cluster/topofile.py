@@ -403,7 +403,7 @@ def parse(raw: Any, path: str) -> Topology:
         secret_file=secret_file,
         data_dir=rel("data_dir", "var"),
         local=local,
-        limits=_merge_numbers(path, "limits", raw.get("limits"), DEFAULT_LIMITS),
+        limits=_merge_numbers(path, "limits", raw.get("limits"), DEFAULT_LIMITS, allow_zero=("gather_ms",)),
         heartbeat=_merge_numbers(path, "heartbeat", raw.get("heartbeat"), DEFAULT_HEARTBEAT),
         storage=_merge_numbers(path, "storage", raw.get("storage"), DEFAULT_STORAGE),
         nodes=nodes,

@@ -37,6 +37,9 @@ DEFAULT_LIMITS = {
     "max_pending": 10000,        # requests a broker keeps in flight before BUSY
     "session_inflight": 64,      # requests one session may have in flight at a broker before BUSY
     "request_timeout": 2.0,      # seconds a broker waits for an owning node (then UNAVAILABLE)
+    "gather_ms": 10.0,           # a busy broker or logic node waits this long before a turn's reads, so
+    #                              the turn carries more (less CPU per message under load; 0: never)
+    "gather_frames": 32,         # frames read in one turn that make a broker or logic node busy
     "session_queue": 1000,       # frames queued for one client session before it is dropped as too slow
     "session_queue_bytes": 4 * 2**20,   # bytes queued for one client connection at most (ZeroMQ: the
     #                                     HWM is this over max_frame frames, each frame at most max_frame)

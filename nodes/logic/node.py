@@ -45,6 +45,7 @@ JOIN_PROBE = 1.0                      # seconds a starting logic node asks the o
 
 class LogicNode(Node):
     type = "logic"
+    gathers = True                             # busy turns gather (nodes/runtime/loop.py)
     clock = staticmethod(time.time)            # replaced per node by its expiry clock's ``now``
     store: Store                               # opened by Node.__init__ (needs_store)
 

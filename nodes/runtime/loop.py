@@ -4,6 +4,16 @@ Polling for readiness and then draining with NOBLOCK until EAGAIN is several
 times faster than awaiting one message at a time (see STACK-NOTES).  After
 each turn the ``turn_end`` hooks run: that is where a node writes its one
 RocksDB batch and only then sends the replies that promise durability.
+
+Gathering (``gather`` seconds, ``gather_frames``): most of a node's CPU per
+message is per turn and per frame -- the poll, the turn's RocksDB write, one
+joined frame per peer, the libzmq wake-ups -- so under load fuller turns are
+cheaper per message.  A turn that read at least ``gather_frames`` frames says
+the node is busy: the next turn that finds work first waits ``gather`` seconds,
+so it carries what arrived meanwhile.  A lightly loaded node (a few clients,
+sequential requests) never reads that many in one turn and pays no latency;
+a busy one trades a few milliseconds per turn for less CPU per message and
+more throughput (docs/benchmarks.md "Gathered turns").
 """
 from __future__ import annotations
 
@@ -25,7 +35,8 @@ Reader = Callable[["zmq.Socket[bytes]"], list[bytes]]   # nodes/runtime/zio.py `
 
 
 class Loop:
-    def __init__(self, batch: int = 512, max_wait: float = 0.1) -> None:
+    def __init__(self, batch: int = 512, max_wait: float = 0.1, gather: float = 0.0, gather_frames: int = 0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.poller = zmq.Poller()
         self.handlers: dict[zmq.Socket[bytes], tuple[Reader, FramesHandler]] = {}   # socket -> (reader, handler)
         self.fd_handlers: dict[int, Callable[[int], None]] = {}   # plain fd (add_fd) -> handler(events)
@@ -38,6 +49,11 @@ class Loop:
         self.max_turn = 0.0                 # longest turn seen (seconds): how long the loop was blocked
         self.turns = 0
         self._turn_watchers: list[Callable[[float], None]] = []  # fn(seconds) after each turn: histogram, slow-turn log
+        self.gather = gather                # seconds a busy node waits before a turn's reads (0: never)
+        self.gather_frames = max(1, gather_frames)   # frames read in one turn that make a node busy
+        self.gathered = 0                   # turns that waited (status: how often the node was busy)
+        self._sleep = sleep
+        self._busy = False                  # the last turn read gather_frames frames or more
 
     def add(self, sock: zmq.Socket[bytes], handler: FramesHandler) -> None:
         """Call ``handler(frames)`` for every multipart message arriving on sock."""
@@ -91,7 +107,11 @@ class Loop:
 
     def turn(self, timeout_ms: int | None = None) -> None:
         ready = self.poller.poll(self._timeout_ms() if timeout_ms is None else timeout_ms)
+        if ready and self._busy and self.gather > 0:
+            self._sleep(self.gather)        # busy: let this turn carry what arrives meanwhile
+            self.gathered += 1
         started = time.monotonic()
+        frames_read = 0
         for sock, event in ready:
             entry = self.handlers.get(sock)
             if entry is None:
@@ -108,10 +128,12 @@ class Loop:
                     frames = read(sock)
                 except zmq.Again:
                     break
+                frames_read += 1
                 try:
                     handler(frames)
                 except Exception:
                     log.exception("handler failed on a message; dropped")
+        self._busy = frames_read >= self.gather_frames
         self._run_timers()
         for fn in self._turn_end:
             fn()

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # status keys that only grow (exported as counters, name + "_total")
-COUNTERS = {"turns", "stored", "expired", "trimmed", "refused", "requests", "acks", "deliveries",
+COUNTERS = {"turns", "gathered", "stored", "expired", "trimmed", "refused", "requests", "acks", "deliveries",
             "pushed", "files", "relay_bytes_in", "relay_bytes_out", "id_blocks", "logins", "logouts",
             "kicked", "seq", "storage_refused", "push_events", "push_sent", "push_posts", "push_failures",
             "push_rejected", "push_dropped"}

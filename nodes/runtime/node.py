@@ -75,6 +75,7 @@ def node_heartbeats(sock: Sock) -> None:
 class Node:
     type = "node"
     needs_store = True      # brokers and routers keep only in-memory state
+    gathers = False         # busy turns wait limits.gather_ms first (the message path: brokers, logic)
     clock = staticmethod(time.monotonic)      # the ``now`` handlers get; stores use wall time
     security: curve.NodeSecurity
 
@@ -98,7 +99,9 @@ class Node:
             self.ctx = host.ctx
         self.security = curve.NodeSecurity(topo, node_id, self.ctx,   # reads every key, or refuses
                                            host.security if host is not None else None)
-        self.loop = Loop()
+        limits = topo.limits
+        self.loop = Loop(gather=float(limits["gather_ms"]) / 1000, gather_frames=int(limits["gather_frames"])) \
+            if self.gathers else Loop()
         self.store: Store | None = None
         if self.needs_store:
             self.store = Store(topo.node_dir(node_id),
@@ -355,6 +358,7 @@ class Node:
         return {"id": self.id, "type": self.type, "pid": os.getpid(),
                 "uptime": round(time.time() - self.started, 3),
                 "max_turn_ms": round(self.loop.max_turn * 1000, 3), "turns": self.loop.turns,
+                "gathered": self.loop.gathered,
                 "topology_version": self.topo.version,
                 "refused_keys": self.security.refused}
 
