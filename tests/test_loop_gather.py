@@ -54,6 +54,52 @@ def test_only_a_turn_after_a_busy_one_waits_and_only_when_it_finds_work(pipe):
     assert slept == [0.01] and len(got) == 11
 
 
+def test_a_gathered_turn_reads_what_arrived_during_the_wait_on_any_socket(pipe):
+    push, pull = pipe
+    ctx = zmq.Context.instance()
+    other = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    name = f"inproc://gather-other-{next(_names)}"
+    other[1].bind(name)
+    other[0].connect(name)
+    got = []
+    try:
+        loop = Loop(gather=0.01, gather_frames=2,
+                    sleep=lambda _s: other[0].send(b"during the wait"))   # arrives while it waits
+        loop.add(pull, got.append)
+        loop.add(other[1], got.append)
+        turn_after(loop, push, 2)                                          # busy
+        turn_after(loop, push, 1)                                          # waits, then reads both
+        assert loop.gathered == 1 and got[-2:] in ([[b"0"], [b"during the wait"]],
+                                                   [[b"during the wait"], [b"0"]])
+    finally:
+        for sock in other:
+            sock.close(0)
+
+
+def test_a_connection_of_a_plain_fd_with_data_counts_as_a_frame(pipe):
+    """WebSocket/HTTP connections are plain fds (Loop.add_fd): each ready for reading counts."""
+    import socket
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    slept = []
+    try:
+        loop = Loop(gather=0.01, gather_frames=2, sleep=slept.append)
+        for sock in (b, d):
+            loop.add_fd(sock.fileno(), lambda _ev, s=sock: s.recv(100))
+        a.send(b"x")
+        c.send(b"y")
+        loop.turn(1000)                     # two connections with data: busy
+        a.send(b"z")
+        loop.turn(1000)
+        assert slept == [0.01]
+        a.send(b"w")
+        loop.turn(1000)                     # the last turn read one: not busy
+        assert slept == [0.01]
+    finally:
+        for sock in (a, b, c, d):
+            sock.close()
+
+
 def test_gather_zero_never_waits(pipe):
     push, pull = pipe
     slept = []

@@ -108,8 +108,9 @@ class Loop:
     def turn(self, timeout_ms: int | None = None) -> None:
         ready = self.poller.poll(self._timeout_ms() if timeout_ms is None else timeout_ms)
         if ready and self._busy and self.gather > 0:
-            self._sleep(self.gather)        # busy: let this turn carry what arrives meanwhile
-            self.gathered += 1
+            self._sleep(self.gather)        # busy: let this turn carry what arrives meanwhile,
+            self.gathered += 1              # on every socket and connection, not only those
+            ready = self.poller.poll(0)     # that were ready before the wait
         started = time.monotonic()
         frames_read = 0
         for sock, event in ready:
@@ -117,6 +118,8 @@ class Loop:
             if entry is None:
                 on_fd = self.fd_handlers.get(sock)        # a plain fd (add_fd): the handler reads it
                 if on_fd is not None:
+                    if event & zmq.POLLIN:            # a WebSocket/HTTP connection with data: a frame
+                        frames_read += 1              # or more, for the busy rule as ZeroMQ frames
                     try:
                         on_fd(event)
                     except Exception:
