@@ -42,21 +42,7 @@ def reap(procs, wait: float) -> None:
 def io_thread_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process's threads other than its main thread (libzmq's I/O threads,
     ZAP and metrics threads): how much of a node's CPU is spent moving bytes, not in Python."""
-    total = 0.0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for tid in tids:
-        if int(tid) == pid:
-            continue
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue                         # the thread ended meanwhile
-        total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
+    return sum((seconds for tid, (_name, seconds) in threads_cpu(pid).items() if tid != pid), 0.0)
 
 
 def threads_cpu(pid: int) -> dict[int, tuple[str, float]]:

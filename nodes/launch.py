@@ -119,7 +119,7 @@ def main(argv=None, node_type: str | None = None, prog: str | None = None) -> in
 def run_colocated(host, guests) -> int:
     """A broker with logic nodes in its process (nodes/runtime/colocate.py): each guest's loop in
     a thread, the host's here; SIGTERM/SIGINT stop them all, the host closes the shared context
-    last."""
+    last.  Exits 1 when a guest's loop failed (as a node whose loop raises), else 0."""
     threads = []
     for guest in guests:
         watch(guest)
@@ -135,7 +135,7 @@ def run_colocated(host, guests) -> int:
         for thread in threads:
             thread.join(10)
         host.close()
-    return 0
+    return 1 if any(thread.failed for thread in threads) else 0
 
 
 def watch(node) -> None:

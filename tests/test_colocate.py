@@ -16,6 +16,7 @@ import pytest
 from conftest import MeshHarness, assert_no_tracebacks, served, write_topology
 
 from nodes.runtime import colocate
+from nodes.runtime.loop import Loop
 
 
 def test_the_env_value_names_each_brokers_guests():
@@ -28,6 +29,32 @@ def test_the_env_value_names_each_brokers_guests():
             colocate.guests_of(bad, "b1")
     assert colocate.inproc_endpoint("l1", "rpc") == "inproc://imesh/l1/rpc"
     assert colocate.thread_name("a-very-long-node-id") == "imesh-a-very-lo"      # the kernel's 15 bytes
+
+
+class Guest:
+    """A guest whose loop ends at once: by ``error`` when given, else stopped."""
+
+    id = "l9"
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    def run(self, signals: bool = True) -> None:
+        assert signals is False                     # only the main thread may install them
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [None, RuntimeError("guest loop broke")])
+def test_a_guest_that_ends_stops_its_host_and_says_whether_it_failed(error):
+    """One process, one fate: the host's loop stops either way, and a failed guest is known,
+    so the process exits non-zero (nodes/launch.py) and its supervisor sees a crash."""
+    host = Loop()
+    host.running = True
+    thread = colocate.start_guest(Guest(error), host)
+    thread.join(5)
+    assert not thread.is_alive() and not host.running
+    assert thread.failed is (error is not None)
 
 
 def start_colocated(h: MeshHarness, monkeypatch, node_ids) -> None:

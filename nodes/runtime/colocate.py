@@ -73,18 +73,29 @@ def _name_this_thread(name: str) -> None:
         pass
 
 
-def start_guest(guest: Looping, host_loop: Stoppable) -> threading.Thread:
+class GuestThread(threading.Thread):
+    """A guest's loop thread; ``failed``: its loop ended by an exception (the process then exits
+    non-zero, so its supervisor sees a crash, not a clean stop)."""
+
+    def __init__(self, guest: Looping, host_loop: Stoppable) -> None:
+        super().__init__(name=thread_name(guest.id), daemon=True)
+        self.guest, self.host_loop = guest, host_loop
+        self.failed = False
+
+    def run(self) -> None:
+        _name_this_thread(thread_name(self.guest.id))
+        try:
+            self.guest.run(signals=False)
+        except BaseException:
+            self.failed = True
+            log.exception("co-located node %s failed", self.guest.id)     # its traceback, once
+        finally:
+            self.host_loop.stop()
+
+
+def start_guest(guest: Looping, host_loop: Stoppable) -> GuestThread:
     """Run ``guest``'s loop in a thread of its own; when it ends (stopped, or failed), the
     host's loop is stopped too: one process, one fate, so a supervisor restarts both."""
-    def run() -> None:
-        _name_this_thread(thread_name(guest.id))
-        try:
-            guest.run(signals=False)
-        except BaseException:
-            log.exception("co-located node %s failed", guest.id)
-            raise
-        finally:
-            host_loop.stop()
-    thread = threading.Thread(target=run, name=thread_name(guest.id), daemon=True)
+    thread = GuestThread(guest, host_loop)
     thread.start()
     return thread
