@@ -15,62 +15,23 @@ from __future__ import annotations
 import statistics
 import time
 
-from nodes.cluster import topology
-from nodes.logic.core import LogicCore
-from nodes.logic.presence import PresenceReplica
-from nodes.router import RouterCore
-from nodes.storage.store import Store
-
+from .logicbed import Out, broker_of, logic_core, online, topology_of
 from .report import machine, parser as bench_parser, scratch, table, write_json
-
-
-class _Out:
-    def __init__(self):
-        self.published = 0
-
-    def reply(self, ident, msg):
-        pass
-
-    def publish(self, broker, msg):
-        self.published += len(msg["items"])
-
-    def request_ids(self, channel, n, have):
-        pass
-
-
-def _topology(tmp, members: int, brokers: int):
-    raw = {"local": True, "data_dir": tmp, "limits": {"max_members": members + 1},
-           "channels": {"big": {"members": list(range(1, members + 1))}},
-           "idcs": {"a": {"brokers": [{"id": f"b{k}", "client": f"tcp://127.0.0.1:{100 + k}",
-                                       "rpc": f"tcp://127.0.0.1:{200 + k}"} for k in range(brokers)],
-                          "logics": [{"id": "l1", "rpc": "tcp://127.0.0.1:3", "pub": "tcp://127.0.0.1:4"}],
-                          "routers": [{"id": "r1", "rpc": "tcp://127.0.0.1:5", "pub": "tcp://127.0.0.1:6"}],
-                          "counters": [{"id": "c", "rpc": "tcp://127.0.0.1:7"}]}}}
-    return topology.parse(raw, f"{tmp}/t.yaml")
 
 
 def measure(args, tmp: str, churn: int) -> float:
     """Logic CPU µs per message with ``churn`` presence changes before each message."""
-    deltas = []
-    router = RouterCore("r1", lambda msg, *_to: deltas.append(msg) if msg["t"] == "delta" else None)
-    asked = []
-    replica = PresenceReplica(["r1"], asked.append)
-    store = Store(f"{tmp}/l1-{churn}")
-    core = LogicCore("l1", _topology(tmp, args.members, args.brokers), store, replica, _Out(), b"s" * 32)
-    core.load()
-    core.ids.on_ids("big", 1, 1 << 40)
-    for uin in range(1, args.members + 1):
-        router.set_online(uin, 0, f"b{uin % args.brokers}")
-    replica.start()
-    replica.on_snapshot(router.snapshot())
-    deltas.clear()
+    uins = range(1, args.members + 1)
+    router, replica, deltas = online(uins, args.brokers)
+    core, store = logic_core(f"{tmp}/l1-{churn}", topology_of(tmp, {"big": list(uins)}, args.brokers),
+                             replica, Out())
     moved = 0
     spent = 0.0
     for n in range(args.messages):
         for _ in range(churn):
             uin = 1 + (moved * 7919) % args.members
             moved += 1
-            router.set_online(uin, 0, f"b{(uin + moved) % args.brokers}")
+            router.set_online(uin, 0, broker_of(uin + moved, args.brokers))
         started = time.process_time()
         for d in deltas:
             replica.on_delta(d)
