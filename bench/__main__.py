@@ -12,6 +12,7 @@
     bin/bench failover [--kills 10] [--senders 4] [--shards 4] [--wipe] [--stop] [--json FILE]
     bin/bench fanout [--members 10000 --brokers 4 --messages 2000 --churn 1 --repeats 3] [--json FILE]
     bin/bench fastpath [--json FILE] [--write-docs] [--sizes 10000,100000,1000000]
+    bin/bench logicturn [--per-turn 1,3,7,30 --messages 30000 --repeats 5] [--json FILE]
     bin/bench idc [--messages 200 --repeats 3 --delay-ms 20 --reshard-channels 1000] [--json FILE]   (root: WAN bed)
     bin/bench handoff [--sends 20000,200000] [--repeats 3] [--json FILE]
     bin/bench history [--messages 100000 --days 30 --limit 100 --depths 0,1000,10000,50000,99900
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
                 "failover": "bench.failover", "fanout": "bench.fanout", "sessions": "bench.sessions",
                 "idc": "bench.idc", "handoff": "bench.handoff", "history": "bench.history",
                 "snapshot": "bench.snapshot", "logins": "bench.logins", "hostile": "bench.hostile",
-                "conv": "bench.conv", "hop": "bench.hop"}
+                "conv": "bench.conv", "hop": "bench.hop", "logicturn": "bench.logicturn"}
     if argv and argv[0] == "--version":
         from nodes import __version__
         from nodes.cli.common import prog_name
