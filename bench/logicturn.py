@@ -121,7 +121,7 @@ def measure(path: str, per_turn: int, messages: int) -> dict:
             for ident, msg in turn:
                 try:
                     reply = send(ident, msg, now)
-                except wire.ProtocolError as exc:   # the node's dispatch answers it (never here)
+                except wire.ProtocolError as exc:   # as the node's dispatch answers it (none expected)
                     reply = wire.error_from(msg["rid"], exc)
                 if reply is not None:          # an immediate answer: the node queues it
                     out.reply(ident, reply)
