@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 
 import zmq
 
@@ -45,7 +46,7 @@ from nodes.protocol import schema, wire
 from nodes.runtime.outbox import batches
 from nodes.runtime.zio import reader, send_one, send_pair
 
-from .procstat import TICK, cpu_seconds, io_thread_cpu_seconds, reap
+from .procstat import cpu_seconds, io_thread_cpu_seconds, reap, threads_cpu
 from .report import machine, parser as bench_parser, table, write_json
 
 VARIANTS = ("tcp-curve", "tcp", "ipc", "inproc")
@@ -109,6 +110,15 @@ class Frames:
         return wire.pack({"t": "msgs", "items": items, "logic": "l1"})
 
 
+def drained(sock: zmq.Socket, read) -> Iterator[list[bytes]]:
+    """Every message ready on ``sock`` now (NOBLOCK reads until EAGAIN, as the nodes drain)."""
+    while True:
+        try:
+            yield read(sock)
+        except zmq.Again:
+            return
+
+
 def send_joined(sock: zmq.Socket, first: bytes | None, packed: list[bytes], batch: bool) -> None:
     """Send queued messages: joined per loop turn (outbox.py) or one frame each."""
     chunks = batches(packed, None) if batch else [[p] for p in packed]
@@ -161,11 +171,8 @@ def logic_serve(router: zmq.Socket, pub: zmq.Socket, frames: Frames, batch: bool
         in_turn = 0
         items: list[list] = [[] for _ in frames.topics]         # per broker, this turn's
         stop = False
-        while True:
-            try:
-                ident, body = read(router)[:2]
-            except zmq.Again:
-                break
+        for msg in drained(router, read):
+            ident, body = msg[:2]
             if body == STOP:
                 stop = True
                 break
@@ -228,11 +235,7 @@ class BrokerEnd:
                 sent += room
             ready = dict(self.poller.poll(POLL_MS))
             if dealer in ready:
-                while True:
-                    try:
-                        body = read_dealer(dealer)[0]
-                    except zmq.Again:
-                        break
+                for (body,) in drained(dealer, read_dealer):
                     for rid in frames.acked(body):
                         if rid in pending:
                             pending.discard(rid)
@@ -240,11 +243,7 @@ class BrokerEnd:
                         elif rid >= first:
                             duplicates += 1
             if sub in ready:
-                while True:
-                    try:
-                        body = read_sub(sub)[1]
-                    except zmq.Again:
-                        break
+                for _topic, body in drained(sub, read_sub):
                     delivered += frames.delivered(body)
         return {"sent": sent, "acked": acked, "delivered": delivered, "duplicates": duplicates,
                 "unanswered": len(pending)}
@@ -262,10 +261,7 @@ class BrokerEnd:
             raise RuntimeError("no msgs frame reached the SUB during the warm-up")
         while self.poller.poll(POLL_MS):      # late acks and frames of the warm-up
             for sock, kind in ((self.dealer, zmq.DEALER), (self.sub, zmq.SUB)):
-                try:
-                    while True:
-                        reader(kind)(sock)
-                except zmq.Again:
+                for _msg in drained(sock, reader(kind)):
                     pass
         return used
 
@@ -331,13 +327,6 @@ def _inproc_process(variant, endpoints, keys, opts, out, go, finish) -> None:
         ctx.destroy(0)
 
 
-def thread_cpu_seconds(pid: int, tid: int) -> float:
-    """User + system CPU seconds of one thread of a process."""
-    with open(f"/proc/{pid}/task/{tid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def _get(queue, seconds: float, what: str):
     try:
         return queue.get(timeout=seconds)
@@ -397,7 +386,8 @@ def _cpu(variant: str, procs: list, tid: int) -> dict:
     B's thread, and the process's other threads, shared)."""
     if variant == "inproc":
         pid = procs[0].pid
-        a, b = thread_cpu_seconds(pid, pid), thread_cpu_seconds(pid, tid)
+        threads = threads_cpu(pid)
+        a, b = threads[pid][1], threads[tid][1]
         return {"broker_main": a, "logic_main": b, "shared_io": cpu_seconds(pid) - a - b}
     out = {}
     for side, p in (("logic", procs[0]), ("broker", procs[1])):
